@@ -1,0 +1,31 @@
+# `make demo` and `make test` set up a fresh machine (venv, packages) and run the demo / the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Every DDS-speaking process here stays on loopback, in its own domain (a real cell keeps its own settings).
+ROS_ENV := ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=$${ROS_DOMAIN_ID:-$$(( $$$$ % 200 + 1 ))}
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test clean
+
+$(STAMP): requirements.txt requirements-ros.txt requirements-test.txt setup.py
+	@if [ "$$(id -u)" = 0 ] && ! ldconfig -p | grep -q 'libusb-1.0.so.0'; then \
+		echo "installing libusb-1.0-0 (needed by Open3D)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 >/dev/null; fi
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-ros.txt -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(ROS_ENV) $(VENV)/bin/cmdr demo --out demo_out
+
+test: setup
+	$(ROS_ENV) $(PY) -m pytest -q $(PYTEST_ARGS) test
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

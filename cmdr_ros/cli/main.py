@@ -1,0 +1,107 @@
+"""``cmdr``: train, evaluate, calibrate and run CMDR-IAD models.
+
+Every user error (missing folder, wrong file, incompatible checkpoint, all-invalid cloud) is printed as
+one line ``cmdr: error: ...`` with exit code 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from cmdr_ros import CmdrError, __version__
+from cmdr_ros.config import MODES, PRESETS
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_common_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--cache-dir", default=None,
+                   help="disk cache of preprocessed clouds (default $CMDR_CACHE_DIR or ~/.cache/cmdr_ros)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the preprocessing cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cmdr_ros.cli import demo, evaluate, predict, train  # noqa: PLC0415 - keep `cmdr --help` fast
+
+    parser = argparse.ArgumentParser(prog="cmdr", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cmdr_ros {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("train", help="train a model on DIR/train/good, calibrate on DIR/validation/good")
+    p.add_argument("--data", required=True, help="MVTec 3D-AD style class folder")
+    p.add_argument("--mode", choices=MODES, default="rgbd")
+    p.add_argument("--preset", choices=PRESETS, default="lite")
+    p.add_argument("--config", default=None, help="YAML file overriding config fields (see config/*.yaml)")
+    p.add_argument("--weights-2d", default=None, help="DINO ViT-B/8 weights file (dino_vitbase8_pretrain.pth)")
+    p.add_argument("--weights-3d", default=None, help="Point-MAE weights file (pretrain.pth)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    _add_common_model_args(p)
+    p.set_defaults(func=train.run)
+
+    p = sub.add_parser("eval", help="evaluate on DIR/test/*: metrics.json, anomaly maps, overlays, curves")
+    p.add_argument("--data", required=True, help="MVTec 3D-AD style class folder")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--weights-2d", default=None)
+    p.add_argument("--weights-3d", default=None)
+    p.add_argument("--no-images", action="store_true", help="skip TIFF maps and overlay PNGs")
+    _add_common_model_args(p)
+    p.set_defaults(func=evaluate.run)
+
+    p = sub.add_parser("predict", help="score one sample and write its heatmap")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--rgb", default=None, help="RGB image (PNG/JPG)")
+    p.add_argument("--xyz", default=None, help="organized point cloud TIFF (HxWx3, metres, invalid = 0)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--weights-2d", default=None)
+    p.add_argument("--weights-3d", default=None)
+    _add_common_model_args(p)
+    p.set_defaults(func=predict.run_predict)
+
+    p = sub.add_parser("calibrate", help="re-derive the reject threshold on DIR/validation/good")
+    p.add_argument("--data", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--sigma", type=float, default=None, help="threshold = max(max score, mean + sigma*std)")
+    p.add_argument("--out", default=None, help="write the updated checkpoint here (default: in place)")
+    p.add_argument("--weights-2d", default=None)
+    p.add_argument("--weights-3d", default=None)
+    _add_common_model_args(p)
+    p.set_defaults(func=predict.run_calibrate)
+
+    p = sub.add_parser("demo", help="generate a simulated cutting cell, train a lite model, evaluate it")
+    p.add_argument("--out", default="demo_out", help="working folder for data, model and report")
+    p.add_argument("--mode", choices=MODES, default="rgbd")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    _add_common_model_args(p)
+    p.set_defaults(func=demo.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except CmdrError as e:
+        print(f"cmdr: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        print(f"cmdr: error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cmdr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Model configuration and the two presets (``paper`` and ``lite``).
+
+A config is plain data: it round-trips through ``to_dict``/``from_dict`` so that a checkpoint carries the
+exact configuration it was trained with (and YAML files can override any field).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from cmdr_ros import CmdrError
+from cmdr_ros.data.preprocess import PreprocessConfig
+
+MODES = ("rgbd", "3d", "2d")
+PRESETS = ("paper", "lite")
+
+
+@dataclass
+class BackboneConfig:
+    """A frozen feature extractor from the registry (``cmdr_ros.model.backbones``).
+
+    ``weights`` is a local file for pretrained backbones (never downloaded); ``options`` are the
+    backbone's own keyword arguments.
+    """
+
+    name: str
+    weights: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 1
+    lr: float = 1e-3
+    optimizer: str = "adam"  # adam | adamw; each head gets its own optimiser
+    seed: int = 115
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines a trained model besides its weights."""
+
+    mode: str = "rgbd"
+    grid: int = 224  # heads run on a grid x grid per-pixel feature map
+    rgb_size: int = 224  # input resolution of the 2D backbone
+    backbone_2d: BackboneConfig = field(default_factory=lambda: BackboneConfig("dino_vitb8"))
+    backbone_3d: BackboneConfig = field(default_factory=lambda: BackboneConfig("pointmae"))
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    normalize_points: bool = False  # scale each cloud into [-1, 1] (the paper's 3D-only cell variant)
+    standardize_features: bool = False  # per-channel mean/std of the training features (weights-free backbones)
+    beta: float = 0.3  # confidence weighting of the reconstruction distances
+    window: int = 128  # attention window of the 2D decoder (tokens)
+    num_heads: int = 8
+    dropout: float = 0.1
+    calibration_sigma: float = 3.0  # threshold = max(max good score, mean + sigma * std)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def uses_2d(self) -> bool:
+        return self.mode in ("rgbd", "2d")
+
+    @property
+    def uses_3d(self) -> bool:
+        return self.mode in ("rgbd", "3d")
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise CmdrError(f"unknown mode '{self.mode}': expected one of {', '.join(MODES)}")
+        if self.uses_3d and self.grid % 8:
+            raise CmdrError(f"grid {self.grid} must be a multiple of 8 (3D decoder folds the sequence by 32)")
+        if self.grid < 8 or self.rgb_size < 8:
+            raise CmdrError(f"grid ({self.grid}) and rgb_size ({self.rgb_size}) must be at least 8")
+        if self.train.optimizer not in ("adam", "adamw"):
+            raise CmdrError(f"unknown optimizer '{self.train.optimizer}': expected adam or adamw")
+        if self.train.epochs < 0 or self.train.batch_size < 1:
+            raise CmdrError("epochs must be >= 0 and batch_size >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = copy.deepcopy(d)
+        _check_keys(cls, d, "model config")
+        kw: dict[str, Any] = dict(d)
+        for key in ("backbone_2d", "backbone_3d"):
+            if key in kw and isinstance(kw[key], dict):
+                _check_keys(BackboneConfig, kw[key], key)
+                kw[key] = BackboneConfig(**kw[key])
+        if "train" in kw and isinstance(kw["train"], dict):
+            _check_keys(TrainConfig, kw["train"], "train")
+            kw["train"] = TrainConfig(**kw["train"])
+        if "preprocess" in kw and isinstance(kw["preprocess"], dict):
+            kw["preprocess"] = PreprocessConfig.from_dict(kw["preprocess"])
+        return cls(**kw)
+
+
+def _check_keys(cls: type, d: dict, what: str) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise CmdrError(f"unknown {what} key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def preset(name: str, mode: str = "rgbd") -> ModelConfig:
+    """``paper``: exactly the paper (224x224, DINO ViT-B/8 + Point-MAE, 50 epochs, batch 1, seed 115).
+    ``lite``: weights-free backbones (colour/texture statistics + multi-scale FPFH) on a 64x64 grid with
+    standardised features; trains on 2 CPU cores in minutes."""
+    if name == "paper":
+        return ModelConfig(mode=mode)
+    if name == "lite":
+        return ModelConfig(
+            mode=mode,
+            grid=64,
+            rgb_size=128,
+            backbone_2d=BackboneConfig("color_texture"),
+            backbone_3d=BackboneConfig("fpfh"),
+            standardize_features=True,
+            window=128,
+            train=TrainConfig(epochs=40, batch_size=1),
+        )
+    raise CmdrError(f"unknown preset '{name}': expected one of {', '.join(PRESETS)}")

@@ -1,0 +1,226 @@
+"""Frozen feature extractors behind one small registry.
+
+Each backbone works in two steps so that training can cache features at the backbone's native
+resolution (28x28 tokens, 1024 point-group centres) and upsample on the fly:
+
+* ``extract(...) -> dict[str, Tensor]``: native features (cacheable, small);
+* ``to_grid(native, grid) -> Tensor[C, grid, grid]``: the per-pixel feature map the heads consume.
+
+2D backbones take an RGB tensor ``[3, S, S]`` in [0, 1]; 3D backbones take the organized xyz map
+``[G, G, 3]`` and its valid mask ``[G, G]`` and only ever see valid points.
+
+Registry: ``dino_vitb8`` and ``pointmae`` (the paper's, pretrained weights from local files),
+``color_texture`` and ``fpfh`` (weights-free), ``tiny_vit`` and ``tiny_pointmae`` (small random-init
+networks for tests; their weights are stored in the checkpoint so a reload is the same network).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmdr_ros import CmdrError
+from cmdr_ros.data.preprocess import normalize_imagenet
+from cmdr_ros.model.handcrafted import ColorTextureFeatures, fpfh_features
+from cmdr_ros.model.pointmae import PointMAEEncoder, interpolate_to_points
+from cmdr_ros.model.weights import (create_dino_vitb8, create_random_vit, dino_patch_tokens,
+                                    load_pointmae_weights, sha256_file)
+
+
+class Backbone(nn.Module):
+    """Common interface; subclasses set ``modality`` ('2d' | '3d') and ``out_dim``."""
+
+    modality: str = ""
+    out_dim: int = 0
+    #: random-init networks must travel inside the checkpoint (their weights are not reproducible elsewhere)
+    stores_weights: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights_sha256: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "out_dim": self.out_dim, "weights_sha256": self.weights_sha256}
+
+    def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def scatter_points_to_grid(point_feats: torch.Tensor, pix: torch.Tensor, grid: int) -> torch.Tensor:
+    """Place per-point features ``[N, C]`` at flat pixel indices of a grid x grid map, then smooth as the
+    reference does: 3x3 average pool (stride 1, no padding) and adaptive average pool back to the grid."""
+    c = point_feats.shape[1]
+    out = point_feats.new_zeros(c, grid * grid)
+    out[:, pix] = point_feats.T
+    out = F.avg_pool2d(out.view(1, c, grid, grid), 3, stride=1)
+    return F.adaptive_avg_pool2d(out, grid)[0]
+
+
+class _ViTBackbone(Backbone):
+    modality = "2d"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.out_dim = int(model.embed_dim)
+
+    @torch.inference_mode()
+    def extract(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = normalize_imagenet(rgb)[None]
+        return {"tokens": dino_patch_tokens(self.model, x)[0]}
+
+    def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
+        return F.interpolate(native["tokens"][None].float(), size=(grid, grid), mode="bilinear",
+                             align_corners=False)[0]
+
+
+class DinoViTB8(_ViTBackbone):
+    """DINO ViT-B/8 patch tokens after the final norm (28x28x768 at 224), bilinearly upsampled."""
+
+    name = "dino_vitb8"
+
+    def __init__(self, weights: str | None = None, rgb_size: int = 224) -> None:
+        if rgb_size != 224:
+            raise CmdrError(f"dino_vitb8 takes 224x224 images, the config asks for rgb_size {rgb_size}")
+        super().__init__(create_dino_vitb8(weights))
+        self.weights_sha256 = sha256_file(weights) if weights else None
+
+
+class TinyViT(_ViTBackbone):
+    """A small random-init ViT (patch 8) for tests: same code path as DINO, no pretrained weights."""
+
+    name = "tiny_vit"
+    stores_weights = True
+
+    def __init__(self, weights: str | None = None, rgb_size: int = 64, embed_dim: int = 32, depth: int = 2,
+                 num_heads: int = 2, seed: int = 0) -> None:
+        super().__init__(create_random_vit(img_size=rgb_size, patch_size=8, embed_dim=embed_dim, depth=depth,
+                                           num_heads=num_heads, seed=seed))
+
+
+class ColorTexture(Backbone):
+    """Weights-free colour/texture statistics (see ``handcrafted``), area-pooled to the grid."""
+
+    modality = "2d"
+    name = "color_texture"
+
+    def __init__(self, weights: str | None = None, rgb_size: int = 128) -> None:
+        super().__init__()
+        self.features = ColorTextureFeatures()
+        self.out_dim = ColorTextureFeatures.out_dim
+
+    @torch.inference_mode()
+    def extract(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"maps": self.features(rgb[None].float())[0]}
+
+    def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
+        maps = native["maps"][None].float()
+        if maps.shape[-1] >= grid:
+            return F.adaptive_avg_pool2d(maps, grid)[0]
+        return F.interpolate(maps, size=(grid, grid), mode="bilinear", align_corners=False)[0]
+
+
+def _valid_points(xyz: torch.Tensor, valid: torch.Tensor, min_points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    pix = valid.reshape(-1).nonzero().squeeze(1)
+    if pix.numel() < min_points:
+        raise CmdrError(f"the point cloud has {pix.numel()} valid points, the 3D backbone needs at least {min_points}")
+    return xyz.reshape(-1, 3)[pix].float(), pix
+
+
+class PointMAE(Backbone):
+    """Point-MAE transformer: 1024 FPS centres, kNN groups of 128, features of blocks 4/8/12 (1152-d),
+    interpolated back to every valid point (inverse distance over 3 centres) and placed on the grid."""
+
+    modality = "3d"
+    name = "pointmae"
+
+    def __init__(self, weights: str | None = None, encoder: PointMAEEncoder | None = None,
+                 expected_sha256: str | None | bool = True, **encoder_kw: Any) -> None:
+        super().__init__()
+        self.encoder = encoder if encoder is not None else PointMAEEncoder(**encoder_kw)
+        if encoder is None:
+            if not weights:
+                raise CmdrError("pointmae needs its pretrained weights: pass the Point-MAE release file pretrain.pth "
+                                "(--weights-3d FILE or backbone_3d.weights)")
+            kw = {} if expected_sha256 is True else {"expected_sha256": expected_sha256}
+            self.weights_sha256 = load_pointmae_weights(self.encoder, weights, **kw)
+        self.encoder.eval().requires_grad_(False)
+        self.out_dim = self.encoder.out_dim
+
+    @torch.inference_mode()
+    def extract(self, xyz: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        pts, pix = _valid_points(xyz, valid, min_points=self.encoder.group_size)
+        centers, feats = self.encoder(pts[None])
+        idx, w = interpolate_to_points(pts, centers[0])
+        return {"center_feats": feats[0], "idx": idx, "w": w, "pix": pix}
+
+    def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
+        cf = native["center_feats"].float()
+        point_feats = (cf[native["idx"]] * native["w"][..., None].float()).sum(1)
+        return scatter_points_to_grid(point_feats, native["pix"], grid)
+
+
+class TinyPointMAE(PointMAE):
+    """A small random-init Point-MAE for tests (64 groups of 16 points, width 48, depth 3)."""
+
+    name = "tiny_pointmae"
+    stores_weights = True
+
+    def __init__(self, weights: str | None = None, seed: int = 0, **kw: Any) -> None:
+        cfg = dict(trans_dim=48, depth=3, num_heads=3, num_group=64, group_size=16, encoder_dims=48,
+                   fetch_idx=(0, 1, 2))
+        cfg.update(kw)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            enc = PointMAEEncoder(**cfg)
+        super().__init__(encoder=enc)
+
+
+class FPFH(Backbone):
+    """Weights-free multi-scale FPFH per valid point (see ``handcrafted``), placed on the grid."""
+
+    modality = "3d"
+    name = "fpfh"
+
+    def __init__(self, weights: str | None = None, radii: tuple[float, ...] = (4.0, 8.0),
+                 normal_radius: float = 3.0) -> None:
+        super().__init__()
+        self.radii, self.normal_radius = tuple(radii), normal_radius
+        self.out_dim = 33 * len(self.radii)
+
+    def extract(self, xyz: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        pts, pix = _valid_points(xyz, valid, min_points=8)
+        feats = fpfh_features(pts.cpu().numpy(), self.radii, self.normal_radius)
+        return {"point_feats": torch.from_numpy(feats).to(xyz.device), "pix": pix}
+
+    def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
+        return scatter_points_to_grid(native["point_feats"].float(), native["pix"], grid)
+
+
+BACKBONES: dict[str, type[Backbone]] = {
+    cls.name: cls for cls in (DinoViTB8, TinyViT, ColorTexture, PointMAE, TinyPointMAE, FPFH)
+}
+
+
+def build_backbone(name: str, modality: str, weights: str | None = None, rgb_size: int | None = None,
+                   options: dict[str, Any] | None = None) -> Backbone:
+    """Build a registered backbone; ``modality`` guards against a 3D backbone configured as 2D and vice versa."""
+    cls = BACKBONES.get(name)
+    if cls is None:
+        raise CmdrError(f"unknown backbone '{name}': expected one of {', '.join(sorted(BACKBONES))}")
+    if cls.modality != modality:
+        raise CmdrError(f"backbone '{name}' is a {cls.modality.upper()} backbone, configured as {modality.upper()}")
+    kw: dict[str, Any] = dict(options or {})
+    if modality == "2d" and rgb_size is not None:
+        kw.setdefault("rgb_size", rgb_size)
+    try:
+        return cls(weights=weights, **kw)
+    except TypeError as e:
+        raise CmdrError(f"bad options for backbone '{name}': {e}") from None
+
+
+def registered(modality: str) -> list[str]:
+    return sorted(n for n, c in BACKBONES.items() if c.modality == modality)
+

@@ -1,0 +1,338 @@
+"""The CMDR-IAD detector: frozen backbones + learned heads + fusion, with ``fit`` and ``predict``.
+
+One frame: ``prepare_input`` (background removal, square padding, resizing) -> ``extract`` (frozen
+backbones, native resolution) -> ``grid_features`` (per-pixel maps) -> ``heads`` -> ``anomaly_maps``
+(fusion) -> ``Prediction`` at the input resolution.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cmdr_ros import CmdrError
+from cmdr_ros.config import ModelConfig
+from cmdr_ros.data.preprocess import SquareFrame, remove_background, resize_nearest, resize_rgb, valid_mask
+from cmdr_ros.model import fusion
+from cmdr_ros.model.backbones import Backbone, build_backbone
+from cmdr_ros.model.heads import HEAD_TARGET, CMDRHeads
+
+log = logging.getLogger(__name__)
+
+Native = dict[str, dict[str, torch.Tensor]]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is a clear error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CmdrError("device 'cuda' requested but CUDA is not available on this machine (use --device auto or cpu)")
+    return dev
+
+
+@dataclass
+class ModelInput:
+    """One frame ready for the backbones (all tensors on the CPU)."""
+
+    rgb: torch.Tensor | None  # [3, S, S] in [0, 1]
+    xyz: torch.Tensor | None  # [G, G, 3]
+    valid: torch.Tensor  # [G, G] bool
+    frame: SquareFrame  # geometry of the original input, to map results back
+    valid_input: np.ndarray  # [H, W] bool valid mask at the input resolution
+
+
+@dataclass
+class Prediction:
+    score: float  # image-level anomaly score
+    anomaly_map: np.ndarray  # [H, W] float32 pixel scores (F / sqrt(mean F)) at the input resolution
+    valid_mask: np.ndarray  # [H, W] bool
+    grid_map: np.ndarray  # [G, G] raw fused map F
+    grid_valid: np.ndarray  # [G, G] bool
+    latency_ms: float = 0.0
+
+    @property
+    def valid_ratio(self) -> float:
+        return float(self.valid_mask.mean()) if self.valid_mask.size else 0.0
+
+    def pro_map(self) -> np.ndarray:
+        """Grid-resolution scores normalised for AUPRO (F / mean of non-zero F)."""
+        return fusion.pro_scores(torch.from_numpy(self.grid_map)).numpy()
+
+    def pixel_map(self) -> np.ndarray:
+        """Grid-resolution scores normalised for P-AUROC (F / sqrt(mean F))."""
+        return fusion.pixel_scores(torch.from_numpy(self.grid_map)).numpy()
+
+
+def prepare_input(rgb: np.ndarray | None, xyz: np.ndarray | None, config: ModelConfig,
+                  background_removed: bool = False) -> ModelInput:
+    """Bring a raw frame (RGB uint8 HxWx3, xyz float HxWx3 metres with invalid = 0) to the model's grids.
+
+    The xyz map goes through the configured background removal unless ``background_removed`` says the
+    caller already did it (the dataset cache), then both are square-padded and resized.
+    """
+    if config.uses_3d and xyz is None:
+        raise CmdrError(f"mode '{config.mode}' needs a point cloud (xyz), none was given")
+    if config.uses_2d and rgb is None:
+        raise CmdrError(f"mode '{config.mode}' needs an RGB image, none was given")
+    if rgb is not None and (rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8):
+        raise CmdrError(f"RGB image must be HxWx3 uint8, got shape {rgb.shape} dtype {rgb.dtype}")
+    if xyz is not None and (xyz.ndim != 3 or xyz.shape[2] != 3):
+        raise CmdrError(f"xyz map must be HxWx3, got shape {xyz.shape}")
+    if rgb is not None and xyz is not None and rgb.shape[:2] != xyz.shape[:2]:
+        raise CmdrError(f"RGB {rgb.shape[:2]} and xyz {xyz.shape[:2]} are not pixel-aligned (sizes differ)")
+    h, w = (rgb if rgb is not None else xyz).shape[:2]
+    frame = SquareFrame.of(h, w)
+    g = config.grid
+
+    xyz_t = None
+    if xyz is not None:
+        clean = xyz if background_removed else remove_background(xyz, config.preprocess)
+        valid_input = valid_mask(clean)
+        small = resize_nearest(frame.pad(clean), g).astype(np.float32)
+        small_valid = valid_mask(small)
+        if config.uses_3d and not small_valid.any():
+            raise CmdrError("the point cloud has no valid point left after preprocessing (all-invalid frame)")
+        if config.normalize_points and small_valid.any():
+            pts = small[small_valid]
+            lo, hi = pts.min(0), pts.max(0)
+            scale = max(float((hi - lo).max()) / 2, 1e-9)
+            small = np.where(small_valid[..., None], (small - (lo + hi) / 2) / scale, 0).astype(np.float32)
+        valid = torch.from_numpy(small_valid)
+        if config.uses_3d:
+            xyz_t = torch.from_numpy(small)
+    else:
+        valid_input = np.ones((h, w), bool)
+        valid = torch.ones(g, g, dtype=torch.bool)
+    rgb_t = None
+    if config.uses_2d:
+        rgb_t = torch.from_numpy(resize_rgb(frame.pad(rgb), config.rgb_size)).permute(2, 0, 1).contiguous()
+    return ModelInput(rgb_t, xyz_t, valid, frame, valid_input)
+
+
+def masked_cosine_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity per pixel, averaged over valid pixels (``[B, C, G, G]``, ``[B, G, G]``)."""
+    cos = F.cosine_similarity(pred, target, dim=1)
+    v = valid.to(cos.dtype)
+    return ((1 - cos) * v).sum() / v.sum().clamp_min(1)
+
+
+def _to(native: Native, device: torch.device) -> Native:
+    return {m: {k: t.to(device, non_blocking=True) for k, t in d.items()} for m, d in native.items()}
+
+
+class CMDRDetector:
+    """Unsupervised 2D+3D anomaly detector (CMDR-IAD). Train on good parts with ``fit``; ``predict`` a frame."""
+
+    def __init__(self, config: ModelConfig, device: str | torch.device = "auto",
+                 backbone_2d: Backbone | None = None, backbone_3d: Backbone | None = None):
+        config.validate()
+        self.config = config
+        self.device = resolve_device(device)
+        self.backbone_2d = self.backbone_3d = None
+        if config.uses_2d:
+            self.backbone_2d = backbone_2d or build_backbone(
+                config.backbone_2d.name, "2d", config.backbone_2d.weights, config.rgb_size, config.backbone_2d.options)
+            self.backbone_2d.to(self.device)
+        if config.uses_3d:
+            self.backbone_3d = backbone_3d or build_backbone(
+                config.backbone_3d.name, "3d", config.backbone_3d.weights, None, config.backbone_3d.options)
+            self.backbone_3d.to(self.device)
+        dim2d = self.backbone_2d.out_dim if self.backbone_2d else None
+        dim3d = self.backbone_3d.out_dim if self.backbone_3d else None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.train.seed)
+            self.heads = CMDRHeads(config.mode, dim2d, dim3d, config.grid, window=config.window,
+                                   num_heads=config.num_heads, dropout=config.dropout)
+        self.heads.to(self.device).eval()
+        # per-channel (mean, std) of the training features, when config.standardize_features
+        self.feature_stats: dict[str, torch.Tensor] = {}
+        self.threshold: float | None = None
+        self.score_stats: dict[str, float] = {}
+        self.model_id: str | None = None  # content hash of the heads, set when saved or loaded
+
+    # ------------------------------------------------------------------ features
+    def prepare(self, rgb: np.ndarray | None, xyz: np.ndarray | None, background_removed: bool = False) -> ModelInput:
+        return prepare_input(rgb, xyz, self.config, background_removed)
+
+    def extract(self, inp: ModelInput) -> Native:
+        """Native-resolution features of the frozen backbones (on the detector's device)."""
+        out: Native = {}
+        if self.backbone_2d is not None:
+            out["2d"] = self.backbone_2d.extract(inp.rgb.to(self.device))
+        if self.backbone_3d is not None:
+            out["3d"] = self.backbone_3d.extract(inp.xyz.to(self.device), inp.valid.to(self.device))
+        return out
+
+    def grid_features(self, natives: Sequence[Native]) -> dict[str, torch.Tensor]:
+        """Batch of per-pixel feature maps ``{'2d': [B, C2, G, G], '3d': [B, C3, G, G]}`` (standardised if configured)."""
+        g = self.config.grid
+        out = {}
+        for m, bb in (("2d", self.backbone_2d), ("3d", self.backbone_3d)):
+            if bb is None:
+                continue
+            f = torch.stack([bb.to_grid(_to(n, self.device)[m], g) for n in natives])
+            if m in self.feature_stats:
+                mean, std = self.feature_stats[m].to(self.device)
+                f = (f - mean[:, None, None]) / std[:, None, None]
+            out[m] = f
+        return out
+
+    def _fit_feature_stats(self, natives: Sequence[Native], valids: Sequence[torch.Tensor]) -> None:
+        for m in ("2d", "3d"):
+            if (m == "2d" and self.backbone_2d is None) or (m == "3d" and self.backbone_3d is None):
+                continue
+            s = s2 = None
+            n = 0
+            for nat, v in zip(natives, valids):
+                f = self.grid_features([nat])[m][0]
+                fv = f[:, v.to(self.device)].double()
+                s = fv.sum(1) if s is None else s + fv.sum(1)
+                s2 = (fv**2).sum(1) if s2 is None else s2 + (fv**2).sum(1)
+                n += fv.shape[1]
+            mean = s / max(n, 1)
+            std = (s2 / max(n, 1) - mean**2).clamp_min(0).sqrt().clamp_min(1e-6)
+            self.feature_stats[m] = torch.stack([mean, std]).float().cpu()
+
+    # ------------------------------------------------------------------ training
+    def fit(self, inputs: Sequence[ModelInput], epochs: int | None = None, progress: bool = True,
+            log_every: int = 0) -> list[dict[str, float]]:
+        """Train the heads on good samples; returns the mean loss of every head per epoch.
+
+        Backbone features are extracted once and cached (CPU, native resolution); every epoch then costs
+        only the heads. Each head has its own optimiser; a non-finite loss skips that head's step.
+        """
+        cfg = self.config.train
+        epochs = cfg.epochs if epochs is None else epochs
+        if not inputs:
+            raise CmdrError("no training samples")
+        natives = [_to(self.extract(inp), torch.device("cpu"))
+                   for inp in tqdm(inputs, desc="features", disable=not progress, unit="sample")]
+        valids = [inp.valid for inp in inputs]
+        self.feature_stats = {}
+        if self.config.standardize_features:
+            self._fit_feature_stats(natives, valids)
+
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        names = self.heads.head_names()
+        opts = {n: opt_cls(getattr(self.heads, n).parameters(), lr=cfg.lr) for n in names}
+        gen = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        history: list[dict[str, float]] = []
+        self.heads.train()
+        bar = tqdm(range(epochs), desc="train", disable=not progress, unit="epoch")
+        for epoch in bar:
+            sums = dict.fromkeys(names, 0.0)
+            counts = dict.fromkeys(names, 0)
+            skipped = 0
+            order = torch.randperm(len(natives), generator=gen).tolist()
+            for i in range(0, len(order), cfg.batch_size):
+                idx = order[i:i + cfg.batch_size]
+                feats = self.grid_features([natives[j] for j in idx])
+                valid = torch.stack([valids[j] for j in idx]).to(self.device)
+                if not all(bool(torch.isfinite(f).all()) for f in feats.values()):
+                    skipped += len(names)  # poisoned input: keep it out of BatchNorm statistics too
+                    continue
+                preds = self.heads(feats.get("2d"), feats.get("3d"))
+                total = None
+                for n in names:
+                    loss = masked_cosine_loss(preds[n], feats[HEAD_TARGET[n]], valid)
+                    if not torch.isfinite(loss):
+                        skipped += 1
+                        continue
+                    sums[n] += float(loss.detach())
+                    counts[n] += 1
+                    total = loss if total is None else total + loss  # heads share no parameters
+                for o in opts.values():
+                    o.zero_grad(set_to_none=True)
+                if total is not None:
+                    total.backward()
+                    for o in opts.values():  # a head whose loss was skipped has no grads: its step is a no-op
+                        o.step()
+            rec = {n: sums[n] / max(counts[n], 1) for n in names}
+            rec["skipped"] = skipped
+            history.append(rec)
+            bar.set_postfix({n: f"{v:.4f}" for n, v in rec.items() if n != "skipped"})
+            if log_every and (epoch + 1) % log_every == 0:
+                log.info("epoch %d/%d %s", epoch + 1, epochs, rec)
+        self.heads.eval()
+        return history
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def anomaly_maps(self, feats: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Distances of every head and the fused map ``F`` (``[B, G, G]`` each)."""
+        self.heads.eval()
+        f2d, f3d = feats.get("2d"), feats.get("3d")
+        preds = self.heads(f2d, f3d)
+        d = {}
+        if "rec2d" in preds:
+            d["rec2d"] = fusion.feature_distance(preds["rec2d"], f2d, valid)
+        if "rec3d" in preds:
+            d["rec3d"] = fusion.feature_distance(preds["rec3d"], f3d, valid)
+        mode = self.config.mode
+        if mode == "rgbd":
+            d["map2d"] = fusion.feature_distance(preds["map3to2"], f2d, valid)
+            d["map3d"] = fusion.feature_distance(preds["map2to3"], f3d, valid)
+            d["fused"] = fusion.fuse_rgbd(d["map2d"], d["map3d"], d["rec2d"], d["rec3d"], valid, self.config.beta)
+        elif mode == "3d":
+            d["fused"] = fusion.anomaly_map_3d(d["rec3d"], valid)
+        else:
+            d["fused"] = fusion.anomaly_map_2d(d["rec2d"], valid)
+        return d
+
+    @torch.inference_mode()
+    def predict_input(self, inp: ModelInput) -> Prediction:
+        t0 = time.perf_counter()
+        feats = self.grid_features([self.extract(inp)])
+        valid = inp.valid[None].to(self.device)
+        fused = self.anomaly_maps(feats, valid)["fused"]
+        score = float(fusion.image_score(fused)[0])
+        grid_map = fused[0].float().cpu().numpy()
+        pix = fusion.pixel_scores(fused)[0].float().cpu().numpy()
+        anomaly_map = inp.frame.to_input(pix).astype(np.float32) * inp.valid_input
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return Prediction(score, anomaly_map, inp.valid_input, grid_map, inp.valid.numpy(),
+                          latency_ms=(time.perf_counter() - t0) * 1e3)
+
+    def predict(self, rgb: np.ndarray | None = None, xyz: np.ndarray | None = None) -> Prediction:
+        """Score one frame: RGB uint8 HxWx3 and/or xyz float HxWx3 (pixel-aligned, metres, invalid = 0)."""
+        t0 = time.perf_counter()
+        pred = self.predict_input(self.prepare(rgb, xyz))
+        pred.latency_ms = (time.perf_counter() - t0) * 1e3
+        return pred
+
+    def is_reject(self, score: float, threshold: float | None = None) -> bool:
+        thr = self.threshold if threshold is None else threshold
+        if thr is None:
+            raise CmdrError("the model has no calibrated threshold: run `cmdr calibrate` or set one")
+        return score >= thr
+
+    # ------------------------------------------------------------------ calibration
+    def calibrate(self, inputs: Iterable[ModelInput], progress: bool = True, source: str = "validation") -> float:
+        """Reject threshold from good samples: ``max(max score, mean + sigma * std)`` (sigma from the config).
+
+        Every good calibration sample passes, and the margin grows with the spread of good scores. The
+        statistics are kept with the threshold in the checkpoint.
+        """
+        scores = np.array([self.predict_input(i).score for i in tqdm(list(inputs), desc="calibrate",
+                                                                      disable=not progress, unit="sample")])
+        if scores.size == 0:
+            raise CmdrError("no good samples to calibrate the threshold on")
+        mean, std = float(scores.mean()), float(scores.std(ddof=1)) if scores.size > 1 else 0.0
+        sigma = self.config.calibration_sigma
+        self.threshold = float(max(scores.max(), mean + sigma * std))
+        self.score_stats = {"n": int(scores.size), "mean": mean, "std": std, "min": float(scores.min()),
+                            "max": float(scores.max()), "sigma": float(sigma), "source": source}
+        if not math.isfinite(self.threshold):
+            raise CmdrError(f"calibration gave a non-finite threshold from scores {scores.tolist()}")
+        return self.threshold

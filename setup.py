@@ -1,0 +1,32 @@
+"""ament_python package: `colcon build` in a ROS 2 workspace, `pip install -e .` in a plain venv."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = "cmdr_ros"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/launch", glob("launch/*.py")),
+        ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        ("share/" + package_name + "/models", glob("models/*.md")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="cmdr_ros maintainers",
+    maintainer_email="cmdr-ros@example.com",
+    description="CMDR-IAD 2D+3D unsupervised anomaly detection and its ROS 2 inspection node",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    python_requires=">=3.10",
+    entry_points={
+        "console_scripts": [
+            "cmdr = cmdr_ros.cli.main:main",
+        ],
+    },
+)

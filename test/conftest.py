@@ -1,0 +1,28 @@
+"""Shared pytest fixtures.
+
+Real sensor data lives beside the repository at ``../shared/data`` (override with CMDR_SHARED_DATA);
+tests that need it skip with a reason when it is absent.
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CMDR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+CABLE_GLAND = SHARED_DATA / "mvtec3d_cable_gland_dev" / "cable_gland"
+PCL_ORGANIZED = SHARED_DATA / "pcl_organized"
+
+
+@pytest.fixture(scope="session")
+def cable_gland_dir() -> Path:
+    if not (CABLE_GLAND / "train" / "good").is_dir():
+        pytest.skip(f"real MVTec 3D-AD subset not found at {CABLE_GLAND} (set CMDR_SHARED_DATA)")
+    return CABLE_GLAND
+
+
+@pytest.fixture(scope="session")
+def pcl_organized_dir() -> Path:
+    if not PCL_ORGANIZED.is_dir():
+        pytest.skip(f"PCL organized clouds not found at {PCL_ORGANIZED} (set CMDR_SHARED_DATA)")
+    return PCL_ORGANIZED

@@ -1,0 +1,176 @@
+"""The detector end to end with tiny random-init backbones on small synthetic parts."""
+import numpy as np
+import pytest
+import torch
+
+from cmdr_ros import CmdrError
+from cmdr_ros.config import BackboneConfig, ModelConfig, TrainConfig, preset
+from cmdr_ros.data.synthetic import CellConfig, render_part
+from cmdr_ros.model.checkpoint import FORMAT_VERSION, load_checkpoint, read_checkpoint, save_checkpoint
+from cmdr_ros.model.detector import CMDRDetector, masked_cosine_loss
+
+
+def tiny_config(mode="rgbd", epochs=4):
+    return ModelConfig(mode=mode, grid=16, rgb_size=32, backbone_2d=BackboneConfig("tiny_vit"),
+                       backbone_3d=BackboneConfig("tiny_pointmae"), window=32, num_heads=2,
+                       train=TrainConfig(epochs=epochs, seed=3))
+
+
+@pytest.fixture(scope="module")
+def parts():
+    cfg = CellConfig(image_size=96, field_of_view=0.30)
+    good = [render_part(np.random.default_rng(i), cfg, None) for i in range(5)]
+    bad = render_part(np.random.default_rng(100), cfg, "missing_chunk")
+    return good, bad
+
+
+def _fit(mode, parts, epochs=4):
+    good, _ = parts
+    det = CMDRDetector(tiny_config(mode, epochs), device="cpu")
+    hist = det.fit([det.prepare(p.rgb, p.xyz) for p in good], progress=False)
+    return det, hist
+
+
+@pytest.fixture(scope="module")
+def rgbd(parts):
+    return _fit("rgbd", parts, epochs=12)
+
+
+def test_fit_lowers_every_head_loss(rgbd):
+    det, hist = rgbd
+    assert set(hist[0]) == {"rec2d", "rec3d", "map2to3", "map3to2", "skipped"}
+    for head in ("rec2d", "rec3d", "map2to3", "map3to2"):
+        assert hist[-1][head] < hist[0][head], head
+    assert all(h["skipped"] == 0 for h in hist)
+
+
+def test_predict_shapes_and_values(rgbd, parts):
+    det, _ = rgbd
+    bad = parts[1]
+    pred = det.predict(bad.rgb, bad.xyz)
+    assert pred.anomaly_map.shape == (96, 96) and pred.anomaly_map.dtype == np.float32
+    assert pred.valid_mask.shape == (96, 96) and pred.valid_mask.dtype == bool
+    assert pred.grid_map.shape == (16, 16)
+    assert np.isfinite(pred.score) and pred.score > 0
+    assert (pred.anomaly_map[~pred.valid_mask] == 0).all()
+    assert 0 < pred.valid_ratio < 1  # the background plane was removed
+    assert pred.latency_ms > 0
+
+
+def test_checkpoint_round_trip(rgbd, parts, tmp_path):
+    det, _ = rgbd
+    good, bad = parts
+    det.calibrate([det.prepare(p.rgb, p.xyz) for p in good[:3]], progress=False)
+    path = save_checkpoint(det, tmp_path / "m.ckpt")
+    again = load_checkpoint(path, device="cpu")
+    assert again.threshold == det.threshold and again.score_stats == det.score_stats
+    assert again.model_id == det.model_id and again.config.to_dict() == det.config.to_dict()
+    a, b = det.predict(bad.rgb, bad.xyz), again.predict(bad.rgb, bad.xyz)
+    assert a.score == pytest.approx(b.score, rel=1e-5)
+    np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-4, atol=1e-6)
+
+
+def test_calibration_rule(rgbd, parts):
+    det, _ = rgbd
+    inputs = [det.prepare(p.rgb, p.xyz) for p in parts[0]]
+    thr = det.calibrate(inputs, progress=False)
+    scores = np.array([det.predict_input(i).score for i in inputs])
+    expected = max(scores.max(), scores.mean() + 3.0 * scores.std(ddof=1))
+    assert thr == pytest.approx(expected, rel=1e-5)
+    assert not any(det.is_reject(s) for s in scores)
+
+
+def test_checkpoint_errors(rgbd, tmp_path):
+    det, _ = rgbd
+    path = save_checkpoint(det, tmp_path / "m.ckpt")
+    with pytest.raises(CmdrError, match="trained for mode 'rgbd', cannot serve mode '3d'"):
+        load_checkpoint(path, device="cpu", expected_mode="3d")
+    ckpt = read_checkpoint(path)
+    ckpt["format_version"] = FORMAT_VERSION + 1
+    torch.save(ckpt, tmp_path / "future.ckpt")
+    with pytest.raises(CmdrError, match="format version"):
+        load_checkpoint(tmp_path / "future.ckpt", device="cpu")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CmdrError, match="not a readable cmdr_ros checkpoint"):
+        load_checkpoint(tmp_path / "junk.ckpt")
+    with pytest.raises(CmdrError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+    ckpt = read_checkpoint(path)
+    del ckpt["backbone_state"]["3d"]
+    torch.save(ckpt, tmp_path / "nostate.ckpt")
+    with pytest.raises(CmdrError, match="no stored weights"):
+        load_checkpoint(tmp_path / "nostate.ckpt", device="cpu")
+
+
+def test_bad_inputs_are_clear_errors(rgbd, parts):
+    det, _ = rgbd
+    good = parts[0][0]
+    with pytest.raises(CmdrError, match="all-invalid"):
+        det.predict(good.rgb, np.zeros_like(good.xyz))
+    with pytest.raises(CmdrError, match="not pixel-aligned"):
+        det.predict(good.rgb, good.xyz[:48])
+    with pytest.raises(CmdrError, match="needs a point cloud"):
+        det.predict(good.rgb, None)
+    with pytest.raises(CmdrError, match="uint8"):
+        det.predict(good.rgb.astype(np.float32), good.xyz)
+
+
+def test_training_is_reproducible(parts):
+    a, ha = _fit("3d", parts, epochs=2)
+    b, hb = _fit("3d", parts, epochs=2)
+    assert ha == hb
+    for (k, va), vb in zip(a.heads.state_dict().items(), b.heads.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_2d_mode_needs_no_cloud(parts):
+    good, bad = parts
+    det = CMDRDetector(tiny_config("2d", 2), device="cpu")
+    det.fit([det.prepare(p.rgb, None) for p in good[:3]], progress=False)
+    pred = det.predict(bad.rgb, None)
+    assert pred.valid_mask.all() and pred.anomaly_map.shape == (96, 96)
+    assert det.backbone_3d is None and det.heads.head_names() == ["rec2d"]
+
+
+def test_non_finite_loss_skips_the_step(parts):
+    good, _ = parts
+    det = CMDRDetector(tiny_config("3d", 1), device="cpu")
+    inp = det.prepare(good[0].rgb, good[0].xyz)
+    inp.xyz[inp.valid] = float("nan")  # poisoned features -> NaN loss
+    before = {k: v.clone() for k, v in det.heads.state_dict().items()}
+    hist = det.fit([inp], progress=False)
+    assert hist[0]["skipped"] == 1
+    for k, v in det.heads.state_dict().items():  # weights and BatchNorm statistics untouched
+        assert torch.equal(v, before[k]), k
+
+
+def test_masked_loss_ignores_invalid_pixels():
+    pred = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).reshape(1, 2, 1, 2)
+    target = torch.tensor([[1.0, 1.0], [0.0, 0.0]]).reshape(1, 2, 1, 2)
+    # pixel 0: identical direction (loss 0); pixel 1: orthogonal (loss 1)
+    assert masked_cosine_loss(pred, target, torch.tensor([[[True, True]]])).item() == pytest.approx(0.5)
+    assert masked_cosine_loss(pred, target, torch.tensor([[[True, False]]])).item() == pytest.approx(0.0)
+
+
+def test_pretrained_backbones_never_fall_back_to_random(tmp_path):
+    cfg = preset("paper", "3d")
+    with pytest.raises(CmdrError, match="pretrain.pth"):
+        CMDRDetector(cfg, device="cpu")
+    cfg.backbone_3d.weights = str(tmp_path / "pretrain.pth")
+    with pytest.raises(CmdrError, match="not found"):
+        CMDRDetector(cfg, device="cpu")
+    cfg = preset("paper", "2d")
+    cfg.backbone_2d.weights = str(tmp_path / "dino_vitbase8_pretrain.pth")
+    with pytest.raises(CmdrError, match="dino_vitbase8_pretrain.pth"):
+        CMDRDetector(cfg, device="cpu")
+
+
+def test_config_validation():
+    with pytest.raises(CmdrError, match="multiple of 8"):
+        ModelConfig(mode="3d", grid=20)
+    with pytest.raises(CmdrError, match="unknown mode"):
+        ModelConfig(mode="4d")
+    with pytest.raises(CmdrError, match="unknown model config key"):
+        ModelConfig.from_dict({"grdi": 4})
+    cfg = preset("lite", "rgbd")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg

@@ -1,0 +1,269 @@
+"""Preprocessing: background removal, square framing, resizing, normalisation, on-disk cache."""
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cmdr_ros import CmdrError
+from cmdr_ros.data.mvtec3d import MVTec3DClass, load_rgb, load_xyz
+from cmdr_ros.data.preprocess import (PreprocessCache, PreprocessConfig, SquareFrame, default_cache_dir,
+                                      normalize_imagenet, prepare_xyz, remove_background, resize_mask,
+                                      resize_nearest, resize_rgb, valid_mask)
+
+
+def test_config_round_trip_and_unknown_key():
+    cfg = PreprocessConfig(border=5, dbscan_eps=0.01)
+    d = cfg.to_dict()
+    assert d["border"] == 5 and d["plane_ransac_n"] == 50 and d["seed"] == 115
+    assert PreprocessConfig.from_dict(d) == cfg
+    with pytest.raises(CmdrError, match="dbscan_epsilon"):
+        PreprocessConfig.from_dict({**d, "dbscan_epsilon": 1.0})
+    with pytest.raises(CmdrError, match="plane_ransac_n=2"):
+        PreprocessConfig(plane_ransac_n=2)
+    with pytest.raises(CmdrError, match="dbscan_eps must be float, got str '6e-3'"):
+        PreprocessConfig.from_dict({"dbscan_eps": "6e-3"})  # what YAML 1.1 makes of 6e-3
+    with pytest.raises(CmdrError, match="border must be int"):
+        PreprocessConfig(border=True)
+    widened = PreprocessConfig(plane_clear_distance=1)
+    assert isinstance(widened.plane_clear_distance, float) and widened.to_dict()["plane_clear_distance"] == 1.0
+
+
+def test_valid_mask():
+    xyz = np.array([[[0, 0, 0], [0, 0, 0.5], [np.nan, 1, 1]],
+                    [[1, np.inf, 1], [0.1, 0.2, 0.3], [-1, 0, 0]]], np.float32)
+    assert valid_mask(xyz).tolist() == [[False, True, False], [False, True, True]]
+
+
+def _scene(h=100, w=100, seed=0):
+    """Tilted table plane (1 mm pixel pitch), a 30x30 box 2 cm above it, a 10x10 patch floating 10 cm
+    above the table, 20 isolated spikes, NaN holes. Returns the cloud and the pixel masks of each part
+    (object masks exclude the holes)."""
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:h, 0:w]
+    x = (u - w / 2) * 1e-3
+    y = (v - h / 2) * 1e-3
+    z = 0.6 + 0.2 * x + 0.1 * y + rng.normal(0, 3e-4, (h, w))  # camera looks along +z at the table
+    box = np.zeros((h, w), bool)
+    box[35:65, 35:65] = True
+    floating = np.zeros((h, w), bool)
+    floating[15:25, 70:80] = True
+    spikes = np.zeros((h, w), bool)
+    spikes.flat[rng.choice(np.flatnonzero(~(box | floating)), 20, replace=False)] = True
+    z = z - 0.02 * box - 0.1 * floating - spikes * rng.uniform(0.03, 0.08, (h, w))
+    xyz = np.stack([x, y, z], axis=-1).astype(np.float32)
+    holes = rng.random((h, w)) < 0.02
+    xyz[holes] = np.nan
+    parts = {"box": box, "floating": floating, "spikes": spikes}
+    parts = {k: m & ~holes for k, m in parts.items()}
+    parts["table"] = ~holes & ~box & ~floating & ~spikes
+    return xyz, parts
+
+
+def test_remove_background_synthetic_scene():
+    xyz, parts = _scene()
+    before = xyz.copy()
+    out = remove_background(xyz, PreprocessConfig())
+    assert np.array_equal(before, xyz, equal_nan=True)  # input untouched
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    kept = valid_mask(out)
+    assert kept.sum() == parts["box"].sum() > 850  # the box survives, nothing else
+    assert np.array_equal(kept, parts["box"])
+    assert np.array_equal(out[kept], xyz[kept])  # kept points unchanged
+    assert np.all(out[~kept] == 0)
+    assert np.array_equal(remove_background(xyz), out)  # seeded: same result every time
+
+
+def test_remove_background_steps_can_be_disabled():
+    xyz, parts = _scene()
+    only_clean = remove_background(xyz, PreprocessConfig(remove_plane=False, keep_largest_cluster=False))
+    assert np.array_equal(valid_mask(only_clean), np.isfinite(xyz).all(axis=-1))
+    plane_only = valid_mask(remove_background(xyz, PreprocessConfig(keep_largest_cluster=False)))
+    assert np.array_equal(plane_only, parts["box"] | parts["floating"] | parts["spikes"])
+
+
+def test_sparse_border_skips_plane_with_warning(caplog):
+    xyz, parts = _scene()
+    xyz[:12], xyz[-12:], xyz[:, :12], xyz[:, -12:] = 0, 0, 0, 0  # nothing valid in the border strip
+    with caplog.at_level(logging.WARNING, logger="cmdr_ros.data.preprocess"):
+        out = remove_background(xyz)
+    assert "plane not removed" in caplog.text
+    # without plane removal the table itself is the largest cluster; box and floating patch go
+    kept = valid_mask(out)
+    table = parts["table"] & valid_mask(xyz)
+    assert not (kept & ~table).any()
+    assert kept.sum() > 0.99 * table.sum()
+
+
+def test_remove_background_real_cable_gland(cable_gland_dir):
+    sample = MVTec3DClass(cable_gland_dir).samples("test")[0]
+    xyz = load_xyz(sample.xyz_path)
+    t0 = time.perf_counter()
+    out = remove_background(xyz)
+    seconds = time.perf_counter() - t0
+    before, after = valid_mask(xyz), valid_mask(out)
+    print(f"remove_background on a 400x400 cable_gland sample: {seconds:.2f} s")
+    assert before.mean() > 0.5 and 0.05 < after.mean() < 0.3
+    assert not (after & ~before).any()
+    # independent least-squares plane through the original border strip: the kept points are clear of it
+    strip = np.zeros(before.shape, bool)
+    strip[:10], strip[-10:], strip[:, :10], strip[:, -10:] = True, True, True, True
+    b = xyz[strip & before].astype(np.float64)
+    coef, *_ = np.linalg.lstsq(np.c_[b[:, :2], np.ones(len(b))], b[:, 2], rcond=None)
+    pts = out[after].astype(np.float64)
+    dist = np.abs(pts[:, :2] @ coef[:2] + coef[2] - pts[:, 2]) / np.sqrt(1 + coef[0] ** 2 + coef[1] ** 2)
+    assert np.quantile(dist, 0.01) > 0.004
+    # one compact object: a cable gland a few centimetres across, in a single connected pixel blob
+    assert np.all(np.ptp(pts, axis=0) < 0.07)
+    rows, cols = np.nonzero(after)
+    assert (rows.max() - rows.min()) < 250 and (cols.max() - cols.min()) < 250
+
+
+@pytest.mark.parametrize("h,w", [(30, 50), (50, 30), (31, 50), (7, 7)])
+def test_square_frame_pad_unpad(h, w):
+    f = SquareFrame.of(h, w)
+    assert f.side == max(h, w)
+    a = np.arange(h * w * 2, dtype=np.float32).reshape(h, w, 2) + 1
+    p = f.pad(a, fill=-1)
+    assert p.shape == (f.side, f.side, 2)
+    assert np.array_equal(p[f.top:f.top + h, f.left:f.left + w], a)
+    assert (p == -1).sum() == 2 * (f.side ** 2 - h * w)
+    # centred: the margins on both sides differ by at most one pixel
+    assert abs(f.top - (f.side - h - f.top)) <= 1 and abs(f.left - (f.side - w - f.left)) <= 1
+    assert np.array_equal(f.unpad(p), a)
+    assert np.array_equal(f.unpad(f.pad(a[..., 0])), a[..., 0])
+
+
+def test_square_frame_exact_offsets():
+    f = SquareFrame.of(30, 50)
+    assert (f.side, f.top, f.left) == (50, 10, 0)
+    f = SquareFrame.of(50, 31)
+    assert (f.side, f.top, f.left) == (50, 0, 9)
+    with pytest.raises(ValueError):
+        f.pad(np.zeros((31, 50)))
+
+
+@pytest.mark.parametrize("h,w", [(30, 50), (50, 30)])
+def test_square_frame_to_input(h, w):
+    f = SquareFrame.of(h, w)
+    # grid at side resolution: to_input is exactly the crop
+    m = np.random.default_rng(0).random((50, 50)).astype(np.float32)
+    assert np.allclose(f.to_input(m), f.unpad(m))
+    # half resolution, nearest: each grid cell covers a 2x2 block of the square
+    g = np.arange(625, dtype=np.float32).reshape(25, 25)
+    r, c = np.mgrid[0:h, 0:w]
+    assert np.array_equal(f.to_input(g, "nearest"), g[(r + f.top) // 2, (c + f.left) // 2])
+    # bilinear (half-pixel centres) of a column ramp is the clamped linear map of the column
+    ramp = np.tile(np.arange(25, dtype=np.float32), (25, 1))
+    out = f.to_input(torch.from_numpy(ramp))
+    assert out.shape == (h, w) and out.dtype == np.float32
+    expected = np.clip((c + f.left + 0.5) / 2 - 0.5, 0, 24)
+    assert np.allclose(out, expected, atol=1e-5)
+    with pytest.raises(ValueError):
+        f.to_input(ramp, "area")
+
+
+def test_resize_nearest_matches_torch():
+    rng = np.random.default_rng(0)
+    for n_in in list(range(1, 40)) + [97, 224, 400, 401, 480, 640]:
+        for n_out in (1, 7, 28, 64, 96, 224, 500):
+            a = rng.random((n_in, n_in + 3)).astype(np.float32)
+            ref = F.interpolate(torch.from_numpy(a)[None, None], size=(n_out, n_out), mode="nearest")[0, 0]
+            assert np.array_equal(resize_nearest(a, n_out), ref.numpy()), (n_in, n_out)
+    c = rng.random((45, 30, 3)).astype(np.float32)
+    ref = F.interpolate(torch.from_numpy(c).permute(2, 0, 1)[None], size=(224, 224), mode="nearest")[0]
+    assert np.array_equal(resize_nearest(c, 224), ref.permute(1, 2, 0).numpy())
+    assert resize_nearest(np.arange(16).reshape(4, 4), 2).tolist() == [[0, 2], [8, 10]]
+    assert resize_nearest(np.eye(3, dtype=bool), 6).dtype == bool
+
+
+def test_resize_mask_threshold():
+    m = np.array([[0.4, 0.6], [0.5, 255]], np.float32)
+    assert resize_mask(m, 4).tolist() == [[False, False, True, True]] * 2 + [[False, False, True, True]] * 2
+    r = resize_mask(np.array([[True, False], [False, False]]), 4)
+    assert r.dtype == bool and r.sum() == 4 and r[:2, :2].all()
+
+
+def test_resize_rgb_matches_pil(cable_gland_dir):
+    rgb = load_rgb(MVTec3DClass(cable_gland_dir).samples("test")[5].rgb_path)
+    out = resize_rgb(rgb, 224)
+    assert out.shape == (224, 224, 3) and out.dtype == np.float32
+    pil = np.asarray(Image.fromarray(rgb).resize((224, 224), Image.BICUBIC), dtype=np.float32) / 255
+    assert np.abs(out - pil).max() <= 1 / 255 + 1e-6
+    assert np.mean(out != pil) < 0.02
+
+
+def test_resize_rgb_range_and_constant():
+    rng = np.random.default_rng(1)
+    out = resize_rgb(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8), 64)  # bicubic overshoots: clamped
+    assert out.min() >= 0 and out.max() <= 1 and out.min() == 0 and out.max() == 1
+    flat = np.full((30, 30, 3), 51, np.uint8)
+    assert np.array_equal(resize_rgb(flat, 8), np.full((8, 8, 3), 0.2, np.float32))
+
+
+def test_normalize_imagenet():
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1).expand(3, 2, 2)
+    assert torch.allclose(normalize_imagenet(mean), torch.zeros(3, 2, 2), atol=1e-7)
+    ones = normalize_imagenet(torch.ones(2, 3, 1, 1, dtype=torch.float64))
+    assert ones.dtype == torch.float64
+    assert torch.allclose(ones[1, :, 0, 0], torch.tensor([0.515 / 0.229, 0.544 / 0.224, 0.594 / 0.225],
+                                                         dtype=torch.float64))
+
+
+def test_prepare_xyz_pads_and_cleans():
+    xyz = np.random.default_rng(0).random((30, 50, 3)).astype(np.float32) + 0.5
+    xyz[3, 4] = np.inf
+    out = prepare_xyz(xyz, PreprocessConfig(remove_plane=False, keep_largest_cluster=False))
+    assert out.shape == (50, 50, 3)
+    assert np.all(out[:10] == 0) and np.all(out[40:] == 0) and np.all(out[13, 4] == 0)
+    expected = xyz.copy()
+    expected[3, 4] = 0
+    assert np.array_equal(out[10:40], expected)
+
+
+def test_cache_hit_miss_and_invalidation(tmp_path, caplog):
+    src = tmp_path / "a.tiff"
+    src.write_bytes(b"stand-in for an xyz file")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.full((4, 4, 3), len(calls), np.float32)
+
+    cfg = PreprocessConfig()
+    cache = PreprocessCache(tmp_path / "cache", cfg=cfg)
+    first = cache.get_or_compute(src, compute)
+    assert len(calls) == 1 and cache.file_for(src).is_file()
+    assert np.array_equal(cache.get_or_compute(src, compute), first) and len(calls) == 1  # hit
+    assert np.array_equal(PreprocessCache(tmp_path / "cache", cfg=PreprocessConfig()).get_or_compute(src, compute),
+                          first) and len(calls) == 1  # equal settings: same entry
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert cache.get_or_compute(src, compute)[0, 0, 0] == 2 and len(calls) == 2  # mtime changed: miss
+    other = PreprocessCache(tmp_path / "cache", cfg=PreprocessConfig(dbscan_eps=0.01))
+    assert other.get_or_compute(src, compute)[0, 0, 0] == 3 and len(calls) == 3  # settings changed: miss
+    assert cache.get_or_compute(src, compute)[0, 0, 0] == 2 and len(calls) == 3  # both entries kept
+    # corrupted entry: recomputed and rewritten
+    cache.file_for(src).write_bytes(b"PK\x03\x04 truncated")
+    with caplog.at_level(logging.WARNING, logger="cmdr_ros.data.preprocess"):
+        assert cache.get_or_compute(src, compute)[0, 0, 0] == 4 and len(calls) == 4
+    assert "unreadable" in caplog.text
+    assert cache.get_or_compute(src, compute)[0, 0, 0] == 4 and len(calls) == 4
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp")]
+    with pytest.raises(CmdrError, match="missing.tiff"):
+        cache.get_or_compute(tmp_path / "missing.tiff", compute)
+    with pytest.raises(TypeError):
+        PreprocessCache(tmp_path / "cache")  # cfg is part of the key: it must be given
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("CMDR_CACHE_DIR", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    assert PreprocessCache(cfg=PreprocessConfig()).cache_dir == tmp_path / "c"
+    monkeypatch.delenv("CMDR_CACHE_DIR")
+    assert default_cache_dir() == Path.home() / ".cache" / "cmdr_ros" / "preprocessed"
