@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     progress = not args.quiet
     print(f"[1/3] generating the simulated cutting cell in {out / 'data'}")
-    data = generate_dataset(out / "data", n_train=30, n_val=6, n_test_good=12, n_test_per_defect=4, seed=args.seed)
+    data = generate_dataset(out / "data", n_train=30, n_val=6, n_test_good=12, n_test_per_defect=4, seed=args.seed,
+                            overwrite=True)
     config = preset("lite", args.mode)
     if args.epochs is not None:
         config.train.epochs = args.epochs

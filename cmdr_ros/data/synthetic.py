@@ -46,7 +46,7 @@ GEOMETRIC_DEFECTS = tuple(d for d in DEFECT_TYPES if d != "stain")
 
 _HEIGHT_EPS = 1e-6  # m: a height change above this is a changed pixel
 _COLOUR_EPS = 1e-4  # linear colour in [0, 1]: a shaded-colour change above this is a changed pixel
-_BORDER_PX = 12  # image border strip that must show only the table (background-plane fit)
+_BORDER = 0.045  # image border strip (fraction of the width, 12 px at 256) that shows only the table
 
 
 @dataclass(frozen=True)
@@ -129,11 +129,11 @@ class CellConfig:
         if self.edge_radius[1] >= self.block_height[0] / 2:
             raise CmdrError("CellConfig.edge_radius must stay below half the lowest block height")
         reach = np.hypot(self.block_length[1], self.block_width[1]) / 2 + np.sqrt(2) * self.max_translation
-        room = self.field_of_view / 2 * (1 - 2 * _BORDER_PX / self.image_size)
+        room = self.field_of_view / 2 * (1 - 2 * _BORDER)
         if reach >= room:
             raise CmdrError(
                 f"CellConfig: a block can reach {reach:.3f} m from the centre but the view leaves only "
-                f"{room:.3f} m inside the {_BORDER_PX}-pixel table border; widen field_of_view"
+                f"{room:.3f} m inside the table border strip; widen field_of_view"
             )
         if self.profile_width <= 2 * reach:
             raise CmdrError(f"CellConfig.profile_width={self.profile_width} does not cover a block ({2 * reach:.3f} m)")
@@ -339,7 +339,8 @@ class _Gouge:
         a, b = _rotate(s, t, self.centre, self.angle)
         r2 = (a / self.semi_axes[0]) ** 2 + (b / self.semi_axes[1]) ** 2
         on = (r2 < 1) & (height > 0)
-        height[on] -= self.depth * (1 - r2[on]) * (0.75 + 0.25 * a[on] / self.semi_axes[0])
+        # a spoon-shaped scoop with a sharp rim, deeper where the tool came out
+        height[on] -= self.depth * np.sqrt(1 - r2[on]) * (0.75 + 0.25 * a[on] / self.semi_axes[0])
 
 
 @dataclass(frozen=True)
@@ -396,12 +397,12 @@ def _draw_defect(kind: str, rng: np.random.Generator, part: _Part) -> _Defect:
                      rng.uniform(0.0025, 0.005), _Texture.random(rng, (hl, hw), 0.0007, 0.8))
     if kind == "gouge":
         semi = (rng.uniform(0.009, 0.016), rng.uniform(0.003, 0.005))
-        return _Gouge(_top_point(rng, part, semi[0] + 0.005), rng.uniform(0, np.pi), semi, rng.uniform(0.0025, 0.005))
+        return _Gouge(_top_point(rng, part, semi[0] + 0.005), rng.uniform(0, np.pi), semi, rng.uniform(0.003, 0.006))
     if kind == "missing_chunk":
         return _draw_missing_chunk(rng, part)
     if kind == "bump":
-        radius = rng.uniform(0.007, 0.012)
-        return _Bump(_top_point(rng, part, radius + 0.005), radius, rng.uniform(0.003, 0.005))
+        radius = rng.uniform(0.006, 0.010)
+        return _Bump(_top_point(rng, part, radius + 0.005), radius, rng.uniform(0.0035, 0.006))
     if kind == "stain":
         radius = rng.uniform(0.007, 0.014)
         harmonics = np.stack([np.arange(2, 5), rng.uniform(0, 0.1, 3), rng.uniform(0, 2 * np.pi, 3)], 1)
@@ -664,7 +665,7 @@ def generate_dataset(
             key = [seed, ("train", "validation", "test").index(split), (("good",) + DEFECT_TYPES).index(kind), i]
             frame = render_part(np.random.default_rng(key), cfg, None if kind == "good" else kind)
             _imwrite(out / "rgb" / f"{i:03d}.png", cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
-            tifffile.imwrite(out / "xyz" / f"{i:03d}.tiff", frame.xyz)
+            tifffile.imwrite(out / "xyz" / f"{i:03d}.tiff", frame.xyz, photometric="rgb")  # as MVTec's files
             if split == "test":
                 _imwrite(out / "gt" / f"{i:03d}.png", frame.mask.astype(np.uint8) * np.uint8(gt_value))
     calibration = folder / "calibration"

@@ -204,11 +204,13 @@ class CMDRDetector:
 
     # ------------------------------------------------------------------ training
     def fit(self, inputs: Sequence[ModelInput], epochs: int | None = None, progress: bool = True,
-            log_every: int = 0) -> list[dict[str, float]]:
+            log_every: int = 0, grid_cache_bytes: int = 2 << 30) -> list[dict[str, float]]:
         """Train the heads on good samples; returns the mean loss of every head per epoch.
 
         Backbone features are extracted once and cached (CPU, native resolution); every epoch then costs
-        only the heads. Each head has its own optimiser; a non-finite loss skips that head's step.
+        only the heads. When the per-pixel grid features of all samples fit in ``grid_cache_bytes`` (small
+        grids) they are kept on the device too, so epochs skip the upsampling as well. Each head has its
+        own optimiser; a non-finite loss skips that head's step.
         """
         cfg = self.config.train
         epochs = cfg.epochs if epochs is None else epochs
@@ -220,6 +222,11 @@ class CMDRDetector:
         self.feature_stats = {}
         if self.config.standardize_features:
             self._fit_feature_stats(natives, valids)
+
+        dims = sum(bb.out_dim for bb in (self.backbone_2d, self.backbone_3d) if bb is not None)
+        grid_cache = None
+        if 4 * dims * self.config.grid ** 2 * len(natives) <= grid_cache_bytes:
+            grid_cache = [self.grid_features([n]) for n in natives]
 
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         names = self.heads.head_names()
@@ -236,7 +243,10 @@ class CMDRDetector:
             order = torch.randperm(len(natives), generator=gen).tolist()
             for i in range(0, len(order), cfg.batch_size):
                 idx = order[i:i + cfg.batch_size]
-                feats = self.grid_features([natives[j] for j in idx])
+                if grid_cache is not None:
+                    feats = {m: torch.cat([grid_cache[j][m] for j in idx]) for m in grid_cache[0]}
+                else:
+                    feats = self.grid_features([natives[j] for j in idx])
                 valid = torch.stack([valids[j] for j in idx]).to(self.device)
                 if not all(bool(torch.isfinite(f).all()) for f in feats.values()):
                     skipped += len(names)  # poisoned input: keep it out of BatchNorm statistics too

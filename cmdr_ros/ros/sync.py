@@ -1,0 +1,278 @@
+"""Approximate-time synchronization of the inspection node's inputs (image, points, camera_info).
+
+The node needs one image, one organized cloud and (optionally) one camera_info taken at "the same" instant. ROS 2
+solves this with ``message_filters.ApproximateTimeSynchronizer``; that package ships with a ROS install but not with
+the PyPI client libraries, so this module carries :class:`ApproximateTimePolicy`, a pure-Python copy of the Python
+``ApproximateTimeSynchronizer.add`` of ros2/message_filters (same queues, same candidate order, same strict ``<``
+test), plus counters. :func:`make_synchronizer` wires either one to rclpy subscriptions.
+
+Reference semantics, reproduced exactly (all times in integer nanoseconds, ``slop_ns = int(slop * 1e9)``):
+
+1. Each input has a queue ``{stamp_ns: msg}``. A new message is stored under its stamp (replacing a queued message
+   with the same stamp), then while the queue holds more than ``queue_size`` entries the smallest stamp is deleted
+   (this can be the message that just arrived, when it is older than everything queued).
+2. For every *other* input, the candidates are its queued stamps with ``|s - new| <= slop_ns``, sorted by that
+   distance (stable: ties keep queue order). If any other input has no candidate, nothing happens.
+3. Combinations are tried in ``itertools.product`` order of those sorted lists (so the closest stamp of the first
+   other input varies slowest); the first whose ``max - min < slop_ns`` (strictly) and whose stamps are all still
+   queued is emitted and its messages are removed from their queues. Only one set is emitted per arrival.
+
+With one input the candidate product is a single empty combination, so every message is emitted on arrival.
+Because the spread test is strict, a slop below one nanosecond would never emit anything and is refused.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from cmdr_ros import CmdrError
+
+if TYPE_CHECKING:
+    from rclpy.callback_groups import CallbackGroup
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile
+
+_LOG = logging.getLogger(__name__)
+_NS_PER_S = 1_000_000_000
+
+
+@dataclass
+class SyncStats:
+    """Counters of one synchronizer; every update and :meth:`snapshot` / :meth:`reset` holds an internal lock.
+
+    ``received[i]``: messages handed to input ``i``; ``matched``: sets emitted (each uses one message per input);
+    ``dropped[i]``: messages of input ``i`` that left its queue without being part of an emitted set (evicted by
+    overflow or replaced by a message with the same stamp) — the node's "unmatched frames"; ``rejected[i]``:
+    headerless messages refused because ``allow_headerless`` is off. Under :class:`ApproximateTimePolicy`
+    ``received[i] == matched + dropped[i] + rejected[i] + pending[i]`` holds (between resets).
+    """
+
+    received: list[int]
+    dropped: list[int]
+    rejected: list[int]
+    matched: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @classmethod
+    def zeros(cls, n_inputs: int) -> SyncStats:
+        """All-zero counters for ``n_inputs`` inputs."""
+        return cls(received=[0] * n_inputs, dropped=[0] * n_inputs, rejected=[0] * n_inputs)
+
+    def snapshot(self) -> SyncStats:
+        """A consistent copy (taken under the lock), safe to read while the callbacks keep counting."""
+        with self._lock:
+            return SyncStats(list(self.received), list(self.dropped), list(self.rejected), self.matched)
+
+    def reset(self) -> None:
+        """Zero every counter (e.g. after the node published a diagnostics report)."""
+        with self._lock:
+            n = len(self.received)
+            self.received, self.dropped, self.rejected, self.matched = [0] * n, [0] * n, [0] * n, 0
+
+    def note_received(self, index: int, *, unconfirmed: bool = False) -> None:
+        """Count an arrival; ``unconfirmed`` also counts it as dropped until :meth:`note_matched` settles it."""
+        with self._lock:
+            self.received[index] += 1
+            if unconfirmed:
+                self.dropped[index] += 1
+
+    def note_dropped(self, index: int) -> None:
+        """Count a message of input ``index`` that left its queue unused."""
+        with self._lock:
+            self.dropped[index] += 1
+
+    def note_rejected(self, index: int) -> None:
+        """Count a headerless message refused by input ``index``."""
+        with self._lock:
+            self.rejected[index] += 1
+
+    def note_matched(self, *, settle_unconfirmed: bool = False) -> None:
+        """Count an emitted set; ``settle_unconfirmed`` takes its messages back out of ``dropped`` (floor 0)."""
+        with self._lock:
+            self.matched += 1
+            if settle_unconfirmed:
+                self.dropped = [max(0, d - 1) for d in self.dropped]
+
+
+def _header_stamp_ns(msg: Any) -> int | None:
+    """``msg.header.stamp`` in nanoseconds (builtin_interfaces/Time or rclpy Time), or None when absent."""
+    stamp = getattr(getattr(msg, "header", None), "stamp", None)
+    if stamp is None:
+        return None
+    if hasattr(stamp, "nanoseconds"):
+        return int(stamp.nanoseconds)
+    return int(stamp.sec) * _NS_PER_S + int(stamp.nanosec)
+
+
+def _checked_slop_ns(n_inputs: int, queue_size: int, slop: float) -> int:
+    """Validate the synchronizer parameters; return the slop in ns as the reference's ``Duration(seconds=slop)``."""
+    if n_inputs < 1:
+        raise CmdrError(f"synchronizer: n_inputs={n_inputs} must be at least 1.")
+    if queue_size < 1:
+        raise CmdrError(f"synchronizer: queue_size={queue_size} must be at least 1 or no set can ever match.")
+    if not math.isfinite(slop) or int(slop * _NS_PER_S) < 1:
+        raise CmdrError(f"synchronizer: slop={slop} s must be finite and at least 1 ns (the spread test is "
+                        f"strict, so a zero slop never matches).")
+    return int(slop * _NS_PER_S)
+
+
+class ApproximateTimePolicy:
+    """Thread-safe approximate-time matcher with the semantics of ROS 2 ``ApproximateTimeSynchronizer``.
+
+    ``callback(*msgs)`` receives one message per input, in input order. It runs while the internal (re-entrant)
+    lock is held, so sets are delivered in the order they were matched; keep it cheap (hand the set to a worker).
+    Headerless messages are stamped with ``clock_ns()`` (arrival time, nanoseconds) when ``allow_headerless`` is
+    set, otherwise counted in ``stats.rejected`` and ignored, as in the reference.
+    """
+
+    def __init__(self, n_inputs: int, queue_size: int, slop: float, callback: Callable[..., None], *,
+                 allow_headerless: bool = False, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.slop_ns = _checked_slop_ns(n_inputs, queue_size, slop)
+        self.n_inputs = n_inputs
+        self.queue_size = queue_size
+        self.allow_headerless = allow_headerless
+        self.stats = SyncStats.zeros(n_inputs)
+        self._callback = callback
+        self._clock_ns = clock_ns
+        self._queues: list[dict[int, Any]] = [{} for _ in range(n_inputs)]
+        self._warned_headerless = [False] * n_inputs
+        self._lock = threading.RLock()
+
+    def pending(self) -> list[int]:
+        """How many messages each input queue holds, waiting for partners."""
+        with self._lock:
+            return [len(q) for q in self._queues]
+
+    def add(self, index: int, msg: Any, stamp_ns: int | None = None) -> None:
+        """Offer ``msg`` on input ``index`` (stamp: ``stamp_ns``, else ``msg.header.stamp``); may emit one set."""
+        if not 0 <= index < self.n_inputs:
+            raise IndexError(f"input index {index} outside 0..{self.n_inputs - 1}")
+        self.stats.note_received(index)
+        stamp = _header_stamp_ns(msg) if stamp_ns is None else int(stamp_ns)
+        if stamp is None:
+            if not self.allow_headerless:
+                self.stats.note_rejected(index)
+                if not self._warned_headerless[index]:
+                    self._warned_headerless[index] = True
+                    _LOG.warning("input %d: message without header.stamp ignored (allow_headerless is off)", index)
+                return
+            stamp = self._clock_ns()
+        with self._lock:
+            self._insert(index, stamp, msg)
+            self._match(index, stamp)
+
+    def _insert(self, index: int, stamp: int, msg: Any) -> None:
+        """Store under ``stamp`` (replacing a same-stamp message) and trim the queue by deleting the oldest stamps."""
+        queue = self._queues[index]
+        if stamp in queue:
+            self.stats.note_dropped(index)
+        queue[stamp] = msg
+        while len(queue) > self.queue_size:
+            del queue[min(queue)]
+            self.stats.note_dropped(index)
+
+    def _match(self, index: int, stamp: int) -> None:
+        """Emit the first candidate combination (reference order) whose spread is strictly below the slop."""
+        if stamp not in self._queues[index]:
+            return  # evicted by its own trim: the reference's "all stamps still queued" test fails for every set
+        candidates = []
+        for other, queue in enumerate(self._queues):
+            if other == index:
+                continue
+            near = [(s, abs(s - stamp)) for s in queue if abs(s - stamp) <= self.slop_ns]
+            if not near:
+                return
+            candidates.append([s for s, _ in sorted(near, key=lambda sd: sd[1])])
+        for combo in itertools.product(*candidates):
+            stamps = list(combo)
+            stamps.insert(index, stamp)
+            if max(stamps) - min(stamps) < self.slop_ns:
+                msgs = tuple(q.pop(s) for q, s in zip(self._queues, stamps))
+                self.stats.note_matched()
+                self._callback(*msgs)
+                return
+
+
+def _import_message_filters() -> Any | None:
+    """The ROS ``message_filters`` package when installed (a full ROS 2 install), else None (PyPI rclpy only)."""
+    try:
+        import message_filters
+    except ImportError:
+        return None
+    return message_filters
+
+
+class Synchronizer:
+    """Subscriptions of ``topics`` feeding one approximate-time matcher; built by :func:`make_synchronizer`.
+
+    ``stats`` is the live :class:`SyncStats`; ``backend`` is ``"message_filters"`` or ``"policy"``.
+
+    Counting differs by backend. ``"policy"`` counts exactly: ``dropped[i]`` are messages evicted unused, and
+    ``rejected[i]`` headerless ones. ``"message_filters"`` hides its queues, so a cheap counting callback on each
+    ``message_filters.Subscriber`` (registered before the synchronizer, hence it sees every message first) counts
+    ``received[i]``, the sync callback counts ``matched``, and ``dropped[i]`` is the running number of messages
+    received and not (yet) matched since the last reset: an upper bound of the evictions that also includes the up
+    to ``queue_size`` messages still waiting and any headerless ones (``rejected`` stays 0).
+    """
+
+    def __init__(self, node: Node, topics: Sequence[tuple[type, str]], qos: QoSProfile | int, queue_size: int,
+                 slop: float, callback: Callable[..., None], *, prefer_message_filters: bool = True,
+                 allow_headerless: bool = False, callback_group: CallbackGroup | None = None) -> None:
+        if not topics:
+            raise CmdrError("synchronizer: no input topics given.")
+        _checked_slop_ns(len(topics), queue_size, slop)
+        self._node = node
+        self._user_callback = callback
+        message_filters = _import_message_filters() if prefer_message_filters else None
+        if message_filters is not None:
+            self.backend = "message_filters"
+            self.stats = SyncStats.zeros(len(topics))
+            filters = [message_filters.Subscriber(node, msg_type, name, qos_profile=qos, callback_group=callback_group)
+                       for msg_type, name in topics]
+            for index, sub in enumerate(filters):
+                sub.registerCallback(self._count_arrival, index)
+            self._sync = message_filters.ApproximateTimeSynchronizer(filters, queue_size, slop,
+                                                                     allow_headerless=allow_headerless)
+            self._sync.registerCallback(self._on_filters_match)
+            self._subscriptions = [sub.sub for sub in filters]
+        else:
+            self.backend = "policy"
+            self._sync = ApproximateTimePolicy(len(topics), queue_size, slop, callback,
+                                               allow_headerless=allow_headerless)
+            self.stats = self._sync.stats
+            self._subscriptions = [
+                node.create_subscription(msg_type, name, functools.partial(self._sync.add, index), qos,
+                                         callback_group=callback_group)
+                for index, (msg_type, name) in enumerate(topics)]
+
+    def _count_arrival(self, _msg: Any, index: int) -> None:
+        self.stats.note_received(index, unconfirmed=True)
+
+    def _on_filters_match(self, *msgs: Any) -> None:
+        self.stats.note_matched(settle_unconfirmed=True)
+        self._user_callback(*msgs)
+
+    def destroy(self) -> None:
+        """Destroy the subscriptions (idempotent); the node itself stays alive."""
+        for sub in self._subscriptions:
+            self._node.destroy_subscription(sub)
+        self._subscriptions = []
+
+
+def make_synchronizer(node: Node, topics: Sequence[tuple[type, str]], qos: QoSProfile | int, queue_size: int,
+                      slop: float, callback: Callable[..., None], prefer_message_filters: bool = True, *,
+                      allow_headerless: bool = False, callback_group: CallbackGroup | None = None) -> Synchronizer:
+    """Subscribe ``node`` to ``topics`` ([(msg_type, name), ...]) and call ``callback(*msgs)`` per matched set.
+
+    Uses ``message_filters`` when importable and ``prefer_message_filters`` is set, else plain subscriptions
+    feeding :class:`ApproximateTimePolicy` (same matching). ``slop`` is in seconds. See :class:`Synchronizer`
+    for what the counters mean in each case.
+    """
+    return Synchronizer(node, topics, qos, queue_size, slop, callback, prefer_message_filters=prefer_message_filters,
+                        allow_headerless=allow_headerless, callback_group=callback_group)

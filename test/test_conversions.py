@@ -1,0 +1,401 @@
+"""Tests for cmdr_ros.ros.conversions: round trips, worked values, reference decoders, real PCL clouds.
+
+Reference decoders run on the very same messages: ``pointcloud2.read_points`` (PyPI port of
+sensor_msgs_py) takes the rclpy PointCloud2 as is; ``rosbags.image.message_to_cvimage`` gets a rosbags
+Image built from the same bytes (it ignores ``step``, so padded images are checked against its
+decoding of the unpadded twin).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from pointcloud2 import read_points
+from rosbags.image import message_to_cvimage
+from rosbags.typesys import Stores, get_typestore
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+
+from cmdr_ros import CmdrError
+from cmdr_ros.ros.conversions import (
+    ConversionError,
+    array_to_image,
+    camera_info_to_dict,
+    dict_to_camera_info,
+    image_to_array,
+    image_to_rgb,
+    pointcloud2_fields,
+    pointcloud2_rgb,
+    pointcloud2_to_xyz,
+    xyz_to_pointcloud2,
+)
+
+RNG = np.random.default_rng(7)
+# encoding -> (dtype, channels) as REP 118 / sensor_msgs/image_encodings define them
+ENCODINGS = {
+    "rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "rgba8": (np.uint8, 4), "bgra8": (np.uint8, 4),
+    "mono8": (np.uint8, 1), "mono16": (np.uint16, 1), "16UC1": (np.uint16, 1), "32FC1": (np.float32, 1),
+}
+TYPESTORE = get_typestore(Stores.ROS2_KILTED)
+
+
+def _random_image(encoding: str, height: int = 5, width: int = 7) -> np.ndarray:
+    dtype, channels = ENCODINGS[encoding]
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    if dtype is np.float32:
+        return RNG.uniform(0.1, 3.0, shape).astype(np.float32)
+    return RNG.integers(0, np.iinfo(dtype).max, shape, endpoint=True).astype(dtype)
+
+
+def _image_msg(arr: np.ndarray, encoding: str, pad: int = 0, bigendian: bool = False) -> Image:
+    """An Image built byte by byte: rows of ``arr`` in the given byte order, then ``pad`` garbage bytes."""
+    height, width = arr.shape[:2]
+    rows = arr.astype(arr.dtype.newbyteorder(">" if bigendian else "<")).reshape(height, -1)
+    rows = rows.view(np.uint8).reshape(height, -1)
+    buf = np.full((height, rows.shape[1] + pad), 0xAB, dtype=np.uint8)
+    buf[:, : rows.shape[1]] = rows
+    msg = Image(height=height, width=width, encoding=encoding, is_bigendian=bigendian, step=buf.shape[1])
+    msg.data = buf.tobytes()
+    return msg
+
+
+def _rosbags_image(msg: Image):
+    rb_header = TYPESTORE.types["std_msgs/msg/Header"](
+        stamp=TYPESTORE.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id="")
+    return TYPESTORE.types["sensor_msgs/msg/Image"](
+        header=rb_header, height=msg.height, width=msg.width, encoding=msg.encoding,
+        is_bigendian=int(msg.is_bigendian), step=msg.step,
+        data=np.frombuffer(bytes(msg.data), dtype=np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------- images
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8", "mono16", "32FC1"])
+def test_array_to_image_round_trip(encoding):
+    arr = _random_image(encoding)
+    header = Header(stamp=Time(sec=12, nanosec=34), frame_id="cam")
+    msg = array_to_image(arr, encoding, header)
+    dtype, channels = ENCODINGS[encoding]
+    assert (msg.encoding, msg.height, msg.width, msg.is_bigendian) == (encoding, 5, 7, 0)
+    assert msg.step == 7 * channels * np.dtype(dtype).itemsize
+    assert msg.header.frame_id == "cam" and msg.header.stamp.sec == 12
+    out = image_to_array(msg)
+    assert out.dtype == dtype and out.shape == arr.shape
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_array_to_image_32fc1_accepts_float64():
+    arr = np.array([[0.25, 1.5]], dtype=np.float64)
+    np.testing.assert_array_equal(image_to_array(array_to_image(arr, "32FC1")), arr.astype(np.float32))
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+@pytest.mark.parametrize("pad", [0, 5])  # 5: padding that is not a multiple of the pixel size
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_image_to_array_padding_and_endianness(encoding, pad, bigendian):
+    arr = _random_image(encoding)
+    msg = _image_msg(arr, encoding, pad=pad, bigendian=bigendian)
+    out = image_to_array(msg)
+    assert out.dtype == arr.dtype and out.dtype.isnative and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_image_to_rgb_worked_values():
+    px = np.array([[[10, 20, 30, 40]]], dtype=np.uint8)
+    expect = {"rgb8": [10, 20, 30], "bgr8": [30, 20, 10], "rgba8": [10, 20, 30], "bgra8": [30, 20, 10]}
+    for encoding, rgb in expect.items():
+        channels = ENCODINGS[encoding][1]
+        out = image_to_rgb(_image_msg(px[..., :channels].copy(), encoding, pad=3))
+        assert out.dtype == np.uint8 and out.shape == (1, 1, 3)
+        assert out[0, 0].tolist() == rgb, encoding
+    assert image_to_rgb(_image_msg(np.array([[77]], np.uint8), "mono8"))[0, 0].tolist() == [77] * 3
+    for bigendian in (False, True):  # mono16 keeps the high byte: 0x1234 -> 0x12
+        mono16 = _image_msg(np.array([[0x1234, 0xFFFF]], np.uint16), "mono16", bigendian=bigendian)
+        assert image_to_rgb(mono16)[0].tolist() == [[0x12] * 3, [0xFF] * 3]
+
+
+def test_image_to_rgb_depth_is_stretched_for_display():
+    # valid depths 1000..3000 mm map to 0..255 (1500 -> 63.75 -> 64); 0 (no return) stays black
+    depth = np.array([[0, 1000, 1500, 3000]], dtype=np.uint16)
+    assert image_to_rgb(_image_msg(depth, "16UC1"))[0, :, 0].tolist() == [0, 0, 64, 255]
+    metres = np.array([[np.nan, 1.0, 1.5, 3.0, np.inf]], dtype=np.float32)
+    out = image_to_rgb(_image_msg(metres, "32FC1", bigendian=True))
+    assert out[0, :, 0].tolist() == [0, 0, 64, 255, 0]
+    assert (out[..., 0] == out[..., 2]).all()
+
+
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_images_match_rosbags_image(encoding, bigendian):
+    arr = _random_image(encoding, 6, 9)
+    plain = _image_msg(arr, encoding, bigendian=bigendian)
+    padded = _image_msg(arr, encoding, pad=5, bigendian=bigendian)
+    reference = message_to_cvimage(_rosbags_image(plain))
+    np.testing.assert_array_equal(image_to_array(plain), reference)
+    np.testing.assert_array_equal(image_to_array(padded), reference)
+    if encoding in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8"):
+        np.testing.assert_array_equal(image_to_rgb(padded), message_to_cvimage(_rosbags_image(plain), "rgb8"))
+    elif encoding == "mono16":  # rosbags scales by 255/65535 (floor(v/257)), we shift (floor(v/256))
+        ref = message_to_cvimage(_rosbags_image(plain), "rgb8").astype(int)
+        diff = image_to_rgb(padded).astype(int) - ref
+        assert diff.min() >= 0 and diff.max() <= 1
+
+
+def test_malformed_images():
+    truncated = _image_msg(_random_image("rgb8"), "rgb8", pad=2)  # 5 rows of 7*3 + 2 bytes
+    truncated.data = bytes(truncated.data)[:-1]
+    with pytest.raises(ConversionError, match=r"Image data has 114 bytes, expected step\*height = 115"):
+        image_to_array(truncated)
+    narrow = _image_msg(_random_image("rgb8"), "rgb8")
+    narrow.step = 20
+    with pytest.raises(ConversionError, match=r"step 20 is smaller than width\*bytes_per_pixel = 21"):
+        image_to_rgb(narrow)
+    yuv = _image_msg(np.zeros((2, 4, 2), np.uint8), "rgb8")
+    yuv.encoding = "yuv422"
+    with pytest.raises(ConversionError, match="unsupported image encoding 'yuv422'"):
+        image_to_rgb(yuv)
+    with pytest.raises(ConversionError, match="Image is empty"):
+        image_to_array(Image(encoding="mono8"))
+    with pytest.raises(ConversionError, match="HxWx3 needed"):
+        array_to_image(np.zeros((4, 4), np.uint8), "bgr8")
+    with pytest.raises(ConversionError, match="uint16 needed"):
+        array_to_image(np.zeros((4, 4), np.int32), "mono16")
+    with pytest.raises(ConversionError, match="cannot encode images as 'rgba8'"):
+        array_to_image(np.zeros((4, 4, 4), np.uint8), "rgba8")
+    assert issubclass(ConversionError, CmdrError)
+
+
+# ----------------------------------------------------------------------------------------- point clouds
+NP_OF = {PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",
+         PointField.INT32: "i4", PointField.UINT32: "u4", PointField.FLOAT32: "f4", PointField.FLOAT64: "f8"}
+
+
+def _cloud_msg(layout, values, point_step, row_pad=0, bigendian=False) -> PointCloud2:
+    """A PointCloud2 written byte slice by byte slice; ``layout``: [(name, offset, datatype, count)].
+
+    ``values[name]`` has shape (H, W) or (H, W, count); all bytes not covered by a field are 0xCD.
+    """
+    height, width = next(iter(values.values())).shape[:2]
+    row_step = width * point_step + row_pad
+    buf = np.full((height, row_step), 0xCD, dtype=np.uint8)
+    points = buf[:, : width * point_step].reshape(height, width, point_step)
+    order = ">" if bigendian else "<"
+    for name, offset, datatype, count in layout:
+        vals = values[name].astype(order + NP_OF[datatype])
+        raw = np.ascontiguousarray(vals).view(np.uint8).reshape(height, width, -1)
+        points[:, :, offset: offset + raw.shape[2]] = raw
+    msg = PointCloud2(height=height, width=width, is_bigendian=bigendian, point_step=point_step,
+                      row_step=row_step, is_dense=False)
+    msg.fields = [PointField(name=n, offset=o, datatype=t, count=c) for n, o, t, c in layout]
+    msg.data = buf.tobytes()
+    return msg
+
+
+def _organized_expected(x, y, z):
+    xyz = np.stack([x, y, z], -1).astype(np.float32)
+    xyz[~np.isfinite(xyz).all(-1)] = 0
+    return xyz
+
+
+# shuffled order, float64 x/y, a count-3 field, a packed colour, 8 bytes of padding per point
+SHUFFLED = [("intensity", 0, PointField.FLOAT32, 1), ("z", 4, PointField.FLOAT32, 1),
+            ("normal", 8, PointField.FLOAT32, 3), ("rgb", 20, PointField.UINT32, 1),
+            ("x", 24, PointField.FLOAT64, 1), ("y", 32, PointField.FLOAT64, 1)]
+
+
+def _shuffled_values(height, width):
+    vals = {
+        "intensity": RNG.uniform(0, 1, (height, width)), "z": RNG.uniform(0.3, 2, (height, width)),
+        "normal": RNG.normal(size=(height, width, 3)), "x": RNG.normal(size=(height, width)),
+        "y": RNG.normal(size=(height, width)),
+        "rgb": RNG.integers(0, 2**32, (height, width), dtype=np.uint64),
+    }
+    vals["x"][0, 1] = np.nan
+    vals["z"][-1, 2] = np.inf
+    vals["y"][-1, -1] = -np.nan
+    vals["rgb"][0, 0] = 0xFF102030  # a=0xFF r=0x10 g=0x20 b=0x30
+    return vals
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_organized_cloud_shuffled_fields_matches_pointcloud2(bigendian):
+    vals = _shuffled_values(3, 4)
+    msg = _cloud_msg(SHUFFLED, vals, point_step=48, row_pad=5, bigendian=bigendian)
+    fields = pointcloud2_fields(msg, ["x", "normal", "rgb", "intensity"])
+    ref = read_points(msg, reshape_organized_cloud=True)
+    np.testing.assert_array_equal(fields["x"], vals["x"])
+    np.testing.assert_array_equal(fields["x"], ref["x"])
+    assert fields["normal"].shape == (3, 4, 3) and fields["normal"].dtype == np.float32
+    np.testing.assert_array_equal(fields["normal"], vals["normal"].astype(np.float32))
+    np.testing.assert_array_equal(fields["normal"][..., 2], ref["normal_2"])
+    np.testing.assert_array_equal(fields["rgb"], ref["rgb"])
+    np.testing.assert_array_equal(fields["intensity"], ref["intensity"])
+
+    xyz, organized = pointcloud2_to_xyz(msg)
+    assert organized and xyz.shape == (3, 4, 3) and xyz.dtype == np.float32
+    np.testing.assert_array_equal(xyz, _organized_expected(vals["x"], vals["y"], vals["z"]))
+    np.testing.assert_array_equal(xyz, _organized_expected(ref["x"], ref["y"], ref["z"]))
+    assert (xyz[0, 1] == 0).all() and (xyz[-1, 2] == 0).all() and (xyz[-1, -1] == 0).all()
+    assert (xyz != 0).all(-1).sum() == 12 - 3
+
+    rgb = pointcloud2_rgb(msg)
+    assert rgb.shape == (3, 4, 3) and rgb[0, 0].tolist() == [0x10, 0x20, 0x30]
+    packed = vals["rgb"].astype(np.uint32)
+    np.testing.assert_array_equal(rgb[..., 1], (packed >> 8) & 0xFF)
+
+
+def test_unorganized_cloud_drops_non_finite_points():
+    vals = {k: v.reshape(1, -1, *v.shape[2:]) for k, v in _shuffled_values(3, 4).items()}
+    msg = _cloud_msg(SHUFFLED, vals, point_step=48, row_pad=3, bigendian=True)
+    xyz, organized = pointcloud2_to_xyz(msg)
+    ref = read_points(msg, ["x", "y", "z"], skip_nans=True)  # drops the NaN points, not the inf one
+    assert not organized and xyz.shape == (9, 3)
+    assert len(ref) == 10
+    keep = np.isfinite(ref["z"])
+    np.testing.assert_array_equal(xyz, np.stack([ref["x"], ref["y"], ref["z"]], -1)[keep].astype(np.float32))
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_every_point_field_datatype(bigendian):
+    layout, values, offset = [], {}, 1  # offset 1: every field is unaligned
+    for datatype, code in NP_OF.items():
+        name = f"f_{code}"
+        dtype = np.dtype(code)
+        if dtype.kind == "f":
+            values[name] = RNG.normal(size=(2, 5)) * 1e3
+        else:
+            info = np.iinfo(dtype)
+            values[name] = RNG.integers(info.min, info.max, (2, 5), endpoint=True, dtype=np.int64)
+        values[name][0, 0] = np.iinfo(dtype).max if dtype.kind != "f" else -0.5
+        layout.append((name, offset, datatype, 1))
+        offset += dtype.itemsize
+    msg = _cloud_msg(layout, values, point_step=offset + 2, row_pad=1, bigendian=bigendian)
+    fields = pointcloud2_fields(msg, list(values))
+    ref = read_points(msg, reshape_organized_cloud=True)
+    for name, code in ((n, n[2:]) for n in values):
+        assert fields[name].dtype == np.dtype(code) and fields[name].shape == (2, 5)
+        np.testing.assert_array_equal(fields[name], values[name].astype(code))
+        np.testing.assert_array_equal(fields[name], ref[name])
+
+
+@pytest.mark.parametrize("with_intensity", [False, True])
+def test_xyz_to_pointcloud2_round_trip(with_intensity):
+    xyz = RNG.normal(size=(4, 6, 3)).astype(np.float32)
+    xyz[1, 2] = np.nan
+    intensity = RNG.uniform(size=(4, 6)).astype(np.float32) if with_intensity else None
+    msg = xyz_to_pointcloud2(xyz, Header(frame_id="cam"), intensity)
+    names = ["x", "y", "z"] + (["intensity"] if with_intensity else [])
+    assert [f.name for f in msg.fields] == names
+    assert [f.offset for f in msg.fields] == [0, 4, 8, 12][: len(names)]
+    assert (msg.height, msg.width, msg.point_step, msg.row_step) == (4, 6, 4 * len(names), 24 * len(names))
+    assert not msg.is_bigendian and not msg.is_dense and msg.header.frame_id == "cam"
+    ref = read_points(msg, reshape_organized_cloud=True)
+    np.testing.assert_array_equal(ref["y"], xyz[..., 1])
+    if with_intensity:
+        np.testing.assert_array_equal(pointcloud2_fields(msg, ["intensity"])["intensity"], intensity)
+    out, organized = pointcloud2_to_xyz(msg)
+    expected = xyz.copy()
+    expected[1, 2] = 0
+    assert organized
+    np.testing.assert_array_equal(out, expected)
+
+    flat, organized = pointcloud2_to_xyz(xyz_to_pointcloud2(xyz.reshape(-1, 3)))
+    assert not organized
+    np.testing.assert_array_equal(flat, np.delete(xyz.reshape(-1, 3), 1 * 6 + 2, axis=0))
+
+
+def test_malformed_clouds():
+    vals = {"x": np.zeros((2, 3)), "y": np.zeros((2, 3)), "z": np.zeros((2, 3))}
+    xyz_layout = [("x", 0, PointField.FLOAT32, 1), ("y", 4, PointField.FLOAT32, 1), ("z", 8, PointField.FLOAT32, 1)]
+    msg = _cloud_msg(xyz_layout, vals, point_step=12)
+    msg.data = bytes(msg.data)[:-4]
+    with pytest.raises(ConversionError, match=r"PointCloud2 data has 68 bytes, expected row_step\*height = 72"):
+        pointcloud2_to_xyz(msg)
+    no_z = _cloud_msg(xyz_layout[:2], vals, point_step=12)
+    with pytest.raises(ConversionError, match="PointCloud2 has no 'z' field"):
+        pointcloud2_to_xyz(no_z)
+    short_row = _cloud_msg(xyz_layout, vals, point_step=12)
+    short_row.row_step = 30
+    with pytest.raises(ConversionError, match=r"row_step 30 is smaller than width\*point_step = 36"):
+        pointcloud2_to_xyz(short_row)
+    overflow = _cloud_msg(xyz_layout, vals, point_step=12)
+    overflow.fields[2].datatype = PointField.FLOAT64
+    with pytest.raises(ConversionError, match="'z' ends at byte 16, beyond point_step 12"):
+        pointcloud2_to_xyz(overflow)
+    int_xyz = _cloud_msg([(n, o, PointField.INT32, 1) for n, o, _, _ in xyz_layout], vals, point_step=12)
+    with pytest.raises(ConversionError, match="'x' is INT32"):
+        pointcloud2_to_xyz(int_xyz)
+    assert pointcloud2_rgb(_cloud_msg(xyz_layout, vals, point_step=12)) is None
+    with pytest.raises(ConversionError, match=r"not \(N,3\) or \(H,W,3\)"):
+        xyz_to_pointcloud2(np.zeros((5, 2)))
+    with pytest.raises(ConversionError, match="intensity of shape"):
+        xyz_to_pointcloud2(np.zeros((5, 3)), intensity=np.zeros(4))
+
+
+@pytest.mark.parametrize("name", ["table_scene_mug_stereo_textured.pcd", "milk_cartoon_all_small_clorox.pcd"])
+@pytest.mark.parametrize("point_step", [16, 32])
+def test_real_pcl_organized_cloud(pcl_organized_dir, name, point_step):
+    o3d = pytest.importorskip("open3d")
+    pcd = o3d.t.io.read_point_cloud(str(pcl_organized_dir / name), remove_nan_points=False,
+                                    remove_infinite_points=False)
+    positions = pcd.point.positions.numpy().reshape(480, 640, 3)
+    colors = pcd.point.colors.numpy().reshape(480, 640, 3)
+    # as a ROS driver publishes pcl::PointXYZRGB: rgb packed into float32 bits,
+    # at byte 12 (tight 16-byte points) or 16 (PCL's own 32-byte layout)
+    packed = (colors[..., 0].astype(np.uint32) << 16) | (colors[..., 1].astype(np.uint32) << 8) | colors[..., 2]
+    rgb_offset = 12 if point_step == 16 else 16
+    layout = [("x", 0, PointField.FLOAT32, 1), ("y", 4, PointField.FLOAT32, 1), ("z", 8, PointField.FLOAT32, 1),
+              ("rgb", rgb_offset, PointField.FLOAT32, 1)]
+    values = {"x": positions[..., 0], "y": positions[..., 1], "z": positions[..., 2], "rgb": packed.view(np.float32)}
+    msg = _cloud_msg(layout, values, point_step=point_step)
+    nan_points = np.isnan(positions).any(-1)
+    assert 0.1 < nan_points.mean() < 0.5  # the captures really have holes
+
+    start = time.perf_counter()
+    xyz, organized = pointcloud2_to_xyz(msg)
+    rgb = pointcloud2_rgb(msg)
+    elapsed = time.perf_counter() - start
+    print(f"{name} point_step={point_step}: xyz+rgb conversion {elapsed * 1e3:.1f} ms")
+    assert elapsed < 1.0  # vectorised: a few ms; a per-point loop would take seconds
+
+    assert organized and xyz.shape == (480, 640, 3) and xyz.dtype == np.float32
+    np.testing.assert_array_equal(xyz[~nan_points], positions[~nan_points])
+    assert (xyz[nan_points] == 0).all()
+    np.testing.assert_array_equal(rgb, colors)
+    ref = read_points(msg, ["x", "rgb"], reshape_organized_cloud=True)
+    np.testing.assert_array_equal(xyz[..., 0][~nan_points], ref["x"][~nan_points])
+    np.testing.assert_array_equal(rgb[..., 0], (ref["rgb"].view(np.uint32) >> 16) & 0xFF)
+
+
+# ------------------------------------------------------------------------------------------- CameraInfo
+def _camera_dict():
+    return {
+        "width": 640, "height": 480, "distortion_model": "plumb_bob",
+        "d": np.array([-0.28, 0.07, 0.001, -0.0005, 0.0]),
+        "k": np.array([[525.0, 0, 319.5], [0, 524.0, 239.5], [0, 0, 1]]),
+        "r": np.eye(3),
+        "p": np.array([[525.0, 0, 319.5, 0], [0, 524.0, 239.5, 0], [0, 0, 1, 0]]),
+    }
+
+
+def test_camera_info_round_trip():
+    cam = _camera_dict()
+    msg = dict_to_camera_info(cam, Header(frame_id="optical"))
+    assert msg.k[2] == 319.5 and msg.p[6] == 239.5 and msg.header.frame_id == "optical"
+    out = camera_info_to_dict(msg)
+    assert (out["width"], out["height"], out["distortion_model"]) == (640, 480, "plumb_bob")
+    for key in ("d", "k", "r", "p"):
+        np.testing.assert_array_equal(out[key], cam[key])
+    assert out["k"].shape == (3, 3) and out["p"].shape == (3, 4)
+    flat = dict(cam, k=cam["k"].ravel().tolist())  # flat lists are accepted too
+    np.testing.assert_array_equal(camera_info_to_dict(dict_to_camera_info(flat))["k"], cam["k"])
+
+
+def test_malformed_camera_info():
+    with pytest.raises(ConversionError, match="CameraInfo k has 8 values, expected 9"):
+        dict_to_camera_info(dict(_camera_dict(), k=np.zeros(8)))
+    with pytest.raises(ConversionError, match="CameraInfo p has 9 values, expected 12"):
+        dict_to_camera_info(dict(_camera_dict(), p=np.eye(3)))
+    with pytest.raises(ConversionError, match="uncalibrated"):
+        camera_info_to_dict(CameraInfo(width=640, height=480))
