@@ -223,7 +223,8 @@ class Synchronizer:
 
     def __init__(self, node: Node, topics: Sequence[tuple[type, str]], qos: QoSProfile | int, queue_size: int,
                  slop: float, callback: Callable[..., None], *, prefer_message_filters: bool = True,
-                 allow_headerless: bool = False, callback_group: CallbackGroup | None = None) -> None:
+                 allow_headerless: bool = False, callback_group: CallbackGroup | None = None,
+                 event_callbacks: Any | None = None) -> None:
         if not topics:
             raise CmdrError("synchronizer: no input topics given.")
         _checked_slop_ns(len(topics), queue_size, slop)
@@ -233,7 +234,8 @@ class Synchronizer:
         if message_filters is not None:
             self.backend = "message_filters"
             self.stats = SyncStats.zeros(len(topics))
-            filters = [message_filters.Subscriber(node, msg_type, name, qos_profile=qos, callback_group=callback_group)
+            filters = [message_filters.Subscriber(node, msg_type, name, qos_profile=qos, callback_group=callback_group,
+                                                  event_callbacks=event_callbacks)
                        for msg_type, name in topics]
             for index, sub in enumerate(filters):
                 sub.registerCallback(self._count_arrival, index)
@@ -248,7 +250,7 @@ class Synchronizer:
             self.stats = self._sync.stats
             self._subscriptions = [
                 node.create_subscription(msg_type, name, functools.partial(self._sync.add, index), qos,
-                                         callback_group=callback_group)
+                                         callback_group=callback_group, event_callbacks=event_callbacks)
                 for index, (msg_type, name) in enumerate(topics)]
 
     def _count_arrival(self, _msg: Any, index: int) -> None:
@@ -267,12 +269,15 @@ class Synchronizer:
 
 def make_synchronizer(node: Node, topics: Sequence[tuple[type, str]], qos: QoSProfile | int, queue_size: int,
                       slop: float, callback: Callable[..., None], prefer_message_filters: bool = True, *,
-                      allow_headerless: bool = False, callback_group: CallbackGroup | None = None) -> Synchronizer:
+                      allow_headerless: bool = False, callback_group: CallbackGroup | None = None,
+                      event_callbacks: Any | None = None) -> Synchronizer:
     """Subscribe ``node`` to ``topics`` ([(msg_type, name), ...]) and call ``callback(*msgs)`` per matched set.
 
     Uses ``message_filters`` when importable and ``prefer_message_filters`` is set, else plain subscriptions
     feeding :class:`ApproximateTimePolicy` (same matching). ``slop`` is in seconds. See :class:`Synchronizer`
-    for what the counters mean in each case.
+    for what the counters mean in each case. ``event_callbacks`` (rclpy ``SubscriptionEventCallbacks``) go to every
+    subscription, e.g. to report an incompatible QoS.
     """
     return Synchronizer(node, topics, qos, queue_size, slop, callback, prefer_message_filters=prefer_message_filters,
-                        allow_headerless=allow_headerless, callback_group=callback_group)
+                        allow_headerless=allow_headerless, callback_group=callback_group,
+                        event_callbacks=event_callbacks)

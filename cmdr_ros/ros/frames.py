@@ -1,0 +1,113 @@
+"""From a synchronized set of messages to the detector's input, and from its result back to messages.
+
+``assemble_frame`` decides how the cloud meets the image grid:
+
+* an organized cloud of the image's size is pixel-aligned (used as it is);
+* any other cloud with an image (rgbd) is projected into the camera with CameraInfo and the cloud-to-camera
+  transform, nearest point per pixel (``geometry.project_to_image``);
+* 3D-only: an organized cloud is used as it is; an unorganized one (laser profilometer) is rasterized on a
+  regular grid over its dominant plane (``geometry.rasterize_on_plane``).
+
+Every case records, for each original point, the pixel its score is read from, so ``anomaly_cloud`` can
+colour the sensor's own points.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from cmdr_ros import CmdrError
+from cmdr_ros.geometry import CameraIntrinsics, project_to_image, rasterize_on_plane
+from cmdr_ros.ros.conversions import camera_info_to_dict, image_to_rgb, pointcloud2_to_xyz
+
+TransformLookup = Callable[[str, str, Any], "np.ndarray | None"]
+
+
+@dataclass
+class Frame:
+    """One part to inspect, ready for ``CMDRDetector.predict``."""
+
+    header: Any  # header of the primary input (the image, else the cloud): stamp and frame of every output map
+    rgb: np.ndarray | None = None  # uint8 HxWx3
+    xyz: np.ndarray | None = None  # float32 HxWx3 on the same grid as rgb (or the raster in 3D-only)
+    points: np.ndarray | None = None  # Nx3 original cloud points (cloud frame), for the anomaly cloud
+    point_pixel: np.ndarray | None = None  # N flat index into the HxW maps (-1: no pixel)
+    cloud_header: Any = None
+    coverage: float | None = None  # fraction of map pixels that hold a point
+    alignment: str = "none"  # aligned | projected | rasterized | none
+    frame_ids: dict[str, str] = field(default_factory=dict)
+
+
+def _organized_points(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Valid points of an organized map and their flat pixel indices."""
+    flat = xyz.reshape(-1, 3)
+    idx = np.flatnonzero(np.isfinite(flat).all(1) & (np.abs(flat).sum(1) > 0))
+    return flat[idx], idx
+
+
+def assemble_frame(mode: str, image: Any = None, cloud: Any = None, info: Any = None,
+                   transform: TransformLookup | None = None, extrinsics: np.ndarray | None = None,
+                   raster_resolution: float = 0.0) -> Frame:
+    """Convert and align one synchronized set. Raises ``CmdrError`` (or its ``ConversionError``) for a frame that
+    cannot be judged: missing input, malformed message, cloud that cannot be placed on the image."""
+    if mode in ("rgbd", "2d") and image is None:
+        raise CmdrError(f"mode '{mode}' needs an image")
+    if mode in ("rgbd", "3d") and cloud is None:
+        raise CmdrError(f"mode '{mode}' needs a point cloud")
+    primary = image if image is not None else cloud
+    f = Frame(header=primary.header, cloud_header=cloud.header if cloud is not None else None)
+    f.frame_ids = {k: m.header.frame_id for k, m in (("image", image), ("points", cloud), ("camera_info", info))
+                   if m is not None}
+    if image is not None:
+        f.rgb = image_to_rgb(image)
+    if mode == "2d":
+        return f
+
+    xyz, organized = pointcloud2_to_xyz(cloud)
+    if mode == "3d" and organized:
+        f.xyz = xyz
+        f.points, f.point_pixel = _organized_points(xyz)
+        f.alignment = "aligned"
+    elif mode == "3d":
+        if len(xyz) < 16:
+            raise CmdrError(f"the point cloud has {len(xyz)} valid points: nothing to inspect")
+        r = rasterize_on_plane(xyz, resolution=raster_resolution or None)
+        f.xyz, f.points, f.point_pixel, f.alignment = r.xyz_map, xyz, r.cell_of_point, "rasterized"
+    elif organized and xyz.shape[:2] == f.rgb.shape[:2]:
+        f.xyz = xyz
+        f.points, f.point_pixel = _organized_points(xyz)
+        f.alignment = "aligned"
+    else:
+        if info is None:
+            raise CmdrError(f"the cloud ({'x'.join(map(str, xyz.shape[:-1]))}) is not pixel-aligned with the "
+                            f"{f.rgb.shape[1]}x{f.rgb.shape[0]} image and no camera_info arrived to project it")
+        cam = CameraIntrinsics.from_dict(camera_info_to_dict(info))
+        if (cam.width, cam.height) != (f.rgb.shape[1], f.rgb.shape[0]):
+            raise CmdrError(f"camera_info is {cam.width}x{cam.height} but the image is "
+                            f"{f.rgb.shape[1]}x{f.rgb.shape[0]}")
+        points = xyz.reshape(-1, 3)
+        if organized:
+            points, _ = _organized_points(xyz)
+        T = None
+        cam_frame, cloud_frame = image.header.frame_id, cloud.header.frame_id
+        if cloud_frame and cam_frame and cloud_frame != cam_frame and transform is not None:
+            T = transform(cam_frame, cloud_frame, cloud.header.stamp)
+        if T is None:
+            T = extrinsics
+        p = project_to_image(points, cam, T)
+        f.xyz, f.points, f.point_pixel, f.alignment = p.xyz_map, points, p.pixel_of_point, "projected"
+        f.coverage = p.coverage
+    if f.coverage is None:
+        f.coverage = float((np.abs(f.xyz).sum(-1) > 0).mean())
+    return f
+
+
+def point_scores(anomaly_map: np.ndarray, point_pixel: np.ndarray) -> np.ndarray:
+    """Anomaly of every original point: the value of its pixel (0 for points without one)."""
+    flat = anomaly_map.reshape(-1)
+    out = np.zeros(len(point_pixel), np.float32)
+    ok = point_pixel >= 0
+    out[ok] = flat[point_pixel[ok]]
+    return out
