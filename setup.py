@@ -27,6 +27,7 @@ setup(
     entry_points={
         "console_scripts": [
             "cmdr = cmdr_ros.cli.main:main",
+            "inspection_node = cmdr_ros.ros.inspection_node:main",
         ],
     },
 )

@@ -286,10 +286,11 @@ class _FakeNode:
     """Records create/destroy_subscription so callbacks can be driven by hand."""
 
     def __init__(self):
-        self.callbacks, self.destroyed = {}, []
+        self.callbacks, self.destroyed, self.event_callbacks = {}, [], {}
 
-    def create_subscription(self, msg_type, topic, callback, qos_profile, callback_group=None):
+    def create_subscription(self, msg_type, topic, callback, qos_profile, callback_group=None, event_callbacks=None):
         self.callbacks[topic] = callback
+        self.event_callbacks[topic] = event_callbacks
         return topic
 
     def destroy_subscription(self, sub):
@@ -335,9 +336,11 @@ def _fake_message_filters():
 def test_make_synchronizer_backends(monkeypatch, prefer):
     monkeypatch.setitem(sys.modules, "message_filters", _fake_message_filters())
     node, sets = _FakeNode(), []
+    events = object()
     sync = make_synchronizer(node, [(object, "image"), (object, "points")], 10, 2, 0.02,
-                             lambda *m: sets.append(m), prefer_message_filters=prefer)
+                             lambda *m: sets.append(m), prefer_message_filters=prefer, event_callbacks=events)
     assert sync.backend == ("message_filters" if prefer else "policy")
+    assert node.event_callbacks == {"image": events, "points": events}  # e.g. incompatible-QoS reporting
     msgs = [("image", 0), ("image", 100), ("points", 100), ("image", 200), ("image", 300)]
     for topic, ms in msgs:
         node.callbacks[topic](_named(topic, ms))

@@ -27,7 +27,7 @@ def _add_common_model_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from cmdr_ros.cli import demo, evaluate, predict, train  # noqa: PLC0415 - keep `cmdr --help` fast
 
-    parser = argparse.ArgumentParser(prog="cmdr", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cmdr", description="Train, evaluate, calibrate and run CMDR-IAD models.")
     parser.add_argument("--version", action="version", version=f"cmdr_ros {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_model_args(p)
     p.set_defaults(func=predict.run_calibrate)
 
+    p = sub.add_parser("node", help="run the inspection node without `ros2 launch` (same parameters)")
+    p.add_argument("--params-file", default=None, help="ROS parameters YAML (e.g. config/inspection.yaml)")
+    p.add_argument("--checkpoint", default=None, help="shorthand for -p checkpoint:=FILE")
+    p.add_argument("--mode", choices=("auto",) + MODES, default=None, help="shorthand for -p mode:=MODE")
+    p.add_argument("--namespace", default=None, help="node namespace (remaps every relative topic)")
+    p.add_argument("ros_args", nargs=argparse.REMAINDER, help="further ROS arguments after --ros-args")
+    p.set_defaults(func=_run_node)
+
     p = sub.add_parser("demo", help="generate a simulated cutting cell, train a lite model, evaluate it")
     p.add_argument("--out", default="demo_out", help="working folder for data, model and report")
     p.add_argument("--mode", choices=MODES, default="rgbd")
@@ -84,6 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_model_args(p)
     p.set_defaults(func=demo.run)
     return parser
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    from cmdr_ros.ros.inspection_node import main as node_main  # noqa: PLC0415 - rclpy only for this verb
+
+    ros = ["--ros-args"]
+    if args.params_file:
+        ros += ["--params-file", args.params_file]
+    if args.checkpoint:
+        ros += ["-p", f"checkpoint:={args.checkpoint}"]
+    if args.mode:
+        ros += ["-p", f"mode:={args.mode}"]
+    if args.namespace:
+        ros += ["-r", f"__ns:=/{args.namespace.lstrip('/')}"]
+    extra = [a for a in args.ros_args if a != "--ros-args"]
+    return node_main(["cmdr_node"] + ros + extra)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -208,7 +208,7 @@ class InspectionNode(LifecycleNode):
         from cmdr_ros.data.synthetic import CellConfig, render_part
 
         t0 = time.perf_counter()
-        part = render_part(np.random.default_rng(0), CellConfig(image_size=128, field_of_view=0.36))
+        part = render_part(np.random.default_rng(0), CellConfig())
         try:
             self.detector.predict(part.rgb if self.detector.config.uses_2d else None,
                                   part.xyz if self.detector.config.uses_3d else None)
@@ -494,7 +494,10 @@ def main(args: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
-    rclpy.init(args=args if args is not None else sys.argv)
+    try:
+        rclpy.init(args=args if args is not None else sys.argv)
+    except Exception as e:  # noqa: BLE001 - rcl reports bad --ros-args as a generic RCLError
+        raise CmdrError(f"cannot start ROS: {str(e).splitlines()[0][:300]}") from None
     node = InspectionNode()
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
