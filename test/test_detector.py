@@ -174,3 +174,18 @@ def test_config_validation():
         ModelConfig.from_dict({"grdi": 4})
     cfg = preset("lite", "rgbd")
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_fusion_at_a_larger_map_size(parts):
+    """Distances computed on the 16x16 grid, fused at 32x32 (fusion_size): maps and masks at 32x32."""
+    good, bad = parts
+    cfg = tiny_config("3d", 1)
+    cfg.fusion_size = 32
+    det = CMDRDetector(cfg, device="cpu")
+    det.fit([det.prepare(p.rgb, p.xyz) for p in good[:2]], progress=False)
+    pred = det.predict(bad.rgb, bad.xyz)
+    assert pred.grid_map.shape == (32, 32) and pred.grid_valid.shape == (32, 32)
+    assert (pred.grid_map[~pred.grid_valid] >= 0).all() and np.isfinite(pred.score)
+    assert pred.pro_map().shape == (32, 32) and pred.anomaly_map.shape == (96, 96)
+    with pytest.raises(CmdrError, match="fusion_size"):
+        ModelConfig(grid=16, fusion_size=8)

@@ -2,7 +2,7 @@
 
 Report folder:
 * ``metrics.json``: I-AUROC, P-AUROC, AUPRO@{0.3,0.1,0.05,0.01} per class (with per-defect I-AUROC) and the
-  mean over classes; computed on the model grid (the paper evaluates 224x224 maps) with ground truth resized by
+  mean over classes; computed on the square anomaly maps (the model grid: 224x224 for the paper preset, as the paper evaluates) with ground truth resized by
   nearest neighbour and thresholded at 0.5;
 * ``scores.csv``: one row per test sample (score, decision at the calibrated threshold, truth);
 * ``anomaly_maps/<class>/test/<defect>/<id>.tiff``: float32 maps at the original resolution, in the layout of
@@ -36,7 +36,7 @@ METRIC_KEYS = ("i_auroc", "p_auroc", "aupro@0.3", "aupro@0.1", "aupro@0.05", "au
 def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache: PreprocessCache | None,
                    progress: bool = True, write_images: bool = True) -> dict[str, Any]:
     """Metrics of one class folder's test split; writes maps, overlays, scores and curves under ``out``."""
-    cfg, grid = detector.config, detector.config.grid
+    cfg, size = detector.config, detector.config.map_size
     labels, scores, gts, pix_maps, pro_maps, rows, samples = [], [], [], [], [], [], []
     latencies = []
     for ls in iter_split(data, "test", cfg, cache, progress):
@@ -46,7 +46,7 @@ def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache:
         samples.append(s)
         labels.append(s.label)
         scores.append(pred.score)
-        gts.append(resize_mask(ls.inp.frame.pad(ls.mask), grid))
+        gts.append(resize_mask(ls.inp.frame.pad(ls.mask), size))
         pix_maps.append(pred.pixel_map())
         pro_maps.append(pred.pro_map())
         rows.append({"class": data.name, "defect": s.defect, "id": s.sample_id, "label": s.label,
@@ -112,7 +112,7 @@ def run_eval(data_dir: str | Path, detector: CMDRDetector, out: str | Path, chec
     classes = {data.name: res["metrics"]}
     mean = {k: float(np.nanmean([m[k] for m in classes.values()])) for k in METRIC_KEYS}
     report = {"checkpoint": str(checkpoint), "model_id": detector.model_id, "mode": detector.config.mode,
-              "grid": detector.config.grid, "threshold": detector.threshold, "device": str(detector.device),
+              "grid": detector.config.grid, "map_size": detector.config.map_size, "threshold": detector.threshold, "device": str(detector.device),
               "seconds": time.perf_counter() - t0, "classes": classes, "mean": mean}
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=True))

@@ -413,10 +413,10 @@ def _draw_defect(kind: str, rng: np.random.Generator, part: _Part) -> _Defect:
 
 @dataclass(frozen=True)
 class _MissingChunk:
-    """A piece torn away at a corner (triangle) or from an edge (half ellipse), down toward the table.
+    """A piece torn away at a corner (triangle) or from an edge (half ellipse), part-way down toward the table.
 
-    Inside, the surface drops to a rough fracture floor that rises gently toward the cut line, leaving
-    a step there. The roughness matters: a smooth tilted floor and a straight step look locally like
+    Inside, the surface drops to a rough fracture floor that ramps up toward the cut line, leaving a low
+    step there. The roughness matters: a smooth tilted floor and a straight step look locally like
     an intact top and edge to rotation-invariant descriptors such as FPFH.
     """
 
@@ -430,12 +430,14 @@ class _MissingChunk:
     def apply(self, s, t, height, albedo):
         progress, inside = self.frame(s, t)
         on = inside & (progress < 1) & (height > 0)
-        cut = self.floor + 0.35 * (self.top - self.floor) * progress[on] + self.roughness * self.rough(s[on], t[on])
+        cut = self.floor + 0.8 * (self.top - self.floor) * progress[on] + self.roughness * self.rough(s[on], t[on])
         height[on] = np.clip(np.minimum(height[on], cut), 0, None)
 
 
 def _draw_missing_chunk(rng: np.random.Generator, part: _Part) -> _MissingChunk:
-    floor = rng.uniform(0.05, 0.45) * part.height
+    # The floor stays well above the table and ramps up to a low step at the cut line: a chunk torn down to the
+    # table would leave no points (the background removal clears the table plane and keeps the largest cluster).
+    floor = rng.uniform(0.3, 0.6) * part.height
     rough = _Texture.random(rng, (part.half_length, part.half_width), 0.0008, 1.0)
     roughness = rng.uniform(0.0008, 0.0015)
     if rng.random() < 0.5:  # corner

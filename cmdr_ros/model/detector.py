@@ -55,8 +55,8 @@ class Prediction:
     score: float  # image-level anomaly score
     anomaly_map: np.ndarray  # [H, W] float32 pixel scores (F / sqrt(mean F)) at the input resolution
     valid_mask: np.ndarray  # [H, W] bool
-    grid_map: np.ndarray  # [G, G] raw fused map F
-    grid_valid: np.ndarray  # [G, G] bool
+    grid_map: np.ndarray  # [S, S] raw fused map F on the square map grid (S = config.map_size)
+    grid_valid: np.ndarray  # [S, S] bool
     latency_ms: float = 0.0
 
     @property
@@ -279,19 +279,34 @@ class CMDRDetector:
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
     def anomaly_maps(self, feats: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Distances of every head and the fused map ``F`` (``[B, G, G]`` each)."""
+        """Distances of every head and the fused map ``F`` (``[B, S, S]`` each, S = ``config.map_size``).
+
+        The distances are computed on the grid; when the grid is smaller than the map size (lite preset) they
+        are bilinearly upsampled first, so that the paper's box-filter sizes keep their meaning relative to the
+        part (they were chosen for 224x224 maps). Invalid pixels are zero in every distance map.
+        """
         self.heads.eval()
         f2d, f3d = feats.get("2d"), feats.get("3d")
         preds = self.heads(f2d, f3d)
-        d = {}
+        size = self.config.map_size
+        if size != valid.shape[-1]:
+            valid = F.interpolate(valid[:, None].float(), size=(size, size), mode="nearest")[:, 0] > 0.5
+
+        def dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            d = fusion.feature_distance(a, b)
+            if d.shape[-1] != size:
+                d = F.interpolate(d[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+            return d * valid.to(d.dtype)
+
+        d = {"valid": valid}
         if "rec2d" in preds:
-            d["rec2d"] = fusion.feature_distance(preds["rec2d"], f2d, valid)
+            d["rec2d"] = dist(preds["rec2d"], f2d)
         if "rec3d" in preds:
-            d["rec3d"] = fusion.feature_distance(preds["rec3d"], f3d, valid)
+            d["rec3d"] = dist(preds["rec3d"], f3d)
         mode = self.config.mode
         if mode == "rgbd":
-            d["map2d"] = fusion.feature_distance(preds["map3to2"], f2d, valid)
-            d["map3d"] = fusion.feature_distance(preds["map2to3"], f3d, valid)
+            d["map2d"] = dist(preds["map3to2"], f2d)
+            d["map3d"] = dist(preds["map2to3"], f3d)
             d["fused"] = fusion.fuse_rgbd(d["map2d"], d["map3d"], d["rec2d"], d["rec3d"], valid, self.config.beta)
         elif mode == "3d":
             d["fused"] = fusion.anomaly_map_3d(d["rec3d"], valid)
@@ -303,15 +318,13 @@ class CMDRDetector:
     def predict_input(self, inp: ModelInput) -> Prediction:
         t0 = time.perf_counter()
         feats = self.grid_features([self.extract(inp)])
-        valid = inp.valid[None].to(self.device)
-        fused = self.anomaly_maps(feats, valid)["fused"]
+        maps = self.anomaly_maps(feats, inp.valid[None].to(self.device))
+        fused = maps["fused"]
         score = float(fusion.image_score(fused)[0])
         grid_map = fused[0].float().cpu().numpy()
         pix = fusion.pixel_scores(fused)[0].float().cpu().numpy()
         anomaly_map = inp.frame.to_input(pix).astype(np.float32) * inp.valid_input
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return Prediction(score, anomaly_map, inp.valid_input, grid_map, inp.valid.numpy(),
+        return Prediction(score, anomaly_map, inp.valid_input, grid_map, maps["valid"][0].cpu().numpy(),
                           latency_ms=(time.perf_counter() - t0) * 1e3)
 
     def predict(self, rgb: np.ndarray | None = None, xyz: np.ndarray | None = None) -> Prediction:
