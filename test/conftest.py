@@ -26,3 +26,9 @@ def pcl_organized_dir() -> Path:
     if not PCL_ORGANIZED.is_dir():
         pytest.skip(f"PCL organized clouds not found at {PCL_ORGANIZED} (set CMDR_SHARED_DATA)")
     return PCL_ORGANIZED
+
+
+@pytest.fixture(scope="session")
+def preprocess_cache(tmp_path_factory) -> Path:
+    """One preprocessing cache for the session: each real cloud's background removal runs once."""
+    return tmp_path_factory.mktemp("preprocess_cache")

@@ -22,23 +22,18 @@ def run_cmdr(*args, cache=None):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def trained_3d(cable_gland_dir, tmp_path_factory, cache):
+def trained_3d(cable_gland_dir, tmp_path_factory, preprocess_cache):
     out = tmp_path_factory.mktemp("m3d") / "model.ckpt"
     rc, so, se = run_cmdr("train", "--data", str(cable_gland_dir), "--mode", "3d", "--preset", "lite",
-                          "--epochs", "3", "--out", str(out), "--quiet", cache=cache)
+                          "--epochs", "3", "--out", str(out), "--quiet", cache=preprocess_cache)
     assert rc == 0, se
     assert "threshold" in so and out.is_file()
     return out
 
 
-def test_train_and_eval_3d_on_real_data(trained_3d, cable_gland_dir, tmp_path, cache):
+def test_train_and_eval_3d_on_real_data(trained_3d, cable_gland_dir, tmp_path, preprocess_cache):
     rc, so, se = run_cmdr("eval", "--data", str(cable_gland_dir), "--checkpoint", str(trained_3d),
-                          "--out", str(tmp_path), "--quiet", cache=cache)
+                          "--out", str(tmp_path), "--quiet", cache=preprocess_cache)
     assert rc == 0, se
     rep = json.loads((tmp_path / "metrics.json").read_text())
     m = rep["classes"]["cable_gland"]
@@ -57,19 +52,19 @@ def test_train_and_eval_3d_on_real_data(trained_3d, cable_gland_dir, tmp_path, c
     assert "i_auroc" in so and "cable_gland" in so
 
 
-def test_train_and_eval_rgbd_weights_free(cable_gland_dir, tmp_path, cache):
+def test_train_and_eval_rgbd_weights_free(cable_gland_dir, tmp_path, preprocess_cache):
     ckpt = tmp_path / "rgbd.ckpt"
     rc, so, se = run_cmdr("train", "--data", str(cable_gland_dir), "--mode", "rgbd", "--preset", "lite",
-                          "--epochs", "2", "--out", str(ckpt), "--quiet", cache=cache)
+                          "--epochs", "2", "--out", str(ckpt), "--quiet", cache=preprocess_cache)
     assert rc == 0, se
     rc, so, se = run_cmdr("eval", "--data", str(cable_gland_dir), "--checkpoint", str(ckpt),
-                          "--out", str(tmp_path / "rep"), "--quiet", "--no-images", cache=cache)
+                          "--out", str(tmp_path / "rep"), "--quiet", "--no-images", cache=preprocess_cache)
     assert rc == 0, se
     rep = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert rep["mode"] == "rgbd" and 0 <= rep["mean"]["i_auroc"] <= 1
 
 
-def test_predict_and_calibrate(trained_3d, cable_gland_dir, tmp_path, cache):
+def test_predict_and_calibrate(trained_3d, cable_gland_dir, tmp_path, preprocess_cache):
     xyz = cable_gland_dir / "test" / "cut" / "xyz" / "000.tiff"
     rc, so, se = run_cmdr("predict", "--checkpoint", str(trained_3d), "--xyz", str(xyz), "--out", str(tmp_path))
     assert rc == 0, se
@@ -79,7 +74,7 @@ def test_predict_and_calibrate(trained_3d, cable_gland_dir, tmp_path, cache):
     assert (tmp_path / "overlay.png").is_file()
     new = tmp_path / "recal.ckpt"
     rc, so, se = run_cmdr("calibrate", "--data", str(cable_gland_dir), "--checkpoint", str(trained_3d),
-                          "--sigma", "0", "--out", str(new), "--quiet", cache=cache)
+                          "--sigma", "0", "--out", str(new), "--quiet", cache=preprocess_cache)
     assert rc == 0, se
     assert "threshold" in so and new.is_file()
 

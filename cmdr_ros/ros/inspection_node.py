@@ -98,7 +98,11 @@ class ThrottledLog:
         now = time.monotonic()
         if now - self.last.get(kind, -1e9) >= self.period:
             extra = f" ({self.suppressed[kind]} more since last report)" if self.suppressed[kind] else ""
-            getattr(self.logger, level)(f"[{kind}] {msg}{extra}")
+            # rclpy binds one severity to each logging call site (a change raises ValueError): one call per level
+            if level == "error":
+                self.logger.error(f"[{kind}] {msg}{extra}")
+            else:
+                self.logger.warning(f"[{kind}] {msg}{extra}")
             self.last[kind] = now
             self.suppressed[kind] = 0
         else:
@@ -347,6 +351,8 @@ class InspectionNode(LifecycleNode):
             try:
                 self._process(msgs, info, t_in)
             except Exception as e:  # noqa: BLE001 - the node must keep serving whatever a frame does
+                if self._stop.is_set() or not self.context.ok():
+                    return  # shutting down: the context is gone, there is nothing left to publish to
                 self._warn("internal", f"frame failed: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
                            "error")
                 self._fail(msgs, "internal", f"{type(e).__name__}: {e}")
@@ -467,7 +473,9 @@ class InspectionNode(LifecycleNode):
         out["latency_p50_ms"] = float(np.percentile(lat, 50)) if lat.size else 0.0
         out["latency_p95_ms"] = float(np.percentile(lat, 95)) if lat.size else 0.0
         sync = self._sync.stats.snapshot() if self._sync is not None else None
-        out["unmatched"] = sum(sync.dropped) if sync is not None else 0
+        # inputs received but not (yet) in a synchronized set: evicted, headerless, or still waiting for a partner
+        # (a stale message waits until sync.queue_size newer ones evict it); the same count for both sync backends
+        out["unmatched"] = sum(r - sync.matched for r in sync.received) if sync is not None else 0
         return out
 
     def _publish_diagnostics(self) -> None:
