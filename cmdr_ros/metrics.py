@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -203,3 +204,19 @@ def compute_metrics(
     for limit in fpr_limits:
         result[f"aupro@{limit:g}"] = _aupro_from_curve(fprs, pros, limit)
     return result
+
+
+def metrics_by_defect(gts: Sequence, pix_maps: Sequence, pro_maps: Sequence, labels: Sequence[int],
+                      scores: Sequence[float], defects: Sequence[str]) -> dict[str, Any]:
+    """``compute_metrics`` over all samples, plus each defect type against the good samples (``defects``)."""
+    out: dict[str, Any] = compute_metrics(gts, pix_maps, labels, scores, pro_maps)
+    per_defect = {}
+    for d in sorted(set(defects) - {"good"}):
+        sel = [i for i, x in enumerate(defects) if x in ("good", d)]
+        m = compute_metrics([gts[i] for i in sel], [pix_maps[i] for i in sel], [labels[i] for i in sel],
+                            [scores[i] for i in sel], [pro_maps[i] for i in sel])
+        per_defect[d] = {"n": sum(defects[i] == d for i in sel), **m}
+    out["defects"] = per_defect
+    lab = np.array(labels)
+    out["n_good"], out["n_defect"] = int((lab == 0).sum()), int((lab == 1).sum())
+    return out

@@ -25,7 +25,7 @@ import tifffile
 from cmdr_ros.cli.dataset import iter_split, load_one, make_cache
 from cmdr_ros.data.mvtec3d import MVTec3DClass
 from cmdr_ros.data.preprocess import PreprocessCache, resize_mask
-from cmdr_ros.metrics import compute_metrics, pro_curve, roc_curve_points
+from cmdr_ros.metrics import metrics_by_defect, pro_curve, roc_curve_points
 from cmdr_ros.model.checkpoint import load_checkpoint
 from cmdr_ros.model.detector import CMDRDetector
 from cmdr_ros.visualization import plot_curves, save_overlay
@@ -57,18 +57,7 @@ def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache:
             tif.parent.mkdir(parents=True, exist_ok=True)
             tifffile.imwrite(tif, pred.anomaly_map.astype(np.float32))
 
-    metrics = compute_metrics(gts, pix_maps, labels, scores, pro_maps)
-    per_defect = {}
-    lab = np.array(labels)
-    sc = np.array(scores)
-    for d in sorted({r["defect"] for r in rows} - {"good"}):
-        sel = [i for i, r in enumerate(rows) if r["defect"] in ("good", d)]
-        m = compute_metrics([gts[i] for i in sel], [pix_maps[i] for i in sel], lab[sel].tolist(), sc[sel].tolist(),
-                            [pro_maps[i] for i in sel])
-        per_defect[d] = {"n": sum(rows[i]["defect"] == d for i in sel), **m}
-    metrics["defects"] = per_defect
-    metrics["n_good"] = int((lab == 0).sum())
-    metrics["n_defect"] = int((lab == 1).sum())
+    metrics = metrics_by_defect(gts, pix_maps, pro_maps, labels, scores, [r["defect"] for r in rows])
     metrics["latency_ms_mean"] = float(np.mean(latencies))
 
     out.mkdir(parents=True, exist_ok=True)

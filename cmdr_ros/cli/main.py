@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_common_model_args(p)
     p.set_defaults(func=demo.run)
+
+    from cmdr_ros.cli import bag  # noqa: PLC0415 - its handlers import rclpy only when run
+    p = sub.add_parser("bag", help="rosbag2 tools: dataset -> bag, play a bag without ros2, evaluate a bag offline")
+    bag.add_arguments(p)
     return parser
 
 

@@ -31,8 +31,8 @@ from cmdr_ros import CmdrError
 from cmdr_ros.geometry import make_transform
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
 from cmdr_ros.ros.frames import Frame, assemble_frame, point_scores
+from cmdr_ros.ros.outputs import heatmap_image, judged_status, not_judged_status, result_array
 from cmdr_ros.ros.sync import make_synchronizer
-from cmdr_ros.visualization import depth_rendering, overlay
 
 MODES = ("auto", "rgbd", "3d", "2d")
 ON_ERROR = ("reject", "pass", "skip")
@@ -375,13 +375,14 @@ class InspectionNode(LifecycleNode):
         threshold = self._threshold
         reject = bool(pred.score >= threshold)
         latency_ms = (time.monotonic() - t_in) * 1e3
-        degraded = pred.valid_ratio < float(self._p("min_valid_ratio"))
-        self._publish(frame, pred, reject, threshold, latency_ms, degraded)
+        level, message, values = judged_status(frame, pred, reject, threshold, latency_ms,
+                                               float(self._p("min_valid_ratio")))
+        self._publish(frame, pred, reject, threshold, level, message, values)
         with self._lock:
             s = self.stats
             s["frames"] += 1
             s["rejects"] += int(reject)
-            s["degraded"] += int(degraded)
+            s["degraded"] += int(level == DiagnosticStatus.WARN)
             s["latencies"].append(latency_ms)
             s["stamps"].append(time.monotonic())
 
@@ -393,65 +394,35 @@ class InspectionNode(LifecycleNode):
         header = next((m.header for m in msgs.values() if hasattr(m, "header")), None)
         if decision != "skip" and "reject" in self._pubs:
             self._pubs["reject"].publish(Bool(data=decision == "reject"))
-        self._publish_result(header, DiagnosticStatus.WARN, f"not judged ({kind}): {reason}"[:300],
-                             {"decision": decision, "error": kind, "reason": reason[:300]}, msgs)
+        frame_ids = {k: m.header.frame_id for k, m in msgs.items() if hasattr(m, "header")}
+        self._publish_result(header, *not_judged_status(kind, reason, decision), frame_ids)
 
     # ---------------------------------------------------------------- outputs
-    def _publish(self, frame: Frame, pred: Any, reject: bool, threshold: float, latency_ms: float,
-                 degraded: bool) -> None:
+    def _publish(self, frame: Frame, pred: Any, reject: bool, threshold: float, level: int, message: str,
+                 values: dict[str, str]) -> None:
         p = self._pubs
         if not p:
             return
         p["score"].publish(Float32(data=float(pred.score)))
         p["reject"].publish(Bool(data=reject))
-        level = DiagnosticStatus.WARN if degraded else (DiagnosticStatus.ERROR if reject else DiagnosticStatus.OK)
-        message = ("REJECT" if reject else "pass") + (" (degraded input)" if degraded else "")
-        values = {"score": f"{pred.score:.6f}", "threshold": f"{threshold:.6f}",
-                  "decision": "reject" if reject else "pass", "latency_ms": f"{latency_ms:.1f}",
-                  "inference_ms": f"{pred.latency_ms:.1f}", "valid_ratio": f"{pred.valid_ratio:.4f}",
-                  "alignment": frame.alignment}
-        if frame.coverage is not None:
-            values["coverage"] = f"{frame.coverage:.4f}"
-        self._publish_result(frame.header, level, message, values, frame_ids=frame.frame_ids)
+        self._publish_result(frame.header, level, message, values, frame.frame_ids)
         amap = pred.anomaly_map
         if "anomaly_map" in p:
             p["anomaly_map"].publish(array_to_image(amap.astype(np.float32), "32FC1", frame.header))
         if "heatmap" in p:
-            base = (frame.rgb[..., ::-1].copy() if frame.rgb is not None and frame.rgb.shape[:2] == amap.shape
-                    else depth_rendering(frame.xyz))
-            vmax = float(self._p("output.heatmap_max")) or self._auto_heatmap_max(pred, threshold)
-            img = overlay(base, amap, pred.valid_mask, alpha=float(self._p("output.heatmap_alpha")), vmin=0.0, vmax=vmax)
+            img = heatmap_image(frame, pred, threshold, float(self._p("output.heatmap_alpha")),
+                                float(self._p("output.heatmap_max")))
             p["heatmap"].publish(array_to_image(img, "bgr8", frame.header))
         if "anomaly_cloud" in p and frame.points is not None and len(frame.points):
             p["anomaly_cloud"].publish(xyz_to_pointcloud2(frame.points.astype(np.float32), frame.cloud_header,
                                                           intensity=point_scores(amap, frame.point_pixel)))
 
-    @staticmethod
-    def _auto_heatmap_max(pred: Any, threshold: float) -> float:
-        """A fixed colour scale across frames: pixel scores near the map's own peak of a part at the threshold."""
-        peak = float(pred.anomaly_map.max())
-        scale = peak / pred.score if pred.score > 0 else 1.0  # pixel-score units per image-score unit
-        return max(threshold * scale * 1.5, 1e-6)
-
     def _publish_result(self, header: Any, level: int, message: str, values: dict[str, str],
-                        msgs: dict[str, Any] | None = None, frame_ids: dict[str, str] | None = None) -> None:
-        if "result" not in self._pubs:
-            return
-        det = self.detector
-        if frame_ids is None and msgs:
-            frame_ids = {k: m.header.frame_id for k, m in msgs.items() if hasattr(m, "header")}
-        kv = {**values, "mode": self.mode, "model_id": str(det.model_id if det else "")}
-        if header is not None:
-            kv["stamp"] = f"{header.stamp.sec}.{header.stamp.nanosec:09d}"
-        for k, v in (frame_ids or {}).items():
-            kv[f"frame_id.{k}"] = v
-        status = DiagnosticStatus(level=level, name="cmdr_inspection: part", message=message,
-                                  hardware_id=str(kv["model_id"]),
-                                  values=[KeyValue(key=k, value=str(v)) for k, v in kv.items()])
-        arr = DiagnosticArray(status=[status])
-        if header is not None:
-            arr.header = header
-        self._pubs["result"].publish(arr)
+                        frame_ids: dict[str, str] | None = None) -> None:
+        if "result" in self._pubs:
+            model_id = self.detector.model_id if self.detector is not None else ""
+            self._pubs["result"].publish(result_array(header, level, message, values, self.mode, model_id,
+                                                      frame_ids))
 
     # ---------------------------------------------------------------- diagnostics
     def _reset_stats(self) -> None:

@@ -1,0 +1,98 @@
+"""``cmdr bag``: rosbag2 tools that need no ``ros2`` install.
+
+* ``from-dataset DIR --out BAG``: an MVTec 3D-AD style class folder as a camera bag (image, organized cloud,
+  camera_info, ground truth, sample names), playable by ``ros2 bag play`` (Humble and later);
+* ``play BAG``: publish a bag on DDS with its recorded timing (for machines without ``ros2 bag``);
+* ``eval BAG --checkpoint M``: run a model over a bag offline, as the node would, and score it like ``cmdr eval``.
+
+ROS modules are imported by the handlers only, so ``cmdr --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cmdr_ros.data.mvtec3d import SPLITS
+
+STORAGES = ("mcap", "sqlite3")  # cmdr_ros.ros.bags.STORAGES, repeated here to keep rclpy out of parser building
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The sub-verbs of ``cmdr bag``."""
+    verbs = p.add_subparsers(dest="bag_verb", required=True, metavar="BAG_VERB")
+
+    q = verbs.add_parser("from-dataset", help="write a dataset split as a camera bag (image, points, camera_info, "
+                                              "gt_mask, sample names)")
+    q.add_argument("data", metavar="DIR", help="MVTec 3D-AD style class folder")
+    q.add_argument("--out", required=True, metavar="BAG", help="bag folder to create (must not exist)")
+    q.add_argument("--storage", choices=STORAGES, default="mcap",
+                   help="mcap (default; Humble needs ros-humble-rosbag2-storage-mcap) or sqlite3")
+    q.add_argument("--split", choices=SPLITS, default="test")
+    q.add_argument("--rate", type=float, default=2.0, metavar="HZ", help="frames per second (default 2)")
+    q.add_argument("--frame-id", default="camera", help="header.frame_id of every message (default camera)")
+    q.set_defaults(func=run_from_dataset)
+
+    q = verbs.add_parser("play", help="publish a bag on DDS with its recorded timing (no ros2 needed)")
+    q.add_argument("bag", metavar="BAG", help="bag folder, or a .mcap / .db3 file")
+    q.add_argument("--rate", type=float, default=1.0, help="speed factor (2 = twice as fast)")
+    q.add_argument("--loop", action="store_true", help="replay until Ctrl-C")
+    q.add_argument("--topics", nargs="+", default=None, metavar="T", help="play only these topics")
+    q.add_argument("--remap", nargs="+", default=None, metavar="OLD:=NEW", help="publish topic OLD as NEW")
+    q.add_argument("--wait", type=float, default=1.0, metavar="S",
+                   help="wait up to S seconds for every topic to have a subscriber before starting (default 1)")
+    q.set_defaults(func=run_play)
+
+    q = verbs.add_parser("eval", help="run a model over a bag offline (as the node would) and score it")
+    q.add_argument("bag", metavar="BAG", help="bag folder, or a .mcap / .db3 file")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("--out", default=None, metavar="DIR", help="report folder (default BAG_eval beside the bag)")
+    q.add_argument("--image-topic", default="/camera/image")
+    q.add_argument("--points-topic", default="/camera/points")
+    q.add_argument("--info-topic", default="/camera/camera_info")
+    q.add_argument("--gt-topic", default="/camera/gt_mask", help="ground-truth masks (mono8); metrics when present")
+    q.add_argument("--sample-topic", default="/cmdr/sample", help="std_msgs/String sample names '<defect>/<id>'")
+    q.add_argument("--slop", type=float, default=0.05, help="max stamp difference (s) of a matched image/points set")
+    q.add_argument("--threshold", type=float, default=None, help="reject threshold (default: the checkpoint's)")
+    q.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    q.add_argument("--weights-2d", default=None)
+    q.add_argument("--weights-3d", default=None)
+    q.add_argument("--no-images", action="store_true", help="skip the heatmap PNGs")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=run_eval)
+
+
+def run_from_dataset(args: argparse.Namespace) -> int:
+    from cmdr_ros.ros.bags import METADATA_VERSION, bag_from_dataset
+
+    s = bag_from_dataset(args.data, args.out, args.storage, args.split, args.rate, args.frame_id)
+    print(f"wrote {s['frames']} frames ({args.split}, one every {s['period_s']:g} s) to {s['path']} "
+          f"({s['storage']}, rosbag2 metadata version {METADATA_VERSION})")
+    for topic, n in s["topics"].items():
+        print(f"  {topic}: {n} messages")
+    return 0
+
+
+def run_play(args: argparse.Namespace) -> int:
+    from cmdr_ros.ros.bags import play_bag
+
+    play_bag(args.bag, args.rate, args.loop, args.topics, args.remap, wait=args.wait, report=print)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from cmdr_ros.model.checkpoint import load_checkpoint
+    from cmdr_ros.ros.bags import eval_bag
+
+    bag = Path(args.bag)
+    out = Path(args.out) if args.out else bag.with_name(f"{bag.stem if bag.is_file() else bag.name}_eval")
+    detector = load_checkpoint(args.checkpoint, args.device, args.weights_2d, args.weights_3d)
+    rep = eval_bag(bag, detector, out, image_topic=args.image_topic, points_topic=args.points_topic,
+                   info_topic=args.info_topic, gt_topic=args.gt_topic, sample_topic=args.sample_topic,
+                   slop=args.slop, threshold=args.threshold, checkpoint=args.checkpoint,
+                   write_images=not args.no_images, progress=not args.quiet)
+    if "table" in rep:
+        print(rep["table"])
+    print(f"{rep['frames']} frames ({rep['rejects']} rejected, {rep['not_judged']} not judged) in "
+          f"{rep['seconds']:.1f} s on {rep['device']}; results: {out / 'results.csv'}, {rep['results_bag']}"
+          + (f", {out / 'metrics.json'}" if "table" in rep else ""))
+    return 0

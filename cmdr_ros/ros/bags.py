@@ -1,0 +1,565 @@
+"""rosbag2 files for the inspection node: dataset -> bag, bag -> DDS (play), bag -> detector (offline eval).
+
+Bags are read and written with ``rosbags`` (pure Python, sqlite3 and mcap storage) and every message goes
+through ``rclpy.serialization``, so the bytes in a bag are exactly what the node sends and receives and the
+decoding is the node's own (``conversions`` / ``frames.assemble_frame``).
+
+Metadata version: bags are written as rosbag2 metadata **version 8** (Iron's format), the oldest rosbags writes
+(it writes 8 or 9 and has no default). Version 8 keeps ``offered_qos_profiles`` a YAML *string*: version 9 (Jazzy)
+made it a list, which older yaml-cpp parsers reject ("bad conversion"). rosbag2's parser reads
+each optional field behind a ``version >= N`` test with no upper bound, so Humble (which writes version 5) reads
+every key it knows from a version 8 file and ignores ``type_description_hash`` and ``ros_distro``; ``custom_data``
+is always a non-empty mapping, never null. Playing the mcap storage on Humble needs
+``ros-humble-rosbag2-storage-mcap``; ``--storage sqlite3`` needs nothing extra.
+"""
+from __future__ import annotations
+
+import bisect
+import contextlib
+import csv
+import importlib
+import json
+import math
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from cmdr_ros import CmdrError
+
+METADATA_VERSION = 8
+STORAGES = ("mcap", "sqlite3")
+TOPICS = {"image": "/camera/image", "points": "/camera/points", "info": "/camera/camera_info",
+          "gt": "/camera/gt_mask", "sample": "/cmdr/sample"}
+RESULTS = {"score": "/cmdr_inspection/score", "reject": "/cmdr_inspection/reject",
+           "result": "/cmdr_inspection/result", "heatmap": "/cmdr_inspection/heatmap"}
+_NS = 1_000_000_000
+_INFINITE_NS = 2**63 - 1  # RMW_DURATION_INFINITE, recorded by rosbag2 as sec 9223372036, nsec 854775807
+
+
+def _reliable_qos() -> Any:
+    """The offered QoS of a RELIABLE, VOLATILE, KEEP_LAST(10) publisher with default (infinite) durations,
+    as rosbag2 records it."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    inf = QosTime(_INFINITE_NS // _NS, _INFINITE_NS % _NS)
+    return Qos(QosHistory.KEEP_LAST, 10, QosReliability.RELIABLE, QosDurability.VOLATILE, inf, inf,
+               QosLiveliness.AUTOMATIC, inf, False)
+
+
+def _type_name(msg_class: type) -> str:
+    """'sensor_msgs/msg/Image' for the rclpy class sensor_msgs.msg.Image."""
+    return f"{msg_class.__module__.split('.')[0]}/msg/{msg_class.__name__}"
+
+
+def message_class(type_name: str) -> type:
+    """The installed rclpy message class of 'pkg/msg/Name'; CmdrError when it is not installed."""
+    pkg, kind, name = (type_name.split("/") + ["", ""])[:3]
+    try:
+        return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+    except (ImportError, AttributeError, ValueError):
+        raise CmdrError(f"message type '{type_name}' is not installed (no Python module {pkg}.{kind}.{name})") from None
+
+
+def stamp_ns(header: Any) -> int:
+    """A std_msgs/Header stamp in integer nanoseconds."""
+    return int(header.stamp.sec) * _NS + int(header.stamp.nanosec)
+
+
+def make_header(stamp: int, frame_id: str) -> Any:
+    from std_msgs.msg import Header
+
+    h = Header(frame_id=frame_id)
+    h.stamp.sec, h.stamp.nanosec = stamp // _NS, stamp % _NS
+    return h
+
+
+# ------------------------------------------------------------------------------------------------ writing
+class BagWriter:
+    """A new rosbag2 (metadata version 8) of rclpy messages; topics are added on their first message.
+
+    Use as a context manager; an exception inside the block removes the unfinished bag folder.
+    """
+
+    def __init__(self, path: str | Path, storage: str = "mcap", custom_data: dict[str, str] | None = None) -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
+
+        if storage not in STORAGES:
+            raise CmdrError(f"unknown bag storage '{storage}' (use one of {', '.join(STORAGES)})")
+        self.path = Path(path)
+        if self.path.exists():
+            raise CmdrError(f"{self.path}: already exists; a bag is written as a new folder")
+        try:
+            self._writer = Writer(self.path, version=METADATA_VERSION,
+                                  storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
+        except WriterError as e:
+            raise CmdrError(f"{self.path}: cannot create the bag ({e})") from None
+        for key, value in {"cmdr_ros.writer": "cmdr_ros", **(custom_data or {})}.items():
+            self._writer.set_custom_data(key, str(value))
+        self._connections: dict[str, Any] = {}
+        self.counts: Counter[str] = Counter()
+
+    def __enter__(self) -> BagWriter:
+        self._writer.open()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._writer.__exit__(exc_type, exc, tb)
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)  # the folder is this writer's own: it refused existing paths
+
+    def write(self, topic: str, msg: Any, stamp: int) -> None:
+        """Serialize ``msg`` (CDR, as rclpy publishes it) and store it at log time ``stamp`` (ns)."""
+        from rclpy.serialization import serialize_message
+
+        if topic not in self._connections:
+            from rosbags.typesys import Stores, get_typestore
+
+            typestore = get_typestore(Stores.ROS2_HUMBLE)  # definitions and RIHS01 hashes of the std types
+            self._connections[topic] = self._writer.add_connection(
+                topic, _type_name(type(msg)), typestore=typestore, offered_qos_profiles=[_reliable_qos()])
+        self._writer.write(self._connections[topic], int(stamp), serialize_message(msg))
+        self.counts[topic] += 1
+
+
+def bag_from_dataset(data_dir: str | Path, out: str | Path, storage: str = "mcap", split: str = "test",
+                     rate: float = 2.0, frame_id: str = "camera", start_ns: int | None = None) -> dict[str, Any]:
+    """Write a split of an MVTec 3D-AD style class folder as a bag a camera driver could have recorded.
+
+    Per sample, all at the same stamp (``start_ns`` + i/rate s; default: now, whole seconds): ``/camera/image``
+    rgb8, ``/camera/points`` organized float32 x,y,z pixel-aligned with the image (invalid points NaN, as ROS
+    drivers publish them), ``/camera/camera_info`` from calibration/camera_parameters.json when present, and
+    when the split has masks ``/camera/gt_mask`` mono8 0/255 (all 0 for a sample without a mask file, as
+    ``cmdr eval`` reads it). ``/cmdr/sample`` (std_msgs/String "<defect>/<id>") names the sample; every header
+    keeps ``frame_id``. Returns a summary: path, storage, frames, topics {name: count}, start_ns, period_s.
+    """
+    from std_msgs.msg import String
+
+    from cmdr_ros.data.mvtec3d import MVTec3DClass, load_sample
+    from cmdr_ros.geometry import CameraIntrinsics
+    from cmdr_ros.ros.conversions import array_to_image, dict_to_camera_info, xyz_to_pointcloud2
+
+    if not (math.isfinite(rate) and rate > 0):
+        raise CmdrError(f"--rate {rate}: the frame rate must be a positive number of frames per second")
+    data = MVTec3DClass(data_dir)
+    samples = data.samples(split)
+    if not samples:
+        raise CmdrError(f"{data.root / split}: no samples to write")
+    params = data.camera_parameters()
+    info = CameraIntrinsics.from_mvtec_json(params).to_dict() if params is not None else None
+    with_gt = any(s.gt_path is not None for s in samples)
+    start = int(start_ns) if start_ns is not None else time.time_ns() // _NS * _NS
+    custom = {"cmdr_ros.class": data.name, "cmdr_ros.split": split, "cmdr_ros.rate_hz": repr(float(rate))}
+    with BagWriter(out, storage, custom) as bag:
+        for i, s in enumerate(samples):
+            stamp = start + round(i * _NS / rate)
+            header = make_header(stamp, frame_id)
+            rgb, xyz, mask = load_sample(s, need_rgb=s.rgb_path is not None, need_xyz=s.xyz_path is not None)
+            h, w = (rgb if rgb is not None else xyz).shape[:2]
+            if rgb is not None:
+                bag.write(TOPICS["image"], array_to_image(rgb, "rgb8", header), stamp)
+            if xyz is not None:
+                points = xyz.copy()
+                points[~np.any(xyz != 0, axis=-1)] = np.nan  # the project's invalid (0,0,0) -> ROS's NaN
+                bag.write(TOPICS["points"], xyz_to_pointcloud2(points, header), stamp)
+            if info is not None:
+                if (info["width"], info["height"]) != (w, h):
+                    raise CmdrError(f"{data.root / 'calibration' / 'camera_parameters.json'}: the camera is "
+                                    f"{info['width']}x{info['height']} but {s.rgb_path or s.xyz_path} is {w}x{h}")
+                bag.write(TOPICS["info"], dict_to_camera_info(info, header), stamp)
+            if with_gt:
+                gt = np.zeros((h, w), bool) if mask is None else mask
+                bag.write(TOPICS["gt"], array_to_image(np.where(gt, 255, 0).astype(np.uint8), "mono8", header), stamp)
+            bag.write(TOPICS["sample"], String(data=f"{s.defect}/{s.sample_id}"), stamp)
+    return {"path": str(out), "storage": storage, "frames": len(samples), "topics": dict(bag.counts),
+            "start_ns": start, "period_s": 1.0 / rate}
+
+
+# ------------------------------------------------------------------------------------------------ reading
+@contextlib.contextmanager
+def open_bag(path: str | Path) -> Iterator[Any]:
+    """An open ``rosbags.rosbag2.Reader`` of a bag folder or a single .mcap/.db3 file; CmdrError if unreadable."""
+    from rosbags.rosbag2 import Reader, ReaderError
+
+    path = Path(path)
+    if not path.exists():
+        raise CmdrError(f"{path}: bag not found (a rosbag2 folder with metadata.yaml, or a .mcap / .db3 file)")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except (ReaderError, OSError, KeyError, ValueError) as e:
+        raise CmdrError(f"{path}: not a readable rosbag2 ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                        ) from None
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _connections(reader: Any, path: Path, topics: Sequence[str]) -> list[Any]:
+    known = reader.topics
+    missing = [t for t in topics if t not in known]
+    if missing:
+        raise CmdrError(f"{path}: no topic {', '.join(missing)} in the bag (it has {', '.join(sorted(known)) or 'none'})")
+    return [c for t in topics for c in known[t].connections]
+
+
+def _check_type(reader: Any, path: Path, topic: str, expected: str) -> None:
+    found = reader.topics[topic].msgtype
+    if found != expected:
+        raise CmdrError(f"{path}: topic {topic} carries {found}, expected {expected}")
+
+
+def read_messages(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, int, Any]]:
+    """(topic, log time ns, deserialized rclpy message) of a bag in log-time order, optionally only ``topics``."""
+    from rclpy.serialization import deserialize_message
+
+    with open_bag(path) as reader:
+        conns = _connections(reader, Path(path), topics if topics is not None else sorted(reader.topics))
+        classes = {c.topic: message_class(c.msgtype) for c in conns}
+        for conn, t, raw in reader.messages(connections=conns):
+            yield conn.topic, t, deserialize_message(bytes(raw), classes[conn.topic])
+
+
+# ------------------------------------------------------------------------------------------------ playing
+def parse_remaps(remap: Sequence[str] | dict[str, str] | None) -> dict[str, str]:
+    """``["OLD:=NEW", ...]`` (or a dict) as {old: new}; CmdrError for a malformed entry."""
+    if not remap:
+        return {}
+    if isinstance(remap, dict):
+        return dict(remap)
+    out = {}
+    for r in remap:
+        old, sep, new = r.partition(":=")
+        if not sep or not old or not new:
+            raise CmdrError(f"--remap '{r}': expected OLD:=NEW, e.g. /camera/image:=/cam/color")
+        out[old] = new
+    return out
+
+
+def play_bag(path: str | Path, rate: float = 1.0, loop: bool = False, topics: Sequence[str] | None = None,
+             remap: Sequence[str] | dict[str, str] | None = None, node: Any = None, *, wait: float = 1.0,
+             report: Callable[[str], None] | None = None) -> int:
+    """Publish a bag's messages on DDS with their recorded spacing divided by ``rate``; returns how many were sent.
+
+    Messages go out as the stored CDR bytes (``Publisher.publish`` of ``bytes``), header stamps untouched, on
+    RELIABLE / VOLATILE / KEEP_LAST(10) publishers (``topics`` selects, ``remap`` renames). ``node``: publish from
+    that rclpy node; None creates a node in a context of its own (no signal handlers: Ctrl-C raises
+    KeyboardInterrupt here, which stops the playback cleanly). Before the first message it waits up to ``wait``
+    seconds for every publisher to be matched, then at the end up to 1 s for reliable delivery to be
+    acknowledged. ``loop`` replays until interrupted. ``report`` receives a summary line per topic.
+    """
+    import rclpy
+    from rclpy.duration import Duration
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    if not (math.isfinite(rate) and rate > 0):
+        raise CmdrError(f"--rate {rate}: the playback rate must be a positive factor")
+    renames = parse_remaps(remap)
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+                     history=HistoryPolicy.KEEP_LAST)
+    counts: Counter[str] = Counter()
+    interrupted = False
+    with open_bag(path) as reader:
+        chosen = list(topics) if topics else sorted(reader.topics)
+        conns = _connections(reader, Path(path), chosen)
+        types = {t: reader.topics[t].msgtype for t in chosen}
+        classes = {t: message_class(types[t]) for t in chosen}
+        context = None
+        if node is None:
+            context = rclpy.Context()
+            rclpy.init(context=context)
+            node = rclpy.create_node("cmdr_bag_play", context=context)
+        pubs = {t: node.create_publisher(classes[t], renames.get(t, t), qos) for t in chosen}
+        try:
+            deadline = time.monotonic() + max(wait, 0.0)
+            while time.monotonic() < deadline and any(p.get_subscription_count() == 0 for p in pubs.values()):
+                time.sleep(0.01)
+            while True:
+                t0, first = time.monotonic(), None
+                for conn, t, raw in reader.messages(connections=conns):
+                    first = t if first is None else first
+                    delay = t0 + (t - first) / _NS / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    pubs[conn.topic].publish(bytes(raw))
+                    counts[conn.topic] += 1
+                if not loop or first is None:
+                    break
+            for p in pubs.values():
+                p.wait_for_all_acked(Duration(seconds=1.0))
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            for p in pubs.values():
+                node.destroy_publisher(p)
+            if context is not None:
+                node.destroy_node()
+                with contextlib.suppress(Exception):
+                    rclpy.shutdown(context=context)
+    if report is not None:
+        for t in chosen:
+            name = t if renames.get(t, t) == t else f"{t} -> {renames[t]}"
+            report(f"  {name} ({types[t]}): {counts[t]} messages")
+        report(f"played {sum(counts.values())} messages from {path} at rate {rate:g}"
+               + (" (interrupted)" if interrupted else ""))
+    return sum(counts.values())
+
+
+# --------------------------------------------------------------------------------------------- evaluating
+class _ByStamp:
+    """Values keyed by a nanosecond stamp; lookup of the nearest one (optionally only within a tolerance)."""
+
+    def __init__(self, items: list[tuple[int, Any]]) -> None:
+        items.sort(key=lambda kv: kv[0])
+        self.stamps = [k for k, _ in items]
+        self.values = [v for _, v in items]
+
+    def __bool__(self) -> bool:
+        return bool(self.stamps)
+
+    def nearest(self, t: int, within: int | None = None) -> Any:
+        i = bisect.bisect_left(self.stamps, t)
+        near = [j for j in (i - 1, i) if 0 <= j < len(self.stamps)]
+        if not near:
+            return None
+        j = min(near, key=lambda j: abs(self.stamps[j] - t))
+        return self.values[j] if within is None or abs(self.stamps[j] - t) <= within else None
+
+
+@dataclass
+class _Aux:
+    """The bag's companion topics, read before the inputs: camera infos (by header stamp), ground-truth masks
+    (by header stamp, bool HxW) and sample names (by log time: std_msgs/String has no header)."""
+
+    infos: _ByStamp
+    gts: _ByStamp
+    samples: _ByStamp
+    has_gt: bool
+
+
+def _read_aux(reader: Any, topics: dict[str, str]) -> _Aux:
+    from rclpy.serialization import deserialize_message
+
+    from cmdr_ros.ros.conversions import image_to_array
+
+    found: dict[str, list[tuple[int, Any]]] = {"info": [], "gt": [], "sample": []}
+    if topics:
+        by_topic = {t: k for k, t in topics.items()}
+        conns = [c for t in topics.values() for c in reader.topics[t].connections]
+        classes = {t: message_class(reader.topics[t].msgtype) for t in topics.values()}
+        for conn, t, raw in reader.messages(connections=conns):
+            kind = by_topic[conn.topic]
+            msg = deserialize_message(bytes(raw), classes[conn.topic])
+            if kind == "info":
+                found[kind].append((stamp_ns(msg.header), msg))
+            elif kind == "gt":
+                mask = image_to_array(msg)
+                found[kind].append((stamp_ns(msg.header), (mask if mask.ndim == 2 else mask.any(-1)) != 0))
+            else:
+                found[kind].append((t, str(msg.data)))
+    return _Aux(_ByStamp(found["info"]), _ByStamp(found["gt"]), _ByStamp(found["sample"]), "gt" in topics)
+
+
+class _Evaluation:
+    """Per matched set: the node's ``assemble_frame`` + ``predict``, the node's outputs into the results bag, a
+    CSV row, a heatmap PNG, and (with ground truth) the inputs of ``compute_metrics`` exactly as ``cmdr eval``
+    gathers them."""
+
+    def __init__(self, detector: Any, threshold: float, aux: _Aux, slop_ns: int, results: BagWriter,
+                 heatmaps: Path | None) -> None:
+        from cmdr_ros.ros.inspection_node import PARAMETERS
+
+        self.det, self.threshold, self.aux, self.slop_ns = detector, threshold, aux, slop_ns
+        self.results, self.heatmaps = results, heatmaps
+        self.min_valid_ratio = float(PARAMETERS["min_valid_ratio"][0])
+        self.alpha = float(PARAMETERS["output.heatmap_alpha"][0])
+        self.rows: list[dict[str, Any]] = []
+        self.metric_inputs: dict[str, list[Any]] = {k: [] for k in ("gts", "pix", "pro", "labels", "scores", "defects")}
+        self.latencies: list[float] = []
+
+    def __call__(self, msgs: dict[str, Any]) -> None:
+        from cmdr_ros.ros.frames import assemble_frame
+
+        det, mode = self.det, self.det.config.mode
+        header = (msgs["image"] if "image" in msgs else msgs["points"]).header
+        stamp = stamp_ns(header)
+        sample = self.aux.samples.nearest(stamp, self.slop_ns)
+        t0 = time.perf_counter()
+        try:
+            frame = assemble_frame(mode, msgs.get("image"), msgs.get("points"),
+                                   self.aux.infos.nearest(stamp) if mode == "rgbd" else None)
+            pred = det.predict(frame.rgb if det.config.uses_2d else None, frame.xyz if det.config.uses_3d else None)
+        except CmdrError as e:
+            self._not_judged(header, stamp, sample, type(e).__name__ if type(e) is not CmdrError else "bad_input", str(e))
+            return
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        reject = bool(pred.score >= self.threshold)
+        label = self._truth(stamp, sample, pred)
+        self._write_outputs(frame, pred, stamp, sample, reject, latency_ms)
+        self.latencies.append(latency_ms)
+        self.rows.append({"stamp": f"{header.stamp.sec}.{header.stamp.nanosec:09d}", "sample": sample or "",
+                          "score": pred.score, "threshold": self.threshold, "reject": int(reject),
+                          "label": "" if label is None else label, "latency_ms": round(latency_ms, 3), "error": ""})
+
+    def _truth(self, stamp: int, sample: str | None, pred: Any) -> int | None:
+        """The frame's label (sample's defect folder, else its mask); collects the metric inputs with gt."""
+        from cmdr_ros.data.preprocess import SquareFrame, resize_mask
+
+        label = None if sample is None else int(sample.split("/")[0] != "good")
+        if not self.aux.has_gt:
+            return label
+        mask = self.aux.gts.nearest(stamp, self.slop_ns)
+        if mask is None:
+            mask = np.zeros(pred.anomaly_map.shape, bool)  # like `cmdr eval` for a sample without a mask file
+        if mask.shape != pred.anomaly_map.shape:
+            raise CmdrError(f"ground-truth mask at stamp {stamp} is {mask.shape[1]}x{mask.shape[0]}, the input is "
+                            f"{pred.anomaly_map.shape[1]}x{pred.anomaly_map.shape[0]}")
+        label = int(mask.any()) if label is None else label
+        m, pix = self.metric_inputs, pred.pixel_map()
+        m["gts"].append(resize_mask(SquareFrame.of(*mask.shape).pad(mask), pix.shape[-1]))  # the model's map size
+        m["pix"].append(pix)
+        m["pro"].append(pred.pro_map())
+        m["labels"].append(label)
+        m["scores"].append(pred.score)
+        m["defects"].append(sample.split("/")[0] if sample else ("good" if label == 0 else "defect"))
+        return label
+
+    def _write_outputs(self, frame: Any, pred: Any, stamp: int, sample: str | None, reject: bool,
+                       latency_ms: float) -> None:
+        import cv2
+        from std_msgs.msg import Bool, Float32
+
+        from cmdr_ros.ros.conversions import array_to_image
+        from cmdr_ros.ros.outputs import heatmap_image, judged_status
+
+        level, message, values = judged_status(frame, pred, reject, self.threshold, latency_ms, self.min_valid_ratio)
+        self.results.write(RESULTS["score"], Float32(data=float(pred.score)), stamp)
+        self.results.write(RESULTS["reject"], Bool(data=reject), stamp)
+        self.results.write(RESULTS["result"], self._result(frame.header, level, message, values, sample,
+                                                           frame.frame_ids), stamp)
+        img = heatmap_image(frame, pred, self.threshold, self.alpha)
+        self.results.write(RESULTS["heatmap"], array_to_image(img, "bgr8", frame.header), stamp)
+        if self.heatmaps is not None:
+            name = sample.replace("/", "_") if sample else f"{stamp // _NS}.{stamp % _NS:09d}"
+            path = self.heatmaps / f"{name}.png"
+            if not cv2.imwrite(str(path), img):
+                raise CmdrError(f"{path}: OpenCV could not write the heatmap")
+
+    def _result(self, header: Any, level: int, message: str, values: dict[str, str], sample: str | None,
+                frame_ids: dict[str, str]) -> Any:
+        """The node's ~/result DiagnosticArray (same keys), plus the sample name when the bag has one."""
+        from cmdr_ros.ros.outputs import result_array
+
+        return result_array(header, level, message, values, self.det.config.mode, self.det.model_id, frame_ids,
+                            {"sample": sample} if sample else None)
+
+    def _not_judged(self, header: Any, stamp: int, sample: str | None, kind: str, reason: str) -> None:
+        """The node's fail-safe (on_error 'reject'): reject, and a WARN result saying why."""
+        from std_msgs.msg import Bool
+
+        from cmdr_ros.ros.outputs import not_judged_status
+
+        self.results.write(RESULTS["reject"], Bool(data=True), stamp)
+        self.results.write(RESULTS["result"], self._result(header, *not_judged_status(kind, reason, "reject"),
+                                                           sample, {}), stamp)
+        self.rows.append({"stamp": f"{header.stamp.sec}.{header.stamp.nanosec:09d}", "sample": sample or "",
+                          "score": "", "threshold": self.threshold, "reject": 1, "label": "", "latency_ms": "",
+                          "error": f"{kind}: {reason}"})
+
+    def metrics(self) -> dict[str, Any] | None:
+        """``compute_metrics`` of the judged frames, with per-defect I-AUROC etc. as ``cmdr eval`` reports them."""
+        from cmdr_ros.metrics import metrics_by_defect
+
+        m = self.metric_inputs
+        if not self.aux.has_gt or not m["scores"]:
+            return None
+        out = metrics_by_defect(m["gts"], m["pix"], m["pro"], m["labels"], m["scores"], m["defects"])
+        out["latency_ms_mean"] = float(np.mean(self.latencies))
+        return out
+
+
+def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, image_topic: str = TOPICS["image"],
+             points_topic: str = TOPICS["points"], info_topic: str = TOPICS["info"], gt_topic: str = TOPICS["gt"],
+             sample_topic: str = TOPICS["sample"], slop: float = 0.05, threshold: float | None = None,
+             checkpoint: str = "", write_images: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Run ``detector`` over a bag offline, exactly as the node would see it, without DDS.
+
+    Inputs are matched with the node's ``ApproximateTimePolicy`` (queue 10, ``slop`` s); each set goes through
+    ``assemble_frame`` + ``predict`` with the nearest camera_info. Writes ``out/results_bag`` (mcap, replaced if
+    present: score, reject, result, heatmap stamped with the input stamps), ``out/results.csv`` and
+    ``out/heatmaps/*.png``; with a ground-truth topic also ``out/metrics.json`` (the metrics of ``cmdr eval``).
+    Returns the report (``table`` holds the printable metrics table when there are metrics).
+    """
+    from rclpy.serialization import deserialize_message
+    from tqdm import tqdm
+
+    from cmdr_ros.cli.evaluate import METRIC_KEYS, format_table
+    from cmdr_ros.ros.sync import ApproximateTimePolicy
+
+    bag, out = Path(bag), Path(out)
+    thr = detector.threshold if threshold is None else float(threshold)
+    if thr is None:
+        raise CmdrError("the model has no calibrated threshold: run `cmdr calibrate` or pass --threshold")
+    mode = detector.config.mode
+    inputs = {"rgbd": [("image", image_topic), ("points", points_topic)], "3d": [("points", points_topic)],
+              "2d": [("image", image_topic)]}[mode]
+    types = {"image": "sensor_msgs/msg/Image", "points": "sensor_msgs/msg/PointCloud2",
+             "info": "sensor_msgs/msg/CameraInfo", "gt": "sensor_msgs/msg/Image", "sample": "std_msgs/msg/String"}
+    t_start = time.perf_counter()
+    with open_bag(bag) as reader:
+        in_conns = _connections(reader, bag, [t for _, t in inputs])
+        aux_topics = {k: t for k, t in (("info", info_topic), ("gt", gt_topic), ("sample", sample_topic))
+                      if t in reader.topics and (k != "info" or mode == "rgbd")}
+        for kind, topic in [*inputs, *aux_topics.items()]:
+            _check_type(reader, bag, topic, types[kind])
+        aux = _read_aux(reader, aux_topics)
+        custom = getattr(getattr(reader.storage, "metadata", None), "custom", None) or {}
+        class_name = custom.get("cmdr_ros.class") or bag.name
+        results_dir = out / "results_bag"
+        if results_dir.exists():
+            if not (results_dir / "metadata.yaml").is_file():
+                raise CmdrError(f"{results_dir}: exists and is not a bag; remove it or choose another --out")
+            shutil.rmtree(results_dir)
+        heatmaps = out / "heatmaps" if write_images else None
+        if heatmaps is not None:
+            heatmaps.mkdir(parents=True, exist_ok=True)
+        index = {t: i for i, (_, t) in enumerate(inputs)}
+        classes = {t: message_class(types[k]) for k, t in inputs}
+        sets: list[tuple[Any, ...]] = []
+        policy = ApproximateTimePolicy(len(inputs), 10, slop, lambda *msgs: sets.append(msgs))
+        with BagWriter(results_dir, "mcap", {"cmdr_ros.source": str(bag)}) as results:
+            evaluation = _Evaluation(detector, thr, aux, policy.slop_ns, results, heatmaps)
+            with tqdm(total=reader.topics[inputs[0][1]].msgcount, disable=not progress, unit="frame",
+                      leave=False) as bar:
+                for conn, _, raw in reader.messages(connections=in_conns):
+                    policy.add(index[conn.topic], deserialize_message(bytes(raw), classes[conn.topic]))
+                    while sets:
+                        evaluation(dict(zip([k for k, _ in inputs], sets.pop(0))))
+                        bar.update(1)
+    if not evaluation.rows:
+        raise CmdrError(f"{bag}: no {' + '.join(t for _, t in inputs)} set matched within the slop of {slop} s")
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(evaluation.rows[0]))
+        w.writeheader()
+        w.writerows(evaluation.rows)
+    st = policy.stats.snapshot()
+    report: dict[str, Any] = {
+        "bag": str(bag), "checkpoint": str(checkpoint), "model_id": detector.model_id, "mode": mode,
+        "grid": detector.config.grid, "map_size": detector.config.map_size, "threshold": thr, "device": str(detector.device),
+        "frames": len(evaluation.rows), "not_judged": sum(bool(r["error"]) for r in evaluation.rows),
+        "rejects": sum(r["reject"] for r in evaluation.rows),
+        "unmatched": {t: st.dropped[i] + waiting for i, ((_, t), waiting) in enumerate(zip(inputs, policy.pending()))},
+        "results_bag": str(results_dir), "seconds": time.perf_counter() - t_start}
+    metrics = evaluation.metrics()
+    if metrics is not None:
+        classes_m = {class_name: metrics}
+        report["classes"] = classes_m
+        report["mean"] = {k: float(metrics[k]) for k in METRIC_KEYS}
+        (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=True))
+        report["table"] = format_table(classes_m, report["mean"])
+    return report

@@ -1,0 +1,336 @@
+"""`cmdr bag`: dataset -> rosbag2 (content, metadata Humble reads), play on DDS, offline eval == `cmdr eval`."""
+import csv
+import json
+import os
+import random
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+
+from cmdr_ros import CmdrError
+from cmdr_ros.cli.main import main
+from cmdr_ros.config import ModelConfig, preset
+from cmdr_ros.data.mvtec3d import MVTec3DClass, load_mask, load_rgb, load_xyz
+from cmdr_ros.data.synthetic import CellConfig, generate_dataset
+from cmdr_ros.geometry import CameraIntrinsics
+from cmdr_ros.ros.bags import (METADATA_VERSION, TOPICS, BagWriter, bag_from_dataset, eval_bag, make_header,
+                               play_bag, read_messages)
+from cmdr_ros.ros.conversions import (array_to_image, camera_info_to_dict, image_to_array, image_to_rgb,
+                                      pointcloud2_fields, pointcloud2_to_xyz, xyz_to_pointcloud2)
+
+NS = 1_000_000_000
+START = 1_700_000_000 * NS
+TYPES = {TOPICS["image"]: "Image", TOPICS["points"]: "PointCloud2", TOPICS["info"]: "CameraInfo",
+         TOPICS["gt"]: "Image", TOPICS["sample"]: "String"}
+HUMBLE_KEYS = {"version", "storage_identifier", "duration", "starting_time", "message_count",
+               "topics_with_message_count", "compression_format", "compression_mode", "relative_file_paths", "files"}
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """A tiny MVTec-style class: 1 good + 2 defective 64x64 test samples, pinhole calibration, masks."""
+    return generate_dataset(tmp_path_factory.mktemp("syn"), "block", n_train=0, n_val=0, n_test_good=1,
+                            n_test_per_defect=1, cfg=CellConfig(image_size=64), defects=("tear", "bump"))
+
+
+@pytest.fixture(scope="module")
+def untrained_rgbd():
+    """A lite rgbd detector with random heads: deterministic scores, enough to compare two evaluation paths."""
+    from cmdr_ros.model.detector import CMDRDetector
+
+    det = CMDRDetector(preset("lite", "rgbd"), device="cpu")
+    det.threshold, det.model_id = 2.0, "untrained"
+    return det
+
+
+def _check_metadata(bag: Path, storage: str, counts: dict[str, int]) -> dict:
+    """metadata.yaml holds every key Humble's parser reads, version 8, QoS as the YAML string <= v8 expects."""
+    info = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert HUMBLE_KEYS <= set(info) and info["version"] == METADATA_VERSION == 8
+    assert info["storage_identifier"] == storage
+    assert info["message_count"] == sum(counts.values()) == info["files"][0]["message_count"]
+    assert info["relative_file_paths"] == [f["path"] for f in info["files"]]
+    assert all((bag / p).is_file() for p in info["relative_file_paths"])
+    assert info["compression_format"] == info["compression_mode"] == ""
+    assert isinstance(info["custom_data"], dict) and info["custom_data"]  # never null
+    topics = {t["topic_metadata"]["name"]: t for t in info["topics_with_message_count"]}
+    assert {k: t["message_count"] for k, t in topics.items()} == counts
+    for t in topics.values():
+        meta = t["topic_metadata"]
+        assert meta["type"].endswith("/" + TYPES[meta["name"]]) and meta["serialization_format"] == "cdr"
+        assert isinstance(meta["offered_qos_profiles"], str)  # v9 made it a list, which Humble cannot parse
+        (qos,) = yaml.safe_load(meta["offered_qos_profiles"])
+        # RELIABLE=1, VOLATILE=2, KEEP_LAST=1, depth 10, infinite deadline as rosbag2 records it
+        assert (qos["reliability"], qos["durability"], qos["history"], qos["depth"]) == (1, 2, 1, 10)
+        assert qos["deadline"] == {"sec": 9223372036, "nsec": 854775807}
+    return info
+
+
+def _check_bag_content(bag: Path, data_dir: Path, start: int, period_ns: int) -> None:
+    """Every frame decodes (with the node's converters) to exactly the dataset files, at start + i * period."""
+    samples = MVTec3DClass(data_dir).samples("test")
+    cam = CameraIntrinsics.from_mvtec_json(data_dir / "calibration" / "camera_parameters.json")
+    frames: dict[int, dict[str, object]] = {}
+    for topic, t, msg in read_messages(bag):
+        assert type(msg).__name__ == TYPES[topic]
+        if hasattr(msg, "header"):
+            assert msg.header.frame_id == "camera"
+            assert msg.header.stamp.sec * NS + msg.header.stamp.nanosec == t  # log time == header stamp
+        frames.setdefault(t, {})[topic] = msg
+    assert sorted(frames) == [start + i * period_ns for i in range(len(samples))]
+    for s, t in zip(samples, sorted(frames)):
+        f = frames[t]
+        assert f[TOPICS["sample"]].data == f"{s.defect}/{s.sample_id}"
+        assert np.array_equal(image_to_rgb(f[TOPICS["image"]]), load_rgb(s.rgb_path))
+        xyz_file = load_xyz(s.xyz_path)
+        xyz, organized = pointcloud2_to_xyz(f[TOPICS["points"]])
+        assert organized and xyz.dtype == np.float32
+        assert np.array_equal(xyz.view(np.uint32), xyz_file.view(np.uint32))  # bit-exact float32 round trip
+        raw_x = pointcloud2_fields(f[TOPICS["points"]], ["x"])["x"]
+        assert np.array_equal(np.isnan(raw_x), ~np.any(xyz_file != 0, axis=-1))  # invalid points are NaN
+        gt = image_to_array(f[TOPICS["gt"]])
+        assert set(np.unique(gt)) <= {0, 255} and np.array_equal(gt != 0, load_mask(s.gt_path))
+        info = camera_info_to_dict(f[TOPICS["info"]])
+        assert np.allclose(info["k"], cam.K) and np.allclose(info["d"], cam.D)
+        assert (info["width"], info["height"]) == (cam.width, cam.height) == xyz.shape[1::-1]
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_from_dataset_synthetic_bag(synthetic_dir, tmp_path, storage):
+    bag = tmp_path / "bag"
+    s = bag_from_dataset(synthetic_dir, bag, storage=storage, rate=4.0, start_ns=START)
+    counts = {topic: 3 for topic in TYPES}
+    assert s["frames"] == 3 and s["topics"] == counts
+    info = _check_metadata(bag, storage, counts)
+    assert info["duration"]["nanoseconds"] == 2 * NS // 4 and info["starting_time"]["nanoseconds_since_epoch"] == START
+    assert info["custom_data"]["cmdr_ros.class"] == "block"
+    _check_bag_content(bag, synthetic_dir, START, NS // 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_from_dataset_real_cable_gland(cable_gland_dir, tmp_path, storage, capsys):
+    bag = tmp_path / "cable_gland_bag"
+    rc = main(["bag", "from-dataset", str(cable_gland_dir), "--out", str(bag), "--storage", storage])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "wrote 11 frames" in out and "metadata version 8" in out
+    info = _check_metadata(bag, storage, {topic: 11 for topic in TYPES})
+    assert info["duration"]["nanoseconds"] == 10 * NS // 2  # default 2 Hz
+    start = info["starting_time"]["nanoseconds_since_epoch"]
+    assert start % NS == 0 and abs(start / NS - time.time()) < 600  # the CLI stamps from now, whole seconds
+    _check_bag_content(bag, cable_gland_dir, start, NS // 2)
+
+
+def test_user_errors_are_one_line(tmp_path, synthetic_dir, capsys):
+    assert main(["bag", "play", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cmdr: error:") and "bag not found" in err and "\n" not in err
+    (tmp_path / "not_a_bag").mkdir()
+    assert main(["bag", "eval", str(tmp_path / "not_a_bag"), "--checkpoint", str(tmp_path / "m.ckpt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    bag = tmp_path / "bag"
+    bag_from_dataset(synthetic_dir, bag, rate=10.0, start_ns=START)
+    with pytest.raises(CmdrError, match="already exists"):
+        bag_from_dataset(synthetic_dir, bag)
+    with pytest.raises(CmdrError, match="not a readable rosbag2"):
+        list(read_messages(tmp_path / "not_a_bag"))
+    with pytest.raises(ZeroDivisionError), BagWriter(tmp_path / "partial", "sqlite3") as w:
+        w.write("/x", make_header(START, "cam"), START)  # any message type: a Header
+        _ = 1 / 0
+    assert not (tmp_path / "partial").exists()  # an unfinished bag is removed
+    with pytest.raises(CmdrError, match="rate"):
+        bag_from_dataset(synthetic_dir, tmp_path / "b2", rate=0.0)
+    with pytest.raises(CmdrError, match="no topic /nope in the bag"):
+        play_bag(bag, topics=["/nope"])
+    with pytest.raises(CmdrError, match="OLD:=NEW"):
+        play_bag(bag, remap=["/camera/image=/x"])
+    stub = SimpleNamespace(threshold=1.0, config=SimpleNamespace(mode="rgbd"))
+    with pytest.raises(CmdrError, match=r"no topic /cam/points in the bag \(it has /camera/camera_info"):
+        eval_bag(bag, stub, tmp_path / "ev", points_topic="/cam/points")
+    with pytest.raises(CmdrError, match="topic /camera/gt_mask carries sensor_msgs/msg/Image, expected sensor_msgs/msg/Po"):
+        eval_bag(bag, stub, tmp_path / "ev", points_topic="/camera/gt_mask")
+
+
+def test_play_on_dds_keeps_stamps_and_spacing(synthetic_dir, tmp_path):
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 200)))
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from std_msgs.msg import String
+
+    bag = tmp_path / "bag"
+    bag_from_dataset(synthetic_dir, bag, rate=5.0, start_ns=START)  # 0.2 s apart, played at 2x: 0.1 s
+    expected_stamps = [START + i * NS // 5 for i in range(3)]
+    subs = {"/played/image": Image, TOPICS["points"]: PointCloud2, TOPICS["info"]: CameraInfo,
+            TOPICS["gt"]: Image, TOPICS["sample"]: String}
+    got: dict[str, list] = {t: [] for t in subs}
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    listener = rclpy.create_node("bag_play_listener", context=context)
+    talker = rclpy.create_node("bag_play_talker", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(listener)
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    for topic, cls in subs.items():
+        listener.create_subscription(cls, topic, lambda m, t=topic: got[t].append((m, time.monotonic())), qos)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        lines: list[str] = []
+        n = play_bag(bag, rate=2.0, remap=["/camera/image:=/played/image"], wait=10.0, report=lines.append)
+        assert n == 15 and lines[-1].startswith("played 15 messages")
+        assert any(line.strip().startswith("/camera/image -> /played/image") for line in lines)
+        deadline = time.monotonic() + 5.0
+        while any(len(v) < 3 for v in got.values()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert {t: len(v) for t, v in got.items()} == {t: 3 for t in subs}
+        for topic, received in got.items():
+            if topic != TOPICS["sample"]:
+                assert [m.header.stamp.sec * NS + m.header.stamp.nanosec for m, _ in received] == expected_stamps
+        assert [m.data for m, _ in got[TOPICS["sample"]]] == ["good/000", "bump/000", "tear/000"]
+        arrivals = np.array([a for _, a in got["/played/image"]])
+        gaps = np.diff(arrivals)
+        assert gaps.min() > 0.06 and 0.15 < arrivals[-1] - arrivals[0] < 0.5, gaps  # nominal 0.1 s, 0.2 s
+        assert np.array_equal(image_to_rgb(got["/played/image"][0][0]),
+                              load_rgb(synthetic_dir / "test" / "good" / "rgb" / "000.png"))
+        # from an existing node, one topic only
+        got[TOPICS["sample"]].clear()
+        own_publishers = len(list(talker.publishers))
+        assert play_bag(bag, rate=100.0, topics=[TOPICS["sample"]], node=talker, wait=10.0) == 3
+        deadline = time.monotonic() + 5.0
+        while len(got[TOPICS["sample"]]) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(got[TOPICS["sample"]]) == 3 and len(list(talker.publishers)) == own_publishers  # cleaned up
+    finally:
+        executor.shutdown()
+        spinner.join(timeout=2.0)
+        listener.destroy_node()
+        talker.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _assert_same_as_cmdr_eval(data_dir: Path, bag_out: Path, eval_out: Path) -> None:
+    """Per-sample scores within 1e-5 relative and the same metrics as the `cmdr eval` report."""
+    ref = {f"{r['defect']}/{r['id']}": r for r in _read_csv(eval_out / "scores.csv")}
+    rows = {r["sample"]: r for r in _read_csv(bag_out / "results.csv")}
+    assert rows.keys() == ref.keys()
+    for name, r in rows.items():
+        assert float(r["score"]) == pytest.approx(float(ref[name]["score"]), rel=1e-5), name
+        assert (int(r["reject"]), int(r["label"])) == (int(ref[name]["reject"]), int(ref[name]["label"])), name
+    mine = json.loads((bag_out / "metrics.json").read_text())
+    theirs = json.loads((eval_out / "metrics.json").read_text())
+    name = MVTec3DClass(data_dir).name
+    m, t = mine["classes"][name], theirs["classes"][name]
+    for key in ("i_auroc", "p_auroc", "aupro@0.3", "aupro@0.1", "aupro@0.05", "aupro@0.01"):
+        assert m[key] == pytest.approx(t[key], abs=1e-9, nan_ok=True), key
+    assert m["defects"].keys() == t["defects"].keys()
+    for d in m["defects"]:
+        assert m["defects"][d]["i_auroc"] == pytest.approx(t["defects"][d]["i_auroc"], abs=1e-9), d
+    assert (m["n_good"], m["n_defect"]) == (t["n_good"], t["n_defect"])
+
+
+def test_eval_bag_matches_cmdr_eval_on_synthetic(synthetic_dir, untrained_rgbd, tmp_path):
+    from cmdr_ros.cli.evaluate import run_eval
+
+    det = untrained_rgbd
+    run_eval(synthetic_dir, det, tmp_path / "eval", no_cache=True, progress=False, write_images=False)
+    bag = tmp_path / "bag"
+    bag_from_dataset(synthetic_dir, bag, storage="sqlite3", rate=4.0, start_ns=START)
+    rep = eval_bag(bag, det, tmp_path / "bag_eval")
+    _assert_same_as_cmdr_eval(synthetic_dir, tmp_path / "bag_eval", tmp_path / "eval")
+    assert rep["frames"] == 3 and rep["not_judged"] == 0 and "block" in rep["table"]
+    rows = _read_csv(tmp_path / "bag_eval" / "results.csv")
+    assert list(rows[0]) == ["stamp", "sample", "score", "threshold", "reject", "label", "latency_ms", "error"]
+    assert [r["stamp"] for r in rows] == [f"{START // NS}.{i * NS // 4:09d}" for i in range(3)]
+    assert all(int(r["reject"]) == (float(r["score"]) >= 2.0) for r in rows)
+    assert sorted(p.name for p in (tmp_path / "bag_eval" / "heatmaps").glob("*.png")) == \
+        ["bump_000.png", "good_000.png", "tear_000.png"]
+    results: dict[str, list] = {}
+    for topic, t, msg in read_messages(tmp_path / "bag_eval" / "results_bag"):
+        results.setdefault(topic, []).append((t, msg))
+    stamps = [START + i * NS // 4 for i in range(3)]
+    assert {k: [t for t, _ in v] for k, v in results.items()} == {k: stamps for k in
+                                                                 ("/cmdr_inspection/score", "/cmdr_inspection/reject",
+                                                                  "/cmdr_inspection/result", "/cmdr_inspection/heatmap")}
+    assert [m.data for _, m in results["/cmdr_inspection/score"]] == pytest.approx([float(r["score"]) for r in rows])
+    assert [m.data for _, m in results["/cmdr_inspection/reject"]] == [bool(int(r["reject"])) for r in rows]
+    _, diag = results["/cmdr_inspection/result"][1]
+    kv = {v.key: v.value for v in diag.status[0].values}
+    assert kv["sample"] == "bump/000" and kv["alignment"] == "aligned" and kv["frame_id.points"] == "camera"
+    assert float(kv["score"]) == pytest.approx(float(rows[1]["score"]), abs=1e-6)
+    heat = results["/cmdr_inspection/heatmap"][0][1]
+    assert (heat.encoding, heat.height, heat.width) == ("bgr8", 64, 64)
+
+
+def test_eval_bag_reports_unjudged_frames_and_unmatched_inputs(synthetic_dir, untrained_rgbd, tmp_path):
+    """A frame whose cloud is all invalid is rejected (the node's fail-safe) and listed; no gt -> no metrics."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    rgb = load_rgb(synthetic_dir / "test" / "good" / "rgb" / "000.png")
+    xyz = load_xyz(synthetic_dir / "test" / "good" / "xyz" / "000.tiff")
+    bag = tmp_path / "bag"
+    with BagWriter(bag, "mcap") as w:
+        for i, points in enumerate([xyz, np.full_like(xyz, np.nan)]):
+            stamp = START + i * NS
+            h = make_header(stamp, "cam")
+            w.write("/image", array_to_image(rgb, "rgb8", h), stamp)
+            w.write("/points", xyz_to_pointcloud2(points, h), stamp)
+        h = make_header(START + 5 * NS, "cam")  # an image without a cloud: never matched
+        w.write("/image", array_to_image(rgb, "rgb8", h), START + 5 * NS)
+    rep = eval_bag(bag, untrained_rgbd, tmp_path / "out", image_topic="/image", points_topic="/points",
+                   threshold=1e9, write_images=False)
+    assert (rep["frames"], rep["not_judged"], rep["rejects"], rep["threshold"]) == (2, 1, 1, 1e9)
+    assert rep["unmatched"] == {"/image": 1, "/points": 0} and "table" not in rep
+    assert not (tmp_path / "out" / "metrics.json").exists() and not (tmp_path / "out" / "heatmaps").exists()
+    ok, bad = _read_csv(tmp_path / "out" / "results.csv")
+    assert ok["error"] == "" and ok["sample"] == "" and float(ok["score"]) > 0
+    assert bad["reject"] == "1" and bad["score"] == "" and "no valid point" in bad["error"]
+    results = [(t, m) for t, _, m in read_messages(tmp_path / "out" / "results_bag", ["/cmdr_inspection/result"])]
+    assert len(results) == 2 and results[1][1].status[0].level == DiagnosticStatus.WARN
+    rep2 = eval_bag(bag, untrained_rgbd, tmp_path / "out", image_topic="/image", points_topic="/points",
+                    write_images=False)  # the results bag of a previous run is replaced
+    assert rep2["frames"] == 2
+    apart = tmp_path / "apart"
+    with BagWriter(apart, "sqlite3") as w:  # image and cloud 0.1 s apart: beyond the default 0.05 s slop
+        w.write("/image", array_to_image(rgb, "rgb8", make_header(START, "cam")), START)
+        w.write("/points", xyz_to_pointcloud2(xyz, make_header(START + NS // 10, "cam")), START + NS // 10)
+    with pytest.raises(CmdrError, match="no /image \\+ /points set matched within the slop of 0.05 s"):
+        eval_bag(apart, untrained_rgbd, tmp_path / "out2", image_topic="/image", points_topic="/points")
+    assert eval_bag(apart, untrained_rgbd, tmp_path / "out3", image_topic="/image", points_topic="/points",
+                    slop=0.2, write_images=False)["frames"] == 1
+
+
+@pytest.mark.slow
+def test_round_trip_bag_eval_equals_cmdr_eval_on_real_data(cable_gland_dir, preprocess_cache, tmp_path, capsys):
+    """`bag from-dataset` -> `bag eval` gives `cmdr eval`'s scores (1e-5 relative) and metrics, same checkpoint."""
+    from cmdr_ros.cli.evaluate import run_eval
+    from cmdr_ros.cli.train import train_model
+    from cmdr_ros.model.checkpoint import load_checkpoint
+
+    cfg = preset("lite", "rgbd").to_dict()
+    cfg["train"]["epochs"] = 2
+    ckpt = tmp_path / "rgbd.ckpt"
+    train_model(cable_gland_dir, ModelConfig.from_dict(cfg), ckpt, "cpu", str(preprocess_cache), progress=False)
+    run_eval(cable_gland_dir, load_checkpoint(ckpt, "cpu"), tmp_path / "eval", str(ckpt),
+             cache_dir=str(preprocess_cache), progress=False, write_images=False)
+    bag = tmp_path / "cable_gland_bag"
+    assert main(["bag", "from-dataset", str(cable_gland_dir), "--out", str(bag)]) == 0
+    assert main(["bag", "eval", str(bag), "--checkpoint", str(ckpt), "--out", str(tmp_path / "bag_eval"),
+                 "--device", "cpu", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "i_auroc" in out and "cable_gland" in out and "11 frames" in out
+    _assert_same_as_cmdr_eval(cable_gland_dir, tmp_path / "bag_eval", tmp_path / "eval")
+    assert len(list((tmp_path / "bag_eval" / "heatmaps").glob("*.png"))) == 11
