@@ -334,3 +334,21 @@ def test_round_trip_bag_eval_equals_cmdr_eval_on_real_data(cable_gland_dir, prep
     assert "i_auroc" in out and "cable_gland" in out and "11 frames" in out
     _assert_same_as_cmdr_eval(cable_gland_dir, tmp_path / "bag_eval", tmp_path / "eval")
     assert len(list((tmp_path / "bag_eval" / "heatmaps").glob("*.png"))) == 11
+
+
+def test_to_dataset_gives_back_the_recorded_parts(synthetic_dir, tmp_path, capsys):
+    """A recording of parts -> class-folder samples (to train on): identical images and clouds, in stamp order."""
+    bag = tmp_path / "rec"
+    bag_from_dataset(synthetic_dir, bag, split="test", rate=5.0)
+    out = tmp_path / "from_bag"
+    assert main(["bag", "to-dataset", str(bag), "--out", str(out)]) == 0
+    assert "wrote 3 samples" in capsys.readouterr().out
+    originals = MVTec3DClass(synthetic_dir).samples("test")
+    written = MVTec3DClass(out).samples("train")
+    assert [s.sample_id for s in written] == ["000", "001", "002"]
+    for orig, new in zip(originals, written):
+        np.testing.assert_array_equal(load_rgb(new.rgb_path), load_rgb(orig.rgb_path))
+        np.testing.assert_array_equal(load_xyz(new.xyz_path), load_xyz(orig.xyz_path))
+    with pytest.raises(CmdrError, match="no topic /nope"):
+        from cmdr_ros.ros.bags import bag_to_dataset
+        bag_to_dataset(bag, tmp_path / "x", points_topic="/nope")

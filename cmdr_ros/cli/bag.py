@@ -3,7 +3,8 @@
 * ``from-dataset DIR --out BAG``: an MVTec 3D-AD style class folder as a camera bag (image, organized cloud,
   camera_info, ground truth, sample names), playable by ``ros2 bag play`` (Humble and later);
 * ``play BAG``: publish a bag on DDS with its recorded timing (for machines without ``ros2 bag``);
-* ``eval BAG --checkpoint M``: run a model over a bag offline, as the node would, and score it like ``cmdr eval``.
+* ``eval BAG --checkpoint M``: run a model over a bag offline, as the node would, and score it like ``cmdr eval``;
+* ``to-dataset BAG --out DIR``: a recording of parts as samples of a class folder, to train on recorded good parts.
 
 ROS modules are imported by the handlers only, so ``cmdr --help`` stays fast.
 """
@@ -60,6 +61,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=run_eval)
 
+    q = verbs.add_parser("to-dataset", help="write a recording's image/points sets as samples of a class folder "
+                                            "(e.g. good parts to train on)")
+    q.add_argument("bag", metavar="BAG", help="bag folder, or a .mcap / .db3 file")
+    q.add_argument("--out", required=True, metavar="DIR", help="class folder to add the samples to")
+    q.add_argument("--split", choices=SPLITS, default="train")
+    q.add_argument("--defect", default="good", help="defect folder of the samples (default good)")
+    q.add_argument("--image-topic", default="/camera/image", help="'' for 3D-only recordings")
+    q.add_argument("--points-topic", default="/camera/points", help="'' for 2D-only recordings")
+    q.add_argument("--info-topic", default="/camera/camera_info")
+    q.add_argument("--slop", type=float, default=0.05, help="max stamp difference (s) of a matched image/points set")
+    q.add_argument("--start-index", type=int, default=0, help="first sample id (to append to a folder)")
+    q.set_defaults(func=run_to_dataset)
+
 
 def run_from_dataset(args: argparse.Namespace) -> int:
     from cmdr_ros.ros.bags import METADATA_VERSION, bag_from_dataset
@@ -95,4 +109,13 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"{rep['frames']} frames ({rep['rejects']} rejected, {rep['not_judged']} not judged) in "
           f"{rep['seconds']:.1f} s on {rep['device']}; results: {out / 'results.csv'}, {rep['results_bag']}"
           + (f", {out / 'metrics.json'}" if "table" in rep else ""))
+    return 0
+
+
+def run_to_dataset(args: argparse.Namespace) -> int:
+    from cmdr_ros.ros.bags import bag_to_dataset
+
+    n = bag_to_dataset(args.bag, args.out, args.split, args.defect, args.image_topic or None,
+                       args.points_topic or None, args.info_topic or None, args.slop, args.start_index)
+    print(f"wrote {n} samples to {Path(args.out) / args.split / args.defect}")
     return 0

@@ -563,3 +563,51 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, image_topic: st
         (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=True))
         report["table"] = format_table(classes_m, report["mean"])
     return report
+
+
+# ------------------------------------------------------------------------------------------------ bag -> folder
+def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defect: str = "good",
+                   image_topic: str | None = TOPICS["image"], points_topic: str | None = TOPICS["points"],
+                   info_topic: str | None = TOPICS["info"], slop: float = 0.05, start_index: int = 0) -> int:
+    """Write the synchronized image/cloud sets of a recorded bag as samples of an MVTec 3D-AD style class folder
+    (``out/<split>/<defect>/{rgb,xyz}/NNN``), so ``cmdr train`` can learn from recordings of good parts.
+
+    Clouds go through the node's own alignment (``assemble_frame``: pixel-aligned, or projected with the
+    bag's camera_info), so the model is trained on exactly what the node will see. ``None`` leaves a topic out
+    (3D-only: no image; 2D-only: no points). Returns the number of samples written.
+    """
+    from rclpy.serialization import deserialize_message
+
+    from cmdr_ros.data.mvtec3d import write_sample
+    from cmdr_ros.ros.frames import assemble_frame
+    from cmdr_ros.ros.sync import ApproximateTimePolicy
+
+    inputs = [(k, t) for k, t in (("image", image_topic), ("points", points_topic)) if t]
+    if not inputs:
+        raise CmdrError("bag to-dataset: give an image topic, a points topic or both")
+    mode = "rgbd" if len(inputs) == 2 else ("2d" if inputs[0][0] == "image" else "3d")
+    bag = Path(bag)
+    sets: list[tuple[Any, ...]] = []
+    infos: list[Any] = []
+    written = 0
+    with open_bag(bag) as reader:
+        conns = _connections(reader, bag, [t for _, t in inputs])
+        if info_topic and info_topic in reader.topics:
+            conns += _connections(reader, bag, [info_topic])
+        classes = {c.topic: message_class(c.msgtype) for c in conns}
+        index = {t: i for i, (_, t) in enumerate(inputs)}
+        policy = ApproximateTimePolicy(len(inputs), 10, slop, lambda *msgs: sets.append(msgs))
+        for conn, _, raw in reader.messages(connections=conns):
+            msg = deserialize_message(bytes(raw), classes[conn.topic])
+            if conn.topic == info_topic:
+                infos.append(msg)
+                continue
+            policy.add(index[conn.topic], msg)
+            while sets:
+                msgs = dict(zip([k for k, _ in inputs], sets.pop(0)))
+                frame = assemble_frame(mode, msgs.get("image"), msgs.get("points"), infos[-1] if infos else None)
+                write_sample(out, split, defect, f"{start_index + written:03d}", frame.rgb, frame.xyz)
+                written += 1
+    if not written:
+        raise CmdrError(f"{bag}: no {' + '.join(t for _, t in inputs)} set matched within the slop of {slop} s")
+    return written
