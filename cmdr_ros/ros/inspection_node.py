@@ -69,7 +69,8 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
     "diagnostics_period": (1.0, "seconds between /diagnostics messages", (0.05, 3600.0)),
 }
 READ_ONLY = {"checkpoint", "mode", "device", "weights_2d", "weights_3d", "input.reliability", "input.depth",
-             "sync.queue_size", "sync.slop", "worker.queue_size"}  # take effect at the next configure
+             "sync.queue_size", "sync.slop", "worker.queue_size", "output.heatmap", "output.anomaly_map",
+             "output.anomaly_cloud", "use_tf", "warmup", "diagnostics_period"}  # take effect at the next configure
 
 
 def _descriptor(name: str, default: Any, text: str, rng: Any) -> ParameterDescriptor:
