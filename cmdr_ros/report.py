@@ -55,27 +55,30 @@ def format_summary(s: dict[str, float]) -> str:
             f"{s['latency_p50_ms']:.0f} ms, p95 {s['latency_p95_ms']:.0f} ms")
 
 
-def write_html(path: str | Path, title: str, summary: dict[str, float], rows: Sequence[PartRow],
-               notes: Sequence[str] = ()) -> Path:
-    """A single self-contained page (images referenced relative to it): summary, per-part table, heatmaps."""
+def write_html(path: str | Path, title: str,
+               sections: Sequence[tuple[str, dict[str, float], Sequence[PartRow], str]]) -> Path:
+    """A single self-contained page (images referenced relative to it); per (heading, summary, rows, note)
+    section: the note, the summary, the per-part table with heatmaps."""
     e = html.escape
-    head = "".join(f"<tr><th>{e(k)}</th><td>{v:.4g}</td></tr>" if isinstance(v, float) else
-                   f"<tr><th>{e(k)}</th><td>{v}</td></tr>" for k, v in summary.items())
-    body = []
-    for r in rows:
-        wrong = r.reject != bool(r.truth)
-        img = f'<img src="{e(r.heatmap)}" alt="{e(r.part)}">' if r.heatmap else ""
-        body.append(f'<tr class="{"wrong" if wrong else ""}"><td>{e(r.part)}</td><td>{r.score:.3f}</td>'
-                    f'<td>{"REJECT" if r.reject else "pass"}</td><td>{"defect" if r.truth else "good"}</td>'
-                    f"<td>{r.latency_ms:.0f} ms</td><td>{img}</td></tr>")
+    parts = []
+    for heading, summary, rows, note in sections:
+        head = "".join(f"<tr><th>{e(k)}</th><td>{v:.4g}</td></tr>" if isinstance(v, float) else
+                       f"<tr><th>{e(k)}</th><td>{v}</td></tr>" for k, v in summary.items())
+        body = []
+        for r in rows:
+            wrong = r.reject != bool(r.truth)
+            img = f'<img src="{e(r.heatmap)}" alt="{e(r.part)}">' if r.heatmap else ""
+            body.append(f'<tr class="{"wrong" if wrong else ""}"><td>{e(r.part)}</td><td>{r.score:.3f}</td>'
+                        f'<td>{"REJECT" if r.reject else "pass"}</td><td>{"defect" if r.truth else "good"}</td>'
+                        f"<td>{r.latency_ms:.0f} ms</td><td>{img}</td></tr>")
+        parts.append(f"""<h2>{e(heading)}</h2><p>{e(note)}</p><h3>Summary</h3><table>{head}</table>
+<h3>Parts</h3><table><tr><th>part</th><th>score</th><th>decision</th><th>truth</th><th>latency</th>
+<th>heatmap</th></tr>{''.join(body)}</table>""")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}</title><style>
 body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin-bottom:1.5em}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:middle}} img{{height:128px}}
 tr.wrong td{{background:#fde2e2}} th{{background:#f4f4f4}}</style></head><body>
-<h1>{e(title)}</h1>{''.join(f'<p>{e(n)}</p>' for n in notes)}
-<h2>Summary</h2><table>{head}</table>
-<h2>Parts</h2><table><tr><th>part</th><th>score</th><th>decision</th><th>truth</th><th>latency</th>
-<th>heatmap</th></tr>{''.join(body)}</table></body></html>"""
+<h1>{e(title)}</h1>{''.join(parts)}</body></html>"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)

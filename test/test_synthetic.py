@@ -24,6 +24,7 @@ from cmdr_ros.data.synthetic import (
     PartFrame,
     class_ids,
     generate_dataset,
+    generate_profilometer_dataset,
     render_part,
     render_profilometer_cloud,
 )
@@ -244,6 +245,35 @@ def test_profilometer_cloud() -> None:
     stain, stain_labels = render_profilometer_cloud(np.random.default_rng(2), CFG, "stain")
     assert stain_labels.sum() > 50
     np.testing.assert_array_equal(stain, good)
+
+
+def test_generate_profilometer_dataset(tmp_path: Path) -> None:
+    from cmdr_ros.geometry import rasterize_on_plane
+
+    folder = generate_profilometer_dataset(tmp_path, "prof", n_train=2, n_val=1, n_test_good=1, n_test_per_defect=1,
+                                           resolution=0.002, seed=5, defects=("tear", "bump"))
+    count = {s: len(list((folder / s).glob("*/xyz/*.tiff"))) for s in ("train", "validation", "test")}
+    assert count == {"train": 2, "validation": 1, "test": 3}
+    assert not list(folder.glob("*/*/rgb")) and not (folder / "train" / "good" / "gt").exists()
+    assert json.loads((folder / "class_ids.json").read_text()) == {"0": "good", "255": "tear", "251": "bump"}
+    for kind, gt_value in (("good", 0), ("tear", 255), ("bump", 251)):
+        points = np.load(folder / "test" / kind / "points" / "000.npy")
+        # the raw cloud is the sample's render (seeded by seed, split 2, kind, index) ...
+        key = [5, 2, (("good",) + DEFECT_TYPES).index(kind), 0]
+        expected, labels = render_profilometer_cloud(np.random.default_rng(key), CFG, None if kind == "good" else kind)
+        np.testing.assert_array_equal(points, expected)
+        # ... and the stored map is exactly what the node's rasterization of it gives
+        raster = rasterize_on_plane(points, resolution=0.002)
+        xyz = tifffile.imread(folder / "test" / kind / "xyz" / "000.tiff")
+        assert xyz.dtype == np.float32
+        np.testing.assert_array_equal(xyz, raster.xyz_map)
+        gt = cv2.imread(str(folder / "test" / kind / "gt" / "000.png"), cv2.IMREAD_UNCHANGED)
+        assert gt.shape == raster.shape and set(np.unique(gt)) <= {0, gt_value}
+        defective = np.zeros(raster.shape, bool).ravel()
+        defective[raster.cell_of_point[labels]] = True
+        np.testing.assert_array_equal(gt.ravel() > 0, defective)  # any defect point marks its cell
+        assert (gt == 0).all() if kind == "good" else 5 < (gt > 0).sum() < 0.05 * gt.size
+        assert (xyz[gt > 0, 2] > 0).all()  # a defective cell holds a point
 
 
 def _montage_row(frame: PartFrame) -> np.ndarray:

@@ -6,13 +6,16 @@
 4. starts the real inspection node in its own process;
 5. replays the bag through DDS into it and records what it publishes;
 6. prints a per-part table, I-AUROC, reject precision/recall, latency p50/p95, and writes heatmap PNGs and a
-   one-page HTML report.
+   one-page HTML report;
+7. repeats 2-6 for a 3D-only laser profilometer: unorganized clouds, rasterized for training exactly as a
+   second node in mode 3d rasterizes them (``raster_resolution``), replayed from their own bag.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -24,23 +27,32 @@ import cv2
 from cmdr_ros import CmdrError
 from cmdr_ros.cli.train import train_model
 from cmdr_ros.config import preset
-from cmdr_ros.data.synthetic import generate_dataset
+from cmdr_ros.data.synthetic import generate_dataset, generate_profilometer_dataset
 from cmdr_ros.report import PartRow, format_rows, format_summary, summarize, write_html
 
 RATE_HZ = 2.0  # parts per second on the simulated belt
+PROFILER_RATE_HZ = 1.0  # profilometer scans per second (the 3D-only pass)
+PROFILER_RESOLUTION = 0.001  # m: raster cell of the profilometer clouds, in training and in the node alike
+CAMERA_TOPICS = {"image": "/camera/image", "points": "/camera/points", "camera_info": "/camera/camera_info"}
+PROFILER_TOPICS = {"points": "/profiler/points"}
 
 
-def _start_node(checkpoint: Path, device: str, log_path: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cmdr_ros.ros.inspection_node", "--ros-args",
-           "-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}", "-p", "worker.queue_size:=8",
-           "-r", "image:=/camera/image", "-r", "points:=/camera/points", "-r", "camera_info:=/camera/camera_info"]
+def _start_node(checkpoint: Path, device: str, log_path: Path, remaps: dict[str, str],
+                params: dict[str, object] | None = None) -> subprocess.Popen:
+    """The inspection node in its own process: ``params`` as -p NAME:=VALUE, ``remaps`` as -r FROM:=TO."""
+    params = {"checkpoint": checkpoint, "device": device, "worker.queue_size": 8, **(params or {})}
+    cmd = [sys.executable, "-m", "cmdr_ros.ros.inspection_node", "--ros-args"]
+    cmd += [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
+    cmd += [a for k, v in remaps.items() for a in ("-r", f"{k}:={v}")]
     log = open(log_path, "w")  # noqa: SIM115 - lives as long as the node process
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
 
 
-def replay_through_node(bag: Path, checkpoint: Path, out: Path, device: str = "auto",
-                        timeout: float = 300.0) -> tuple[dict, dict[int, str]]:
-    """Start the node, play the bag into it, return (results by stamp, sample names by stamp)."""
+def replay_through_node(bag: Path, checkpoint: Path, out: Path, device: str = "auto", timeout: float = 90.0,
+                        remaps: dict[str, str] = CAMERA_TOPICS, params: dict[str, object] | None = None,
+                        log_name: str = "node.log") -> tuple[dict, dict[int, str]]:
+    """Start the node (inputs remapped to the bag topics ``remaps``, extra ``params``), play those topics of the
+    bag into it, return (results by stamp, sample names by stamp)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
@@ -48,7 +60,7 @@ def replay_through_node(bag: Path, checkpoint: Path, out: Path, device: str = "a
     from cmdr_ros.ros.recorder import ResultRecorder
 
     samples = {stamp: msg.data for _, stamp, msg in read_messages(bag, [TOPICS["sample"]])}
-    proc = _start_node(checkpoint, device, out / "node.log")
+    proc = _start_node(checkpoint, device, out / log_name, remaps, params)
     ctx = rclpy.Context()
     rclpy.init(context=ctx, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
     node = rclpy.create_node("cmdr_demo", context=ctx)
@@ -59,12 +71,12 @@ def replay_through_node(bag: Path, checkpoint: Path, out: Path, device: str = "a
         recorder = ResultRecorder(node)
         spin.start()
         deadline = time.monotonic() + 180
-        while node.count_subscribers("/camera/points") == 0:  # the node subscribes once configured and active
+        while node.count_subscribers(remaps["points"]) == 0:  # the node subscribes once configured and active
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise CmdrError(f"the inspection node did not come up; see {out / 'node.log'}")
+                raise CmdrError(f"the inspection node did not come up; see {out / log_name}")
             time.sleep(0.2)
-        played = play_bag(bag, node=node, topics=[TOPICS["image"], TOPICS["points"], TOPICS["info"]], wait=30)
-        print(f"      replayed {played} messages at {RATE_HZ:g} parts/s")
+        played = play_bag(bag, node=node, topics=list(remaps.values()), wait=30)
+        print(f"      replayed {played} messages")
         if not recorder.wait_for(set(samples), timeout):
             print(f"      warning: {len(set(samples) - set(recorder.results))} parts got no result in {timeout:.0f} s")
         return dict(recorder.results), samples
@@ -79,6 +91,47 @@ def replay_through_node(bag: Path, checkpoint: Path, out: Path, device: str = "a
             proc.kill()
 
 
+def bag_from_profiles(data: Path, out: Path, rate: float = PROFILER_RATE_HZ) -> int:
+    """Write the test parts' raw profilometer clouds (``test/<defect>/points/NNN.npy``) as a bag: per part an
+    unorganized PointCloud2 on /profiler/points (frame ``profiler``) and its /cmdr/sample name at the same stamp,
+    ``rate`` parts per second. Returns the number of parts."""
+    import numpy as np
+    from std_msgs.msg import String
+
+    from cmdr_ros.ros.bags import TOPICS, BagWriter, make_header
+    from cmdr_ros.ros.conversions import xyz_to_pointcloud2
+
+    files = sorted((data / "test").glob("*/points/*.npy"))
+    start = time.time_ns() // 1_000_000_000 * 1_000_000_000
+    with BagWriter(out, "mcap", {"cmdr_ros.class": data.name, "cmdr_ros.split": "test"}) as bag:
+        for i, f in enumerate(files):
+            stamp = start + round(i * 1e9 / rate)
+            bag.write(PROFILER_TOPICS["points"], xyz_to_pointcloud2(np.load(f), make_header(stamp, "profiler")), stamp)
+            bag.write(TOPICS["sample"], String(data=f"{f.parent.parent.name}/{f.stem}"), stamp)
+    return len(files)
+
+
+def _report(results: dict, samples: dict[int, str], report_dir: Path, prefix: str,
+            threshold: float) -> tuple[list[PartRow], dict[str, float]]:
+    """Print and return one row per replayed part (sorted by name) and their summary; heatmaps are written as
+    report_dir/heatmaps/<prefix><name>.png."""
+    rows = []
+    for stamp, name in sorted(samples.items(), key=lambda kv: kv[1]):
+        r = results.get(stamp)
+        png = ""
+        if r is not None and r.heatmap is not None:
+            png = f"heatmaps/{prefix}{name.replace('/', '_')}.png"
+            cv2.imwrite(str(report_dir / png), r.heatmap)
+        judged = r is not None and r.judged
+        rows.append(PartRow(name, int(not name.startswith("good/")), r.score if judged else float("nan"),
+                            bool(r.reject) if r is not None else False,
+                            float(r.values.get("latency_ms", "nan")) if judged else float("nan"), png))
+    summary = summarize(rows, threshold)
+    print(format_rows(rows))
+    print(format_summary(summary))
+    return rows, summary
+
+
 def run(args: argparse.Namespace) -> int:
     from cmdr_ros.ros.bags import bag_from_dataset
 
@@ -89,47 +142,60 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    report_dir = out / "report"
+    (report_dir / "heatmaps").mkdir(parents=True, exist_ok=True)
     progress = not args.quiet
-    print(f"[1/6] rendering the simulated cutting cell in {out / 'data'}")
+    print(f"[1/7] rendering the simulated cutting cell in {out / 'data'}")
     data = generate_dataset(out / "data", n_train=30, n_val=6, n_test_good=12, n_test_per_defect=4, seed=args.seed,
                             overwrite=True)
-    config = preset("lite", args.mode)
-    if args.epochs is not None:
-        config.train.epochs = args.epochs
-    print(f"[2/6] training a lite {args.mode} model on the good parts")
-    s = train_model(data, config, out / "model.ckpt", args.device, args.cache_dir, args.no_cache, progress)
-    print(f"      {s['train_samples']} good parts, {s['epochs']} epochs in {s['fit_s']:.0f} s; "
-          f"threshold {s['threshold']:.3f} from {s['validation_samples']} validation parts")
+    print(f"[2/7] training a lite {args.mode} model on the good parts")
+    s = _train(data, args.mode, out / "model.ckpt", args, progress)
     bag = out / "cell_bag"
-    print(f"[3/6] recording the {len(list((data / 'test').glob('*/rgb/*.png')))} test parts as a rosbag2 (mcap): {bag}")
+    print(f"[3/7] recording the {len(list((data / 'test').glob('*/rgb/*.png')))} test parts as a rosbag2 (mcap): {bag}")
+    shutil.rmtree(bag, ignore_errors=True)
     bag_from_dataset(data, bag, storage="mcap", split="test", rate=RATE_HZ)
-    print("[4/6] starting the inspection node; [5/6] replaying the bag into it over DDS")
+    print(f"[4/7] starting the inspection node; [5/7] replaying the bag into it over DDS at {RATE_HZ:g} parts/s")
     results, samples = replay_through_node(bag, Path(s["checkpoint"]), out, args.device)
-    print("[6/6] report")
-    heat_dir = out / "report" / "heatmaps"
-    heat_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for stamp, name in sorted(samples.items(), key=lambda kv: kv[1]):
-        r = results.get(stamp)
-        png = ""
-        if r is not None and r.heatmap is not None:
-            png = f"heatmaps/{name.replace('/', '_')}.png"
-            cv2.imwrite(str(out / "report" / png), r.heatmap)
-        judged = r is not None and r.judged
-        rows.append(PartRow(name, int(not name.startswith("good/")), r.score if judged else float("nan"),
-                            bool(r.reject) if r is not None else False,
-                            float(r.values.get("latency_ms", "nan")) if judged else float("nan"), png))
-    summary = summarize(rows, s["threshold"])
-    print(format_rows(rows))
-    print(format_summary(summary))
-    html = write_html(out / "report" / "index.html", "cmdr_ros demo: simulated cutting cell", summary, rows,
-                      notes=[f"lite {args.mode} model {s['model_id']} trained on {s['train_samples']} good parts; "
-                             f"parts replayed from {bag.name} through DDS into the inspection node."])
+    print("[6/7] report")
+    rows, summary = _report(results, samples, report_dir, "", s["threshold"])
+
+    print("[7/7] 3D-only: a laser profilometer scans the parts (unorganized clouds, no camera)")
+    p_data = generate_profilometer_dataset(out / "data", n_train=20, n_val=4, n_test_good=6, n_test_per_defect=2,
+                                           resolution=PROFILER_RESOLUTION, seed=args.seed, overwrite=True)
+    p_s = _train(p_data, "3d", out / "model_3d.ckpt", args, progress)
+    p_bag = out / "profiler_bag"
+    shutil.rmtree(p_bag, ignore_errors=True)
+    n = bag_from_profiles(p_data, p_bag)
+    print(f"      {n} test scans in {p_bag}; a second node (mode 3d, raster {PROFILER_RESOLUTION * 1000:g} mm) "
+          f"gets them over DDS at {PROFILER_RATE_HZ:g} parts/s")
+    p_results, p_samples = replay_through_node(p_bag, Path(p_s["checkpoint"]), out, args.device,
+                                               remaps=PROFILER_TOPICS, log_name="node_3d.log",
+                                               params={"mode": "3d", "raster_resolution": PROFILER_RESOLUTION})
+    p_rows, p_summary = _report(p_results, p_samples, report_dir, "3d_", p_s["threshold"])
+    html = write_html(report_dir / "index.html", "cmdr_ros demo: simulated cutting cell", [
+        (f"Camera + structured light ({args.mode})", summary, rows,
+         f"lite {args.mode} model {s['model_id']} trained on {s['train_samples']} good parts; parts replayed "
+         f"from {bag.name} through DDS into the inspection node."),
+        ("3D-only laser profilometer", p_summary, p_rows,
+         f"lite 3d model {p_s['model_id']} trained on {p_s['train_samples']} rasterized good scans; unorganized "
+         f"clouds replayed from {p_bag.name} into a node in mode 3d (stains are invisible to it and not tested)."),
+    ])
     print(f"done in {time.perf_counter() - t0:.0f} s. Artefacts:")
-    print(f"  simulated cell: {data}")
-    print(f"  model:          {s['checkpoint']}")
-    print(f"  bag:            {bag}   (cmdr bag play {bag} / ros2 bag play {bag})")
-    print(f"  node log:       {out / 'node.log'}")
-    print(f"  heatmaps:       {heat_dir}")
+    print(f"  simulated cell: {data}, {p_data}")
+    print(f"  models:         {s['checkpoint']}, {p_s['checkpoint']}")
+    print(f"  bags:           {bag}, {p_bag}   (cmdr bag play {bag} / ros2 bag play {bag})")
+    print(f"  node logs:      {out / 'node.log'}, {out / 'node_3d.log'}")
+    print(f"  heatmaps:       {report_dir / 'heatmaps'}")
     print(f"  report:         {html}")
     return 0
+
+
+def _train(data: Path, mode: str, checkpoint: Path, args: argparse.Namespace, progress: bool) -> dict:
+    """Train and calibrate a lite ``mode`` model on ``data`` (``train_model``) and print what it did."""
+    config = preset("lite", mode)
+    if args.epochs is not None:
+        config.train.epochs = args.epochs
+    s = train_model(data, config, checkpoint, args.device, args.cache_dir, args.no_cache, progress)
+    print(f"      {s['train_samples']} good parts, {s['epochs']} epochs in {s['fit_s']:.0f} s; "
+          f"threshold {s['threshold']:.3f} from {s['validation_samples']} validation parts")
+    return s

@@ -3,7 +3,8 @@
 Why: the tests, the lite-model demo and the bag demo need 2D+3D samples with pixel-exact ground truth
 and no download. A part is a foam block on a conveyor table, seen by a top-down RGB camera and a
 pixel-aligned structured-light sensor (``render_part``), or scanned by a laser line profilometer
-(``render_profilometer_cloud``). ``generate_dataset`` writes samples in the MVTec 3D-AD layout.
+(``render_profilometer_cloud``). ``generate_dataset`` writes samples in the MVTec 3D-AD layout,
+``generate_profilometer_dataset`` rasterized profilometer scans as a 3D-only class.
 
 Model. All lengths are metres. The camera looks straight down at a slightly tilted table. The block is
 a heightfield over the table in block-local coordinates (s along its length, t across): a flat top
@@ -644,28 +645,16 @@ def generate_dataset(
     """
     cfg = cfg or CellConfig()
     seed = cfg.seed if seed is None else seed
-    defects = tuple(defects)
-    for d in defects:
-        _check_defect(d)
-    if min(n_train, n_val, n_test_good, n_test_per_defect) < 0:
-        raise CmdrError("generate_dataset: sample counts must be non-negative")
-    folder = Path(root) / class_name
-    if folder.exists() and any(folder.iterdir()):
-        if not overwrite:
-            raise CmdrError(f"{folder}: already exists and is not empty; pass overwrite=True to replace it")
-        shutil.rmtree(folder)
-    ids = class_ids(defects)
-    jobs = [("train", "good", n_train), ("validation", "good", n_val), ("test", "good", n_test_good)]
-    jobs += [("test", d, n_test_per_defect) for d in defects]
+    folder, jobs = _dataset_jobs(Path(root) / class_name, (n_train, n_val, n_test_good, n_test_per_defect), defects,
+                                 overwrite)
     for split, kind, count in jobs:
         out = folder / split / kind
         subdirs = ("rgb", "xyz", "gt") if split == "test" else ("rgb", "xyz")
         for sub in subdirs:
             (out / sub).mkdir(parents=True, exist_ok=True)
-        gt_value = 255 - DEFECT_TYPES.index(kind) if kind != "good" else 0
+        gt_value = _gt_value(kind)
         for i in range(count):
-            key = [seed, ("train", "validation", "test").index(split), (("good",) + DEFECT_TYPES).index(kind), i]
-            frame = render_part(np.random.default_rng(key), cfg, None if kind == "good" else kind)
+            frame = render_part(_sample_rng(seed, split, kind, i), cfg, None if kind == "good" else kind)
             _imwrite(out / "rgb" / f"{i:03d}.png", cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
             tifffile.imwrite(out / "xyz" / f"{i:03d}.tiff", frame.xyz, photometric="rgb")  # as MVTec's files
             if split == "test":
@@ -673,8 +662,82 @@ def generate_dataset(
     calibration = folder / "calibration"
     calibration.mkdir(parents=True, exist_ok=True)
     (calibration / "camera_parameters.json").write_text(json.dumps(cfg.camera().to_calibration_dict(), indent=2))
-    (folder / "class_ids.json").write_text(json.dumps(ids, indent=2))
+    (folder / "class_ids.json").write_text(json.dumps(class_ids(tuple(defects)), indent=2))
     return folder
+
+
+def generate_profilometer_dataset(
+    root: str | Path,
+    class_name: str = "foam_block_profiles",
+    n_train: int = 20,
+    n_val: int = 4,
+    n_test_good: int = 6,
+    n_test_per_defect: int = 2,
+    resolution: float = 0.001,
+    cfg: CellConfig | None = None,
+    seed: int | None = None,
+    defects: tuple[str, ...] = GEOMETRIC_DEFECTS,
+    overwrite: bool = False,
+) -> Path:
+    """Write profilometer scans as a 3D-only class in the MVTec 3D-AD layout under ``root/class_name``.
+
+    Each part is a ``render_profilometer_cloud`` rasterized with ``rasterize_on_plane(points, resolution=
+    resolution)``, exactly as the inspection node in mode 3d grids an unorganized cloud (its
+    ``raster_resolution`` parameter must be the same), so the model trains on the maps it will see.
+    ``xyz/NNN.tiff`` is the raster's xyz map (0 = empty cell); test parts also get ``gt/NNN.png`` (a cell is
+    defective when any defect point falls in it, value as in ``class_ids.json``) and their raw unorganized
+    cloud ``points/NNN.npy`` (Nx3 float32) for writing a bag. No rgb. Seeds, counts and ``overwrite`` as in
+    ``generate_dataset``.
+    """
+    from cmdr_ros.geometry import rasterize_on_plane
+
+    cfg = cfg or CellConfig()
+    seed = cfg.seed if seed is None else seed
+    folder, jobs = _dataset_jobs(Path(root) / class_name, (n_train, n_val, n_test_good, n_test_per_defect), defects,
+                                 overwrite)
+    for split, kind, count in jobs:
+        out = folder / split / kind
+        for sub in ("xyz", "gt", "points") if split == "test" else ("xyz",):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            points, labels = render_profilometer_cloud(_sample_rng(seed, split, kind, i), cfg,
+                                                       None if kind == "good" else kind)
+            raster = rasterize_on_plane(points, resolution=resolution)
+            tifffile.imwrite(out / "xyz" / f"{i:03d}.tiff", raster.xyz_map, photometric="rgb")
+            if split == "test":
+                cells = raster.cell_of_point[labels & (raster.cell_of_point >= 0)]
+                mask = np.bincount(cells, minlength=raster.shape[0] * raster.shape[1]).reshape(raster.shape) > 0
+                _imwrite(out / "gt" / f"{i:03d}.png", mask.astype(np.uint8) * np.uint8(_gt_value(kind)))
+                np.save(out / "points" / f"{i:03d}.npy", points)
+    (folder / "class_ids.json").write_text(json.dumps(class_ids(tuple(defects)), indent=2))
+    return folder
+
+
+def _dataset_jobs(folder: Path, counts: tuple[int, int, int, int], defects: tuple[str, ...],
+                  overwrite: bool) -> tuple[Path, list[tuple[str, str, int]]]:
+    """Check the arguments, clear ``folder`` (only with ``overwrite``) and list (split, kind, count) to render."""
+    for d in defects:
+        _check_defect(d)
+    if min(counts) < 0:
+        raise CmdrError("generate_dataset: sample counts must be non-negative")
+    if folder.exists() and any(folder.iterdir()):
+        if not overwrite:
+            raise CmdrError(f"{folder}: already exists and is not empty; pass overwrite=True to replace it")
+        shutil.rmtree(folder)
+    n_train, n_val, n_test_good, n_test_per_defect = counts
+    jobs = [("train", "good", n_train), ("validation", "good", n_val), ("test", "good", n_test_good)]
+    return folder, jobs + [("test", d, n_test_per_defect) for d in defects]
+
+
+def _sample_rng(seed: int, split: str, kind: str, index: int) -> np.random.Generator:
+    """A sample's generator, from (seed, split, kind, index) alone."""
+    return np.random.default_rng([seed, ("train", "validation", "test").index(split),
+                                  (("good",) + DEFECT_TYPES).index(kind), index])
+
+
+def _gt_value(kind: str) -> int:
+    """The gt pixel value of a class (see ``class_ids``)."""
+    return 255 - DEFECT_TYPES.index(kind) if kind != "good" else 0
 
 
 def _imwrite(path: Path, image: np.ndarray) -> None:
