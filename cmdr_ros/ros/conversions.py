@@ -76,6 +76,14 @@ def _buffer(data: Any) -> np.ndarray:
     return np.asarray(data, dtype=np.uint8)
 
 
+def _sized_buffer(data: Any, expected: int, what: str, formula: str) -> np.ndarray:
+    """The message payload as uint8, or a ConversionError when its length is not ``expected`` bytes."""
+    buf = _buffer(data)
+    if buf.size != expected:
+        raise ConversionError(f"{what} has {buf.size} bytes, expected {formula} = {expected}")
+    return buf
+
+
 def _payload(arr: np.ndarray) -> array.array:
     """Bytes of a C-contiguous array as the ``array('B')`` that rclpy stores (a memcpy, no per-byte check)."""
     out = array.array("B")
@@ -108,11 +116,7 @@ def image_to_array(msg: Image) -> np.ndarray:
         raise ConversionError(
             f"Image step {step} is smaller than width*bytes_per_pixel = {row_bytes} ({msg.encoding})"
         )
-    buf = _buffer(msg.data)
-    if buf.size != step * height:
-        raise ConversionError(
-            f"Image data has {buf.size} bytes, expected step*height = {step * height}"
-        )
+    buf = _sized_buffer(msg.data, step * height, "Image data", "step*height")
     view = np.ndarray(
         shape=(height, width, channels),
         dtype=dtype,
@@ -202,12 +206,7 @@ def _check_cloud_layout(msg: PointCloud2) -> np.ndarray:
         raise ConversionError(
             f"PointCloud2 row_step {row_step} is smaller than width*point_step = {width * point_step}"
         )
-    buf = _buffer(msg.data)
-    if buf.size != row_step * height:
-        raise ConversionError(
-            f"PointCloud2 data has {buf.size} bytes, expected row_step*height = {row_step * height}"
-        )
-    return buf
+    return _sized_buffer(msg.data, row_step * height, "PointCloud2 data", "row_step*height")
 
 
 def _read_field(msg: PointCloud2, buf: np.ndarray, name: str, raw_uint32: bool = False) -> np.ndarray:

@@ -115,6 +115,8 @@ class InspectionNode(LifecycleNode):
         super().__init__("cmdr_inspection", **kwargs)
         for name, (default, text, rng) in PARAMETERS.items():
             self.declare_parameter(name, default, _descriptor(name, default, text, rng))
+        ext = self._p("extrinsics")
+        self._extrinsics = make_transform(ext[:3], ext[3:])  # cloud -> camera, kept current by the callback below
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.detector = None
         self.mode = ""
@@ -152,6 +154,8 @@ class InspectionNode(LifecycleNode):
         for p in params:
             if p.name == "threshold":
                 self._apply_threshold(p.value)
+            if p.name == "extrinsics":
+                self._extrinsics = make_transform(p.value[:3], p.value[3:])
             if p.name in READ_ONLY and self.detector is not None:
                 self.get_logger().info(f"parameter '{p.name}' takes effect at the next configure")
         return SetParametersResult(successful=True)
@@ -364,7 +368,7 @@ class InspectionNode(LifecycleNode):
             return
         try:
             frame = assemble_frame(self.mode, msgs.get("image"), msgs.get("points"), info, self._tf_lookup,
-                                   make_transform(self._p("extrinsics")[:3], self._p("extrinsics")[3:]),
+                                   self._extrinsics,
                                    float(self._p("raster_resolution")))
             pred = det.predict(frame.rgb if det.config.uses_2d else None,
                                frame.xyz if det.config.uses_3d else None)
