@@ -52,8 +52,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--info-topic", default="/camera/camera_info")
     q.add_argument("--gt-topic", default="/camera/gt_mask", help="ground-truth masks (mono8); metrics when present")
     q.add_argument("--sample-topic", default="/cmdr/sample", help="std_msgs/String sample names '<defect>/<id>'")
-    q.add_argument("--slop", type=float, default=0.05, help="max stamp difference (s) of a matched image/points set")
-    q.add_argument("--threshold", type=float, default=None, help="reject threshold (default: the checkpoint's)")
+    q.add_argument("--params-file", default=None, metavar="YAML",
+                   help="the node's parameters file (e.g. config/inspection.yaml): judge the bag exactly as the node "
+                        "would (extrinsics, raster_resolution, on_error, min_coverage, max_range, threshold, sync)")
+    q.add_argument("--slop", type=float, default=None,
+                   help="max stamp difference (s) of a matched image/points set (default: sync.slop, 0.05)")
+    q.add_argument("--threshold", type=float, default=None,
+                   help="reject threshold (default: the params file's, else the checkpoint's)")
     q.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     q.add_argument("--weights-2d", default=None)
     q.add_argument("--weights-3d", default=None)
@@ -70,7 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--image-topic", default="/camera/image", help="'' for 3D-only recordings")
     q.add_argument("--points-topic", default="/camera/points", help="'' for 2D-only recordings")
     q.add_argument("--info-topic", default="/camera/camera_info")
-    q.add_argument("--slop", type=float, default=0.05, help="max stamp difference (s) of a matched image/points set")
+    q.add_argument("--params-file", default=None, metavar="YAML",
+                   help="the node's parameters file: align clouds as the node would (extrinsics, raster_resolution)")
+    q.add_argument("--slop", type=float, default=None,
+                   help="max stamp difference (s) of a matched image/points set (default: sync.slop, 0.05)")
     q.add_argument("--start-index", type=int, default=0, help="first sample id (to append to a folder)")
     q.set_defaults(func=run_to_dataset)
 
@@ -96,17 +104,21 @@ def run_play(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from cmdr_ros.model.checkpoint import load_checkpoint
     from cmdr_ros.ros.bags import eval_bag
+    from cmdr_ros.ros.parameters import read_params_file
 
     bag = Path(args.bag)
     out = Path(args.out) if args.out else bag.with_name(f"{bag.stem if bag.is_file() else bag.name}_eval")
+    params = read_params_file(args.params_file) if args.params_file else None
     detector = load_checkpoint(args.checkpoint, args.device, args.weights_2d, args.weights_3d)
-    rep = eval_bag(bag, detector, out, image_topic=args.image_topic, points_topic=args.points_topic,
+    rep = eval_bag(bag, detector, out, params=params, image_topic=args.image_topic, points_topic=args.points_topic,
                    info_topic=args.info_topic, gt_topic=args.gt_topic, sample_topic=args.sample_topic,
                    slop=args.slop, threshold=args.threshold, checkpoint=args.checkpoint,
                    write_images=not args.no_images, progress=not args.quiet)
     if "table" in rep:
         print(rep["table"])
-    print(f"{rep['frames']} frames ({rep['rejects']} rejected, {rep['not_judged']} not judged) in "
+    orphans = sum(rep["unmatched"].values())
+    print(f"{rep['frames']} frames ({rep['rejects']} rejected, {rep['not_judged']} not judged"
+          + (f"; {orphans} unmatched inputs rejected" if orphans else "") + ") in "
           f"{rep['seconds']:.1f} s on {rep['device']}; results: {out / 'results.csv'}, {rep['results_bag']}"
           + (f", {out / 'metrics.json'}" if "table" in rep else ""))
     return 0
@@ -114,8 +126,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_to_dataset(args: argparse.Namespace) -> int:
     from cmdr_ros.ros.bags import bag_to_dataset
+    from cmdr_ros.ros.parameters import read_params_file
 
     n = bag_to_dataset(args.bag, args.out, args.split, args.defect, args.image_topic or None,
-                       args.points_topic or None, args.info_topic or None, args.slop, args.start_index)
+                       args.points_topic or None, args.info_topic or None, args.slop, args.start_index,
+                       params=read_params_file(args.params_file) if args.params_file else None)
     print(f"wrote {n} samples to {Path(args.out) / args.split / args.defect}")
     return 0

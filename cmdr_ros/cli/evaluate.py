@@ -51,7 +51,7 @@ def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache:
         pro_maps.append(pred.pro_map())
         rows.append({"class": data.name, "defect": s.defect, "id": s.sample_id, "label": s.label,
                      "score": pred.score,
-                     "reject": int(detector.threshold is not None and pred.score >= detector.threshold)})
+                     "reject": _reject_column(pred.score, detector.threshold)})
         if write_images:
             tif = out / "anomaly_maps" / data.name / "test" / s.defect / f"{s.sample_id}.tiff"
             tif.parent.mkdir(parents=True, exist_ok=True)
@@ -88,6 +88,19 @@ def format_table(class_metrics: dict[str, dict[str, Any]], mean: dict[str, float
     if len(class_metrics) > 1:
         lines.append(f"{'mean':<24}" + "".join(f"{mean[k]:>11.4f}" for k in METRIC_KEYS))
     return "\n".join(lines)
+
+
+def _reject_column(score: float, threshold: float | None) -> int | str:
+    """The node's decision for this score (``judge.is_reject``): 1/0, 1 for a non-finite score (fail-safe), '' when
+    the model has no threshold."""
+    from cmdr_ros.judge import NotJudgeable, is_reject
+
+    if threshold is None:
+        return ""
+    try:
+        return int(is_reject(score, threshold))
+    except NotJudgeable:
+        return 1
 
 
 def run_eval(data_dir: str | Path, detector: CMDRDetector, out: str | Path, checkpoint: str = "",

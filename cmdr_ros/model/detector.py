@@ -335,10 +335,13 @@ class CMDRDetector:
         return pred
 
     def is_reject(self, score: float, threshold: float | None = None) -> bool:
+        """``cmdr_ros.judge.is_reject`` with this model's threshold (or ``threshold``): the one decision rule."""
+        from cmdr_ros.judge import is_reject
+
         thr = self.threshold if threshold is None else threshold
         if thr is None:
             raise CmdrError("the model has no calibrated threshold: run `cmdr calibrate` or set one")
-        return score >= thr
+        return is_reject(score, thr)
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, inputs: Iterable[ModelInput], progress: bool = True, source: str = "validation") -> float:

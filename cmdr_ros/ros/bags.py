@@ -366,45 +366,73 @@ def _read_aux(reader: Any, topics: dict[str, str]) -> _Aux:
 
 
 class _Evaluation:
-    """Per matched set: the node's ``assemble_frame`` + ``predict``, the node's outputs into the results bag, a
-    CSV row, a heatmap PNG, and (with ground truth) the inputs of ``compute_metrics`` exactly as ``cmdr eval``
-    gathers them."""
+    """Per matched set: the node's ``FrameJudge`` (same parameters, same alignment, same decision), the node's
+    outputs into the results bag, a CSV row, a heatmap PNG, and (with ground truth) the inputs of
+    ``compute_metrics`` exactly as ``cmdr eval`` gathers them. Every input that never matched gets a not-judged
+    'unmatched' row and result, like on the node."""
 
-    def __init__(self, detector: Any, threshold: float, aux: _Aux, slop_ns: int, results: BagWriter,
-                 heatmaps: Path | None) -> None:
-        from cmdr_ros.ros.inspection_node import PARAMETERS
-
-        self.det, self.threshold, self.aux, self.slop_ns = detector, threshold, aux, slop_ns
+    def __init__(self, judge: Any, params: dict[str, Any], inputs: list[str], aux: _Aux, slop_ns: int,
+                 results: BagWriter, heatmaps: Path | None) -> None:
+        self.judge, self.params, self.inputs, self.aux, self.slop_ns = judge, params, inputs, aux, slop_ns
+        self.det = judge.judge_.detector
         self.results, self.heatmaps = results, heatmaps
-        self.min_valid_ratio = float(PARAMETERS["min_valid_ratio"][0])
-        self.alpha = float(PARAMETERS["output.heatmap_alpha"][0])
+        self.seq = 0
         self.rows: list[dict[str, Any]] = []
         self.metric_inputs: dict[str, list[Any]] = {k: [] for k in ("gts", "pix", "pro", "labels", "scores", "defects")}
         self.latencies: list[float] = []
 
     def __call__(self, msgs: dict[str, Any]) -> None:
-        from cmdr_ros.ros.frames import assemble_frame
-
-        det, mode = self.det, self.det.config.mode
         header = (msgs["image"] if "image" in msgs else msgs["points"]).header
         stamp = stamp_ns(header)
         sample = self.aux.samples.nearest(stamp, self.slop_ns)
         t0 = time.perf_counter()
-        try:
-            frame = assemble_frame(mode, msgs.get("image"), msgs.get("points"),
-                                   self.aux.infos.nearest(stamp) if mode == "rgbd" else None)
-            pred = det.predict(frame.rgb if det.config.uses_2d else None, frame.xyz if det.config.uses_3d else None)
-        except CmdrError as e:
-            self._not_judged(header, stamp, sample, type(e).__name__ if type(e) is not CmdrError else "bad_input", str(e))
-            return
+        frame, verdict = self.judge.judge(msgs, self.aux.infos.nearest(stamp) if self.judge.mode == "rgbd" else None)
         latency_ms = (time.perf_counter() - t0) * 1e3
-        reject = bool(pred.score >= self.threshold)
-        label = self._truth(stamp, sample, pred)
-        self._write_outputs(frame, pred, stamp, sample, reject, latency_ms)
-        self.latencies.append(latency_ms)
+        label = self._truth(stamp, sample, verdict.prediction) if verdict.judged else None
+        if verdict.judged:
+            self.latencies.append(latency_ms)
+        self._write(header, stamp, sample, "+".join(msgs), frame, verdict, latency_ms,
+                    {k: m.header.frame_id for k, m in msgs.items()}, label)
+
+    def orphan(self, index: int, msg: Any, why: str) -> None:
+        """An input without partner (the synchronizer dropped it, or it was still waiting at the end of the bag)."""
+        name = self.inputs[index]
+        others = " + ".join(n for n in self.inputs if n != name)
+        verdict = self.judge.judge_.not_judged("unmatched", f"no {others} matched this {name} ({why})")
+        stamp = stamp_ns(msg.header)
+        self._write(msg.header, stamp, self.aux.samples.nearest(stamp, self.slop_ns), name, None, verdict, None,
+                    {name: msg.header.frame_id}, None)
+
+    def _write(self, header: Any, stamp: int, sample: str | None, inputs: str, frame: Any, verdict: Any,
+               latency_ms: float | None, frame_ids: dict[str, str], label: int | None) -> None:
+        import cv2
+        from std_msgs.msg import Bool, Float32
+
+        from cmdr_ros.ros.conversions import array_to_image
+        from cmdr_ros.ros.outputs import heatmap_image, result_array
+
+        self.seq += 1
+        self.results.write(RESULTS["result"], result_array(
+            header, verdict, frame, seq=self.seq, mode=self.judge.mode, model_id=self.det.model_id, inputs=inputs,
+            latency_ms=latency_ms, frame_ids=frame_ids, extra={"sample": sample} if sample else None), stamp)
+        if verdict.decision != "skip":
+            self.results.write(RESULTS["reject"], Bool(data=verdict.reject), stamp)
+        if verdict.judged:
+            self.results.write(RESULTS["score"], Float32(data=float(verdict.score)), stamp)
+            img = heatmap_image(frame, verdict.prediction, verdict.threshold,
+                                float(self.params["output.heatmap_alpha"]), float(self.params["output.heatmap_max"]))
+            self.results.write(RESULTS["heatmap"], array_to_image(img, "bgr8", frame.header), stamp)
+            if self.heatmaps is not None:
+                name = sample.replace("/", "_") if sample else f"{stamp // _NS}.{stamp % _NS:09d}"
+                path = self.heatmaps / f"{name}.png"
+                if not cv2.imwrite(str(path), img):
+                    raise CmdrError(f"{path}: OpenCV could not write the heatmap")
         self.rows.append({"stamp": f"{header.stamp.sec}.{header.stamp.nanosec:09d}", "sample": sample or "",
-                          "score": pred.score, "threshold": self.threshold, "reject": int(reject),
-                          "label": "" if label is None else label, "latency_ms": round(latency_ms, 3), "error": ""})
+                          "inputs": inputs, "score": verdict.score if verdict.judged else "",
+                          "threshold": verdict.threshold, "decision": verdict.decision,
+                          "reject": int(verdict.reject), "label": "" if label is None else label,
+                          "latency_ms": round(latency_ms, 3) if latency_ms is not None else "",
+                          "error": "" if verdict.judged else f"{verdict.kind}: {verdict.reason}"})
 
     def _truth(self, stamp: int, sample: str | None, pred: Any) -> int | None:
         """The frame's label (sample's defect folder, else its mask); collects the metric inputs with gt."""
@@ -429,48 +457,6 @@ class _Evaluation:
         m["defects"].append(sample.split("/")[0] if sample else ("good" if label == 0 else "defect"))
         return label
 
-    def _write_outputs(self, frame: Any, pred: Any, stamp: int, sample: str | None, reject: bool,
-                       latency_ms: float) -> None:
-        import cv2
-        from std_msgs.msg import Bool, Float32
-
-        from cmdr_ros.ros.conversions import array_to_image
-        from cmdr_ros.ros.outputs import heatmap_image, judged_status
-
-        level, message, values = judged_status(frame, pred, reject, self.threshold, latency_ms, self.min_valid_ratio)
-        self.results.write(RESULTS["score"], Float32(data=float(pred.score)), stamp)
-        self.results.write(RESULTS["reject"], Bool(data=reject), stamp)
-        self.results.write(RESULTS["result"], self._result(frame.header, level, message, values, sample,
-                                                           frame.frame_ids), stamp)
-        img = heatmap_image(frame, pred, self.threshold, self.alpha)
-        self.results.write(RESULTS["heatmap"], array_to_image(img, "bgr8", frame.header), stamp)
-        if self.heatmaps is not None:
-            name = sample.replace("/", "_") if sample else f"{stamp // _NS}.{stamp % _NS:09d}"
-            path = self.heatmaps / f"{name}.png"
-            if not cv2.imwrite(str(path), img):
-                raise CmdrError(f"{path}: OpenCV could not write the heatmap")
-
-    def _result(self, header: Any, level: int, message: str, values: dict[str, str], sample: str | None,
-                frame_ids: dict[str, str]) -> Any:
-        """The node's ~/result DiagnosticArray (same keys), plus the sample name when the bag has one."""
-        from cmdr_ros.ros.outputs import result_array
-
-        return result_array(header, level, message, values, self.det.config.mode, self.det.model_id, frame_ids,
-                            {"sample": sample} if sample else None)
-
-    def _not_judged(self, header: Any, stamp: int, sample: str | None, kind: str, reason: str) -> None:
-        """The node's fail-safe (on_error 'reject'): reject, and a WARN result saying why."""
-        from std_msgs.msg import Bool
-
-        from cmdr_ros.ros.outputs import not_judged_status
-
-        self.results.write(RESULTS["reject"], Bool(data=True), stamp)
-        self.results.write(RESULTS["result"], self._result(header, *not_judged_status(kind, reason, "reject"),
-                                                           sample, {}), stamp)
-        self.rows.append({"stamp": f"{header.stamp.sec}.{header.stamp.nanosec:09d}", "sample": sample or "",
-                          "score": "", "threshold": self.threshold, "reject": 1, "label": "", "latency_ms": "",
-                          "error": f"{kind}: {reason}"})
-
     def metrics(self) -> dict[str, Any] | None:
         """``compute_metrics`` of the judged frames, with per-defect I-AUROC etc. as ``cmdr eval`` reports them."""
         from cmdr_ros.metrics import metrics_by_defect
@@ -483,15 +469,19 @@ class _Evaluation:
         return out
 
 
-def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, image_topic: str = TOPICS["image"],
-             points_topic: str = TOPICS["points"], info_topic: str = TOPICS["info"], gt_topic: str = TOPICS["gt"],
-             sample_topic: str = TOPICS["sample"], slop: float = 0.05, threshold: float | None = None,
-             checkpoint: str = "", write_images: bool = True, progress: bool = False) -> dict[str, Any]:
-    """Run ``detector`` over a bag offline, exactly as the node would see it, without DDS.
+def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[str, Any] | None = None,
+             image_topic: str = TOPICS["image"], points_topic: str = TOPICS["points"],
+             info_topic: str = TOPICS["info"], gt_topic: str = TOPICS["gt"], sample_topic: str = TOPICS["sample"],
+             slop: float | None = None, threshold: float | None = None, checkpoint: str = "",
+             write_images: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Run ``detector`` over a bag offline, judging every part exactly as the node would, without DDS.
 
-    Inputs are matched with the node's ``ApproximateTimePolicy`` (queue 10, ``slop`` s); each set goes through
-    ``assemble_frame`` + ``predict`` with the nearest camera_info. Writes ``out/results_bag`` (mcap, replaced if
-    present: score, reject, result, heatmap stamped with the input stamps), ``out/results.csv`` and
+    ``params``: the node's parameter values (``cmdr_ros.ros.parameters.read_params_file``; default: the node's
+    defaults): the same ``FrameJudge`` (alignment with ``extrinsics`` / ``raster_resolution``, ``on_error``,
+    minimum coverage / valid ratio, ``max_range``, threshold) and the synchronizer's ``sync.queue_size`` /
+    ``sync.slop``; ``slop`` and ``threshold`` override theirs. Inputs are matched with the node's
+    ``ApproximateTimePolicy``; each set gets the nearest camera_info. Writes ``out/results_bag`` (mcap, replaced
+    if present: score, reject, result, heatmap stamped with the input stamps), ``out/results.csv`` and
     ``out/heatmaps/*.png``; with a ground-truth topic also ``out/metrics.json`` (the metrics of ``cmdr eval``).
     Returns the report (``table`` holds the printable metrics table when there are metrics).
     """
@@ -499,12 +489,19 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, image_topic: st
     from tqdm import tqdm
 
     from cmdr_ros.cli.evaluate import METRIC_KEYS, format_table
+    from cmdr_ros.ros.frame_judge import FrameJudge
+    from cmdr_ros.ros.parameters import check_all, defaults
     from cmdr_ros.ros.sync import ApproximateTimePolicy
 
     bag, out = Path(bag), Path(out)
-    thr = detector.threshold if threshold is None else float(threshold)
-    if thr is None:
-        raise CmdrError("the model has no calibrated threshold: run `cmdr calibrate` or pass --threshold")
+    params = {**defaults(), **(params or {})}
+    if slop is not None:
+        params["sync.slop"] = float(slop)
+    if threshold is not None:
+        params["threshold"] = float(threshold)
+    problems = check_all(params)
+    if problems:
+        raise CmdrError("; ".join(problems))
     mode = detector.config.mode
     inputs = {"rgbd": [("image", image_topic), ("points", points_topic)], "3d": [("points", points_topic)],
               "2d": [("image", image_topic)]}[mode]
@@ -517,6 +514,7 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, image_topic: st
                       if t in reader.topics and (k != "info" or mode == "rgbd")}
         for kind, topic in [*inputs, *aux_topics.items()]:
             _check_type(reader, bag, topic, types[kind])
+        judge = FrameJudge.from_params(detector, params)
         aux = _read_aux(reader, aux_topics)
         custom = getattr(getattr(reader.storage, "metadata", None), "custom", None) or {}
         class_name = custom.get("cmdr_ros.class") or bag.name
@@ -530,30 +528,45 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, image_topic: st
             heatmaps.mkdir(parents=True, exist_ok=True)
         index = {t: i for i, (_, t) in enumerate(inputs)}
         classes = {t: message_class(types[k]) for k, t in inputs}
-        sets: list[tuple[Any, ...]] = []
-        policy = ApproximateTimePolicy(len(inputs), 10, slop, lambda *msgs: sets.append(msgs))
+        events: list[tuple[str, tuple[Any, ...]]] = []  # matched sets and orphans, in the order they happen
+        policy = ApproximateTimePolicy(len(inputs), int(params["sync.queue_size"]), float(params["sync.slop"]),
+                                       lambda *msgs: events.append(("set", msgs)),
+                                       on_drop=lambda i, msg, why: events.append(("orphan", (i, msg, why))))
         with BagWriter(results_dir, "mcap", {"cmdr_ros.source": str(bag)}) as results:
-            evaluation = _Evaluation(detector, thr, aux, policy.slop_ns, results, heatmaps)
+            evaluation = _Evaluation(judge, params, [k for k, _ in inputs], aux, policy.slop_ns, results, heatmaps)
+
+            def handle() -> None:
+                while events:
+                    what, item = events.pop(0)
+                    if what == "set":
+                        evaluation(dict(zip([k for k, _ in inputs], item)))
+                        bar.update(1)
+                    else:
+                        evaluation.orphan(*item)
+
             with tqdm(total=reader.topics[inputs[0][1]].msgcount, disable=not progress, unit="frame",
                       leave=False) as bar:
                 for conn, _, raw in reader.messages(connections=in_conns):
                     policy.add(index[conn.topic], deserialize_message(bytes(raw), classes[conn.topic]))
-                    while sets:
-                        evaluation(dict(zip([k for k, _ in inputs], sets.pop(0))))
-                        bar.update(1)
-    if not evaluation.rows:
-        raise CmdrError(f"{bag}: no {' + '.join(t for _, t in inputs)} set matched within the slop of {slop} s")
+                    handle()
+                policy.flush("still waiting at the end of the bag")
+                handle()
+    full = "+".join(k for k, _ in inputs)
+    judged = [r for r in evaluation.rows if r["inputs"] == full]
+    if not judged:
+        raise CmdrError(f"{bag}: no {' + '.join(t for _, t in inputs)} set matched within the slop of "
+                        f"{params['sync.slop']:g} s")
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(evaluation.rows[0]))
         w.writeheader()
         w.writerows(evaluation.rows)
-    st = policy.stats.snapshot()
+    unmatched = Counter(r["inputs"] for r in evaluation.rows if r["inputs"] != full)
     report: dict[str, Any] = {
         "bag": str(bag), "checkpoint": str(checkpoint), "model_id": detector.model_id, "mode": mode,
-        "grid": detector.config.grid, "map_size": detector.config.map_size, "threshold": thr, "device": str(detector.device),
-        "frames": len(evaluation.rows), "not_judged": sum(bool(r["error"]) for r in evaluation.rows),
-        "rejects": sum(r["reject"] for r in evaluation.rows),
-        "unmatched": {t: st.dropped[i] + waiting for i, ((_, t), waiting) in enumerate(zip(inputs, policy.pending()))},
+        "grid": detector.config.grid, "map_size": detector.config.map_size, "threshold": judge.threshold,
+        "device": str(detector.device), "frames": len(judged),
+        "not_judged": sum(bool(r["error"]) for r in judged), "rejects": sum(r["reject"] for r in judged),
+        "unmatched": {t: unmatched[k] for k, t in inputs},
         "results_bag": str(results_dir), "seconds": time.perf_counter() - t_start}
     metrics = evaluation.metrics()
     if metrics is not None:
@@ -568,35 +581,48 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, image_topic: st
 # ------------------------------------------------------------------------------------------------ bag -> folder
 def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defect: str = "good",
                    image_topic: str | None = TOPICS["image"], points_topic: str | None = TOPICS["points"],
-                   info_topic: str | None = TOPICS["info"], slop: float = 0.05, start_index: int = 0) -> int:
+                   info_topic: str | None = TOPICS["info"], slop: float | None = None, start_index: int = 0,
+                   params: dict[str, Any] | None = None) -> int:
     """Write the synchronized image/cloud sets of a recorded bag as samples of an MVTec 3D-AD style class folder
     (``out/<split>/<defect>/{rgb,xyz}/NNN``), so ``cmdr train`` can learn from recordings of good parts.
 
-    Clouds go through the node's own alignment (``assemble_frame``: pixel-aligned, or projected with the
-    bag's camera_info), so the model is trained on exactly what the node will see. ``None`` leaves a topic out
-    (3D-only: no image; 2D-only: no points). Returns the number of samples written.
+    Clouds go through the node's own alignment (``FrameJudge.assemble`` with the node's ``params``: pixel-aligned,
+    projected with the bag's camera_info and ``extrinsics``, or rasterized with ``raster_resolution``), so the
+    model is trained on exactly what the node will see. ``None`` leaves a topic out (3D-only: no image; 2D-only:
+    no points). A set that cannot be aligned is left out with a warning. Returns the number of samples written.
     """
+    import logging
+
     from rclpy.serialization import deserialize_message
 
     from cmdr_ros.data.mvtec3d import write_sample
-    from cmdr_ros.ros.frames import assemble_frame
+    from cmdr_ros.ros.frame_judge import FrameJudge
+    from cmdr_ros.ros.parameters import check_all, defaults
     from cmdr_ros.ros.sync import ApproximateTimePolicy
 
+    params = {**defaults(), **(params or {})}
+    if slop is not None:
+        params["sync.slop"] = float(slop)
+    problems = check_all(params)
+    if problems:
+        raise CmdrError("; ".join(problems))
     inputs = [(k, t) for k, t in (("image", image_topic), ("points", points_topic)) if t]
     if not inputs:
         raise CmdrError("bag to-dataset: give an image topic, a points topic or both")
     mode = "rgbd" if len(inputs) == 2 else ("2d" if inputs[0][0] == "image" else "3d")
+    aligner = FrameJudge.aligner(mode, params)
     bag = Path(bag)
     sets: list[tuple[Any, ...]] = []
     infos: list[Any] = []
-    written = 0
+    written = skipped = 0
     with open_bag(bag) as reader:
         conns = _connections(reader, bag, [t for _, t in inputs])
         if info_topic and info_topic in reader.topics:
             conns += _connections(reader, bag, [info_topic])
         classes = {c.topic: message_class(c.msgtype) for c in conns}
         index = {t: i for i, (_, t) in enumerate(inputs)}
-        policy = ApproximateTimePolicy(len(inputs), 10, slop, lambda *msgs: sets.append(msgs))
+        policy = ApproximateTimePolicy(len(inputs), int(params["sync.queue_size"]), float(params["sync.slop"]),
+                                       lambda *msgs: sets.append(msgs))
         for conn, _, raw in reader.messages(connections=conns):
             msg = deserialize_message(bytes(raw), classes[conn.topic])
             if conn.topic == info_topic:
@@ -605,9 +631,16 @@ def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defec
             policy.add(index[conn.topic], msg)
             while sets:
                 msgs = dict(zip([k for k, _ in inputs], sets.pop(0)))
-                frame = assemble_frame(mode, msgs.get("image"), msgs.get("points"), infos[-1] if infos else None)
+                try:
+                    frame = aligner.assemble(msgs, infos[-1] if infos else None)
+                except CmdrError as e:
+                    skipped += 1
+                    logging.getLogger(__name__).warning("left out the set stamped %s: %s",
+                                                        stamp_ns(next(iter(msgs.values())).header), e)
+                    continue
                 write_sample(out, split, defect, f"{start_index + written:03d}", frame.rgb, frame.xyz)
                 written += 1
     if not written:
-        raise CmdrError(f"{bag}: no {' + '.join(t for _, t in inputs)} set matched within the slop of {slop} s")
+        raise CmdrError(f"{bag}: no {' + '.join(t for _, t in inputs)} set matched within the slop of "
+                        f"{params['sync.slop']:g} s" + (f" ({skipped} could not be aligned)" if skipped else ""))
     return written

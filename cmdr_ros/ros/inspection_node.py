@@ -1,76 +1,58 @@
 """``cmdr_inspection``: the managed (lifecycle) inspection node.
 
-One frame: subscription callbacks -> approximate-time synchronizer (``sync.py``) -> ``_on_set`` puts the set in a
-bounded queue (newest wins) -> worker thread ``_process`` -> ``frames.assemble_frame`` -> ``CMDRDetector.predict``
--> ``_publish`` (score, reject, result, heatmap, anomaly map, anomaly cloud). Inference never runs in a callback.
+Every synchronized set and every orphan input gets exactly one decision, stamped with its header:
 
-Lifecycle: configure loads the checkpoint, warms the model up and creates the publishers; activate subscribes;
-deactivate unsubscribes and frees cached GPU memory; cleanup drops the model. ``autostart`` walks to active.
+subscription callbacks -> approximate-time synchronizer (``sync.py``; an input without partner within
+``sync.timeout``, evicted or duplicated gets an ``unmatched`` result) -> ``_on_set`` queues the part (``overload``:
+judge_all keeps ``worker.queue_size`` waiting and gives the oldest the fail-safe when full; newest keeps one) ->
+worker thread -> ``FrameJudge`` (alignment, model, decision rule, fail-safe; ``frame_judge.py``) -> ``_decide``
+(result with a sequence number, reject, score, maps). A watchdog gives every part not decided within
+``time_budget`` of its arrival the fail-safe decision and reports a stuck inference on ``/diagnostics``. Inference
+never runs in a callback. At SIGINT/SIGTERM every part still waiting gets its fail-safe decision before exit.
+
+Lifecycle: configure validates every parameter (as at run time), loads the checkpoint, warms the model up and
+creates the publishers; activate subscribes; deactivate unsubscribes (waiting parts get the fail-safe) and frees
+cached GPU memory; cleanup drops the model. ``autostart`` walks to active and exits non-zero when it cannot.
 """
 from __future__ import annotations
 
 import collections
-import queue
+import signal
 import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_system_default)
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-from std_msgs.msg import Bool, Float32
+from std_msgs.msg import Bool, Float32, Header
 
 from cmdr_ros import CmdrError
-from cmdr_ros.geometry import make_transform
+from cmdr_ros.judge import JudgeSettings, Verdict
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
-from cmdr_ros.ros.frames import Frame, assemble_frame, point_scores
-from cmdr_ros.ros.outputs import heatmap_image, judged_status, not_judged_status, result_array
+from cmdr_ros.ros.frame_judge import FrameJudge, extrinsics_transform
+from cmdr_ros.ros.frames import Frame, point_scores
+from cmdr_ros.ros.outputs import heatmap_image, result_array
+from cmdr_ros.ros.parameters import PARAMETERS, READ_ONLY, check, check_all
 from cmdr_ros.ros.sync import make_synchronizer
 
-MODES = ("auto", "rgbd", "3d", "2d")
-ON_ERROR = ("reject", "pass", "skip")
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
-
-# name: (default, description, range or choices)
-PARAMETERS: dict[str, tuple[Any, str, Any]] = {
-    "autostart": (True, "walk the lifecycle to active by itself", None),
-    "checkpoint": ("", "trained model file (.ckpt from `cmdr train`)", None),
-    "mode": ("auto", "auto (the checkpoint's) | rgbd | 3d | 2d", MODES),
-    "device": ("auto", "auto (CUDA when present) | cpu | cuda | cuda:N", None),
-    "weights_2d": ("", "pretrained 2D backbone file for paper-preset checkpoints", None),
-    "weights_3d": ("", "pretrained 3D backbone file for paper-preset checkpoints", None),
-    "threshold": (-1.0, "reject when score >= threshold; < 0 uses the checkpoint's calibrated one; changeable "
-                        "at run time", (-1.0, 1e6)),
-    "on_error": ("reject", "decision for a frame that cannot be judged: reject | pass | skip", ON_ERROR),
-    "min_valid_ratio": (0.01, "a judged frame with fewer valid pixels is flagged degraded (WARN)", (0.0, 1.0)),
-    "warmup": (True, "run one synthetic frame at configure", None),
-    "input.reliability": ("reliable", "input QoS reliability: reliable | best_effort (match the publishers)",
-                          tuple(RELIABILITY)),
-    "input.depth": (5, "input subscription queue depth", (1, 1000)),
-    "sync.queue_size": (10, "approximate-time synchronizer queue per input", (1, 1000)),
-    "sync.slop": (0.05, "max stamp difference (s) within a synchronized set", (1e-6, 10.0)),
-    "worker.queue_size": (1, "frames waiting for inference; the newest wins", (1, 100)),
-    "extrinsics": ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
-                   "cloud frame -> camera frame transform x y z qx qy qz qw, used when tf2 has none", None),
-    "use_tf": (True, "look the cloud->camera transform up in tf2 when tf2_ros is installed", None),
-    "raster_resolution": (0.0, "3D-only unorganized clouds: grid cell (m); 0 = mean point spacing", (0.0, 1.0)),
-    "output.heatmap": (True, "publish ~/heatmap (bgr8 overlay)", None),
-    "output.anomaly_map": (True, "publish ~/anomaly_map (32FC1)", None),
-    "output.anomaly_cloud": (True, "publish ~/anomaly_cloud (x y z intensity)", None),
-    "output.heatmap_alpha": (0.5, "heatmap opacity", (0.0, 1.0)),
-    "output.heatmap_max": (0.0, "heatmap colour-scale top; 0 = automatic", (0.0, 1e6)),
-    "diagnostics_period": (1.0, "seconds between /diagnostics messages", (0.05, 3600.0)),
-}
-READ_ONLY = {"checkpoint", "mode", "device", "weights_2d", "weights_3d", "input.reliability", "input.depth",
-             "sync.queue_size", "sync.slop", "worker.queue_size", "output.heatmap", "output.anomaly_map",
-             "output.anomaly_cloud", "use_tf", "warmup", "diagnostics_period"}  # take effect at the next configure
+INPUTS = {"rgbd": [(Image, "image"), (PointCloud2, "points")], "3d": [(PointCloud2, "points")],
+          "2d": [(Image, "image")]}
+JUDGE_PARAMS = ("on_error", "min_valid_ratio", "min_coverage", "max_range")
+WATCH_PERIOD_S = 0.05
+DECISION_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+                          history=HistoryPolicy.KEEP_LAST)  # deep: a burst of fail-safe decisions is never overwritten
 
 
 def _descriptor(name: str, default: Any, text: str, rng: Any) -> ParameterDescriptor:
@@ -85,6 +67,10 @@ def _descriptor(name: str, default: Any, text: str, rng: Any) -> ParameterDescri
     elif isinstance(rng, tuple):
         d.additional_constraints = "one of: " + ", ".join(rng)
     return d
+
+
+def _stamp_ns(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 class ThrottledLog:
@@ -110,107 +96,166 @@ class ThrottledLog:
             self.suppressed[kind] += 1
 
 
+@dataclass(eq=False)
+class Part:
+    """One part on its way to a decision: a synchronized set, or an orphan input (one message)."""
+
+    msgs: dict[str, Any]
+    info: Any
+    t_in: float  # time.monotonic() when the set matched (orphan: when it was dropped)
+    header: Any = None
+    inputs: str = ""
+    decided: bool = False
+    frame_ids: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        primary = self.msgs.get("image", self.msgs.get("points"))
+        self.header = primary.header if primary is not None else None
+        self.inputs = "+".join(self.msgs)
+        self.frame_ids = {k: m.header.frame_id for k, m in self.msgs.items()}
+
+
 class InspectionNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("cmdr_inspection", **kwargs)
+        self._start_problems: list[str] = []  # values given at start that ROS itself refused (range, type)
         for name, (default, text, rng) in PARAMETERS.items():
-            self.declare_parameter(name, default, _descriptor(name, default, text, rng))
-        ext = self._p("extrinsics")
-        self._extrinsics = make_transform(ext[:3], ext[3:])  # cloud -> camera, kept current by the callback below
+            try:
+                self.declare_parameter(name, default, _descriptor(name, default, text, rng))
+            except Exception as e:  # noqa: BLE001 - rclpy raises several kinds; configure reports them
+                self._start_problems.append(f"{name}: {str(e).splitlines()[0][:200]}")
+                self.declare_parameter(name, default, _descriptor(name, default, text, rng), ignore_override=True)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.exit_code: int | None = None  # set when the node must end (autostart failed)
         self.detector = None
         self.mode = ""
-        self._threshold: float | None = None
+        self.judge: FrameJudge | None = None
         self._pubs: dict[str, Any] = {}
         self._sync = None
-        self._queue: queue.Queue = queue.Queue()
+        self._info_sub = self._part_sub = None
+        self._latest_info: CameraInfo | None = None
+        self._part_ids: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self._cv = threading.Condition(threading.RLock())  # guards the queue, the in-flight part and decisions
+        self._waiting: collections.deque[Part] = collections.deque()
+        self._inflight: Part | None = None
+        self._inflight_since = 0.0
+        self._stuck = False
+        self._seq = 0
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._warn = ThrottledLog(self.get_logger())
+        self._state_text = "unconfigured"
         self._reset_stats()
-        self._diag_timer = None
-        self._tf_lookup = None
-        if self.get_parameter("autostart").value:
+        self._watch_group = MutuallyExclusiveCallbackGroup()
+        self._watch_timer = None
+        # /diagnostics is a plain publisher: a node that cannot configure still says why
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile_system_default)
+        self._diag_timer = self.create_timer(float(self._p("diagnostics_period")), self._publish_diagnostics,
+                                             callback_group=MutuallyExclusiveCallbackGroup())
+        if self._p("autostart"):
             self._autostart_timer = self.create_timer(0.0, self._autostart)
 
     # ---------------------------------------------------------------- parameters
     def _p(self, name: str) -> Any:
         return self.get_parameter(name).value
 
+    def _values(self) -> dict[str, Any]:
+        return {name: self._p(name) for name in PARAMETERS}
+
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         for p in params:
-            if p.name == "threshold":
-                if p.value is None or not np.isfinite(p.value):
-                    return SetParametersResult(successful=False, reason="threshold must be a finite number")
-            elif p.name == "on_error" and p.value not in ON_ERROR:
-                return SetParametersResult(successful=False, reason=f"on_error must be one of {ON_ERROR}")
-            elif p.name == "mode" and p.value not in MODES:
-                return SetParametersResult(successful=False, reason=f"mode must be one of {MODES}")
-            elif p.name == "input.reliability" and p.value not in RELIABILITY:
-                return SetParametersResult(successful=False, reason=f"input.reliability must be one of {tuple(RELIABILITY)}")
-            elif p.name == "extrinsics" and len(p.value) != 7:
-                return SetParametersResult(successful=False, reason="extrinsics needs 7 values: x y z qx qy qz qw")
+            if p.name not in PARAMETERS:
+                continue
+            problem = check(p.name, list(p.value) if p.name == "extrinsics" else p.value)
+            if problem is None and p.name == "threshold" and self.judge is not None:
+                try:
+                    self.judge.judge_.resolve_threshold(p.value)
+                except CmdrError as e:
+                    problem = str(e)
+            if problem is not None:
+                self._warn("parameter", f"refused: {problem}")
+                return SetParametersResult(successful=False, reason=problem)
+        names = {p.name for p in params}
+        self._start_problems = [x for x in self._start_problems if x.split(":")[0] not in names]
+        if self.judge is not None:
+            self._apply(params)
         for p in params:
-            if p.name == "threshold":
-                self._apply_threshold(p.value)
-            if p.name == "extrinsics":
-                self._extrinsics = make_transform(p.value[:3], p.value[3:])
             if p.name in READ_ONLY and self.detector is not None:
                 self.get_logger().info(f"parameter '{p.name}' takes effect at the next configure")
         return SetParametersResult(successful=True)
 
-    def _apply_threshold(self, value: float) -> None:
-        ckpt_thr = self.detector.threshold if self.detector is not None else None
-        self._threshold = float(value) if value >= 0 else ckpt_thr
+    def _apply(self, params: list[Parameter]) -> None:
+        """Apply run-time changes (already validated) to the judge."""
+        j = self.judge
+        settings = {k: getattr(j.judge_.settings, k) for k in JUDGE_PARAMS}
+        for p in params:
+            if p.name == "threshold":
+                j.judge_.set_threshold(p.value)
+            elif p.name in JUDGE_PARAMS:
+                settings[p.name] = p.value
+            elif p.name == "extrinsics":
+                j.extrinsics = extrinsics_transform(p.value)
+            elif p.name == "raster_resolution":
+                j.raster_resolution = float(p.value)
+        j.judge_.settings = JudgeSettings(**settings)
 
     # ---------------------------------------------------------------- lifecycle
     def _autostart(self) -> None:
         self.destroy_timer(self._autostart_timer)
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
+        ok = self.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        ok = ok and self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        if not ok:
+            self.get_logger().error(f"autostart failed ({self._state_text}): exiting with status 1")
+            self._publish_diagnostics()
+            self.exit_code = 1
+
+    def _refuse(self, why: str) -> TransitionCallbackReturn:
+        self._state_text = f"cannot configure: {why}"
+        self.get_logger().error(self._state_text)
+        self.detector, self.judge = None, None
+        self._publish_diagnostics()
+        return TransitionCallbackReturn.FAILURE
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from cmdr_ros.model.checkpoint import load_checkpoint  # torch import only when configuring
 
-        ckpt = self._p("checkpoint")
-        if not ckpt:
-            self.get_logger().error("parameter 'checkpoint' is empty: give a model trained with `cmdr train`")
-            return TransitionCallbackReturn.FAILURE
+        values = self._values()
+        problems = self._start_problems + check_all(values)
+        if problems:
+            return self._refuse("; ".join(problems))
+        if not values["checkpoint"]:
+            return self._refuse("parameter 'checkpoint' is empty: give a model trained with `cmdr train`")
         try:
-            self.detector = load_checkpoint(ckpt, self._p("device"), self._p("weights_2d") or None,
-                                            self._p("weights_3d") or None, expected_mode=self._p("mode"))
+            self.detector = load_checkpoint(values["checkpoint"], values["device"], values["weights_2d"] or None,
+                                            values["weights_3d"] or None, expected_mode=values["mode"])
+            self._setup_tf()
+            self.judge = FrameJudge.from_params(self.detector, values, self._tf_lookup)
         except CmdrError as e:
-            self.get_logger().error(f"cannot configure: {e}")
-            return TransitionCallbackReturn.FAILURE
+            return self._refuse(str(e))
+        except Exception as e:  # noqa: BLE001 - e.g. CUDA errors: the node must say why, not die
+            return self._refuse(f"{type(e).__name__}: {e}")
         self.mode = self.detector.config.mode
-        self._apply_threshold(self._p("threshold"))
-        if self._threshold is None:
-            self.get_logger().error(f"{ckpt} has no calibrated threshold and parameter 'threshold' is < 0")
-            self.detector = None
-            return TransitionCallbackReturn.FAILURE
-        if self._p("warmup"):
+        if values["warmup"]:
             self._warm_up()
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                               durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
         self._pubs = {
-            "score": self.create_lifecycle_publisher(Float32, "~/score", qos_profile_system_default),
-            "reject": self.create_lifecycle_publisher(Bool, "~/reject", reliable),
-            "result": self.create_lifecycle_publisher(DiagnosticArray, "~/result", reliable),
-            "diagnostics": self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", qos_profile_system_default),
+            "score": self.create_lifecycle_publisher(Float32, "~/score", DECISION_QOS),
+            "reject": self.create_lifecycle_publisher(Bool, "~/reject", DECISION_QOS),
+            "result": self.create_lifecycle_publisher(DiagnosticArray, "~/result", DECISION_QOS),
         }
         for key, msg_type in (("heatmap", Image), ("anomaly_map", Image), ("anomaly_cloud", PointCloud2)):
-            if self._p(f"output.{key}"):
-                self._pubs[key] = self.create_lifecycle_publisher(msg_type, f"~/{key}", qos_profile_system_default)
-        self._setup_tf()
-        self._queue = queue.Queue(maxsize=int(self._p("worker.queue_size")))
+            if values[f"output.{key}"]:
+                self._pubs[key] = self.create_lifecycle_publisher(msg_type, f"~/{key}", reliable)
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="cmdr_inference", daemon=True)
         self._worker.start()
         self._reset_stats()
+        self._state_text = "configured"
         self.get_logger().info(
             f"configured: mode {self.mode}, model {self.detector.model_id}, device {self.detector.device}, "
-            f"threshold {self._threshold:.4f}")
+            f"threshold {self.judge.threshold:.4f}, time budget {values['time_budget']:g} s, "
+            f"overload {values['overload']}")
         return TransitionCallbackReturn.SUCCESS
 
     def _warm_up(self) -> None:
@@ -231,13 +276,14 @@ class InspectionNode(LifecycleNode):
             return
         try:
             import tf2_ros
-            from rclpy.duration import Duration
         except ImportError:
             return
         buffer = tf2_ros.Buffer()
         self._tf_listener = tf2_ros.TransformListener(buffer, self)
 
         def lookup(target: str, source: str, stamp: Any) -> np.ndarray | None:
+            from cmdr_ros.geometry import make_transform
+
             try:
                 t = buffer.lookup_transform(target, source, stamp, timeout=Duration(seconds=0.05)).transform
             except Exception as e:  # noqa: BLE001 - tf2 raises several exception types
@@ -249,20 +295,26 @@ class InspectionNode(LifecycleNode):
         self._tf_lookup = lookup
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        topics = {"rgbd": [(Image, "image"), (PointCloud2, "points")], "3d": [(PointCloud2, "points")],
-                  "2d": [(Image, "image")]}[self.mode]
+        topics = INPUTS[self.mode]
         self._inputs = [name for _, name in topics]
-        self._latest_info: CameraInfo | None = None
+        self._latest_info = None
         qos = QoSProfile(depth=int(self._p("input.depth")), reliability=RELIABILITY[self._p("input.reliability")],
                          history=HistoryPolicy.KEEP_LAST)
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
-        self._sync = make_synchronizer(self, topics, qos, int(self._p("sync.queue_size")), float(self._p("sync.slop")),
-                                       self._on_set, event_callbacks=events)
-        self._info_sub = None
+        try:
+            self._sync = make_synchronizer(self, topics, qos, int(self._p("sync.queue_size")),
+                                           float(self._p("sync.slop")), self._on_set, event_callbacks=events,
+                                           on_drop=self._on_orphan)
+        except CmdrError as e:
+            self._state_text = f"cannot activate: {e}"
+            self.get_logger().error(self._state_text)
+            return TransitionCallbackReturn.FAILURE
         if self.mode == "rgbd":
             self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_info, qos,
                                                       event_callbacks=events)
-        self._diag_timer = self.create_timer(float(self._p("diagnostics_period")), self._publish_diagnostics)
+        self._part_sub = self.create_subscription(Header, "part_id", self._on_part_id, qos)
+        self._watch_timer = self.create_timer(WATCH_PERIOD_S, self._watch, callback_group=self._watch_group)
+        self._state_text = "active"
         self.get_logger().info(f"active: subscribed to {', '.join(self.resolve_topic_name(t) for t in self._inputs)}"
                                f" ({self._p('input.reliability')}, sync backend {self._sync.backend})")
         return super().on_activate(state)
@@ -272,32 +324,27 @@ class InspectionNode(LifecycleNode):
                           f"in total): this node subscribes with input.reliability='{self._p('input.reliability')}';"
                           " a reliable subscription never matches a best-effort publisher: set the parameter "
                           "input.reliability to best_effort (or make the publisher reliable)", "error")
-        with self._lock:
+        with self._cv:
             self.stats["qos_incompatible"] += 1
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.settle_all("shutdown", "the node was deactivated before this part was judged")
         self._unsubscribe()
-        self._drain()
         self._free_gpu()
+        self._state_text = "inactive"
         return super().on_deactivate(state)
 
     def _unsubscribe(self) -> None:
+        if self._watch_timer is not None:
+            self.destroy_timer(self._watch_timer)
+            self._watch_timer = None
         if self._sync is not None:
             self._sync.destroy()
             self._sync = None
-        if getattr(self, "_info_sub", None) is not None:
-            self.destroy_subscription(self._info_sub)
-            self._info_sub = None
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                return
+        for name in ("_info_sub", "_part_sub"):
+            if getattr(self, name) is not None:
+                self.destroy_subscription(getattr(self, name))
+                setattr(self, name, None)
 
     def _free_gpu(self) -> None:
         if self.detector is not None and self.detector.device.type == "cuda":
@@ -308,22 +355,27 @@ class InspectionNode(LifecycleNode):
     def _teardown(self) -> None:
         self._unsubscribe()
         self._stop.set()
-        self._drain()
+        with self._cv:
+            self._waiting.clear()
+            self._cv.notify_all()
         if self._worker is not None:
-            self._queue.put(None)
-            self._worker.join(timeout=30)
+            self._worker.join(timeout=5)
+            if self._worker.is_alive():
+                self.get_logger().warning("the inference thread did not stop within 5 s; leaving it behind")
             self._worker = None
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
         self._free_gpu()
-        self.detector = None
+        self.detector, self.judge = None, None
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
+        self._state_text = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.settle_all("shutdown", "the node shut down before this part was judged")
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
@@ -331,170 +383,277 @@ class InspectionNode(LifecycleNode):
     def _on_info(self, msg: CameraInfo) -> None:
         self._latest_info = msg
 
-    def _on_set(self, *msgs: Any) -> None:
-        """Synchronizer callback: hand the set to the worker; the newest frame wins."""
-        item = (dict(zip(self._inputs, msgs)), self._latest_info if self.mode == "rgbd" else None, time.monotonic())
-        while True:
-            try:
-                self._queue.put_nowait(item)
-                return
-            except queue.Full:
-                try:
-                    self._queue.get_nowait()
-                    with self._lock:
-                        self.stats["dropped_worker"] += 1
-                except queue.Empty:
-                    pass
+    def _on_part_id(self, msg: Header) -> None:
+        with self._cv:
+            self._part_ids[_stamp_ns(msg)] = msg.frame_id
+            while len(self._part_ids) > 256:
+                self._part_ids.popitem(last=False)
 
-    # ---------------------------------------------------------------- worker
+    def _part_id(self, header: Any) -> str | None:
+        if header is None:
+            return None
+        t, slop = _stamp_ns(header), int(float(self._p("sync.slop")) * 1e9)
+        with self._cv:
+            near = [(abs(s - t), pid) for s, pid in self._part_ids.items() if abs(s - t) <= slop]
+        return min(near)[1] if near else None
+
+    def _on_set(self, *msgs: Any) -> None:
+        """Synchronizer callback: queue the part; when the queue is full the oldest waiting part is decided now."""
+        part = Part(dict(zip(self._inputs, msgs)), self._latest_info if self.mode == "rgbd" else None,
+                    time.monotonic())
+        newest = self._p("overload") == "newest"
+        capacity = 1 if newest else int(self._p("worker.queue_size"))
+        pushed_out = []
+        with self._cv:
+            while len(self._waiting) >= capacity:
+                pushed_out.append(self._waiting.popleft())
+            self._waiting.append(part)
+            self._cv.notify()
+        for old in pushed_out:
+            if newest:
+                self._fail(old, "superseded", "a newer part arrived before this one was judged (overload: newest)")
+            else:
+                self._fail(old, "overload", f"{capacity} parts were already waiting for inference "
+                                            "(worker.queue_size): the oldest gets the fail-safe decision")
+
+    def _on_orphan(self, index: int, msg: Any, why: str) -> None:
+        """An input that left the synchronizer without partner: its own not-judged result."""
+        name = self._inputs[index]
+        others = " + ".join(n for n in self._inputs if n != name)
+        reasons = {"timeout": f"no {others} within sync.slop of this {name} after sync.timeout "
+                              f"{float(self._p('sync.timeout')):g} s",
+                   "evicted": f"no {others} matched this {name} before sync.queue_size newer ones arrived",
+                   "duplicate": f"another {name} with the same stamp replaced this one",
+                   "shutdown": f"the node stopped while this {name} waited for its {others}"}
+        kind = "shutdown" if why == "shutdown" else "unmatched"
+        self._fail(Part({name: msg}, None, time.monotonic()), kind, reasons.get(why, why))
+
+    # ---------------------------------------------------------------- worker and watchdog
     def _work(self) -> None:
-        while not self._stop.is_set():
-            item = self._queue.get()
-            if item is None or self._stop.is_set():
-                return
-            msgs, info, t_in = item
+        while True:
+            with self._cv:
+                while not self._waiting and not self._stop.is_set():
+                    self._cv.wait()
+                if self._stop.is_set():
+                    return
+                part = self._waiting.popleft()
+                if part.decided:
+                    continue
+                self._inflight, self._inflight_since = part, time.monotonic()
+            judge = self.judge
+            frame, verdict = None, None
             try:
-                self._process(msgs, info, t_in)
+                if judge is None:
+                    raise CmdrError("the node has no model (cleaned up)")
+                frame, verdict = judge.judge(part.msgs, part.info)
             except Exception as e:  # noqa: BLE001 - the node must keep serving whatever a frame does
                 if self._stop.is_set() or not self.context.ok():
-                    return  # shutting down: the context is gone, there is nothing left to publish to
+                    return
                 self._warn("internal", f"frame failed: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
                            "error")
-                self._fail(msgs, "internal", f"{type(e).__name__}: {e}")
+                verdict = Verdict(False, self._p("on_error"), judge.threshold if judge else None, kind="internal",
+                                  reason=f"{type(e).__name__}: {e}")
+            finally:
+                with self._cv:
+                    self._inflight = None
+                    self._stuck = False
+            if not self._decide(part, verdict, frame):
+                with self._cv:
+                    self.stats["late"] += 1
 
-    def _process(self, msgs: dict[str, Any], info: Any, t_in: float) -> None:
-        det = self.detector
-        if det is None:
-            return
-        try:
-            frame = assemble_frame(self.mode, msgs.get("image"), msgs.get("points"), info, self._tf_lookup,
-                                   self._extrinsics,
-                                   float(self._p("raster_resolution")))
-            pred = det.predict(frame.rgb if det.config.uses_2d else None,
-                               frame.xyz if det.config.uses_3d else None)
-        except CmdrError as e:
-            kind = type(e).__name__ if type(e) is not CmdrError else "bad_input"
-            self._warn(kind, f"frame cannot be judged: {e}")
-            self._fail(msgs, kind, str(e))
-            return
-        threshold = self._threshold
-        reject = bool(pred.score >= threshold)
-        latency_ms = (time.monotonic() - t_in) * 1e3
-        level, message, values = judged_status(frame, pred, reject, threshold, latency_ms,
-                                               float(self._p("min_valid_ratio")))
-        self._publish(frame, pred, reject, threshold, level, message, values)
-        with self._lock:
+    def _watch(self) -> None:
+        """Unmatched inputs past sync.timeout, parts past time_budget, a stuck inference."""
+        sync = self._sync
+        if sync is not None and sync.policy is not None:
+            sync.policy.expire(float(self._p("sync.timeout")))
+        budget, now = float(self._p("time_budget")), time.monotonic()
+        with self._cv:
+            late = [p for p in self._waiting if now - p.t_in > budget]
+            for p in late:
+                self._waiting.remove(p)
+            inflight = self._inflight
+            if inflight is not None and not inflight.decided and now - inflight.t_in > budget:
+                late.append(inflight)
+            newly_stuck = inflight is not None and now - self._inflight_since > budget and not self._stuck
+            if newly_stuck:
+                self._stuck = True
+                self.stats["stuck"] += 1
+        for p in late:
+            self._fail(p, "timeout", f"no decision within time_budget {budget:g} s of its arrival")
+        if newly_stuck:
+            self.get_logger().error(f"inference has been running for more than time_budget {budget:g} s: every part "
+                                    "gets the fail-safe decision until it returns")
+            self._publish_diagnostics()
+
+    def settle_all(self, kind: str, reason: str) -> int:
+        """Give every part not decided yet (waiting for a partner, queued, in inference) the fail-safe decision;
+        wait (up to 2 s) until the decisions are acknowledged. Returns how many were settled."""
+        n0 = self._seq
+        if self._sync is not None and self._sync.policy is not None:
+            self._sync.policy.flush("shutdown")
+        with self._cv:
+            parts = list(self._waiting) + ([self._inflight] if self._inflight is not None else [])
+            self._waiting.clear()
+        for p in parts:
+            self._fail(p, kind, reason)
+        for key in ("result", "reject"):
+            if key in self._pubs:
+                self._pubs[key].wait_for_all_acked(Duration(seconds=2.0))
+        return self._seq - n0
+
+    # ---------------------------------------------------------------- decisions
+    def _fail(self, part: Part, kind: str, reason: str) -> None:
+        judge = self.judge
+        if judge is not None:
+            verdict = judge.judge_.not_judged(kind, reason)
+        else:
+            verdict = Verdict(False, self._p("on_error"), None, kind=kind, reason=reason)
+        self._decide(part, verdict)
+
+    def _decide(self, part: Part, verdict: Verdict, frame: Frame | None = None) -> bool:
+        """Publish the one decision of ``part`` (False when it already had one, e.g. from the watchdog)."""
+        if part.decided:
+            return False
+        heat = None
+        if verdict.judged and "heatmap" in self._pubs:
+            heat = heatmap_image(frame, verdict.prediction, verdict.threshold, float(self._p("output.heatmap_alpha")),
+                                 float(self._p("output.heatmap_max")))
+        part_id = self._part_id(part.header)
+        with self._cv:
+            if part.decided:
+                return False
+            part.decided = True
+            self._seq += 1
+            latency_ms = (time.monotonic() - part.t_in) * 1e3
+            self._publish(part, verdict, frame, heat, latency_ms, part_id)
             s = self.stats
-            s["frames"] += 1
-            s["rejects"] += int(reject)
-            s["degraded"] += int(level == DiagnosticStatus.WARN)
-            s["latencies"].append(latency_ms)
-            s["stamps"].append(time.monotonic())
+            s["decisions"] += 1
+            if verdict.judged:
+                s["judged"] += 1
+                s["latencies"].append(latency_ms)
+                s["stamps"].append(time.monotonic())
+            else:
+                s["not_judged"][verdict.kind] += 1
+                self._warn(verdict.kind, f"part {part.inputs} not judged -> {verdict.decision}: {verdict.reason}")
+            s["rejects"] += int(verdict.reject)
+        return True
 
-    def _fail(self, msgs: dict[str, Any], kind: str, reason: str) -> None:
-        """A frame that cannot be judged: count it and publish the fail-safe decision with a WARN result."""
-        with self._lock:
-            self.stats["errors"][kind] += 1
-        decision = self._p("on_error")
-        header = next((m.header for m in msgs.values() if hasattr(m, "header")), None)
-        if decision != "skip" and "reject" in self._pubs:
-            self._pubs["reject"].publish(Bool(data=decision == "reject"))
-        frame_ids = {k: m.header.frame_id for k, m in msgs.items() if hasattr(m, "header")}
-        self._publish_result(header, *not_judged_status(kind, reason, decision), frame_ids)
-
-    # ---------------------------------------------------------------- outputs
-    def _publish(self, frame: Frame, pred: Any, reject: bool, threshold: float, level: int, message: str,
-                 values: dict[str, str]) -> None:
+    def _publish(self, part: Part, verdict: Verdict, frame: Frame | None, heat: np.ndarray | None,
+                 latency_ms: float, part_id: str | None) -> None:
         p = self._pubs
         if not p:
             return
-        p["score"].publish(Float32(data=float(pred.score)))
-        p["reject"].publish(Bool(data=reject))
-        self._publish_result(frame.header, level, message, values, frame.frame_ids)
-        amap = pred.anomaly_map
+        model_id = self.detector.model_id if self.detector is not None else ""
+        p["result"].publish(result_array(part.header, verdict, frame, seq=self._seq, mode=self.mode,
+                                         model_id=model_id, inputs=part.inputs, latency_ms=latency_ms,
+                                         frame_ids=part.frame_ids,
+                                         extra={"part_id": part_id} if part_id is not None else None))
+        if verdict.decision != "skip":
+            p["reject"].publish(Bool(data=verdict.reject))
+        if not verdict.judged:
+            return
+        pred = verdict.prediction
+        p["score"].publish(Float32(data=float(verdict.score)))
         if "anomaly_map" in p:
-            p["anomaly_map"].publish(array_to_image(amap.astype(np.float32), "32FC1", frame.header))
-        if "heatmap" in p:
-            img = heatmap_image(frame, pred, threshold, float(self._p("output.heatmap_alpha")),
-                                float(self._p("output.heatmap_max")))
-            p["heatmap"].publish(array_to_image(img, "bgr8", frame.header))
+            p["anomaly_map"].publish(array_to_image(pred.anomaly_map.astype(np.float32), "32FC1", frame.header))
+        if heat is not None and "heatmap" in p:
+            p["heatmap"].publish(array_to_image(heat, "bgr8", frame.header))
         if "anomaly_cloud" in p and frame.points is not None and len(frame.points):
             p["anomaly_cloud"].publish(xyz_to_pointcloud2(frame.points.astype(np.float32), frame.cloud_header,
-                                                          intensity=point_scores(amap, frame.point_pixel)))
-
-    def _publish_result(self, header: Any, level: int, message: str, values: dict[str, str],
-                        frame_ids: dict[str, str] | None = None) -> None:
-        if "result" in self._pubs:
-            model_id = self.detector.model_id if self.detector is not None else ""
-            self._pubs["result"].publish(result_array(header, level, message, values, self.mode, model_id,
-                                                      frame_ids))
+                                                          intensity=point_scores(pred.anomaly_map, frame.point_pixel)))
 
     # ---------------------------------------------------------------- diagnostics
     def _reset_stats(self) -> None:
-        self.stats: dict[str, Any] = {"frames": 0, "rejects": 0, "degraded": 0, "dropped_worker": 0,
-                                      "qos_incompatible": 0, "errors": collections.Counter(),
-                                      "latencies": collections.deque(maxlen=200),
-                                      "stamps": collections.deque(maxlen=200)}
+        with self._cv:
+            self.stats: dict[str, Any] = {"decisions": 0, "judged": 0, "rejects": 0, "late": 0, "stuck": 0,
+                                          "qos_incompatible": 0, "not_judged": collections.Counter(),
+                                          "latencies": collections.deque(maxlen=200),
+                                          "stamps": collections.deque(maxlen=200)}
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for diagnostics and tests."""
-        with self._lock:
+        with self._cv:
             s = self.stats
             lat = np.array(s["latencies"]) if s["latencies"] else np.zeros(0)
             stamps = list(s["stamps"])
-            out = {k: s[k] for k in ("frames", "rejects", "degraded", "dropped_worker", "qos_incompatible")}
-            out["errors"] = dict(s["errors"])
+            out = {k: s[k] for k in ("decisions", "judged", "rejects", "late", "stuck", "qos_incompatible")}
+            out["not_judged"] = dict(s["not_judged"])
+            out["seq"] = self._seq
+            out["waiting"] = len(self._waiting)
+            out["inflight_s"] = time.monotonic() - self._inflight_since if self._inflight is not None else 0.0
         window = [t for t in stamps if t > time.monotonic() - 10.0]
         out["rate_hz"] = (len(window) - 1) / (window[-1] - window[0]) if len(window) > 1 and window[-1] > window[0] else 0.0
         out["latency_p50_ms"] = float(np.percentile(lat, 50)) if lat.size else 0.0
         out["latency_p95_ms"] = float(np.percentile(lat, 95)) if lat.size else 0.0
-        sync = self._sync.stats.snapshot() if self._sync is not None else None
-        # inputs received but not (yet) in a synchronized set: evicted, headerless, or still waiting for a partner
-        # (a stale message waits until sync.queue_size newer ones evict it); the same count for both sync backends
-        out["unmatched"] = sum(r - sync.matched for r in sync.received) if sync is not None else 0
+        sync = self._sync
+        out["pending_sync"] = sum(sync.policy.pending()) if sync is not None and sync.policy is not None else 0
         return out
 
     def _publish_diagnostics(self) -> None:
-        if "diagnostics" not in self._pubs or self.detector is None:
-            return
         s = self.snapshot()
-        errors = sum(s["errors"].values())
-        level = DiagnosticStatus.WARN if (errors or s["qos_incompatible"]) else DiagnosticStatus.OK
-        values = {"rate_hz": f"{s['rate_hz']:.2f}", "latency_p50_ms": f"{s['latency_p50_ms']:.1f}",
-                  "latency_p95_ms": f"{s['latency_p95_ms']:.1f}", "frames": s["frames"], "rejects": s["rejects"],
-                  "degraded": s["degraded"], "dropped_worker": s["dropped_worker"], "unmatched_sync": s["unmatched"],
-                  "errors": errors, "qos_incompatible": s["qos_incompatible"], "device": str(self.detector.device),
-                  "model_id": self.detector.model_id, "mode": self.mode, "threshold": f"{self._threshold:.6f}"}
-        values.update({f"errors.{k}": v for k, v in s["errors"].items()})
-        status = DiagnosticStatus(level=level, name="cmdr_inspection: node", hardware_id=str(self.detector.model_id),
-                                  message=f"{s['frames']} frames, {errors} not judged",
-                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        n_bad = sum(s["not_judged"].values())
+        stuck = s["inflight_s"] > float(self._p("time_budget"))
+        if self.judge is None:
+            level = DiagnosticStatus.ERROR if self._state_text.startswith("cannot") else DiagnosticStatus.WARN
+            message = self._state_text
+        elif stuck:
+            level, message = DiagnosticStatus.ERROR, f"stuck: inference running for {s['inflight_s']:.1f} s"
+        else:
+            level = DiagnosticStatus.WARN if (n_bad or s["qos_incompatible"]) else DiagnosticStatus.OK
+            message = f"{self._state_text}: {s['decisions']} decisions, {s['judged']} judged, {n_bad} not judged"
+        values = {"state": self._state_text, "decisions": s["decisions"], "seq": s["seq"], "judged": s["judged"],
+                  "rejects": s["rejects"], "not_judged": n_bad, "late_results": s["late"], "stuck": int(stuck),
+                  "stuck_events": s["stuck"], "waiting": s["waiting"], "pending_sync": s["pending_sync"],
+                  "rate_hz": f"{s['rate_hz']:.2f}", "latency_p50_ms": f"{s['latency_p50_ms']:.1f}",
+                  "latency_p95_ms": f"{s['latency_p95_ms']:.1f}", "qos_incompatible": s["qos_incompatible"],
+                  "mode": self.mode}
+        values.update({f"not_judged.{k}": v for k, v in sorted(s["not_judged"].items())})
+        judge, det = self.judge, self.detector
+        if judge is not None and det is not None:
+            values.update({"threshold": f"{judge.threshold:.6f}", "model_id": det.model_id, "device": str(det.device)})
+        status = DiagnosticStatus(level=level, name="cmdr_inspection: node",
+                                  hardware_id=str(det.model_id) if det is not None else "",
+                                  message=message[:300], values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()
-        self._pubs["diagnostics"].publish(arr)
+        try:
+            self._diag_pub.publish(arr)
+        except Exception:  # noqa: BLE001 - the context may be going away at shutdown
+            pass
 
 
 def main(args: list[str] | None = None) -> int:
+    """Run the node until SIGINT/SIGTERM (every waiting part then gets its fail-safe decision) or until autostart
+    fails (exit status 1)."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     try:
-        rclpy.init(args=args if args is not None else sys.argv)
+        rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as e:  # noqa: BLE001 - rcl reports bad --ros-args as a generic RCLError
         raise CmdrError(f"cannot start ROS: {str(e).splitlines()[0][:300]}") from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     node = InspectionNode()
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, name="cmdr_executor", daemon=True)
+    spinner.start()
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        while not stop.wait(0.1) and node.exit_code is None and spinner.is_alive():
+            pass
+        if stop.is_set():
+            n = node.settle_all("shutdown", "the node was stopped before this part was judged")
+            node.get_logger().info(f"stopping: {n} waiting part(s) got the fail-safe decision")
     finally:
+        executor.shutdown(timeout_sec=2.0)
         node._teardown()
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-    return 0
+    return node.exit_code or 0
 
 
 if __name__ == "__main__":

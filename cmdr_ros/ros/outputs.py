@@ -1,5 +1,5 @@
-"""What an inspected frame turns into: the ``~/result`` status and the heatmap, shared by the node and ``cmdr bag eval``
-so both write exactly the same messages."""
+"""What a decision turns into: the ``~/result`` message (a documented, versioned schema) and the heatmap, shared by
+the node and ``cmdr bag eval`` so both write exactly the same messages."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,41 +7,83 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+from cmdr_ros.judge import Verdict
 from cmdr_ros.ros.frames import Frame
 from cmdr_ros.visualization import depth_rendering, overlay
 
 PART_STATUS_NAME = "cmdr_inspection: part"
+RESULT_SCHEMA_VERSION = "2"
+# Every key a ~/result may carry (values are strings), in the order they are written: the README table is this.
+RESULT_KEYS: dict[str, str] = {
+    "schema": f"version of this key set (now {RESULT_SCHEMA_VERSION})",
+    "seq": "per-node decision number, +1 per result since the node started (a gap proves a lost result)",
+    "stamp": "header stamp of the input judged, sec.nanosec (also the DiagnosticArray header)",
+    "decision": "reject | pass | skip (skip: not judged and on_error is skip; no ~/reject is sent)",
+    "judged": "true when the model judged the part, false when the decision is the on_error fail-safe",
+    "score": "image anomaly score (judged parts only)",
+    "threshold": "reject threshold in force",
+    "error": "why the part was not judged: bad_input, ConversionError, degraded, implausible, non_finite, "
+             "unmatched, overload, superseded, timeout, internal, shutdown (not-judged parts only)",
+    "reason": "the cause in words (not-judged parts only)",
+    "inputs": "the inputs this result answers: image+points, points, image (an orphan: one input)",
+    "part_id": "the part id published on the part_id topic with the same stamp (when there is one)",
+    "latency_ms": "node: arrival of the set to the decision; bag eval: judging time",
+    "inference_ms": "preprocessing + model time (judged parts)",
+    "valid_ratio": "fraction of valid pixels after preprocessing (judged parts)",
+    "coverage": "fraction of the map that holds a measured point (when known)",
+    "alignment": "aligned | projected | rasterized | none: how the cloud met the image grid",
+    "mode": "rgbd | 3d | 2d",
+    "model_id": "content checksum prefix of the checkpoint",
+    "frame_id.image": "frame_id of the image (likewise frame_id.points, frame_id.camera_info)",
+    "sample": "bag eval only: the sample name recorded in the bag",
+}
 
 
-def judged_status(frame: Frame, pred: Any, reject: bool, threshold: float, latency_ms: float,
-                  min_valid_ratio: float) -> tuple[int, str, dict[str, str]]:
-    """Level (OK / ERROR = reject / WARN = degraded input), message and values of a judged frame."""
-    degraded = pred.valid_ratio < min_valid_ratio
-    level = DiagnosticStatus.WARN if degraded else (DiagnosticStatus.ERROR if reject else DiagnosticStatus.OK)
-    message = ("REJECT" if reject else "pass") + (" (degraded input)" if degraded else "")
-    values = {"score": f"{pred.score:.6f}", "threshold": f"{threshold:.6f}",
-              "decision": "reject" if reject else "pass", "latency_ms": f"{latency_ms:.1f}",
-              "inference_ms": f"{pred.latency_ms:.1f}", "valid_ratio": f"{pred.valid_ratio:.4f}",
-              "alignment": frame.alignment}
-    if frame.coverage is not None:
-        values["coverage"] = f"{frame.coverage:.4f}"
-    return level, message, values
+def verdict_values(verdict: Verdict) -> dict[str, str]:
+    """The decision part of the result values."""
+    v: dict[str, str] = {"decision": verdict.decision, "judged": "true" if verdict.judged else "false"}
+    if verdict.judged:
+        v["score"] = f"{verdict.score:.6f}"
+    if verdict.threshold is not None:
+        v["threshold"] = f"{verdict.threshold:.6f}"
+    if not verdict.judged:
+        v["error"] = verdict.kind
+        v["reason"] = verdict.reason[:300]
+    return v
 
 
-def not_judged_status(kind: str, reason: str, decision: str) -> tuple[int, str, dict[str, str]]:
-    """WARN status of a frame that could not be judged, with the fail-safe ``decision`` (reject | pass | skip)."""
-    return (DiagnosticStatus.WARN, f"not judged ({kind}): {reason}"[:300],
-            {"decision": decision, "error": kind, "reason": reason[:300]})
+def status_of(verdict: Verdict) -> tuple[int, str]:
+    """Level and message: OK pass, ERROR reject, WARN not judged (with the fail-safe decision)."""
+    if not verdict.judged:
+        return DiagnosticStatus.WARN, f"not judged ({verdict.kind}) -> {verdict.decision}: {verdict.reason}"[:300]
+    return (DiagnosticStatus.ERROR, "REJECT") if verdict.reject else (DiagnosticStatus.OK, "pass")
 
 
-def result_array(header: Any, level: int, message: str, values: dict[str, str], mode: str, model_id: str,
-                 frame_ids: dict[str, str] | None = None, extra: dict[str, str] | None = None) -> DiagnosticArray:
-    """The ``~/result`` message: one status per frame, stamped with the input's header."""
-    kv = {**values, "mode": mode, "model_id": str(model_id)}
+def result_array(header: Any, verdict: Verdict, frame: Frame | None, *, seq: int | None, mode: str, model_id: str,
+                 inputs: str, latency_ms: float | None = None, frame_ids: dict[str, str] | None = None,
+                 extra: dict[str, str] | None = None) -> DiagnosticArray:
+    """The ``~/result`` message of one decision, stamped with the input's header."""
+    kv: dict[str, str] = {"schema": RESULT_SCHEMA_VERSION}
+    if seq is not None:
+        kv["seq"] = str(seq)
     if header is not None:
         kv["stamp"] = f"{header.stamp.sec}.{header.stamp.nanosec:09d}"
-    kv.update({f"frame_id.{k}": v for k, v in (frame_ids or {}).items()})
+    kv.update(verdict_values(verdict))
+    kv["inputs"] = inputs
     kv.update(extra or {})
+    if latency_ms is not None:
+        kv["latency_ms"] = f"{latency_ms:.1f}"
+    pred = verdict.prediction
+    if pred is not None:
+        kv["inference_ms"] = f"{pred.latency_ms:.1f}"
+        kv["valid_ratio"] = f"{pred.valid_ratio:.4f}"
+    if verdict.coverage is not None:
+        kv["coverage"] = f"{verdict.coverage:.4f}"
+    kv["alignment"] = frame.alignment if frame is not None else "none"
+    kv["mode"], kv["model_id"] = mode, str(model_id)
+    ids = frame.frame_ids if frame is not None else (frame_ids or {})
+    kv.update({f"frame_id.{k}": v for k, v in ids.items()})
+    level, message = status_of(verdict)
     status = DiagnosticStatus(level=level, name=PART_STATUS_NAME, message=message, hardware_id=str(model_id),
                               values=[KeyValue(key=k, value=str(v)) for k, v in kv.items()])
     arr = DiagnosticArray(status=[status])

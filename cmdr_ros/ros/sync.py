@@ -132,7 +132,9 @@ class ApproximateTimePolicy:
     """
 
     def __init__(self, n_inputs: int, queue_size: int, slop: float, callback: Callable[..., None], *,
-                 allow_headerless: bool = False, clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 allow_headerless: bool = False, clock_ns: Callable[[], int] = time.time_ns,
+                 on_drop: Callable[[int, Any, str], None] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.slop_ns = _checked_slop_ns(n_inputs, queue_size, slop)
         self.n_inputs = n_inputs
         self.queue_size = queue_size
@@ -140,7 +142,10 @@ class ApproximateTimePolicy:
         self.stats = SyncStats.zeros(n_inputs)
         self._callback = callback
         self._clock_ns = clock_ns
+        self._on_drop = on_drop
+        self._monotonic = monotonic
         self._queues: list[dict[int, Any]] = [{} for _ in range(n_inputs)]
+        self._arrival: list[dict[int, float]] = [{} for _ in range(n_inputs)]
         self._warned_headerless = [False] * n_inputs
         self._lock = threading.RLock()
 
@@ -171,11 +176,37 @@ class ApproximateTimePolicy:
         """Store under ``stamp`` (replacing a same-stamp message) and trim the queue by deleting the oldest stamps."""
         queue = self._queues[index]
         if stamp in queue:
-            self.stats.note_dropped(index)
+            self._drop(index, stamp, "duplicate")
         queue[stamp] = msg
+        self._arrival[index][stamp] = self._monotonic()
         while len(queue) > self.queue_size:
-            del queue[min(queue)]
-            self.stats.note_dropped(index)
+            self._drop(index, min(queue), "evicted")
+
+    def _drop(self, index: int, stamp: int, why: str) -> None:
+        """Remove a queued message unused, count it and hand it to ``on_drop(index, msg, why)``."""
+        msg = self._queues[index].pop(stamp)
+        self._arrival[index].pop(stamp, None)
+        self.stats.note_dropped(index)
+        if self._on_drop is not None:
+            self._on_drop(index, msg, why)
+
+    def expire(self, max_age: float) -> int:
+        """Drop (``on_drop(..., 'timeout')``) every message that has waited more than ``max_age`` seconds for its
+        partners; returns how many."""
+        limit = self._monotonic() - max_age
+        with self._lock:
+            old = [(i, s) for i, arr in enumerate(self._arrival) for s, t in arr.items() if t < limit]
+            for i, s in old:
+                self._drop(i, s, "timeout")
+        return len(old)
+
+    def flush(self, why: str = "flushed") -> int:
+        """Drop every waiting message (e.g. at shutdown); returns how many."""
+        with self._lock:
+            waiting = [(i, s) for i, q in enumerate(self._queues) for s in list(q)]
+            for i, s in waiting:
+                self._drop(i, s, why)
+        return len(waiting)
 
     def _match(self, index: int, stamp: int) -> None:
         """Emit the first candidate combination (reference order) whose spread is strictly below the slop."""
@@ -194,6 +225,8 @@ class ApproximateTimePolicy:
             stamps.insert(index, stamp)
             if max(stamps) - min(stamps) < self.slop_ns:
                 msgs = tuple(q.pop(s) for q, s in zip(self._queues, stamps))
+                for arrival, s in zip(self._arrival, stamps):
+                    arrival.pop(s, None)
                 self.stats.note_matched()
                 self._callback(*msgs)
                 return
@@ -224,15 +257,18 @@ class Synchronizer:
     def __init__(self, node: Node, topics: Sequence[tuple[type, str]], qos: QoSProfile | int, queue_size: int,
                  slop: float, callback: Callable[..., None], *, prefer_message_filters: bool = True,
                  allow_headerless: bool = False, callback_group: CallbackGroup | None = None,
-                 event_callbacks: Any | None = None) -> None:
+                 event_callbacks: Any | None = None, on_drop: Callable[[int, Any, str], None] | None = None) -> None:
         if not topics:
             raise CmdrError("synchronizer: no input topics given.")
         _checked_slop_ns(len(topics), queue_size, slop)
         self._node = node
         self._user_callback = callback
-        message_filters = _import_message_filters() if prefer_message_filters else None
+        # message_filters never says which message it evicts: a caller that must answer every input (on_drop) gets
+        # the policy, which does
+        message_filters = _import_message_filters() if prefer_message_filters and on_drop is None else None
         if message_filters is not None:
             self.backend = "message_filters"
+            self.policy = None
             self.stats = SyncStats.zeros(len(topics))
             filters = [message_filters.Subscriber(node, msg_type, name, qos_profile=qos, callback_group=callback_group,
                                                   event_callbacks=event_callbacks)
@@ -246,7 +282,8 @@ class Synchronizer:
         else:
             self.backend = "policy"
             self._sync = ApproximateTimePolicy(len(topics), queue_size, slop, callback,
-                                               allow_headerless=allow_headerless)
+                                               allow_headerless=allow_headerless, on_drop=on_drop)
+            self.policy = self._sync
             self.stats = self._sync.stats
             self._subscriptions = [
                 node.create_subscription(msg_type, name, functools.partial(self._sync.add, index), qos,
@@ -270,14 +307,17 @@ class Synchronizer:
 def make_synchronizer(node: Node, topics: Sequence[tuple[type, str]], qos: QoSProfile | int, queue_size: int,
                       slop: float, callback: Callable[..., None], prefer_message_filters: bool = True, *,
                       allow_headerless: bool = False, callback_group: CallbackGroup | None = None,
-                      event_callbacks: Any | None = None) -> Synchronizer:
+                      event_callbacks: Any | None = None,
+                      on_drop: Callable[[int, Any, str], None] | None = None) -> Synchronizer:
     """Subscribe ``node`` to ``topics`` ([(msg_type, name), ...]) and call ``callback(*msgs)`` per matched set.
 
     Uses ``message_filters`` when importable and ``prefer_message_filters`` is set, else plain subscriptions
     feeding :class:`ApproximateTimePolicy` (same matching). ``slop`` is in seconds. See :class:`Synchronizer`
     for what the counters mean in each case. ``event_callbacks`` (rclpy ``SubscriptionEventCallbacks``) go to every
-    subscription, e.g. to report an incompatible QoS.
+    subscription, e.g. to report an incompatible QoS. ``on_drop(index, msg, why)`` receives every message that
+    leaves a queue unmatched (evicted, duplicate stamp, or by ``policy.expire`` / ``policy.flush``); it selects
+    the policy backend.
     """
     return Synchronizer(node, topics, qos, queue_size, slop, callback, prefer_message_filters=prefer_message_filters,
                         allow_headerless=allow_headerless, callback_group=callback_group,
-                        event_callbacks=event_callbacks)
+                        event_callbacks=event_callbacks, on_drop=on_drop)

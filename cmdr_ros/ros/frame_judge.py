@@ -1,0 +1,72 @@
+"""Messages in -> (Frame, Verdict) out: decoding and alignment (``frames.assemble_frame``: pixel-aligned, projected
+with tf2 / the ``extrinsics`` parameter, rasterized) followed by the pure judge (``cmdr_ros.judge``).
+
+The node and ``cmdr bag eval`` / ``to-dataset`` build a :class:`FrameJudge` from the same parameter values, so a
+part is judged the same way on the cell and offline.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from cmdr_ros import CmdrError
+from cmdr_ros.geometry import make_transform
+from cmdr_ros.judge import Judge, JudgeSettings, Verdict
+from cmdr_ros.ros.frames import Frame, TransformLookup, assemble_frame
+
+
+def extrinsics_transform(values: Any) -> np.ndarray:
+    """The ``extrinsics`` parameter [x y z qx qy qz qw] as a 4x4 cloud -> camera transform."""
+    vals = [float(v) for v in values]
+    return make_transform(vals[:3], vals[3:])
+
+
+def error_kind(e: CmdrError) -> str:
+    """The not-judged cause of a CmdrError: its class name (ConversionError, ...) or 'bad_input'."""
+    return getattr(e, "kind", None) or (type(e).__name__ if type(e) is not CmdrError else "bad_input")
+
+
+class FrameJudge:
+    """Judge synchronized message sets: ``judge({'image': Image, 'points': PointCloud2}, camera_info)``."""
+
+    def __init__(self, judge: Judge | None, mode: str, *, raster_resolution: float = 0.0,
+                 extrinsics: Any = (0, 0, 0, 0, 0, 0, 1), tf_lookup: TransformLookup | None = None) -> None:
+        self.judge_ = judge
+        self.mode = mode
+        self.raster_resolution = float(raster_resolution)
+        self.extrinsics = extrinsics_transform(extrinsics)
+        self.tf_lookup = tf_lookup
+
+    @classmethod
+    def from_params(cls, detector: Any, params: Mapping[str, Any],
+                    tf_lookup: TransformLookup | None = None) -> FrameJudge:
+        """From the node's parameter values (see ``cmdr_ros.ros.parameters``)."""
+        judge = Judge(detector, JudgeSettings.from_params(params), params.get("threshold", -1.0))
+        return cls(judge, detector.config.mode, raster_resolution=params.get("raster_resolution", 0.0),
+                   extrinsics=params.get("extrinsics", (0, 0, 0, 0, 0, 0, 1)), tf_lookup=tf_lookup)
+
+    @classmethod
+    def aligner(cls, mode: str, params: Mapping[str, Any]) -> FrameJudge:
+        """Decoding and alignment only (``assemble``), e.g. to turn a recording into training samples."""
+        return cls(None, mode, raster_resolution=params.get("raster_resolution", 0.0),
+                   extrinsics=params.get("extrinsics", (0, 0, 0, 0, 0, 0, 1)))
+
+    @property
+    def threshold(self) -> float:
+        return self.judge_.threshold
+
+    def assemble(self, msgs: Mapping[str, Any], info: Any = None) -> Frame:
+        """Decode and align one set (CmdrError when it cannot be)."""
+        return assemble_frame(self.mode, msgs.get("image"), msgs.get("points"), info if self.mode == "rgbd" else None,
+                              self.tf_lookup, self.extrinsics, self.raster_resolution)
+
+    def judge(self, msgs: Mapping[str, Any], info: Any = None) -> tuple[Frame | None, Verdict]:
+        """The frame (None when it could not be decoded) and its verdict."""
+        if self.judge_ is None:
+            raise CmdrError("this FrameJudge only aligns frames (built without a model)")
+        try:
+            frame = self.assemble(msgs, info)
+        except CmdrError as e:
+            return None, self.judge_.not_judged(error_kind(e), str(e))
+        return frame, self.judge_.judge(frame.rgb, frame.xyz, frame.coverage)

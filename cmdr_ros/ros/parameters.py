@@ -1,0 +1,164 @@
+"""The inspection node's parameters: declarations, one validator, and the reader of ROS parameter files.
+
+``check`` is the single rule book: the node applies it to every value at configure (what a params file or
+``-p`` gave at start) exactly as to a run-time ``ros2 param set``, and ``cmdr bag eval --params-file`` reads the
+same file through ``read_params_file`` -> ``check``. No rclpy import here, so offline tools and tests use it too.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from cmdr_ros import CmdrError
+
+NODE_NAME = "cmdr_inspection"
+MODES = ("auto", "rgbd", "3d", "2d")
+ON_ERROR = ("reject", "pass", "skip")
+OVERLOAD = ("judge_all", "newest")
+RELIABILITY = ("reliable", "best_effort")
+
+# name: (default, description, range (lo, hi) or choices)
+PARAMETERS: dict[str, tuple[Any, str, Any]] = {
+    "autostart": (True, "walk the lifecycle to active by itself; a failed configure/activate then exits non-zero",
+                  None),
+    "checkpoint": ("", "trained model file (.ckpt from `cmdr train`)", None),
+    "mode": ("auto", "auto (the checkpoint's) | rgbd | 3d | 2d", MODES),
+    "device": ("auto", "auto (CUDA when present) | cpu | cuda | cuda:N", None),
+    "weights_2d": ("", "pretrained 2D backbone file for paper-preset checkpoints", None),
+    "weights_3d": ("", "pretrained 3D backbone file for paper-preset checkpoints", None),
+    "threshold": (-1.0, "reject when score >= threshold; < 0 uses the checkpoint's calibrated one; changeable "
+                        "at run time", (-1.0, 1e6)),
+    "on_error": ("reject", "decision for a part that cannot be judged (malformed, unmatched, degraded, too slow, "
+                           "overload): reject | pass | skip (result only, no ~/reject)", ON_ERROR),
+    "min_valid_ratio": (0.01, "a frame with fewer valid pixels after background removal is not judged", (0.0, 1.0)),
+    "min_coverage": (0.05, "a frame whose cloud covers less of the map (before preprocessing) is not judged",
+                     (0.0, 1.0)),
+    "max_range": (10.0, "metres: a frame with a valid point farther than this from the cloud origin is not judged "
+                        "(wrong units, corrupt data)", (1e-3, 1e6)),
+    "time_budget": (5.0, "seconds from a part's arrival to its decision; past it the part gets the on_error "
+                         "decision and a still-running inference marks the node stuck", (0.01, 3600.0)),
+    "warmup": (True, "run one synthetic frame at configure", None),
+    "input.reliability": ("reliable", "input QoS reliability: reliable | best_effort (match the publishers)",
+                          RELIABILITY),
+    "input.depth": (50, "input subscription queue depth (deep enough that the node, not the middleware, decides "
+                        "what happens to every part)", (1, 1000)),
+    "sync.queue_size": (10, "approximate-time synchronizer queue per input", (1, 1000)),
+    "sync.slop": (0.05, "max stamp difference (s) within a synchronized set", (1e-6, 10.0)),
+    "sync.timeout": (1.0, "seconds an input waits for its partner; then it gets an 'unmatched' result",
+                     (1e-3, 60.0)),
+    "overload": ("judge_all", "judge_all: parts wait in a queue of worker.queue_size, when full the oldest waiting "
+                              "one gets the on_error decision | newest: only the newest part waits (monitoring)",
+                 OVERLOAD),
+    "worker.queue_size": (8, "parts waiting for inference (overload judge_all)", (1, 1000)),
+    "extrinsics": ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+                   "cloud frame -> camera frame transform x y z qx qy qz qw, used when tf2 has none", None),
+    "use_tf": (True, "look the cloud->camera transform up in tf2 when tf2_ros is installed", None),
+    "raster_resolution": (0.0, "3D-only unorganized clouds: grid cell (m); 0 = mean point spacing", (0.0, 1.0)),
+    "output.heatmap": (True, "publish ~/heatmap (bgr8 overlay)", None),
+    "output.anomaly_map": (True, "publish ~/anomaly_map (32FC1)", None),
+    "output.anomaly_cloud": (True, "publish ~/anomaly_cloud (x y z intensity)", None),
+    "output.heatmap_alpha": (0.5, "heatmap opacity", (0.0, 1.0)),
+    "output.heatmap_max": (0.0, "heatmap colour-scale top; 0 = automatic", (0.0, 1e6)),
+    "diagnostics_period": (1.0, "seconds between /diagnostics messages", (0.05, 3600.0)),
+}
+# take effect at the next configure
+READ_ONLY = {"checkpoint", "mode", "device", "weights_2d", "weights_3d", "input.reliability", "input.depth",
+             "sync.queue_size", "sync.slop", "output.heatmap", "output.anomaly_map", "output.anomaly_cloud", "use_tf",
+             "warmup", "diagnostics_period", "autostart"}
+
+
+def defaults() -> dict[str, Any]:
+    """Every parameter at its default value."""
+    return {name: (list(d) if isinstance(d, list) else d) for name, (d, _, _) in PARAMETERS.items()}
+
+
+def check(name: str, value: Any) -> str | None:
+    """Why ``value`` is not acceptable for parameter ``name`` (None when it is). Types follow the default's type
+    (an integer is accepted for a float parameter, as ROS does for YAML numbers)."""
+    if name not in PARAMETERS:
+        return f"unknown parameter '{name}'"
+    default, _, rng = PARAMETERS[name]
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else f"{name} must be true or false, got {value!r}"
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{name} must be an integer, got {value!r}"
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{name} must be a number, got {value!r}"
+        if not math.isfinite(value):
+            return f"{name} must be a finite number, got {value!r}"
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            return f"{name} must be a string, got {value!r}"
+    if isinstance(rng, tuple) and rng and isinstance(rng[0], str):
+        if value not in rng:
+            return f"{name} must be one of {', '.join(rng)}, got {value!r}"
+    elif isinstance(rng, tuple) and not isinstance(default, bool):
+        lo, hi = rng
+        if not lo <= value <= hi:
+            return f"{name} must be within [{lo:g}, {hi:g}], got {value!r}"
+    if name == "extrinsics":
+        return _check_extrinsics(value)
+    if name == "device" and not (value in ("auto", "cpu", "cuda") or
+                                 (value.startswith("cuda:") and value[5:].isdigit())):
+        return f"device must be auto, cpu, cuda or cuda:N, got {value!r}"
+    return None
+
+
+def _check_extrinsics(value: Any) -> str | None:
+    try:
+        vals = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return f"extrinsics must be 7 numbers x y z qx qy qz qw, got {value!r}"
+    if len(vals) != 7 or not all(math.isfinite(v) for v in vals):
+        return f"extrinsics must be 7 finite numbers x y z qx qy qz qw, got {value!r}"
+    norm = math.sqrt(sum(v * v for v in vals[3:]))
+    if abs(norm - 1.0) > 1e-3:
+        return f"extrinsics quaternion (qx qy qz qw) must have unit norm, has {norm:.6g}"
+    return None
+
+
+def check_all(values: Mapping[str, Any]) -> list[str]:
+    """Every problem of a full or partial parameter set, one message each."""
+    return [msg for name, value in values.items() if (msg := check(name, value)) is not None]
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
+    """The node's parameters from a ROS 2 parameters YAML (``config/inspection.yaml``): defaults overlaid with
+    every section that applies to ``node_name`` (``/**``, ``/**/NAME``, ``NAME``, ``/NAME``), validated with
+    ``check``. CmdrError for an unreadable file, an unknown name or a bad value."""
+    import yaml
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise CmdrError(f"{path}: cannot read the parameters file ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, Mapping):
+        raise CmdrError(f"{path}: not a ROS parameters file (expected NODE: {{ros__parameters: ...}})")
+    values = defaults()
+    found = False
+    for key in ("/**", f"/**/{node_name}", node_name, f"/{node_name}"):
+        section = doc.get(key)
+        if isinstance(section, Mapping) and isinstance(section.get("ros__parameters"), Mapping):
+            values.update(_flatten(section["ros__parameters"]))
+            found = True
+    if not found:
+        raise CmdrError(f"{path}: no ros__parameters section for node '{node_name}' "
+                        f"(sections: {', '.join(map(str, doc)) or 'none'})")
+    problems = check_all(values)
+    if problems:
+        raise CmdrError(f"{path}: " + "; ".join(problems))
+    return values

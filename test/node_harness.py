@@ -1,0 +1,298 @@
+"""Shared by the node tests: a real ``cmdr_inspection`` process on a private ROS domain, a test-side rclpy node that
+publishes inputs and records every output, and small models trained on the simulated cell (no ../shared needed).
+
+No assertion here depends on timing between processes: the helpers wait for events (a result with a stamp, a
+diagnostics report with a value), with generous time-outs that only bound a failing test.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.signals import SignalHandlerOptions  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from std_msgs.msg import Bool, Float32, Header  # noqa: E402
+
+from cmdr_ros.ros.conversions import array_to_image  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NODE_START_S = 120.0
+RESULT_S = 60.0
+DEEP = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)  # nothing a test sends or records is overwritten
+NS = 1_000_000_000
+# Fast DDS's default UDP transport drops datagrams of multi-MB bursts on loopback and repairs them seconds later;
+# LARGE_DATA (shared memory + TCP) delivers them in milliseconds. FASTDDS_BUILTIN_TRANSPORTS=DEFAULT measures UDP.
+FASTDDS_TRANSPORTS = os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+
+
+def new_domain() -> int:
+    """A random ROS domain for one test module (1..101 keeps clear of ephemeral ports)."""
+    return random.SystemRandom().randint(1, 101)
+
+
+def stamp_ns(stamp: Any) -> int:
+    return int(stamp.sec) * NS + int(stamp.nanosec)
+
+
+def stamp_str(stamp: Any) -> str:
+    return f"{stamp.sec}.{stamp.nanosec:09d}"
+
+
+def values_of(arr: DiagnosticArray) -> dict[str, str]:
+    return {kv.key: kv.value for kv in arr.status[0].values}
+
+
+class RosSide:
+    """An rclpy node in its own context, spun in a thread, publishing inputs and recording what the node sends."""
+
+    OUTPUTS = {"result": (DiagnosticArray, "/cmdr_inspection/result"), "reject": (Bool, "/cmdr_inspection/reject"),
+               "score": (Float32, "/cmdr_inspection/score"), "heatmap": (Image, "/cmdr_inspection/heatmap"),
+               "anomaly_map": (Image, "/cmdr_inspection/anomaly_map"),
+               "anomaly_cloud": (PointCloud2, "/cmdr_inspection/anomaly_cloud"),
+               "diagnostics": (DiagnosticArray, "/diagnostics")}
+
+    def __init__(self, domain_id: int) -> None:
+        self.domain_id = domain_id
+        self.context = rclpy.Context()
+        with pytest.MonkeyPatch.context() as env:  # read once, when the DDS participant is created
+            env.setenv("FASTDDS_BUILTIN_TRANSPORTS", FASTDDS_TRANSPORTS)
+            rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node("cmdr_node_test", context=self.context)
+        self.cond = threading.Condition()
+        self.received: dict[str, list[tuple[float, Any]]] = {k: [] for k in self.OUTPUTS}
+        for key, (msg_type, topic) in self.OUTPUTS.items():
+            self.node.create_subscription(msg_type, topic, lambda m, k=key: self._record(k, m), DEEP)
+        self.image_pub = self.node.create_publisher(Image, "/image", DEEP)
+        self.points_pub = self.node.create_publisher(PointCloud2, "/points", DEEP)
+        self.info_pub = self.node.create_publisher(CameraInfo, "/camera_info", DEEP)
+        self.part_pub = self.node.create_publisher(Header, "/part_id", DEEP)
+        self.param_client = self.node.create_client(SetParameters, "/cmdr_inspection/set_parameters")
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        self._clock = time.time_ns() // NS * NS
+
+    def _record(self, key: str, msg: Any) -> None:
+        with self.cond:
+            self.received[key].append((time.monotonic(), msg))
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.thread.join(timeout=10)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+    def clear(self) -> None:
+        with self.cond:
+            for v in self.received.values():
+                v.clear()
+
+    def next_stamp(self) -> Any:
+        """A fresh stamp, 1 s after the previous one: never within any slop of another part's."""
+        self._clock += NS
+        h = Header()
+        h.stamp.sec, h.stamp.nanosec = self._clock // NS, self._clock % NS
+        return h.stamp
+
+    def wait_for(self, what: str, pred: Callable[[], Any], timeout: float = RESULT_S) -> Any:
+        """Block until ``pred()`` (called under the lock) is truthy; return its value."""
+        with self.cond:
+            value = self.cond.wait_for(pred, timeout)
+        assert value, f"timed out after {timeout} s waiting for {what}"
+        return value
+
+    def results_for(self, stamp: Any) -> list[dict[str, str]]:
+        """Values of every ~/result stamped ``stamp``."""
+        key = stamp_ns(stamp)
+        with self.cond:
+            return [values_of(m) for _, m in self.received["result"] if stamp_ns(m.header.stamp) == key]
+
+    def result(self, stamp: Any, n: int = 1, timeout: float = RESULT_S) -> dict[str, str]:
+        """Wait for the ``n``-th result stamped ``stamp``; return the first one's values."""
+        self.wait_for(f"{n} result(s) stamped {stamp_str(stamp)}", lambda: len(self.results_for(stamp)) >= n,
+                      timeout)
+        return self.results_for(stamp)[0]
+
+    def by_stamp(self, key: str, stamp: Any) -> Any:
+        with self.cond:
+            return next((m for _, m in self.received[key] if m.header.stamp == stamp), None)
+
+    def publish_set(self, stamp: Any, rgb: np.ndarray | None = None, cloud: PointCloud2 | None = None,
+                    info: CameraInfo | None = None, part_id: str | None = None, frame: str = "camera") -> None:
+        """Publish one part's inputs at ``stamp`` (CameraInfo and part id first, so the node holds them)."""
+        if part_id is not None:
+            self.part_pub.publish(Header(stamp=stamp, frame_id=part_id))
+        if info is not None:
+            info.header = Header(stamp=stamp, frame_id=frame)
+            self.info_pub.publish(info)
+            self.info_pub.wait_for_all_acked(rclpy.duration.Duration(seconds=5))
+        if part_id is not None:
+            self.part_pub.wait_for_all_acked(rclpy.duration.Duration(seconds=5))
+        if rgb is not None:
+            self.image_pub.publish(array_to_image(rgb, "rgb8", Header(stamp=stamp, frame_id=frame)))
+        if cloud is not None:
+            cloud.header.stamp = stamp
+            self.points_pub.publish(cloud)
+
+    def diagnostics(self, pred: Callable[[dict[str, str]], bool], what: str, timeout: float = 30) -> dict[str, str]:
+        """The first /diagnostics report of the node satisfying ``pred`` (waits for it)."""
+        def find() -> dict[str, str] | None:
+            for _, arr in self.received["diagnostics"]:
+                for st in arr.status:
+                    v = {kv.key: kv.value for kv in st.values}
+                    if st.name == "cmdr_inspection: node" and pred(v):
+                        return {**v, "_level": st.level, "_message": st.message}
+            return None
+        return self.wait_for(f"/diagnostics with {what}", find, timeout=timeout)
+
+    def set_parameter(self, name: str, value: Any) -> tuple[bool, str]:
+        """Set one node parameter over the service; (successful, reason)."""
+        assert self.param_client.wait_for_service(timeout_sec=20), "no /cmdr_inspection/set_parameters service"
+        if isinstance(value, bool):
+            pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+        elif isinstance(value, float):
+            pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+        elif isinstance(value, list):
+            pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE_ARRAY, double_array_value=[float(v) for v in value])
+        else:
+            pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(value))
+        future = self.param_client.call_async(SetParameters.Request(parameters=[ParameterMsg(name=name, value=pv)]))
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        assert done.wait(20), "set_parameters timed out"
+        r = future.result().results[0]
+        return r.successful, r.reason
+
+
+class NodeProcess:
+    """``python -m cmdr_ros.ros.inspection_node`` with parameters, its stdout/stderr captured to files."""
+
+    def __init__(self, tmp: Path, domain_id: int, params: dict[str, Any], params_file: Path | None = None) -> None:
+        args = [sys.executable, "-m", "cmdr_ros.ros.inspection_node", "--ros-args"]
+        if params_file is not None:
+            args += ["--params-file", str(params_file)]
+        for k, v in params.items():
+            args += ["-p", f"{k}:={v}"]
+        env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+               "RCUTILS_COLORIZED_OUTPUT": "0", "PYTHONUNBUFFERED": "1",
+               "FASTDDS_BUILTIN_TRANSPORTS": FASTDDS_TRANSPORTS}
+        self.err_path, self.out_path = tmp / "node.stderr", tmp / "node.stdout"
+        with open(self.err_path, "wb") as err, open(self.out_path, "wb") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=REPO_ROOT)
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def logs(self) -> str:
+        return f"--- node stdout\n{self.out_path.read_text(errors='replace')}\n--- node stderr\n{self.stderr()}"
+
+    def wait_active(self, inputs: tuple[Any, ...]) -> float:
+        """Wait until the node logged 'active' and every input publisher matched its subscription."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < NODE_START_S:
+            assert self.proc.poll() is None, f"node exited with {self.proc.returncode}\n{self.logs()}"
+            if "active: subscribed" in self.stderr() and all(p.get_subscription_count() >= 1 for p in inputs):
+                return time.monotonic() - t0
+            time.sleep(0.1)
+        pytest.fail(f"node not active after {NODE_START_S} s\n{self.logs()}")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the node process (MB)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
+        """Signal the node, wait for it; kill it if it does not exit (and fail the caller's exit-code check)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                return -999
+        return self.proc.returncode
+
+
+def start_node(ros: RosSide, tmp: Path, params: dict[str, Any], inputs: tuple[Any, ...],
+               params_file: Path | None = None):
+    """Generator body of a node fixture: start, wait until active, yield, always stop (and wait until gone)."""
+    ros.clear()
+    node = NodeProcess(tmp, ros.domain_id, {"device": "cpu", "diagnostics_period": 0.5, **params}, params_file)
+    try:
+        node.startup_s = node.wait_active(inputs)
+        yield node
+    finally:
+        node.stop()
+        t0 = time.monotonic()  # the next node of the module must not meet this one's subscriptions
+        while any(p.get_subscription_count() for p in inputs) and time.monotonic() - t0 < 10:
+            time.sleep(0.1)
+
+
+# ------------------------------------------------------------------------------------------------ simulated cell
+CELL_SIZE = 64  # pixels: small frames keep every node test fast on 2 cores
+
+
+def cell_config() -> Any:
+    from cmdr_ros.data.synthetic import CellConfig
+
+    return CellConfig(image_size=CELL_SIZE)
+
+
+def cell_frame(seed: int, defect: str | None = None) -> Any:
+    """One simulated part (rgb uint8, xyz float32 organized, invalid = 0)."""
+    from cmdr_ros.data.synthetic import render_part
+
+    return render_part(np.random.default_rng(seed), cell_config(), defect)
+
+
+def cell_camera_info() -> CameraInfo:
+    from cmdr_ros.ros.conversions import dict_to_camera_info
+
+    return dict_to_camera_info(cell_config().camera().to_camera_info_dict())
+
+
+def profile_cloud(seed: int, defect: str | None = None) -> np.ndarray:
+    """One simulated laser-profilometer scan: unorganized Nx3 float32 (rasterize at PROFILE_RESOLUTION)."""
+    from cmdr_ros.data.synthetic import render_profilometer_cloud
+
+    return render_profilometer_cloud(np.random.default_rng(seed), cell_config(), defect)[0]
+
+
+PROFILE_RESOLUTION = 0.002  # m: raster cell of the profile clouds, in training and in the node alike
+
+
+def train_cell_model(root: Path, mode: str, out: Path, profilometer: bool = False) -> dict[str, Any]:
+    """A lite model (2 epochs) trained on a few simulated parts: what every node test loads."""
+    from cmdr_ros.cli.train import train_model
+    from cmdr_ros.config import preset
+    from cmdr_ros.data.synthetic import generate_dataset, generate_profilometer_dataset
+
+    common = dict(n_train=4, n_val=3, n_test_good=0, n_test_per_defect=0, cfg=cell_config())
+    data = (generate_profilometer_dataset(root, "profiles", resolution=PROFILE_RESOLUTION, **common) if profilometer
+            else generate_dataset(root, "block", **common))
+    config = preset("lite", mode)
+    config.train.epochs = 2
+    return train_model(data, config, out, device="cpu", no_cache=True, progress=False)
