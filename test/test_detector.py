@@ -6,7 +6,8 @@ import torch
 from cmdr_ros import CmdrError
 from cmdr_ros.config import BackboneConfig, ModelConfig, TrainConfig, preset
 from cmdr_ros.data.synthetic import CellConfig, render_part
-from cmdr_ros.model.checkpoint import FORMAT_VERSION, load_checkpoint, read_checkpoint, save_checkpoint
+from cmdr_ros.model.checkpoint import (FORMAT_VERSION, content_checksum, load_checkpoint, read_checkpoint,
+                                       save_checkpoint)
 from cmdr_ros.model.detector import CMDRDetector, masked_cosine_loss
 
 
@@ -80,8 +81,10 @@ def test_calibration_rule(rgbd, parts):
     assert not any(det.is_reject(s) for s in scores)
 
 
-def test_checkpoint_errors(rgbd, tmp_path):
+def test_checkpoint_errors(rgbd, parts, tmp_path):
     det, _ = rgbd
+    if det.threshold is None:  # loading needs a calibrated threshold (run alone, the round trip did not calibrate)
+        det.calibrate([det.prepare(p.rgb, p.xyz) for p in parts[0][:3]], progress=False)
     path = save_checkpoint(det, tmp_path / "m.ckpt")
     with pytest.raises(CmdrError, match="trained for mode 'rgbd', cannot serve mode '3d'"):
         load_checkpoint(path, device="cpu", expected_mode="3d")
@@ -97,6 +100,8 @@ def test_checkpoint_errors(rgbd, tmp_path):
         load_checkpoint(tmp_path / "missing.ckpt")
     ckpt = read_checkpoint(path)
     del ckpt["backbone_state"]["3d"]
+    ckpt["checksum"] = content_checksum(ckpt)  # a consistent file, only without the backbone weights
+    ckpt["model_id"] = ckpt["checksum"][:12]
     torch.save(ckpt, tmp_path / "nostate.ckpt")
     with pytest.raises(CmdrError, match="no stored weights"):
         load_checkpoint(tmp_path / "nostate.ckpt", device="cpu")
