@@ -253,7 +253,8 @@ def test_eval_bag_matches_cmdr_eval_on_synthetic(synthetic_dir, untrained_rgbd, 
     _assert_same_as_cmdr_eval(synthetic_dir, tmp_path / "bag_eval", tmp_path / "eval")
     assert rep["frames"] == 3 and rep["not_judged"] == 0 and "block" in rep["table"]
     rows = _read_csv(tmp_path / "bag_eval" / "results.csv")
-    assert list(rows[0]) == ["stamp", "sample", "score", "threshold", "reject", "label", "latency_ms", "error"]
+    assert list(rows[0]) == ["stamp", "sample", "inputs", "score", "threshold", "decision", "reject", "label",
+                             "latency_ms", "error"]
     assert [r["stamp"] for r in rows] == [f"{START // NS}.{i * NS // 4:09d}" for i in range(3)]
     assert all(int(r["reject"]) == (float(r["score"]) >= 2.0) for r in rows)
     assert sorted(p.name for p in (tmp_path / "bag_eval" / "heatmaps").glob("*.png")) == \
@@ -295,11 +296,12 @@ def test_eval_bag_reports_unjudged_frames_and_unmatched_inputs(synthetic_dir, un
     assert (rep["frames"], rep["not_judged"], rep["rejects"], rep["threshold"]) == (2, 1, 1, 1e9)
     assert rep["unmatched"] == {"/image": 1, "/points": 0} and "table" not in rep
     assert not (tmp_path / "out" / "metrics.json").exists() and not (tmp_path / "out" / "heatmaps").exists()
-    ok, bad = _read_csv(tmp_path / "out" / "results.csv")
-    assert ok["error"] == "" and ok["sample"] == "" and float(ok["score"]) > 0
-    assert bad["reject"] == "1" and bad["score"] == "" and "no valid point" in bad["error"]
+    ok, bad, lone = _read_csv(tmp_path / "out" / "results.csv")  # the lone image gets its own fail-safe row too
+    assert ok["error"] == "" and ok["sample"] == "" and float(ok["score"]) > 0 and ok["decision"] == "pass"
+    assert bad["reject"] == "1" and bad["score"] == "" and bad["error"].startswith("degraded")
+    assert (lone["inputs"], lone["decision"]) == ("image", "reject") and lone["error"].startswith("unmatched")
     results = [(t, m) for t, _, m in read_messages(tmp_path / "out" / "results_bag", ["/cmdr_inspection/result"])]
-    assert len(results) == 2 and results[1][1].status[0].level == DiagnosticStatus.WARN
+    assert len(results) == 3 and [m.status[0].level for _, m in results[1:]] == [DiagnosticStatus.WARN] * 2
     rep2 = eval_bag(bag, untrained_rgbd, tmp_path / "out", image_topic="/image", points_topic="/points",
                     write_images=False)  # the results bag of a previous run is replaced
     assert rep2["frames"] == 2

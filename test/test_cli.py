@@ -97,10 +97,15 @@ def test_bad_inputs_are_one_line_errors(capsys, tmp_path, trained_3d, cable_glan
     tifffile.imwrite(bad, np.zeros((20, 20), np.float32))
     line = _err(capsys, ["predict", "--checkpoint", str(trained_3d), "--xyz", str(bad), "--out", str(tmp_path)])
     assert str(bad) in line
-    zero = tmp_path / "zero.tiff"
-    tifffile.imwrite(zero, np.zeros((40, 40, 3), np.float32))
-    assert "invalid" in _err(capsys, ["predict", "--checkpoint", str(trained_3d), "--xyz", str(zero),
-                                      "--out", str(tmp_path)])
+    # judgeable files of unjudgeable parts: the fail-safe decision, exit 3, one line saying why
+    for name, value, kind in (("zero", 0.0, "degraded"), ("huge", 1e30, "implausible")):
+        path = tmp_path / f"{name}.tiff"
+        tifffile.imwrite(path, np.full((40, 40, 3), value, np.float32))
+        assert main(["predict", "--checkpoint", str(trained_3d), "--xyz", str(path), "--out", str(tmp_path)]) == 3
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"cmdr: not judged ({kind})") and "REJECT" in err and "\n" not in err, err
+        res = json.loads((tmp_path / "result.json").read_text())
+        assert (res["decision"], res["judged"], res["error"]) == ("reject", False, kind)
     png = tmp_path / "notanimage.png"
     png.write_text("hello")
     line = _err(capsys, ["predict", "--checkpoint", str(trained_3d), "--xyz", str(png), "--out", str(tmp_path)])

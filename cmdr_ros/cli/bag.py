@@ -109,7 +109,9 @@ def run_eval(args: argparse.Namespace) -> int:
     bag = Path(args.bag)
     out = Path(args.out) if args.out else bag.with_name(f"{bag.stem if bag.is_file() else bag.name}_eval")
     params = read_params_file(args.params_file) if args.params_file else None
-    detector = load_checkpoint(args.checkpoint, args.device, args.weights_2d, args.weights_3d)
+    threshold = args.threshold if args.threshold is not None else (params or {}).get("threshold", -1.0)
+    detector = load_checkpoint(args.checkpoint, args.device, args.weights_2d, args.weights_3d,
+                               require_threshold=threshold < 0)
     rep = eval_bag(bag, detector, out, params=params, image_topic=args.image_topic, points_topic=args.points_topic,
                    info_topic=args.info_topic, gt_topic=args.gt_topic, sample_topic=args.sample_topic,
                    slop=args.slop, threshold=args.threshold, checkpoint=args.checkpoint,

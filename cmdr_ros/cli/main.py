@@ -56,11 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_model_args(p)
     p.set_defaults(func=evaluate.run)
 
-    p = sub.add_parser("predict", help="score one sample and write its heatmap")
+    p = sub.add_parser("predict", help="judge one sample as the node would; write its heatmap (exit 3: not judged)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--rgb", default=None, help="RGB image (PNG/JPG)")
     p.add_argument("--xyz", default=None, help="organized point cloud TIFF (HxWx3, metres, invalid = 0)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--params-file", default=None, metavar="YAML",
+                   help="the node's parameters file: judge with its on_error, min_coverage, min_valid_ratio, "
+                        "max_range and threshold")
+    p.add_argument("--threshold", type=float, default=None, help="reject threshold (default: the checkpoint's)")
     p.add_argument("--weights-2d", default=None)
     p.add_argument("--weights-3d", default=None)
     _add_common_model_args(p)

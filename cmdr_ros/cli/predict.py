@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,21 @@ from cmdr_ros.visualization import save_overlay
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    """Judge one sample as the node would (``cmdr_ros.judge``): exit 0 with a decision, 3 when the sample could
+    not be judged (the fail-safe decision is still written)."""
+    from cmdr_ros.judge import Judge, JudgeSettings
+
     if not args.rgb and not args.xyz:
         raise CmdrError("give --rgb and/or --xyz")
-    detector = load_checkpoint(args.checkpoint, args.device, args.weights_2d, args.weights_3d)
+    params: dict = {}
+    if args.params_file:
+        from cmdr_ros.ros.parameters import read_params_file  # the node's parameter file: its judging settings
+
+        params = read_params_file(args.params_file)
+    threshold = args.threshold if args.threshold is not None else params.get("threshold", -1.0)
+    # a checkpoint without a finite calibrated threshold is refused unless a threshold is given
+    detector = load_checkpoint(args.checkpoint, args.device, args.weights_2d, args.weights_3d,
+                               require_threshold=threshold < 0)
     cfg = detector.config
     if cfg.uses_2d and not args.rgb:
         raise CmdrError(f"the model's mode '{cfg.mode}' needs --rgb")
@@ -26,26 +39,34 @@ def run_predict(args: argparse.Namespace) -> int:
         raise CmdrError(f"the model's mode '{cfg.mode}' needs --xyz")
     rgb = load_rgb(args.rgb) if args.rgb else None
     xyz = load_xyz(args.xyz) if args.xyz else None
-    pred = detector.predict(rgb if cfg.uses_2d else None, xyz)
+    verdict = Judge(detector, JudgeSettings.from_params(params), threshold).judge(rgb, xyz)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    thr = detector.threshold
-    reject = bool(thr is not None and pred.score >= thr)
+    result = {"decision": verdict.decision, "judged": verdict.judged, "score": verdict.score,
+              "threshold": verdict.threshold, "reject": verdict.reject, "mode": cfg.mode,
+              "model_id": detector.model_id, "coverage": verdict.coverage, "rgb": args.rgb, "xyz": args.xyz}
+    if not verdict.judged:
+        result.update({"error": verdict.kind, "reason": verdict.reason})
+        (out / "result.json").write_text(json.dumps(result, indent=2))
+        print(f"cmdr: not judged ({verdict.kind}): {verdict.reason} -> fail-safe decision "
+              f"{verdict.decision.upper()} ({out / 'result.json'})", file=sys.stderr)
+        return 3
+    pred = verdict.prediction
+    result.update({"latency_ms": pred.latency_ms, "valid_ratio": pred.valid_ratio})
     tifffile.imwrite(out / "anomaly_map.tiff", pred.anomaly_map.astype(np.float32))
-    verdict = "REJECT" if reject else "pass"
+    label = "REJECT" if verdict.reject else "pass"
     save_overlay(out / "overlay.png", rgb, xyz, pred.anomaly_map, pred.valid_mask,
-                 f"score {pred.score:.3f} {verdict}", vmax=float(pred.anomaly_map.max()) or None)
-    result = {"score": pred.score, "threshold": thr, "reject": reject, "mode": cfg.mode,
-              "model_id": detector.model_id, "latency_ms": pred.latency_ms, "valid_ratio": pred.valid_ratio,
-              "rgb": args.rgb, "xyz": args.xyz}
+                 f"score {pred.score:.3f} {label}", vmax=float(pred.anomaly_map.max()) or None)
     (out / "result.json").write_text(json.dumps(result, indent=2))
-    print(f"score {pred.score:.4f} threshold {thr if thr is None else f'{thr:.4f}'} -> {verdict} "
-          f"({pred.latency_ms:.0f} ms); heatmap: {out / 'overlay.png'}")
+    print(f"score {pred.score:.4f} threshold {verdict.threshold:.4f} -> {label} ({pred.latency_ms:.0f} ms); "
+          f"heatmap: {out / 'overlay.png'}")
     return 0
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    detector = load_checkpoint(args.checkpoint, args.device, args.weights_2d, args.weights_3d)
+    # the only loader that accepts a checkpoint without a threshold: it derives one
+    detector = load_checkpoint(args.checkpoint, args.device, args.weights_2d, args.weights_3d,
+                               require_threshold=False)
     if args.sigma is not None:
         if args.sigma < 0:
             raise CmdrError(f"--sigma must be >= 0, got {args.sigma}")

@@ -227,7 +227,8 @@ class InspectionNode(LifecycleNode):
             return self._refuse("parameter 'checkpoint' is empty: give a model trained with `cmdr train`")
         try:
             self.detector = load_checkpoint(values["checkpoint"], values["device"], values["weights_2d"] or None,
-                                            values["weights_3d"] or None, expected_mode=values["mode"])
+                                            values["weights_3d"] or None, expected_mode=values["mode"],
+                                            require_threshold=values["threshold"] < 0)
             self._setup_tf()
             self.judge = FrameJudge.from_params(self.detector, values, self._tf_lookup)
         except CmdrError as e:

@@ -28,7 +28,7 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
     "weights_2d": ("", "pretrained 2D backbone file for paper-preset checkpoints", None),
     "weights_3d": ("", "pretrained 3D backbone file for paper-preset checkpoints", None),
     "threshold": (-1.0, "reject when score >= threshold; < 0 uses the checkpoint's calibrated one; changeable "
-                        "at run time", (-1.0, 1e6)),
+                        "at run time", (-1.0, 1e12)),
     "on_error": ("reject", "decision for a part that cannot be judged (malformed, unmatched, degraded, too slow, "
                            "overload): reject | pass | skip (result only, no ~/reject)", ON_ERROR),
     "min_valid_ratio": (0.01, "a frame with fewer valid pixels after background removal is not judged", (0.0, 1.0)),
