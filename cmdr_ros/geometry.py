@@ -440,6 +440,36 @@ def _fit_plane(pts: np.ndarray, threshold: float, seed: int) -> np.ndarray:
     return np.r_[normal, -normal @ centroid]
 
 
+# Coordinates beyond this (metres) are no measurement (squares of 1e30 overflow float32; distances between
+# such points lose all precision): such a cloud is refused.
+MAX_ABS_COORDINATE = 1e6
+# A raster with more cells than this along a side is refused: the model pads it to a square, so one side of
+# 10^5 cells would allocate tens of gigabytes. 4096 cells of the finest useful 0.1 mm cover 0.4 m.
+MAX_RASTER_SIDE = 4096
+_RASTER_MIN_POINTS = 3  # a plane needs three points (the ROS node itself asks for 16)
+_DEGENERATE_RATIO = 1e-9  # a spread below this fraction of the largest |coordinate| (at least 1 m) counts as zero
+
+
+def _check_raster_points(p: np.ndarray) -> None:
+    """Refuse finite Nx3 points that cannot be gridded on a plane: too few, huge, coincident or collinear."""
+    if len(p) < _RASTER_MIN_POINTS:
+        raise CmdrError(f"point cloud has {len(p)} finite points, at least {_RASTER_MIN_POINTS} are needed to "
+                        "rasterize on a plane")
+    biggest = float(np.abs(p).max())
+    if biggest > MAX_ABS_COORDINATE:
+        raise CmdrError(f"point cloud has coordinates up to {biggest:.3g} m, beyond +-{MAX_ABS_COORDINATE:g} m: "
+                        "not a measurement (a sensor's invalid-point marker other than NaN?)")
+    centred = p - p.mean(axis=0)
+    spread = np.sqrt(np.maximum(np.linalg.eigvalsh(centred.T @ centred / len(p)), 0))[::-1]  # std per main axis
+    tiny = _DEGENERATE_RATIO * max(1.0, biggest)
+    if spread[0] <= tiny:
+        raise CmdrError(f"all {len(p)} finite points of the cloud coincide (spread {spread[0]:.3g} m): a stuck "
+                        "sensor or a degenerate cloud, nothing to rasterize")
+    if spread[1] <= tiny:
+        raise CmdrError(f"the {len(p)} finite points of the cloud lie on one line (spread {spread[0]:.3g} m along "
+                        f"it, {spread[1]:.3g} m across): no plane to rasterize on")
+
+
 def _sign_fixed(axis: np.ndarray) -> np.ndarray:
     """``axis`` or ``-axis``, whichever has a positive largest-magnitude component (a deterministic choice)."""
     return axis if axis[np.argmax(np.abs(axis))] > 0 else -axis
@@ -458,18 +488,24 @@ def rasterize_on_plane(points: np.ndarray, resolution: float | None = None, grid
     ``resolution`` metres, or ``grid`` cells along the longer side; neither: the mean point spacing
     sqrt(area / N). Per cell the point highest along n is kept (z-buffer from above).
     Deterministic for a given input and ``seed`` (also seeds Open3D's global RNG).
+    Raises CmdrError, before any heavy work, for fewer than 3 finite points, coordinates beyond
+    +-``MAX_ABS_COORDINATE`` m, coincident or collinear points, and for a raster of more than
+    ``MAX_RASTER_SIDE`` cells along a side (a resolution too fine for the cloud's extent).
     """
     pts = _points(points)
     finite = np.isfinite(pts).all(axis=1)
     p = pts[finite]
-    if len(p) < 3:
-        raise CmdrError(f"point cloud has {len(p)} finite points, at least 3 are needed to rasterize on a plane")
     if resolution is not None and grid is not None:
         raise CmdrError("give either resolution or grid for the plane raster, not both")
-    if (resolution is not None and not resolution > 0) or (grid is not None and int(grid) < 1):
-        raise CmdrError(f"raster resolution must be > 0 and grid >= 1, got resolution={resolution}, grid={grid}")
+    if (resolution is not None and not (np.isfinite(resolution) and resolution > 0)) or \
+            (grid is not None and not 1 <= int(grid) <= MAX_RASTER_SIDE):
+        raise CmdrError(f"raster resolution must be finite and > 0 and grid 1..{MAX_RASTER_SIDE}, "
+                        f"got resolution={resolution}, grid={grid}")
+    _check_raster_points(p)
     if distance_threshold is None:
         distance_threshold = 0.01 * float(np.linalg.norm(np.ptp(p, axis=0)))
+    elif not (np.isfinite(distance_threshold) and distance_threshold > 0):
+        raise CmdrError(f"plane distance_threshold must be finite and > 0, got {distance_threshold}")
     if plane is None:
         model = _fit_plane(p, distance_threshold, seed)
     else:
@@ -495,6 +531,12 @@ def rasterize_on_plane(points: np.ndarray, resolution: float | None = None, grid
         resolution = extent.max() / int(grid) if grid is not None else float(np.sqrt(np.prod(extent) / len(p)))
     if not resolution > 0:
         raise CmdrError(f"the {len(p)} finite points are all on one line or point of the plane: nothing to rasterize")
+    cells = extent / resolution  # float: a tiny resolution must not overflow int() before the check
+    if not (np.isfinite(cells).all() and cells.max() <= MAX_RASTER_SIDE):
+        raise CmdrError(f"the points span {extent[0]:.3g} x {extent[1]:.3g} m (rows x columns) on the plane: at "
+                        f"resolution {resolution:.3g} m the raster would have {cells[0]:.3g} x {cells[1]:.3g} "
+                        f"cells, more than {MAX_RASTER_SIDE} along a side (give a coarser resolution; without one "
+                        "the mean point spacing is used, which a cloud almost on a line makes tiny)")
     rows, cols = (max(1, int(np.ceil(e / resolution - 1e-9))) for e in extent)
     c = np.clip(np.floor((cu - u0) / resolution), 0, cols - 1).astype(np.int64)
     r = np.clip(np.floor((v1 - cv) / resolution), 0, rows - 1).astype(np.int64)

@@ -342,3 +342,57 @@ def test_mvtec_calibration_projects_real_cloud_onto_its_pixels(cable_gland_dir) 
     rows, cols = np.divmod(proj.pixel_of_point[valid], 400)
     assert np.mean((np.abs(rows - own // 400) <= 2) & (np.abs(cols - own % 400) <= 2)) > 0.99
     assert proj.coverage == pytest.approx(valid.mean(), abs=0.02)
+
+
+@pytest.mark.timeout(60, method="thread")  # the thread method also ends a test stuck in C++ (Open3D) code
+@pytest.mark.parametrize("case,match", [
+    ("coincident", "all 10000 finite points of the cloud coincide"),
+    ("coincident_jitter", "coincide"),
+    ("line", r"lie on one line \(spread 0.\d+ m along it"),
+    ("huge", r"coordinates up to 1e\+30 m, beyond \+-1e\+06 m"),
+    ("one_huge", r"up to 3e\+07 m"),
+    ("two", "has 2 finite points, at least 3"),
+    ("nan", "has 0 finite points"),
+    ("almost_line", r"more than 4096 along a side"),
+])
+def test_rasterize_refuses_degenerate_clouds_quickly(case, match) -> None:
+    import time
+
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 0.2, 10000)
+    plate = np.c_[rng.uniform(0, 0.2, 10000), rng.uniform(0, 0.1, 10000), np.zeros(10000)]
+    pts = {
+        "coincident": np.tile([0.1, -0.2, 0.5], (10000, 1)),
+        "coincident_jitter": np.tile([0.1, -0.2, 0.5], (10000, 1)) + rng.normal(0, 1e-12, (10000, 3)),
+        "line": np.c_[t, 2 * t, 0.5 + 0 * t],
+        "huge": np.full((10000, 3), 1e30),
+        "one_huge": np.r_[plate[:-1], [[0.0, 0.0, 3e7]]],
+        "two": np.r_[np.full((50, 3), np.nan), [[0, 0, 0], [1, 1, 1.0]]],
+        "nan": np.full((10, 3), np.nan),
+        "almost_line": np.c_[t, rng.uniform(0, 1e-7, 10000), 0 * t],  # mean spacing 1.4 um: 1.4e5 columns
+    }[case]
+    t0 = time.perf_counter()
+    with pytest.raises(CmdrError, match=match):
+        rasterize_on_plane(pts)
+    assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_rasterize_bounds_the_raster_size() -> None:
+    rng = np.random.default_rng(1)
+    pts = np.c_[rng.uniform(0, 0.2, 3000), rng.uniform(0, 0.1, 3000), rng.normal(0, 1e-5, 3000)]
+    for kw in ({"resolution": 1e-9}, {"resolution": 0.2 / 4200}):  # would be 2e8 x 1e8 and ~4200 columns
+        with pytest.raises(CmdrError, match=r"more than 4096 along a side \(give a coarser resolution"):
+            rasterize_on_plane(pts, **kw)
+    assert rasterize_on_plane(pts, resolution=0.2 / 4000).shape[1] <= 4096  # the largest side allowed
+    assert rasterize_on_plane(pts, grid=4096).shape[1] == 4096
+    for kw in ({"grid": 4097}, {"resolution": float("inf")}, {"resolution": float("nan")}, {"resolution": -1.0}):
+        with pytest.raises(CmdrError, match="raster resolution must be finite and > 0 and grid 1..4096"):
+            rasterize_on_plane(pts, **kw)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(CmdrError, match="distance_threshold must be finite and > 0"):
+            rasterize_on_plane(pts, distance_threshold=bad)
+    # a wall standing on the given plane projects onto a line of it: no area for the default resolution
+    wall = np.c_[rng.uniform(0, 0.2, 500), np.zeros(500), rng.uniform(0, 0.1, 500)]
+    with pytest.raises(CmdrError, match="all on one line or point of the plane"):
+        rasterize_on_plane(wall, plane=[0, 0, 1.0, 0])

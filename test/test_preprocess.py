@@ -12,9 +12,10 @@ from PIL import Image
 
 from cmdr_ros import CmdrError
 from cmdr_ros.data.mvtec3d import MVTec3DClass, load_rgb, load_xyz
-from cmdr_ros.data.preprocess import (PreprocessCache, PreprocessConfig, SquareFrame, default_cache_dir,
-                                      normalize_imagenet, prepare_xyz, remove_background, resize_mask,
-                                      resize_nearest, resize_rgb, valid_mask)
+from cmdr_ros.data import preprocess
+from cmdr_ros.data.preprocess import (PreprocessCache, PreprocessConfig, SquareFrame, check_cloud, check_dbscan_cost,
+                                      default_cache_dir, normalize_imagenet, prepare_xyz, remove_background,
+                                      resize_mask, resize_nearest, resize_rgb, valid_mask)
 
 
 def test_config_round_trip_and_unknown_key():
@@ -32,6 +33,19 @@ def test_config_round_trip_and_unknown_key():
         PreprocessConfig(border=True)
     widened = PreprocessConfig(plane_clear_distance=1)
     assert isinstance(widened.plane_clear_distance, float) and widened.to_dict()["plane_clear_distance"] == 1.0
+
+
+def test_config_refusal_limits_default_for_old_settings():
+    old = PreprocessConfig().to_dict()
+    del old["max_points_per_cell"], old["max_dbscan_pairs"]  # an older checkpoint's settings
+    cfg = PreprocessConfig.from_dict(old)
+    assert cfg == PreprocessConfig() and cfg.max_points_per_cell == 7500 and cfg.max_dbscan_pairs == 10**8
+    custom = PreprocessConfig(max_points_per_cell=100, max_dbscan_pairs=10**9)
+    assert PreprocessConfig.from_dict(custom.to_dict()) == custom
+    with pytest.raises(CmdrError, match="max_points_per_cell=0"):
+        PreprocessConfig(max_points_per_cell=0)
+    with pytest.raises(CmdrError, match="max_dbscan_pairs must be int"):
+        PreprocessConfig(max_dbscan_pairs=1e8)
 
 
 def test_valid_mask():
@@ -122,6 +136,148 @@ def test_remove_background_real_cable_gland(cable_gland_dir):
     assert np.all(np.ptp(pts, axis=0) < 0.07)
     rows, cols = np.nonzero(after)
     assert (rows.max() - rows.min()) < 250 and (cols.max() - cols.min()) < 250
+
+
+def test_guards_leave_real_result_unchanged(cable_gland_dir, monkeypatch, caplog):
+    xyz = load_xyz(MVTec3DClass(cable_gland_dir).samples("test")[0].xyz_path)
+    with caplog.at_level(logging.WARNING, logger="cmdr_ros.data.preprocess"):
+        guarded = remove_background(xyz)
+    assert not caplog.text  # plane fitted, a cluster found: no step skipped
+    monkeypatch.setattr(preprocess, "check_cloud", lambda *a: None)
+    monkeypatch.setattr(preprocess, "check_dbscan_cost", lambda *a: None)
+    assert np.array_equal(remove_background(xyz), guarded)
+
+
+# --------------------------------------------------------------------- degenerate clouds are refused
+# Open3D DBSCAN on N coincident points builds N^2 neighbour entries and never returns (it ignores SIGTERM):
+# the thread method of pytest-timeout also ends a test stuck in C++ code, so a regression fails, not hangs.
+REFUSE_FAST = pytest.mark.timeout(60, method="thread")
+
+
+def _flat_table(h=200, w=200, pitch=1e-3, seed=0):
+    """A tilted table seen from 0.6 m, no object: HxWx3 float32 with 0.3 mm depth noise."""
+    v, u = np.mgrid[0:h, 0:w]
+    x, y = (u - w / 2) * pitch, (v - h / 2) * pitch
+    z = 0.6 + 0.2 * x + 0.1 * y + np.random.default_rng(seed).normal(0, 3e-4, (h, w))
+    return np.stack([x, y, z], axis=-1).astype(np.float32)
+
+
+def _assert_refused(xyz, match, cfg=None):
+    t0 = time.perf_counter()
+    with pytest.raises(CmdrError, match=match):
+        remove_background(xyz, cfg)
+    assert time.perf_counter() - t0 < 10
+
+
+@REFUSE_FAST
+def test_stuck_sensor_all_points_identical_is_refused():
+    xyz = np.tile(np.array([0.01, -0.02, 0.55], np.float32), (400, 400, 1))
+    _assert_refused(xyz, "all 160000 valid points of the cloud coincide")
+    xyz[::7, ::5] += np.float32(1e-5)  # two positions 17 um apart: still one point
+    _assert_refused(xyz, "coincide")
+    for cfg in (PreprocessConfig(remove_plane=False), PreprocessConfig(keep_largest_cluster=False)):
+        _assert_refused(xyz, "coincide", cfg)
+    # with both steps disabled nothing is fitted or clustered: the cloud comes back as it is
+    assert np.array_equal(remove_background(xyz, PreprocessConfig(remove_plane=False, keep_largest_cluster=False)),
+                          xyz)
+
+
+@REFUSE_FAST
+def test_huge_coordinates_are_refused(tmp_path):
+    _assert_refused(np.full((400, 400, 3), 1e30, np.float32), r"coordinates up to 1e\+30 m")
+    xyz = _flat_table()
+    xyz[50, 60] = [0.1, 0.1, 2e6]  # one such point is enough: no sensor measures 2000 km
+    _assert_refused(xyz, r"up to 2e\+06 m, beyond \+-1e\+06 m")
+    # what `cmdr predict` reads: a TIFF of constant 1e30 (finite in float32, so "valid")
+    import tifffile
+    tifffile.imwrite(tmp_path / "x.tiff", np.full((64, 64, 3), 1e30, np.float32), photometric="rgb")
+    _assert_refused(load_xyz(tmp_path / "x.tiff"), "1e\\+30")
+
+
+@REFUSE_FAST
+def test_too_few_valid_points_are_refused():
+    xyz = np.zeros((400, 400, 3), np.float32)
+    xyz[200, 200:205] = [[0.001 * i, 0.0, 0.6] for i in range(5)]
+    _assert_refused(xyz, r"only 5 valid point\(s\), at least 30")
+    # the minimum is dbscan_min_points: a cloud of 5 spread points is processed when that is lowered
+    out = remove_background(xyz, PreprocessConfig(dbscan_min_points=2, remove_plane=False, dbscan_eps=0.0015))
+    assert valid_mask(out).sum() == 5
+    # no valid point at all: nothing to refuse, the all-zero cloud comes back (prepare_input reports it)
+    assert not remove_background(np.zeros((40, 40, 3), np.float32)).any()
+
+
+@REFUSE_FAST
+def test_stuck_patch_in_a_real_scene_is_refused():
+    xyz, _ = _scene(200, 200)
+    xyz[50:150, 50:150] = [0.0, 0.0, 0.58]  # 10 000 pixels report one point: more than any eps cube holds
+    _assert_refused(xyz, "10000 of the cloud's .* valid points lie in one 0.006 m cube")
+    # a smaller stuck patch is clustered normally (10x10 coincident points cost nothing)
+    xyz, parts = _scene(200, 200)
+    xyz[60:70, 60:70] = [0.0, 0.0, 0.58]
+    assert valid_mask(remove_background(xyz)).sum() > 0
+
+
+@REFUSE_FAST
+def test_too_dense_for_dbscan_is_refused_before_clustering():
+    cfg = PreprocessConfig(remove_plane=False)
+    dense = _flat_table(400, 400, pitch=1.5e-4)  # up to 41x41 points per 6 mm cube: 2.3e8 neighbour pairs
+    check_cloud(dense[valid_mask(dense)], cfg)  # no single cube is absurd ...
+    _assert_refused(dense, "too dense for DBSCAN with eps 0.006 m: about 2.3.e\\+08 neighbour pairs", cfg)
+    # ... and a sensor that really is this dense can raise the limit (not run here: ~2 min of DBSCAN)
+    check_dbscan_cost(dense[valid_mask(dense)], PreprocessConfig(max_dbscan_pairs=10**9))
+    # with the plane step the dense table is cleared and nothing is left to cluster
+    assert not remove_background(dense).any()
+
+
+@REFUSE_FAST
+def test_flat_table_without_object_is_cleared():
+    out = remove_background(_flat_table())
+    assert out.shape == (200, 200, 3) and not out.any()
+
+
+@REFUSE_FAST
+def test_degenerate_border_skips_plane_step(caplog):
+    xyz, parts = _scene(120, 120)
+    strip = np.zeros((120, 120), bool)
+    strip[:10], strip[-10:], strip[:, :10], strip[:, -10:] = True, True, True, True
+    xyz[strip] = [0.3, 0.3, 0.9]  # every border pixel reports the same point, away from the table
+    with caplog.at_level(logging.WARNING, logger="cmdr_ros.data.preprocess"):
+        out = remove_background(xyz)
+    assert "border-strip points are coincident or on a line" in caplog.text
+    kept = valid_mask(out)
+    assert kept.sum() > 0 and not (kept & strip).any()  # the table interior is the largest cluster
+    xyz[strip] = np.stack([np.linspace(-0.05, 0.05, strip.sum())] * 3, axis=-1) + [0, 0, 0.6]  # on a line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cmdr_ros.data.preprocess"):
+        remove_background(xyz)
+    assert "coincident or on a line" in caplog.text
+
+
+@REFUSE_FAST
+def test_prepare_input_refuses_stuck_sensor():
+    from cmdr_ros.config import preset
+    from cmdr_ros.model.detector import prepare_input
+
+    with pytest.raises(CmdrError, match="coincide"):
+        prepare_input(None, np.tile(np.array([0.01, 0.02, 0.5], np.float32), (400, 400, 1)), preset("lite", "3d"))
+
+
+def test_guards_pass_real_and_synthetic_clouds(cable_gland_dir):
+    from cmdr_ros.data.synthetic import CellConfig, render_part
+
+    cfg = PreprocessConfig()
+    clouds = [load_xyz(p) for p in sorted(cable_gland_dir.glob("*/*/xyz/*.tiff"))]
+    clouds += [render_part(np.random.default_rng(i), CellConfig(image_size=n), d).xyz
+               for i, (n, d) in enumerate([(256, None), (400, None), (400, "bump")])]
+    assert len(clouds) > 20
+    for xyz in clouds:
+        pts = xyz[valid_mask(xyz)]
+        check_cloud(pts, cfg)
+        check_dbscan_cost(pts, cfg)  # all points: the DBSCAN input is a subset, never denser
+        # measured maxima (real 729 per cube, 3.6e7 pairs): well inside the limits
+        counts = preprocess._cell_counts(pts, cfg.dbscan_eps)
+        assert counts.max() < cfg.max_points_per_cell / 5
+        assert (counts.astype(float) ** 2).sum() < cfg.max_dbscan_pairs / 2
 
 
 @pytest.mark.parametrize("h,w", [(30, 50), (50, 30), (31, 50), (7, 7)])
@@ -248,6 +404,8 @@ def test_cache_hit_miss_and_invalidation(tmp_path, caplog):
     other = PreprocessCache(tmp_path / "cache", cfg=PreprocessConfig(dbscan_eps=0.01))
     assert other.get_or_compute(src, compute)[0, 0, 0] == 3 and len(calls) == 3  # settings changed: miss
     assert cache.get_or_compute(src, compute)[0, 0, 0] == 2 and len(calls) == 3  # both entries kept
+    limits = PreprocessCache(tmp_path / "cache", cfg=PreprocessConfig(max_points_per_cell=9, max_dbscan_pairs=9))
+    assert limits.file_for(src) == cache.file_for(src)  # refusal limits never change a result: same entry
     # corrupted entry: recomputed and rewritten
     cache.file_for(src).write_bytes(b"PK\x03\x04 truncated")
     with caplog.at_level(logging.WARNING, logger="cmdr_ros.data.preprocess"):

@@ -1,7 +1,10 @@
 """The paper's input preprocessing (MVTec 3D-AD protocol, PAPER_NOTES "Inputs and preprocessing").
 
 * ``remove_background``: RANSAC plane fit on a border strip, clear the plane, keep the largest DBSCAN
-  cluster (Open3D, seeded so that a sample always gives the same result).
+  cluster (Open3D, seeded so that a sample always gives the same result). Degenerate clouds (too few
+  points, huge coordinates, all points coincident, points packed so densely that DBSCAN's neighbour lists
+  would grow quadratically) are refused first with a CmdrError (``check_cloud``, ``check_dbscan_cost``):
+  Open3D's DBSCAN on N coincident points needs N^2 neighbour entries and never returns.
 * ``SquareFrame``: centred zero-padding to a square and the way back, so anomaly maps computed on the
   square grid can be returned at the input resolution.
 * Resizing: bicubic (antialiased, PIL-like) for RGB, nearest for xyz and masks, ImageNet normalisation.
@@ -33,6 +36,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _FIELD_TYPES = {"bool": bool, "int": int, "float": float}
 
+# Coordinates beyond this (metres) are no measurement: squares of 1e30 overflow float32, and distances
+# between such points lose all precision in float64. Sensors report invalid points as 0 or NaN.
+MAX_ABS_COORDINATE = 1e6
+# A cloud whose bounding box is smaller than this fraction of dbscan_eps on every axis is one point
+# repeated (a stuck sensor): nothing to fit a plane to or to cluster.
+COINCIDENT_FRACTION = 0.1
+# PreprocessConfig fields that only decide whether a cloud is refused, never what comes out
+_REFUSAL_LIMITS = ("max_points_per_cell", "max_dbscan_pairs")
+
 
 @dataclass
 class PreprocessConfig:
@@ -46,7 +58,18 @@ class PreprocessConfig:
     plane_clear_distance: float = 0.005  # points this close to the plane are zeroed
     keep_largest_cluster: bool = True
     dbscan_eps: float = 0.006
-    dbscan_min_points: int = 30
+    dbscan_min_points: int = 30  # also the fewest valid points a cloud needs to be processed at all
+    # Refusal limits against degenerate clouds (``check_cloud``, ``check_dbscan_cost``); a "cell" is a cube
+    # of side dbscan_eps. Measured on the 29 real MVTec 3D-AD cable_gland clouds of ../shared/data (400x400,
+    # ~0.2 mm pixel pitch): densest cell 729 points, sum over cells of count^2 3.6e7 for all valid points
+    # (the DBSCAN input when the plane step is skipped) and 1.06e7 after plane removal (the usual DBSCAN
+    # input; Open3D then finds 3.1-3.4x that many neighbour pairs, 2-3 s on 2 cores). Synthetic render_part
+    # frames (256 and 400 px): densest cell 121 points, sum 1.3e7.
+    max_points_per_cell: int = 7500  # 10x the real 729: more is a stuck or duplicating sensor
+    # Estimated DBSCAN neighbour pairs (sum of count^2 over cells); 1e8 took 40 s and 2.5 GB on 2 cores
+    # (a dense plane), 9.4x the usual real input and 2.8x the plane-skipped one. A genuinely denser sensor
+    # can raise it (cost grows linearly) or subsample the cloud.
+    max_dbscan_pairs: int = 100_000_000
     seed: int = 115
 
     def __post_init__(self) -> None:
@@ -64,18 +87,21 @@ class PreprocessConfig:
             "plane_clear_distance": self.plane_clear_distance >= 0,
             "dbscan_eps": self.dbscan_eps > 0,
             "dbscan_min_points": self.dbscan_min_points >= 1,
+            "max_points_per_cell": self.max_points_per_cell >= 1,
+            "max_dbscan_pairs": self.max_dbscan_pairs >= 1,
         }
         bad = [k for k, ok in limits.items() if not ok]
         if bad:
             raise CmdrError(f"invalid preprocess setting(s) {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}: "
-                            "need border, iterations, min_points >= 1, ransac_n >= 3, eps and thresholds > 0, "
-                            "clear distance >= 0")
+                            "need border, iterations, min_points, max_* >= 1, ransac_n >= 3, eps and thresholds "
+                            "> 0, clear distance >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        """From ``to_dict`` output; missing keys (e.g. older checkpoints' settings) take their defaults."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -104,14 +130,82 @@ def _border_strip(h: int, w: int, border: int) -> np.ndarray:
     return strip
 
 
+def _cell_counts(points: np.ndarray, eps: float) -> np.ndarray:
+    """Number of points in each occupied cube of side ``eps`` (the grid floor(p / eps)), in no order."""
+    if len(points) == 0:
+        return np.zeros(0, dtype=np.int64)
+    cells = np.floor(np.asarray(points, dtype=np.float64) / eps)  # float keys: no int64 overflow
+    cells = cells[np.lexsort(cells.T)]
+    starts = np.flatnonzero(np.r_[True, (cells[1:] != cells[:-1]).any(axis=1)])
+    return np.diff(np.r_[starts, len(cells)])
+
+
+def check_cloud(points: np.ndarray, cfg: PreprocessConfig) -> None:
+    """Raise CmdrError unless the Nx3 valid points of a cloud can go through background removal.
+
+    Refused: fewer than ``cfg.dbscan_min_points`` points (no object can be found), a coordinate beyond
+    +-``MAX_ABS_COORDINATE`` m (no measurement; the maths overflows), all points within
+    ``COINCIDENT_FRACTION * dbscan_eps`` of each other (one point repeated: a stuck sensor), and more than
+    ``cfg.max_points_per_cell`` points in one cube of side ``dbscan_eps`` (coincident or duplicated points:
+    DBSCAN's neighbour lists grow with the square of that count and it would run out of memory instead of
+    returning). Costs ~20 ms for a 400x400 cloud.
+    """
+    pts = np.asarray(points)
+    n = len(pts)
+    if n < cfg.dbscan_min_points:
+        raise CmdrError(f"the point cloud has only {n} valid point(s), at least {cfg.dbscan_min_points} "
+                        "(preprocess dbscan_min_points) are needed for background removal")
+    if not np.isfinite(pts).all():
+        raise CmdrError("the point cloud's valid points contain NaN or infinite coordinates")
+    lo, hi = pts.min(axis=0).astype(np.float64), pts.max(axis=0).astype(np.float64)
+    biggest = float(max(np.abs(lo).max(), np.abs(hi).max()))
+    if biggest > MAX_ABS_COORDINATE:
+        raise CmdrError(f"the point cloud has coordinates up to {biggest:.3g} m, beyond +-{MAX_ABS_COORDINATE:g} m: "
+                        "not a measurement (a sensor's invalid-point marker other than 0/NaN?)")
+    extent = hi - lo
+    if extent.max() < COINCIDENT_FRACTION * cfg.dbscan_eps:
+        raise CmdrError(f"all {n} valid points of the cloud coincide (bounding box {extent[0]:.3g} x "
+                        f"{extent[1]:.3g} x {extent[2]:.3g} m, below {COINCIDENT_FRACTION:g} x dbscan_eps "
+                        f"{cfg.dbscan_eps:g} m): a stuck sensor or a degenerate cloud, nothing to inspect")
+    densest = int(_cell_counts(pts, cfg.dbscan_eps).max())
+    if densest > cfg.max_points_per_cell:
+        raise CmdrError(f"{densest} of the cloud's {n} valid points lie in one {cfg.dbscan_eps:g} m cube (limit "
+                        f"preprocess max_points_per_cell={cfg.max_points_per_cell}): coincident or duplicated "
+                        "points (a stuck sensor?); DBSCAN clustering of them would not finish")
+
+
+def check_dbscan_cost(points: np.ndarray, cfg: PreprocessConfig) -> None:
+    """Raise CmdrError if Open3D DBSCAN (eps ``cfg.dbscan_eps``) on the Nx3 ``points`` would be too costly.
+
+    Open3D stores every point's full neighbour list, so time and memory grow with the number of neighbour
+    pairs, estimated as the sum over eps-cubes of count^2 (exact for coincident points; real surfaces have
+    ~3.3x that many pairs within eps) and bounded by ``cfg.max_dbscan_pairs``.
+    """
+    counts = _cell_counts(points, cfg.dbscan_eps).astype(np.float64)
+    pairs = float((counts ** 2).sum())
+    if pairs > cfg.max_dbscan_pairs:
+        raise CmdrError(f"the {len(points)} points to cluster are too dense for DBSCAN with eps {cfg.dbscan_eps:g} m: "
+                        f"about {pairs:.3g} neighbour pairs (densest cube {int(counts.max())} points), limit "
+                        f"preprocess max_dbscan_pairs={cfg.max_dbscan_pairs:.3g}; subsample the cloud or raise "
+                        "the limit if the sensor really is this dense")
+
+
 def _fit_border_plane(xyz: np.ndarray, valid: np.ndarray, cfg: PreprocessConfig) -> np.ndarray | None:
-    """Unit-normal plane (a, b, c, d) fitted by RANSAC on the border strip, or None if it cannot be fitted."""
+    """Unit-normal plane (a, b, c, d) fitted by RANSAC on the border strip, or None if it cannot be fitted
+    (too few border points, border points coincident or on a line, or a degenerate RANSAC result)."""
     import open3d as o3d  # heavy import, only needed here and in the clustering step
 
     pts = xyz[_border_strip(*valid.shape, cfg.border) & valid].astype(np.float64)
     if len(pts) < cfg.plane_ransac_n:
         log.warning("background plane not removed: %d valid points in the %d-pixel border strip, need at least %d",
                     len(pts), cfg.border, cfg.plane_ransac_n)
+        return None
+    # the spread along the two main directions: a point or a line does not define a plane
+    spread = np.sqrt(np.maximum(np.linalg.eigvalsh(np.cov(pts - pts.mean(axis=0), rowvar=False)), 0))[::-1]
+    if not np.isfinite(spread).all() or spread[1] < cfg.plane_distance_threshold:
+        log.warning("background plane not removed: the %d border-strip points are coincident or on a line "
+                    "(spread %.3g x %.3g m, below the plane distance threshold %g m)",
+                    len(pts), spread[0], spread[1], cfg.plane_distance_threshold)
         return None
     o3d.utility.random.seed(cfg.seed)
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
@@ -130,9 +224,11 @@ def _fit_border_plane(xyz: np.ndarray, valid: np.ndarray, cfg: PreprocessConfig)
 
 
 def _largest_cluster(points: np.ndarray, cfg: PreprocessConfig) -> np.ndarray | None:
-    """Bool per point: member of the largest DBSCAN cluster (noise excluded), or None if there is no cluster."""
+    """Bool per point: member of the largest DBSCAN cluster (noise excluded), or None if there is no cluster.
+    Raises CmdrError (``check_dbscan_cost``) instead of clustering points too dense to cluster."""
     import open3d as o3d
 
+    check_dbscan_cost(points, cfg)
     o3d.utility.random.seed(cfg.seed)
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
     labels = np.asarray(cloud.cluster_dbscan(eps=cfg.dbscan_eps, min_points=cfg.dbscan_min_points,
@@ -147,12 +243,16 @@ def remove_background(xyz: np.ndarray, cfg: PreprocessConfig | None = None) -> n
     """Zero the supporting plane and everything but the largest connected object of an HxWx3 cloud.
 
     Returns a new float32 HxWx3 array (the input is never modified); NaN/inf points come back as 0.
-    A border strip too sparse for the plane fit skips the plane step with a warning; a cloud with no
-    DBSCAN cluster at all is left as it is after the plane step, also with a warning.
+    A border strip too sparse (or too degenerate) for the plane fit skips the plane step with a warning; a
+    cloud with no DBSCAN cluster at all is left as it is after the plane step, also with a warning.
+    Raises CmdrError for a degenerate cloud (``check_cloud``, then ``check_dbscan_cost`` before
+    clustering) when either step is enabled; a cloud without any valid point comes back all zero.
     """
     cfg = cfg or PreprocessConfig()
     out = _clean_copy(xyz)
     valid = valid_mask(out)
+    if (cfg.remove_plane or cfg.keep_largest_cluster) and valid.any():
+        check_cloud(out[valid], cfg)
     if cfg.remove_plane:
         plane = _fit_border_plane(out, valid, cfg)
         if plane is not None:
@@ -285,8 +385,9 @@ class PreprocessCache:
     """Disk cache of ``prepare_xyz`` results, one compressed ``.npz`` per (file, settings).
 
     The key hashes the file's absolute path, size and mtime_ns with the preprocessing settings, so an
-    edited file or changed settings is a miss. ``cfg`` is required (keyword) because it is part of the
-    key: it must be the configuration ``compute_fn`` uses.
+    edited file or changed settings is a miss (not the refusal limits: they never change a result).
+    ``cfg`` is required (keyword) because it is part of the key: it must be the configuration
+    ``compute_fn`` uses.
     """
 
     def __init__(self, cache_dir: str | Path | None = None, *, cfg: PreprocessConfig) -> None:
@@ -299,7 +400,8 @@ class PreprocessCache:
             st = path.stat()
         except OSError as err:
             raise CmdrError(f"{path}: cannot read the file to preprocess ({err.strerror})") from err
-        ident = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "cfg": self.cfg.to_dict()}
+        settings = {k: v for k, v in self.cfg.to_dict().items() if k not in _REFUSAL_LIMITS}
+        ident = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "cfg": settings}
         return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
     def file_for(self, path: str | Path) -> Path:
