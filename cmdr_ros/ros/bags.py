@@ -395,10 +395,12 @@ class _Evaluation:
                     {k: m.header.frame_id for k, m in msgs.items()}, label)
 
     def orphan(self, index: int, msg: Any, why: str) -> None:
-        """An input without partner (the synchronizer dropped it, or it was still waiting at the end of the bag)."""
+        """An input without partner (the synchronizer dropped it, or it still waited at the end of the bag)."""
+        from cmdr_ros.ros.frame_judge import unmatched_reason
+
         name = self.inputs[index]
-        others = " + ".join(n for n in self.inputs if n != name)
-        verdict = self.judge.judge_.not_judged("unmatched", f"no {others} matched this {name} ({why})")
+        verdict = self.judge.judge_.not_judged(*unmatched_reason(name, self.inputs, why,
+                                                                 float(self.params["sync.timeout"])))
         stamp = stamp_ns(msg.header)
         self._write(msg.header, stamp, self.aux.samples.nearest(stamp, self.slop_ns), name, None, verdict, None,
                     {name: msg.header.frame_id}, None)
@@ -549,7 +551,7 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
                 for conn, _, raw in reader.messages(connections=in_conns):
                     policy.add(index[conn.topic], deserialize_message(bytes(raw), classes[conn.topic]))
                     handle()
-                policy.flush("still waiting at the end of the bag")
+                policy.flush("timeout")  # still waiting at the end of the bag: on the node it would time out
                 handle()
     full = "+".join(k for k, _ in inputs)
     judged = [r for r in evaluation.rows if r["inputs"] == full]

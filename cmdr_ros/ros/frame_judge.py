@@ -27,6 +27,17 @@ def error_kind(e: CmdrError) -> str:
     return getattr(e, "kind", None) or (type(e).__name__ if type(e) is not CmdrError else "bad_input")
 
 
+def unmatched_reason(name: str, inputs: list[str], why: str, sync_timeout: float) -> tuple[str, str]:
+    """Kind and reason of an input that left the synchronizer without partner (``why``: timeout | evicted |
+    duplicate | shutdown), worded the same on the node and in ``cmdr bag eval``."""
+    others = " + ".join(n for n in inputs if n != name)
+    reasons = {"timeout": f"no {others} within sync.slop of this {name} after sync.timeout {sync_timeout:g} s",
+               "evicted": f"no {others} matched this {name} before sync.queue_size newer ones arrived",
+               "duplicate": f"another {name} with the same stamp replaced this one",
+               "shutdown": f"the node stopped while this {name} waited for its {others}"}
+    return ("shutdown" if why == "shutdown" else "unmatched"), reasons.get(why, f"no {others} matched ({why})")
+
+
 class FrameJudge:
     """Judge synchronized message sets: ``judge({'image': Image, 'points': PointCloud2}, camera_info)``."""
 

@@ -40,7 +40,7 @@ from std_msgs.msg import Bool, Float32, Header
 from cmdr_ros import CmdrError
 from cmdr_ros.judge import JudgeSettings, Verdict
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
-from cmdr_ros.ros.frame_judge import FrameJudge, extrinsics_transform
+from cmdr_ros.ros.frame_judge import FrameJudge, extrinsics_transform, unmatched_reason
 from cmdr_ros.ros.frames import Frame, point_scores
 from cmdr_ros.ros.outputs import heatmap_image, result_array
 from cmdr_ros.ros.parameters import PARAMETERS, READ_ONLY, check, check_all
@@ -420,14 +420,8 @@ class InspectionNode(LifecycleNode):
     def _on_orphan(self, index: int, msg: Any, why: str) -> None:
         """An input that left the synchronizer without partner: its own not-judged result."""
         name = self._inputs[index]
-        others = " + ".join(n for n in self._inputs if n != name)
-        reasons = {"timeout": f"no {others} within sync.slop of this {name} after sync.timeout "
-                              f"{float(self._p('sync.timeout')):g} s",
-                   "evicted": f"no {others} matched this {name} before sync.queue_size newer ones arrived",
-                   "duplicate": f"another {name} with the same stamp replaced this one",
-                   "shutdown": f"the node stopped while this {name} waited for its {others}"}
-        kind = "shutdown" if why == "shutdown" else "unmatched"
-        self._fail(Part({name: msg}, None, time.monotonic()), kind, reasons.get(why, why))
+        kind, reason = unmatched_reason(name, self._inputs, why, float(self._p("sync.timeout")))
+        self._fail(Part({name: msg}, None, time.monotonic()), kind, reason)
 
     # ---------------------------------------------------------------- worker and watchdog
     def _work(self) -> None:

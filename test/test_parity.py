@@ -1,0 +1,143 @@
+"""The node and `cmdr bag eval` judge a part the same way: one bag, one params file, played into a real node over DDS
+and evaluated offline; every stamp gets the same decision, judged flag, error kind, score, coverage and alignment.
+
+Two cells: rgbd with an unorganized cloud in another frame (projected with CameraInfo and the ``extrinsics``
+parameter) and 3D-only profilometer scans (rasterized at ``raster_resolution``). Each bag also holds a malformed
+cloud and a lone image/cloud, so the fail-safe paths are compared too.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from scipy.spatial.transform import Rotation
+from std_msgs.msg import String
+
+from cmdr_ros.geometry import make_transform, transform_points
+from cmdr_ros.model.checkpoint import load_checkpoint
+from cmdr_ros.ros.bags import BagWriter, eval_bag, make_header, open_bag, play_bag, read_messages
+from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
+from cmdr_ros.ros.parameters import read_params_file
+from node_harness import (NS, PROFILE_RESOLUTION, RosSide, cell_camera_info, cell_frame, new_domain, profile_cloud,
+                          start_node, stamp_ns, train_cell_model, values_of)
+
+pytestmark = pytest.mark.slow
+
+DOMAIN_ID = new_domain()
+T_SENSOR_FROM_CAMERA = make_transform([0.05, -0.02, 0.10], Rotation.from_euler("xyz", [6, -8, 15], degrees=True)
+                                      .as_quat())
+COMPARED = ("decision", "judged", "score", "threshold", "error", "reason", "inputs", "coverage", "valid_ratio",
+            "alignment", "mode", "model_id", "frame_id.image", "frame_id.points")
+
+
+@pytest.fixture(scope="module")
+def ros():
+    side = RosSide(DOMAIN_ID)
+    yield side
+    side.close()
+
+
+def _params_file(path, checkpoint, **params) -> str:
+    doc = {"/**/cmdr_inspection": {"ros__parameters": {"checkpoint": str(checkpoint), "device": "cpu",
+                                                        "time_budget": 120.0, "use_tf": False, **params}}}
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _compare(ros, bag, params_file, checkpoint, tmp_path, n_expected):
+    """Play the bag into the running node, evaluate it offline, compare result by result."""
+    stamps = sorted({stamp_ns(m.header.stamp) for topic, _, m in read_messages(bag)
+                     if topic in ("/image", "/points")})
+    with open_bag(bag) as reader:
+        topics = [t for t in ("/camera_info", "/image", "/points") if t in reader.topics]
+    play_bag(bag, rate=1.0, node=ros.node, topics=topics, wait=10.0)
+
+    def node_results():
+        out = {}
+        for _, arr in ros.received["result"]:
+            out.setdefault(stamp_ns(arr.header.stamp), []).append(values_of(arr))
+        return out
+
+    ros.wait_for("a node result for every input stamp", lambda: set(stamps) <= set(node_results()))
+    detector = load_checkpoint(checkpoint, "cpu")
+    rep = eval_bag(bag, detector, tmp_path / "eval", params=read_params_file(params_file), write_images=False,
+                   image_topic="/image", points_topic="/points", info_topic="/camera_info")
+    offline = {}
+    for _, _, arr in read_messages(tmp_path / "eval" / "results_bag", ["/cmdr_inspection/result"]):
+        offline.setdefault(stamp_ns(arr.header.stamp), []).append(values_of(arr))
+    online = node_results()
+    assert sorted(offline) == stamps and len(stamps) == n_expected
+    lines = []
+    for s in stamps:
+        a = sorted(online[s], key=lambda v: v["inputs"])
+        b = sorted(offline[s], key=lambda v: v["inputs"])
+        assert len(a) == len(b), (s, a, b)
+        for x, y in zip(a, b):
+            assert {k: x.get(k) for k in COMPARED} == {k: y.get(k) for k in COMPARED}, (s, x, y)
+            lines.append(f"  {s}: {x['inputs']:<12} {x['decision']:<6} judged={x['judged']:<5} "
+                         f"score={x.get('score', '-'):<10} {x.get('error', '')}")
+    print("\n[parity] node == bag eval for every result:\n" + "\n".join(lines))
+    return rep
+
+
+def test_rgbd_projected_cloud_in_another_frame(ros, tmp_path_factory):
+    d = tmp_path_factory.mktemp("parity_rgbd")
+    model = train_cell_model(d / "data", "rgbd", d / "rgbd.ckpt")
+    T = np.linalg.inv(T_SENSOR_FROM_CAMERA)  # sensor -> camera: the extrinsics parameter
+    ext = [*map(float, T[:3, 3]), *map(float, Rotation.from_matrix(T[:3, :3]).as_quat())]
+    params_file = _params_file(d / "params.yaml", model["checkpoint"], extrinsics=ext)
+    bag, t0 = d / "bag", 1_700_000_000 * NS
+    with BagWriter(bag, "mcap") as w:
+        w.write("/camera_info", _info(t0 - NS), t0 - NS)  # the node holds a CameraInfo before the first part
+        for i, defect in enumerate((None, "tear", None, "bump", "malformed", "lone")):
+            stamp = t0 + i * NS // 2
+            part = cell_frame(300 + i, None if defect in ("malformed", "lone") else defect)
+            pts = transform_points(part.xyz[part.xyz[..., 2] > 0], T_SENSOR_FROM_CAMERA).astype(np.float32)
+            cloud = xyz_to_pointcloud2(pts, make_header(stamp, "sensor"))
+            if defect == "malformed":
+                cloud.data = cloud.data[: len(cloud.data) // 2]
+            w.write("/camera_info", _info(stamp), stamp)
+            w.write("/image", array_to_image(part.rgb, "rgb8", make_header(stamp, "camera")), stamp)
+            if defect != "lone":
+                w.write("/points", cloud, stamp)
+            w.write("/cmdr/sample", String(data=f"{defect or 'good'}/{i:03d}"), stamp)
+    gen = start_node(ros, d, {}, (ros.image_pub, ros.points_pub), params_file=params_file)
+    next(gen)
+    try:
+        rep = _compare(ros, bag, params_file, model["checkpoint"], d, 6)
+    finally:
+        gen.close()
+    assert rep["unmatched"] == {"/image": 1, "/points": 0} and rep["frames"] == 5 and rep["not_judged"] == 1
+    rows = [v for _, _, arr in read_messages(d / "eval" / "results_bag", ["/cmdr_inspection/result"])
+            for v in [values_of(arr)] if v["judged"] == "true"]
+    assert len(rows) == 4 and all(v["alignment"] == "projected" for v in rows)
+    aligned = np.mean([(cell_frame(300 + i).xyz[..., 2] > 0).mean() for i in (0, 2)])
+    assert float(rows[0]["coverage"]) == pytest.approx(aligned, abs=0.05)
+
+
+def _info(stamp: int):
+    info = cell_camera_info()
+    info.header = make_header(stamp, "camera")
+    return info
+
+
+def test_3d_rasterized_profilometer_scans(ros, tmp_path_factory):
+    d = tmp_path_factory.mktemp("parity_3d")
+    model = train_cell_model(d / "data", "3d", d / "3d.ckpt", profilometer=True)
+    params_file = _params_file(d / "params.yaml", model["checkpoint"], raster_resolution=PROFILE_RESOLUTION)
+    bag, t0 = d / "bag", 1_700_000_100 * NS
+    with BagWriter(bag, "mcap") as w:
+        for i, defect in enumerate((None, "tear", None, "stuck")):
+            stamp = t0 + i * NS // 2
+            pts = profile_cloud(400 + i, defect if defect != "stuck" else None)
+            if defect == "stuck":
+                pts = np.tile(pts[:1], (len(pts), 1))  # a stuck sensor: every point the same
+            w.write("/points", xyz_to_pointcloud2(pts, make_header(stamp, "profiler")), stamp)
+    gen = start_node(ros, d, {}, (ros.points_pub,), params_file=params_file)
+    next(gen)
+    try:
+        rep = _compare(ros, bag, params_file, model["checkpoint"], d, 4)
+    finally:
+        gen.close()
+    assert rep["frames"] == 4 and rep["not_judged"] == 1
+
