@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -147,6 +147,7 @@ class InspectionNode(LifecycleNode):
         self._state_text = "unconfigured"
         self._reset_stats()
         self._watch_group = MutuallyExclusiveCallbackGroup()
+        self._input_group = ReentrantCallbackGroup()
         self._watch_timer = None
         # /diagnostics is a plain publisher: a node that cannot configure still says why
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile_system_default)
@@ -303,17 +304,19 @@ class InspectionNode(LifecycleNode):
                          history=HistoryPolicy.KEEP_LAST)
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         try:
+            # reentrant: one input's callback never waits behind another's (the policy has its own lock)
             self._sync = make_synchronizer(self, topics, qos, int(self._p("sync.queue_size")),
                                            float(self._p("sync.slop")), self._on_set, event_callbacks=events,
-                                           on_drop=self._on_orphan)
+                                           on_drop=self._on_orphan, callback_group=self._input_group)
         except CmdrError as e:
             self._state_text = f"cannot activate: {e}"
             self.get_logger().error(self._state_text)
             return TransitionCallbackReturn.FAILURE
         if self.mode == "rgbd":
             self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_info, qos,
-                                                      event_callbacks=events)
-        self._part_sub = self.create_subscription(Header, "part_id", self._on_part_id, qos)
+                                                      event_callbacks=events, callback_group=self._input_group)
+        self._part_sub = self.create_subscription(Header, "part_id", self._on_part_id, qos,
+                                                  callback_group=self._input_group)
         self._watch_timer = self.create_timer(WATCH_PERIOD_S, self._watch, callback_group=self._watch_group)
         self._state_text = "active"
         self.get_logger().info(f"active: subscribed to {', '.join(self.resolve_topic_name(t) for t in self._inputs)}"
