@@ -108,3 +108,14 @@ def test_params_file_matches_node_parameters():
         default = PARAMETERS[name][0]
         assert type(value) is type(default) or (isinstance(default, float) and isinstance(value, float)), name
         assert value == default, f"{name}: yaml {value!r} != node default {default!r}"
+
+
+def test_readme_tables_are_generated_from_the_code():
+    """The parameter and ~/result tables of the README are exactly what the declarations generate."""
+    pytest.importorskip("rclpy")
+    from cmdr_ros.ros.outputs import result_schema_markdown
+    from cmdr_ros.ros.parameters import markdown_table
+
+    readme = (REPO / "README.md").read_text()
+    assert markdown_table() in readme, "README parameter table is stale: paste markdown_table()"
+    assert result_schema_markdown() in readme, "README ~/result table is stale: paste result_schema_markdown()"

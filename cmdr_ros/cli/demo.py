@@ -40,10 +40,9 @@ PROFILER_TOPICS = {"points": "/profiler/points"}
 def _start_node(checkpoint: Path, device: str, log_path: Path, remaps: dict[str, str],
                 params: dict[str, object] | None = None) -> subprocess.Popen:
     """The inspection node in its own process: ``params`` as -p NAME:=VALUE, ``remaps`` as -r FROM:=TO."""
-    # every part matters here: deep input queues (the DDS reader keeps `input.depth` messages per topic while the
-    # executor is busy) and a worker queue that holds a burst, instead of the cell defaults that favour recency
-    params = {"checkpoint": checkpoint, "device": device, "worker.queue_size": 8, "input.depth": 50,
-              **(params or {})}
+    # the cell defaults judge every part; sync.timeout is raised because Fast DDS on loopback was measured to deliver
+    # a large image 1-3 s late at times: with the default 1 s such a part would get the fail-safe 'unmatched' reject
+    params = {"checkpoint": checkpoint, "device": device, "sync.timeout": 5.0, **(params or {})}
     cmd = [sys.executable, "-m", "cmdr_ros.ros.inspection_node", "--ros-args"]
     cmd += [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
     cmd += [a for k, v in remaps.items() for a in ("-r", f"{k}:={v}")]

@@ -39,6 +39,12 @@ RESULT_KEYS: dict[str, str] = {
 }
 
 
+def result_schema_markdown() -> str:
+    """The README's ~/result table, generated from ``RESULT_KEYS`` (a test keeps the README in step)."""
+    return "\n".join(["| key | value |", "|---|---|"] + [f"| `{k}` | {v.replace('|', '/')} |"
+                                                        for k, v in RESULT_KEYS.items()])
+
+
 def verdict_values(verdict: Verdict) -> dict[str, str]:
     """The decision part of the result values."""
     v: dict[str, str] = {"decision": verdict.decision, "judged": "true" if verdict.judged else "false"}

@@ -162,3 +162,13 @@ def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, 
     if problems:
         raise CmdrError(f"{path}: " + "; ".join(problems))
     return values
+
+
+def markdown_table() -> str:
+    """The README's parameter table, generated from the declarations (a test keeps the README in step)."""
+    rows = ["| parameter | default | what it does |", "|---|---|---|"]
+    for name, (default, text, _) in PARAMETERS.items():
+        shown = f'`""`' if default == "" else f"`{default}`"
+        note = " (read at configure)" if name in READ_ONLY else ""
+        rows.append(f"| `{name}` | {shown} | {text.replace('|', '/')}{note} |")
+    return "\n".join(rows)
