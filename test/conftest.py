@@ -32,3 +32,13 @@ def pcl_organized_dir() -> Path:
 def preprocess_cache(tmp_path_factory) -> Path:
     """One preprocessing cache for the session: each real cloud's background removal runs once."""
     return tmp_path_factory.mktemp("preprocess_cache")
+
+
+@pytest.fixture(scope="module")
+def ros():
+    """The test side of the node tests: an rclpy node on a ROS domain of this module's own (node_harness.py)."""
+    from node_harness import RosSide, new_domain
+
+    side = RosSide(new_domain())
+    yield side
+    side.close()

@@ -18,11 +18,10 @@ from std_msgs.msg import Header
 from cmdr_ros.judge import is_reject
 from cmdr_ros.ros.conversions import image_to_array, pointcloud2_fields, xyz_to_pointcloud2
 from cmdr_ros.ros.outputs import RESULT_KEYS, RESULT_SCHEMA_VERSION
-from node_harness import RosSide, cell_frame, new_domain, start_node, stamp_str, train_cell_model
+from node_harness import cell_frame, start_node, stamp_str, train_cell_model
 
 pytestmark = pytest.mark.slow
 
-DOMAIN_ID = new_domain()
 # the ~/result keys a cell controller correlates on: changing them is a schema change (bump RESULT_SCHEMA_VERSION)
 SCHEMA_V2 = ["schema", "seq", "stamp", "decision", "judged", "score", "threshold", "error", "reason", "inputs",
              "part_id", "latency_ms", "inference_ms", "valid_ratio", "coverage", "alignment", "mode", "model_id",
@@ -32,12 +31,6 @@ SCHEMA_V2 = ["schema", "seq", "stamp", "decision", "judged", "score", "threshold
 def test_result_schema_is_pinned():
     assert RESULT_SCHEMA_VERSION == "2" and list(RESULT_KEYS) == SCHEMA_V2
 
-
-@pytest.fixture(scope="module")
-def ros():
-    side = RosSide(DOMAIN_ID)
-    yield side
-    side.close()
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,10 @@ from std_msgs.msg import Header
 from cmdr_ros.data.mvtec3d import load_rgb, load_xyz
 from cmdr_ros.geometry import CameraIntrinsics
 from cmdr_ros.ros.conversions import dict_to_camera_info, image_to_array, pointcloud2_fields, xyz_to_pointcloud2
-from node_harness import NS, RosSide, new_domain, start_node, stamp_ns
+from node_harness import NS, start_node, stamp_ns
 
 pytestmark = pytest.mark.slow
 
-DOMAIN_ID = new_domain()
 TRAIN_SAMPLES = 8
 FRAMES = ("good/000", "cut/000", "hole/000")
 
@@ -43,12 +42,6 @@ def rgbd_model(cable_gland_dir, tmp_path_factory, preprocess_cache):
     return train_model(root, config, tmp_path_factory.mktemp("m") / "rgbd.ckpt", device="cpu",
                        cache_dir=str(preprocess_cache), progress=False)
 
-
-@pytest.fixture(scope="module")
-def ros():
-    side = RosSide(DOMAIN_ID)
-    yield side
-    side.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,23 +18,16 @@ from cmdr_ros.model.checkpoint import load_checkpoint
 from cmdr_ros.ros.bags import BagWriter, eval_bag, make_header, open_bag, play_bag, read_messages
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
 from cmdr_ros.ros.parameters import read_params_file
-from node_harness import (NS, PROFILE_RESOLUTION, RosSide, cell_camera_info, cell_frame, new_domain, profile_cloud,
+from node_harness import (NS, PROFILE_RESOLUTION, cell_camera_info, cell_frame, profile_cloud,
                           start_node, stamp_ns, train_cell_model, values_of)
 
 pytestmark = pytest.mark.slow
 
-DOMAIN_ID = new_domain()
 T_SENSOR_FROM_CAMERA = make_transform([0.05, -0.02, 0.10], Rotation.from_euler("xyz", [6, -8, 15], degrees=True)
                                       .as_quat())
 COMPARED = ("decision", "judged", "score", "threshold", "error", "reason", "inputs", "coverage", "valid_ratio",
             "alignment", "mode", "model_id", "frame_id.image", "frame_id.points")
 
-
-@pytest.fixture(scope="module")
-def ros():
-    side = RosSide(DOMAIN_ID)
-    yield side
-    side.close()
 
 
 def _params_file(path, checkpoint, **params) -> str:

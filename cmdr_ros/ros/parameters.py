@@ -168,7 +168,7 @@ def markdown_table() -> str:
     """The README's parameter table, generated from the declarations (a test keeps the README in step)."""
     rows = ["| parameter | default | what it does |", "|---|---|---|"]
     for name, (default, text, _) in PARAMETERS.items():
-        shown = f'`""`' if default == "" else f"`{default}`"
+        shown = '`""`' if default == "" else f"`{default}`"
         note = " (read at configure)" if name in READ_ONLY else ""
         rows.append(f"| `{name}` | {shown} | {text.replace('|', '/')}{note} |")
     return "\n".join(rows)
