@@ -140,6 +140,7 @@ class InspectionNode(LifecycleNode):
         self._inflight: Part | None = None
         self._inflight_since = 0.0
         self._stuck = False
+        self._closing = False  # stopping: a set that still matches gets the fail-safe at once
         self._seq = 0
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
@@ -318,6 +319,7 @@ class InspectionNode(LifecycleNode):
         self._part_sub = self.create_subscription(Header, "part_id", self._on_part_id, qos,
                                                   callback_group=self._input_group)
         self._watch_timer = self.create_timer(WATCH_PERIOD_S, self._watch, callback_group=self._watch_group)
+        self._closing = False
         self._state_text = "active"
         self.get_logger().info(f"active: subscribed to {', '.join(self.resolve_topic_name(t) for t in self._inputs)}"
                                f" ({self._p('input.reliability')}, sync backend {self._sync.backend})")
@@ -332,8 +334,7 @@ class InspectionNode(LifecycleNode):
             self.stats["qos_incompatible"] += 1
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.settle_all("shutdown", "the node was deactivated before this part was judged")
-        self._unsubscribe()
+        self.stop_and_settle("shutdown", "the node was deactivated before this part was judged")
         self._free_gpu()
         self._state_text = "inactive"
         return super().on_deactivate(state)
@@ -343,6 +344,8 @@ class InspectionNode(LifecycleNode):
             self.destroy_timer(self._watch_timer)
             self._watch_timer = None
         if self._sync is not None:
+            if self._sync.policy is not None:
+                self._sync.policy.flush("shutdown")  # inputs still waiting for a partner get their result
             self._sync.destroy()
             self._sync = None
         for name in ("_info_sub", "_part_sub"):
@@ -357,10 +360,9 @@ class InspectionNode(LifecycleNode):
             torch.cuda.empty_cache()
 
     def _teardown(self) -> None:
-        self._unsubscribe()
+        self.stop_and_settle("shutdown", "the node shut down before this part was judged")
         self._stop.set()
         with self._cv:
-            self._waiting.clear()
             self._cv.notify_all()
         if self._worker is not None:
             self._worker.join(timeout=5)
@@ -379,7 +381,7 @@ class InspectionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.settle_all("shutdown", "the node shut down before this part was judged")
+        self.stop_and_settle("shutdown", "the node shut down before this part was judged")
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
@@ -405,6 +407,9 @@ class InspectionNode(LifecycleNode):
         """Synchronizer callback: queue the part; when the queue is full the oldest waiting part is decided now."""
         part = Part(dict(zip(self._inputs, msgs)), self._latest_info if self.mode == "rgbd" else None,
                     time.monotonic())
+        if self._closing:
+            self._fail(part, "shutdown", "the node is stopping: this part arrived after the last one judged")
+            return
         newest = self._p("overload") == "newest"
         capacity = 1 if newest else int(self._p("worker.queue_size"))
         pushed_out = []
@@ -483,6 +488,28 @@ class InspectionNode(LifecycleNode):
                                     "gets the fail-safe decision until it returns")
             self._publish_diagnostics()
 
+    def stop_and_settle(self, kind: str, reason: str) -> int:
+        """Stop judging: take what the input readers still hold (call it with the executor stopped, or from a
+        transition: the readers are drained here), then give every part not decided yet the fail-safe decision."""
+        n0 = self._seq
+        self._closing = True
+        if self._part_sub is not None:
+            self._take_all(self._part_sub, self._on_part_id)
+        if self._sync is not None:
+            self._sync.drain()
+        self._unsubscribe()  # right after the drain: what arrives from here on is refused, not accepted unanswered
+        self.settle_all(kind, reason)
+        return self._seq - n0
+
+    @staticmethod
+    def _take_all(sub: Any, callback: Any) -> None:
+        while True:
+            with sub.handle:
+                got = sub.handle.take_message(sub.msg_type, sub.raw)
+            if got is None:
+                return
+            callback(got[0])
+
     def settle_all(self, kind: str, reason: str) -> int:
         """Give every part not decided yet (waiting for a partner, queued, in inference) the fail-safe decision;
         wait (up to 2 s) until the decisions are acknowledged. Returns how many were settled."""
@@ -494,10 +521,18 @@ class InspectionNode(LifecycleNode):
             self._waiting.clear()
         for p in parts:
             self._fail(p, kind, reason)
-        for key in ("result", "reject"):
-            if key in self._pubs:
-                self._pubs[key].wait_for_all_acked(Duration(seconds=2.0))
+        if self._seq > n0:
+            self._wait_acked(2.0)
         return self._seq - n0
+
+    def _wait_acked(self, timeout: float) -> None:
+        """Wait until the subscribers acknowledged the decisions; polled, because ``wait_for_all_acked`` holds the
+        GIL for as long as it waits (every other thread of the node would stop)."""
+        pubs = [self._pubs[k] for k in ("result", "reject") if k in self._pubs]
+        deadline = time.monotonic() + timeout
+        while pubs and time.monotonic() < deadline:
+            pubs = [p for p in pubs if not p.wait_for_all_acked(Duration(nanoseconds=1_000_000))]
+            time.sleep(0.02)
 
     # ---------------------------------------------------------------- decisions
     def _fail(self, part: Part, kind: str, reason: str) -> None:
@@ -642,11 +677,11 @@ def main(args: list[str] | None = None) -> int:
     try:
         while not stop.wait(0.1) and node.exit_code is None and spinner.is_alive():
             pass
-        if stop.is_set():
-            n = node.settle_all("shutdown", "the node was stopped before this part was judged")
-            node.get_logger().info(f"stopping: {n} waiting part(s) got the fail-safe decision")
     finally:
-        executor.shutdown(timeout_sec=2.0)
+        executor.shutdown(timeout_sec=5.0)  # no callback runs from here on: what the readers hold is drained below
+        if stop.is_set():
+            n = node.stop_and_settle("shutdown", "the node was stopped before this part was judged")
+            node.get_logger().info(f"stopping: {n} part(s) not judged yet got the fail-safe decision")
         node._teardown()
         node.destroy_node()
         if rclpy.ok():

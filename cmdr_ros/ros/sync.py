@@ -297,6 +297,22 @@ class Synchronizer:
         self.stats.note_matched(settle_unconfirmed=True)
         self._user_callback(*msgs)
 
+    def drain(self) -> int:
+        """Take every message still waiting in the subscriptions' readers and offer it to the matcher (policy
+        backend; call with the executor stopped, e.g. at shutdown, so every accepted input is answered)."""
+        if self.policy is None:
+            return 0
+        taken = 0
+        for index, sub in enumerate(self._subscriptions):
+            while True:
+                with sub.handle:
+                    got = sub.handle.take_message(sub.msg_type, sub.raw)
+                if got is None:
+                    break
+                self.policy.add(index, got[0])
+                taken += 1
+        return taken
+
     def destroy(self) -> None:
         """Destroy the subscriptions (idempotent); the node itself stays alive."""
         for sub in self._subscriptions:
