@@ -413,3 +413,29 @@ def test_rclpy_image_and_cloud_pairs():
         for node in nodes:
             node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def test_dropped_inputs_are_handed_back_never_lost():
+    """on_drop receives every message that leaves unmatched: evicted, duplicate stamp, expired, flushed, and after
+    close() every later one at once (the node answers each of them)."""
+    now = [0.0]
+    dropped: list[tuple[int, str, str]] = []
+    sets: list[tuple] = []
+    policy = ApproximateTimePolicy(2, 2, 0.05, lambda *m: sets.append(m), monotonic=lambda: now[0],
+                                   on_drop=lambda i, m, why: dropped.append((i, m.name, why)))
+
+    def msg(name: str, t: float):
+        return SimpleNamespace(name=name, header=SimpleNamespace(stamp=SimpleNamespace(sec=int(t), nanosec=0)))
+
+    policy.add(0, msg("a1", 1))
+    policy.add(0, msg("a1bis", 1))  # same stamp: the first is replaced
+    policy.add(0, msg("a2", 2))
+    policy.add(0, msg("a3", 3))  # queue of 2: the oldest is evicted
+    now[0] = 5.0
+    policy.add(1, msg("b9", 9))
+    assert policy.expire(1.0) == 2  # a2, a3 waited 5 s
+    assert policy.close() == 1  # b9 still waiting
+    policy.add(0, msg("late", 10))
+    assert sets == [] and dropped == [(0, "a1", "duplicate"), (0, "a1bis", "evicted"), (0, "a2", "timeout"),
+                                      (0, "a3", "timeout"), (1, "b9", "shutdown"), (0, "late", "shutdown")]
+    assert policy.pending() == [0, 0]

@@ -345,7 +345,7 @@ class InspectionNode(LifecycleNode):
             self._watch_timer = None
         if self._sync is not None:
             if self._sync.policy is not None:
-                self._sync.policy.flush("shutdown")  # inputs still waiting for a partner get their result
+                self._sync.policy.close("shutdown")  # waiting inputs and any still in a callback get their result
             self._sync.destroy()
             self._sync = None
         for name in ("_info_sub", "_part_sub"):
@@ -488,11 +488,21 @@ class InspectionNode(LifecycleNode):
                                     "gets the fail-safe decision until it returns")
             self._publish_diagnostics()
 
-    def stop_and_settle(self, kind: str, reason: str) -> int:
-        """Stop judging: take what the input readers still hold (call it with the executor stopped, or from a
-        transition: the readers are drained here), then give every part not decided yet the fail-safe decision."""
+    def stop_and_settle(self, kind: str, reason: str, quiet_s: float = 0.0, max_wait_s: float = 3.0) -> int:
+        """Stop judging and give every part not decided yet the fail-safe decision. Sets matched from now on are
+        decided at once; with ``quiet_s`` (the executor still spinning) it first waits until no input arrived for
+        that long (at most ``max_wait_s``), then takes what the readers still hold and unsubscribes."""
         n0 = self._seq
         self._closing = True
+        sync = self._sync
+        if sync is not None and quiet_s > 0:
+            deadline, seen = time.monotonic() + max_wait_s, -1
+            while time.monotonic() < deadline:
+                now_seen = sum(sync.stats.snapshot().received)
+                if now_seen == seen:
+                    break
+                seen = now_seen
+                time.sleep(quiet_s)
         if self._part_sub is not None:
             self._take_all(self._part_sub, self._on_part_id)
         if self._sync is not None:
@@ -677,11 +687,11 @@ def main(args: list[str] | None = None) -> int:
     try:
         while not stop.wait(0.1) and node.exit_code is None and spinner.is_alive():
             pass
-    finally:
-        executor.shutdown(timeout_sec=5.0)  # no callback runs from here on: what the readers hold is drained below
-        if stop.is_set():
-            n = node.stop_and_settle("shutdown", "the node was stopped before this part was judged")
+        if stop.is_set():  # the executor keeps spinning: every input the readers accepted reaches a callback
+            n = node.stop_and_settle("shutdown", "the node was stopped before this part was judged", quiet_s=0.3)
             node.get_logger().info(f"stopping: {n} part(s) not judged yet got the fail-safe decision")
+    finally:
+        executor.shutdown(timeout_sec=5.0)
         node._teardown()
         node.destroy_node()
         if rclpy.ok():

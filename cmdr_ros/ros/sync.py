@@ -146,6 +146,7 @@ class ApproximateTimePolicy:
         self._monotonic = monotonic
         self._queues: list[dict[int, Any]] = [{} for _ in range(n_inputs)]
         self._arrival: list[dict[int, float]] = [{} for _ in range(n_inputs)]
+        self._closed: str | None = None  # set by close(): every later message goes straight to on_drop
         self._warned_headerless = [False] * n_inputs
         self._lock = threading.RLock()
 
@@ -169,6 +170,11 @@ class ApproximateTimePolicy:
                 return
             stamp = self._clock_ns()
         with self._lock:
+            if self._closed is not None:
+                self.stats.note_dropped(index)
+                if self._on_drop is not None:
+                    self._on_drop(index, msg, self._closed)
+                return
             self._insert(index, stamp, msg)
             self._match(index, stamp)
 
@@ -199,6 +205,13 @@ class ApproximateTimePolicy:
             for i, s in old:
                 self._drop(i, s, "timeout")
         return len(old)
+
+    def close(self, why: str = "shutdown") -> int:
+        """Flush, and hand every message offered from now on straight to ``on_drop(..., why)``: a callback still
+        running while its subscription is destroyed leaves nothing behind. Returns how many were flushed."""
+        with self._lock:
+            self._closed = why
+            return self.flush(why)
 
     def flush(self, why: str = "flushed") -> int:
         """Drop every waiting message (e.g. at shutdown); returns how many."""
