@@ -452,17 +452,11 @@ class TestDefaultNode:
         rss_end = default_node.rss_mb()
         t_end = time.monotonic()
         assert default_node.proc.poll() is None, default_node.logs()
-        judged = [v for v in ours if v["judged"] == "true"]
-        fail_safe = [v for v in ours if v["judged"] == "false"]
-        for v in judged:
-            _check_judged(v)
-        for v in fail_safe:
-            _check_fail_safe(v)
+        judged, fail_safe, kinds = _split_checked(ours)
         lat = np.array([float(v["latency_ms"]) for v in judged])
         with ros.cond:
             diag = sum(1 for t, m in ros.received["diagnostics"] if t_start <= t <= t_end
                        and any(s.name == "cmdr_inspection: node" for s in m.status))
-        kinds = collections.Counter(v["error"] for v in fail_safe)
         print(f"\nsoak: sent {n_parts} in {t_sent - t_start:.1f} s, results {len(ours)}, judged {len(judged)}, "
               f"fail-safe rejects {len(fail_safe)} {dict(kinds)}; latency p50 {np.percentile(lat, 50):.0f} ms "
               f"p99 {np.percentile(lat, 99):.0f} ms; RSS {rss_10s:.0f} MB at 10 s -> {rss_end:.0f} MB "
@@ -471,6 +465,17 @@ class TestDefaultNode:
         assert rss_end - rss_10s < 200
         assert diag >= 20
         assert "Traceback" not in default_node.stderr(), default_node.logs()
+
+
+def _split_checked(results: list[dict[str, str]]) -> tuple[list, list, collections.Counter]:
+    """Judged and fail-safe results, each checked, and the fail-safe causes counted."""
+    judged = [v for v in results if v["judged"] == "true"]
+    fail_safe = [v for v in results if v["judged"] == "false"]
+    for v in judged:
+        _check_judged(v)
+    for v in fail_safe:
+        _check_fail_safe(v)
+    return judged, fail_safe, collections.Counter(v["error"] for v in fail_safe)
 
 
 # ------------------------------------------------------------------------------------------------- 2. burst
@@ -503,13 +508,7 @@ class TestBurst:
         assert lone["inputs"] == "image" and lone["error"] == "unmatched", lone
         _check_fail_safe(lone, {"unmatched"})
         _check_fail_safe(by[special["truncated"]], {"ConversionError", "overload"})
-        judged = [v for v in ours if v["judged"] == "true"]
-        fail_safe = [v for v in ours if v["judged"] == "false"]
-        for v in judged:
-            _check_judged(v)
-        for v in fail_safe:
-            _check_fail_safe(v)
-        kinds = collections.Counter(v["error"] for v in fail_safe)
+        judged, fail_safe, kinds = _split_checked(ours)
         print(f"\nburst: sent {len(sent)} stamps (12 good, 1 truncated cloud, 1 lone image), results {len(ours)}, "
               f"judged {len(judged)}, fail-safe {len(fail_safe)} {dict(kinds)}, seq 1..{len(ours)}")
         assert burst_node.proc.poll() is None, burst_node.logs()
