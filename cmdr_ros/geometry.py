@@ -190,6 +190,11 @@ def fit_plumb_bob_to_division(kappa: float, focus: float, sx: float, sy: float, 
 
 
 # ------------------------------------------------------------------------------------------ rigid transforms
+def valid_mask(xyz: np.ndarray) -> np.ndarray:
+    """HxW bool of an organized cloud: the point is finite and not the all-zero 'no measurement' marker."""
+    return np.isfinite(xyz).all(axis=-1) & (xyz != 0).any(axis=-1)
+
+
 def make_transform(translation: Sequence[float], rotation: Sequence[float] | None = None) -> np.ndarray:
     """4x4 homogeneous transform from a translation (x, y, z) and a rotation.
 

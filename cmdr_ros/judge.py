@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from cmdr_ros import CmdrError
+from cmdr_ros.geometry import valid_mask
 
 DECISIONS = ("reject", "pass", "skip")
 
@@ -84,15 +85,14 @@ class Verdict:
 
 def coverage_of(xyz: np.ndarray) -> float:
     """Fraction of the map's pixels that hold a measured point (finite, not the all-zero marker)."""
-    return float((np.isfinite(xyz).all(-1) & (xyz != 0).any(-1)).mean()) if xyz.size else 0.0
+    return float(valid_mask(xyz).mean()) if xyz.size else 0.0
 
 
 def check_plausible(xyz: np.ndarray, max_range: float) -> None:
     """NotJudgeable('implausible') when a measured point lies farther than ``max_range`` metres from the origin."""
-    flat = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
-    ok = np.isfinite(flat).all(1) & (flat != 0).any(1)
-    if ok.any():
-        far = float(np.sqrt((flat[ok] ** 2).sum(1)).max())
+    points = np.asarray(xyz)[valid_mask(np.asarray(xyz))].astype(np.float64)
+    if len(points):
+        far = float(np.sqrt((points ** 2).sum(1)).max())
         if far > max_range:
             raise NotJudgeable("implausible", f"a point lies {far:.6g} m from the sensor, beyond max_range "
                                               f"{max_range:g} m (wrong units or corrupt data?)")

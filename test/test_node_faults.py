@@ -39,11 +39,10 @@ from cmdr_ros.judge import Judge, JudgeSettings, NotJudgeable, is_reject
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
 from cmdr_ros.ros.parameters import check, defaults, read_params_file
 from node_harness import (FASTDDS_TRANSPORTS, RESULT_S, NodeProcess, RosSide, cell_camera_info, cell_frame,
-                          new_domain, stamp_ns, start_node, train_cell_model, values_of)
+                          stamp_ns, start_node, train_cell_model, values_of)
 
 pytestmark = pytest.mark.slow
 
-DOMAIN_ID = new_domain()
 W = H = 64  # the simulated cell's frames
 NOT_JUDGED_KINDS = {"bad_input", "ConversionError", "degraded", "implausible", "non_finite", "unmatched", "overload",
                     "superseded", "timeout", "internal", "shutdown"}
@@ -51,13 +50,6 @@ node_running = contextlib.contextmanager(start_node)
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def ros():
-    side = RosSide(DOMAIN_ID)
-    yield side
-    side.close()
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, dict[str, Any]]:
     """An rgbd model (the one the nodes serve) and a 3d one (a checkpoint of the wrong mode)."""

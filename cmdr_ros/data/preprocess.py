@@ -29,6 +29,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from cmdr_ros import CmdrError
+from cmdr_ros.geometry import valid_mask  # noqa: F401 - re-exported for the detector
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,6 @@ class PreprocessConfig:
         if unknown:
             raise CmdrError(f"unknown preprocess key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**d)
-
-
-def valid_mask(xyz: np.ndarray) -> np.ndarray:
-    """HxW bool: the point is finite and not the all-zero 'no measurement' marker."""
-    return np.isfinite(xyz).all(axis=-1) & (xyz != 0).any(axis=-1)
 
 
 def _clean_copy(xyz: np.ndarray) -> np.ndarray:

@@ -492,18 +492,11 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
 
     from cmdr_ros.cli.evaluate import METRIC_KEYS, format_table
     from cmdr_ros.ros.frame_judge import FrameJudge
-    from cmdr_ros.ros.parameters import check_all, defaults
+    from cmdr_ros.ros.parameters import node_params
     from cmdr_ros.ros.sync import ApproximateTimePolicy
 
     bag, out = Path(bag), Path(out)
-    params = {**defaults(), **(params or {})}
-    if slop is not None:
-        params["sync.slop"] = float(slop)
-    if threshold is not None:
-        params["threshold"] = float(threshold)
-    problems = check_all(params)
-    if problems:
-        raise CmdrError("; ".join(problems))
+    params = node_params(params, {"sync.slop": slop, "threshold": threshold})
     mode = detector.config.mode
     inputs = {"rgbd": [("image", image_topic), ("points", points_topic)], "3d": [("points", points_topic)],
               "2d": [("image", image_topic)]}[mode]
@@ -599,15 +592,10 @@ def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defec
 
     from cmdr_ros.data.mvtec3d import write_sample
     from cmdr_ros.ros.frame_judge import FrameJudge
-    from cmdr_ros.ros.parameters import check_all, defaults
+    from cmdr_ros.ros.parameters import node_params
     from cmdr_ros.ros.sync import ApproximateTimePolicy
 
-    params = {**defaults(), **(params or {})}
-    if slop is not None:
-        params["sync.slop"] = float(slop)
-    problems = check_all(params)
-    if problems:
-        raise CmdrError("; ".join(problems))
+    params = node_params(params, {"sync.slop": slop})
     inputs = [(k, t) for k, t in (("image", image_topic), ("points", points_topic)) if t]
     if not inputs:
         raise CmdrError("bag to-dataset: give an image topic, a points topic or both")

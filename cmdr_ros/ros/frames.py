@@ -20,6 +20,7 @@ import numpy as np
 
 from cmdr_ros import CmdrError
 from cmdr_ros.geometry import CameraIntrinsics, project_to_image, rasterize_on_plane
+from cmdr_ros.judge import coverage_of
 from cmdr_ros.ros.conversions import camera_info_to_dict, image_to_rgb, pointcloud2_to_xyz
 
 TransformLookup = Callable[[str, str, Any], "np.ndarray | None"]
@@ -100,7 +101,7 @@ def assemble_frame(mode: str, image: Any = None, cloud: Any = None, info: Any = 
         f.xyz, f.points, f.point_pixel, f.alignment = p.xyz_map, points, p.pixel_of_point, "projected"
         f.coverage = p.coverage
     if f.coverage is None:
-        f.coverage = float((np.abs(f.xyz).sum(-1) > 0).mean())
+        f.coverage = coverage_of(f.xyz)
     return f
 
 

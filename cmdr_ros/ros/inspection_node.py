@@ -396,7 +396,7 @@ class InspectionNode(LifecycleNode):
                 self._part_ids.popitem(last=False)
 
     def _part_id(self, header: Any) -> str | None:
-        if header is None:
+        if header is None or not self._part_ids:
             return None
         t, slop = _stamp_ns(header), int(float(self._p("sync.slop")) * 1e9)
         with self._cv:
@@ -454,8 +454,7 @@ class InspectionNode(LifecycleNode):
                     return
                 self._warn("internal", f"frame failed: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
                            "error")
-                verdict = Verdict(False, self._p("on_error"), judge.threshold if judge else None, kind="internal",
-                                  reason=f"{type(e).__name__}: {e}")
+                verdict = self._not_judged("internal", f"{type(e).__name__}: {e}")
             finally:
                 with self._cv:
                     self._inflight = None
@@ -521,11 +520,10 @@ class InspectionNode(LifecycleNode):
             callback(got[0])
 
     def settle_all(self, kind: str, reason: str) -> int:
-        """Give every part not decided yet (waiting for a partner, queued, in inference) the fail-safe decision;
-        wait (up to 2 s) until the decisions are acknowledged. Returns how many were settled."""
+        """Give every queued part and the one in inference the fail-safe decision (inputs waiting for a partner are
+        answered when ``stop_and_settle`` closes the synchronizer); wait (up to 2 s) until the decisions are
+        acknowledged. Returns how many were settled."""
         n0 = self._seq
-        if self._sync is not None and self._sync.policy is not None:
-            self._sync.policy.flush("shutdown")
         with self._cv:
             parts = list(self._waiting) + ([self._inflight] if self._inflight is not None else [])
             self._waiting.clear()
@@ -545,13 +543,14 @@ class InspectionNode(LifecycleNode):
             time.sleep(0.02)
 
     # ---------------------------------------------------------------- decisions
-    def _fail(self, part: Part, kind: str, reason: str) -> None:
+    def _not_judged(self, kind: str, reason: str) -> Verdict:
         judge = self.judge
         if judge is not None:
-            verdict = judge.judge_.not_judged(kind, reason)
-        else:
-            verdict = Verdict(False, self._p("on_error"), None, kind=kind, reason=reason)
-        self._decide(part, verdict)
+            return judge.judge_.not_judged(kind, reason)
+        return Verdict(False, self._p("on_error"), None, kind=kind, reason=reason)
+
+    def _fail(self, part: Part, kind: str, reason: str) -> None:
+        self._decide(part, self._not_judged(kind, reason))
 
     def _decide(self, part: Part, verdict: Verdict, frame: Frame | None = None) -> bool:
         """Publish the one decision of ``part`` (False when it already had one, e.g. from the watchdog)."""

@@ -125,6 +125,16 @@ def check_all(values: Mapping[str, Any]) -> list[str]:
     return [msg for name, value in values.items() if (msg := check(name, value)) is not None]
 
 
+def node_params(values: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A complete, validated parameter set: defaults, then ``values`` (e.g. a params file), then the ``overrides``
+    that are not None (command-line options). CmdrError naming every bad value."""
+    params = {**defaults(), **(values or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    problems = check_all(params)
+    if problems:
+        raise CmdrError("; ".join(problems))
+    return params
+
+
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -148,20 +158,20 @@ def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, 
         raise CmdrError(f"{path}: cannot read the parameters file ({str(e).splitlines()[0]})") from None
     if not isinstance(doc, Mapping):
         raise CmdrError(f"{path}: not a ROS parameters file (expected NODE: {{ros__parameters: ...}})")
-    values = defaults()
+    given: dict[str, Any] = {}
     found = False
     for key in ("/**", f"/**/{node_name}", node_name, f"/{node_name}"):
         section = doc.get(key)
         if isinstance(section, Mapping) and isinstance(section.get("ros__parameters"), Mapping):
-            values.update(_flatten(section["ros__parameters"]))
+            given.update(_flatten(section["ros__parameters"]))
             found = True
     if not found:
         raise CmdrError(f"{path}: no ros__parameters section for node '{node_name}' "
                         f"(sections: {', '.join(map(str, doc)) or 'none'})")
-    problems = check_all(values)
-    if problems:
-        raise CmdrError(f"{path}: " + "; ".join(problems))
-    return values
+    try:
+        return node_params(given)
+    except CmdrError as e:
+        raise CmdrError(f"{path}: {e}") from None
 
 
 def markdown_table() -> str:
