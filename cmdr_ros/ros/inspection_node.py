@@ -343,15 +343,15 @@ class InspectionNode(LifecycleNode):
         if self._watch_timer is not None:
             self.destroy_timer(self._watch_timer)
             self._watch_timer = None
-        if self._sync is not None:
-            if self._sync.policy is not None:
-                self._sync.policy.close("shutdown")  # waiting inputs and any still in a callback get their result
-            self._sync.destroy()
-            self._sync = None
         for name in ("_info_sub", "_part_sub"):
             if getattr(self, name) is not None:
                 self.destroy_subscription(getattr(self, name))
                 setattr(self, name, None)
+        if self._sync is not None:
+            sync, self._sync = self._sync, None
+            sync.destroy()  # first: no reader accepts an input from here on ...
+            if sync.policy is not None:  # ... then waiting inputs, and any a late callback still offers, are answered
+                sync.policy.close("shutdown")
 
     def _free_gpu(self) -> None:
         if self.detector is not None and self.detector.device.type == "cuda":
@@ -487,21 +487,26 @@ class InspectionNode(LifecycleNode):
                                     "gets the fail-safe decision until it returns")
             self._publish_diagnostics()
 
-    def stop_and_settle(self, kind: str, reason: str, quiet_s: float = 0.0, max_wait_s: float = 3.0) -> int:
-        """Stop judging and give every part not decided yet the fail-safe decision. Sets matched from now on are
-        decided at once; with ``quiet_s`` (the executor still spinning) it first waits until no input arrived for
-        that long (at most ``max_wait_s``), then takes what the readers still hold and unsubscribes."""
-        n0 = self._seq
+    def wait_quiet(self, quiet_s: float = 0.3, max_wait_s: float = 3.0) -> None:
+        """Start stopping while the executor still spins: sets matched from now on are decided at once (fail-safe),
+        and this returns when no input arrived for ``quiet_s`` (at most ``max_wait_s``), so that the readers are
+        (nearly) empty before the executor is shut down."""
         self._closing = True
         sync = self._sync
-        if sync is not None and quiet_s > 0:
-            deadline, seen = time.monotonic() + max_wait_s, -1
-            while time.monotonic() < deadline:
-                now_seen = sum(sync.stats.snapshot().received)
-                if now_seen == seen:
-                    break
-                seen = now_seen
-                time.sleep(quiet_s)
+        deadline, seen = time.monotonic() + max_wait_s, -1
+        while sync is not None and time.monotonic() < deadline:
+            now_seen = sum(sync.stats.snapshot().received)
+            if now_seen == seen:
+                return
+            seen = now_seen
+            time.sleep(quiet_s)
+
+    def stop_and_settle(self, kind: str, reason: str) -> int:
+        """Stop judging and give every part not decided yet the fail-safe decision: take what the input readers
+        still hold (best with the executor stopped: nothing else takes, and destruction is immediate), unsubscribe,
+        then answer the inputs waiting for a partner and every queued or running part."""
+        n0 = self._seq
+        self._closing = True
         if self._part_sub is not None:
             self._take_all(self._part_sub, self._on_part_id)
         if self._sync is not None:
@@ -686,8 +691,11 @@ def main(args: list[str] | None = None) -> int:
     try:
         while not stop.wait(0.1) and node.exit_code is None and spinner.is_alive():
             pass
-        if stop.is_set():  # the executor keeps spinning: every input the readers accepted reaches a callback
-            n = node.stop_and_settle("shutdown", "the node was stopped before this part was judged", quiet_s=0.3)
+        if stop.is_set():
+            node.wait_quiet()  # the executor still spins: what the readers accepted reaches a callback
+        executor.shutdown(timeout_sec=5.0)
+        if stop.is_set():  # no callback runs any more: drain the stragglers, unsubscribe, answer everything
+            n = node.stop_and_settle("shutdown", "the node was stopped before this part was judged")
             node.get_logger().info(f"stopping: {n} part(s) not judged yet got the fail-safe decision")
     finally:
         executor.shutdown(timeout_sec=5.0)
