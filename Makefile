@@ -10,9 +10,12 @@ PYTEST_ARGS ?=
 .PHONY: setup demo test clean
 
 $(STAMP): requirements.txt requirements-ros.txt requirements-test.txt setup.py
-	@if [ "$$(id -u)" = 0 ] && ! ldconfig -p | grep -q 'libusb-1.0.so.0'; then \
-		echo "installing libusb-1.0-0 (needed by Open3D)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 >/dev/null; fi
+	@missing=""; \
+	ldconfig -p | grep -q 'libusb-1.0.so.0' || missing=" libusb-1.0-0"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ "$$(id -u)" = 0 ] && [ -n "$$missing" ]; then \
+		echo "installing$$missing (libusb: Open3D; postgresql: the audit store's PostgreSQL tests)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-ros.txt -r requirements-test.txt

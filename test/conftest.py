@@ -42,3 +42,25 @@ def ros():
     side = RosSide(new_domain())
     yield side
     side.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A PostgreSQL server of this test session (pg_server.py); skipped with the reason where none can start."""
+    from pg_server import PostgresServer, why_unavailable
+
+    why = why_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    server = PostgresServer(tmp_path_factory.mktemp("postgres")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """A fresh, empty database on the session's server for one test."""
+    import re
+
+    name = "t_" + re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:50] + f"_{os.getpid()}"
+    return postgres_server.create_database(name)
