@@ -77,6 +77,7 @@ class RosSide:
             rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node("cmdr_node_test", context=self.context)
         self.cond = threading.Condition()
+        self.hooks: dict[str, Callable[[Any], None]] = {}  # key -> called with each message as it arrives
         self.received: dict[str, list[tuple[float, Any]]] = {k: [] for k in self.OUTPUTS}
         for key, (msg_type, topic) in self.OUTPUTS.items():
             self.node.create_subscription(msg_type, topic, lambda m, k=key: self._record(k, m), DEEP)
@@ -92,6 +93,9 @@ class RosSide:
         self._clock = time.time_ns() // NS * NS
 
     def _record(self, key: str, msg: Any) -> None:
+        hook = self.hooks.get(key)
+        if hook is not None:
+            hook(msg)
         with self.cond:
             self.received[key].append((time.monotonic(), msg))
             self.cond.notify_all()
@@ -154,13 +158,14 @@ class RosSide:
             cloud.header.stamp = stamp
             self.points_pub.publish(cloud)
 
-    def diagnostics(self, pred: Callable[[dict[str, str]], bool], what: str, timeout: float = 30) -> dict[str, str]:
-        """The first /diagnostics report of the node satisfying ``pred`` (waits for it)."""
+    def diagnostics(self, pred: Callable[[dict[str, str]], bool], what: str, timeout: float = 30,
+                    name: str = "cmdr_inspection: node") -> dict[str, str]:
+        """The first /diagnostics status ``name`` of the node satisfying ``pred`` (waits for it)."""
         def find() -> dict[str, str] | None:
             for _, arr in self.received["diagnostics"]:
                 for st in arr.status:
                     v = {kv.key: kv.value for kv in st.values}
-                    if st.name == "cmdr_inspection: node" and pred(v):
+                    if st.name == name and pred(v):
                         return {**v, "_level": st.level, "_message": st.message}
             return None
         return self.wait_for(f"/diagnostics with {what}", find, timeout=timeout)
@@ -187,15 +192,18 @@ class RosSide:
 class NodeProcess:
     """``python -m cmdr_ros.ros.inspection_node`` with parameters, its stdout/stderr captured to files."""
 
-    def __init__(self, tmp: Path, domain_id: int, params: dict[str, Any], params_file: Path | None = None) -> None:
-        args = [sys.executable, "-m", "cmdr_ros.ros.inspection_node", "--ros-args"]
+    def __init__(self, tmp: Path, domain_id: int, params: dict[str, Any], params_file: Path | None = None,
+                 ros_args: tuple[str, ...] = ()) -> None:
+        args = [sys.executable, "-m", "cmdr_ros.ros.inspection_node", "--ros-args", *ros_args]
         if params_file is not None:
             args += ["--params-file", str(params_file)]
         for k, v in params.items():
             args += ["-p", f"{k}:={v}"]
         env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
                "RCUTILS_COLORIZED_OUTPUT": "0", "PYTHONUNBUFFERED": "1",
-               "FASTDDS_BUILTIN_TRANSPORTS": FASTDDS_TRANSPORTS}
+               "FASTDDS_BUILTIN_TRANSPORTS": FASTDDS_TRANSPORTS,
+               "ROS_LOG_DIR": str(tmp / "ros_log")}  # the default audit store: ROS_LOG_DIR/cmdr_audit.db
+        self.audit_db = str(params.get("audit.database") or tmp / "ros_log" / "cmdr_audit.db")
         self.err_path, self.out_path = tmp / "node.stderr", tmp / "node.stdout"
         with open(self.err_path, "wb") as err, open(self.out_path, "wb") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=REPO_ROOT)
@@ -237,10 +245,11 @@ class NodeProcess:
 
 
 def start_node(ros: RosSide, tmp: Path, params: dict[str, Any], inputs: tuple[Any, ...],
-               params_file: Path | None = None):
+               params_file: Path | None = None, ros_args: tuple[str, ...] = ()):
     """Generator body of a node fixture: start, wait until active, yield, always stop (and wait until gone)."""
     ros.clear()
-    node = NodeProcess(tmp, ros.domain_id, {"device": "cpu", "diagnostics_period": 0.5, **params}, params_file)
+    node = NodeProcess(tmp, ros.domain_id, {"device": "cpu", "diagnostics_period": 0.5, **params}, params_file,
+                       ros_args)
     try:
         node.startup_s = node.wait_active(inputs)
         yield node
@@ -296,3 +305,61 @@ def train_cell_model(root: Path, mode: str, out: Path, profilometer: bool = Fals
     config = preset("lite", mode)
     config.train.epochs = 2
     return train_model(data, config, out, device="cpu", no_cache=True, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ audit store
+AUDIT_KEYS = ("seq", "stamp", "decision", "judged", "error", "inputs", "part_id")
+
+
+def audit_rows(target: str) -> list[dict[str, Any]]:
+    """Every row of an audit store, as ``~/result``-style strings for the keys both carry."""
+    from cmdr_ros.audit.backends import open_backend
+    from cmdr_ros.audit.schema import COLUMNS
+
+    backend = open_backend(target, readonly=True)
+    try:
+        rows = [dict(zip(COLUMNS, r)) for r in backend.select()]
+    finally:
+        backend.close()
+    for r in rows:
+        r["judged"] = "true" if r["judged"] else "false"
+        r["seq"] = str(r["seq"])
+    return rows
+
+
+def check_audit_has(target: str, results: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Every published result has its row in the store with the same seq, stamp, decision, judged, error, inputs and
+    part id; returns the rows."""
+    rows = audit_rows(target)
+    by_seq = {(r["run_id"], r["seq"]): r for r in rows}
+    assert len(by_seq) == len(rows), "a decision is stored twice"
+    runs = {r["run_id"] for r in rows}
+    assert len(runs) == 1, f"one node process, one run id: {runs}"
+    run = runs.pop()
+    for v in results:
+        r = by_seq.get((run, v["seq"]))
+        assert r is not None, f"published decision seq {v['seq']} ({v['stamp']}) is not in the audit store"
+        assert {k: r.get(k) for k in AUDIT_KEYS} == {k: v.get(k) for k in AUDIT_KEYS}, (r, v)
+    return rows
+
+
+class CommitBeforePublish:
+    """A ``RosSide`` hook on ~/result: at the moment a decision arrives, its row must already be in the SQLite store
+    (read by a connection of its own, as a quality engineer's query would)."""
+
+    def __init__(self, db: str) -> None:
+        self.db, self.checked, self.missing = db, 0, []
+
+    def __call__(self, msg: Any) -> None:
+        import sqlite3
+
+        v = values_of(msg)
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+        try:
+            found = con.execute("SELECT decision FROM decisions WHERE seq = ? AND stamp = ?",
+                                (int(v["seq"]), v.get("stamp"))).fetchone()
+        finally:
+            con.close()
+        self.checked += 1
+        if found is None or found[0] != v["decision"]:
+            self.missing.append((v["seq"], v.get("stamp"), v["decision"], found))

@@ -38,8 +38,8 @@ from cmdr_ros import CmdrError
 from cmdr_ros.judge import Judge, JudgeSettings, NotJudgeable, is_reject
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
 from cmdr_ros.ros.parameters import check, defaults, read_params_file
-from node_harness import (FASTDDS_TRANSPORTS, RESULT_S, NodeProcess, RosSide, cell_camera_info, cell_frame,
-                          stamp_ns, start_node, train_cell_model, values_of)
+from node_harness import (FASTDDS_TRANSPORTS, RESULT_S, CommitBeforePublish, NodeProcess, RosSide, cell_camera_info,
+                          cell_frame, check_audit_has, stamp_ns, start_node, train_cell_model, values_of)
 
 pytestmark = pytest.mark.slow
 
@@ -419,6 +419,8 @@ class TestDefaultNode:
             for v in rows:
                 print(f"{name:42s} {v['inputs']:12s} {v['decision']:8s} {v['judged']:6s} {v.get('error', ''):15s} "
                       f"{v.get('reason', '')[:100]}")
+        rows = check_audit_has(default_node.audit_db, _results_after(ros, seq0))  # judged and not judged, on record
+        print(f"audit store: {len(rows)} rows, every published decision among them")
         strict = [name for name, fail_safe, _ in table if fail_safe]
         errors = collections.Counter(v.get("error", "judged") for _, _, rows in table for v in rows)
         print(f"malformed kinds tried: {len(table)}, of which must fail safe: {len(strict)}; outcomes {dict(errors)}")
@@ -474,7 +476,7 @@ def _split_checked(results: list[dict[str, str]]) -> tuple[list, list, collectio
 @pytest.fixture(scope="class")
 def burst_node(ros, models, tmp_path_factory):
     yield from start_node(ros, tmp_path_factory.mktemp("node_burst"),
-                          {"checkpoint": models["rgbd"]["checkpoint"], "worker.queue_size": 2},
+                          {"checkpoint": models["rgbd"]["checkpoint"], "worker.queue_size": 2, "audit.timeout": 10.0},
                           (ros.image_pub, ros.points_pub))
 
 
@@ -484,6 +486,7 @@ class TestBurst:
         truncated.data = truncated.data[:len(truncated.data) // 3]
         sent: dict[int, list[str]] = {}
         special = {}
+        committed = ros.hooks["result"] = CommitBeforePublish(burst_node.audit_db)
         for i in range(12):  # as fast as possible
             sent[stamp_ns(_send_good(ros, frames, i))] = ["image", "points"]
             if i == 4:
@@ -500,6 +503,10 @@ class TestBurst:
         assert lone["inputs"] == "image" and lone["error"] == "unmatched", lone
         _check_fail_safe(lone, {"unmatched"})
         _check_fail_safe(by[special["truncated"]], {"ConversionError", "overload"})
+        del ros.hooks["result"]
+        assert committed.checked >= len(ours) and not committed.missing, \
+            f"published before their audit row was committed: {committed.missing}"
+        check_audit_has(burst_node.audit_db, ours)
         judged, fail_safe, kinds = _split_checked(ours)
         print(f"\nburst: sent {len(sent)} stamps (12 good, 1 truncated cloud, 1 lone image), results {len(ours)}, "
               f"judged {len(judged)}, fail-safe {len(fail_safe)} {dict(kinds)}, seq 1..{len(ours)}")
@@ -568,7 +575,7 @@ def shutdown_run(request, ros, models, frames, tmp_path_factory) -> SimpleNamesp
           + "; ".join(x.split("]: ")[-1] for x in node.stderr().splitlines() if "stopping:" in x))
     return SimpleNamespace(sig=sig, code=code, shutdown_s=shutdown_s, owed=owed, settling=settling,
                            lone=stamp_ns(lone), by_stamp=dict(by_stamp), results=results, missing=missing,
-                           stderr=node.stderr(), logs=node.logs())
+                           stderr=node.stderr(), logs=node.logs(), audit_db=node.audit_db)
 
 
 class TestShutdown:
@@ -599,6 +606,19 @@ class TestShutdown:
         assert sorted(int(v["seq"]) for v in r.results) == list(range(1, len(r.results) + 1))
         lone = r.by_stamp[r.lone][0]
         assert lone["error"] == "shutdown" and lone["decision"] == "reject", lone
+
+    def test_the_audit_store_is_consistent_and_complete(self, shutdown_run):
+        import sqlite3
+
+        r = shutdown_run
+        con = sqlite3.connect(r.audit_db)
+        try:
+            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        finally:
+            con.close()
+        rows = check_audit_has(r.audit_db, r.results)  # no published decision is missing
+        assert sorted(int(x["seq"]) for x in rows) == list(range(1, len(rows) + 1)), "a gap in the stored decisions"
+        print(f"\n{signal.Signals(r.sig).name}: audit store ok, {len(rows)} rows for {len(r.results)} results")
 
 
 # --------------------------------------------------------------------------------- 6. parameters at start

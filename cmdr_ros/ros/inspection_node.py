@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,11 +39,13 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Bool, Float32, Header
 
 from cmdr_ros import CmdrError
+from cmdr_ros.audit.schema import row_from_result
+from cmdr_ros.audit.store import AuditStore
 from cmdr_ros.judge import JudgeSettings, Verdict
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
 from cmdr_ros.ros.frame_judge import FrameJudge, extrinsics_transform, unmatched_reason
 from cmdr_ros.ros.frames import Frame, point_scores
-from cmdr_ros.ros.outputs import heatmap_image, result_array
+from cmdr_ros.ros.outputs import heatmap_image, result_message, result_values
 from cmdr_ros.ros.parameters import PARAMETERS, READ_ONLY, check, check_all
 from cmdr_ros.ros.sync import make_synchronizer
 
@@ -142,6 +145,8 @@ class InspectionNode(LifecycleNode):
         self._stuck = False
         self._closing = False  # stopping: a set that still matches gets the fail-safe at once
         self._seq = 0
+        self._run_id = uuid.uuid4().hex[:16]  # with seq, names each decision of this process in the audit store
+        self._audit: AuditStore | None = None
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._warn = ThrottledLog(self.get_logger())
@@ -250,6 +255,7 @@ class InspectionNode(LifecycleNode):
         for key, msg_type in (("heatmap", Image), ("anomaly_map", Image), ("anomaly_cloud", PointCloud2)):
             if values[f"output.{key}"]:
                 self._pubs[key] = self.create_lifecycle_publisher(msg_type, f"~/{key}", reliable)
+        self._open_audit(values)
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="cmdr_inference", daemon=True)
         self._worker.start()
@@ -260,6 +266,31 @@ class InspectionNode(LifecycleNode):
             f"threshold {self.judge.threshold:.4f}, time budget {values['time_budget']:g} s, "
             f"overload {values['overload']}")
         return TransitionCallbackReturn.SUCCESS
+
+    def _open_audit(self, values: dict[str, Any]) -> None:
+        """Start the audit writer (a store that cannot be opened is a fault to report, not a reason to stop)."""
+        if not values["audit.enabled"]:
+            self.get_logger().warning("audit store disabled (audit.enabled false): decisions are not recorded")
+            return
+        target = values["audit.database"] or audit_default_path()
+        self._audit = AuditStore(target, timeout_s=float(values["audit.timeout"]),
+                                 max_backlog=int(values["audit.max_backlog"]),
+                                 on_fault=self._on_audit_fault)
+        self.get_logger().info(f"audit store: {self._audit.health()['target']}")
+
+    def _on_audit_fault(self, level: str, msg: str) -> None:
+        if level == "info":
+            self.get_logger().info(msg)
+        else:
+            self._warn("audit", msg, "error")
+
+    def _close_audit(self) -> None:
+        audit, self._audit = self._audit, None
+        if audit is not None:
+            lost = audit.close(5.0)
+            h = audit.health()
+            self.get_logger().info(f"audit store closed: {h['written']} decision(s) written"
+                                   + (f", {lost} NOT written ({h['last_error']})" if lost else ""))
 
     def _warm_up(self) -> None:
         from cmdr_ros.data.synthetic import CellConfig, render_part
@@ -369,6 +400,7 @@ class InspectionNode(LifecycleNode):
             if self._worker.is_alive():
                 self.get_logger().warning("the inference thread did not stop within 5 s; leaving it behind")
             self._worker = None
+        self._close_audit()
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
@@ -591,10 +623,13 @@ class InspectionNode(LifecycleNode):
         if not p:
             return
         model_id = self.detector.model_id if self.detector is not None else ""
-        p["result"].publish(result_array(part.header, verdict, frame, seq=self._seq, mode=self.mode,
-                                         model_id=model_id, inputs=part.inputs, latency_ms=latency_ms,
-                                         frame_ids=part.frame_ids,
-                                         extra={"part_id": part_id} if part_id is not None else None))
+        values = result_values(part.header, verdict, frame, seq=self._seq, mode=self.mode, model_id=model_id,
+                               inputs=part.inputs, latency_ms=latency_ms, frame_ids=part.frame_ids,
+                               extra={"part_id": part_id} if part_id is not None else None)
+        if self._audit is not None:  # committed before it is published (unless the store is failing or slow)
+            self._audit.record(row_from_result(values, node=self.get_fully_qualified_name(), run_id=self._run_id,
+                                               decided_at=time.time()))
+        p["result"].publish(result_message(part.header, verdict, values))
         if verdict.decision != "skip":
             p["reject"].publish(Bool(data=verdict.reject))
         if not verdict.judged:
@@ -661,12 +696,43 @@ class InspectionNode(LifecycleNode):
         status = DiagnosticStatus(level=level, name="cmdr_inspection: node",
                                   hardware_id=str(det.model_id) if det is not None else "",
                                   message=message[:300], values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-        arr = DiagnosticArray(status=[status])
+        arr = DiagnosticArray(status=[status, self._audit_status()])
         arr.header.stamp = self.get_clock().now().to_msg()
         try:
             self._diag_pub.publish(arr)
         except Exception:  # noqa: BLE001 - the context may be going away at shutdown
             pass
+
+
+    def _audit_status(self) -> DiagnosticStatus:
+        """The audit store's own status: WARN while writes fail (rows queued), ERROR once a decision was lost."""
+        audit = self._audit
+        name = "cmdr_inspection: audit"
+        if audit is None:
+            text = "disabled (audit.enabled false)" if not self._p("audit.enabled") else "not open (node not configured)"
+            return DiagnosticStatus(level=DiagnosticStatus.OK, name=name, message=text)
+        h = audit.health()
+        if h["dropped"]:
+            level, text = DiagnosticStatus.ERROR, f"{h['dropped']} decision(s) not recorded (backlog full or closed)"
+        elif not h["healthy"]:
+            level, text = DiagnosticStatus.WARN, f"failing, {h['backlog']} row(s) queued: {h['last_error']}"
+        else:
+            level, text = DiagnosticStatus.OK, f"{h['written']} decision(s) recorded"
+        values = {"database": h["target"], "written": h["written"], "backlog": h["backlog"],
+                  "failures": h["failures"], "dropped": h["dropped"], "late": h["late"], "deferred": h["deferred"],
+                  "reopened": h["reopened"], "healthy": str(h["healthy"]).lower(),
+                  "last_write_ms": f"{h['last_write_ms']:.2f}", "last_error": h["last_error"][:200]}
+        return DiagnosticStatus(level=level, name=name, message=text[:300],
+                                values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+
+def audit_default_path() -> str:
+    """``cmdr_audit.db`` in the ROS log directory (ROS_LOG_DIR, else ROS_HOME/log, else ~/.ros/log)."""
+    from pathlib import Path
+
+    from rclpy.logging import get_logging_directory
+
+    return str(Path(get_logging_directory()) / "cmdr_audit.db")
 
 
 def main(args: list[str] | None = None) -> int:

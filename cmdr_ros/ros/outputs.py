@@ -65,10 +65,10 @@ def status_of(verdict: Verdict) -> tuple[int, str]:
     return (DiagnosticStatus.ERROR, "REJECT") if verdict.reject else (DiagnosticStatus.OK, "pass")
 
 
-def result_array(header: Any, verdict: Verdict, frame: Frame | None, *, seq: int | None, mode: str, model_id: str,
-                 inputs: str, latency_ms: float | None = None, frame_ids: dict[str, str] | None = None,
-                 extra: dict[str, str] | None = None) -> DiagnosticArray:
-    """The ``~/result`` message of one decision, stamped with the input's header."""
+def result_values(header: Any, verdict: Verdict, frame: Frame | None, *, seq: int | None, mode: str, model_id: str,
+                  inputs: str, latency_ms: float | None = None, frame_ids: dict[str, str] | None = None,
+                  extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The key/values of one decision's ``~/result`` (the audit store's row is made from these same values)."""
     kv: dict[str, str] = {"schema": RESULT_SCHEMA_VERSION}
     if seq is not None:
         kv["seq"] = str(seq)
@@ -89,13 +89,24 @@ def result_array(header: Any, verdict: Verdict, frame: Frame | None, *, seq: int
     kv["mode"], kv["model_id"] = mode, str(model_id)
     ids = frame.frame_ids if frame is not None else (frame_ids or {})
     kv.update({f"frame_id.{k}": v for k, v in ids.items()})
+    return kv
+
+
+def result_message(header: Any, verdict: Verdict, values: dict[str, str]) -> DiagnosticArray:
+    """The ``~/result`` message carrying ``values``, stamped with the input's header."""
     level, message = status_of(verdict)
-    status = DiagnosticStatus(level=level, name=PART_STATUS_NAME, message=message, hardware_id=str(model_id),
-                              values=[KeyValue(key=k, value=str(v)) for k, v in kv.items()])
+    status = DiagnosticStatus(level=level, name=PART_STATUS_NAME, message=message,
+                              hardware_id=values.get("model_id", ""),
+                              values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
     arr = DiagnosticArray(status=[status])
     if header is not None:
         arr.header = header
     return arr
+
+
+def result_array(header: Any, verdict: Verdict, frame: Frame | None, **kwargs: Any) -> DiagnosticArray:
+    """The ``~/result`` message of one decision (``result_values`` -> ``result_message``)."""
+    return result_message(header, verdict, result_values(header, verdict, frame, **kwargs))
 
 
 def auto_heatmap_max(pred: Any, threshold: float) -> float:

@@ -61,11 +61,20 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
     "output.heatmap_alpha": (0.5, "heatmap opacity", (0.0, 1.0)),
     "output.heatmap_max": (0.0, "heatmap colour-scale top; 0 = automatic", (0.0, 1e6)),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages", (0.05, 3600.0)),
+    "audit.enabled": (True, "record every decision (judged or not) in the audit store before publishing it", None),
+    "audit.database": ("", "SQLite file or postgresql://user@host/db URL; empty: cmdr_audit.db in the ROS log "
+                           "directory ($ROS_LOG_DIR, else $ROS_HOME/log, else ~/.ros/log)", None),
+    "audit.timeout": (0.5, "seconds a decision waits for its commit; a slower or failing store does not hold the "
+                           "decision back (the row stays queued and is written when the store recovers)",
+                      (0.0, 10.0)),
+    "audit.max_backlog": (100000, "rows kept queued while the store fails; beyond it new rows are dropped and "
+                                  "counted", (1, 10_000_000)),
 }
 # take effect at the next configure
 READ_ONLY = {"checkpoint", "mode", "device", "weights_2d", "weights_3d", "input.reliability", "input.depth",
              "sync.queue_size", "sync.slop", "output.heatmap", "output.anomaly_map", "output.anomaly_cloud", "use_tf",
-             "warmup", "diagnostics_period", "autostart"}
+             "warmup", "diagnostics_period", "autostart", "audit.enabled", "audit.database", "audit.timeout",
+             "audit.max_backlog"}
 
 
 def defaults() -> dict[str, Any]:
@@ -104,6 +113,8 @@ def check(name: str, value: Any) -> str | None:
     if name == "device" and not (value in ("auto", "cpu", "cuda") or
                                  (value.startswith("cuda:") and value[5:].isdigit())):
         return f"device must be auto, cpu, cuda or cuda:N, got {value!r}"
+    if name == "audit.database" and "://" in value and not value.startswith(("postgresql://", "postgres://")):
+        return f"audit.database must be a file path or a postgresql:// URL, got {value!r}"
     return None
 
 
