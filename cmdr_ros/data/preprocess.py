@@ -18,9 +18,9 @@ import logging
 import os
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,13 +29,13 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from cmdr_ros import CmdrError
+from cmdr_ros.config import PreprocessConfig  # noqa: F401 - defined with the other settings, used here
 from cmdr_ros.geometry import valid_mask  # noqa: F401 - re-exported for the detector
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_FIELD_TYPES = {"bool": bool, "int": int, "float": float}
 
 # Coordinates beyond this (metres) are no measurement: squares of 1e30 overflow float32, and distances
 # between such points lose all precision in float64. Sensors report invalid points as 0 or NaN.
@@ -45,69 +45,6 @@ MAX_ABS_COORDINATE = 1e6
 COINCIDENT_FRACTION = 0.1
 # PreprocessConfig fields that only decide whether a cloud is refused, never what comes out
 _REFUSAL_LIMITS = ("max_points_per_cell", "max_dbscan_pairs")
-
-
-@dataclass
-class PreprocessConfig:
-    """Background-removal parameters; the defaults are the paper's (distances in metres)."""
-
-    remove_plane: bool = True
-    border: int = 10  # width in pixels of the image-border strip the plane is fitted on
-    plane_distance_threshold: float = 0.004  # RANSAC inlier distance
-    plane_ransac_n: int = 50
-    plane_iterations: int = 1000
-    plane_clear_distance: float = 0.005  # points this close to the plane are zeroed
-    keep_largest_cluster: bool = True
-    dbscan_eps: float = 0.006
-    dbscan_min_points: int = 30  # also the fewest valid points a cloud needs to be processed at all
-    # Refusal limits against degenerate clouds (``check_cloud``, ``check_dbscan_cost``); a "cell" is a cube
-    # of side dbscan_eps. Measured on the 29 real MVTec 3D-AD cable_gland clouds of ../shared/data (400x400,
-    # ~0.2 mm pixel pitch): densest cell 729 points, sum over cells of count^2 3.6e7 for all valid points
-    # (the DBSCAN input when the plane step is skipped) and 1.06e7 after plane removal (the usual DBSCAN
-    # input; Open3D then finds 3.1-3.4x that many neighbour pairs, 2-3 s on 2 cores). Synthetic render_part
-    # frames (256 and 400 px): densest cell 121 points, sum 1.3e7.
-    max_points_per_cell: int = 7500  # 10x the real 729: more is a stuck or duplicating sensor
-    # Estimated DBSCAN neighbour pairs (sum of count^2 over cells); 1e8 took 40 s and 2.5 GB on 2 cores
-    # (a dense plane), 9.4x the usual real input and 2.8x the plane-skipped one. A genuinely denser sensor
-    # can raise it (cost grows linearly) or subsample the cloud.
-    max_dbscan_pairs: int = 100_000_000
-    seed: int = 115
-
-    def __post_init__(self) -> None:
-        for f in fields(self):  # values may come from YAML/JSON: reject wrong types with a clear message
-            value = getattr(self, f.name)
-            if f.type == "float" and isinstance(value, int) and not isinstance(value, bool):
-                setattr(self, f.name, float(value))
-            elif not isinstance(value, _FIELD_TYPES[f.type]) or (f.type != "bool" and isinstance(value, bool)):
-                raise CmdrError(f"preprocess setting {f.name} must be {f.type}, got {type(value).__name__} {value!r}")
-        limits = {
-            "border": self.border >= 1,
-            "plane_distance_threshold": self.plane_distance_threshold > 0,
-            "plane_ransac_n": self.plane_ransac_n >= 3,
-            "plane_iterations": self.plane_iterations >= 1,
-            "plane_clear_distance": self.plane_clear_distance >= 0,
-            "dbscan_eps": self.dbscan_eps > 0,
-            "dbscan_min_points": self.dbscan_min_points >= 1,
-            "max_points_per_cell": self.max_points_per_cell >= 1,
-            "max_dbscan_pairs": self.max_dbscan_pairs >= 1,
-        }
-        bad = [k for k, ok in limits.items() if not ok]
-        if bad:
-            raise CmdrError(f"invalid preprocess setting(s) {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}: "
-                            "need border, iterations, min_points, max_* >= 1, ransac_n >= 3, eps and thresholds "
-                            "> 0, clear distance >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        """From ``to_dict`` output; missing keys (e.g. older checkpoints' settings) take their defaults."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise CmdrError(f"unknown preprocess key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
 
 
 def _clean_copy(xyz: np.ndarray) -> np.ndarray:
