@@ -234,3 +234,22 @@ def test_postgres_server_down_and_back(tmp_path):
         assert [r["seq"] for r in stored(url)] == [1, 2, 3, 4, 5]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_write_latency_is_reported(backend, tmp_path, request):
+    """What one decision waits for its commit (printed with -s; the README quotes it; never asserted: timing)."""
+    import numpy as np
+
+    target = str(tmp_path / "a.db") if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    store = AuditStore(target)
+    waits = []
+    for seq in range(1, 301):
+        t0 = time.perf_counter()
+        assert store.record(row(seq))
+        waits.append(time.perf_counter() - t0)
+    assert store.close() == 0
+    ms = 1e3 * np.array(waits[20:])  # after the first rows (connection, page cache)
+    print(f"\n{backend}: record() until committed, {len(ms)} decisions: p50 {np.percentile(ms, 50):.2f} ms, "
+          f"p99 {np.percentile(ms, 99):.2f} ms, max {ms.max():.2f} ms")
+    assert len(stored(target)) == 300

@@ -119,3 +119,6 @@ def test_readme_tables_are_generated_from_the_code():
     readme = (REPO / "README.md").read_text()
     assert markdown_table() in readme, "README parameter table is stale: paste markdown_table()"
     assert result_schema_markdown() in readme, "README ~/result table is stale: paste result_schema_markdown()"
+    from cmdr_ros.audit.schema import markdown_table as audit_table
+
+    assert audit_table() in readme, "README audit table is stale: paste cmdr_ros.audit.schema.markdown_table()"

@@ -11,7 +11,7 @@ TABLE = "decisions"
 COLUMNS: dict[str, tuple[str, str]] = {
     "decided_at": ("real", "wall-clock time of the decision, Unix seconds (UTC)"),
     "node": ("text", "fully qualified name of the node that decided"),
-    "run_id": ("text", "one id per configure of that node (seq restarts with it)"),
+    "run_id": ("text", "one id per start of that node's process (seq restarts with it)"),
     "seq": ("int", "the result's seq: +1 per decision within a run"),
     "stamp": ("text", "header stamp of the input judged, sec.nanosec"),
     "part_id": ("text", "part id from the part_id topic, when there was one"),

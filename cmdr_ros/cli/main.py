@@ -6,6 +6,7 @@ one line ``cmdr: error: ...`` with exit code 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from typing import Callable, Sequence
@@ -24,9 +25,14 @@ def _add_common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from cmdr_ros.cli import demo, evaluate, predict, train  # noqa: PLC0415 - keep `cmdr --help` fast
+def _handler(module: str, name: str) -> Handler:
+    """A verb's handler, imported when the verb runs: `cmdr --help` and `cmdr audit` do not load torch."""
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(f"cmdr_ros.cli.{module}"), name)(args)
+    return run
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmdr", description="Train, evaluate, calibrate and run CMDR-IAD models.")
     parser.add_argument("--version", action="version", version=f"cmdr_ros {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -44,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", required=True, help="checkpoint file to write")
     _add_common_model_args(p)
-    p.set_defaults(func=train.run)
+    p.set_defaults(func=_handler("train", "run"))
 
     p = sub.add_parser("eval", help="evaluate on DIR/test/*: metrics.json, anomaly maps, overlays, curves")
     p.add_argument("--data", required=True, help="MVTec 3D-AD style class folder")
@@ -54,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-3d", default=None)
     p.add_argument("--no-images", action="store_true", help="skip TIFF maps and overlay PNGs")
     _add_common_model_args(p)
-    p.set_defaults(func=evaluate.run)
+    p.set_defaults(func=_handler("evaluate", "run"))
 
     p = sub.add_parser("predict", help="judge one sample as the node would; write its heatmap (exit 3: not judged)")
     p.add_argument("--checkpoint", required=True)
@@ -68,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-2d", default=None)
     p.add_argument("--weights-3d", default=None)
     _add_common_model_args(p)
-    p.set_defaults(func=predict.run_predict)
+    p.set_defaults(func=_handler("predict", "run_predict"))
 
     p = sub.add_parser("calibrate", help="re-derive the reject threshold on DIR/validation/good")
     p.add_argument("--data", required=True)
@@ -78,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-2d", default=None)
     p.add_argument("--weights-3d", default=None)
     _add_common_model_args(p)
-    p.set_defaults(func=predict.run_calibrate)
+    p.set_defaults(func=_handler("predict", "run_calibrate"))
 
     p = sub.add_parser("node", help="run the inspection node without `ros2 launch` (same parameters)")
     p.add_argument("--params-file", default=None, help="ROS parameters YAML (e.g. config/inspection.yaml)")
@@ -94,11 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     _add_common_model_args(p)
-    p.set_defaults(func=demo.run)
+    p.set_defaults(func=_handler("demo", "run"))
 
     from cmdr_ros.cli import bag  # noqa: PLC0415 - its handlers import rclpy only when run
     p = sub.add_parser("bag", help="rosbag2 tools: dataset -> bag, play a bag without ros2, evaluate a bag offline")
     bag.add_arguments(p)
+
+    from cmdr_ros.cli import audit  # noqa: PLC0415 - psycopg is imported only when a postgresql:// store is read
+    p = sub.add_parser("audit", help="read the node's audit store: export the decisions (CSV/JSON), summarise them")
+    audit.add_arguments(p)
     return parser
 
 
