@@ -109,12 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     from cmdr_ros.cli import audit  # noqa: PLC0415 - psycopg is imported only when a postgresql:// store is read
     p = sub.add_parser("audit", help="read the node's audit store: export the decisions (CSV/JSON), summarise them")
     audit.add_arguments(p)
+
+    from cmdr_ros.cli import weights  # noqa: PLC0415 - its handlers import torch only when run
+    p = sub.add_parser("weights", help="the paper's pretrained backbones: fetch them from the official URLs, "
+                                       "check files")
+    weights.add_arguments(p)
     return parser
 
 
-def _run_node(args: argparse.Namespace) -> int:
-    from cmdr_ros.ros.inspection_node import main as node_main  # noqa: PLC0415 - rclpy only for this verb
-
+def node_argv(args: argparse.Namespace) -> list[str]:
+    """The node's argv: the shorthands as ROS arguments, then what followed ``--`` (``--`` and ``--ros-args``
+    dropped: rclpy stops reading ROS arguments at a ``--``)."""
     ros = ["--ros-args"]
     if args.params_file:
         ros += ["--params-file", args.params_file]
@@ -124,8 +129,14 @@ def _run_node(args: argparse.Namespace) -> int:
         ros += ["-p", f"mode:={args.mode}"]
     if args.namespace:
         ros += ["-r", f"__ns:=/{args.namespace.lstrip('/')}"]
-    extra = [a for a in args.ros_args if a != "--ros-args"]
-    return node_main(["cmdr_node"] + ros + extra)
+    extra = [a for a in args.ros_args if a not in ("--", "--ros-args")]
+    return ["cmdr_node"] + ros + extra
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    from cmdr_ros.ros.inspection_node import main as node_main  # noqa: PLC0415 - rclpy only for this verb
+
+    return node_main(node_argv(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
