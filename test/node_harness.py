@@ -175,6 +175,8 @@ class RosSide:
         assert self.param_client.wait_for_service(timeout_sec=20), "no /cmdr_inspection/set_parameters service"
         if isinstance(value, bool):
             pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+        elif isinstance(value, int):
+            pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
         elif isinstance(value, float):
             pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
         elif isinstance(value, list):
@@ -344,22 +346,36 @@ def check_audit_has(target: str, results: list[dict[str, str]]) -> list[dict[str
 
 
 class CommitBeforePublish:
-    """A ``RosSide`` hook on ~/result: at the moment a decision arrives, its row must already be in the SQLite store
-    (read by a connection of its own, as a quality engineer's query would)."""
+    """A ``RosSide`` hook on ~/result: at the moment a decision arrives, its row must already be in the store (read by
+    a connection of its own, as a quality engineer's query would): an SQLite file or a postgresql:// URL."""
 
-    def __init__(self, db: str) -> None:
-        self.db, self.checked, self.missing = db, 0, []
+    def __init__(self, target: str) -> None:
+        self.target, self.checked, self.missing = target, 0, []
+        self.pg = None
+        if target.startswith("postgresql://"):
+            import psycopg
 
-    def __call__(self, msg: Any) -> None:
+            self.pg = psycopg.connect(target, autocommit=True)
+
+    def _lookup(self, seq: int, stamp: str | None) -> Any:
+        if self.pg is not None:
+            return self.pg.execute("SELECT decision FROM decisions WHERE seq = %s AND stamp = %s",
+                                   (seq, stamp)).fetchone()
         import sqlite3
 
-        v = values_of(msg)
-        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+        con = sqlite3.connect(f"file:{self.target}?mode=ro", uri=True, timeout=5)
         try:
-            found = con.execute("SELECT decision FROM decisions WHERE seq = ? AND stamp = ?",
-                                (int(v["seq"]), v.get("stamp"))).fetchone()
+            return con.execute("SELECT decision FROM decisions WHERE seq = ? AND stamp = ?", (seq, stamp)).fetchone()
         finally:
             con.close()
+
+    def __call__(self, msg: Any) -> None:
+        v = values_of(msg)
+        found = self._lookup(int(v["seq"]), v.get("stamp"))
         self.checked += 1
         if found is None or found[0] != v["decision"]:
             self.missing.append((v["seq"], v.get("stamp"), v["decision"], found))
+
+    def close(self) -> None:
+        if self.pg is not None:
+            self.pg.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import signal
 import shutil
 import sqlite3
 import subprocess
@@ -19,7 +20,8 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from std_msgs.msg import Header
 
 from cmdr_ros.ros.conversions import array_to_image
-from node_harness import audit_rows, cell_frame, check_audit_has, start_node, train_cell_model
+from node_harness import (CommitBeforePublish, audit_rows, cell_frame, check_audit_has, start_node, train_cell_model,
+                          values_of)
 
 pytestmark = pytest.mark.slow
 node_running = contextlib.contextmanager(start_node)
@@ -185,3 +187,56 @@ def test_two_nodes_write_to_one_postgres_database(ros, model_2d, image, tmp_path
         assert [r["seq"] for r in mine] == [str(i) for i in range(1, 11)] and len({r["run_id"] for r in mine}) == 1
         assert all(r["judged"] == "true" and r["mode"] == "2d" for r in mine), [(r["judged"], r["mode"], r["error"], r["reason"]) for r in mine]
     assert len(rows) == 20
+
+
+def test_postgres_burst_committed_before_published_and_sigterm(ros, model_2d, image, tmp_path, postgres_url):
+    """The burst and shutdown checks of test_node_faults.py against PostgreSQL: every result's row is in the
+    database when the result arrives; SIGTERM mid-burst leaves every published decision on record."""
+    (tmp_path / "node").mkdir()
+    params = {"checkpoint": model_2d["checkpoint"], "audit.database": postgres_url, "worker.queue_size": 2,
+              "audit.timeout": 10.0}
+    committed = ros.hooks["result"] = CommitBeforePublish(postgres_url)
+    try:
+        with node_running(ros, tmp_path / "node", params, (ros.image_pub,)) as node:
+            for _ in range(12):  # as fast as possible: judged parts and overload fail-safes
+                image.header.stamp = ros.next_stamp()
+                ros.image_pub.publish(image)
+            ros.wait_for("3 results", lambda: len(ros.received["result"]) >= 3)
+            node.proc.send_signal(signal.SIGTERM)
+            assert node.proc.wait(timeout=30) == 0, node.logs()
+    finally:
+        del ros.hooks["result"]
+        committed.close()
+    with ros.cond:
+        results = [values_of(m) for _, m in ros.received["result"]]
+    assert committed.checked == len(results) and not committed.missing, committed.missing
+    rows = check_audit_has(postgres_url, results)
+    assert sorted(int(r["seq"]) for r in rows) == list(range(1, len(rows) + 1))
+    kinds = {r["error"] for r in rows}
+    print(f"\npostgresql burst + SIGTERM: {len(results)} results, {len(rows)} rows, outcomes {kinds}")
+
+
+def test_postgres_server_down_and_back_under_the_node(ros, model_2d, image, tmp_path):
+    from pg_server import PostgresServer, why_unavailable
+
+    if why_unavailable():
+        pytest.skip(why_unavailable())
+    server = PostgresServer(tmp_path / "pg").start()
+    (tmp_path / "node").mkdir()
+    try:
+        url = server.url()
+        params = {"checkpoint": model_2d["checkpoint"], "audit.database": url}
+        with node_running(ros, tmp_path / "node", params, (ros.image_pub,)) as node:
+            published = send(ros, image, 2)
+            check_audit_has(url, published)
+            server.stop_now()
+            during = send(ros, image, 3)  # published while the server is down
+            h = audit_status(ros, lambda v: v["healthy"] == "false" and int(v["backlog"]) >= 1, "the server down")
+            server.start_again()
+            published += during
+            audit_status(ros, lambda v: recovered(v, len(published)), "the backlog written after the restart")
+            check_audit_has(url, published)
+            assert node.proc.poll() is None, node.logs()
+        print(f"\npostgresql down: {h['last_error']}")
+    finally:
+        server.stop()
