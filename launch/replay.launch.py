@@ -4,38 +4,67 @@
 
 Bags written by `cmdr bag from-dataset` (or the demo) carry /camera/image, /camera/points and
 /camera/camera_info; the node's inputs are remapped onto them (override with image:=, points:=, camera_info:=).
+The player starts when the node reaches the active state (not after a guessed delay), publishes the bag's /clock
+(``--clock``) and the node runs on it (use_sim_time), so stamps, tf lookups and diagnostics follow the recording.
+Every argument of inspection.launch.py (params_file, namespace, input_reliability, threshold, ...) is forwarded.
 """
+import importlib.util
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, IncludeLaunchDescription
-from launch.conditions import IfCondition, UnlessCondition
-from launch.launch_description_sources import PythonLaunchDescriptionSource
-from launch.substitutions import LaunchConfiguration
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction, RegisterEventHandler
+
+REPLAY_ARGS = {
+    "bag": ("", "rosbag2 folder to play"),
+    "rate": ("1.0", "playback rate"),
+    "loop": ("false", "replay forever"),
+    "image": ("/camera/image", "image topic in the bag"),
+    "points": ("/camera/points", "point cloud topic in the bag"),
+    "camera_info": ("/camera/camera_info", "camera info topic in the bag"),
+    "use_rviz": ("true", "start RViz"),
+}
+
+
+def _inspection_launch(share: str):
+    spec = importlib.util.spec_from_file_location("cmdr_inspection_launch",
+                                                  os.path.join(share, "launch", "inspection.launch.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def player_cmd(values: dict) -> list:
+    """``ros2 bag play`` with the recording's clock."""
+    cmd = ["ros2", "bag", "play", values["bag"], "--rate", values.get("rate", "1.0"), "--clock"]
+    if str(values.get("loop", "false")).lower() in ("true", "1"):
+        cmd.append("--loop")
+    return cmd
+
+
+def replay_actions(values: dict, share: str) -> list:
+    """The node (sim time unless told otherwise), RViz, and the player started once the node is active."""
+    from launch_ros.event_handlers import OnStateTransition
+
+    if not values.get("bag"):
+        raise ValueError("launch argument bag:=FOLDER is required")
+    values = {**values, "use_sim_time": values.get("use_sim_time") or "true"}
+    actions = _inspection_launch(share).node_actions(values, share)
+    play = ExecuteProcess(cmd=player_cmd(values), output="screen")
+    return actions + [RegisterEventHandler(OnStateTransition(target_lifecycle_node=actions[0], goal_state="active",
+                                                             entities=[play]))]
 
 
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("cmdr_ros")
-    lc = LaunchConfiguration
-    args = [
-        DeclareLaunchArgument("bag", description="rosbag2 folder to play"),
-        DeclareLaunchArgument("checkpoint", description="trained model file (.ckpt)"),
-        DeclareLaunchArgument("rate", default_value="1.0", description="playback rate"),
-        DeclareLaunchArgument("loop", default_value="false", description="replay forever"),
-        DeclareLaunchArgument("image", default_value="/camera/image"),
-        DeclareLaunchArgument("points", default_value="/camera/points"),
-        DeclareLaunchArgument("camera_info", default_value="/camera/camera_info"),
-        DeclareLaunchArgument("use_rviz", default_value="true"),
-    ]
-    inspection = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(os.path.join(share, "launch", "inspection.launch.py")),
-        launch_arguments={"checkpoint": lc("checkpoint"), "image": lc("image"), "points": lc("points"),
-                          "camera_info": lc("camera_info"), "use_rviz": lc("use_rviz")}.items(),
-    )
-    # --delay lets the node configure and subscribe before the first part arrives
-    play = ExecuteProcess(cmd=["ros2", "bag", "play", lc("bag"), "--rate", lc("rate"), "--delay", "5.0"],
-                          output="screen", condition=UnlessCondition(lc("loop")))
-    play_loop = ExecuteProcess(cmd=["ros2", "bag", "play", lc("bag"), "--rate", lc("rate"), "--delay", "5.0",
-                                    "--loop"], output="screen", condition=IfCondition(lc("loop")))
-    return LaunchDescription(args + [inspection, play, play_loop])
+    inspection = _inspection_launch(share)
+    args = [DeclareLaunchArgument(name, default_value=default, description=text)
+            for name, (default, text) in REPLAY_ARGS.items()]
+    args += [DeclareLaunchArgument(name, default_value="", description=f"{text} (empty: the params file's value)")
+             for name, (_, _, text) in inspection.OVERRIDES.items()]
+    args += [DeclareLaunchArgument(name, default_value=default, description=text)
+             for name, (default, text) in inspection.ARGS.items() if name not in REPLAY_ARGS]
+    args.append(DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "inspection.yaml"),
+                                      description="node parameters YAML (defaults: config/inspection.yaml)"))
+    return LaunchDescription(args + [OpaqueFunction(
+        function=lambda context: replay_actions(dict(context.launch_configurations), share))])

@@ -28,18 +28,15 @@ def _kind(name):
 @pytest.fixture
 def fake_launch(monkeypatch):
     _Recorded.made = []
-    kinds = {n: _kind(n) for n in ("LaunchDescription", "DeclareLaunchArgument", "ExecuteProcess",
-                                   "IncludeLaunchDescription", "PythonLaunchDescriptionSource", "IfCondition",
-                                   "UnlessCondition", "LaunchConfiguration", "LifecycleNode", "Node")}
+    kinds = {n: _kind(n) for n in ("LaunchDescription", "DeclareLaunchArgument", "ExecuteProcess", "OpaqueFunction",
+                                   "RegisterEventHandler", "OnStateTransition", "LifecycleNode", "Node")}
     mods = {
         "launch": {"LaunchDescription": kinds["LaunchDescription"]},
-        "launch.actions": {k: kinds[k] for k in ("DeclareLaunchArgument", "ExecuteProcess",
-                                                 "IncludeLaunchDescription")},
-        "launch.conditions": {k: kinds[k] for k in ("IfCondition", "UnlessCondition")},
-        "launch.substitutions": {"LaunchConfiguration": kinds["LaunchConfiguration"]},
-        "launch.launch_description_sources": {"PythonLaunchDescriptionSource": kinds["PythonLaunchDescriptionSource"]},
+        "launch.actions": {k: kinds[k] for k in ("DeclareLaunchArgument", "ExecuteProcess", "OpaqueFunction",
+                                                 "RegisterEventHandler")},
         "launch_ros": {},
         "launch_ros.actions": {k: kinds[k] for k in ("LifecycleNode", "Node")},
+        "launch_ros.event_handlers": {"OnStateTransition": kinds["OnStateTransition"]},
         "ament_index_python": {},
         "ament_index_python.packages": {"get_package_share_directory": lambda pkg: str(REPO)},
     }
@@ -57,33 +54,88 @@ def _generate(path):
 
 
 def _declared(made):
-    return {m.args[0] for m in made if type(m).__name__ == "DeclareLaunchArgument"}
+    return {m.args[0]: m.kwargs.get("default_value") for m in made if type(m).__name__ == "DeclareLaunchArgument"}
 
 
-def test_inspection_launch(fake_launch):
+def _launch(path, **given):
+    """Generate the launch file and run its OpaqueFunction as `ros2 launch FILE given...` would: the declared
+    defaults, overridden by what was given. Returns (declared, actions)."""
+    declared = _declared(_generate(path))
+    assert set(given) <= set(declared), set(given) - set(declared)
+    opaque = next(m for m in _Recorded.made if type(m).__name__ == "OpaqueFunction")
+    context = types.SimpleNamespace(launch_configurations={**declared, **given})
+    return declared, opaque.kwargs["function"](context)
+
+
+def test_inspection_launch_leaves_the_params_file_alone(fake_launch):
     pytest.importorskip("rclpy")
     from cmdr_ros.ros.inspection_node import PARAMETERS
 
-    made = _generate(REPO / "launch" / "inspection.launch.py")
-    assert {"mode", "checkpoint", "params_file", "device", "namespace", "image", "points", "camera_info",
-            "use_rviz"} <= _declared(made)
-    node = next(m for m in made if type(m).__name__ == "LifecycleNode")
+    declared, actions = _launch(REPO / "launch" / "inspection.launch.py")
+    assert {"mode", "checkpoint", "params_file", "device", "threshold", "namespace", "image", "points",
+            "camera_info", "use_rviz", "fixed_frame"} <= set(declared)
+    (node,) = actions  # no RViz by default
+    assert type(node).__name__ == "LifecycleNode"
     assert node.kwargs["executable"] == "inspection_node" and node.kwargs["name"] == "cmdr_inspection"
     assert "inspection_node = cmdr_ros.ros.inspection_node:main" in (REPO / "setup.py").read_text()
-    overrides = next(p for p in node.kwargs["parameters"] if isinstance(p, dict))
-    assert set(overrides) <= set(PARAMETERS)
+    params_file, overrides = node.kwargs["parameters"]
+    assert params_file.endswith("config/inspection.yaml")
+    assert overrides == {}, "a launch argument the user did not give overrides the cell's params file"
     assert {old for old, _ in node.kwargs["remappings"]} == {"image", "points", "camera_info"}
-    rviz = next(m for m in made if type(m).__name__ == "Node")
-    assert (REPO / rviz.kwargs["arguments"][1]).is_file()  # config/inspection.rviz exists
+
+    _, (node,) = _launch(REPO / "launch" / "inspection.launch.py", params_file="/cell/params.yaml", threshold="3",
+                         autostart="False", checkpoint="/m.ckpt", input_reliability="best_effort")
+    params_file, overrides = node.kwargs["parameters"]
+    assert params_file == "/cell/params.yaml"
+    assert overrides == {"threshold": 3.0, "autostart": False, "checkpoint": "/m.ckpt",
+                         "input.reliability": "best_effort"}
+    assert type(overrides["threshold"]) is float  # rclpy refuses an int for a double parameter
+    assert set(overrides) <= set(PARAMETERS)
+    for bad in (dict(threshold="three"), dict(autostart="maybe")):
+        with pytest.raises(ValueError, match="launch argument"):
+            _launch(REPO / "launch" / "inspection.launch.py", **bad)
 
 
-def test_replay_launch(fake_launch):
-    made = _generate(REPO / "launch" / "replay.launch.py")
-    assert {"bag", "checkpoint", "rate", "loop", "use_rviz"} <= _declared(made)
-    include = next(m for m in made if type(m).__name__ == "IncludeLaunchDescription")
-    assert include.args[0].args[0].endswith("launch/inspection.launch.py")
-    plays = [m for m in made if type(m).__name__ == "ExecuteProcess"]
-    assert len(plays) == 2 and all(p.kwargs["cmd"][:3] == ["ros2", "bag", "play"] for p in plays)
+def test_rviz_follows_namespace_image_and_fixed_frame(fake_launch):
+    import yaml
+
+    _, actions = _launch(REPO / "launch" / "inspection.launch.py", use_rviz="true", namespace="cell_a",
+                         image="color/image_raw", fixed_frame="cam_optical")
+    rviz = next(a for a in actions if type(a).__name__ == "Node")
+    doc = yaml.safe_load(Path(rviz.kwargs["arguments"][1]).read_text())
+    manager = doc["Visualization Manager"]
+    topics = {d["Name"]: d["Topic"]["Value"] for d in manager["Displays"] if "Topic" in d}
+    assert topics == {"Camera image": "/cell_a/color/image_raw", "Anomaly heatmap": "/cell_a/cmdr_inspection/heatmap",
+                      "Anomaly cloud": "/cell_a/cmdr_inspection/anomaly_cloud"}
+    assert manager["Global Options"]["Fixed Frame"] == "cam_optical"
+    _, actions = _launch(REPO / "launch" / "inspection.launch.py", use_rviz="true", image="/abs/image")
+    rviz = next(a for a in actions if type(a).__name__ == "Node")
+    doc = yaml.safe_load(Path(rviz.kwargs["arguments"][1]).read_text())
+    assert {d["Topic"]["Value"] for d in doc["Visualization Manager"]["Displays"] if "Topic" in d} == {
+        "/abs/image", "/cmdr_inspection/heatmap", "/cmdr_inspection/anomaly_cloud"}
+
+
+def test_replay_launch_plays_when_the_node_is_active_on_sim_time(fake_launch):
+    declared, actions = _launch(REPO / "launch" / "replay.launch.py", bag="/bags/cell", rate="2.0",
+                                namespace="cell_a", input_reliability="best_effort", use_rviz="false",
+                                params_file="/cell/params.yaml")
+    assert {"bag", "checkpoint", "rate", "loop", "use_rviz", "params_file", "namespace", "input_reliability"} \
+        <= set(declared)
+    node, handler = actions
+    params_file, overrides = node.kwargs["parameters"]
+    assert params_file == "/cell/params.yaml" and node.kwargs["namespace"] == "cell_a"
+    assert overrides == {"use_sim_time": True, "input.reliability": "best_effort"}
+    assert dict(node.kwargs["remappings"]) == {"image": "/camera/image", "points": "/camera/points",
+                                               "camera_info": "/camera/camera_info"}
+    assert type(handler).__name__ == "RegisterEventHandler"
+    on_active = handler.args[0]
+    assert on_active.kwargs["target_lifecycle_node"] is node and on_active.kwargs["goal_state"] == "active"
+    (play,) = on_active.kwargs["entities"]
+    assert play.kwargs["cmd"] == ["ros2", "bag", "play", "/bags/cell", "--rate", "2.0", "--clock"]
+    _, actions = _launch(REPO / "launch" / "replay.launch.py", bag="/b", loop="true", use_rviz="false")
+    assert actions[-1].args[0].kwargs["entities"][0].kwargs["cmd"][-1] == "--loop"
+    with pytest.raises(ValueError, match="bag"):
+        _launch(REPO / "launch" / "replay.launch.py")
 
 
 def test_params_file_matches_node_parameters():
@@ -103,7 +155,10 @@ def test_params_file_matches_node_parameters():
                 yield f"{prefix}{k}", v
 
     values = dict(flat(params))
-    assert set(values) == set(PARAMETERS)
+    optional = {name for name, (default, _, _) in PARAMETERS.items() if default is None}  # unset unless given
+    assert set(values) == set(PARAMETERS) - optional
+    text = (REPO / "config" / "inspection.yaml").read_text()
+    assert all(f"# {name.split('.')[-1]}:" in text for name in optional), "an optional parameter is not shown"
     for name, value in values.items():
         default = PARAMETERS[name][0]
         assert type(value) is type(default) or (isinstance(default, float) and isinstance(value, float)), name
@@ -122,3 +177,21 @@ def test_readme_tables_are_generated_from_the_code():
     from cmdr_ros.audit.schema import markdown_table as audit_table
 
     assert audit_table() in readme, "README audit table is stale: paste cmdr_ros.audit.schema.markdown_table()"
+
+
+def test_cmdr_node_hands_the_ros_arguments_after_double_dash_to_ros(tmp_path):
+    """`cmdr node --checkpoint m.ckpt -- -p threshold:=3.0` (the README's usage): rclpy stops reading ROS arguments
+    at a `--`, so it must not reach the node's argv."""
+    from cmdr_ros.cli.main import build_parser, node_argv
+
+    parser = build_parser()
+    cell = tmp_path / "cell.yaml"
+    cell.write_text("/**:\n  ros__parameters:\n    threshold: 2.0\n")
+    for tail in (["--", "-p", "threshold:=3.0"], ["--", "--ros-args", "-p", "threshold:=3.0"]):
+        argv = node_argv(parser.parse_args(["node", "--params-file", str(cell), "--checkpoint", "m.ckpt", *tail]))
+        assert argv == ["cmdr_node", "--ros-args", "--params-file", str(cell), "-p", "checkpoint:=m.ckpt",
+                        "-p", "threshold:=3.0"]
+    pytest.importorskip("rclpy")
+    from rclpy.utilities import remove_ros_args
+
+    assert remove_ros_args(argv) == ["cmdr_node"]  # every argument is read by ROS, none is left behind

@@ -18,18 +18,18 @@ from std_msgs.msg import Header
 from cmdr_ros.judge import is_reject
 from cmdr_ros.ros.conversions import image_to_array, pointcloud2_fields, xyz_to_pointcloud2
 from cmdr_ros.ros.outputs import RESULT_KEYS, RESULT_SCHEMA_VERSION
-from node_harness import cell_frame, start_node, stamp_str, train_cell_model
+from node_harness import cell_camera_info, cell_frame, start_node, stamp_str, train_cell_model
 
 pytestmark = pytest.mark.slow
 
 # the ~/result keys a cell controller correlates on: changing them is a schema change (bump RESULT_SCHEMA_VERSION)
-SCHEMA_V2 = ["schema", "seq", "stamp", "decision", "judged", "score", "threshold", "error", "reason", "inputs",
-             "part_id", "latency_ms", "inference_ms", "valid_ratio", "coverage", "alignment", "mode", "model_id",
-             "frame_id.image", "sample"]
+SCHEMA_V3 = ["schema", "seq", "stamp", "decision", "judged", "score", "threshold", "error", "reason", "inputs",
+             "part_id", "latency_ms", "inference_ms", "valid_ratio", "coverage", "alignment", "transform", "mode",
+             "model_id", "frame_id.image", "sample"]
 
 
 def test_result_schema_is_pinned():
-    assert RESULT_SCHEMA_VERSION == "2" and list(RESULT_KEYS) == SCHEMA_V2
+    assert RESULT_SCHEMA_VERSION == "3" and list(RESULT_KEYS) == SCHEMA_V3
 
 
 
@@ -61,7 +61,8 @@ def test_every_part_is_judged_with_the_documented_result(ros, rgbd_node, rgbd_mo
         _keys_allowed(v)
         assert v["schema"] == RESULT_SCHEMA_VERSION and v["stamp"] == stamp_str(stamp)
         assert v["judged"] == "true" and v["inputs"] == "image+points" and v["part_id"] == f"P-{i:04d}"
-        assert v["alignment"] == "aligned" and v["mode"] == "rgbd" and v["model_id"] == rgbd_model["model_id"]
+        assert v["alignment"] == "aligned" and v["transform"] == "identical_frames"
+        assert v["mode"] == "rgbd" and v["model_id"] == rgbd_model["model_id"]
         assert v["frame_id.image"] == v["frame_id.points"] == "camera"
         score, thr = float(v["score"]), float(v["threshold"])
         assert thr == pytest.approx(rgbd_model["threshold"], abs=1e-6) and math.isfinite(score)
@@ -86,6 +87,26 @@ def test_every_part_is_judged_with_the_documented_result(ros, rgbd_node, rgbd_mo
     assert all((lvl == DiagnosticStatus.ERROR) == r for lvl, r in zip(levels, rejects))
 
 
+def test_a_cloud_in_another_frame_without_transform_is_not_judged(ros, rgbd_node):
+    """No tf, no extrinsics: the organized cloud of frame sensor_3d beside the camera image is not taken as aligned
+    (it used to pass as 'aligned' with an identity transform); with cloud_registered it is, and says why."""
+    part = cell_frame(150)
+    stamp = ros.next_stamp()
+    ros.publish_set(stamp, part.rgb, xyz_to_pointcloud2(part.xyz, Header(frame_id="sensor_3d")),
+                    info=cell_camera_info())
+    v = ros.result(stamp)
+    assert v["judged"] == "false" and v["error"] == "no_transform" and v["decision"] == "reject", v
+    assert "sensor_3d" in v["reason"] and "extrinsics" in v["reason"], v
+    assert ros.set_parameter("cloud_registered", True) == (True, "")
+    try:
+        stamp = ros.next_stamp()
+        ros.publish_set(stamp, part.rgb, xyz_to_pointcloud2(part.xyz, Header(frame_id="sensor_3d")))
+        v = ros.result(stamp)
+        assert v["judged"] == "true" and v["alignment"] == "aligned" and v["transform"] == "registered", v
+    finally:
+        assert ros.set_parameter("cloud_registered", False) == (True, "")
+
+
 def test_threshold_changes_at_run_time(ros, rgbd_node, rgbd_model):
     part = cell_frame(7, "bump")
 
@@ -100,6 +121,8 @@ def test_threshold_changes_at_run_time(ros, rgbd_node, rgbd_model):
         v = send()
         assert float(v["score"]) == pytest.approx(score, abs=1e-5) and v["decision"] == expect
         assert float(v["threshold"]) == pytest.approx(value, abs=1e-6)
+    assert ros.set_parameter("threshold", 1000) == (True, "")  # a whole number for a float parameter is accepted
+    ros.diagnostics(lambda v: v.get("threshold") == "1000.000000", "threshold 1000 given as an integer")
     assert ros.set_parameter("threshold", -1.0)[0]  # back to the checkpoint's calibrated threshold
     want = f"{rgbd_model['threshold']:.6f}"
     ros.diagnostics(lambda v: v.get("threshold") == want, f"threshold {want}")

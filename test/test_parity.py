@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 T_SENSOR_FROM_CAMERA = make_transform([0.05, -0.02, 0.10], Rotation.from_euler("xyz", [6, -8, 15], degrees=True)
                                       .as_quat())
 COMPARED = ("decision", "judged", "score", "threshold", "error", "reason", "inputs", "coverage", "valid_ratio",
-            "alignment", "mode", "model_id", "frame_id.image", "frame_id.points")
+            "alignment", "transform", "mode", "model_id", "frame_id.image", "frame_id.points")
 
 
 
@@ -103,7 +103,7 @@ def test_rgbd_projected_cloud_in_another_frame(ros, tmp_path_factory):
     assert rep["unmatched"] == {"/image": 1, "/points": 0} and rep["frames"] == 5 and rep["not_judged"] == 1
     rows = [v for _, _, arr in read_messages(d / "eval" / "results_bag", ["/cmdr_inspection/result"])
             for v in [values_of(arr)] if v["judged"] == "true"]
-    assert len(rows) == 4 and all(v["alignment"] == "projected" for v in rows)
+    assert len(rows) == 4 and all(v["alignment"] == "projected" and v["transform"] == "parameter" for v in rows)
     aligned = np.mean([(cell_frame(300 + i).xyz[..., 2] > 0).mean() for i in (0, 2)])
     assert float(rows[0]["coverage"]) == pytest.approx(aligned, abs=0.05)
 

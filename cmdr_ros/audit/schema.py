@@ -32,6 +32,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "valid_ratio": ("real", "fraction of valid pixels after preprocessing"),
     "coverage": ("real", "fraction of the map holding a measured point"),
     "alignment": ("text", "how the cloud met the image grid"),
+    "transform": ("text", "where the cloud -> camera transform came from"),
     "result_schema": ("text", "version of the ~/result key set the row was made from"),
 }
 # ~/result key -> column, where the names differ

@@ -1,5 +1,6 @@
 """Messages in -> (Frame, Verdict) out: decoding and alignment (``frames.assemble_frame``: pixel-aligned, projected
-with tf2 / the ``extrinsics`` parameter, rasterized) followed by the pure judge (``cmdr_ros.judge``).
+with tf2 / the ``extrinsics`` parameter when set, never a guessed transform, rasterized) followed by the pure judge
+(``cmdr_ros.judge``).
 
 The node and ``cmdr bag eval`` / ``to-dataset`` build a :class:`FrameJudge` from the same parameter values, so a
 part is judged the same way on the cell and offline.
@@ -16,8 +17,10 @@ from cmdr_ros.judge import Judge, JudgeSettings, Verdict
 from cmdr_ros.ros.frames import Frame, TransformLookup, assemble_frame
 
 
-def extrinsics_transform(values: Any) -> np.ndarray:
-    """The ``extrinsics`` parameter [x y z qx qy qz qw] as a 4x4 cloud -> camera transform."""
+def extrinsics_transform(values: Any) -> np.ndarray | None:
+    """The ``extrinsics`` parameter [x y z qx qy qz qw] as a 4x4 cloud -> camera transform (None: unset)."""
+    if values is None:
+        return None
     vals = [float(v) for v in values]
     return make_transform(vals[:3], vals[3:])
 
@@ -41,13 +44,14 @@ def unmatched_reason(name: str, inputs: list[str], why: str, sync_timeout: float
 class FrameJudge:
     """Judge synchronized message sets: ``judge({'image': Image, 'points': PointCloud2}, camera_info)``."""
 
-    def __init__(self, judge: Judge | None, mode: str, *, raster_resolution: float = 0.0,
-                 extrinsics: Any = (0, 0, 0, 0, 0, 0, 1), tf_lookup: TransformLookup | None = None) -> None:
+    def __init__(self, judge: Judge | None, mode: str, *, raster_resolution: float = 0.0, extrinsics: Any = None,
+                 tf_lookup: TransformLookup | None = None, registered: bool = False) -> None:
         self.judge_ = judge
         self.mode = mode
         self.raster_resolution = float(raster_resolution)
         self.extrinsics = extrinsics_transform(extrinsics)
         self.tf_lookup = tf_lookup
+        self.registered = bool(registered)
 
     @classmethod
     def from_params(cls, detector: Any, params: Mapping[str, Any],
@@ -55,13 +59,14 @@ class FrameJudge:
         """From the node's parameter values (see ``cmdr_ros.ros.parameters``)."""
         judge = Judge(detector, JudgeSettings.from_params(params), params.get("threshold", -1.0))
         return cls(judge, detector.config.mode, raster_resolution=params.get("raster_resolution", 0.0),
-                   extrinsics=params.get("extrinsics", (0, 0, 0, 0, 0, 0, 1)), tf_lookup=tf_lookup)
+                   extrinsics=params.get("extrinsics"), tf_lookup=tf_lookup,
+                   registered=params.get("cloud_registered", False))
 
     @classmethod
     def aligner(cls, mode: str, params: Mapping[str, Any]) -> FrameJudge:
         """Decoding and alignment only (``assemble``), e.g. to turn a recording into training samples."""
         return cls(None, mode, raster_resolution=params.get("raster_resolution", 0.0),
-                   extrinsics=params.get("extrinsics", (0, 0, 0, 0, 0, 0, 1)))
+                   extrinsics=params.get("extrinsics"), registered=params.get("cloud_registered", False))
 
     @property
     def threshold(self) -> float:
@@ -70,7 +75,7 @@ class FrameJudge:
     def assemble(self, msgs: Mapping[str, Any], info: Any = None) -> Frame:
         """Decode and align one set (CmdrError when it cannot be)."""
         return assemble_frame(self.mode, msgs.get("image"), msgs.get("points"), info if self.mode == "rgbd" else None,
-                              self.tf_lookup, self.extrinsics, self.raster_resolution)
+                              self.tf_lookup, self.extrinsics, self.raster_resolution, self.registered)
 
     def judge(self, msgs: Mapping[str, Any], info: Any = None) -> tuple[Frame | None, Verdict]:
         """The frame (None when it could not be decoded) and its verdict."""

@@ -2,9 +2,12 @@
 
 ``assemble_frame`` decides how the cloud meets the image grid:
 
-* an organized cloud of the image's size is pixel-aligned (used as it is);
+* an organized cloud of the image's size is pixel-aligned (used as it is) when its frame_id is the image's, or when
+  ``registered`` says so (a depth camera's registered output);
 * any other cloud with an image (rgbd) is projected into the camera with CameraInfo and the cloud-to-camera
-  transform, nearest point per pixel (``geometry.project_to_image``);
+  transform, nearest point per pixel (``geometry.project_to_image``). The transform is never guessed: identity
+  for identical frame ids, else tf2 at the cloud's stamp, else the ``extrinsics`` parameter when it was set, else
+  the frame is not judged (``no_transform``). ``Frame.transform`` records which.
 * 3D-only: an organized cloud is used as it is; an unorganized one (laser profilometer) is rasterized on a
   regular grid over its dominant plane (``geometry.rasterize_on_plane``).
 
@@ -20,7 +23,7 @@ import numpy as np
 
 from cmdr_ros import CmdrError
 from cmdr_ros.geometry import CameraIntrinsics, project_to_image, rasterize_on_plane
-from cmdr_ros.judge import coverage_of
+from cmdr_ros.judge import NotJudgeable, coverage_of
 from cmdr_ros.ros.conversions import camera_info_to_dict, image_to_rgb, pointcloud2_to_xyz
 
 TransformLookup = Callable[[str, str, Any], "np.ndarray | None"]
@@ -38,6 +41,7 @@ class Frame:
     cloud_header: Any = None
     coverage: float | None = None  # fraction of map pixels that hold a point
     alignment: str = "none"  # aligned | projected | rasterized | none
+    transform: str = "none"  # rgbd: identical_frames | registered | tf | parameter (how the cloud met the camera)
     frame_ids: dict[str, str] = field(default_factory=dict)
 
 
@@ -48,11 +52,28 @@ def _organized_points(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return flat[idx], idx
 
 
+def cloud_to_camera(image: Any, cloud: Any, lookup: TransformLookup | None,
+                    extrinsics: np.ndarray | None) -> tuple[np.ndarray, str]:
+    """The cloud -> camera transform and where it came from; ``NotJudgeable('no_transform')`` when there is none."""
+    cam_frame, cloud_frame = image.header.frame_id, cloud.header.frame_id
+    if cam_frame == cloud_frame:
+        return np.eye(4), "identical_frames"
+    T = lookup(cam_frame, cloud_frame, cloud.header.stamp) if lookup is not None else None
+    if T is not None:
+        return T, "tf"
+    if extrinsics is not None:
+        return extrinsics, "parameter"
+    raise NotJudgeable("no_transform", f"the cloud is in frame '{cloud_frame}', the image in '{cam_frame}', and "
+                       f"{'tf2 has no transform between them' if lookup is not None else 'tf2 is not in use'} at the "
+                       "cloud's stamp; publish it (e.g. a static transform) or set the extrinsics parameter")
+
+
 def assemble_frame(mode: str, image: Any = None, cloud: Any = None, info: Any = None,
                    transform: TransformLookup | None = None, extrinsics: np.ndarray | None = None,
-                   raster_resolution: float = 0.0) -> Frame:
-    """Convert and align one synchronized set. Raises ``CmdrError`` (or its ``ConversionError``) for a frame that
-    cannot be judged: missing input, malformed message, cloud that cannot be placed on the image."""
+                   raster_resolution: float = 0.0, registered: bool = False) -> Frame:
+    """Convert and align one synchronized set. Raises ``CmdrError`` (or its ``ConversionError``, or
+    ``NotJudgeable('no_transform')``) for a frame that cannot be judged: missing input, malformed message, cloud
+    that cannot be placed on the image."""
     if mode in ("rgbd", "2d") and image is None:
         raise CmdrError(f"mode '{mode}' needs an image")
     if mode in ("rgbd", "3d") and cloud is None:
@@ -76,10 +97,12 @@ def assemble_frame(mode: str, image: Any = None, cloud: Any = None, info: Any = 
             raise CmdrError(f"the point cloud has {len(xyz)} valid points: nothing to inspect")
         r = rasterize_on_plane(xyz, resolution=raster_resolution or None)
         f.xyz, f.points, f.point_pixel, f.alignment = r.xyz_map, xyz, r.cell_of_point, "rasterized"
-    elif organized and xyz.shape[:2] == f.rgb.shape[:2]:
+    elif organized and xyz.shape[:2] == f.rgb.shape[:2] and (registered or
+                                                             image.header.frame_id == cloud.header.frame_id):
         f.xyz = xyz
         f.points, f.point_pixel = _organized_points(xyz)
         f.alignment = "aligned"
+        f.transform = "identical_frames" if image.header.frame_id == cloud.header.frame_id else "registered"
     else:
         if info is None:
             raise CmdrError(f"the cloud ({'x'.join(map(str, xyz.shape[:-1]))}) is not pixel-aligned with the "
@@ -91,12 +114,7 @@ def assemble_frame(mode: str, image: Any = None, cloud: Any = None, info: Any = 
         points = xyz.reshape(-1, 3)
         if organized:
             points, _ = _organized_points(xyz)
-        T = None
-        cam_frame, cloud_frame = image.header.frame_id, cloud.header.frame_id
-        if cloud_frame and cam_frame and cloud_frame != cam_frame and transform is not None:
-            T = transform(cam_frame, cloud_frame, cloud.header.stamp)
-        if T is None:
-            T = extrinsics
+        T, f.transform = cloud_to_camera(image, cloud, transform, extrinsics)
         p = project_to_image(points, cam, T)
         f.xyz, f.points, f.point_pixel, f.alignment = p.xyz_map, points, p.pixel_of_point, "projected"
         f.coverage = p.coverage

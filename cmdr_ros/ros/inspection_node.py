@@ -32,6 +32,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_system_default)
@@ -46,13 +47,14 @@ from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
 from cmdr_ros.ros.frame_judge import FrameJudge, extrinsics_transform, unmatched_reason
 from cmdr_ros.ros.frames import Frame, point_scores
 from cmdr_ros.ros.outputs import heatmap_image, result_message, result_values
-from cmdr_ros.ros.parameters import PARAMETERS, READ_ONLY, check, check_all
+from cmdr_ros.ros.parameters import PARAMETERS, READ_ONLY, check, check_all, coerce
 from cmdr_ros.ros.sync import make_synchronizer
 
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 INPUTS = {"rgbd": [(Image, "image"), (PointCloud2, "points")], "3d": [(PointCloud2, "points")],
           "2d": [(Image, "image")]}
 JUDGE_PARAMS = ("on_error", "min_valid_ratio", "min_coverage", "max_range")
+OPTIONAL_TYPE = {"extrinsics": Parameter.Type.DOUBLE_ARRAY}  # parameters without a default: unset unless given
 WATCH_PERIOD_S = 0.05
 DECISION_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
                           history=HistoryPolicy.KEEP_LAST)  # deep: a burst of fail-safe decisions is never overwritten
@@ -122,12 +124,15 @@ class InspectionNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("cmdr_inspection", **kwargs)
         self._start_problems: list[str] = []  # values given at start that ROS itself refused (range, type)
+        self._coerce_overrides()
         for name, (default, text, rng) in PARAMETERS.items():
+            value = OPTIONAL_TYPE[name] if default is None else default
             try:
-                self.declare_parameter(name, default, _descriptor(name, default, text, rng))
+                self.declare_parameter(name, value, _descriptor(name, default, text, rng))
             except Exception as e:  # noqa: BLE001 - rclpy raises several kinds; configure reports them
                 self._start_problems.append(f"{name}: {str(e).splitlines()[0][:200]}")
-                self.declare_parameter(name, default, _descriptor(name, default, text, rng), ignore_override=True)
+                self.declare_parameter(name, value, _descriptor(name, default, text, rng), ignore_override=True)
+        self.add_pre_set_parameters_callback(self._coerce_set)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.exit_code: int | None = None  # set when the node must end (autostart failed)
         self.detector = None
@@ -147,6 +152,7 @@ class InspectionNode(LifecycleNode):
         self._seq = 0
         self._run_id = uuid.uuid4().hex[:16]  # with seq, names each decision of this process in the audit store
         self._audit: AuditStore | None = None
+        self._tf_listener = self._tf_buffer = self._tf_lookup = None
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._warn = ThrottledLog(self.get_logger())
@@ -164,7 +170,28 @@ class InspectionNode(LifecycleNode):
 
     # ---------------------------------------------------------------- parameters
     def _p(self, name: str) -> Any:
-        return self.get_parameter(name).value
+        try:
+            return self.get_parameter(name).value
+        except ParameterUninitializedException:  # an optional parameter nobody set
+            return None
+
+    @staticmethod
+    def _coerced(p: Parameter) -> Parameter:
+        value = coerce(p.name, p.value)
+        return p if value is p.value else Parameter(p.name, value=value)
+
+    def _coerce_overrides(self) -> None:
+        """``-p threshold:=3`` or a YAML ``3``: a whole number for a float parameter is taken as the float (rclpy
+        would refuse the integer and end the node at start)."""
+        overrides = getattr(self, "_parameter_overrides", None)  # rclpy keeps the start values here
+        if isinstance(overrides, dict):
+            for name, p in list(overrides.items()):
+                if name in PARAMETERS:
+                    overrides[name] = self._coerced(p)
+
+    def _coerce_set(self, params: list[Parameter]) -> list[Parameter]:
+        """Before a run-time set (``ros2 param set /cmdr_inspection threshold 3``): the same coercion."""
+        return [self._coerced(p) if p.name in PARAMETERS else p for p in params]
 
     def _values(self) -> dict[str, Any]:
         return {name: self._p(name) for name in PARAMETERS}
@@ -173,7 +200,8 @@ class InspectionNode(LifecycleNode):
         for p in params:
             if p.name not in PARAMETERS:
                 continue
-            problem = check(p.name, list(p.value) if p.name == "extrinsics" else p.value)
+            value = list(p.value) if p.name == "extrinsics" and p.value is not None else p.value
+            problem = check(p.name, value)
             if problem is None and p.name == "threshold" and self.judge is not None:
                 try:
                     self.judge.judge_.resolve_threshold(p.value)
@@ -204,6 +232,8 @@ class InspectionNode(LifecycleNode):
                 j.extrinsics = extrinsics_transform(p.value)
             elif p.name == "raster_resolution":
                 j.raster_resolution = float(p.value)
+            elif p.name == "cloud_registered":
+                j.registered = bool(p.value)
         j.judge_.settings = JudgeSettings(**settings)
 
     # ---------------------------------------------------------------- lifecycle
@@ -305,15 +335,25 @@ class InspectionNode(LifecycleNode):
             self.get_logger().warning(f"warm-up skipped: {e}")
 
     def _setup_tf(self) -> None:
+        """One tf2 listener for the node's life (created at the first configure that wants it, released at
+        cleanup); what a lookup failure leads to is said once here."""
         self._tf_lookup = None
+        fallback = ("the extrinsics parameter" if self._p("extrinsics") is not None
+                    else "nothing: a cloud in another frame than the image is not judged (no_transform)")
         if not self._p("use_tf"):
+            self.get_logger().info(f"tf2 not used (use_tf false): clouds in another frame use {fallback}")
             return
         try:
             import tf2_ros
         except ImportError:
+            self.get_logger().warning(f"tf2_ros is not installed (ROS package tf2_ros_py): clouds in another frame "
+                                      f"than the image use {fallback}")
             return
-        buffer = tf2_ros.Buffer()
-        self._tf_listener = tf2_ros.TransformListener(buffer, self)
+        if self._tf_listener is None:
+            self._tf_buffer = tf2_ros.Buffer()
+            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+        buffer = self._tf_buffer
+        self.get_logger().info(f"tf2 in use for clouds in another frame than the image; without a transform: {fallback}")
 
         def lookup(target: str, source: str, stamp: Any) -> np.ndarray | None:
             from cmdr_ros.geometry import make_transform
@@ -321,12 +361,22 @@ class InspectionNode(LifecycleNode):
             try:
                 t = buffer.lookup_transform(target, source, stamp, timeout=Duration(seconds=0.05)).transform
             except Exception as e:  # noqa: BLE001 - tf2 raises several exception types
-                self._warn("tf", f"no tf {source} -> {target} ({type(e).__name__}): using the extrinsics parameter")
+                self._warn("tf", f"no tf {source} -> {target} at the cloud's stamp ({type(e).__name__}): using "
+                                 f"{fallback}")
                 return None
             return make_transform([t.translation.x, t.translation.y, t.translation.z],
                                   [t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w])
 
         self._tf_lookup = lookup
+
+    def _release_tf(self) -> None:
+        listener, self._tf_listener = self._tf_listener, None
+        self._tf_lookup = self._tf_buffer = None
+        if listener is not None:
+            try:
+                listener.unregister()
+            except Exception as e:  # noqa: BLE001 - releasing must not fail cleanup
+                self.get_logger().warning(f"tf listener release: {e}")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         topics = INPUTS[self.mode]
@@ -409,6 +459,7 @@ class InspectionNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
+        self._release_tf()
         self._state_text = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 

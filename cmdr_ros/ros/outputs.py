@@ -12,7 +12,7 @@ from cmdr_ros.ros.frames import Frame
 from cmdr_ros.visualization import depth_rendering, overlay
 
 PART_STATUS_NAME = "cmdr_inspection: part"
-RESULT_SCHEMA_VERSION = "2"
+RESULT_SCHEMA_VERSION = "3"
 # Every key a ~/result may carry (values are strings), in the order they are written: the README table is this.
 RESULT_KEYS: dict[str, str] = {
     "schema": f"version of this key set (now {RESULT_SCHEMA_VERSION})",
@@ -22,8 +22,8 @@ RESULT_KEYS: dict[str, str] = {
     "judged": "true when the model judged the part, false when the decision is the on_error fail-safe",
     "score": "image anomaly score (judged parts only)",
     "threshold": "reject threshold in force",
-    "error": "why the part was not judged: bad_input, ConversionError, degraded, implausible, non_finite, "
-             "unmatched, overload, superseded, timeout, internal, shutdown (not-judged parts only)",
+    "error": "why the part was not judged: bad_input, ConversionError, no_transform, degraded, implausible, "
+             "non_finite, unmatched, overload, superseded, timeout, internal, shutdown (not-judged parts only)",
     "reason": "the cause in words (not-judged parts only)",
     "inputs": "the inputs this result answers: image+points, points, image (an orphan: one input)",
     "part_id": "the part id published on the part_id topic with the same stamp (when there is one)",
@@ -32,6 +32,8 @@ RESULT_KEYS: dict[str, str] = {
     "valid_ratio": "fraction of valid pixels after preprocessing (judged parts)",
     "coverage": "fraction of the map that holds a measured point (when known)",
     "alignment": "aligned | projected | rasterized | none: how the cloud met the image grid",
+    "transform": "rgbd: identical_frames | registered (cloud_registered) | tf | parameter (extrinsics): where the "
+                 "cloud -> camera transform came from; none otherwise",
     "mode": "rgbd | 3d | 2d",
     "model_id": "content checksum prefix of the checkpoint",
     "frame_id.image": "frame_id of the image (likewise frame_id.points, frame_id.camera_info)",
@@ -86,6 +88,7 @@ def result_values(header: Any, verdict: Verdict, frame: Frame | None, *, seq: in
     if verdict.coverage is not None:
         kv["coverage"] = f"{verdict.coverage:.4f}"
     kv["alignment"] = frame.alignment if frame is not None else "none"
+    kv["transform"] = frame.transform if frame is not None else "none"
     kv["mode"], kv["model_id"] = mode, str(model_id)
     ids = frame.frame_ids if frame is not None else (frame_ids or {})
     kv.update({f"frame_id.{k}": v for k, v in ids.items()})

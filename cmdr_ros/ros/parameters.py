@@ -51,9 +51,13 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
                               "one gets the on_error decision | newest: only the newest part waits (monitoring)",
                  OVERLOAD),
     "worker.queue_size": (8, "parts waiting for inference (overload judge_all)", (1, 1000)),
-    "extrinsics": ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
-                   "cloud frame -> camera frame transform x y z qx qy qz qw, used when tf2 has none", None),
-    "use_tf": (True, "look the cloud->camera transform up in tf2 when tf2_ros is installed", None),
+    "extrinsics": (None, "cloud frame -> camera frame transform x y z qx qy qz qw, used when tf2 has none; unset: "
+                         "a cloud in another frame than the image without a tf2 transform is not judged "
+                         "(no_transform)", None),
+    "use_tf": (True, "look the cloud->camera transform up in tf2 (tf2_ros) when the frames differ", None),
+    "cloud_registered": (False, "true: an organized cloud of the image's size is pixel-aligned with it whatever "
+                                "its frame_id (a depth camera's registered / aligned-to-colour output); false: only "
+                                "when its frame_id is the image's", None),
     "raster_resolution": (0.0, "3D-only unorganized clouds: grid cell (m); 0 = mean point spacing", (0.0, 1.0)),
     "output.heatmap": (True, "publish ~/heatmap (bgr8 overlay)", None),
     "output.anomaly_map": (True, "publish ~/anomaly_map (32FC1)", None),
@@ -77,6 +81,18 @@ READ_ONLY = {"checkpoint", "mode", "device", "weights_2d", "weights_3d", "input.
              "audit.max_backlog"}
 
 
+def coerce(name: str, value: Any) -> Any:
+    """A whole number given for a float parameter as the float (``threshold:=3``, ``ros2 param set ... 3``, YAML
+    ``[0, 0, 0, 0, 0, 0, 1]``); anything else unchanged (``check`` judges it)."""
+    default = PARAMETERS.get(name, (None,))[0]
+    whole = (lambda v: isinstance(v, int) and not isinstance(v, bool))
+    if isinstance(default, float) and whole(value):
+        return float(value)
+    if default is None and isinstance(value, (list, tuple)) and value and all(whole(v) for v in value):
+        return [float(v) for v in value]
+    return value
+
+
 def defaults() -> dict[str, Any]:
     """Every parameter at its default value."""
     return {name: (list(d) if isinstance(d, list) else d) for name, (d, _, _) in PARAMETERS.items()}
@@ -88,6 +104,8 @@ def check(name: str, value: Any) -> str | None:
     if name not in PARAMETERS:
         return f"unknown parameter '{name}'"
     default, _, rng = PARAMETERS[name]
+    if default is None:  # optional (no default): unset is fine
+        return None if value is None else _check_extrinsics(value)
     if isinstance(default, bool):
         return None if isinstance(value, bool) else f"{name} must be true or false, got {value!r}"
     if isinstance(default, int):
@@ -108,8 +126,6 @@ def check(name: str, value: Any) -> str | None:
         lo, hi = rng
         if not lo <= value <= hi:
             return f"{name} must be within [{lo:g}, {hi:g}], got {value!r}"
-    if name == "extrinsics":
-        return _check_extrinsics(value)
     if name == "device" and not (value in ("auto", "cpu", "cuda") or
                                  (value.startswith("cuda:") and value[5:].isdigit())):
         return f"device must be auto, cpu, cuda or cuda:N, got {value!r}"
@@ -139,7 +155,8 @@ def check_all(values: Mapping[str, Any]) -> list[str]:
 def node_params(values: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A complete, validated parameter set: defaults, then ``values`` (e.g. a params file), then the ``overrides``
     that are not None (command-line options). CmdrError naming every bad value."""
-    params = {**defaults(), **(values or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    given = {**(values or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    params = {**defaults(), **{k: coerce(k, v) for k, v in given.items()}}
     problems = check_all(params)
     if problems:
         raise CmdrError("; ".join(problems))
@@ -189,7 +206,7 @@ def markdown_table() -> str:
     """The README's parameter table, generated from the declarations (a test keeps the README in step)."""
     rows = ["| parameter | default | what it does |", "|---|---|---|"]
     for name, (default, text, _) in PARAMETERS.items():
-        shown = '`""`' if default == "" else f"`{default}`"
+        shown = '`""`' if default == "" else "unset" if default is None else f"`{default}`"
         note = " (read at configure)" if name in READ_ONLY else ""
         rows.append(f"| `{name}` | {shown} | {text.replace('|', '/')}{note} |")
     return "\n".join(rows)
