@@ -12,9 +12,9 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
-        ("share/" + package_name + "/launch", glob("launch/*.py")),
-        ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.rviz")),
-        ("share/" + package_name + "/models", glob("models/*.md")),
+        ("share/" + package_name + "/launch", sorted(glob("launch/*.py"))),
+        ("share/" + package_name + "/config", sorted(glob("config/*.yaml") + glob("config/*.rviz"))),
+        ("share/" + package_name + "/models", sorted(glob("models/*.md"))),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
@@ -22,7 +22,8 @@ setup(
     maintainer_email="cmdr-ros@example.com",
     description="CMDR-IAD 2D+3D unsupervised anomaly detection and its ROS 2 inspection node",
     license="Apache-2.0",
-    tests_require=["pytest"],
+    # colcon test runs pytest when it is a "test" extra (tests_require is gone from setuptools)
+    extras_require={"test": ["pytest"]},
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [
