@@ -1,4 +1,4 @@
-"""ROS message <-> NumPy conversions for the inspection node (Image, PointCloud2, CameraInfo).
+"""ROS message <-> NumPy conversions for the inspection node (Image, CompressedImage, PointCloud2, CameraInfo).
 
 Every decoder validates the message layout first (sizes, steps, offsets, field types) and raises
 ``ConversionError`` with a one-line reason, so a misconfigured driver is reported instead of being
@@ -11,15 +11,18 @@ cv_bridge's Python ``imgmsg_to_cv2`` derives the row stride as ``step // pixel_s
 row padding is not a multiple of the pixel size) and its byte swap calls ``ndarray.newbyteorder``,
 removed in NumPy 2 (vision_opencv PR #556); sensor_msgs_py's ``read_points_numpy`` requires all fields
 to share one datatype (xyz FLOAT32 with a packed ``rgb`` UINT32 does not) and flattens organized
-clouds. One tested code path serves both environments.
+clouds. One tested code path serves both environments. Where cv_bridge and image_transport define what an
+encoding or a CompressedImage format means (Bayer pattern codes, YUV byte order, generic OpenCV types,
+``"rgb8; jpeg compressed bgr8"``), these decoders follow them; the OpenCV calls are the ones they make.
 """
 from __future__ import annotations
 
 import array
 from typing import Any, Mapping, Sequence
 
+import cv2
 import numpy as np
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from cmdr_ros import CmdrError
@@ -28,6 +31,9 @@ __all__ = [
     "ConversionError",
     "image_to_rgb",
     "image_to_array",
+    "compressed_image_to_rgb",
+    "depth_image_to_metres",
+    "depth_image_to_xyz",
     "array_to_image",
     "pointcloud2_fields",
     "pointcloud2_to_xyz",
@@ -42,14 +48,43 @@ class ConversionError(CmdrError):
     """A ROS message (or array to be published) whose layout or content cannot be converted."""
 
 
+# ROS Bayer pattern -> OpenCV code, as cv_bridge's getConversionCodes maps BAYER_RGGB etc. to RGB. OpenCV names
+# a pattern by the two pixels at row 1, columns 1-2, so ROS rggb is OpenCV "BG" (alias COLOR_BayerRGGB2RGB).
+_BAYER_TO_RGB = {
+    "rggb": cv2.COLOR_BayerBG2RGB,
+    "bggr": cv2.COLOR_BayerRG2RGB,
+    "gbrg": cv2.COLOR_BayerGR2RGB,
+    "grbg": cv2.COLOR_BayerGB2RGB,
+}
+# YUV 4:2:2, 2 bytes per pixel: yuv422 is the old name of uyvy (U Y0 V Y1), yuv422_yuy2 of yuyv (Y0 U Y1 V).
+_YUV422_TO_RGB = {
+    "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+    "yuv422": cv2.COLOR_YUV2RGB_UYVY,
+    "yuyv": cv2.COLOR_YUV2RGB_YUY2,
+    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2,
+}
+_CV_TO_RGB = {f"bayer_{p}{bits}": code for p, code in _BAYER_TO_RGB.items() for bits in (8, 16)} | _YUV422_TO_RGB
+
+# Channels holding R, G, B. The generic OpenCV types are read in OpenCV's layout, as cv_bridge's
+# cvtColorForDisplay reads them: 8UC1 mono, 8UC3/16UC3 BGR, 8UC4/16UC4 BGRA. (cv_bridge's cvtColor refuses
+# them, "not a color format"; cv_bridge's cv2_to_imgmsg(image) with its default "passthrough" publishes them.)
+_RGB, _BGR, _GREY = (0, 1, 2), (2, 1, 0), (0, 0, 0)
+_RGB_CHANNELS: dict[str, tuple[int, int, int]] = {
+    "rgb8": _RGB, "rgba8": _RGB, "rgb16": _RGB, "rgba16": _RGB,
+    "bgr8": _BGR, "bgra8": _BGR, "bgr16": _BGR, "bgra16": _BGR,
+    "8UC3": _BGR, "8UC4": _BGR, "16UC3": _BGR, "16UC4": _BGR,
+    "mono8": _GREY, "mono16": _GREY, "8UC1": _GREY,
+}
+
 # encoding -> (little-endian base dtype, channels). 16UC1 depth is in mm, 32FC1 depth in m (REP 118).
 _DECODABLE: dict[str, tuple[str, int]] = {
-    "rgb8": ("u1", 3),
-    "bgr8": ("u1", 3),
-    "rgba8": ("u1", 4),
-    "bgra8": ("u1", 4),
-    "mono8": ("u1", 1),
-    "mono16": ("<u2", 1),
+    "rgb8": ("u1", 3), "bgr8": ("u1", 3), "rgba8": ("u1", 4), "bgra8": ("u1", 4),
+    "rgb16": ("<u2", 3), "bgr16": ("<u2", 3), "rgba16": ("<u2", 4), "bgra16": ("<u2", 4),
+    "mono8": ("u1", 1), "mono16": ("<u2", 1),
+    "8UC1": ("u1", 1), "8UC3": ("u1", 3), "8UC4": ("u1", 4), "16UC3": ("<u2", 3), "16UC4": ("<u2", 4),
+    **{f"bayer_{p}8": ("u1", 1) for p in _BAYER_TO_RGB},
+    **{f"bayer_{p}16": ("<u2", 1) for p in _BAYER_TO_RGB},
+    **{enc: ("u1", 2) for enc in _YUV422_TO_RGB},
     "16UC1": ("<u2", 1),
     "32FC1": ("<f4", 1),
 }
@@ -97,10 +132,10 @@ def _with_order(base: str, bigendian: bool) -> np.dtype:
 
 # --------------------------------------------------------------------------------------------- images
 def image_to_array(msg: Image) -> np.ndarray:
-    """Raw pixels of a sensor_msgs/Image: HxWxC (colour) or HxW (mono, depth) in the native dtype.
+    """Raw pixels of a sensor_msgs/Image: HxWxC (colour) or HxW (mono, Bayer mosaic, depth) in the native dtype.
 
-    uint8 for 8-bit encodings, uint16 for mono16/16UC1 (depth in mm), float32 for 32FC1 (depth in m);
-    channel order as in the encoding. Honours ``step`` (row padding) and ``is_bigendian``.
+    uint8 for 8-bit encodings, uint16 for 16-bit ones (16UC1: depth in mm), float32 for 32FC1 (depth in m);
+    channel order as in the encoding; YUV 4:2:2 as HxWx2 bytes. Honours ``step`` and ``is_bigendian``.
     """
     if msg.encoding not in _DECODABLE:
         raise ConversionError(
@@ -142,27 +177,25 @@ def _depth_to_grey(depth: np.ndarray) -> np.ndarray:
 def image_to_rgb(msg: Image) -> np.ndarray:
     """A sensor_msgs/Image as uint8 HxWx3 RGB, for the 2D branch and for display.
 
-    Colour encodings are reordered (alpha dropped); mono8 is replicated to 3 channels; mono16 keeps
-    its high byte (``>> 8``). 16UC1/32FC1 depth images are min-max stretched over their valid (finite,
-    > 0) pixels to 8-bit grey, invalid pixels black: a picture for display, not a measurement.
+    Colour encodings are reordered (alpha dropped); mono is replicated to 3 channels; Bayer mosaics are
+    demosaiced (OpenCV bilinear) and YUV 4:2:2 converted (BT.601) with cv_bridge's OpenCV codes. 16-bit
+    data keeps its high byte (``>> 8``). 16UC1/32FC1 depth images are min-max stretched over their valid
+    (finite, > 0) pixels to 8-bit grey, invalid pixels black: a picture for display, not a measurement.
     """
-    arr = image_to_array(msg)
-    enc = msg.encoding
-    if enc == "rgb8":
-        rgb = arr
-    elif enc in ("bgr8", "bgra8"):
-        rgb = arr[..., 2::-1]
-    elif enc == "rgba8":
-        rgb = arr[..., :3]
+    return _pixels_to_rgb(image_to_array(msg), msg.encoding)
+
+
+def _pixels_to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
+    """``image_to_rgb`` of pixels laid out as ``image_to_array`` returns them for ``encoding``."""
+    if encoding in ("16UC1", "32FC1"):
+        return np.repeat(_depth_to_grey(pixels)[..., None], 3, axis=2)
+    if encoding in _YUV422_TO_RGB and pixels.shape[1] % 2:
+        raise ConversionError(f"{encoding} image has odd width {pixels.shape[1]}: 4:2:2 pixels come in pairs")
+    if encoding in _CV_TO_RGB:
+        rgb = cv2.cvtColor(pixels, _CV_TO_RGB[encoding])
     else:
-        if enc == "mono8":
-            grey = arr
-        elif enc == "mono16":
-            grey = (arr >> 8).astype(np.uint8)
-        else:  # 16UC1, 32FC1
-            grey = _depth_to_grey(arr)
-        rgb = np.repeat(grey[..., None], 3, axis=2)
-    return np.ascontiguousarray(rgb)
+        rgb = pixels.reshape(*pixels.shape[:2], -1)[..., list(_RGB_CHANNELS[encoding])]
+    return (rgb >> 8 if rgb.dtype == np.uint16 else rgb).astype(np.uint8, copy=False)
 
 
 def array_to_image(arr: np.ndarray, encoding: str, header: Header | None = None) -> Image:
@@ -193,6 +226,99 @@ def array_to_image(arr: np.ndarray, encoding: str, header: Header | None = None)
     msg.step = int(width * channels * target.itemsize)
     msg.data = _payload(arr.astype(target, copy=False))
     return msg
+
+
+# ------------------------------------------------------------------------------------- compressed images
+_CODECS = ("jpeg", "jpg", "png", "tiff")
+# sensor_msgs image_encodings::isColor: compressed_image_transport converts these to bgr8/bgr16 before encoding
+_COLOUR = {"rgb8", "rgba8", "rgb16", "rgba16", "bgr8", "bgra8", "bgr16", "bgra16", "nv12", "nv21", "nv24",
+           *_YUV422_TO_RGB}
+# compressed_depth_image_transport's ConfigHeader before the PNG: int32 format (INV_DEPTH), float32 depthParam[2]
+_DEPTH_HEADER = np.dtype([("format", "<i4"), ("depth_param", "<f4", (2,))])
+
+
+def compressed_image_to_rgb(msg: CompressedImage) -> np.ndarray:
+    """A sensor_msgs/CompressedImage as uint8 HxWx3 RGB, with the contract of ``image_to_rgb``.
+
+    ``format`` as image_transport writes it: ``"<encoding>; <jpeg|png|tiff> compressed [<bgr8|rgb8|bgr16..>]"``
+    (compressed_image_transport), ``"<16UC1|32FC1>; compressedDepth [png]"`` (compressed_depth_image_transport),
+    or a bare ``"jpeg"``/``"png"`` (older publishers, cv_bridge's toCompressedImageMsg): 1 channel is mono,
+    3 BGR, 4 BGRA. A corrupt payload or an unknown format is a ConversionError.
+    """
+    return _pixels_to_rgb(*_decode_compressed(msg))
+
+
+def _decode_compressed(msg: CompressedImage) -> tuple[np.ndarray, str]:
+    """The payload as ``image_to_array`` would give it, and the encoding that layout has."""
+    fmt = str(msg.format)
+    encoding, sep, rest = (part.strip() for part in fmt.partition(";"))
+    words = rest.split()
+    if sep and words[:1] == ["compressedDepth"]:
+        return _decode_compressed_depth(msg, encoding, words[1:]), encoding
+    if not sep:
+        codec = encoding  # a bare "jpeg"
+    else:
+        codec = words[0] if words[1:2] == ["compressed"] else ""
+    if codec.lower() not in _CODECS:
+        raise ConversionError(f"unsupported CompressedImage format '{fmt}' (expected '<encoding>; "
+                              f"<{'|'.join(_CODECS)}> compressed ...', '<encoding>; compressedDepth' or a bare codec)")
+    pixels = _imdecode(_buffer(msg.data), fmt)
+    if not sep or encoding in _COLOUR:
+        # colour was converted to bgr (or, with ROS 1's color_space rgb, to rgb) before encoding
+        return pixels, _layout_encoding(pixels, "rgb" if "compressed rgb" in rest else "bgr", fmt)
+    if encoding not in _DECODABLE:
+        raise ConversionError(f"unsupported image encoding '{encoding}' in CompressedImage format '{fmt}'")
+    base, channels = _DECODABLE[encoding]
+    if pixels.dtype != np.dtype(base) or (pixels.shape[2] if pixels.ndim == 3 else 1) != channels:
+        raise ConversionError(f"CompressedImage '{fmt}' decodes to {pixels.shape} {pixels.dtype}, "
+                              f"{encoding} has {channels} channel(s) of {np.dtype(base).name}")
+    return pixels, encoding
+
+
+def _imdecode(buf: np.ndarray, fmt: str) -> np.ndarray:
+    """cv2.imdecode, refusing a JPEG cut before its end-of-image marker (which OpenCV 4 returns half grey)."""
+    if bytes(buf[:2]) == b"\xff\xd8" and not buf.tobytes().rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise ConversionError(f"CompressedImage '{fmt}' holds a JPEG of {buf.size} bytes without its end marker: "
+                              "truncated")
+    try:
+        pixels = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    except cv2.error:
+        pixels = None
+    if pixels is None:
+        raise ConversionError(f"CompressedImage payload of {buf.size} bytes cannot be decoded as '{fmt}' "
+                              "(corrupt or truncated)")
+    return pixels
+
+
+def _layout_encoding(pixels: np.ndarray, order: str, fmt: str) -> str:
+    """The encoding of a decoded colour or mono image: mono8/16, bgr8/16, bgra8/16 (rgb* for ``order`` rgb)."""
+    channels = pixels.shape[2] if pixels.ndim == 3 else 1
+    bits = {np.dtype(np.uint8): "8", np.dtype(np.uint16): "16"}.get(pixels.dtype)
+    if bits is None or channels not in (1, 3, 4):
+        raise ConversionError(f"CompressedImage '{fmt}' decodes to {channels} channel(s) of {pixels.dtype}, "
+                              "expected 1, 3 or 4 of uint8 or uint16")
+    return "mono" + bits if channels == 1 else order + "a" * (channels == 4) + bits
+
+
+def _decode_compressed_depth(msg: CompressedImage, encoding: str, codec: list[str]) -> np.ndarray:
+    """compressedDepth payload: the 12-byte header, then a 16-bit PNG of depth (16UC1) or of quantized inverse
+    depth (32FC1: ``z = a / (q - b)`` with a, b from the header, q = 0 -> NaN), as its subscriber decodes it."""
+    fmt = str(msg.format)
+    if encoding not in ("16UC1", "32FC1") or codec not in ([], ["png"]):
+        raise ConversionError(f"unsupported compressedDepth format '{fmt}' (16UC1 or 32FC1, png; rvl is not supported)")
+    buf = _buffer(msg.data)
+    if buf.size <= _DEPTH_HEADER.itemsize:
+        raise ConversionError(f"compressedDepth payload has {buf.size} bytes, not even its "
+                              f"{_DEPTH_HEADER.itemsize}-byte header and an image")
+    header = buf[: _DEPTH_HEADER.itemsize].view(_DEPTH_HEADER)[0]
+    q = _imdecode(buf[_DEPTH_HEADER.itemsize:], fmt)
+    if q.dtype != np.uint16 or q.ndim != 2:
+        raise ConversionError(f"compressedDepth '{fmt}' decodes to {q.shape} {q.dtype}, expected one uint16 channel")
+    if encoding == "16UC1":
+        return q
+    a, b = header["depth_param"]
+    with np.errstate(divide="ignore"):
+        return np.where(q > 0, a / (q.astype(np.float32) - b), np.float32(np.nan)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------- point clouds
@@ -370,3 +496,43 @@ def dict_to_camera_info(d: Mapping[str, Any], header: Header | None = None) -> C
     for name, value in matrices.items():
         setattr(msg, name, value.ravel())
     return msg
+
+
+# ------------------------------------------------------------------------------------------ depth images
+def depth_image_to_metres(msg: Image | CompressedImage) -> np.ndarray:
+    """HxW float32 depth in metres of a 16UC1 (mm) or 32FC1 (m) image, raw or compressed (compressedDepth or
+    png); invalid depths (0, negative, NaN, inf) are 0."""
+    if isinstance(msg, CompressedImage):
+        pixels, encoding = _decode_compressed(msg)
+    else:
+        pixels, encoding = image_to_array(msg), msg.encoding
+    if encoding not in ("16UC1", "32FC1"):
+        raise ConversionError(f"'{encoding}' is not a depth image (REP 118: 16UC1 in mm or 32FC1 in m)")
+    z = pixels * 0.001 if encoding == "16UC1" else pixels.astype(np.float64)
+    return np.where(np.isfinite(z) & (z > 0), z, 0.0).astype(np.float32)
+
+
+def depth_image_to_xyz(depth: Image | CompressedImage, info: CameraInfo, rectified: bool = False) -> np.ndarray:
+    """Organized HxWx3 float32 cloud in metres, in the camera's optical frame, of a depth image on ``info``'s grid.
+
+    depth_image_proc's point_cloud_xyz: ``x = (u - cx) z / fx, y = (v - cy) z / fy`` at pixel (u, v), with
+    fx, fy, cx, cy from K (the image as the camera delivers it, e.g. a depth registered to the colour camera),
+    or from P when ``rectified`` (an image_rect; depth_image_proc takes them from P through image_geometry).
+    Distortion is not applied, as there. Invalid depths give (0, 0, 0).
+    """
+    cam = camera_info_to_dict(info)
+    z = depth_image_to_metres(depth)
+    if z.shape != (cam["height"], cam["width"]):
+        raise ConversionError(f"depth image is {z.shape[1]}x{z.shape[0]} but camera_info is "
+                              f"{cam['width']}x{cam['height']}")
+    name = "p" if rectified else "k"
+    m = cam[name]
+    fx, fy, cx, cy = m[0, 0], m[1, 1], m[0, 2], m[1, 2]
+    if not (np.isfinite(m).all() and fx > 0 and fy > 0):
+        raise ConversionError(f"CameraInfo {name} has fx={fx:g}, fy={fy:g} and must be finite with fx, fy > 0: "
+                              f"{m.ravel().tolist()}")
+    xyz = np.empty((*z.shape, 3), dtype=np.float32)
+    xyz[..., 0] = z * ((np.arange(z.shape[1]) - cx) / fx)
+    xyz[..., 1] = z * ((np.arange(z.shape[0]) - cy) / fy)[:, None]
+    xyz[..., 2] = z
+    return xyz
