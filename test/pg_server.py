@@ -7,6 +7,7 @@ directory; as root it runs as the ``postgres`` user (PostgreSQL refuses to run a
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import shutil
 import socket
@@ -34,9 +35,7 @@ def why_unavailable() -> str | None:
             pwd.getpwnam("postgres")
         except KeyError:
             return "running as root without a 'postgres' user to run the server as"
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("psycopg") is None:
         return "psycopg is not installed (requirements.txt)"
     return None
 

@@ -3,6 +3,9 @@ import csv
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +22,7 @@ from cmdr_ros.data.mvtec3d import MVTec3DClass, load_mask, load_rgb, load_xyz
 from cmdr_ros.data.synthetic import CellConfig, generate_dataset
 from cmdr_ros.geometry import CameraIntrinsics
 from cmdr_ros.ros.bags import (METADATA_VERSION, TOPICS, BagWriter, bag_from_dataset, eval_bag, make_header,
-                               play_bag, read_messages)
+                               open_bag, play_bag, playback_qos, read_messages, topic_qos)
 from cmdr_ros.ros.conversions import (array_to_image, camera_info_to_dict, image_to_array, image_to_rgb,
                                       pointcloud2_fields, pointcloud2_to_xyz, xyz_to_pointcloud2)
 
@@ -29,6 +32,15 @@ TYPES = {TOPICS["image"]: "Image", TOPICS["points"]: "PointCloud2", TOPICS["info
          TOPICS["gt"]: "Image", TOPICS["sample"]: "String"}
 HUMBLE_KEYS = {"version", "storage_identifier", "duration", "starting_time", "message_count",
                "topics_with_message_count", "compression_format", "compression_mode", "relative_file_paths", "files"}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ros_domain() -> str:
+    """This module's DDS domain: localhost only, random 1..101 unless the run set one."""
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 101)))
+    return os.environ["ROS_DOMAIN_ID"]
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +169,7 @@ def test_user_errors_are_one_line(tmp_path, synthetic_dir, capsys):
         eval_bag(bag, stub, tmp_path / "ev", points_topic="/camera/gt_mask")
 
 
-def test_play_on_dds_keeps_stamps_and_spacing(synthetic_dir, tmp_path):
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 200)))
+def test_play_on_dds_keeps_stamps_and_spacing(synthetic_dir, tmp_path, ros_domain):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -214,6 +224,157 @@ def test_play_on_dds_keeps_stamps_and_spacing(synthetic_dir, tmp_path):
         spinner.join(timeout=2.0)
         listener.destroy_node()
         talker.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def _offer(reliability: str = "RELIABLE", durability: str = "VOLATILE", depth: int = 10, history: str = "KEEP_LAST"):
+    """A recorded offered QoS (rosbags ``Qos``) with rosbag2's infinite durations."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    inf = QosTime(9223372036, 854775807)
+    return Qos(QosHistory[history], depth, QosReliability[reliability], QosDurability[durability], inf, inf,
+               QosLiveliness.AUTOMATIC, inf, False)
+
+
+def _write_qos_bag(path: Path, messages: list, offers: dict, version: int = METADATA_VERSION) -> None:
+    """A bag of (topic, log time, rclpy message), each topic recorded with the offered QoS ``offers[topic]``."""
+    from rclpy.serialization import serialize_message
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    with Writer(path, version=version, storage_plugin=StoragePlugin.MCAP) as w:
+        conns = {}
+        for topic, t, msg in messages:
+            if topic not in conns:
+                kind = f"{type(msg).__module__.split('.')[0]}/msg/{type(msg).__name__}"
+                conns[topic] = w.add_connection(topic, kind, typestore=store, offered_qos_profiles=offers[topic])
+            w.write(conns[topic], t, serialize_message(msg))
+
+
+def _static_transform(child: str):
+    """A static transform message (tf2_msgs has no PyPI wheel: a TransformStamped stands in for a TFMessage)."""
+    from geometry_msgs.msg import TransformStamped
+
+    msg = TransformStamped(header=make_header(START, "base"), child_frame_id=child)
+    msg.transform.rotation.w = 1.0
+    return msg
+
+
+def _policies(qos) -> tuple:
+    return qos.reliability.name, qos.durability.name, qos.history.name, qos.depth
+
+
+@pytest.mark.parametrize("version", [8, 9])
+def test_playback_qos_follows_the_recording(tmp_path, version, caplog):
+    """rosbag2's adapt_offer_to_recorded_offers, from v8 (YAML string) and v9 (list) metadata; /tf_static latched."""
+    from std_msgs.msg import String
+
+    latched = _offer(durability="TRANSIENT_LOCAL", depth=1)
+    offers = {"/fast": [_offer("BEST_EFFORT", depth=5)], "/map": [latched, latched], "/plain": [],
+              "/discovered": [_offer(depth=0, history="UNKNOWN")], "/tf_static": [latched, latched],
+              "/mixed": [_offer(), _offer("BEST_EFFORT")]}
+    msgs = [(t, START + i, String(data=t)) for i, t in enumerate(offers)]
+    msgs += [("/tf_static", START + 10 + i, String(data="more")) for i in range(14)]  # 15 static messages
+    bag = tmp_path / "qos_bag"
+    _write_qos_bag(bag, msgs, offers, version)
+    assert yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]["version"] == version
+    with open_bag(bag) as reader:
+        got = {t: _policies(topic_qos(reader, t)) for t in offers}
+    assert got == {"/fast": ("BEST_EFFORT", "VOLATILE", "KEEP_LAST", 5),
+                   "/map": ("RELIABLE", "TRANSIENT_LOCAL", "KEEP_LAST", 1),
+                   "/plain": ("RELIABLE", "VOLATILE", "KEEP_LAST", 10),  # nothing recorded: rosbag2's default
+                   "/discovered": ("RELIABLE", "VOLATILE", "KEEP_LAST", 10),  # unknown history: keep last 10
+                   "/tf_static": ("RELIABLE", "TRANSIENT_LOCAL", "KEEP_LAST", 15),  # room for every message
+                   "/mixed": ("RELIABLE", "VOLATILE", "KEEP_LAST", 10)}  # a mix: rosbag2's default offer
+    assert "/mixed: the recorded publishers offered different QoS" in caplog.text
+    # /tf_static goes out latched even when recorded otherwise (or not at all)
+    assert _policies(playback_qos("/tf_static", [_offer("BEST_EFFORT", depth=1)], 2)) == \
+        ("RELIABLE", "TRANSIENT_LOCAL", "KEEP_LAST", 2)
+    assert _policies(playback_qos("/tf_static", [], 1)) == ("RELIABLE", "TRANSIENT_LOCAL", "KEEP_LAST", 10)
+    assert _policies(playback_qos("/map", [_offer(depth=3), _offer(depth=7)])) == \
+        ("RELIABLE", "VOLATILE", "KEEP_LAST", 7)  # same offer, several publishers: the deepest
+    with pytest.raises(CmdrError, match="--clock -1"):
+        play_bag(bag, clock=-1.0)
+    with pytest.raises(CmdrError, match="has its own /clock"):
+        play_bag(bag, remap=["/plain:=/clock"], clock=40.0)
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.02)
+
+
+def test_play_offers_recorded_qos_latches_tf_static_and_publishes_clock(tmp_path, ros_domain):
+    """`cmdr bag play BAG --clock` (a process): a late transient-local subscriber still gets both static
+    transforms, the best-effort topic goes out best effort, the reliable one reliable, /clock runs in the bag's
+    time. The bag is long (2 min): the test interrupts the player once it has seen everything."""
+    import rclpy
+    from geometry_msgs.msg import TransformStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from std_msgs.msg import String
+
+    latched = _offer(durability="TRANSIENT_LOCAL", depth=1)  # what tf2's StaticTransformBroadcaster offers
+    offers = {"/tf_static": [latched, latched], "/fast": [_offer("BEST_EFFORT")], "/slow": [_offer()]}
+    msgs = [("/tf_static", START, _static_transform("camera")), ("/tf_static", START + NS // 100,
+                                                                  _static_transform("profiler"))]
+    for i in range(1, 600):  # 5 Hz for 2 min, after the static transforms
+        msgs += [(topic, START + i * NS // 5, String(data=str(i))) for topic in ("/fast", "/slow")]
+    bag = tmp_path / "cell"
+    _write_qos_bag(bag, msgs, offers)
+    end = START + 599 * NS // 5
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("bag_qos_listener", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    got: dict[str, list] = {"/fast": [], "/slow": [], "/clock": [], "/tf_static": []}
+    best_effort = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
+    node.create_subscription(String, "/fast", got["/fast"].append, best_effort)
+    node.create_subscription(String, "/slow", got["/slow"].append, QoSProfile(depth=100))
+    node.create_subscription(Clock, "/clock", got["/clock"].append, best_effort)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    env = {**os.environ, "ROS_DOMAIN_ID": ros_domain, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+           "PYTHONUNBUFFERED": "1"}
+    player = subprocess.Popen([sys.executable, "-m", "cmdr_ros.cli.main", "bag", "play", str(bag), "--clock"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
+    try:
+        _wait_for(lambda: got["/slow"] or player.poll() is not None, 60.0, "message on /slow")
+        assert player.poll() is None, player.communicate()[0]
+        # /slow is recorded after both static transforms: they were published, before this subscription exists
+        node.create_subscription(TransformStamped, "/tf_static", got["/tf_static"].append, QoSProfile(
+            depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        _wait_for(lambda: len(got["/tf_static"]) >= 2, 30.0, "latched /tf_static messages")
+        assert sorted(m.child_frame_id for m in got["/tf_static"]) == ["camera", "profiler"]
+        _wait_for(lambda: got["/fast"] and len(got["/clock"]) >= 5, 30.0, "/fast and /clock messages")
+        offered = {}
+        for topic in ("/fast", "/slow", "/tf_static", "/clock"):
+            _wait_for(lambda t=topic: node.get_publishers_info_by_topic(t), 30.0, f"publisher of {topic}")
+            (info,) = node.get_publishers_info_by_topic(topic)
+            offered[topic] = (info.qos_profile.reliability.name, info.qos_profile.durability.name)
+        assert offered == {"/fast": ("BEST_EFFORT", "VOLATILE"), "/slow": ("RELIABLE", "VOLATILE"),
+                           "/tf_static": ("RELIABLE", "TRANSIENT_LOCAL"), "/clock": ("BEST_EFFORT", "VOLATILE")}
+        clocks = [m.clock.sec * NS + m.clock.nanosec for m in got["/clock"]]
+        assert all(START <= c <= end for c in clocks) and clocks == sorted(clocks), clocks
+        player.send_signal(signal.SIGINT)
+        out = player.communicate(timeout=30)[0]
+        assert player.returncode == 0, out
+        assert "/tf_static (geometry_msgs/msg/TransformStamped; reliable, transient_local, depth 2): 2 messages" in out
+        assert "/fast (std_msgs/msg/String; best_effort, volatile, depth 10)" in out
+        assert "/clock (rosgraph_msgs/msg/Clock; 40 Hz)" in out and "(interrupted)" in out
+    finally:
+        if player.poll() is None:
+            player.kill()
+            player.wait()
+        executor.shutdown()
+        spinner.join(timeout=2.0)
+        node.destroy_node()
         rclpy.shutdown(context=context)
 
 

@@ -40,6 +40,7 @@ ROS_MODULES = {
     "sensor_msgs": "sensor_msgs",
     "geometry_msgs": "geometry_msgs",
     "diagnostic_msgs": "diagnostic_msgs",
+    "rosgraph_msgs": "rosgraph_msgs",
     "visualization_msgs": "visualization_msgs",
     "std_srvs": "std_srvs",
     "lifecycle_msgs": "lifecycle_msgs",

@@ -2,7 +2,8 @@
 
 * ``from-dataset DIR --out BAG``: an MVTec 3D-AD style class folder as a camera bag (image, organized cloud,
   camera_info, ground truth, sample names), playable by ``ros2 bag play`` (Humble and later);
-* ``play BAG``: publish a bag on DDS with its recorded timing (for machines without ``ros2 bag``);
+* ``play BAG``: publish a bag on DDS with its recorded timing and QoS, optionally /clock (for machines without
+  ``ros2 bag``);
 * ``eval BAG --checkpoint M``: run a model over a bag offline, as the node would, and score it like ``cmdr eval``;
 * ``to-dataset BAG --out DIR``: a recording of parts as samples of a class folder, to train on recorded good parts.
 
@@ -41,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--remap", nargs="+", default=None, metavar="OLD:=NEW", help="publish topic OLD as NEW")
     q.add_argument("--wait", type=float, default=1.0, metavar="S",
                    help="wait up to S seconds for every topic to have a subscriber before starting (default 1)")
+    q.add_argument("--clock", type=float, nargs="?", const=40.0, default=0.0, metavar="HZ",
+                   help="publish /clock at the bag's time, HZ times a second (default 40, as ros2 bag play), for "
+                        "nodes with use_sim_time; put it after BAG")
     q.set_defaults(func=run_play)
 
     q = verbs.add_parser("eval", help="run a model over a bag offline (as the node would) and score it")
@@ -97,7 +101,7 @@ def run_from_dataset(args: argparse.Namespace) -> int:
 def run_play(args: argparse.Namespace) -> int:
     from cmdr_ros.ros.bags import play_bag
 
-    play_bag(args.bag, args.rate, args.loop, args.topics, args.remap, wait=args.wait, report=print)
+    play_bag(args.bag, args.rate, args.loop, args.topics, args.remap, wait=args.wait, clock=args.clock, report=print)
     return 0
 
 
