@@ -49,8 +49,8 @@ class Backend:
     types: dict[str, str] = {}
     id_column = ""
 
-    def __init__(self, target: str):
-        self.target = target
+    def __init__(self, target: str, readonly: bool = False):
+        self.target, self.readonly = target, readonly
         self.conn: Any = None
 
     def open(self, busy_timeout_s: float) -> None:
@@ -123,8 +123,7 @@ class SQLiteBackend(Backend):
     id_column = "id INTEGER PRIMARY KEY"
 
     def __init__(self, target: str, readonly: bool = False):
-        super().__init__(str(Path(target).expanduser()))
-        self.readonly = readonly
+        super().__init__(str(Path(target).expanduser()), readonly)
         self._identity: tuple[int, int] | None = None
 
     def open(self, busy_timeout_s: float) -> None:
@@ -202,10 +201,6 @@ class PostgresBackend(Backend):
     placeholder = "%%(%s)s"
     types = {"text": "TEXT", "int": "BIGINT", "real": "DOUBLE PRECISION", "bool": "BOOLEAN"}
     id_column = "id BIGSERIAL PRIMARY KEY"
-
-    def __init__(self, target: str, readonly: bool = False):
-        super().__init__(target)
-        self.readonly = readonly
 
     def open(self, busy_timeout_s: float) -> None:
         driver = _pg_driver()

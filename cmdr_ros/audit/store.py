@@ -115,19 +115,10 @@ class AuditStore:
             self._cv.notify_all()
         self._fault(f"audit store failing ({n_rows} row(s) queued, retried every {self.retry_s:g} s): {error}")
 
-    def _connect(self) -> str | None:
-        """Open the store (again, when its file was removed); the error in words, or None."""
+    def _attempt(self, step: Callable[[], None]) -> str | None:
+        """Run one step against the store; on failure drop the connection and return why (else None)."""
         try:
-            if self._backend is not None:
-                try:
-                    self._backend.verify()
-                except AuditError as e:
-                    with self._cv:
-                        self.counts["reopened"] += 1
-                    self._fault(str(e))
-                    self._disconnect()
-            if self._backend is None:
-                self._backend = self._open(self.target)
+            step()
         except AuditError as e:
             self._disconnect()
             return str(e)
@@ -136,22 +127,29 @@ class AuditStore:
             return f"{type(e).__name__}: {e}"
         return None
 
+    def _ensure_open(self) -> None:
+        """Open the store (again, when its file was removed or replaced)."""
+        if self._backend is not None:
+            try:
+                self._backend.verify()
+            except AuditError as e:
+                with self._cv:
+                    self.counts["reopened"] += 1
+                self._fault(str(e))
+                self._disconnect()
+        if self._backend is None:
+            self._backend = self._open(self.target)
+
+    def _connect(self) -> str | None:
+        return self._attempt(self._ensure_open)
+
     def _write(self, rows: list[dict[str, Any]]) -> str | None:
         """Write ``rows`` in one transaction; the error in words, or None."""
         t0 = time.perf_counter()
-        error = self._connect()
-        if error is not None:
-            return error
-        try:
-            self._backend.insert(rows)
-        except AuditError as e:
-            self._disconnect()
-            return str(e)
-        except Exception as e:  # noqa: BLE001 - the writer must survive anything a driver raises
-            self._disconnect()
-            return f"{type(e).__name__}: {e}"
-        self.last_write_ms = (time.perf_counter() - t0) * 1e3
-        return None
+        error = self._connect() or self._attempt(lambda: self._backend.insert(rows))
+        if error is None:
+            self.last_write_ms = (time.perf_counter() - t0) * 1e3
+        return error
 
     def _disconnect(self) -> None:
         backend, self._backend = self._backend, None
