@@ -14,6 +14,15 @@ CABLE_GLAND = SHARED_DATA / "mvtec3d_cable_gland_dev" / "cable_gland"
 PCL_ORGANIZED = SHARED_DATA / "pcl_organized"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ros_log_dir(tmp_path_factory) -> Path:
+    """ROS logs (and the audit store of nodes started in this process) go to a temporary folder, never ~/.ros."""
+    path = tmp_path_factory.mktemp("ros_log")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("ROS_LOG_DIR", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def cable_gland_dir() -> Path:
     if not (CABLE_GLAND / "train" / "good").is_dir():

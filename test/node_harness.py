@@ -183,12 +183,16 @@ class RosSide:
             pv = ParameterValue(type=ParameterType.PARAMETER_DOUBLE_ARRAY, double_array_value=[float(v) for v in value])
         else:
             pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(value))
-        future = self.param_client.call_async(SetParameters.Request(parameters=[ParameterMsg(name=name, value=pv)]))
-        done = threading.Event()
-        future.add_done_callback(lambda _: done.set())
-        assert done.wait(20), "set_parameters timed out"
-        r = future.result().results[0]
-        return r.successful, r.reason
+        request = SetParameters.Request(parameters=[ParameterMsg(name=name, value=pv)])
+        for _ in range(3):  # setting is idempotent: an answer Fast DDS lost (a client not matched yet) is asked again
+            future = self.param_client.call_async(request)
+            done = threading.Event()
+            future.add_done_callback(lambda _: done.set())
+            if done.wait(20):
+                r = future.result().results[0]
+                return r.successful, r.reason
+            self.param_client.remove_pending_request(future)
+        pytest.fail("set_parameters: no answer in 3 tries")
 
 
 class NodeProcess:

@@ -94,3 +94,32 @@ def test_whole_numbers_are_taken_for_float_parameters():
     p = node_params({"threshold": 3, "extrinsics": [0, 0, 0, 0, 0, 0, 1]})
     assert p["threshold"] == 3.0 and p["extrinsics"] == IDENTITY
     assert node_params()["extrinsics"] is None
+
+
+def test_projection_parameter_chooses_k_and_d_or_p():
+    """raw: K + distortion D (an image_raw); rectified: P without distortion (an image_rect); auto: P when D is zero."""
+    from cmdr_ros.ros.frames import camera_model
+
+    info = cell_camera_info()
+    k = np.array(info.k).reshape(3, 3)
+    info.d = [0.1, -0.05, 0.0, 0.0, 0.0]
+    p = np.hstack([k, np.zeros((3, 1))])
+    p[0, 2] += 3.0  # the rectified image's principal point differs
+    info.p = p.ravel().tolist()
+    point = np.array([[0.02, -0.01, 0.3]])
+    from cmdr_ros.geometry import project_points
+
+    raw, rect, auto = (camera_model(info, m) for m in ("raw", "rectified", "auto"))
+    assert not raw.rectified and rect.rectified and not auto.rectified
+    u_rect = project_points(point, rect)[0]
+    expect = p[:, :3] @ point[0]
+    np.testing.assert_allclose(u_rect, expect[:2] / expect[2], atol=1e-9)
+    u_raw = project_points(point, raw)[0]
+    import cv2
+
+    ref, _ = cv2.projectPoints(point.reshape(1, 1, 3), np.zeros(3), np.zeros(3), k, np.array(info.d))
+    np.testing.assert_allclose(u_raw, ref.reshape(2), atol=1e-9)
+    info.d = [0.0] * 5  # no distortion: auto takes P, raw still K
+    np.testing.assert_allclose(project_points(point, camera_model(info, "auto"))[0], u_rect, atol=1e-9)
+    k_only = k @ point[0]
+    np.testing.assert_allclose(project_points(point, camera_model(info, "raw"))[0], k_only[:2] / k_only[2], atol=1e-9)

@@ -13,6 +13,8 @@ import re
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from cmdr_ros.judge import is_reject
@@ -41,7 +43,9 @@ def rgbd_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rgbd_node(ros, rgbd_model, tmp_path_factory):
-    yield from start_node(ros, tmp_path_factory.mktemp("node"), {"checkpoint": rgbd_model["checkpoint"]},
+    # max_range 10 and time_budget 5 given as integers: rclpy alone refuses an int for a double and ends the node
+    yield from start_node(ros, tmp_path_factory.mktemp("node"), {"checkpoint": rgbd_model["checkpoint"],
+                                                                 "max_range": 10, "time_budget": 5},
                           (ros.image_pub, ros.points_pub))
 
 
@@ -82,9 +86,10 @@ def test_every_part_is_judged_with_the_documented_result(ros, rgbd_node, rgbd_mo
     assert seqs == list(range(seqs[0], seqs[0] + 3)), seqs
     with ros.cond:  # exactly one ~/reject per decision, in order
         rejects = [m.data for _, m in ros.received["reject"]]
-        levels = [m.status[0].level for _, m in ros.received["result"]]
+        levels = [(m.status[0].level, m.status[0].message) for _, m in ros.received["result"]]
     assert len(rejects) == len(levels) >= 3
-    assert all((lvl == DiagnosticStatus.ERROR) == r for lvl, r in zip(levels, rejects))
+    # a reject is a value, not a fault: every judged part is OK, its message says the decision
+    assert all(lvl == DiagnosticStatus.OK and (msg == "REJECT") == r for (lvl, msg), r in zip(levels, rejects))
 
 
 def test_a_cloud_in_another_frame_without_transform_is_not_judged(ros, rgbd_node):
@@ -154,4 +159,42 @@ def test_diagnostics_report_the_counters(ros, rgbd_node):
                 "pending_sync", "latency_p50_ms", "threshold", "model_id"):
         assert key in d, key
     assert d["state"] == "active" and d["stuck"] == "0"
+    with ros.cond:  # diagnostic_updater's conventions: '<node>: <task>' names, the cell as hardware_id
+        statuses = {st.name: st for _, arr in ros.received["diagnostics"] for st in arr.status}
+    assert {"cmdr_inspection: node", "cmdr_inspection: audit"} <= set(statuses)
+    assert statuses["cmdr_inspection: node"].hardware_id == "/cmdr_inspection"  # hardware_id unset: the node
 
+
+def test_stale_inputs_are_reported(ros, rgbd_node):
+    def stale():
+        for _, arr in ros.received["diagnostics"]:
+            for st in arr.status:
+                if st.name == "cmdr_inspection: node" and st.message.startswith("stale inputs"):
+                    return st
+        return None
+
+    assert ros.set_parameter("diagnostics.stale_after", 0.5) == (True, "")
+    try:
+        st = ros.wait_for("a stale-input warning", stale, timeout=30)
+        assert st.level == DiagnosticStatus.WARN, st
+    finally:
+        assert ros.set_parameter("diagnostics.stale_after", 0.0) == (True, "")
+
+
+def test_an_incompatible_input_publisher_is_a_diagnostics_error(ros, rgbd_node):
+    """Last in this module: the count stays for the node's life (the mismatched publisher sends nothing through)."""
+    best_effort = ros.node.create_publisher(Image, "/image",
+                                            QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
+    try:
+        def error():
+            for _, arr in ros.received["diagnostics"]:
+                for st in arr.status:
+                    if st.name == "cmdr_inspection: node" and "incompatible QoS" in st.message:
+                        return st
+            return None
+
+        st = ros.wait_for("an incompatible-QoS error", error, timeout=30)
+        assert st.level == DiagnosticStatus.ERROR, st
+        assert "input.reliability" in st.message
+    finally:
+        ros.node.destroy_publisher(best_effort)

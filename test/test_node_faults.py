@@ -650,12 +650,34 @@ def test_bad_start_parameters_exit_non_zero_and_say_why(ros, models, tmp_path_fa
 
 # ------------------------------------------------------------------------ 7. checkpoint faults at configure
 def _call(ros: RosSide, client: Any, request: Any, timeout: float = 180) -> Any:
+    """The response, or None when none came within ``timeout`` (Fast DDS can answer a fresh client before it has
+    matched the client's response reader: the node logs 'failed to send response (timeout)' and the answer is lost;
+    callers ask again or look at the state)."""
     assert client.wait_for_service(timeout_sec=60), f"no {client.srv_name} service"
     future = client.call_async(request)
     done = threading.Event()
     future.add_done_callback(lambda _: done.set())
-    assert done.wait(timeout), f"{client.srv_name} timed out"
+    if not done.wait(timeout):
+        client.remove_pending_request(future)
+        return None
     return future.result()
+
+
+def _get_state(ros: RosSide, client: Any) -> int:
+    """The node's lifecycle state id (get_state is idempotent: a lost answer is asked for again)."""
+    for _ in range(6):
+        response = _call(ros, client, GetState.Request(), timeout=20)
+        if response is not None:
+            return response.current_state.id
+    pytest.fail(f"{client.srv_name}: no answer in 6 tries")
+
+
+def _transition(ros: RosSide, change: Any, get: Any, transition: int, goal: int) -> bool:
+    """Trigger a transition; whether the node reached ``goal`` (its answer, or its state when the answer was lost)."""
+    response = _call(ros, change, ChangeState.Request(transition=Transition(id=transition)))
+    if response is not None:
+        return response.success
+    return _get_state(ros, get) == goal
 
 
 def test_checkpoint_faults_at_configure(ros, models, frames, tmp_path_factory):
@@ -673,11 +695,10 @@ def test_checkpoint_faults_at_configure(ros, models, frames, tmp_path_factory):
     ros.clear()
     try:
         def state() -> int:
-            return _call(ros, get, GetState.Request()).current_state.id
+            return _get_state(ros, get)
 
         def configure() -> bool:
-            return _call(ros, change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE)))\
-                .success
+            return _transition(ros, change, get, Transition.TRANSITION_CONFIGURE, State.PRIMARY_STATE_INACTIVE)
 
         assert state() == State.PRIMARY_STATE_UNCONFIGURED
         assert configure() is False, "configured without a checkpoint"  # started without one
@@ -695,7 +716,7 @@ def test_checkpoint_faults_at_configure(ros, models, frames, tmp_path_factory):
             print(f"\n{name}: configure refused: {d['state'][:160]}")
         assert ros.set_parameter("checkpoint", str(good)) == (True, "")
         assert configure() is True
-        ok = _call(ros, change, ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE))).success
+        ok = _transition(ros, change, get, Transition.TRANSITION_ACTIVATE, State.PRIMARY_STATE_ACTIVE)
         assert ok and state() == State.PRIMARY_STATE_ACTIVE
         node.wait_active((ros.image_pub, ros.points_pub))
         v = ros.result(_send_good(ros, frames))
@@ -817,3 +838,87 @@ def test_teardown_decides_every_part_still_held(ros, models, frames, monkeypatch
         assert all(answered.values()), f"parts held by the node at _teardown got no result: {answered}"
         for r in answered.values():
             _check_fail_safe(r[0], {"shutdown"})
+
+
+# ------------------------------------------------------------------------------ 9. lifecycle transitions
+def test_a_transition_that_raises_fails_cleanly_and_says_why(ros, models, frames, monkeypatch):
+    """rclpy swallows an exception of a transition callback; the node logs it with its cause, releases what the
+    transition created, reports it on /diagnostics (ERROR) and the transition fails: a later one can succeed."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from cmdr_ros.ros import inspection_node as node_module
+
+    with _inprocess_node(ros, models["rgbd"]["checkpoint"], monkeypatch) as (node, _):
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        real = node_module.make_synchronizer
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("simulated middleware failure")
+
+        monkeypatch.setattr(node_module, "make_synchronizer", broken)
+        assert node.trigger_activate() == TransitionCallbackReturn.FAILURE
+        assert node._state_text.startswith("cannot activate: RuntimeError: simulated middleware failure")
+        assert node._sync is None and node._watch_timer is None
+        d = ros.diagnostics(lambda v: v.get("state", "").startswith("cannot activate"), "the failed activate")
+        assert d["_level"] == DiagnosticStatus.ERROR and "simulated" in d["_message"], d
+        monkeypatch.setattr(node_module, "make_synchronizer", real)
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        _poll(lambda: ros.image_pub.get_subscription_count() >= 1 and ros.points_pub.get_subscription_count() >= 1,
+              "the node subscribed again")
+        _check_judged(ros.result(_send_good(ros, frames)))
+
+
+def test_services_answer_during_a_long_configure(ros, models, monkeypatch):
+    """Autostart configures in a callback group of its own: parameter and lifecycle services answer meanwhile."""
+    from lifecycle_msgs.msg import State
+    from lifecycle_msgs.srv import GetState
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.signals import SignalHandlerOptions
+
+    from cmdr_ros.model import checkpoint
+    from cmdr_ros.ros.inspection_node import InspectionNode
+
+    entered, gate, real = threading.Event(), threading.Event(), checkpoint.load_checkpoint
+
+    def slow_load(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        gate.wait(120)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", slow_load)
+    ros.clear()
+    ctx = rclpy.Context()
+    with monkeypatch.context() as env:
+        env.setenv("FASTDDS_BUILTIN_TRANSPORTS", FASTDDS_TRANSPORTS)
+        rclpy.init(context=ctx, domain_id=ros.domain_id, signal_handler_options=SignalHandlerOptions.NO)
+    node = executor = spinner = None
+    get = ros.node.create_client(GetState, "/cmdr_inspection/get_state")
+    try:
+        node = InspectionNode(context=ctx, parameter_overrides=[
+            Parameter("checkpoint", value=str(models["rgbd"]["checkpoint"])), Parameter("device", value="cpu"),
+            Parameter("warmup", value=False)])
+        executor = MultiThreadedExecutor(num_threads=3, context=ctx)
+        executor.add_node(node)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        assert entered.wait(60), "configure never started"
+        assert _get_state(ros, get) == State.TRANSITION_STATE_CONFIGURING  # answered while configure blocks
+        assert ros.set_parameter("threshold", 2.5) == (True, "")
+        assert not gate.is_set() and node._state_text == "unconfigured"
+        gate.set()
+        _poll(lambda: node._state_text == "active", "the node active after the slow configure")
+        assert node.judge.threshold == 2.5
+    finally:
+        gate.set()
+        ros.node.destroy_client(get)
+        if executor is not None:
+            executor.shutdown(timeout_sec=5)
+        if spinner is not None:
+            spinner.join(timeout=10)
+        if node is not None:
+            node._teardown()
+            node.destroy_node()
+        rclpy.shutdown(context=ctx)
+        _poll(lambda: not any(p.get_subscription_count() for p in (ros.image_pub, ros.points_pub)),
+              "the in-process node's subscriptions gone", timeout=10, fail=False)

@@ -45,13 +45,15 @@ class FrameJudge:
     """Judge synchronized message sets: ``judge({'image': Image, 'points': PointCloud2}, camera_info)``."""
 
     def __init__(self, judge: Judge | None, mode: str, *, raster_resolution: float = 0.0, extrinsics: Any = None,
-                 tf_lookup: TransformLookup | None = None, registered: bool = False) -> None:
+                 tf_lookup: TransformLookup | None = None, registered: bool = False,
+                 projection: str = "auto") -> None:
         self.judge_ = judge
         self.mode = mode
         self.raster_resolution = float(raster_resolution)
         self.extrinsics = extrinsics_transform(extrinsics)
         self.tf_lookup = tf_lookup
         self.registered = bool(registered)
+        self.projection = projection
 
     @classmethod
     def from_params(cls, detector: Any, params: Mapping[str, Any],
@@ -60,13 +62,14 @@ class FrameJudge:
         judge = Judge(detector, JudgeSettings.from_params(params), params.get("threshold", -1.0))
         return cls(judge, detector.config.mode, raster_resolution=params.get("raster_resolution", 0.0),
                    extrinsics=params.get("extrinsics"), tf_lookup=tf_lookup,
-                   registered=params.get("cloud_registered", False))
+                   registered=params.get("cloud_registered", False), projection=params.get("projection", "auto"))
 
     @classmethod
     def aligner(cls, mode: str, params: Mapping[str, Any]) -> FrameJudge:
         """Decoding and alignment only (``assemble``), e.g. to turn a recording into training samples."""
         return cls(None, mode, raster_resolution=params.get("raster_resolution", 0.0),
-                   extrinsics=params.get("extrinsics"), registered=params.get("cloud_registered", False))
+                   extrinsics=params.get("extrinsics"), registered=params.get("cloud_registered", False),
+                   projection=params.get("projection", "auto"))
 
     @property
     def threshold(self) -> float:
@@ -74,8 +77,10 @@ class FrameJudge:
 
     def assemble(self, msgs: Mapping[str, Any], info: Any = None) -> Frame:
         """Decode and align one set (CmdrError when it cannot be)."""
-        return assemble_frame(self.mode, msgs.get("image"), msgs.get("points"), info if self.mode == "rgbd" else None,
-                              self.tf_lookup, self.extrinsics, self.raster_resolution, self.registered)
+        cloud = msgs.get("points", msgs.get("depth"))  # a PointCloud2, or a depth image
+        return assemble_frame(self.mode, msgs.get("image"), cloud,
+                              info if self.mode == "rgbd" or "depth" in msgs else None,
+                              self.tf_lookup, self.extrinsics, self.raster_resolution, self.registered, self.projection)
 
     def judge(self, msgs: Mapping[str, Any], info: Any = None) -> tuple[Frame | None, Verdict]:
         """The frame (None when it could not be decoded) and its verdict."""

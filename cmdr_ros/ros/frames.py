@@ -16,7 +16,7 @@ colour the sensor's own points.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -24,7 +24,10 @@ import numpy as np
 from cmdr_ros import CmdrError
 from cmdr_ros.geometry import CameraIntrinsics, project_to_image, rasterize_on_plane
 from cmdr_ros.judge import NotJudgeable, coverage_of
-from cmdr_ros.ros.conversions import camera_info_to_dict, image_to_rgb, pointcloud2_to_xyz
+from sensor_msgs.msg import CompressedImage, Image
+
+from cmdr_ros.ros.conversions import (camera_info_to_dict, compressed_image_to_rgb, depth_image_to_xyz, image_to_rgb,
+                                      pointcloud2_to_xyz)
 
 TransformLookup = Callable[[str, str, Any], "np.ndarray | None"]
 
@@ -52,6 +55,30 @@ def _organized_points(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return flat[idx], idx
 
 
+def decode_image(msg: Any) -> np.ndarray:
+    """uint8 HxWx3 RGB of a raw or compressed image."""
+    return compressed_image_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+
+
+def decode_cloud(msg: Any, info: Any, projection: str = "auto") -> tuple[np.ndarray, bool]:
+    """(points, organized) of a PointCloud2, or of a depth image back-projected with ``info`` (organized)."""
+    if not isinstance(msg, (Image, CompressedImage)):
+        return pointcloud2_to_xyz(msg)
+    if info is None:
+        raise CmdrError("a depth image input needs camera_info (none arrived yet) to become a cloud")
+    return depth_image_to_xyz(msg, info, rectified=projection == "rectified"), True
+
+
+def camera_model(info: Any, projection: str = "auto") -> CameraIntrinsics:
+    """The camera of ``info`` as ``projection`` says: raw (K + D), rectified (P) or auto (P when D is zero)."""
+    cam = CameraIntrinsics.from_dict(camera_info_to_dict(info))
+    if projection == "rectified":
+        return replace(cam, D=np.zeros_like(cam.D), distortion_model=cam.distortion_model)
+    if projection == "raw":
+        return replace(cam, P=np.hstack([cam.K, np.zeros((3, 1))]))
+    return cam
+
+
 def cloud_to_camera(image: Any, cloud: Any, lookup: TransformLookup | None,
                     extrinsics: np.ndarray | None) -> tuple[np.ndarray, str]:
     """The cloud -> camera transform and where it came from; ``NotJudgeable('no_transform')`` when there is none."""
@@ -70,7 +97,7 @@ def cloud_to_camera(image: Any, cloud: Any, lookup: TransformLookup | None,
 
 def assemble_frame(mode: str, image: Any = None, cloud: Any = None, info: Any = None,
                    transform: TransformLookup | None = None, extrinsics: np.ndarray | None = None,
-                   raster_resolution: float = 0.0, registered: bool = False) -> Frame:
+                   raster_resolution: float = 0.0, registered: bool = False, projection: str = "auto") -> Frame:
     """Convert and align one synchronized set. Raises ``CmdrError`` (or its ``ConversionError``, or
     ``NotJudgeable('no_transform')``) for a frame that cannot be judged: missing input, malformed message, cloud
     that cannot be placed on the image."""
@@ -83,11 +110,11 @@ def assemble_frame(mode: str, image: Any = None, cloud: Any = None, info: Any = 
     f.frame_ids = {k: m.header.frame_id for k, m in (("image", image), ("points", cloud), ("camera_info", info))
                    if m is not None}
     if image is not None:
-        f.rgb = image_to_rgb(image)
+        f.rgb = decode_image(image)
     if mode == "2d":
         return f
 
-    xyz, organized = pointcloud2_to_xyz(cloud)
+    xyz, organized = decode_cloud(cloud, info, projection)
     if mode == "3d" and organized:
         f.xyz = xyz
         f.points, f.point_pixel = _organized_points(xyz)
@@ -107,7 +134,7 @@ def assemble_frame(mode: str, image: Any = None, cloud: Any = None, info: Any = 
         if info is None:
             raise CmdrError(f"the cloud ({'x'.join(map(str, xyz.shape[:-1]))}) is not pixel-aligned with the "
                             f"{f.rgb.shape[1]}x{f.rgb.shape[0]} image and no camera_info arrived to project it")
-        cam = CameraIntrinsics.from_dict(camera_info_to_dict(info))
+        cam = camera_model(info, projection)
         if (cam.width, cam.height) != (f.rgb.shape[1], f.rgb.shape[0]):
             raise CmdrError(f"camera_info is {cam.width}x{cam.height} but the image is "
                             f"{f.rgb.shape[1]}x{f.rgb.shape[0]}")

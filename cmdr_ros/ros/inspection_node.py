@@ -17,6 +17,7 @@ cached GPU memory; cleanup drops the model. ``autostart`` walks to active and ex
 from __future__ import annotations
 
 import collections
+import copy
 import signal
 import sys
 import threading
@@ -35,8 +36,9 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_system_default)
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Bool, Float32, Header
 
 from cmdr_ros import CmdrError
@@ -51,11 +53,18 @@ from cmdr_ros.ros.parameters import PARAMETERS, READ_ONLY, check, check_all, coe
 from cmdr_ros.ros.sync import make_synchronizer
 
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
-INPUTS = {"rgbd": [(Image, "image"), (PointCloud2, "points")], "3d": [(PointCloud2, "points")],
-          "2d": [(Image, "image")]}
+def input_topics(mode: str, image_transport: str = "raw", cloud: str = "points") -> list[tuple[type, str]]:
+    """(message type, topic) of each synchronized input of ``mode``."""
+    image = (CompressedImage if image_transport == "compressed" else Image, "image")
+    points = (PointCloud2, "points") if cloud == "points" else (Image, "depth")
+    return {"rgbd": [image, points], "3d": [points], "2d": [image]}[mode]
 JUDGE_PARAMS = ("on_error", "min_valid_ratio", "min_coverage", "max_range")
 OPTIONAL_TYPE = {"extrinsics": Parameter.Type.DOUBLE_ARRAY}  # parameters without a default: unset unless given
 WATCH_PERIOD_S = 0.05
+DIAGNOSTICS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+                             history=HistoryPolicy.KEEP_LAST)  # what diagnostic_updater offers
+PRETRAINED = {"dino_vitb8", "pointmae"}  # backbones that need a GPU on a line
+OVERRIDABLE = QoSOverridingOptions.with_default_policies()  # reliability, durability, history, depth per input
 DECISION_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
                           history=HistoryPolicy.KEEP_LAST)  # deep: a burst of fail-safe decisions is never overwritten
 
@@ -114,7 +123,7 @@ class Part:
     frame_ids: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        primary = self.msgs.get("image", self.msgs.get("points"))
+        primary = next((self.msgs[k] for k in ("image", "points", "depth") if k in self.msgs), None)
         self.header = primary.header if primary is not None else None
         self.inputs = "+".join(self.msgs)
         self.frame_ids = {k: m.header.frame_id for k, m in self.msgs.items()}
@@ -123,6 +132,7 @@ class Part:
 class InspectionNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("cmdr_inspection", **kwargs)
+        self._judge_lock = threading.Lock()  # the judge and run-time parameter changes applied to it
         self._start_problems: list[str] = []  # values given at start that ROS itself refused (range, type)
         self._coerce_overrides()
         for name, (default, text, rng) in PARAMETERS.items():
@@ -134,6 +144,7 @@ class InspectionNode(LifecycleNode):
                 self.declare_parameter(name, value, _descriptor(name, default, text, rng), ignore_override=True)
         self.add_pre_set_parameters_callback(self._coerce_set)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._applied)
         self.exit_code: int | None = None  # set when the node must end (autostart failed)
         self.detector = None
         self.mode = ""
@@ -153,6 +164,7 @@ class InspectionNode(LifecycleNode):
         self._run_id = uuid.uuid4().hex[:16]  # with seq, names each decision of this process in the audit store
         self._audit: AuditStore | None = None
         self._tf_listener = self._tf_buffer = self._tf_lookup = None
+        self._inputs_seen = (0, time.monotonic())
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
         self._warn = ThrottledLog(self.get_logger())
@@ -162,11 +174,12 @@ class InspectionNode(LifecycleNode):
         self._input_group = ReentrantCallbackGroup()
         self._watch_timer = None
         # /diagnostics is a plain publisher: a node that cannot configure still says why
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile_system_default)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
         self._diag_timer = self.create_timer(float(self._p("diagnostics_period")), self._publish_diagnostics,
                                              callback_group=MutuallyExclusiveCallbackGroup())
-        if self._p("autostart"):
-            self._autostart_timer = self.create_timer(0.0, self._autostart)
+        if self._p("autostart"):  # its own group: parameter and lifecycle services answer during a long configure
+            self._autostart_timer = self.create_timer(0.0, self._autostart,
+                                                      callback_group=MutuallyExclusiveCallbackGroup())
 
     # ---------------------------------------------------------------- parameters
     def _p(self, name: str) -> Any:
@@ -212,12 +225,17 @@ class InspectionNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=problem)
         names = {p.name for p in params}
         self._start_problems = [x for x in self._start_problems if x.split(":")[0] not in names]
-        if self.judge is not None:
-            self._apply(params)
         for p in params:
             if p.name in READ_ONLY and self.detector is not None:
                 self.get_logger().info(f"parameter '{p.name}' takes effect at the next configure")
         return SetParametersResult(successful=True)
+
+    def _applied(self, params: list[Parameter]) -> None:
+        """After a run-time set is stored: apply it to the judge. Under the lock configure builds the judge with,
+        so a value set while configure runs is never lost (either configure reads it, or it is applied here)."""
+        with self._judge_lock:
+            if self.judge is not None:
+                self._apply(params)
 
     def _apply(self, params: list[Parameter]) -> None:
         """Apply run-time changes (already validated) to the judge."""
@@ -245,6 +263,8 @@ class InspectionNode(LifecycleNode):
             self.get_logger().error(f"autostart failed ({self._state_text}): exiting with status 1")
             self._publish_diagnostics()
             self.exit_code = 1
+        else:
+            self.get_logger().info(f"autostart: {self._state_text}")
 
     def _refuse(self, why: str) -> TransitionCallbackReturn:
         self._state_text = f"cannot configure: {why}"
@@ -253,7 +273,37 @@ class InspectionNode(LifecycleNode):
         self._publish_diagnostics()
         return TransitionCallbackReturn.FAILURE
 
+    def _guarded(self, name: str, transition: Any, state: LifecycleState) -> TransitionCallbackReturn:
+        """Run a transition; an exception is logged with its cause, what it created is released, and the
+        transition fails (rclpy would swallow it without a word)."""
+        try:
+            return transition(state)
+        except Exception as e:  # noqa: BLE001 - any failure of a transition must be reported, not lost
+            self._state_text = f"cannot {name}: {type(e).__name__}: {e}"
+            self.get_logger().error(f"{self._state_text}\n{traceback.format_exc(limit=5)}")
+            try:
+                if name == "activate":
+                    self._unsubscribe()
+                elif name == "configure":
+                    self._teardown()
+            except Exception as cleanup_error:  # noqa: BLE001 - report the first cause, not the clean-up's
+                self.get_logger().error(f"releasing after the failed {name}: {cleanup_error}")
+            self._publish_diagnostics()
+            return TransitionCallbackReturn.FAILURE
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._guarded("configure", self._configure, state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._guarded("activate", self._activate, state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._guarded("deactivate", self._deactivate, state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._guarded("cleanup", self._cleanup, state)
+
+    def _configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from cmdr_ros.model.checkpoint import load_checkpoint  # torch import only when configuring
 
         values = self._values()
@@ -267,7 +317,8 @@ class InspectionNode(LifecycleNode):
                                             values["weights_3d"] or None, expected_mode=values["mode"],
                                             require_threshold=values["threshold"] < 0)
             self._setup_tf()
-            self.judge = FrameJudge.from_params(self.detector, values, self._tf_lookup)
+            with self._judge_lock:  # the values now, with any set while the model loaded
+                self.judge = FrameJudge.from_params(self.detector, self._values(), self._tf_lookup)
         except CmdrError as e:
             return self._refuse(str(e))
         except Exception as e:  # noqa: BLE001 - e.g. CUDA errors: the node must say why, not die
@@ -378,8 +429,8 @@ class InspectionNode(LifecycleNode):
             except Exception as e:  # noqa: BLE001 - releasing must not fail cleanup
                 self.get_logger().warning(f"tf listener release: {e}")
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        topics = INPUTS[self.mode]
+    def _activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        topics = input_topics(self.mode, self._p("input.image_transport"), self._p("input.cloud"))
         self._inputs = [name for _, name in topics]
         self._latest_info = None
         qos = QoSProfile(depth=int(self._p("input.depth")), reliability=RELIABILITY[self._p("input.reliability")],
@@ -387,20 +438,24 @@ class InspectionNode(LifecycleNode):
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         try:
             # reentrant: one input's callback never waits behind another's (the policy has its own lock)
+            # qos_overrides./TOPIC.subscription.reliability (etc.) in the params file sets one input's QoS
             self._sync = make_synchronizer(self, topics, qos, int(self._p("sync.queue_size")),
                                            float(self._p("sync.slop")), self._on_set, event_callbacks=events,
-                                           on_drop=self._on_orphan, callback_group=self._input_group)
+                                           on_drop=self._on_orphan, callback_group=self._input_group,
+                                           subscription_options={"qos_overriding_options": OVERRIDABLE})
         except CmdrError as e:
             self._state_text = f"cannot activate: {e}"
             self.get_logger().error(self._state_text)
             return TransitionCallbackReturn.FAILURE
-        if self.mode == "rgbd":
-            self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_info, qos,
-                                                      event_callbacks=events, callback_group=self._input_group)
+        if self.mode == "rgbd" or "depth" in self._inputs:
+            self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_info, copy.copy(qos),
+                                                      event_callbacks=events, callback_group=self._input_group,
+                                                      qos_overriding_options=OVERRIDABLE)
         self._part_sub = self.create_subscription(Header, "part_id", self._on_part_id, qos,
                                                   callback_group=self._input_group)
         self._watch_timer = self.create_timer(WATCH_PERIOD_S, self._watch, callback_group=self._watch_group)
         self._closing = False
+        self._inputs_seen = (0, time.monotonic())  # (inputs received, when that count last changed)
         self._state_text = "active"
         self.get_logger().info(f"active: subscribed to {', '.join(self.resolve_topic_name(t) for t in self._inputs)}"
                                f" ({self._p('input.reliability')}, sync backend {self._sync.backend})")
@@ -414,7 +469,7 @@ class InspectionNode(LifecycleNode):
         with self._cv:
             self.stats["qos_incompatible"] += 1
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def _deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.stop_and_settle("shutdown", "the node was deactivated before this part was judged")
         self._free_gpu()
         self._state_text = "inactive"
@@ -457,7 +512,7 @@ class InspectionNode(LifecycleNode):
         self._free_gpu()
         self.detector, self.judge = None, None
 
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def _cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
         self._release_tf()
         self._state_text = "unconfigured"
@@ -488,7 +543,7 @@ class InspectionNode(LifecycleNode):
 
     def _on_set(self, *msgs: Any) -> None:
         """Synchronizer callback: queue the part; when the queue is full the oldest waiting part is decided now."""
-        part = Part(dict(zip(self._inputs, msgs)), self._latest_info if self.mode == "rgbd" else None,
+        part = Part(dict(zip(self._inputs, msgs)), self._latest_info if self._info_sub is not None else None,
                     time.monotonic())
         if self._closing:
             self._fail(part, "shutdown", "the node is stopping: this part arrived after the last one judged")
@@ -645,7 +700,7 @@ class InspectionNode(LifecycleNode):
         if part.decided:
             return False
         heat = None
-        if verdict.judged and "heatmap" in self._pubs:
+        if verdict.judged and self._wanted("heatmap"):
             heat = heatmap_image(frame, verdict.prediction, verdict.threshold, float(self._p("output.heatmap_alpha")),
                                  float(self._p("output.heatmap_max")))
         part_id = self._part_id(part.header)
@@ -668,6 +723,11 @@ class InspectionNode(LifecycleNode):
             s["rejects"] += int(verdict.reject)
         return True
 
+    def _wanted(self, key: str) -> bool:
+        """An optional output is built only when it is enabled and someone subscribes to it."""
+        pub = self._pubs.get(key)
+        return pub is not None and pub.get_subscription_count() > 0
+
     def _publish(self, part: Part, verdict: Verdict, frame: Frame | None, heat: np.ndarray | None,
                  latency_ms: float, part_id: str | None) -> None:
         p = self._pubs
@@ -687,11 +747,11 @@ class InspectionNode(LifecycleNode):
             return
         pred = verdict.prediction
         p["score"].publish(Float32(data=float(verdict.score)))
-        if "anomaly_map" in p:
+        if self._wanted("anomaly_map"):
             p["anomaly_map"].publish(array_to_image(pred.anomaly_map.astype(np.float32), "32FC1", frame.header))
-        if heat is not None and "heatmap" in p:
+        if heat is not None:
             p["heatmap"].publish(array_to_image(heat, "bgr8", frame.header))
-        if "anomaly_cloud" in p and frame.points is not None and len(frame.points):
+        if self._wanted("anomaly_cloud") and frame.points is not None and len(frame.points):
             p["anomaly_cloud"].publish(xyz_to_pointcloud2(frame.points.astype(np.float32), frame.cloud_header,
                                                           intensity=point_scores(pred.anomaly_map, frame.point_pixel)))
 
@@ -720,32 +780,37 @@ class InspectionNode(LifecycleNode):
         out["latency_p95_ms"] = float(np.percentile(lat, 95)) if lat.size else 0.0
         sync = self._sync
         out["pending_sync"] = sum(sync.policy.pending()) if sync is not None and sync.policy is not None else 0
+        seen = sum(sync.stats.snapshot().received) if sync is not None else 0
+        if seen != self._inputs_seen[0]:
+            self._inputs_seen = (seen, time.monotonic())
+        out["input_idle_s"] = time.monotonic() - self._inputs_seen[1]
         return out
 
     def _publish_diagnostics(self) -> None:
         s = self.snapshot()
         n_bad = sum(s["not_judged"].values())
         stuck = s["inflight_s"] > float(self._p("time_budget"))
-        if self.judge is None:
-            level = DiagnosticStatus.ERROR if self._state_text.startswith("cannot") else DiagnosticStatus.WARN
-            message = self._state_text
+        judge, det = self.judge, self.detector
+        if self._state_text.startswith("cannot"):  # a failed configure or activate says why
+            level, message = DiagnosticStatus.ERROR, self._state_text
+        elif judge is None:
+            level, message = DiagnosticStatus.WARN, self._state_text
         elif stuck:
             level, message = DiagnosticStatus.ERROR, f"stuck: inference running for {s['inflight_s']:.1f} s"
         else:
-            level = DiagnosticStatus.WARN if (n_bad or s["qos_incompatible"]) else DiagnosticStatus.OK
-            message = f"{self._state_text}: {s['decisions']} decisions, {s['judged']} judged, {n_bad} not judged"
+            level, message = max(self._faults(s, det), key=lambda f: f[0], default=(DiagnosticStatus.OK, ""))
+            message = (f"{message}; " if message else "") + \
+                f"{self._state_text}: {s['decisions']} decisions, {s['judged']} judged, {n_bad} not judged"
         values = {"state": self._state_text, "decisions": s["decisions"], "seq": s["seq"], "judged": s["judged"],
                   "rejects": s["rejects"], "not_judged": n_bad, "late_results": s["late"], "stuck": int(stuck),
                   "stuck_events": s["stuck"], "waiting": s["waiting"], "pending_sync": s["pending_sync"],
                   "rate_hz": f"{s['rate_hz']:.2f}", "latency_p50_ms": f"{s['latency_p50_ms']:.1f}",
                   "latency_p95_ms": f"{s['latency_p95_ms']:.1f}", "qos_incompatible": s["qos_incompatible"],
-                  "mode": self.mode}
+                  "input_idle_s": f"{s['input_idle_s']:.1f}", "mode": self.mode}
         values.update({f"not_judged.{k}": v for k, v in sorted(s["not_judged"].items())})
-        judge, det = self.judge, self.detector
         if judge is not None and det is not None:
             values.update({"threshold": f"{judge.threshold:.6f}", "model_id": det.model_id, "device": str(det.device)})
-        status = DiagnosticStatus(level=level, name="cmdr_inspection: node",
-                                  hardware_id=str(det.model_id) if det is not None else "",
+        status = DiagnosticStatus(level=level, name=self._status_name("node"), hardware_id=self._hardware_id(),
                                   message=message[:300], values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
         arr = DiagnosticArray(status=[status, self._audit_status()])
         arr.header.stamp = self.get_clock().now().to_msg()
@@ -755,13 +820,37 @@ class InspectionNode(LifecycleNode):
             pass
 
 
+    def _status_name(self, task: str) -> str:
+        """diagnostic_updater's convention: '<node>: <task>', the node by its name with namespace."""
+        return f"{self.get_fully_qualified_name().lstrip('/')}: {task}"
+
+    def _hardware_id(self) -> str:
+        return str(self._p("hardware_id") or self.get_fully_qualified_name())
+
+    def _faults(self, s: dict[str, Any], det: Any) -> list[tuple[bytes, str]]:
+        """What is wrong now besides a stuck inference, each with its level."""
+        faults = []
+        if s["qos_incompatible"]:
+            faults.append((DiagnosticStatus.ERROR, f"incompatible QoS with an input publisher ({s['qos_incompatible']} "
+                                                   "times): no message of it arrives; see input.reliability"))
+        stale_after = float(self._p("diagnostics.stale_after"))
+        if stale_after > 0 and self._sync is not None and s["input_idle_s"] > stale_after:
+            faults.append((DiagnosticStatus.WARN, f"stale inputs: nothing arrived for {s['input_idle_s']:.0f} s"))
+        if det is not None and det.device.type == "cpu" and PRETRAINED & {det.config.backbone_2d.name,
+                                                                           det.config.backbone_3d.name}:
+            faults.append((DiagnosticStatus.WARN, "a model with pretrained backbones (paper preset) runs on CPU: "
+                                                  "seconds per part; give the node a GPU (device cuda)"))
+        if sum(s["not_judged"].values()):
+            faults.append((DiagnosticStatus.WARN, ""))
+        return faults
+
     def _audit_status(self) -> DiagnosticStatus:
         """The audit store's own status: WARN while writes fail (rows queued), ERROR once a decision was lost."""
         audit = self._audit
-        name = "cmdr_inspection: audit"
+        name = self._status_name("audit")
         if audit is None:
             text = "disabled (audit.enabled false)" if not self._p("audit.enabled") else "not open (node not configured)"
-            return DiagnosticStatus(level=DiagnosticStatus.OK, name=name, message=text)
+            return DiagnosticStatus(level=DiagnosticStatus.OK, name=name, message=text, hardware_id=self._hardware_id())
         h = audit.health()
         if h["dropped"]:
             level, text = DiagnosticStatus.ERROR, f"{h['dropped']} decision(s) not recorded (backlog full or closed)"
@@ -773,7 +862,7 @@ class InspectionNode(LifecycleNode):
                   "failures": h["failures"], "dropped": h["dropped"], "late": h["late"], "deferred": h["deferred"],
                   "reopened": h["reopened"], "healthy": str(h["healthy"]).lower(),
                   "last_write_ms": f"{h['last_write_ms']:.2f}", "last_error": h["last_error"][:200]}
-        return DiagnosticStatus(level=level, name=name, message=text[:300],
+        return DiagnosticStatus(level=level, name=name, message=text[:300], hardware_id=self._hardware_id(),
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
 

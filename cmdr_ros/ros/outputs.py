@@ -61,10 +61,11 @@ def verdict_values(verdict: Verdict) -> dict[str, str]:
 
 
 def status_of(verdict: Verdict) -> tuple[int, str]:
-    """Level and message: OK pass, ERROR reject, WARN not judged (with the fail-safe decision)."""
+    """Level and message. The level reflects faults, not the decision (a reject is a normal outcome): OK for a
+    judged part (message REJECT or pass), WARN for a part not judged (with its fail-safe decision)."""
     if not verdict.judged:
         return DiagnosticStatus.WARN, f"not judged ({verdict.kind}) -> {verdict.decision}: {verdict.reason}"[:300]
-    return (DiagnosticStatus.ERROR, "REJECT") if verdict.reject else (DiagnosticStatus.OK, "pass")
+    return DiagnosticStatus.OK, "REJECT" if verdict.reject else "pass"
 
 
 def result_values(header: Any, verdict: Verdict, frame: Frame | None, *, seq: int | None, mode: str, model_id: str,

@@ -15,6 +15,9 @@ from cmdr_ros import CmdrError
 NODE_NAME = "cmdr_inspection"
 MODES = ("auto", "rgbd", "3d", "2d")
 ON_ERROR = ("reject", "pass", "skip")
+IMAGE_TRANSPORTS = ("raw", "compressed")
+CLOUD_INPUTS = ("points", "depth")
+PROJECTIONS = ("auto", "raw", "rectified")
 OVERLOAD = ("judge_all", "newest")
 RELIABILITY = ("reliable", "best_effort")
 
@@ -43,6 +46,12 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
                           RELIABILITY),
     "input.depth": (50, "input subscription queue depth (deep enough that the node, not the middleware, decides "
                         "what happens to every part)", (1, 1000)),
+    "input.image_transport": ("raw", "raw: sensor_msgs/Image on `image` (rgb8, bgr8, mono, Bayer, YUV 4:2:2, ...) | "
+                                     "compressed: sensor_msgs/CompressedImage on `image` (remap it to the driver's "
+                                     ".../compressed topic)", IMAGE_TRANSPORTS),
+    "input.cloud": ("points", "points: sensor_msgs/PointCloud2 on `points` | depth: a depth image (16UC1 mm, 32FC1 m) "
+                              "on `depth`, back-projected with camera_info, which must describe it (e.g. depth "
+                              "registered to the colour camera)", CLOUD_INPUTS),
     "sync.queue_size": (10, "approximate-time synchronizer queue per input", (1, 1000)),
     "sync.slop": (0.05, "max stamp difference (s) within a synchronized set", (1e-6, 10.0)),
     "sync.timeout": (1.0, "seconds an input waits for its partner; then it gets an 'unmatched' result",
@@ -58,6 +67,9 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
     "cloud_registered": (False, "true: an organized cloud of the image's size is pixel-aligned with it whatever "
                                 "its frame_id (a depth camera's registered / aligned-to-colour output); false: only "
                                 "when its frame_id is the image's", None),
+    "projection": ("auto", "how camera_info projects a cloud into the image: raw (K + distortion D) | rectified (P, "
+                           "no distortion) | auto (P when D is all zero, else K + D); camera_info must describe the "
+                           "image topic the node subscribes to", PROJECTIONS),
     "raster_resolution": (0.0, "3D-only unorganized clouds: grid cell (m); 0 = mean point spacing", (0.0, 1.0)),
     "output.heatmap": (True, "publish ~/heatmap (bgr8 overlay)", None),
     "output.anomaly_map": (True, "publish ~/anomaly_map (32FC1)", None),
@@ -65,6 +77,10 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
     "output.heatmap_alpha": (0.5, "heatmap opacity", (0.0, 1.0)),
     "output.heatmap_max": (0.0, "heatmap colour-scale top; 0 = automatic", (0.0, 1e6)),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages", (0.05, 3600.0)),
+    "diagnostics.stale_after": (0.0, "seconds without any input while active before /diagnostics warns that the "
+                                     "inputs are stale (0: never)", (0.0, 86400.0)),
+    "hardware_id": ("", "hardware_id of the node's /diagnostics statuses: the cell or sensor it inspects (empty: the "
+                        "node's name)", None),
     "audit.enabled": (True, "record every decision (judged or not) in the audit store before publishing it", None),
     "audit.database": ("", "SQLite file or postgresql://user@host/db URL; empty: cmdr_audit.db in the ROS log "
                            "directory ($ROS_LOG_DIR, else $ROS_HOME/log, else ~/.ros/log)", None),
@@ -76,7 +92,7 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
 }
 # take effect at the next configure
 READ_ONLY = {"checkpoint", "mode", "device", "weights_2d", "weights_3d", "input.reliability", "input.depth",
-             "sync.queue_size", "sync.slop", "output.heatmap", "output.anomaly_map", "output.anomaly_cloud", "use_tf",
+             "sync.queue_size", "sync.slop", "input.image_transport", "input.cloud", "output.heatmap", "output.anomaly_map", "output.anomaly_cloud", "use_tf",
              "warmup", "diagnostics_period", "autostart", "audit.enabled", "audit.database", "audit.timeout",
              "audit.max_backlog"}
 
@@ -166,6 +182,8 @@ def node_params(values: Mapping[str, Any] | None = None, overrides: Mapping[str,
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
+        if not prefix and k == "qos_overrides":  # rclpy's own QoS override parameters: not the node's
+            continue
         if isinstance(v, Mapping):
             out.update(_flatten(v, f"{prefix}{k}."))
         else:

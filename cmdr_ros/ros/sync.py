@@ -22,6 +22,7 @@ Because the spread test is strict, a slop below one nanosecond would never emit 
 """
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import logging
@@ -270,7 +271,8 @@ class Synchronizer:
     def __init__(self, node: Node, topics: Sequence[tuple[type, str]], qos: QoSProfile | int, queue_size: int,
                  slop: float, callback: Callable[..., None], *, prefer_message_filters: bool = True,
                  allow_headerless: bool = False, callback_group: CallbackGroup | None = None,
-                 event_callbacks: Any | None = None, on_drop: Callable[[int, Any, str], None] | None = None) -> None:
+                 event_callbacks: Any | None = None, on_drop: Callable[[int, Any, str], None] | None = None,
+                 subscription_options: dict[str, Any] | None = None) -> None:
         if not topics:
             raise CmdrError("synchronizer: no input topics given.")
         _checked_slop_ns(len(topics), queue_size, slop)
@@ -283,8 +285,8 @@ class Synchronizer:
             self.backend = "message_filters"
             self.policy = None
             self.stats = SyncStats.zeros(len(topics))
-            filters = [message_filters.Subscriber(node, msg_type, name, qos_profile=qos, callback_group=callback_group,
-                                                  event_callbacks=event_callbacks)
+            filters = [message_filters.Subscriber(node, msg_type, name, qos_profile=_own(qos), callback_group=callback_group,
+                                                  event_callbacks=event_callbacks, **(subscription_options or {}))
                        for msg_type, name in topics]
             for index, sub in enumerate(filters):
                 sub.registerCallback(self._count_arrival, index)
@@ -299,8 +301,9 @@ class Synchronizer:
             self.policy = self._sync
             self.stats = self._sync.stats
             self._subscriptions = [
-                node.create_subscription(msg_type, name, functools.partial(self._sync.add, index), qos,
-                                         callback_group=callback_group, event_callbacks=event_callbacks)
+                node.create_subscription(msg_type, name, functools.partial(self._sync.add, index), _own(qos),
+                                         callback_group=callback_group, event_callbacks=event_callbacks,
+                                         **(subscription_options or {}))
                 for index, (msg_type, name) in enumerate(topics)]
 
     def _count_arrival(self, _msg: Any, index: int) -> None:
@@ -333,11 +336,17 @@ class Synchronizer:
         self._subscriptions = []
 
 
+def _own(qos: QoSProfile | int) -> QoSProfile | int:
+    """A profile of one subscription's own: rclpy's QoS overrides change the profile object they are given."""
+    return qos if isinstance(qos, int) else copy.copy(qos)
+
+
 def make_synchronizer(node: Node, topics: Sequence[tuple[type, str]], qos: QoSProfile | int, queue_size: int,
                       slop: float, callback: Callable[..., None], prefer_message_filters: bool = True, *,
                       allow_headerless: bool = False, callback_group: CallbackGroup | None = None,
                       event_callbacks: Any | None = None,
-                      on_drop: Callable[[int, Any, str], None] | None = None) -> Synchronizer:
+                      on_drop: Callable[[int, Any, str], None] | None = None,
+                      subscription_options: dict[str, Any] | None = None) -> Synchronizer:
     """Subscribe ``node`` to ``topics`` ([(msg_type, name), ...]) and call ``callback(*msgs)`` per matched set.
 
     Uses ``message_filters`` when importable and ``prefer_message_filters`` is set, else plain subscriptions
@@ -345,8 +354,9 @@ def make_synchronizer(node: Node, topics: Sequence[tuple[type, str]], qos: QoSPr
     for what the counters mean in each case. ``event_callbacks`` (rclpy ``SubscriptionEventCallbacks``) go to every
     subscription, e.g. to report an incompatible QoS. ``on_drop(index, msg, why)`` receives every message that
     leaves a queue unmatched (evicted, duplicate stamp, or by ``policy.expire`` / ``policy.flush``); it selects
-    the policy backend.
+    the policy backend. ``subscription_options`` are further ``create_subscription`` keywords (e.g.
+    ``qos_overriding_options``).
     """
     return Synchronizer(node, topics, qos, queue_size, slop, callback, prefer_message_filters=prefer_message_filters,
                         allow_headerless=allow_headerless, callback_group=callback_group,
-                        event_callbacks=event_callbacks, on_drop=on_drop)
+                        event_callbacks=event_callbacks, on_drop=on_drop, subscription_options=subscription_options)
