@@ -734,9 +734,9 @@ def test_checkpoint_faults_at_configure(ros, models, frames, tmp_path_factory):
 
 # ------------------------------------------------------------------------------ 8. the node in this process
 @contextlib.contextmanager
-def _inprocess_node(ros: RosSide, checkpoint: str, monkeypatch: Any):
+def _inprocess_node(ros: RosSide, checkpoint: str, monkeypatch: Any, wait_active: bool = True):
     """An InspectionNode in this process (its own rclpy Context on the module's domain, a MultiThreadedExecutor in
-    a thread), active and subscribed; always cleaned up."""
+    a thread), active and subscribed (unless not ``wait_active``); always cleaned up."""
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.signals import SignalHandlerOptions
@@ -757,7 +757,7 @@ def _inprocess_node(ros: RosSide, checkpoint: str, monkeypatch: Any):
         executor.add_node(node)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
-        _poll(lambda: node._state_text == "active" and ros.image_pub.get_subscription_count() >= 1
+        _poll(lambda: not wait_active or node._state_text == "active" and ros.image_pub.get_subscription_count() >= 1
               and ros.points_pub.get_subscription_count() >= 1, "the in-process node active and subscribed",
               lambda: node.exit_code is None)
         yield node, executor
@@ -869,15 +869,12 @@ def test_a_transition_that_raises_fails_cleanly_and_says_why(ros, models, frames
 
 
 def test_services_answer_during_a_long_configure(ros, models, monkeypatch):
-    """Autostart configures in a callback group of its own: parameter and lifecycle services answer meanwhile."""
+    """Autostart configures in a callback group of its own: parameter and lifecycle services answer meanwhile, and
+    a parameter set then is in force once configure ends."""
     from lifecycle_msgs.msg import State
     from lifecycle_msgs.srv import GetState
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.parameter import Parameter
-    from rclpy.signals import SignalHandlerOptions
 
     from cmdr_ros.model import checkpoint
-    from cmdr_ros.ros.inspection_node import InspectionNode
 
     entered, gate, real = threading.Event(), threading.Event(), checkpoint.load_checkpoint
 
@@ -887,38 +884,16 @@ def test_services_answer_during_a_long_configure(ros, models, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(checkpoint, "load_checkpoint", slow_load)
-    ros.clear()
-    ctx = rclpy.Context()
-    with monkeypatch.context() as env:
-        env.setenv("FASTDDS_BUILTIN_TRANSPORTS", FASTDDS_TRANSPORTS)
-        rclpy.init(context=ctx, domain_id=ros.domain_id, signal_handler_options=SignalHandlerOptions.NO)
-    node = executor = spinner = None
     get = ros.node.create_client(GetState, "/cmdr_inspection/get_state")
     try:
-        node = InspectionNode(context=ctx, parameter_overrides=[
-            Parameter("checkpoint", value=str(models["rgbd"]["checkpoint"])), Parameter("device", value="cpu"),
-            Parameter("warmup", value=False)])
-        executor = MultiThreadedExecutor(num_threads=3, context=ctx)
-        executor.add_node(node)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
-        assert entered.wait(60), "configure never started"
-        assert _get_state(ros, get) == State.TRANSITION_STATE_CONFIGURING  # answered while configure blocks
-        assert ros.set_parameter("threshold", 2.5) == (True, "")
-        assert not gate.is_set() and node._state_text == "unconfigured"
-        gate.set()
-        _poll(lambda: node._state_text == "active", "the node active after the slow configure")
-        assert node.judge.threshold == 2.5
+        with _inprocess_node(ros, models["rgbd"]["checkpoint"], monkeypatch, wait_active=False) as (node, _):
+            assert entered.wait(60), "configure never started"
+            assert _get_state(ros, get) == State.TRANSITION_STATE_CONFIGURING  # answered while configure blocks
+            assert ros.set_parameter("threshold", 2.5) == (True, "")
+            assert node._state_text == "unconfigured"
+            gate.set()
+            _poll(lambda: node._state_text == "active", "the node active after the slow configure")
+            assert node.judge.threshold == 2.5
     finally:
         gate.set()
         ros.node.destroy_client(get)
-        if executor is not None:
-            executor.shutdown(timeout_sec=5)
-        if spinner is not None:
-            spinner.join(timeout=10)
-        if node is not None:
-            node._teardown()
-            node.destroy_node()
-        rclpy.shutdown(context=ctx)
-        _poll(lambda: not any(p.get_subscription_count() for p in (ros.image_pub, ros.points_pub)),
-              "the in-process node's subscriptions gone", timeout=10, fail=False)
