@@ -897,3 +897,28 @@ def test_services_answer_during_a_long_configure(ros, models, monkeypatch):
     finally:
         gate.set()
         ros.node.destroy_client(get)
+
+
+def test_diagnostics_faults_are_levels_not_decisions():
+    """What makes /diagnostics WARN or ERROR (InspectionNode._faults, called without a node): an incompatible QoS is
+    an ERROR; stale inputs and a pretrained (paper) model on CPU are warnings; nothing wrong is OK."""
+    import torch
+
+    from cmdr_ros.config import preset
+    from cmdr_ros.ros.inspection_node import InspectionNode
+
+    params = {"diagnostics.stale_after": 2.0}
+    node = SimpleNamespace(_p=params.get, _sync=object())
+    s = {"qos_incompatible": 0, "input_idle_s": 0.0, "not_judged": {}}
+
+    def det(name: str, device: str) -> Any:
+        return SimpleNamespace(device=torch.device(device), config=preset(name))
+
+    assert InspectionNode._faults(node, s, det("lite", "cpu")) == []
+    assert InspectionNode._faults(node, s, det("paper", "cuda")) == []
+    (level, text), = InspectionNode._faults(node, s, det("paper", "cpu"))
+    assert level == DiagnosticStatus.WARN and "CPU" in text
+    (level, text), = InspectionNode._faults(node, {**s, "input_idle_s": 3.0}, det("lite", "cpu"))
+    assert level == DiagnosticStatus.WARN and text.startswith("stale inputs")
+    (level, text), = InspectionNode._faults(node, {**s, "qos_incompatible": 1}, None)
+    assert level == DiagnosticStatus.ERROR and "input.reliability" in text
