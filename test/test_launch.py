@@ -96,21 +96,30 @@ def test_inspection_launch_leaves_the_params_file_alone(fake_launch):
             _launch(REPO / "launch" / "inspection.launch.py", **bad)
 
 
-def test_rviz_follows_namespace_image_and_fixed_frame(fake_launch):
+def _rviz_config(actions) -> dict:
+    """The RViz config the launch wrote (read, then its temporary folder removed)."""
+    import shutil
+
     import yaml
 
+    path = Path(next(a for a in actions if type(a).__name__ == "Node").kwargs["arguments"][1])
+    try:
+        return yaml.safe_load(path.read_text())
+    finally:
+        shutil.rmtree(path.parent)
+
+
+def test_rviz_follows_namespace_image_and_fixed_frame(fake_launch):
     _, actions = _launch(REPO / "launch" / "inspection.launch.py", use_rviz="true", namespace="cell_a",
                          image="color/image_raw", fixed_frame="cam_optical")
-    rviz = next(a for a in actions if type(a).__name__ == "Node")
-    doc = yaml.safe_load(Path(rviz.kwargs["arguments"][1]).read_text())
+    doc = _rviz_config(actions)
     manager = doc["Visualization Manager"]
     topics = {d["Name"]: d["Topic"]["Value"] for d in manager["Displays"] if "Topic" in d}
     assert topics == {"Camera image": "/cell_a/color/image_raw", "Anomaly heatmap": "/cell_a/cmdr_inspection/heatmap",
                       "Anomaly cloud": "/cell_a/cmdr_inspection/anomaly_cloud"}
     assert manager["Global Options"]["Fixed Frame"] == "cam_optical"
     _, actions = _launch(REPO / "launch" / "inspection.launch.py", use_rviz="true", image="/abs/image")
-    rviz = next(a for a in actions if type(a).__name__ == "Node")
-    doc = yaml.safe_load(Path(rviz.kwargs["arguments"][1]).read_text())
+    doc = _rviz_config(actions)
     assert {d["Topic"]["Value"] for d in doc["Visualization Manager"]["Displays"] if "Topic" in d} == {
         "/abs/image", "/cmdr_inspection/heatmap", "/cmdr_inspection/anomaly_cloud"}
 
