@@ -360,8 +360,12 @@ def play_bag(path: str | Path, rate: float = 1.0, loop: bool = False, topics: Se
         qos = {t: topic_qos(reader, t) for t in chosen}
         context = None
         if node is None:
+            from rclpy.signals import SignalHandlerOptions
+
             context = rclpy.Context()
-            rclpy.init(context=context)
+            # no rclpy signal handler: it would shut the context down from another thread while this one destroys
+            # the publishers (seen to hang under load); Ctrl-C is Python's KeyboardInterrupt, handled below
+            rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
             node = rclpy.create_node("cmdr_bag_play", context=context)
         pubs = {t: node.create_publisher(classes[t], renames.get(t, t), qos[t]) for t in chosen}
         clock_pub = node.create_publisher(Clock, CLOCK, QoSProfile(
