@@ -107,3 +107,18 @@ def test_bad_inputs_are_one_line_errors(capsys, tmp_path, trained_3d, cable_glan
     cfg.write_text("grdi: 3\n")
     assert "unknown model config key" in one_line_error(capsys, ["train", "--data", str(cable_gland_dir), "--config", str(cfg),
                                                        "--out", str(tmp_path / "m.ckpt")])
+
+
+def test_cmdr_train_takes_the_mode_of_its_config_file_unless_given(tmp_path):
+    """`cmdr train --config f.yaml` with `mode: 3d` in the file trains 3d (--mode used to override it silently)."""
+    from cmdr_ros.cli.main import build_parser
+    from cmdr_ros.cli.train import build_config
+
+    cfg = tmp_path / "cell.yaml"
+    cfg.write_text("mode: 3d\ngrid: 32\n")
+    parser = build_parser()
+    base = ["train", "--data", "d", "--out", "m.ckpt", "--preset", "lite"]
+    assert build_config(parser.parse_args(base + ["--config", str(cfg)])).mode == "3d"
+    given = build_config(parser.parse_args(base + ["--config", str(cfg), "--mode", "2d"]))
+    assert (given.mode, given.grid) == ("2d", 32)
+    assert build_config(parser.parse_args(base)).mode == "rgbd"

@@ -204,3 +204,4 @@ def test_cmdr_node_hands_the_ros_arguments_after_double_dash_to_ros(tmp_path):
     from rclpy.utilities import remove_ros_args
 
     assert remove_ros_args(argv) == ["cmdr_node"]  # every argument is read by ROS, none is left behind
+

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on DIR/train/good, calibrate on DIR/validation/good")
     p.add_argument("--data", required=True, help="MVTec 3D-AD style class folder")
-    p.add_argument("--mode", choices=MODES, default="rgbd")
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help="rgbd | 3d | 2d (default: the --config file's mode, else rgbd)")
     p.add_argument("--preset", choices=PRESETS, default="lite")
     p.add_argument("--config", default=None, help="YAML file overriding config fields (see config/*.yaml)")
     p.add_argument("--weights-2d", default=None, help="DINO ViT-B/8 weights file (dino_vitbase8_pretrain.pth)")

@@ -28,8 +28,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(args: argparse.Namespace) -> ModelConfig:
-    """Preset, then the YAML overrides, then the command-line flags."""
-    d = preset(args.preset, args.mode).to_dict()
+    """Preset, then the YAML overrides, then the command-line flags. The mode: ``--mode``, else the YAML's
+    ``mode:``, else rgbd (the preset is built for it)."""
+    over: dict[str, Any] = {}
     if args.config:
         path = Path(args.config)
         try:
@@ -38,7 +39,8 @@ def build_config(args: argparse.Namespace) -> ModelConfig:
             raise CmdrError(f"{path}: cannot read the config file: {e}") from None
         if not isinstance(over, dict):
             raise CmdrError(f"{path}: a config file must hold a mapping of config fields")
-        d = _merge(d, over)
+    mode = args.mode or over.get("mode") or "rgbd"
+    d = _merge(preset(args.preset, mode).to_dict(), over)
     if args.weights_2d:
         d["backbone_2d"]["weights"] = str(Path(args.weights_2d).expanduser())
     if args.weights_3d:
@@ -46,7 +48,7 @@ def build_config(args: argparse.Namespace) -> ModelConfig:
     for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("seed", "seed")):
         if getattr(args, flag, None) is not None:
             d["train"][key] = getattr(args, flag)
-    d["mode"] = args.mode
+    d["mode"] = mode
     return ModelConfig.from_dict(d)
 
 
