@@ -1,4 +1,5 @@
-"""The paper's input preprocessing (MVTec 3D-AD protocol, PAPER_NOTES "Inputs and preprocessing").
+"""The paper's input preprocessing (MVTec 3D-AD protocol; in the team's notes, which live outside this repository
+at ../shared/PAPER_NOTES.md: "Inputs and preprocessing").
 
 * ``remove_background``: RANSAC plane fit on a border strip, clear the plane, keep the largest DBSCAN
   cluster (Open3D, seeded so that a sample always gives the same result). Degenerate clouds (too few
