@@ -220,3 +220,19 @@ def metrics_by_defect(gts: Sequence, pix_maps: Sequence, pro_maps: Sequence, lab
     lab = np.array(labels)
     out["n_good"], out["n_defect"] = int((lab == 0).sum()), int((lab == 1).sum())
     return out
+
+
+METRIC_KEYS = ("i_auroc", "p_auroc", "aupro@0.3", "aupro@0.1", "aupro@0.05", "aupro@0.01")
+
+
+def format_table(class_metrics: dict[str, dict[str, Any]], mean: dict[str, float]) -> str:
+    """The metrics of ``cmdr eval`` / ``cmdr bag eval`` as a text table (per class, its defects, the mean)."""
+    head = f"{'class / defect':<24}" + "".join(f"{k:>11}" for k in METRIC_KEYS)
+    lines = [head, "-" * len(head)]
+    for name, m in class_metrics.items():
+        lines.append(f"{name:<24}" + "".join(f"{m[k]:>11.4f}" for k in METRIC_KEYS))
+        for d, dm in m.get("defects", {}).items():
+            lines.append(f"{'  ' + d + ' (n=' + str(dm['n']) + ')':<24}" + f"{dm['i_auroc']:>11.4f}")
+    if len(class_metrics) > 1:
+        lines.append(f"{'mean':<24}" + "".join(f"{mean[k]:>11.4f}" for k in METRIC_KEYS))
+    return "\n".join(lines)

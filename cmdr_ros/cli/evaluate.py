@@ -25,13 +25,10 @@ import tifffile
 from cmdr_ros.cli.dataset import iter_split, load_one, make_cache
 from cmdr_ros.data.mvtec3d import MVTec3DClass
 from cmdr_ros.data.preprocess import PreprocessCache, resize_mask
-from cmdr_ros.metrics import metrics_by_defect, pro_curve, roc_curve_points
+from cmdr_ros.metrics import METRIC_KEYS, format_table, metrics_by_defect, pro_curve, roc_curve_points
 from cmdr_ros.model.checkpoint import load_checkpoint
 from cmdr_ros.model.detector import CMDRDetector
 from cmdr_ros.visualization import plot_curves, save_overlay
-
-METRIC_KEYS = ("i_auroc", "p_auroc", "aupro@0.3", "aupro@0.1", "aupro@0.05", "aupro@0.01")
-
 
 def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache: PreprocessCache | None,
                    progress: bool = True, write_images: bool = True) -> dict[str, Any]:
@@ -76,18 +73,6 @@ def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache:
     plot_curves(out / "pro_curve.png", {f"{data.name} (AUPRO@0.3 {metrics['aupro@0.3']:.3f})": (fprs, pros)},
                 "false positive rate", "per-region overlap", "PRO curve", xlim=0.3)
     return {"metrics": metrics, "rows": rows}
-
-
-def format_table(class_metrics: dict[str, dict[str, Any]], mean: dict[str, float]) -> str:
-    head = f"{'class / defect':<24}" + "".join(f"{k:>11}" for k in METRIC_KEYS)
-    lines = [head, "-" * len(head)]
-    for name, m in class_metrics.items():
-        lines.append(f"{name:<24}" + "".join(f"{m[k]:>11.4f}" for k in METRIC_KEYS))
-        for d, dm in m.get("defects", {}).items():
-            lines.append(f"{'  ' + d + ' (n=' + str(dm['n']) + ')':<24}" + f"{dm['i_auroc']:>11.4f}")
-    if len(class_metrics) > 1:
-        lines.append(f"{'mean':<24}" + "".join(f"{mean[k]:>11.4f}" for k in METRIC_KEYS))
-    return "\n".join(lines)
 
 
 def _reject_column(score: float, threshold: float | None) -> int | str:

@@ -586,7 +586,7 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     from rclpy.serialization import deserialize_message
     from tqdm import tqdm
 
-    from cmdr_ros.cli.evaluate import METRIC_KEYS, format_table
+    from cmdr_ros.metrics import METRIC_KEYS, format_table
     from cmdr_ros.ros.frame_judge import FrameJudge
     from cmdr_ros.ros.parameters import node_params
     from cmdr_ros.ros.sync import ApproximateTimePolicy
