@@ -21,10 +21,10 @@ from cmdr_ros.config import ModelConfig, preset
 from cmdr_ros.data.mvtec3d import MVTec3DClass, load_mask, load_rgb, load_xyz
 from cmdr_ros.data.synthetic import CellConfig, generate_dataset
 from cmdr_ros.geometry import CameraIntrinsics
-from cmdr_ros.ros.bags import (METADATA_VERSION, TOPICS, BagWriter, bag_from_dataset, eval_bag, make_header,
+from cmdr_ros.ros.bags import (METADATA_VERSION, TOPICS, BagWriter, bag_from_dataset, eval_bag,
                                open_bag, play_bag, playback_qos, read_messages, topic_qos)
 from cmdr_ros.ros.conversions import (array_to_image, camera_info_to_dict, image_to_array, image_to_rgb,
-                                      pointcloud2_fields, pointcloud2_to_xyz, xyz_to_pointcloud2)
+                                      make_header, pointcloud2_fields, pointcloud2_to_xyz, xyz_to_pointcloud2)
 
 NS = 1_000_000_000
 START = 1_700_000_000 * NS

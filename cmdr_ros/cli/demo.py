@@ -100,8 +100,8 @@ def bag_from_profiles(data: Path, out: Path, rate: float = PROFILER_RATE_HZ) -> 
     import numpy as np
     from std_msgs.msg import String
 
-    from cmdr_ros.ros.bags import TOPICS, BagWriter, make_header
-    from cmdr_ros.ros.conversions import xyz_to_pointcloud2
+    from cmdr_ros.ros.bags import TOPICS, BagWriter
+    from cmdr_ros.ros.conversions import make_header, xyz_to_pointcloud2
 
     files = sorted((data / "test").glob("*/points/*.npy"))
     start = time.time_ns() // 1_000_000_000 * 1_000_000_000

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from cmdr_ros import CmdrError
+from cmdr_ros.ros.conversions import make_header, stamp_ns
 
 METADATA_VERSION = 8
 STORAGES = ("mcap", "sqlite3")
@@ -65,19 +66,6 @@ def message_class(type_name: str) -> type:
         return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
     except (ImportError, AttributeError, ValueError):
         raise CmdrError(f"message type '{type_name}' is not installed (no Python module {pkg}.{kind}.{name})") from None
-
-
-def stamp_ns(header: Any) -> int:
-    """A std_msgs/Header stamp in integer nanoseconds."""
-    return int(header.stamp.sec) * _NS + int(header.stamp.nanosec)
-
-
-def make_header(stamp: int, frame_id: str) -> Any:
-    from std_msgs.msg import Header
-
-    h = Header(frame_id=frame_id)
-    h.stamp.sec, h.stamp.nanosec = stamp // _NS, stamp % _NS
-    return h
 
 
 # ------------------------------------------------------------------------------------------------ writing

@@ -29,6 +29,8 @@ from cmdr_ros import CmdrError
 
 __all__ = [
     "ConversionError",
+    "stamp_ns",
+    "make_header",
     "image_to_rgb",
     "image_to_array",
     "compressed_image_to_rgb",
@@ -46,6 +48,22 @@ __all__ = [
 
 class ConversionError(CmdrError):
     """A ROS message (or array to be published) whose layout or content cannot be converted."""
+
+
+NS_PER_S = 1_000_000_000
+
+
+def stamp_ns(stamp: Any) -> int:
+    """A builtin_interfaces/Time, or a message header holding one, in integer nanoseconds."""
+    stamp = getattr(stamp, "stamp", stamp)
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+
+
+def make_header(stamp: int, frame_id: str) -> Header:
+    """A std_msgs/Header at ``stamp`` nanoseconds."""
+    h = Header(frame_id=frame_id)
+    h.stamp.sec, h.stamp.nanosec = stamp // NS_PER_S, stamp % NS_PER_S
+    return h
 
 
 # ROS Bayer pattern -> OpenCV code, as cv_bridge's getConversionCodes maps BAYER_RGGB etc. to RGB. OpenCV names

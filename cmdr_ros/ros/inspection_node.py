@@ -45,7 +45,7 @@ from cmdr_ros import CmdrError
 from cmdr_ros.audit.schema import row_from_result
 from cmdr_ros.audit.store import AuditStore
 from cmdr_ros.judge import JudgeSettings, Verdict
-from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
+from cmdr_ros.ros.conversions import array_to_image, stamp_ns, xyz_to_pointcloud2
 from cmdr_ros.ros.frame_judge import FrameJudge, extrinsics_transform, unmatched_reason
 from cmdr_ros.ros.frames import Frame, point_scores
 from cmdr_ros.ros.outputs import heatmap_image, result_message, result_values
@@ -81,10 +81,6 @@ def _descriptor(name: str, default: Any, text: str, rng: Any) -> ParameterDescri
     elif isinstance(rng, tuple):
         d.additional_constraints = "one of: " + ", ".join(rng)
     return d
-
-
-def _stamp_ns(header: Any) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 class ThrottledLog:
@@ -529,14 +525,14 @@ class InspectionNode(LifecycleNode):
 
     def _on_part_id(self, msg: Header) -> None:
         with self._cv:
-            self._part_ids[_stamp_ns(msg)] = msg.frame_id
+            self._part_ids[stamp_ns(msg)] = msg.frame_id
             while len(self._part_ids) > 256:
                 self._part_ids.popitem(last=False)
 
     def _part_id(self, header: Any) -> str | None:
         if header is None or not self._part_ids:
             return None
-        t, slop = _stamp_ns(header), int(float(self._p("sync.slop")) * 1e9)
+        t, slop = stamp_ns(header), int(float(self._p("sync.slop")) * 1e9)
         with self._cv:
             near = [(abs(s - t), pid) for s, pid in self._part_ids.items() if abs(s - t) <= slop]
         return min(near)[1] if near else None
