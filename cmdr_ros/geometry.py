@@ -557,8 +557,9 @@ def rasterize_on_plane(points: np.ndarray, resolution: float | None = None, grid
                   float(resolution), int(first.sum()) / (rows * cols))
 
 
-def scores_to_points(score_map: np.ndarray, cell_of_point: np.ndarray) -> np.ndarray:
-    """N float32: each point's score, read from its cell (or pixel) of ``score_map``; NaN where the index is -1.
+def scores_to_points(score_map: np.ndarray, cell_of_point: np.ndarray, missing: float = np.nan) -> np.ndarray:
+    """N float32: each point's score, read from its cell (or pixel) of ``score_map``; ``missing`` where the index
+    is -1 (NaN by default; the node's anomaly cloud uses 0, an intensity RViz can colour).
 
     Works with ``Raster.cell_of_point`` and ``Projection.pixel_of_point`` alike (flat row-major indices).
     """
@@ -567,6 +568,6 @@ def scores_to_points(score_map: np.ndarray, cell_of_point: np.ndarray) -> np.nda
     if cells.size and (cells.max() >= scores.size or cells.min() < -1):
         raise CmdrError(f"cell indices range {cells.min()}..{cells.max()} does not fit a score map of "
                         f"{np.shape(score_map)} ({scores.size} cells)")
-    out = np.full(cells.shape, np.nan, dtype=np.float32)
+    out = np.full(cells.shape, missing, dtype=np.float32)
     out[cells >= 0] = scores[cells[cells >= 0]]
     return out

@@ -6,6 +6,7 @@ import torch
 from cmdr_ros import CmdrError
 from cmdr_ros.config import BackboneConfig, ModelConfig, TrainConfig, preset
 from cmdr_ros.data.synthetic import CellConfig, render_part
+from cmdr_ros.judge import is_reject
 from cmdr_ros.model.checkpoint import (FORMAT_VERSION, content_checksum, load_checkpoint, read_checkpoint,
                                        save_checkpoint)
 from cmdr_ros.model.detector import CMDRDetector, masked_cosine_loss
@@ -78,7 +79,7 @@ def test_calibration_rule(rgbd, parts):
     scores = np.array([det.predict_input(i).score for i in inputs])
     expected = max(scores.max(), scores.mean() + 3.0 * scores.std(ddof=1))
     assert thr == pytest.approx(expected, rel=1e-5)
-    assert not any(det.is_reject(s) for s in scores)
+    assert not any(is_reject(s, thr) for s in scores)
 
 
 def test_checkpoint_errors(rgbd, parts, tmp_path):

@@ -221,6 +221,4 @@ def build_backbone(name: str, modality: str, weights: str | None = None, rgb_siz
         raise CmdrError(f"bad options for backbone '{name}': {e}") from None
 
 
-def registered(modality: str) -> list[str]:
-    return sorted(n for n, c in BACKBONES.items() if c.modality == modality)
 

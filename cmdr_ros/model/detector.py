@@ -6,7 +6,6 @@ backbones, native resolution) -> ``grid_features`` (per-pixel maps) -> ``heads``
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from cmdr_ros.model import fusion
 from cmdr_ros.model.backbones import Backbone, build_backbone
 from cmdr_ros.model.heads import HEAD_TARGET, CMDRHeads
 
-log = logging.getLogger(__name__)
 
 Native = dict[str, dict[str, torch.Tensor]]
 
@@ -204,7 +202,7 @@ class CMDRDetector:
 
     # ------------------------------------------------------------------ training
     def fit(self, inputs: Sequence[ModelInput], epochs: int | None = None, progress: bool = True,
-            log_every: int = 0, grid_cache_bytes: int = 2 << 30) -> list[dict[str, float]]:
+            grid_cache_bytes: int = 2 << 30) -> list[dict[str, float]]:
         """Train the heads on good samples; returns the mean loss of every head per epoch.
 
         Backbone features are extracted once and cached (CPU, native resolution); every epoch then costs
@@ -271,8 +269,6 @@ class CMDRDetector:
             rec["skipped"] = skipped
             history.append(rec)
             bar.set_postfix({n: f"{v:.4f}" for n, v in rec.items() if n != "skipped"})
-            if log_every and (epoch + 1) % log_every == 0:
-                log.info("epoch %d/%d %s", epoch + 1, epochs, rec)
         self.heads.eval()
         return history
 
@@ -333,15 +329,6 @@ class CMDRDetector:
         pred = self.predict_input(self.prepare(rgb, xyz))
         pred.latency_ms = (time.perf_counter() - t0) * 1e3
         return pred
-
-    def is_reject(self, score: float, threshold: float | None = None) -> bool:
-        """``cmdr_ros.judge.is_reject`` with this model's threshold (or ``threshold``): the one decision rule."""
-        from cmdr_ros.judge import is_reject
-
-        thr = self.threshold if threshold is None else threshold
-        if thr is None:
-            raise CmdrError("the model has no calibrated threshold: run `cmdr calibrate` or set one")
-        return is_reject(score, thr)
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, inputs: Iterable[ModelInput], progress: bool = True, source: str = "validation") -> float:

@@ -148,12 +148,3 @@ def assemble_frame(mode: str, image: Any = None, cloud: Any = None, info: Any = 
     if f.coverage is None:
         f.coverage = coverage_of(f.xyz)
     return f
-
-
-def point_scores(anomaly_map: np.ndarray, point_pixel: np.ndarray) -> np.ndarray:
-    """Anomaly of every original point: the value of its pixel (0 for points without one)."""
-    flat = anomaly_map.reshape(-1)
-    out = np.zeros(len(point_pixel), np.float32)
-    ok = point_pixel >= 0
-    out[ok] = flat[point_pixel[ok]]
-    return out

@@ -47,7 +47,8 @@ from cmdr_ros.audit.store import AuditStore
 from cmdr_ros.judge import JudgeSettings, Verdict
 from cmdr_ros.ros.conversions import array_to_image, stamp_ns, xyz_to_pointcloud2
 from cmdr_ros.ros.frame_judge import FrameJudge, extrinsics_transform, unmatched_reason
-from cmdr_ros.ros.frames import Frame, point_scores
+from cmdr_ros.geometry import scores_to_points
+from cmdr_ros.ros.frames import Frame
 from cmdr_ros.ros.outputs import heatmap_image, result_message, result_values
 from cmdr_ros.ros.parameters import PARAMETERS, READ_ONLY, check, check_all, coerce
 from cmdr_ros.ros.sync import make_synchronizer
@@ -749,7 +750,7 @@ class InspectionNode(LifecycleNode):
             p["heatmap"].publish(array_to_image(heat, "bgr8", frame.header))
         if self._wanted("anomaly_cloud") and frame.points is not None and len(frame.points):
             p["anomaly_cloud"].publish(xyz_to_pointcloud2(frame.points.astype(np.float32), frame.cloud_header,
-                                                          intensity=point_scores(pred.anomaly_map, frame.point_pixel)))
+                                                          intensity=scores_to_points(pred.anomaly_map, frame.point_pixel, 0.0)))
 
     # ---------------------------------------------------------------- diagnostics
     def _reset_stats(self) -> None:

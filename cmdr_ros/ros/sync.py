@@ -70,12 +70,6 @@ class SyncStats:
         with self._lock:
             return SyncStats(list(self.received), list(self.dropped), list(self.rejected), self.matched)
 
-    def reset(self) -> None:
-        """Zero every counter (e.g. after the node published a diagnostics report)."""
-        with self._lock:
-            n = len(self.received)
-            self.received, self.dropped, self.rejected, self.matched = [0] * n, [0] * n, [0] * n, 0
-
     def note_received(self, index: int, *, unconfirmed: bool = False) -> None:
         """Count an arrival; ``unconfirmed`` also counts it as dropped until :meth:`note_matched` settles it."""
         with self._lock:
