@@ -11,7 +11,20 @@ from typing import Any
 
 from cmdr_ros import CmdrError
 
-MODES = ("rgbd", "3d", "2d")
+# The one mode table: the modalities each mode feeds the model. Every layer asks it (``uses``, ``cross_modal``,
+# the ROS inputs in ``cmdr_ros.ros.frames.input_names``) instead of re-reading the mode strings.
+MODALITIES: dict[str, tuple[str, ...]] = {"rgbd": ("2d", "3d"), "3d": ("3d",), "2d": ("2d",)}
+MODES = tuple(MODALITIES)
+
+
+def uses(mode: str, modality: str) -> bool:
+    """Whether ``mode`` feeds the model ``modality`` ("2d": the image, "3d": the cloud)."""
+    return modality in MODALITIES[mode]
+
+
+def cross_modal(mode: str) -> bool:
+    """Whether ``mode`` has both modalities (then the cross-modal mapping heads and the gated fusion run)."""
+    return len(MODALITIES[mode]) == 2
 PRESETS = ("paper", "lite")
 
 
@@ -133,11 +146,11 @@ class ModelConfig:
 
     @property
     def uses_2d(self) -> bool:
-        return self.mode in ("rgbd", "2d")
+        return uses(self.mode, "2d")
 
     @property
     def uses_3d(self) -> bool:
-        return self.mode in ("rgbd", "3d")
+        return uses(self.mode, "3d")
 
     def validate(self) -> None:
         if self.mode not in MODES:

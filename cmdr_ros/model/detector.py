@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cmdr_ros import CmdrError
-from cmdr_ros.config import ModelConfig
+from cmdr_ros.config import ModelConfig, cross_modal
 from cmdr_ros.data.preprocess import SquareFrame, remove_background, resize_nearest, resize_rgb, valid_mask
 from cmdr_ros.model import fusion
 from cmdr_ros.model.backbones import Backbone, build_backbone
@@ -299,12 +299,11 @@ class CMDRDetector:
             d["rec2d"] = dist(preds["rec2d"], f2d)
         if "rec3d" in preds:
             d["rec3d"] = dist(preds["rec3d"], f3d)
-        mode = self.config.mode
-        if mode == "rgbd":
+        if cross_modal(self.config.mode):
             d["map2d"] = dist(preds["map3to2"], f2d)
             d["map3d"] = dist(preds["map2to3"], f3d)
             d["fused"] = fusion.fuse_rgbd(d["map2d"], d["map3d"], d["rec2d"], d["rec3d"], valid, self.config.beta)
-        elif mode == "3d":
+        elif "rec3d" in d:
             d["fused"] = fusion.anomaly_map_3d(d["rec3d"], valid)
         else:
             d["fused"] = fusion.anomaly_map_2d(d["rec2d"], valid)

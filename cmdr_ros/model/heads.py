@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmdr_ros.config import cross_modal, uses
+
 
 def _to_tokens(x: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] -> [B, H*W, C]."""
@@ -198,11 +200,11 @@ class CMDRHeads(nn.Module):
                  num_heads: int = 8, dropout: float = 0.1):
         super().__init__()
         self.mode = mode
-        if mode in ("rgbd", "2d"):
+        if uses(mode, "2d"):
             self.rec2d = Reconstruction2D(dim2d, num_heads=num_heads, window=window, dropout=dropout)
-        if mode in ("rgbd", "3d"):
+        if uses(mode, "3d"):
             self.rec3d = Reconstruction3D(dim3d, grid, dropout=dropout)
-        if mode == "rgbd":
+        if cross_modal(mode):
             self.map2to3 = MappingMLP(dim2d, dim3d, dropout)
             self.map3to2 = MappingMLP(dim3d, dim2d, dropout)
 
@@ -216,7 +218,7 @@ class CMDRHeads(nn.Module):
             out["rec2d"] = self.rec2d(f2d)
         if hasattr(self, "rec3d"):
             out["rec3d"] = self.rec3d(f3d)
-        if self.mode == "rgbd":
+        if hasattr(self, "map2to3"):
             out["map2to3"] = self.map2to3(f2d)
             out["map3to2"] = self.map3to2(f3d)
         return out

@@ -30,7 +30,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from cmdr_ros import CmdrError
+from cmdr_ros.config import cross_modal
 from cmdr_ros.ros.conversions import make_header, stamp_ns
+from cmdr_ros.ros.frames import input_names, mode_of
 
 METADATA_VERSION = 8
 STORAGES = ("mcap", "sqlite3")
@@ -470,7 +472,7 @@ class _Evaluation:
         stamp = stamp_ns(header)
         sample = self.aux.samples.nearest(stamp, self.slop_ns)
         t0 = time.perf_counter()
-        frame, verdict = self.judge.judge(msgs, self.aux.infos.nearest(stamp) if self.judge.mode == "rgbd" else None)
+        frame, verdict = self.judge.judge(msgs, self.aux.infos.nearest(stamp) if cross_modal(self.judge.mode) else None)
         latency_ms = (time.perf_counter() - t0) * 1e3
         label = self._truth(stamp, sample, verdict.prediction) if verdict.judged else None
         if verdict.judged:
@@ -582,15 +584,14 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     bag, out = Path(bag), Path(out)
     params = node_params(params, {"sync.slop": slop, "threshold": threshold})
     mode = detector.config.mode
-    inputs = {"rgbd": [("image", image_topic), ("points", points_topic)], "3d": [("points", points_topic)],
-              "2d": [("image", image_topic)]}[mode]
+    inputs = [(name, {"image": image_topic, "points": points_topic}[name]) for name in input_names(mode)]
     types = {"image": "sensor_msgs/msg/Image", "points": "sensor_msgs/msg/PointCloud2",
              "info": "sensor_msgs/msg/CameraInfo", "gt": "sensor_msgs/msg/Image", "sample": "std_msgs/msg/String"}
     t_start = time.perf_counter()
     with open_bag(bag) as reader:
         in_conns = _connections(reader, bag, [t for _, t in inputs])
         aux_topics = {k: t for k, t in (("info", info_topic), ("gt", gt_topic), ("sample", sample_topic))
-                      if t in reader.topics and (k != "info" or mode == "rgbd")}
+                      if t in reader.topics and (k != "info" or cross_modal(mode))}
         for kind, topic in [*inputs, *aux_topics.items()]:
             _check_type(reader, bag, topic, types[kind])
         judge = FrameJudge.from_params(detector, params)
@@ -683,7 +684,7 @@ def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defec
     inputs = [(k, t) for k, t in (("image", image_topic), ("points", points_topic)) if t]
     if not inputs:
         raise CmdrError("bag to-dataset: give an image topic, a points topic or both")
-    mode = "rgbd" if len(inputs) == 2 else ("2d" if inputs[0][0] == "image" else "3d")
+    mode = mode_of([k for k, _ in inputs])
     aligner = FrameJudge.aligner(mode, params)
     bag = Path(bag)
     sets: list[tuple[Any, ...]] = []

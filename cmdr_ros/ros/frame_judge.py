@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from cmdr_ros import CmdrError
+from cmdr_ros.config import cross_modal
 from cmdr_ros.geometry import make_transform
 from cmdr_ros.judge import Judge, JudgeSettings, Verdict
 from cmdr_ros.ros.frames import Frame, TransformLookup, assemble_frame
@@ -79,7 +80,7 @@ class FrameJudge:
         """Decode and align one set (CmdrError when it cannot be)."""
         cloud = msgs.get("points", msgs.get("depth"))  # a PointCloud2, or a depth image
         return assemble_frame(self.mode, msgs.get("image"), cloud,
-                              info if self.mode == "rgbd" or "depth" in msgs else None,
+                              info if cross_modal(self.mode) or "depth" in msgs else None,
                               self.tf_lookup, self.extrinsics, self.raster_resolution, self.registered, self.projection)
 
     def judge(self, msgs: Mapping[str, Any], info: Any = None) -> tuple[Frame | None, Verdict]:

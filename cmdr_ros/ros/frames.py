@@ -17,11 +17,12 @@ colour the sensor's own points.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from cmdr_ros import CmdrError
+from cmdr_ros.config import MODALITIES, uses
 from cmdr_ros.geometry import CameraIntrinsics, project_to_image, rasterize_on_plane
 from cmdr_ros.judge import NotJudgeable, coverage_of
 from sensor_msgs.msg import CompressedImage, Image
@@ -30,6 +31,17 @@ from cmdr_ros.ros.conversions import (camera_info_to_dict, compressed_image_to_r
                                       pointcloud2_to_xyz)
 
 TransformLookup = Callable[[str, str, Any], "np.ndarray | None"]
+INPUT_OF = {"2d": "image", "3d": "points"}  # the input message that carries each modality
+
+
+def input_names(mode: str) -> list[str]:
+    """The synchronized inputs of ``mode``, in the order the synchronizer takes them."""
+    return [INPUT_OF[m] for m in MODALITIES[mode]]
+
+
+def mode_of(names: Sequence[str]) -> str:
+    """The mode whose inputs are ``names`` (e.g. ["image", "points"] -> rgbd)."""
+    return next(m for m in MODALITIES if sorted(input_names(m)) == sorted(names))
 
 
 @dataclass
@@ -101,9 +113,9 @@ def assemble_frame(mode: str, image: Any = None, cloud: Any = None, info: Any = 
     """Convert and align one synchronized set. Raises ``CmdrError`` (or its ``ConversionError``, or
     ``NotJudgeable('no_transform')``) for a frame that cannot be judged: missing input, malformed message, cloud
     that cannot be placed on the image."""
-    if mode in ("rgbd", "2d") and image is None:
+    if uses(mode, "2d") and image is None:
         raise CmdrError(f"mode '{mode}' needs an image")
-    if mode in ("rgbd", "3d") and cloud is None:
+    if uses(mode, "3d") and cloud is None:
         raise CmdrError(f"mode '{mode}' needs a point cloud")
     primary = image if image is not None else cloud
     f = Frame(header=primary.header, cloud_header=cloud.header if cloud is not None else None)
@@ -111,15 +123,15 @@ def assemble_frame(mode: str, image: Any = None, cloud: Any = None, info: Any = 
                    if m is not None}
     if image is not None:
         f.rgb = decode_image(image)
-    if mode == "2d":
+    if not uses(mode, "3d"):
         return f
 
     xyz, organized = decode_cloud(cloud, info, projection)
-    if mode == "3d" and organized:
+    if not uses(mode, "2d") and organized:
         f.xyz = xyz
         f.points, f.point_pixel = _organized_points(xyz)
         f.alignment = "aligned"
-    elif mode == "3d":
+    elif not uses(mode, "2d"):
         if len(xyz) < 16:
             raise CmdrError(f"the point cloud has {len(xyz)} valid points: nothing to inspect")
         r = rasterize_on_plane(xyz, resolution=raster_resolution or None)

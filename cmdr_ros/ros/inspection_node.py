@@ -48,7 +48,8 @@ from cmdr_ros.judge import JudgeSettings, Verdict
 from cmdr_ros.ros.conversions import array_to_image, stamp_ns, xyz_to_pointcloud2
 from cmdr_ros.ros.frame_judge import FrameJudge, extrinsics_transform, unmatched_reason
 from cmdr_ros.geometry import scores_to_points
-from cmdr_ros.ros.frames import Frame
+from cmdr_ros.config import cross_modal
+from cmdr_ros.ros.frames import Frame, input_names
 from cmdr_ros.ros.outputs import heatmap_image, result_message, result_values
 from cmdr_ros.ros.parameters import PARAMETERS, READ_ONLY, check, check_all, coerce
 from cmdr_ros.ros.sync import make_synchronizer
@@ -56,9 +57,9 @@ from cmdr_ros.ros.sync import make_synchronizer
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 def input_topics(mode: str, image_transport: str = "raw", cloud: str = "points") -> list[tuple[type, str]]:
     """(message type, topic) of each synchronized input of ``mode``."""
-    image = (CompressedImage if image_transport == "compressed" else Image, "image")
-    points = (PointCloud2, "points") if cloud == "points" else (Image, "depth")
-    return {"rgbd": [image, points], "3d": [points], "2d": [image]}[mode]
+    topics = {"image": (CompressedImage if image_transport == "compressed" else Image, "image"),
+              "points": (PointCloud2, "points") if cloud == "points" else (Image, "depth")}
+    return [topics[name] for name in input_names(mode)]
 JUDGE_PARAMS = ("on_error", "min_valid_ratio", "min_coverage", "max_range")
 OPTIONAL_TYPE = {"extrinsics": Parameter.Type.DOUBLE_ARRAY}  # parameters without a default: unset unless given
 WATCH_PERIOD_S = 0.05
@@ -444,7 +445,7 @@ class InspectionNode(LifecycleNode):
             self._state_text = f"cannot activate: {e}"
             self.get_logger().error(self._state_text)
             return TransitionCallbackReturn.FAILURE
-        if self.mode == "rgbd" or "depth" in self._inputs:
+        if cross_modal(self.mode) or "depth" in self._inputs:
             self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_info, copy.copy(qos),
                                                       event_callbacks=events, callback_group=self._input_group,
                                                       qos_overriding_options=OVERRIDABLE)
