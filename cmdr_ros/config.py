@@ -25,6 +25,8 @@ def uses(mode: str, modality: str) -> bool:
 def cross_modal(mode: str) -> bool:
     """Whether ``mode`` has both modalities (then the cross-modal mapping heads and the gated fusion run)."""
     return len(MODALITIES[mode]) == 2
+
+
 PRESETS = ("paper", "lite")
 
 
