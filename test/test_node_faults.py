@@ -757,9 +757,11 @@ def _inprocess_node(ros: RosSide, checkpoint: str, monkeypatch: Any, wait_active
         executor.add_node(node)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
+        # active, subscribed, and its ~/result matched by the test side's subscription: a decision published before
+        # discovery completes would never reach it (seen under load when a part is decided at once)
         _poll(lambda: not wait_active or node._state_text == "active" and ros.image_pub.get_subscription_count() >= 1
-              and ros.points_pub.get_subscription_count() >= 1, "the in-process node active and subscribed",
-              lambda: node.exit_code is None)
+              and ros.points_pub.get_subscription_count() >= 1 and node._pubs["result"].get_subscription_count() >= 1,
+              "the in-process node active and subscribed", lambda: node.exit_code is None)
         yield node, executor
     finally:
         if executor is not None:

@@ -12,6 +12,7 @@ ROS modules are imported by the handlers only, so ``cmdr --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from cmdr_ros.data.mvtec3d import SPLITS
@@ -99,6 +100,10 @@ def run_from_dataset(args: argparse.Namespace) -> int:
 
 
 def run_play(args: argparse.Namespace) -> int:
+    # Ctrl-C or a supervisor's SIGINT/SIGTERM ends the playback cleanly with its report, also when the process was
+    # started with SIGINT ignored (as a shell's background jobs are: Python then raises no KeyboardInterrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     from cmdr_ros.ros.bags import play_bag
 
     play_bag(args.bag, args.rate, args.loop, args.topics, args.remap, wait=args.wait, clock=args.clock, report=print)
