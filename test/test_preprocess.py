@@ -219,7 +219,7 @@ def test_stuck_patch_in_a_real_scene_is_refused():
 
 @REFUSE_FAST
 def test_too_dense_for_dbscan_is_refused_before_clustering():
-    cfg = PreprocessConfig(remove_plane=False)
+    cfg = PreprocessConfig(remove_plane=False, cluster="dbscan")
     dense = _flat_table(400, 400, pitch=1.5e-4)  # up to 41x41 points per 6 mm cube: 2.3e8 neighbour pairs
     check_cloud(dense[valid_mask(dense)], cfg)  # no single cube is absurd ...
     _assert_refused(dense, "too dense for DBSCAN with eps 0.006 m: about 2.3.e\\+08 neighbour pairs", cfg)
@@ -425,3 +425,161 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert PreprocessCache(cfg=PreprocessConfig()).cache_dir == tmp_path / "c"
     monkeypatch.delenv("CMDR_CACHE_DIR")
     assert default_cache_dir() == Path.home() / ".cache" / "cmdr_ros" / "preprocessed"
+
+
+# --------------------------------------------------------------------- grid clustering (cluster="grid")
+GRID = PreprocessConfig(cluster="grid")
+
+
+def test_config_cluster_method():
+    assert PreprocessConfig().cluster == "grid"  # the same clusters as Open3D's DBSCAN, ~100x faster
+    dbscan = PreprocessConfig(cluster="dbscan")
+    assert PreprocessConfig.from_dict(dbscan.to_dict()) == dbscan
+    old = PreprocessConfig().to_dict()
+    del old["cluster"]  # a checkpoint written before the key existed runs the fast method too (same result)
+    assert PreprocessConfig.from_dict(old).cluster == "grid"
+    with pytest.raises(CmdrError, match="unknown preprocess cluster method 'kmeans': expected one of grid, dbscan"):
+        PreprocessConfig(cluster="kmeans")
+    with pytest.raises(CmdrError, match="cluster must be str, got int"):
+        PreprocessConfig.from_dict({"cluster": 1})
+
+
+def test_cache_key_of_cluster_method(tmp_path):
+    import hashlib
+    import json
+
+    src = tmp_path / "a.tiff"
+    src.write_bytes(b"stand-in")
+    st = src.resolve().stat()
+    # the cluster method never changes the result: both share the entries, and those written before it existed
+    settings = {k: v for k, v in PreprocessConfig().to_dict().items()
+                if k not in ("max_points_per_cell", "max_dbscan_pairs", "cluster")}
+    ident = {"path": str(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "cfg": settings}
+    old_key = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+    assert PreprocessCache(tmp_path, cfg=PreprocessConfig()).key(src) == old_key
+    assert PreprocessCache(tmp_path, cfg=PreprocessConfig(cluster="dbscan")).key(src) == old_key
+
+
+def _open3d_largest(points, eps, min_points):
+    """The reference: Open3D's DBSCAN labels, largest cluster (lowest label on a tie), as the "dbscan" path."""
+    return preprocess._largest_cluster(points, PreprocessConfig(dbscan_eps=eps, dbscan_min_points=min_points))
+
+
+def _assert_same_largest(points, eps, min_points):
+    ref = _open3d_largest(points, eps, min_points)
+    fast = preprocess._largest_cluster_grid(points, eps, min_points)
+    assert (ref is None) == (fast is None)
+    if ref is not None:
+        assert np.array_equal(ref, fast), f"{int((ref != fast).sum())} of {len(ref)} points differ"
+    return fast
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_grid_matches_dbscan_on_synthetic_scenes(seed):
+    xyz, parts = _scene(seed=seed)
+    exact = remove_background(xyz)
+    fast = remove_background(xyz, GRID)
+    assert np.array_equal(fast, exact)  # plane cleared, the box kept; the floating patch and spikes gone
+    assert np.array_equal(valid_mask(fast), parts["box"])
+    plane_skipped = PreprocessConfig(remove_plane=False)
+    assert np.array_equal(remove_background(xyz, PreprocessConfig(remove_plane=False, cluster="grid")),
+                          remove_background(xyz, plane_skipped))  # the table is the largest cluster
+
+
+def _blobs(rng, eps):
+    """Random parts (gaussian blobs, surface patches, lines) of 5-600 points around the origin: dense cores,
+    sparse fringes, noise points and chains, in random order."""
+    parts = []
+    for _ in range(rng.integers(1, 6)):
+        m = rng.integers(5, 600)
+        centre = rng.normal(0, eps * rng.uniform(1, 8), 3)
+        scale = eps * rng.uniform(0.2, 3)
+        kind = rng.integers(3)
+        if kind == 0:
+            p = centre + rng.normal(0, scale, (m, 3))
+        elif kind == 1:
+            p = centre + np.c_[rng.uniform(-3, 3, (m, 2)) * scale, rng.normal(0, scale * 0.05, m)]
+        else:
+            p = centre + rng.uniform(-5, 5, (m, 1)) * scale * rng.normal(size=3) + rng.normal(0, scale * 0.05, (m, 3))
+        parts.append(p)
+    pts = np.concatenate(parts)
+    return pts[rng.permutation(len(pts))]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_grid_matches_dbscan_on_random_clouds(seed):
+    rng = np.random.default_rng(seed)
+    eps = float(rng.choice([0.003, 0.006, 0.01]))
+    min_points = int(rng.choice([3, 10, 30]))
+    pts = _blobs(rng, eps)
+    if seed % 3 == 1:  # repeated points and points on a lattice: many pairs at exactly the same distances
+        pts = np.round(np.concatenate([pts, pts[:40]]) / (eps / 4)) * (eps / 4)
+    if seed % 4 == 2:
+        pts = pts + 1e3  # far from the origin
+    _assert_same_largest(pts.astype(np.float32), eps, min_points)
+
+
+def test_grid_border_point_between_two_equal_clusters():
+    """A non-core point within eps of two clusters joins the one Open3D numbers first (the one whose first
+    core point comes first), which then is the larger: both orders give Open3D's answer."""
+    eps = 0.006
+    rng = np.random.default_rng(3)
+    # 40 points in a 2 mm cube 7-9 mm left of the origin and two "arm" points 5.5 mm left: 42 core points
+    left = np.r_[rng.uniform([-0.009, -0.001, -0.001], [-0.007, 0.001, 0.001], (40, 3)),
+                 [[-0.0055, 0.0005, 0], [-0.0055, -0.0005, 0]]]
+    right = left * [-1, 1, 1]  # the mirror image: 11 mm between the arms, two clusters of 42
+    bridge = np.zeros((1, 3))  # within eps of the four arms only: 5 neighbours, not core
+    for first, second in ((left, right), (right, left)):
+        pts = np.concatenate([first, second, bridge]).astype(np.float32)
+        kept = _assert_same_largest(pts, eps, 30)
+        assert kept[:42].all() and not kept[42:84].any() and kept[84]
+
+
+def test_grid_two_equal_clusters_deterministic():
+    rng = np.random.default_rng(0)
+    blob = rng.normal(0, 0.002, (200, 3))
+    a, b = blob, blob + [0.05, 0, 0]
+    for order in ((a, b), (b, a)):
+        pts = np.concatenate(order).astype(np.float32)
+        kept = _assert_same_largest(pts, 0.006, 30)
+        assert kept[:200].all() and not kept[200:].any()  # the cluster of the first point, both methods
+        assert np.array_equal(preprocess._largest_cluster_grid(pts, 0.006, 30), kept)  # every call the same
+
+
+def test_grid_far_apart_parts():
+    """Coordinates over kilometres (gaps closed in the cell keys) and over metres (sorted cell keys instead of
+    a lookup table): the same clusters."""
+    rng = np.random.default_rng(1)
+    blob = rng.normal(0, 0.003, (300, 3))
+    for far in (9e5, 10.0):
+        pts = np.concatenate([blob[:150], blob[:120] + far, blob[150:] - [far, 0, far], blob[:60] + [0.012, 0, 0]])
+        kept = _assert_same_largest(pts.astype(np.float32), 0.006, 10)
+        assert kept.sum() >= 150
+
+
+def test_grid_degenerate_clouds(caplog):
+    assert not remove_background(np.zeros((40, 40, 3), np.float32), GRID).any()  # no valid point
+    assert not remove_background(_flat_table(), GRID).any()  # everything on the plane: nothing left
+    # points too sparse for any cluster: kept with the same warning as the dbscan path
+    xyz = np.zeros((50, 50, 3), np.float32)
+    u, v = np.meshgrid(np.arange(10) * 0.01, np.arange(10) * 0.01, indexing="ij")
+    xyz[::5, ::5] = np.stack([u, v, np.full((10, 10), 0.5)], axis=-1)  # 1 cm apart, eps 6 mm: all noise
+    cfg = PreprocessConfig(remove_plane=False, cluster="grid")
+    with caplog.at_level(logging.WARNING, logger="cmdr_ros.data.preprocess"):
+        out = remove_background(xyz, cfg)
+    assert "no DBSCAN cluster" in caplog.text and np.array_equal(out, xyz)
+    assert preprocess._largest_cluster_grid(xyz[valid_mask(xyz)], 0.006, 30) is None
+    single = np.array([[0.1, 0.2, 0.5]], np.float32)
+    assert preprocess._largest_cluster_grid(single, 0.006, 1).tolist() == [True]
+    assert preprocess._largest_cluster_grid(single, 0.006, 2) is None
+
+
+@REFUSE_FAST
+def test_grid_clusters_what_dbscan_refuses_as_too_dense():
+    """max_dbscan_pairs guards Open3D's neighbour lists; the grid method lists none and clusters the cloud."""
+    dense = _flat_table(400, 400, pitch=1.5e-4)
+    with pytest.raises(CmdrError, match="too dense for DBSCAN"):
+        remove_background(dense, PreprocessConfig(remove_plane=False, cluster="dbscan"))
+    out = remove_background(dense, PreprocessConfig(remove_plane=False))  # the default: grid
+    assert np.array_equal(out, dense)  # one table, one cluster: every point kept
+    _assert_refused(np.tile(np.array([0.01, -0.02, 0.55], np.float32), (400, 400, 1)), "coincide", GRID)
