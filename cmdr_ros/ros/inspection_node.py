@@ -179,6 +179,11 @@ class InspectionNode(LifecycleNode):
             self._autostart_timer = self.create_timer(0.0, self._autostart,
                                                       callback_group=MutuallyExclusiveCallbackGroup())
 
+    @property
+    def lifecycle_state(self) -> str:
+        """The lifecycle state's label (unconfigured, configuring, inactive, activating, active, ...)."""
+        return str(self._state_machine.current_state[1])
+
     # ---------------------------------------------------------------- parameters
     def _p(self, name: str) -> Any:
         try:
