@@ -257,3 +257,36 @@ def test_write_latency_is_reported(backend, tmp_path, request):
     print(f"\n{backend}: record() until committed, {len(ms)} decisions: p50 {np.percentile(ms, 50):.2f} ms, "
           f"p99 {np.percentile(ms, 99):.2f} ms, max {ms.max():.2f} ms")
     assert len(stored(target)) == 300
+
+
+def test_a_slow_store_publishes_late_instead_of_waiting(tmp_path):
+    """The node's promise: a decision waits at most audit.timeout for its commit, then goes out (counted 'late'); while
+    a write has been hanging longer than that, later decisions do not wait at all; the rows land when it returns."""
+    db = str(tmp_path / "a.db")
+    gate = threading.Event()
+
+    class Slow:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def __getattr__(self, name):
+            return getattr(self.backend, name)
+
+        def insert(self, rows):
+            gate.wait(60)
+            self.backend.insert(rows)
+
+    store = AuditStore(db, timeout_s=0.2, opener=lambda target: Slow(open_backend(target)))
+    try:
+        assert store.record(row(1)) is False  # not committed within 0.2 s: published anyway
+        wait_until(lambda: store._busy_since is not None and time.monotonic() - store._busy_since > 0.2,
+                   "the write hanging longer than the timeout")
+        assert store.record(row(2)) is False  # returns at once
+        h = store.health()
+        assert (h["late"], h["deferred"], h["backlog"]) == (1, 1, 2)
+        gate.set()
+        wait_until(lambda: store.health()["backlog"] == 0, "the rows written once the store answers")
+    finally:
+        gate.set()
+        assert store.close() == 0
+    assert [r["seq"] for r in stored(db)] == [1, 2]
