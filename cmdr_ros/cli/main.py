@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("weights", help="the paper's pretrained backbones: fetch them from the official URLs, "
                                        "check files")
     weights.add_arguments(p)
+
+    from cmdr_ros.cli import bench  # noqa: PLC0415 - its handlers import torch and rclpy only when run
+    p = sub.add_parser("bench", help="latency of the judge path per stage; `bench node`: the running node over DDS")
+    bench.add_arguments(p)
     return parser
 
 

@@ -1,0 +1,318 @@
+"""``cmdr bench``: latency of the judge path per stage, on synthetic or recorded frames.
+
+One run (preset, mode, device) judges frames the way the node does: messages -> ``FrameJudge.judge`` (decode,
+align, checks, ``CMDRDetector.predict``) -> the messages the node publishes. The real functions run; the bench
+only wraps them with clocks (``StageClock``), so the stages add up to the whole path and no step is re-implemented
+except the node's output encoding (``encode_outputs``). The end-to-end figures come from the same frames judged
+again without the wrappers. ROS message modules are imported when a run starts, never at import.
+
+The heads are untrained (random init): timing does not depend on weights. The paper preset gets random-init
+backbones of the paper's architectures (ViT-B/8, Point-MAE), the lite preset identity feature statistics; the
+threshold is fixed, so decisions mean nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import os
+import resource
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from cmdr_ros import CmdrError
+from cmdr_ros.config import uses
+
+STAGES = {
+    "decode": "Image / PointCloud2 -> numpy (frames.decode_*)",
+    "align": "FrameJudge.assemble without decoding: pixel alignment, points, coverage",
+    "checks": "the judge's coverage / plausibility / valid-ratio / finite checks",
+    "background": "background removal (plane + largest cluster)",
+    "prepare": "square padding, resizing, tensors to the device",
+    "backbone_2d": "2D backbone: native features + per-pixel grid",
+    "backbone_3d": "3D backbone: native features + per-pixel grid",
+    "heads": "feature standardisation + the CMDR heads",
+    "fusion": "distance maps, fusion, image score, map back to the input",
+    "outputs": "~/result, ~/anomaly_map, ~/heatmap and ~/anomaly_cloud messages",
+}
+THRESHOLD = 1.0  # fixed: the heads are untrained, decisions mean nothing
+# the paper's backbone architectures with random weights (as test_paper_preset.py builds them)
+PAPER_2D = dict(rgb_size=224, embed_dim=768, depth=12, num_heads=12)
+PAPER_3D = dict(trans_dim=384, depth=12, num_heads=6, num_group=1024, group_size=128, encoder_dims=384,
+                fetch_idx=(3, 7, 11))
+
+
+# ------------------------------------------------------------------------------------------------ frames
+def synthetic_frames(size: int, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` simulated parts (rgb uint8, organized xyz float32) of ``size`` x ``size`` pixels."""
+    from cmdr_ros.data.synthetic import CellConfig, render_part
+
+    cfg = CellConfig(image_size=size)
+    return [(f.rgb, f.xyz) for f in (render_part(np.random.default_rng(seed), cfg) for seed in range(n))]
+
+
+def folder_frames(folder: str | Path, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The first ``n`` frames of an MVTec 3D-AD style folder: every ``xyz/NAME.tiff`` with its ``rgb/NAME.png``."""
+    from cmdr_ros.data.mvtec3d import load_rgb, load_xyz
+
+    pairs = [(x.parent.parent / "rgb" / f"{x.stem}.png", x) for x in sorted(Path(folder).rglob("xyz/*.tiff"))]
+    pairs = [(r, x) for r, x in pairs if r.is_file()][:n]
+    if not pairs:
+        raise CmdrError(f"{folder}: no xyz/*.tiff with its rgb/*.png partner found")
+    return [(load_rgb(r), load_xyz(x)) for r, x in pairs]
+
+
+def frame_messages(rgb: np.ndarray, xyz: np.ndarray, mode: str, stamp_ns: int = 0) -> dict[str, Any]:
+    """The node's inputs for ``mode``: an rgb8 Image and/or an organized PointCloud2, same frame and stamp."""
+    from cmdr_ros.ros.conversions import array_to_image, make_header, xyz_to_pointcloud2
+
+    header = make_header(stamp_ns, "camera")
+    msgs: dict[str, Any] = {}
+    if uses(mode, "2d"):
+        msgs["image"] = array_to_image(rgb, "rgb8", header)
+    if uses(mode, "3d"):
+        msgs["points"] = xyz_to_pointcloud2(xyz, header)
+    return msgs
+
+
+def encode_outputs(frame: Any, verdict: Any, mode: str, inputs: str) -> list[Any]:
+    """The messages the node publishes for one decision (as its ``_publish`` does, every output subscribed)."""
+    from cmdr_ros.geometry import scores_to_points
+    from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
+    from cmdr_ros.ros.outputs import heatmap_image, result_array
+
+    msgs = [result_array(frame.header if frame else None, verdict, frame, seq=1, mode=mode, model_id="bench",
+                         inputs=inputs)]
+    if verdict.judged:
+        pred = verdict.prediction
+        msgs.append(array_to_image(pred.anomaly_map.astype(np.float32), "32FC1", frame.header))
+        msgs.append(array_to_image(heatmap_image(frame, pred, verdict.threshold), "bgr8", frame.header))
+        if frame.points is not None and len(frame.points):
+            msgs.append(xyz_to_pointcloud2(frame.points.astype(np.float32), frame.cloud_header,
+                                           intensity=scores_to_points(pred.anomaly_map, frame.point_pixel, 0.0)))
+    return msgs
+
+
+# ------------------------------------------------------------------------------------------------ model
+def build_detector(preset_name: str, mode: str, device: str) -> Any:
+    """An untrained detector of the preset, ready to judge (see the module docstring)."""
+    from cmdr_ros.config import preset
+    from cmdr_ros.model.backbones import TinyPointMAE, TinyViT
+    from cmdr_ros.model.detector import CMDRDetector
+
+    config = preset(preset_name, mode)
+    kw = {}
+    if preset_name == "paper":
+        kw = {"backbone_2d": TinyViT(**PAPER_2D) if config.uses_2d else None,
+              "backbone_3d": TinyPointMAE(**PAPER_3D) if config.uses_3d else None}
+    det = CMDRDetector(config, device=device, **kw)
+    if config.standardize_features:
+        det.feature_stats = {m: torch.stack([torch.zeros(bb.out_dim), torch.ones(bb.out_dim)])
+                             for m, bb in (("2d", det.backbone_2d), ("3d", det.backbone_3d)) if bb is not None}
+    det.threshold = THRESHOLD
+    return det
+
+
+# ------------------------------------------------------------------------------------------------ clocks
+class StageClock:
+    """Exclusive seconds per stage of wrapped, possibly nested calls: a call's time minus the wrapped calls inside
+    it. ``sync`` runs before every clock reading (CUDA: the device has finished)."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
+        self.totals: dict[str, float] = defaultdict(float)
+        self._inner: list[float] = []  # per open call: seconds spent in wrapped calls inside it
+
+    def wrap(self, stage: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self.sync()
+            t0 = time.perf_counter()
+            self._inner.append(0.0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.sync()
+                dt = time.perf_counter() - t0
+                self.totals[stage] += dt - self._inner.pop()
+                if self._inner:
+                    self._inner[-1] += dt
+        return timed
+
+    def take(self) -> dict[str, float]:
+        out = dict(self.totals)
+        self.totals.clear()
+        return out
+
+
+@contextlib.contextmanager
+def instrumented(clock: StageClock, frame_judge: Any, det: Any) -> Iterator[None]:
+    """Wrap the functions of the judge path with ``clock`` for the duration (restored afterwards)."""
+    from cmdr_ros.model import detector as detector_module
+    from cmdr_ros.ros import frames
+
+    targets = [(frames, "decode_image", "decode"), (frames, "decode_cloud", "decode"),
+               (frame_judge, "assemble", "align"), (frame_judge.judge_, "judge", "checks"),
+               (detector_module, "remove_background", "background"), (det, "prepare", "prepare"),
+               (det, "extract", "prepare"), (det, "grid_features", "heads"), (det.heads, "forward", "heads"),
+               (det, "predict_input", "fusion")]
+    for m, bb in (("2d", det.backbone_2d), ("3d", det.backbone_3d)):
+        if bb is not None:
+            targets += [(bb, "extract", f"backbone_{m}"), (bb, "to_grid", f"backbone_{m}")]
+    with contextlib.ExitStack() as stack:
+        for obj, name, stage in targets:
+            original = getattr(obj, name)
+            own = name in vars(obj)  # a module's function; else a method, shadowed by an instance attribute
+            setattr(obj, name, clock.wrap(stage, original))
+            if own:
+                stack.callback(setattr, obj, name, original)
+            else:
+                stack.callback(delattr, obj, name)
+        yield
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def proc_status_mb(key: str, pid: int | str = "self") -> float | None:
+    """A ``/proc/PID/status`` memory line (VmRSS, VmHWM) in MB; None without /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: ``5 > /proc/self/clear_refs``); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def summary(values_ms: list[float]) -> dict[str, float]:
+    """Median and 95th percentile of milliseconds."""
+    p50, p95 = np.percentile(values_ms, (50, 95))
+    return {"median_ms": float(p50), "p95_ms": float(p95)}
+
+
+# ------------------------------------------------------------------------------------------------ one run
+def bench_run(preset_name: str, mode: str, device: str, frames: list[tuple[np.ndarray, np.ndarray]],
+              warmup: int, repeat: int) -> dict[str, Any]:
+    """Judge ``warmup`` frames, then ``repeat`` times a frame per stage and the same frame end to end."""
+    from cmdr_ros.judge import Judge
+    from cmdr_ros.ros.frame_judge import FrameJudge
+
+    det = build_detector(preset_name, mode, device)
+    fj = FrameJudge(Judge(det), mode)
+    sets = [frame_messages(rgb, xyz, mode, i) for i, (rgb, xyz) in enumerate(frames)]
+    inputs = "+".join(sets[0])
+    dev = det.device
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+
+    def judge_one(i: int, judge: Callable = fj.judge, encode: Callable = encode_outputs) -> Any:
+        frame, verdict = judge(sets[i % len(sets)])
+        encode(frame, verdict, mode, inputs)
+        return verdict
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    peak_per_run = _reset_peak_rss()
+    for i in range(warmup):
+        judge_one(i)
+    clock = StageClock(sync)
+    stages: dict[str, list[float]] = defaultdict(list)
+    totals, e2e, outcomes = [], [], Counter()
+    for i in range(repeat):  # interleaved: a busy machine slows both kinds of frame alike
+        with instrumented(clock, fj, det):
+            verdict = judge_one(i, clock.wrap("checks", fj.judge), clock.wrap("outputs", encode_outputs))
+        took = clock.take()
+        for stage, s in took.items():
+            stages[stage].append(s * 1e3)
+        totals.append(sum(took.values()) * 1e3)
+        outcomes["judged" if verdict.judged else verdict.kind] += 1
+        sync()
+        t0 = time.perf_counter()
+        judge_one(i)
+        sync()
+        e2e.append((time.perf_counter() - t0) * 1e3)
+    memory = {"rss_mb": proc_status_mb("VmRSS"),
+              "peak_rss_mb": proc_status_mb("VmHWM") if peak_per_run else
+              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "peak_rss_scope": "run" if peak_per_run else "process",
+              "cuda_max_allocated_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None}
+    del det, fj
+    gc.collect()
+    return {"preset": preset_name, "mode": mode, "device": str(dev), "timed": repeat,
+            "input": "x".join(map(str, frames[0][0].shape[:2])),
+            "stages": {s: summary(stages[s]) for s in STAGES if stages.get(s)}, "stages_total": summary(totals),
+            "end_to_end": {**summary(e2e), "frames_per_s": len(e2e) / (sum(e2e) / 1e3)},
+            "outcomes": dict(outcomes), "memory": memory}
+
+
+def devices(choice: str) -> list[str]:
+    """``all``: the CPU, and CUDA when present."""
+    if choice != "all":
+        return [choice]
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def run_bench(presets: list[str], modes: list[str], device_choice: str, size: int, data: str | None,
+              warmup: int, repeat: int, threads: int) -> dict[str, Any]:
+    """Every (preset, mode, device) run with ``threads`` torch threads (restored afterwards)."""
+    n = max(1, min(warmup + repeat, 5))
+    frames = folder_frames(data, n) if data else synthetic_frames(size, n)
+    source = f"{data} ({len(frames)} frames)" if data else f"synthetic {size}x{size} (render_part, {n} parts)"
+    before, load = torch.get_num_threads(), os.getloadavg()[0]
+    torch.set_num_threads(threads)
+    try:
+        runs = [bench_run(p, m, d, frames, warmup, repeat) for p in presets for m in modes
+                for d in devices(device_choice)]
+    finally:
+        torch.set_num_threads(before)
+    return {"frames": source, "warmup": warmup, "repeat": repeat, "threads": threads, "cpus": os.cpu_count(),
+            "load_average_1min": {"start": load, "end": os.getloadavg()[0]}, "torch": torch.__version__,
+            "stages": STAGES,
+            "notes": ["heads untrained (random init), threshold fixed at %g: decisions mean nothing, the work is the "
+                      "same" % THRESHOLD,
+                      "paper preset: random-init ViT-B/8 and Point-MAE backbones (timing does not depend on weights)",
+                      "lite preset: identity feature statistics (the standardisation still runs)",
+                      "stages: exclusive time of the real functions, wrapped; they add up to one judged frame; "
+                      "end to end: the same frame again without the wrappers"],
+            "runs": runs}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as text: one column per run, ``median / p95`` milliseconds per stage."""
+    runs = report["runs"]
+
+    def ms(d: dict[str, float] | None) -> str:
+        return f"{d['median_ms']:.1f} / {d['p95_ms']:.1f}" if d else "-"
+
+    mem = [r["memory"] for r in runs]
+    rows = [("ms median / p95", [f"{r['preset']} {r['mode']} {r['device']}" for r in runs]),
+            *((s, [ms(r["stages"].get(s)) for r in runs]) for s in STAGES),
+            ("sum of stages", [ms(r["stages_total"]) for r in runs]),
+            ("end to end", [ms(r["end_to_end"]) for r in runs]),
+            ("frames/s", [f"{r['end_to_end']['frames_per_s']:.3g}" for r in runs]),
+            ("peak RSS MB" + ("" if all(m["peak_rss_scope"] == "run" for m in mem) else " (process)"),
+             [f"{m['peak_rss_mb']:.0f}" for m in mem])]
+    if any(m["cuda_max_allocated_mb"] is not None for m in mem):
+        rows.append(("CUDA max MB", [f"{m['cuda_max_allocated_mb'] or 0:.0f}" for m in mem]))
+    rows.append(("judged", [f"{r['outcomes'].get('judged', 0)}/{r['timed']}" for r in runs]))
+    width = max(len(c) for _, cells in rows for c in cells) + 2
+    load = report["load_average_1min"]
+    return "\n".join([
+        f"cmdr bench: {report['frames']}; {report['warmup']} warm-up + {report['repeat']} timed frames per stage and "
+        f"{report['repeat']} end to end; torch {report['torch']} with {report['threads']} CPU thread(s) "
+        f"({report['cpus']} CPUs), load average {load['start']:.1f} at the start, {load['end']:.1f} at the end",
+        *(f"  {n}" for n in report["notes"]), "",
+        *(f"{label:<20}" + "".join(f"{c:>{width}}" for c in cells) for label, cells in rows), "",
+        *(f"{s:<20}{t}" for s, t in STAGES.items())])

@@ -1,0 +1,281 @@
+"""``cmdr bench node``: the inspection node as it runs on the cell, timed from outside.
+
+``python -m cmdr_ros.ros.inspection_node`` runs as a subprocess on a ROS domain of its own (ROS_DOMAIN_ID when the
+environment sets one), LOCALHOST discovery, Fast DDS LARGE_DATA transports unless FASTDDS_BUILTIN_TRANSPORTS says
+otherwise, its logs and audit store in a temporary folder. Once it is active and matched, parts are published
+(reliable) at a fixed rate; every ``~/result`` is recorded and matched to its part by stamp.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import Image, PointCloud2
+
+from cmdr_ros import CmdrError
+from cmdr_ros.ros.bench_judge import proc_status_mb, frame_messages, synthetic_frames
+from cmdr_ros.ros.conversions import stamp_ns
+
+NODE = "/cmdr_inspection"
+INPUTS = {"image": (Image, "/image"), "points": (PointCloud2, "/points")}
+OUTPUTS = {"heatmap": Image, "anomaly_map": Image, "anomaly_cloud": PointCloud2}
+QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+START_S = 120.0  # the node loads torch and the model: minutes on a busy machine at worst
+DRAIN_S = 30.0  # after the last part: how long its results may take
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in os.environ for the duration (DDS reads them when the participant is created)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def dds_environment() -> dict[str, str]:
+    """The DDS settings shared by the bench and the node."""
+    return {"ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID") or str(random.SystemRandom().randint(1, 101)),
+            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+            "FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")}
+
+
+def train_tiny_model(folder: Path, mode: str, size: int) -> str:
+    """A lite model, 1 epoch on 2 synthetic parts of ``size`` pixels, calibrated on 2 more (timing does not depend on
+    training); its checkpoint path."""
+    from cmdr_ros.cli.train import train_model
+    from cmdr_ros.config import preset
+    from cmdr_ros.data.synthetic import CellConfig, generate_dataset
+
+    data = generate_dataset(folder / "data", "block", n_train=2, n_val=2, n_test_good=0, n_test_per_defect=0,
+                            cfg=CellConfig(image_size=size))
+    config = preset("lite", mode)
+    config.train.epochs = 1
+    return train_model(data, config, folder / f"bench_{mode}.ckpt", device="cpu", no_cache=True,
+                       progress=False)["checkpoint"]
+
+
+def checkpoint_mode(path: str) -> str:
+    from cmdr_ros.model.checkpoint import read_checkpoint
+
+    return read_checkpoint(path, require_threshold=False)["config"]["mode"]
+
+
+class Recorder:
+    """The bench's rclpy node: input publishers, and the node's ~/result (and outputs) recorded as they arrive."""
+
+    def __init__(self, domain_id: int, inputs: list[str], outputs: bool) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node("cmdr_bench", context=self.context)
+        self.cond = threading.Condition()
+        self.results: list[tuple[float, int, dict[str, str]]] = []  # (received, stamp ns, values)
+        self.outputs: Counter = Counter()
+        self.subs = [self.node.create_subscription(DiagnosticArray, f"{NODE}/result", self._on_result, QOS)]
+        if outputs:  # raw: counted, never deserialized (the bench shares the CPUs with the node)
+            self.subs += [self.node.create_subscription(t, f"{NODE}/{k}", lambda _, k=k: self.outputs.update([k]),
+                                                        QOS, raw=True) for k, t in OUTPUTS.items()]
+        self.pubs = {name: self.node.create_publisher(INPUTS[name][0], INPUTS[name][1], QOS) for name in inputs}
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_result(self, msg: DiagnosticArray) -> None:
+        now = time.monotonic()
+        values = {kv.key: kv.value for kv in msg.status[0].values} if msg.status else {}
+        with self.cond:
+            self.results.append((now, stamp_ns(msg.header), values))
+            self.cond.notify_all()
+
+    def matched(self) -> bool:
+        return (all(p.get_subscription_count() >= 1 for p in self.pubs.values())
+                and all(s.get_publisher_count() >= 1 for s in self.subs))
+
+    def wait_results(self, stamps: set[int], timeout: float) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: stamps <= {s for _, s, _ in self.results}, timeout)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.thread.join(timeout=10)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+class NodeProcess:
+    """``python -m cmdr_ros.ros.inspection_node``, its output in ``folder``."""
+
+    def __init__(self, folder: Path, env: dict[str, str], params: list[str]) -> None:
+        args = [sys.executable, "-m", "cmdr_ros.ros.inspection_node", "--ros-args"]
+        for p in params:
+            args += ["-p", p]
+        self.log = folder / "node.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={
+                **os.environ, **env, "ROS_LOG_DIR": str(folder / "ros_log"), "PYTHONUNBUFFERED": "1",
+                "RCUTILS_COLORIZED_OUTPUT": "0"})
+
+    def tail(self, n: int = 15) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def wait_active(self, recorder: Recorder) -> float:
+        """Seconds until the node logged 'active' and every topic matched; CmdrError if it exits or never does."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < START_S:
+            if self.proc.poll() is not None:
+                raise CmdrError(f"the node exited with {self.proc.returncode} before it was active:\n{self.tail()}")
+            if "active: subscribed" in self.log.read_text(errors="replace") and recorder.matched():
+                return time.monotonic() - t0
+            time.sleep(0.1)
+        raise CmdrError(f"the node was not active and matched after {START_S:g} s:\n{self.tail()}")
+
+    def memory_mb(self, key: str) -> float | None:
+        return proc_status_mb(key, self.proc.pid)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGINT (the node decides what it holds, then exits); killed after ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {k: float(v) for k, v in zip(("p50", "p95", "p99", "max"), np.percentile(values, (50, 95, 99, 100)))}
+
+
+def publish_parts(recorder: Recorder, sets: list[dict[str, Any]], rate: float, seconds: float) -> dict[int, float]:
+    """Publish ``rate`` parts per second for ``seconds``, each with a fresh wall-clock stamp; stamp -> publish time
+    (``time.monotonic`` just before its first message is published)."""
+    published: dict[int, float] = {}
+    t0 = time.monotonic()
+    for i in range(max(1, round(rate * seconds))):
+        time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+        stamp = time.time_ns()
+        msgs = sets[i % len(sets)]
+        for msg in msgs.values():
+            msg.header.stamp.sec, msg.header.stamp.nanosec = stamp // 10**9, stamp % 10**9
+        published[stamp] = time.monotonic()
+        for name, msg in msgs.items():
+            recorder.pubs[name].publish(msg)
+    return published
+
+
+def summarise(published: dict[int, float], results: list[tuple[float, int, dict[str, str]]]) -> dict[str, Any]:
+    """Throughput, publish -> result latency, outcomes of the parts published (first result of each stamp)."""
+    first: dict[int, tuple[float, dict[str, str]]] = {}
+    for t, stamp, values in results:
+        if stamp in published:
+            first.setdefault(stamp, (t, values))
+    answered = [(published[s], t, v) for s, (t, v) in first.items()]
+    judged = [v for _, _, v in answered if v.get("judged") == "true"]
+    span = max(t for _, t, _ in answered) - min(published.values()) if answered else 0.0
+    return {
+        "published": len(published), "results": len(first), "missing": len(published) - len(first),
+        "extra_results": len(results) - len(first), "judged": len(judged),
+        "not_judged": dict(Counter(v.get("error", "?") for _, _, v in answered if v.get("judged") != "true")),
+        "decisions": dict(Counter(v.get("decision", "?") for _, _, v in answered)),
+        "throughput_hz": len(first) / span if span > 0 else 0.0,
+        "latency_ms": _percentiles([(t - p) * 1e3 for p, t, _ in answered]),
+        "node_latency_ms": _percentiles([float(v["latency_ms"]) for _, _, v in answered if "latency_ms" in v]),
+        "inference_ms": _percentiles([float(v["inference_ms"]) for v in judged if "inference_ms" in v]),
+    }
+
+
+def run_node_bench(checkpoint: str | None, mode: str, rate: float, seconds: float, size: int, device: str,
+                   params: list[str], outputs: bool = True) -> dict[str, Any]:
+    """Start the node, feed it synthetic parts at ``rate`` for ``seconds``, stop it; the figures."""
+    env, load = dds_environment(), os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="cmdr_bench_") as tmp:
+        folder = Path(tmp)
+        trained = checkpoint is None
+        if trained:
+            checkpoint = train_tiny_model(folder, mode, size)
+        else:
+            mode = checkpoint_mode(checkpoint)
+        sets = [frame_messages(rgb, xyz, mode) for rgb, xyz in synthetic_frames(size, 5)]
+        with _environ(env):
+            recorder = Recorder(int(env["ROS_DOMAIN_ID"]), list(sets[0]), outputs)
+        node = None
+        try:
+            node = NodeProcess(folder, env, [f"checkpoint:={checkpoint}", f"device:={device}", *params])
+            startup_s = node.wait_active(recorder)
+            rss_start = node.memory_mb("VmRSS")
+            published = publish_parts(recorder, sets, rate, seconds)
+            recorder.wait_results(set(published), DRAIN_S)
+            rss_end, rss_peak = node.memory_mb("VmRSS"), node.memory_mb("VmHWM")
+            exit_code = node.stop()
+            with recorder.cond:
+                results, output_counts = list(recorder.results), dict(recorder.outputs)
+        finally:
+            if node is not None:
+                node.stop()
+            recorder.close()
+    return {"mode": mode, "size": size, "rate_hz": rate, "seconds": seconds, "device": device, "params": params,
+            "checkpoint": None if trained else checkpoint,
+            "model": "lite, trained here: 1 epoch on 2 synthetic parts" if trained else "given",
+            "outputs_received": output_counts if outputs else None,
+            "dds": env, "load_average_1min": {"start": load, "end": os.getloadavg()[0]}, "startup_s": startup_s,
+            **summarise(published, results),
+            "node_rss_mb": {"start": rss_start, "end": rss_end, "peak": rss_peak}, "node_exit_code": exit_code}
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The report as text."""
+    def ms(d: dict[str, float]) -> str:
+        return " / ".join(f"{d[k]:.1f}" for k in ("p50", "p95", "p99", "max")) if d else "-"
+
+    mem = {k: "?" if v is None else f"{v:.0f}" for k, v in r["node_rss_mb"].items()}
+    outs = r["outputs_received"]
+    rows = [
+        ("parts published", r["published"]),
+        ("results", f"{r['results']} ({r['missing']} missing, {r['extra_results']} extra)"),
+        ("judged", r["judged"]),
+        ("fail-safe", ", ".join(f"{k} {n}" for k, n in sorted(r["not_judged"].items())) or "none"),
+        ("decisions", ", ".join(f"{k} {n}" for k, n in sorted(r["decisions"].items()))),
+        ("outputs received", "not subscribed" if outs is None else
+         ", ".join(f"{k} {outs.get(k, 0)}" for k in OUTPUTS)),
+        ("throughput", f"{r['throughput_hz']:.2f} results/s"),
+        ("latency ms", "p50 / p95 / p99 / max"),
+        ("  publish -> result", ms(r["latency_ms"])),
+        ("  node: in -> decided", ms(r["node_latency_ms"])),
+        ("  node: inference", ms(r["inference_ms"])),
+        ("node RSS MB", f"start {mem['start']}, end {mem['end']}, peak {mem['peak']}"),
+        ("node exit code", f"{r['node_exit_code']} (after SIGINT)"),
+    ]
+    head = (f"cmdr bench node: {r['mode']} {r['size']}x{r['size']} synthetic parts at {r['rate_hz']:g} Hz for "
+            f"{r['seconds']:g} s, device {r['device']}, model: {r['checkpoint'] or r['model']}\n"
+            f"  DDS domain {r['dds']['ROS_DOMAIN_ID']}, {r['dds']['FASTDDS_BUILTIN_TRANSPORTS']} transports; node "
+            f"active after {r['startup_s']:.1f} s; load average {r['load_average_1min']['start']:.1f} at the start, "
+            f"{r['load_average_1min']['end']:.1f} at the end"
+            + (f"; -p {' -p '.join(r['params'])}" if r["params"] else ""))
+    return "\n".join([head, *(f"{k:<24}{v}" for k, v in rows)])

@@ -1,0 +1,55 @@
+"""``cmdr bench``: the per-stage report of the judge path and the node benchmark, on small frames.
+
+Only the presence and sanity of the figures is checked, never their values (the machine may be busy).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+
+from cmdr_ros.ros.bench_judge import STAGES
+from cmdr_ros.cli.main import main
+
+
+def _json(capsys, argv: list[str]) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_reports_every_stage(capsys):
+    report = _json(capsys, ["bench", "--preset", "lite", "--mode", "rgbd", "--size", "64", "--repeat", "2",
+                            "--warmup", "1", "--device", "cpu", "--threads", "1", "--json"])
+    assert report["threads"] == 1 and report["repeat"] == 2
+    (run,) = report["runs"]
+    assert (run["preset"], run["mode"], run["device"], run["input"]) == ("lite", "rgbd", "cpu", "64x64")
+    assert run["outcomes"] == {"judged": 2}
+    assert set(run["stages"]) == set(STAGES)
+    for stage, t in [*run["stages"].items(), ("total", run["stages_total"]), ("end to end", run["end_to_end"])]:
+        assert all(math.isfinite(v) and v > 0 for v in (t["median_ms"], t["p95_ms"])), (stage, t)
+    assert run["end_to_end"]["frames_per_s"] > 0
+    assert run["memory"]["peak_rss_mb"] > 0 and run["memory"]["cuda_max_allocated_mb"] is None
+
+
+def test_bench_table_names_the_stages(capsys):
+    assert main(["bench", "--mode", "2d", "--size", "64", "--repeat", "1", "--warmup", "0", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "lite 2d cpu" in out and "frames/s" in out and "random-init" in out
+    assert all(stage in out for stage in STAGES)
+
+
+def test_bench_refuses_bad_sizes(capsys):
+    assert main(["bench", "--size", "32"]) == 2
+    assert "at least 64" in capsys.readouterr().err
+
+
+def test_bench_node_answers_every_part(capsys, monkeypatch):
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 101)))  # this test's own domain
+    r = _json(capsys, ["bench", "node", "--rate", "2", "--seconds", "5", "--size", "64", "--device", "cpu", "--json"])
+    assert r["published"] == 10 and r["results"] == 10 and r["missing"] == 0
+    assert r["judged"] + sum(r["not_judged"].values()) == 10
+    assert set(r["outputs_received"]) <= {"heatmap", "anomaly_map", "anomaly_cloud"}
+    for key in ("latency_ms", "node_latency_ms"):
+        assert set(r[key]) == {"p50", "p95", "p99", "max"} and all(v >= 0 for v in r[key].values()), key
+    assert r["throughput_hz"] > 0 and r["node_exit_code"] == 0
+    assert all(r["node_rss_mb"][k] > 0 for k in ("start", "end", "peak"))
