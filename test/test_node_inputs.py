@@ -6,6 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from rclpy.duration import Duration
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
@@ -41,7 +42,7 @@ def node(ros, model, publishers, tmp_path_factory):
         "/**:\n  ros__parameters:\n    qos_overrides:\n      /camera/aligned_depth/image_raw:\n"
         "        subscription:\n          reliability: best_effort\n")
     yield from start_node(ros, tmp, {"checkpoint": model["checkpoint"], "input.image_transport": "compressed",
-                                     "input.cloud": "depth"}, publishers, params_file=params_file,
+                                     "input.cloud": "depth"}, (*publishers, ros.info_pub), params_file=params_file,
                           ros_args=("-r", "image:=/camera/color/image_raw/compressed",
                                     "-r", "depth:=/camera/aligned_depth/image_raw"))
 
@@ -53,7 +54,8 @@ def test_compressed_image_and_depth_image_are_judged(ros, node, publishers, fmt)
     stamp = ros.next_stamp()
     info = cell_camera_info()
     info.header = Header(stamp=stamp, frame_id="camera")
-    ros.info_pub.publish(info)
+    ros.info_pub.publish(info)  # first, and held by the node's reader: a depth image needs it
+    assert ros.info_pub.wait_for_all_acked(Duration(seconds=10))
     ok, data = cv2.imencode(f".{'jpg' if fmt == 'jpeg' else 'png'}", part.rgb[..., ::-1])
     assert ok
     image_pub.publish(CompressedImage(header=Header(stamp=stamp, frame_id="camera"),
