@@ -53,12 +53,13 @@ from cmdr_ros.ros.frames import Frame, input_names
 from cmdr_ros.ros.outputs import heatmap_image, result_message, result_values
 from cmdr_ros.ros.parameters import PARAMETERS, READ_ONLY, check, check_all, coerce
 from cmdr_ros.ros.sync import make_synchronizer
+from cmdr_ros.ros import topics
 
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 def input_topics(mode: str, image_transport: str = "raw", cloud: str = "points") -> list[tuple[type, str]]:
     """(message type, topic) of each synchronized input of ``mode``."""
-    topics = {"image": (CompressedImage if image_transport == "compressed" else Image, "image"),
-              "points": (PointCloud2, "points") if cloud == "points" else (Image, "depth")}
+    image = CompressedImage if image_transport == "compressed" else Image
+    topics = {"image": (image, "image"), "points": (PointCloud2, "points") if cloud == "points" else (Image, "depth")}
     return [topics[name] for name in input_names(mode)]
 JUDGE_PARAMS = ("on_error", "min_valid_ratio", "min_coverage", "max_range")
 OPTIONAL_TYPE = {"extrinsics": Parameter.Type.DOUBLE_ARRAY}  # parameters without a default: unset unless given
@@ -172,7 +173,7 @@ class InspectionNode(LifecycleNode):
         self._input_group = ReentrantCallbackGroup()
         self._watch_timer = None
         # /diagnostics is a plain publisher: a node that cannot configure still says why
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, DIAGNOSTICS_QOS)
         self._diag_timer = self.create_timer(float(self._p("diagnostics_period")), self._publish_diagnostics,
                                              callback_group=MutuallyExclusiveCallbackGroup())
         if self._p("autostart"):  # its own group: parameter and lifecycle services answer during a long configure
@@ -331,14 +332,11 @@ class InspectionNode(LifecycleNode):
             self._warm_up()
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                               durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
-        self._pubs = {
-            "score": self.create_lifecycle_publisher(Float32, "~/score", DECISION_QOS),
-            "reject": self.create_lifecycle_publisher(Bool, "~/reject", DECISION_QOS),
-            "result": self.create_lifecycle_publisher(DiagnosticArray, "~/result", DECISION_QOS),
-        }
-        for key, msg_type in (("heatmap", Image), ("anomaly_map", Image), ("anomaly_cloud", PointCloud2)):
+        self._pubs = {key: self.create_lifecycle_publisher(topics.OUTPUT_TYPES[key], f"~/{key}", DECISION_QOS)
+                      for key in topics.DECISIONS}
+        for key in topics.MAPS:
             if values[f"output.{key}"]:
-                self._pubs[key] = self.create_lifecycle_publisher(msg_type, f"~/{key}", reliable)
+                self._pubs[key] = self.create_lifecycle_publisher(topics.OUTPUT_TYPES[key], f"~/{key}", reliable)
         self._open_audit(values)
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="cmdr_inference", daemon=True)

@@ -1,0 +1,37 @@
+"""Every topic name of the package, in one table: the node's inputs and outputs, and what bags and the demo record.
+
+The node subscribes to relative names (remap them onto the cell's topics) and publishes its decisions under its own
+name (``~/result`` ...). Bags written by ``cmdr bag from-dataset`` and the demo carry the camera's topics below.
+"""
+from __future__ import annotations
+
+from diagnostic_msgs.msg import DiagnosticArray
+from sensor_msgs.msg import Image, PointCloud2
+from std_msgs.msg import Bool, Float32
+
+NODE_NAME = "cmdr_inspection"
+
+# the node's inputs, relative: "depth" replaces "points" with input.cloud: depth; "part_id" is optional
+INPUTS = ("image", "points", "depth", "camera_info", "part_id")
+# the node's outputs, private (~/name): decisions always, maps only when enabled
+DECISIONS = ("score", "reject", "result")
+MAPS = ("heatmap", "anomaly_map", "anomaly_cloud")
+OUTPUT_TYPES = {"score": Float32, "reject": Bool, "result": DiagnosticArray, "heatmap": Image, "anomaly_map": Image,
+                "anomaly_cloud": PointCloud2}
+
+# the camera's topics as recorded (bags of ``cmdr bag from-dataset``, the demo's cell)
+CAMERA = {"image": "/camera/image", "points": "/camera/points", "camera_info": "/camera/camera_info"}
+# what a dataset bag carries besides the camera: ground truth mask and the dataset sample each frame came from
+RECORDED = CAMERA | {"gt": "/camera/gt_mask", "sample": "/cmdr/sample"}
+PROFILER = {"points": "/profiler/points"}  # the demo's laser profilometer (3D-only)
+
+DIAGNOSTICS = "/diagnostics"
+TF_STATIC = "/tf_static"  # tf2 static transforms: latched (transient-local) for late joiners
+CLOCK = "/clock"
+
+
+def output_topic(name: str, node: str = NODE_NAME, namespace: str = "") -> str:
+    """The absolute name of the node's output ``name`` (e.g. result -> /cmdr_inspection/result)."""
+    if name not in DECISIONS + MAPS:
+        raise ValueError(f"unknown output {name!r}: one of {', '.join(DECISIONS + MAPS)}")
+    return f"{namespace.rstrip('/')}/{node}/{name}" if namespace else f"/{node}/{name}"
