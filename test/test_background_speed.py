@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from cmdr_ros.data.mvtec3d import load_xyz
-from cmdr_ros.data.preprocess import PreprocessConfig, remove_background, valid_mask
+from cmdr_ros.config import PreprocessConfig
+from cmdr_ros.data.background import remove_background
+from cmdr_ros.geometry import valid_mask
 
 pytestmark = pytest.mark.slow
 
