@@ -1,0 +1,56 @@
+"""What every conversion shares: the error type, stamps and headers, message payload buffers."""
+from __future__ import annotations
+
+import array
+from typing import Any
+
+import numpy as np
+from std_msgs.msg import Header
+
+from cmdr_ros import CmdrError
+
+
+class ConversionError(CmdrError):
+    """A ROS message (or array to be published) whose layout or content cannot be converted."""
+
+
+NS_PER_S = 1_000_000_000
+
+
+def stamp_ns(stamp: Any) -> int:
+    """A builtin_interfaces/Time, or a message header holding one, in integer nanoseconds."""
+    stamp = getattr(stamp, "stamp", stamp)
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+
+
+def make_header(stamp: int, frame_id: str) -> Header:
+    """A std_msgs/Header at ``stamp`` nanoseconds."""
+    h = Header(frame_id=frame_id)
+    h.stamp.sec, h.stamp.nanosec = stamp // NS_PER_S, stamp % NS_PER_S
+    return h
+
+
+def _buffer(data: Any) -> np.ndarray:
+    """The message's ``data`` (array.array, bytes, memoryview, ndarray or list) as a flat uint8 array."""
+    if isinstance(data, (bytes, bytearray, memoryview, array.array, np.ndarray)):
+        return np.frombuffer(data, dtype=np.uint8)
+    return np.asarray(data, dtype=np.uint8)
+
+
+def _sized_buffer(data: Any, expected: int, what: str, formula: str) -> np.ndarray:
+    """The message payload as uint8, or a ConversionError when its length is not ``expected`` bytes."""
+    buf = _buffer(data)
+    if buf.size != expected:
+        raise ConversionError(f"{what} has {buf.size} bytes, expected {formula} = {expected}")
+    return buf
+
+
+def _payload(arr: np.ndarray) -> array.array:
+    """Bytes of a C-contiguous array as the ``array('B')`` that rclpy stores (a memcpy, no per-byte check)."""
+    out = array.array("B")
+    out.frombytes(np.ascontiguousarray(arr).tobytes())
+    return out
+
+
+def _with_order(base: str, bigendian: bool) -> np.dtype:
+    return np.dtype(base).newbyteorder(">" if bigendian else "<")
