@@ -1,4 +1,4 @@
-"""Tests of cmdr_ros.geometry: camera models, projection with z-buffer, plane rasterization, depth images."""
+"""Tests of cmdr_ros.geometry: camera models, projection with z-buffer, plane rasterization."""
 import json
 
 import cv2
@@ -7,8 +7,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from cmdr_ros import CmdrError
-from cmdr_ros.geometry import (CameraIntrinsics, fit_plumb_bob_to_division, make_transform, organized_from_depth,
-                               project_points, project_to_image, rasterize_on_plane, scores_to_points,
+from cmdr_ros.geometry import (CameraIntrinsics, fit_plumb_bob_to_division, make_transform, project_points,
+                               project_to_image, rasterize_on_plane, scores_to_points,
                                transform_points)
 
 H, W = 24, 32
@@ -131,7 +131,7 @@ def test_zbuffer_keeps_nearest_and_rejects_invalid_points() -> None:
     assert np.count_nonzero(proj.xyz_map.any(axis=2)) == 1
 
 
-def test_coverage_by_hand_and_splat() -> None:
+def test_coverage_by_hand() -> None:
     cam = CameraIntrinsics(width=4, height=4, K=[[4, 0, 1.5], [0, 4, 1.5], [0, 0, 1]])
     pts = np.array([[0, 0, 1.0], [0.01, 0.01, 2.0],  # both round to pixel (2, 2)
                     [-0.375, -0.375, 1.0],  # (u, v) = (0, 0): pixel (0, 0)
@@ -139,17 +139,6 @@ def test_coverage_by_hand_and_splat() -> None:
     proj = project_to_image(pts, cam)
     assert proj.pixel_of_point.tolist() == [10, 10, 0, -1]
     assert proj.coverage == 2 / 16
-    # splat radius 1 (the pixel and its 4-neighbours): (2, 2) fills (1|3, 2) and (2, 1|3); (0, 0) fills (1, 0)
-    # and (0, 1); the far point's exact hit (2, 3) adds (1, 3) and (3, 3): 10 pixels
-    far = np.array([[2.5, 0.0, 10.0]])  # (u, v) = (2.5, 1.5): pixel (2, 3), farther than the splat from (2, 2)
-    sp = project_to_image(np.vstack([pts, far]), cam, splat=1)
-    filled = sp.xyz_map.any(axis=2)
-    assert sp.coverage == 10 / 16
-    assert filled[[2, 1, 3, 2, 2, 0, 1, 0, 1, 3], [2, 2, 2, 1, 3, 0, 0, 1, 3, 3]].all()
-    np.testing.assert_array_equal(sp.xyz_map[2, 3], far[0].astype(np.float32))  # exact beats nearer splat
-    np.testing.assert_array_equal(sp.xyz_map[2, 2], pts[0].astype(np.float32))  # exact beats splat
-    np.testing.assert_array_equal(sp.xyz_map[1, 2], pts[0].astype(np.float32))  # splats: nearest point
-    np.testing.assert_array_equal(sp.pixel_of_point[:4], proj.pixel_of_point)
 
 
 def test_plumb_bob_matches_opencv_and_hand_value() -> None:
@@ -199,24 +188,6 @@ def test_projection_errors() -> None:
         project_to_image(np.array([[0, 0, -1.0]]), pinhole())
     with pytest.raises(CmdrError, match="Nx3"):
         project_to_image(np.zeros((4, 2)), pinhole())
-
-
-# --------------------------------------------------------------------------------------- depth images
-@pytest.mark.parametrize("D", [None, [-0.2, 0.05, 0.001, 0.0005, 0.0]])
-def test_organized_from_depth_round_trip(D) -> None:
-    cam = pinhole(D=D)
-    depth = scene_depth()
-    organized = organized_from_depth(depth, cam)
-    valid = depth > 0
-    assert organized.dtype == np.float32 and not organized[~valid].any()
-    np.testing.assert_allclose(organized[..., 2][valid], depth[valid], rtol=1e-7)
-    if D is None:
-        np.testing.assert_allclose(organized, np.nan_to_num(back_project(depth)), rtol=1e-6, atol=1e-7)
-    proj = project_to_image(organized.reshape(-1, 3)[valid.ravel()], cam)
-    np.testing.assert_array_equal(proj.pixel_of_point, np.flatnonzero(valid))
-    np.testing.assert_array_equal(proj.xyz_map, organized)
-    with pytest.raises(CmdrError):
-        organized_from_depth(depth[:-1], cam)
 
 
 # -------------------------------------------------------------------------------------- plane raster
