@@ -1,5 +1,5 @@
-"""Background removal of an organized cloud, the paper's way (MVTec 3D-AD protocol; PAPER_NOTES.md in the team's
-shared folder, "Inputs and preprocessing").
+"""Background removal of an organized cloud, the paper's way (the MVTec 3D-AD protocol of its reference code;
+README, "The model").
 
 ``remove_background``: RANSAC plane fit on a border strip, clear the plane, keep the largest DBSCAN cluster (seeded
 so that a sample always gives the same result). The clustering is Open3D's DBSCAN (``PreprocessConfig.cluster=
