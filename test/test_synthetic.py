@@ -16,12 +16,13 @@ import pytest
 import tifffile
 
 from cmdr_ros import CmdrError
+from cmdr_ros.geometry import CameraIntrinsics
 from cmdr_ros.data.synthetic import (
     DEFECT_TYPES,
     GEOMETRIC_DEFECTS,
-    CameraModel,
     CellConfig,
     PartFrame,
+    calibration_dict,
     class_ids,
     generate_dataset,
     generate_profilometer_dataset,
@@ -45,18 +46,27 @@ def twins() -> dict[tuple[str, int], tuple[PartFrame, PartFrame]]:
 
 def test_camera_model_worked_values() -> None:
     cam = CFG.camera()
-    assert cam.fx == pytest.approx(256 * 0.45 / 0.26) and cam.fy == cam.fx
-    assert (cam.cx, cam.cy, cam.width, cam.height) == (127.5, 127.5, 256, 256)
+    assert isinstance(cam, CameraIntrinsics) and cam.rectified
+    fx, fy, cx, cy = cam.K[0, 0], cam.K[1, 1], cam.K[0, 2], cam.K[1, 2]
+    assert fx == pytest.approx(256 * 0.45 / 0.26) and fy == fx
+    assert (cx, cy, cam.width, cam.height) == (127.5, 127.5, 256, 256)
     # the image spans field_of_view metres of table: pixel 0's centre sits half a pixel inside the edge
-    assert (0 - cam.cx) / cam.fx * 0.45 == pytest.approx(-0.13 + 0.26 / 512)
-    np.testing.assert_allclose(cam.K, [[cam.fx, 0, 127.5], [0, cam.fx, 127.5], [0, 0, 1]])
-    info = cam.to_camera_info_dict()
+    assert (0 - cx) / fx * 0.45 == pytest.approx(-0.13 + 0.26 / 512)
+    np.testing.assert_allclose(cam.K, [[fx, 0, 127.5], [0, fx, 127.5], [0, 0, 1]])
+    info = cam.to_dict()
     assert info["distortion_model"] == "plumb_bob" and info["d"] == [0.0] * 5
     assert info["r"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     np.testing.assert_allclose(np.reshape(info["p"], (3, 4))[:, :3], cam.K)
     assert np.reshape(info["p"], (3, 4))[:, 3].tolist() == [0.0, 0.0, 0.0]
-    assert cam.to_calibration_dict() == {"camera_type": "pinhole", "fx": cam.fx, "fy": cam.fy, "cx": 127.5,
-                                         "cy": 127.5, "image_width": 256, "image_height": 256}
+    calib = calibration_dict(cam)
+    assert calib == {"camera_type": "pinhole", "fx": fx, "fy": fy, "cx": 127.5, "cy": 127.5, "image_width": 256,
+                     "image_height": 256}
+    # what the dataset reader makes of it is the same camera
+    back = CameraIntrinsics.from_mvtec_json(json.loads(json.dumps(calib)))
+    np.testing.assert_array_equal(back.K, cam.K)
+    assert back.to_dict() == info
+    with pytest.raises(CmdrError, match="no distortion"):
+        calibration_dict(CameraIntrinsics(256, 256, cam.K, D=[0.1, 0, 0, 0, 0]))
 
 
 def test_shapes_dtypes_and_determinism() -> None:
@@ -64,7 +74,7 @@ def test_shapes_dtypes_and_determinism() -> None:
     assert a.rgb.shape == (256, 256, 3) and a.rgb.dtype == np.uint8
     assert a.xyz.shape == (256, 256, 3) and a.xyz.dtype == np.float32
     assert a.mask.shape == (256, 256) and a.mask.dtype == bool
-    assert a.defect == "bump" and isinstance(a.camera, CameraModel)
+    assert a.defect == "bump" and isinstance(a.camera, CameraIntrinsics)
     for name in ("rgb", "xyz", "mask"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     assert not np.array_equal(a.xyz, other.xyz)
@@ -158,8 +168,9 @@ def test_background_plane_recoverable_and_xyz_reprojects() -> None:
     # every valid point projects back onto its own pixel; invalid pixels are exactly zero
     v, u = np.nonzero(valid)
     x, y, z = xyz[valid].T
-    assert np.abs(cam.fx * x / z + cam.cx - u).max() < 0.5
-    assert np.abs(cam.fy * y / z + cam.cy - v).max() < 0.5
+    (fx, _, cx), (_, fy, cy), _ = cam.K
+    assert np.abs(fx * x / z + cx - u).max() < 0.5
+    assert np.abs(fy * y / z + cy - v).max() < 0.5
     assert not frame.xyz[~valid].any()
 
 
@@ -206,7 +217,7 @@ def test_generate_dataset_layout(tmp_path: Path) -> None:
     assert class_ids() == {"0": "good", "255": "tear", "254": "burr", "253": "gouge", "252": "missing_chunk",
                            "251": "bump", "250": "stain"}
     calib = json.loads((folder / "calibration" / "camera_parameters.json").read_text())
-    assert calib == cfg.camera().to_calibration_dict()
+    assert calib == calibration_dict(cfg.camera())
 
     # deterministic: a second run with the same seed writes identical data; a sample does not depend
     # on the other counts
