@@ -18,8 +18,8 @@ CELL = CellConfig(image_size=64, field_of_view=0.30)
 
 def tiny_config() -> ModelConfig:
     """rgbd with both random-init backbones (their weights travel in the file) and standardized features."""
-    return ModelConfig(mode="rgbd", grid=16, rgb_size=32, backbone_2d=BackboneConfig("tiny_vit"),
-                       backbone_3d=BackboneConfig("tiny_pointmae"), window=32, num_heads=2,
+    return ModelConfig(mode="rgbd", grid=16, rgb_size=32, backbone_2d=BackboneConfig("random_vit"),
+                       backbone_3d=BackboneConfig("random_pointmae"), window=32, num_heads=2,
                        standardize_features=True, train=TrainConfig(epochs=1, seed=3))
 
 
@@ -189,6 +189,28 @@ def test_version_1_is_refused(model, tmp_path):
     torch.save(ckpt, tmp_path / "nosum.ckpt")
     with pytest.raises(CmdrError, match="nosum.ckpt fails its content checksum"):
         load_checkpoint(tmp_path / "nosum.ckpt", device="cpu")
+
+
+def test_old_backbone_names_still_load(model, tmp_path):
+    """A checkpoint saved before the random-init backbones were renamed (tiny_vit / tiny_pointmae) loads as the
+    same network under the new names; the file and its model id stay as saved."""
+    det, path, _ = model
+    ckpt = torch.load(path, weights_only=True)
+    for m, old in (("2d", "tiny_vit"), ("3d", "tiny_pointmae")):
+        ckpt["config"][f"backbone_{m}"]["name"] = old
+        ckpt["backbones"][m]["name"] = old
+    forge(ckpt, tmp_path / "old_names.ckpt", recompute=True)  # as the earlier version wrote it
+    stored = read_checkpoint(tmp_path / "old_names.ckpt")
+    assert stored["config"]["backbone_2d"]["name"] == "tiny_vit"  # reading verifies, it does not rewrite
+    old = load_checkpoint(tmp_path / "old_names.ckpt", device="cpu")
+    assert (old.backbone_2d.name, old.backbone_3d.name) == ("random_vit", "random_pointmae")
+    assert (old.config.backbone_2d.name, old.config.backbone_3d.name) == ("random_vit", "random_pointmae")
+    assert old.model_id == stored["model_id"] == ckpt["checksum"][:12]
+    part = render_part(np.random.default_rng(50), CELL, "missing_chunk")
+    a, b = det.predict(part.rgb, part.xyz), old.predict(part.rgb, part.xyz)
+    assert a.score == b.score and np.array_equal(a.anomaly_map, b.anomaly_map)
+    # saved again, it is written under the new names: the same content as the current version's file
+    assert save_checkpoint(old, tmp_path / "resaved.ckpt") and old.model_id == det.model_id
 
 
 def _cli_error(capsys, argv) -> str:

@@ -13,8 +13,8 @@ from cmdr_ros.model.detector import CMDRDetector, masked_cosine_loss
 
 
 def tiny_config(mode="rgbd", epochs=4):
-    return ModelConfig(mode=mode, grid=16, rgb_size=32, backbone_2d=BackboneConfig("tiny_vit"),
-                       backbone_3d=BackboneConfig("tiny_pointmae"), window=32, num_heads=2,
+    return ModelConfig(mode=mode, grid=16, rgb_size=32, backbone_2d=BackboneConfig("random_vit"),
+                       backbone_3d=BackboneConfig("random_pointmae"), window=32, num_heads=2,
                        train=TrainConfig(epochs=epochs, seed=3))
 
 
@@ -195,3 +195,39 @@ def test_fusion_at_a_larger_map_size(parts):
     assert pred.pro_map().shape == (32, 32) and pred.anomaly_map.shape == (96, 96)
     with pytest.raises(CmdrError, match="fusion_size"):
         ModelConfig(grid=16, fusion_size=8)
+
+
+def test_backbone_factory_passes_only_declared_arguments(tmp_path):
+    from cmdr_ros.model.backbones import (BACKBONES, Backbone2D, Backbone3D, ColorTexture, RandomViT,
+                                          build_backbone)
+
+    # each registered backbone implements the extract interface of its modality
+    for cls in BACKBONES.values():
+        assert issubclass(cls, Backbone2D if cls.modality == "2d" else Backbone3D), cls
+    with pytest.raises(TypeError):  # the interface is abstract: a backbone without extract cannot be built
+        type("NoExtract", (Backbone2D,), {"to_grid": lambda self, native, grid: None})()
+    # rgb_size goes to the backbones that declare it, a weights file only to those that take one (weights-free
+    # backbones ignore it, as before); the config's options override rgb_size
+    vit = build_backbone("random_vit", "2d", weights=str(tmp_path / "unused.pth"), rgb_size=32,
+                         options={"embed_dim": 16, "depth": 1})
+    assert isinstance(vit, RandomViT) and vit.out_dim == 16 and vit.model.patch_embed.img_size == (32, 32)
+    vit = build_backbone("random_vit", "2d", rgb_size=32, options={"rgb_size": 16})
+    assert vit.model.patch_embed.img_size == (16, 16)
+    assert isinstance(build_backbone("color_texture", "2d", weights=str(tmp_path / "x.pth"), rgb_size=128),
+                      ColorTexture)
+    assert build_backbone("fpfh", "3d", weights=str(tmp_path / "x.pth"), options={"radii": [4.0]}).out_dim == 33
+    with pytest.raises(CmdrError, match=r"bad options for backbone 'fpfh': unknown option\(s\) depth "
+                                        r"\(it takes: normal_radius, radii\)"):
+        build_backbone("fpfh", "3d", options={"depth": 2})
+    with pytest.raises(CmdrError, match="color_texture': unknown option.*it takes: no options"):
+        build_backbone("color_texture", "2d", options={"rgb_size": 64})
+    with pytest.raises(CmdrError, match="bad options for backbone 'random_pointmae'"):  # **kwargs: the encoder's
+        build_backbone("random_pointmae", "3d", options={"colour": 1})
+    with pytest.raises(CmdrError, match="weights file as the backbone's `weights`"):
+        build_backbone("pointmae", "3d", options={"weights": "pretrain.pth"})
+    with pytest.raises(CmdrError, match="is a 3D backbone, configured as 2D"):
+        build_backbone("random_pointmae", "2d")
+    with pytest.raises(CmdrError, match="'tiny_vit' has been renamed 'random_vit'"):
+        build_backbone("tiny_vit", "2d")
+    with pytest.raises(CmdrError, match="unknown backbone 'resnet'"):
+        build_backbone("resnet", "2d")

@@ -10,7 +10,7 @@ import torch
 
 from cmdr_ros.config import preset
 from cmdr_ros.data.mvtec3d import MVTec3DClass, load_rgb, load_xyz
-from cmdr_ros.model.backbones import TinyPointMAE, TinyViT
+from cmdr_ros.model.backbones import RandomPointMAE, RandomViT
 from cmdr_ros.model.detector import CMDRDetector
 
 pytestmark = pytest.mark.slow
@@ -22,9 +22,9 @@ def n_params(m):
 
 @pytest.fixture(scope="module")
 def paper_detector():
-    vit = TinyViT(rgb_size=224, embed_dim=768, depth=12, num_heads=12)  # ViT-B/8 layout, random weights
-    pmae = TinyPointMAE(trans_dim=384, depth=12, num_heads=6, num_group=1024, group_size=128, encoder_dims=384,
-                        fetch_idx=(3, 7, 11))  # the paper's Point-MAE layout, random weights
+    vit = RandomViT(rgb_size=224, embed_dim=768, depth=12, num_heads=12)  # ViT-B/8 layout, random weights
+    pmae = RandomPointMAE(trans_dim=384, depth=12, num_heads=6, num_group=1024, group_size=128, encoder_dims=384,
+                          fetch_idx=(3, 7, 11))  # the paper's Point-MAE layout, random weights
     return CMDRDetector(preset("paper", "rgbd"), device="cpu", backbone_2d=vit, backbone_3d=pmae)
 
 

@@ -12,10 +12,13 @@ from PIL import Image
 
 from cmdr_ros import CmdrError
 from cmdr_ros.data.mvtec3d import MVTec3DClass, load_rgb, load_xyz
-from cmdr_ros.data import preprocess
-from cmdr_ros.data.preprocess import (PreprocessCache, PreprocessConfig, SquareFrame, check_cloud, check_dbscan_cost,
-                                      default_cache_dir, normalize_imagenet, prepare_xyz, remove_background,
-                                      resize_mask, resize_nearest, resize_rgb, valid_mask)
+from cmdr_ros.config import PreprocessConfig
+from cmdr_ros.data import background
+from cmdr_ros.data.background import check_cloud, check_dbscan_cost, remove_background
+from cmdr_ros.data.grid_dbscan import largest_cluster_grid
+from cmdr_ros.data.preprocess import (PreprocessCache, SquareFrame, default_cache_dir, normalize_imagenet, prepare_xyz,
+                                      resize_mask, resize_nearest, resize_rgb)
+from cmdr_ros.geometry import valid_mask
 
 
 def test_config_round_trip_and_unknown_key():
@@ -143,8 +146,8 @@ def test_guards_leave_real_result_unchanged(cable_gland_dir, monkeypatch, caplog
     with caplog.at_level(logging.WARNING, logger="cmdr_ros.data.preprocess"):
         guarded = remove_background(xyz)
     assert not caplog.text  # plane fitted, a cluster found: no step skipped
-    monkeypatch.setattr(preprocess, "check_cloud", lambda *a: None)
-    monkeypatch.setattr(preprocess, "check_dbscan_cost", lambda *a: None)
+    monkeypatch.setattr(background, "check_cloud", lambda *a: None)
+    monkeypatch.setattr(background, "check_dbscan_cost", lambda *a: None)
     assert np.array_equal(remove_background(xyz), guarded)
 
 
@@ -256,7 +259,7 @@ def test_degenerate_border_skips_plane_step(caplog):
 @REFUSE_FAST
 def test_prepare_input_refuses_stuck_sensor():
     from cmdr_ros.config import preset
-    from cmdr_ros.model.detector import prepare_input
+    from cmdr_ros.data.model_input import prepare_input
 
     with pytest.raises(CmdrError, match="coincide"):
         prepare_input(None, np.tile(np.array([0.01, 0.02, 0.5], np.float32), (400, 400, 1)), preset("lite", "3d"))
@@ -275,7 +278,7 @@ def test_guards_pass_real_and_synthetic_clouds(cable_gland_dir):
         check_cloud(pts, cfg)
         check_dbscan_cost(pts, cfg)  # all points: the DBSCAN input is a subset, never denser
         # measured maxima (real 729 per cube, 3.6e7 pairs): well inside the limits
-        counts = preprocess._cell_counts(pts, cfg.dbscan_eps)
+        counts = background._cell_counts(pts, cfg.dbscan_eps)
         assert counts.max() < cfg.max_points_per_cell / 5
         assert (counts.astype(float) ** 2).sum() < cfg.max_dbscan_pairs / 2
 
@@ -462,12 +465,12 @@ def test_cache_key_of_cluster_method(tmp_path):
 
 def _open3d_largest(points, eps, min_points):
     """The reference: Open3D's DBSCAN labels, largest cluster (lowest label on a tie), as the "dbscan" path."""
-    return preprocess._largest_cluster(points, PreprocessConfig(dbscan_eps=eps, dbscan_min_points=min_points))
+    return background._largest_cluster(points, PreprocessConfig(dbscan_eps=eps, dbscan_min_points=min_points))
 
 
 def _assert_same_largest(points, eps, min_points):
     ref = _open3d_largest(points, eps, min_points)
-    fast = preprocess._largest_cluster_grid(points, eps, min_points)
+    fast = largest_cluster_grid(points, eps, min_points)
     assert (ref is None) == (fast is None)
     if ref is not None:
         assert np.array_equal(ref, fast), f"{int((ref != fast).sum())} of {len(ref)} points differ"
@@ -543,7 +546,7 @@ def test_grid_two_equal_clusters_deterministic():
         pts = np.concatenate(order).astype(np.float32)
         kept = _assert_same_largest(pts, 0.006, 30)
         assert kept[:200].all() and not kept[200:].any()  # the cluster of the first point, both methods
-        assert np.array_equal(preprocess._largest_cluster_grid(pts, 0.006, 30), kept)  # every call the same
+        assert np.array_equal(largest_cluster_grid(pts, 0.006, 30), kept)  # every call the same
 
 
 def test_grid_far_apart_parts():
@@ -568,10 +571,10 @@ def test_grid_degenerate_clouds(caplog):
     with caplog.at_level(logging.WARNING, logger="cmdr_ros.data.preprocess"):
         out = remove_background(xyz, cfg)
     assert "no DBSCAN cluster" in caplog.text and np.array_equal(out, xyz)
-    assert preprocess._largest_cluster_grid(xyz[valid_mask(xyz)], 0.006, 30) is None
+    assert largest_cluster_grid(xyz[valid_mask(xyz)], 0.006, 30) is None
     single = np.array([[0.1, 0.2, 0.5]], np.float32)
-    assert preprocess._largest_cluster_grid(single, 0.006, 1).tolist() == [True]
-    assert preprocess._largest_cluster_grid(single, 0.006, 2) is None
+    assert largest_cluster_grid(single, 0.006, 1).tolist() == [True]
+    assert largest_cluster_grid(single, 0.006, 2) is None
 
 
 @REFUSE_FAST

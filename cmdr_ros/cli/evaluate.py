@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from cmdr_ros.cli.dataset import iter_split, load_one, make_cache
 from cmdr_ros.data.mvtec3d import MVTec3DClass
 from cmdr_ros.data.preprocess import PreprocessCache, resize_mask
+from cmdr_ros.data.samples import iter_split, load_one, make_cache
 from cmdr_ros.metrics import METRIC_KEYS, format_table, metrics_by_defect, pro_curve, roc_curve_points
 from cmdr_ros.model.checkpoint import load_checkpoint
 from cmdr_ros.model.detector import CMDRDetector

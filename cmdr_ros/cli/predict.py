@@ -10,8 +10,8 @@ import numpy as np
 import tifffile
 
 from cmdr_ros import CmdrError
-from cmdr_ros.cli.dataset import iter_split, make_cache
 from cmdr_ros.data.mvtec3d import MVTec3DClass, load_rgb, load_xyz
+from cmdr_ros.data.samples import iter_split, make_cache
 from cmdr_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from cmdr_ros.visualization import save_overlay
 

@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from cmdr_ros import CmdrError
-from cmdr_ros.cli.dataset import iter_split, make_cache
 from cmdr_ros.config import ModelConfig, preset
 from cmdr_ros.data.mvtec3d import MVTec3DClass
+from cmdr_ros.data.samples import iter_split, make_cache
 from cmdr_ros.model.checkpoint import save_checkpoint
 from cmdr_ros.model.detector import CMDRDetector
 

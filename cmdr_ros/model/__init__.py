@@ -1,13 +1,13 @@
 """The CMDR-IAD model: backbones (registry), heads, fusion (pure functions), detector and checkpoints.
 
-Names are imported lazily so that ``import cmdr_ros.model.fusion`` stays light (no timm/Open3D).
+Names are imported lazily so that ``import cmdr_ros.model.fusion`` stays light (no timm/Open3D). The model's
+input (``ModelInput``, ``prepare_input``) is data preparation: it lives in ``cmdr_ros.data.model_input``.
 """
 from importlib import import_module
 
 _EXPORTS = {
-    "CMDRDetector": "detector", "ModelInput": "detector", "Prediction": "detector", "prepare_input": "detector",
-    "resolve_device": "detector", "load_checkpoint": "checkpoint", "read_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
+    "CMDRDetector": "detector", "Prediction": "detector", "resolve_device": "detector",
+    "load_checkpoint": "checkpoint", "read_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -6,16 +6,21 @@ resolution (28x28 tokens, 1024 point-group centres) and upsample on the fly:
 * ``extract(...) -> dict[str, Tensor]``: native features (cacheable, small);
 * ``to_grid(native, grid) -> Tensor[C, grid, grid]``: the per-pixel feature map the heads consume.
 
-2D backbones take an RGB tensor ``[3, S, S]`` in [0, 1]; 3D backbones take the organized xyz map
-``[G, G, 3]`` and its valid mask ``[G, G]`` and only ever see valid points.
+The detector relies on exactly this interface, declared by the abstract ``Backbone2D.extract(rgb)`` (an RGB
+tensor ``[3, S, S]`` in [0, 1]) and ``Backbone3D.extract(xyz, valid)`` (the organized xyz map ``[G, G, 3]``
+and its valid mask ``[G, G]``; 3D backbones only ever see valid points).
 
 Registry: ``dino_vitb8`` and ``pointmae`` (the paper's, pretrained weights from local files),
-``color_texture`` and ``fpfh`` (weights-free), ``tiny_vit`` and ``tiny_pointmae`` (small random-init
-networks for tests; their weights are stored in the checkpoint so a reload is the same network).
+``color_texture`` and ``fpfh`` (weights-free), ``random_vit`` and ``random_pointmae`` (random-init ViT
+(patch 8) and Point-MAE of configurable size: small by default for tests, the paper's layouts for size and
+speed checks; their weights are stored in the checkpoint so a reload is the same network). ``build_backbone``
+passes each backbone only the arguments its ``__init__`` declares (``weights``, ``rgb_size``, its options).
 """
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +34,15 @@ from cmdr_ros.model.weights import (create_dino_vitb8, create_random_vit, dino_p
                                     load_pointmae_weights, sha256_file)
 
 
-class Backbone(nn.Module):
-    """Common interface; subclasses set ``modality`` ('2d' | '3d') and ``out_dim``."""
+class Backbone(nn.Module, ABC):
+    """Common part of every backbone; concrete ones derive from ``Backbone2D`` or ``Backbone3D``, set ``name``
+    (the registry key, stored in checkpoints) and ``out_dim`` (feature channels)."""
 
-    modality: str = ""
-    out_dim: int = 0
+    name: ClassVar[str] = ""
+    modality: ClassVar[str] = ""  # '2d' | '3d', set by Backbone2D / Backbone3D
     #: random-init networks must travel inside the checkpoint (their weights are not reproducible elsewhere)
-    stores_weights: bool = False
+    stores_weights: ClassVar[bool] = False
+    out_dim: int = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -44,8 +51,29 @@ class Backbone(nn.Module):
     def identity(self) -> dict[str, Any]:
         return {"name": self.name, "out_dim": self.out_dim, "weights_sha256": self.weights_sha256}
 
+    @abstractmethod
     def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
-        raise NotImplementedError
+        """The per-pixel feature map ``[out_dim, grid, grid]`` of ``extract``'s native features."""
+
+
+class Backbone2D(Backbone):
+    """A frozen image feature extractor."""
+
+    modality = "2d"
+
+    @abstractmethod
+    def extract(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Native features of an RGB tensor ``[3, S, S]`` in [0, 1] (S = the config's ``rgb_size``)."""
+
+
+class Backbone3D(Backbone):
+    """A frozen point-cloud feature extractor."""
+
+    modality = "3d"
+
+    @abstractmethod
+    def extract(self, xyz: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Native features of the organized xyz map ``[G, G, 3]``, using only the points where ``valid [G, G]``."""
 
 
 def scatter_points_to_grid(point_feats: torch.Tensor, pix: torch.Tensor, grid: int) -> torch.Tensor:
@@ -58,9 +86,7 @@ def scatter_points_to_grid(point_feats: torch.Tensor, pix: torch.Tensor, grid: i
     return F.adaptive_avg_pool2d(out, grid)[0]
 
 
-class _ViTBackbone(Backbone):
-    modality = "2d"
-
+class _ViTBackbone(Backbone2D):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
@@ -88,25 +114,25 @@ class DinoViTB8(_ViTBackbone):
         self.weights_sha256 = sha256_file(weights) if weights else None
 
 
-class TinyViT(_ViTBackbone):
-    """A small random-init ViT (patch 8) for tests: same code path as DINO, no pretrained weights."""
+class RandomViT(_ViTBackbone):
+    """A random-init ViT (patch 8) of configurable size: same code path as DINO, no pretrained weights. Small by
+    default (tests); ``rgb_size=224, embed_dim=768, depth=12, num_heads=12`` is the ViT-B/8 layout."""
 
-    name = "tiny_vit"
+    name = "random_vit"
     stores_weights = True
 
-    def __init__(self, weights: str | None = None, rgb_size: int = 64, embed_dim: int = 32, depth: int = 2,
-                 num_heads: int = 2, seed: int = 0) -> None:
+    def __init__(self, rgb_size: int = 64, embed_dim: int = 32, depth: int = 2, num_heads: int = 2,
+                 seed: int = 0) -> None:
         super().__init__(create_random_vit(img_size=rgb_size, patch_size=8, embed_dim=embed_dim, depth=depth,
                                            num_heads=num_heads, seed=seed))
 
 
-class ColorTexture(Backbone):
+class ColorTexture(Backbone2D):
     """Weights-free colour/texture statistics (see ``handcrafted``), area-pooled to the grid."""
 
-    modality = "2d"
     name = "color_texture"
 
-    def __init__(self, weights: str | None = None, rgb_size: int = 128) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.features = ColorTextureFeatures()
         self.out_dim = ColorTextureFeatures.out_dim
@@ -129,24 +155,12 @@ def _valid_points(xyz: torch.Tensor, valid: torch.Tensor, min_points: int) -> tu
     return xyz.reshape(-1, 3)[pix].float(), pix
 
 
-class PointMAE(Backbone):
-    """Point-MAE transformer: 1024 FPS centres, kNN groups of 128, features of blocks 4/8/12 (1152-d),
-    interpolated back to every valid point (inverse distance over 3 centres) and placed on the grid."""
+class _PointMAEBackbone(Backbone3D):
+    """A Point-MAE encoder's features, interpolated back to every valid point and placed on the grid."""
 
-    modality = "3d"
-    name = "pointmae"
-
-    def __init__(self, weights: str | None = None, encoder: PointMAEEncoder | None = None,
-                 expected_sha256: str | None | bool = True, **encoder_kw: Any) -> None:
+    def __init__(self, encoder: PointMAEEncoder) -> None:
         super().__init__()
-        self.encoder = encoder if encoder is not None else PointMAEEncoder(**encoder_kw)
-        if encoder is None:
-            if not weights:
-                raise CmdrError("pointmae needs its pretrained weights: pass the Point-MAE release file pretrain.pth "
-                                "(--weights-3d FILE or backbone_3d.weights)")
-            kw = {} if expected_sha256 is True else {"expected_sha256": expected_sha256}
-            self.weights_sha256 = load_pointmae_weights(self.encoder, weights, **kw)
-        self.encoder.eval().requires_grad_(False)
+        self.encoder = encoder.eval().requires_grad_(False)
         self.out_dim = self.encoder.out_dim
 
     @torch.inference_mode()
@@ -162,30 +176,49 @@ class PointMAE(Backbone):
         return scatter_points_to_grid(point_feats, native["pix"], grid)
 
 
-class TinyPointMAE(PointMAE):
-    """A small random-init Point-MAE for tests (64 groups of 16 points, width 48, depth 3)."""
+class PointMAE(_PointMAEBackbone):
+    """Point-MAE transformer with the release weights: 1024 FPS centres, kNN groups of 128, features of blocks
+    4/8/12 (1152-d), interpolated back to every valid point (inverse distance over 3 centres) and placed on the
+    grid. ``expected_sha256``: True checks the official release hash, None skips it, a string checks that one."""
 
-    name = "tiny_pointmae"
+    name = "pointmae"
+
+    def __init__(self, weights: str | None = None, expected_sha256: str | None | bool = True,
+                 **encoder_kw: Any) -> None:
+        encoder = PointMAEEncoder(**encoder_kw)
+        if not weights:
+            raise CmdrError("pointmae needs its pretrained weights: pass the Point-MAE release file pretrain.pth "
+                            "(--weights-3d FILE or backbone_3d.weights)")
+        kw = {} if expected_sha256 is True else {"expected_sha256": expected_sha256}
+        sha = load_pointmae_weights(encoder, weights, **kw)
+        super().__init__(encoder)
+        self.weights_sha256 = sha
+
+
+class RandomPointMAE(_PointMAEBackbone):
+    """A random-init Point-MAE of configurable size (``PointMAEEncoder`` arguments). Small by default (tests: 64
+    groups of 16 points, width 48, depth 3); the paper's layout is ``trans_dim=384, depth=12, num_heads=6,
+    num_group=1024, group_size=128, encoder_dims=384, fetch_idx=(3, 7, 11)``."""
+
+    name = "random_pointmae"
     stores_weights = True
 
-    def __init__(self, weights: str | None = None, seed: int = 0, **kw: Any) -> None:
+    def __init__(self, seed: int = 0, **encoder_kw: Any) -> None:
         cfg = dict(trans_dim=48, depth=3, num_heads=3, num_group=64, group_size=16, encoder_dims=48,
                    fetch_idx=(0, 1, 2))
-        cfg.update(kw)
+        cfg.update(encoder_kw)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             enc = PointMAEEncoder(**cfg)
-        super().__init__(encoder=enc)
+        super().__init__(enc)
 
 
-class FPFH(Backbone):
+class FPFH(Backbone3D):
     """Weights-free multi-scale FPFH per valid point (see ``handcrafted``), placed on the grid."""
 
-    modality = "3d"
     name = "fpfh"
 
-    def __init__(self, weights: str | None = None, radii: tuple[float, ...] = (4.0, 8.0),
-                 normal_radius: float = 3.0) -> None:
+    def __init__(self, radii: tuple[float, ...] = (4.0, 8.0), normal_radius: float = 3.0) -> None:
         super().__init__()
         self.radii, self.normal_radius = tuple(radii), normal_radius
         self.out_dim = 33 * len(self.radii)
@@ -200,25 +233,49 @@ class FPFH(Backbone):
 
 
 BACKBONES: dict[str, type[Backbone]] = {
-    cls.name: cls for cls in (DinoViTB8, TinyViT, ColorTexture, PointMAE, TinyPointMAE, FPFH)
+    cls.name: cls for cls in (DinoViTB8, RandomViT, ColorTexture, PointMAE, RandomPointMAE, FPFH)
 }
+#: registry names of earlier versions -> current names (checkpoints store the name: ``checkpoint`` migrates them)
+RENAMED: dict[str, str] = {"tiny_vit": "random_vit", "tiny_pointmae": "random_pointmae"}
+
+
+def _declared(cls: type[Backbone]) -> tuple[set[str], bool]:
+    """The keyword arguments ``cls.__init__`` declares by name, and whether it also takes ``**kwargs``."""
+    params = inspect.signature(cls).parameters.values()
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return named, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
 def build_backbone(name: str, modality: str, weights: str | None = None, rgb_size: int | None = None,
                    options: dict[str, Any] | None = None) -> Backbone:
-    """Build a registered backbone; ``modality`` guards against a 3D backbone configured as 2D and vice versa."""
+    """Build a registered backbone; ``modality`` guards against a 3D backbone configured as 2D and vice versa.
+
+    Like timm's model factory, a backbone is passed only the arguments it declares: ``weights`` (a weights file)
+    and ``rgb_size`` (the 2D input size) go to the backbones whose ``__init__`` has them (a weights-free backbone
+    ignores a weights file, as before), ``options`` (the config's) must all be declared, overriding ``rgb_size``.
+    """
     cls = BACKBONES.get(name)
     if cls is None:
+        if name in RENAMED:
+            raise CmdrError(f"backbone '{name}' has been renamed '{RENAMED[name]}': use the new name")
         raise CmdrError(f"unknown backbone '{name}': expected one of {', '.join(sorted(BACKBONES))}")
     if cls.modality != modality:
         raise CmdrError(f"backbone '{name}' is a {cls.modality.upper()} backbone, configured as {modality.upper()}")
-    kw: dict[str, Any] = dict(options or {})
-    if modality == "2d" and rgb_size is not None:
-        kw.setdefault("rgb_size", rgb_size)
+    named, any_kw = _declared(cls)
+    opts: dict[str, Any] = dict(options or {})
+    if "weights" in opts:
+        raise CmdrError(f"bad options for backbone '{name}': give the weights file as the backbone's `weights`, "
+                        "not as an option")
+    unknown = sorted(set(opts) - named)
+    if unknown and not any_kw:
+        takes = ", ".join(sorted(named - {"weights"})) or "no options"
+        raise CmdrError(f"bad options for backbone '{name}': unknown option(s) {', '.join(unknown)} "
+                        f"(it takes: {takes})")
+    # what the caller knows for every backbone; each class is given those its __init__ declares
+    context = {"weights": weights, "rgb_size": rgb_size if modality == "2d" else None}
+    kw = {k: v for k, v in context.items() if v is not None and k in named}
+    kw.update(opts)
     try:
-        return cls(weights=weights, **kw)
+        return cls(**kw)
     except TypeError as e:
         raise CmdrError(f"bad options for backbone '{name}': {e}") from None
-
-
-

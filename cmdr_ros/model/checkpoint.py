@@ -3,7 +3,7 @@
 Saved with ``torch.save`` of plain containers and tensors, loaded with ``torch.load(weights_only=True)``
 (no pickle code execution). Pretrained backbone weights are not copied into the checkpoint (they are
 large and licensed separately): their SHA-256 is recorded and checked against the file given at load
-time. Random-init test backbones do travel inside the checkpoint.
+time. Random-init backbones do travel inside the checkpoint.
 
 Checkpoints fail closed. Format version 2 stores a ``checksum``: SHA-256 over a canonical serialization
 of the whole content (config, threshold, score statistics, backbone identities as sorted JSON; every
@@ -11,9 +11,14 @@ tensor of the heads, feature statistics and stored backbone state by name, dtype
 Loading recomputes it and refuses a file that does not match, holds a non-finite tensor or a non-positive
 feature std, or (unless ``require_threshold=False``) has no finite calibrated threshold. The model id is
 the first 12 hex digits of the recomputed checksum, never a value read from the file.
+
+Migrations: ``load_checkpoint`` reads files of earlier versions under the current names (``migrate``): backbones
+renamed since (``backbones.RENAMED``: ``tiny_vit`` -> ``random_vit``, ``tiny_pointmae`` -> ``random_pointmae``).
+Migration happens after verification, on the loaded copy: the file, its checksum and its model id stay as saved.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -26,6 +31,7 @@ import torch
 
 from cmdr_ros import CmdrError, __version__
 from cmdr_ros.config import ModelConfig
+from cmdr_ros.model.backbones import RENAMED
 from cmdr_ros.model.detector import CMDRDetector
 
 FORMAT = "cmdr_ros.checkpoint"
@@ -209,13 +215,25 @@ def read_checkpoint(path: str | os.PathLike, require_threshold: bool = True) -> 
     return ckpt
 
 
+def migrate(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A verified checkpoint's content under the current names (a copy; ``ckpt`` is left as read): backbone
+    names of earlier versions (``RENAMED``) in the config and in the saved backbone identities."""
+    out = dict(ckpt)
+    out["config"] = config = copy.deepcopy(ckpt["config"])
+    out["backbones"] = backbones = copy.deepcopy(ckpt["backbones"])
+    for entry in [config.get("backbone_2d"), config.get("backbone_3d"), *backbones.values()]:
+        if isinstance(entry, dict) and entry.get("name") in RENAMED:
+            entry["name"] = RENAMED[entry["name"]]
+    return out
+
+
 def load_checkpoint(path: str | os.PathLike, device: str = "auto", weights_2d: str | None = None,
                     weights_3d: str | None = None, expected_mode: str | None = None,
                     require_threshold: bool = True) -> CMDRDetector:
     """Rebuild a verified trained detector (see ``read_checkpoint``). ``weights_2d``/``weights_3d`` override
     the pretrained weight files recorded in the checkpoint; their SHA-256 must match the one the model was
     trained with. Only ``cmdr calibrate``, which derives the threshold, passes ``require_threshold=False``."""
-    ckpt = read_checkpoint(path, require_threshold=require_threshold)
+    ckpt = migrate(read_checkpoint(path, require_threshold=require_threshold))
     try:
         config = ModelConfig.from_dict(ckpt["config"])
     except (TypeError, ValueError) as e:

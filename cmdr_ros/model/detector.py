@@ -1,8 +1,8 @@
 """The CMDR-IAD detector: frozen backbones + learned heads + fusion, with ``fit`` and ``predict``.
 
-One frame: ``prepare_input`` (background removal, square padding, resizing) -> ``extract`` (frozen
-backbones, native resolution) -> ``grid_features`` (per-pixel maps) -> ``heads`` -> ``anomaly_maps``
-(fusion) -> ``Prediction`` at the input resolution.
+One frame: ``prepare_input`` (in ``cmdr_ros.data.model_input``: background removal, square padding,
+resizing) -> ``extract`` (frozen backbones, native resolution) -> ``grid_features`` (per-pixel maps) ->
+``heads`` -> ``anomaly_maps`` (fusion) -> ``Prediction`` at the input resolution.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 from cmdr_ros import CmdrError
 from cmdr_ros.config import ModelConfig, cross_modal
-from cmdr_ros.data.preprocess import SquareFrame, remove_background, resize_nearest, resize_rgb, valid_mask
+from cmdr_ros.data.model_input import ModelInput, prepare_input
 from cmdr_ros.model import fusion
-from cmdr_ros.model.backbones import Backbone, build_backbone
+from cmdr_ros.model.backbones import Backbone2D, Backbone3D, build_backbone
 from cmdr_ros.model.heads import HEAD_TARGET, CMDRHeads
 
 
@@ -35,17 +35,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CmdrError("device 'cuda' requested but CUDA is not available on this machine (use --device auto or cpu)")
     return dev
-
-
-@dataclass
-class ModelInput:
-    """One frame ready for the backbones (all tensors on the CPU)."""
-
-    rgb: torch.Tensor | None  # [3, S, S] in [0, 1]
-    xyz: torch.Tensor | None  # [G, G, 3]
-    valid: torch.Tensor  # [G, G] bool
-    frame: SquareFrame  # geometry of the original input, to map results back
-    valid_input: np.ndarray  # [H, W] bool valid mask at the input resolution
 
 
 @dataclass
@@ -70,52 +59,6 @@ class Prediction:
         return fusion.pixel_scores(torch.from_numpy(self.grid_map)).numpy()
 
 
-def prepare_input(rgb: np.ndarray | None, xyz: np.ndarray | None, config: ModelConfig,
-                  background_removed: bool = False) -> ModelInput:
-    """Bring a raw frame (RGB uint8 HxWx3, xyz float HxWx3 metres with invalid = 0) to the model's grids.
-
-    The xyz map goes through the configured background removal unless ``background_removed`` says the
-    caller already did it (the dataset cache), then both are square-padded and resized.
-    """
-    if config.uses_3d and xyz is None:
-        raise CmdrError(f"mode '{config.mode}' needs a point cloud (xyz), none was given")
-    if config.uses_2d and rgb is None:
-        raise CmdrError(f"mode '{config.mode}' needs an RGB image, none was given")
-    if rgb is not None and (rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8):
-        raise CmdrError(f"RGB image must be HxWx3 uint8, got shape {rgb.shape} dtype {rgb.dtype}")
-    if xyz is not None and (xyz.ndim != 3 or xyz.shape[2] != 3):
-        raise CmdrError(f"xyz map must be HxWx3, got shape {xyz.shape}")
-    if rgb is not None and xyz is not None and rgb.shape[:2] != xyz.shape[:2]:
-        raise CmdrError(f"RGB {rgb.shape[:2]} and xyz {xyz.shape[:2]} are not pixel-aligned (sizes differ)")
-    h, w = (rgb if rgb is not None else xyz).shape[:2]
-    frame = SquareFrame.of(h, w)
-    g = config.grid
-
-    xyz_t = None
-    if xyz is not None:
-        clean = xyz if background_removed else remove_background(xyz, config.preprocess)
-        valid_input = valid_mask(clean)
-        small = resize_nearest(frame.pad(clean), g).astype(np.float32)
-        small_valid = valid_mask(small)
-        if config.uses_3d and not small_valid.any():
-            raise CmdrError("the point cloud has no valid point left after preprocessing (all-invalid frame)")
-        if config.normalize_points and small_valid.any():
-            pts = small[small_valid]
-            lo, hi = pts.min(0), pts.max(0)
-            scale = max(float((hi - lo).max()) / 2, 1e-9)
-            small = np.where(small_valid[..., None], (small - (lo + hi) / 2) / scale, 0).astype(np.float32)
-        valid = torch.from_numpy(small_valid)
-        if config.uses_3d:
-            xyz_t = torch.from_numpy(small)
-    else:
-        valid_input = np.ones((h, w), bool)
-        valid = torch.ones(g, g, dtype=torch.bool)
-    rgb_t = None
-    if config.uses_2d:
-        rgb_t = torch.from_numpy(resize_rgb(frame.pad(rgb), config.rgb_size)).permute(2, 0, 1).contiguous()
-    return ModelInput(rgb_t, xyz_t, valid, frame, valid_input)
-
-
 def masked_cosine_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """1 - cosine similarity per pixel, averaged over valid pixels (``[B, C, G, G]``, ``[B, G, G]``)."""
     cos = F.cosine_similarity(pred, target, dim=1)
@@ -131,7 +74,7 @@ class CMDRDetector:
     """Unsupervised 2D+3D anomaly detector (CMDR-IAD). Train on good parts with ``fit``; ``predict`` a frame."""
 
     def __init__(self, config: ModelConfig, device: str | torch.device = "auto",
-                 backbone_2d: Backbone | None = None, backbone_3d: Backbone | None = None):
+                 backbone_2d: Backbone2D | None = None, backbone_3d: Backbone3D | None = None):
         config.validate()
         self.config = config
         self.device = resolve_device(device)

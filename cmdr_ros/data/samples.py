@@ -1,4 +1,7 @@
-"""Turning an MVTec 3D-AD style folder into model inputs, with the disk cache of preprocessed clouds."""
+"""Loading the samples of an MVTec 3D-AD style folder as model inputs, with the disk cache of preprocessed clouds.
+
+Used by ``cmdr train`` (train/validation splits), ``cmdr eval`` (test split) and ``cmdr calibrate``.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,9 +12,10 @@ from tqdm import tqdm
 
 from cmdr_ros import CmdrError
 from cmdr_ros.config import ModelConfig
+from cmdr_ros.data.background import remove_background
+from cmdr_ros.data.model_input import ModelInput, prepare_input
 from cmdr_ros.data.mvtec3d import MVTec3DClass, Sample, load_mask, load_rgb, load_xyz
-from cmdr_ros.data.preprocess import PreprocessCache, remove_background
-from cmdr_ros.model.detector import ModelInput, prepare_input
+from cmdr_ros.data.preprocess import PreprocessCache
 
 
 @dataclass

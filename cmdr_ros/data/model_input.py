@@ -1,0 +1,75 @@
+"""One raw frame brought to the model's grids: ``prepare_input`` -> ``ModelInput``.
+
+Background removal of the cloud (unless done already), square padding and resizing to the grid (xyz, valid
+mask) and to the 2D backbone's input size (RGB). Depends on the config and the data helpers only; the model
+(``cmdr_ros.model.detector``) consumes ``ModelInput`` and never the other way round.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cmdr_ros import CmdrError
+from cmdr_ros.config import ModelConfig
+from cmdr_ros.data.background import remove_background
+from cmdr_ros.data.preprocess import SquareFrame, resize_nearest, resize_rgb
+from cmdr_ros.geometry import valid_mask
+
+
+@dataclass
+class ModelInput:
+    """One frame ready for the backbones (all tensors on the CPU)."""
+
+    rgb: torch.Tensor | None  # [3, S, S] in [0, 1]
+    xyz: torch.Tensor | None  # [G, G, 3]
+    valid: torch.Tensor  # [G, G] bool
+    frame: SquareFrame  # geometry of the original input, to map results back
+    valid_input: np.ndarray  # [H, W] bool valid mask at the input resolution
+
+
+def prepare_input(rgb: np.ndarray | None, xyz: np.ndarray | None, config: ModelConfig,
+                  background_removed: bool = False) -> ModelInput:
+    """Bring a raw frame (RGB uint8 HxWx3, xyz float HxWx3 metres with invalid = 0) to the model's grids.
+
+    The xyz map goes through the configured background removal unless ``background_removed`` says the
+    caller already did it (the dataset cache), then both are square-padded and resized.
+    """
+    if config.uses_3d and xyz is None:
+        raise CmdrError(f"mode '{config.mode}' needs a point cloud (xyz), none was given")
+    if config.uses_2d and rgb is None:
+        raise CmdrError(f"mode '{config.mode}' needs an RGB image, none was given")
+    if rgb is not None and (rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8):
+        raise CmdrError(f"RGB image must be HxWx3 uint8, got shape {rgb.shape} dtype {rgb.dtype}")
+    if xyz is not None and (xyz.ndim != 3 or xyz.shape[2] != 3):
+        raise CmdrError(f"xyz map must be HxWx3, got shape {xyz.shape}")
+    if rgb is not None and xyz is not None and rgb.shape[:2] != xyz.shape[:2]:
+        raise CmdrError(f"RGB {rgb.shape[:2]} and xyz {xyz.shape[:2]} are not pixel-aligned (sizes differ)")
+    h, w = (rgb if rgb is not None else xyz).shape[:2]
+    frame = SquareFrame.of(h, w)
+    g = config.grid
+
+    xyz_t = None
+    if xyz is not None:
+        clean = xyz if background_removed else remove_background(xyz, config.preprocess)
+        valid_input = valid_mask(clean)
+        small = resize_nearest(frame.pad(clean), g).astype(np.float32)
+        small_valid = valid_mask(small)
+        if config.uses_3d and not small_valid.any():
+            raise CmdrError("the point cloud has no valid point left after preprocessing (all-invalid frame)")
+        if config.normalize_points and small_valid.any():
+            pts = small[small_valid]
+            lo, hi = pts.min(0), pts.max(0)
+            scale = max(float((hi - lo).max()) / 2, 1e-9)
+            small = np.where(small_valid[..., None], (small - (lo + hi) / 2) / scale, 0).astype(np.float32)
+        valid = torch.from_numpy(small_valid)
+        if config.uses_3d:
+            xyz_t = torch.from_numpy(small)
+    else:
+        valid_input = np.ones((h, w), bool)
+        valid = torch.ones(g, g, dtype=torch.bool)
+    rgb_t = None
+    if config.uses_2d:
+        rgb_t = torch.from_numpy(resize_rgb(frame.pad(rgb), config.rgb_size)).permute(2, 0, 1).contiguous()
+    return ModelInput(rgb_t, xyz_t, valid, frame, valid_input)
