@@ -18,6 +18,8 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 
+from cmdr_ros.ros.topics import NODE_NAME
+
 # launch argument: (node parameter, type, description). Empty = not given: the params file decides.
 OVERRIDES = {
     "checkpoint": ("checkpoint", str, "trained model file (.ckpt from `cmdr train`)"),
@@ -75,7 +77,7 @@ def rviz_config(text: str, namespace: str, image: str, fixed_frame: str) -> str:
     doc = yaml.safe_load(text)
     manager = doc["Visualization Manager"]
     manager["Global Options"]["Fixed Frame"] = fixed_frame
-    node = resolve("cmdr_inspection", namespace)
+    node = resolve(NODE_NAME, namespace)
     for display in manager["Displays"]:
         topic = display.get("Topic")
         if not isinstance(topic, dict):
@@ -94,7 +96,7 @@ def node_actions(values: dict, share: str) -> list:
     node = LifecycleNode(
         package="cmdr_ros",
         executable="inspection_node",
-        name="cmdr_inspection",
+        name=NODE_NAME,
         namespace=values.get("namespace", ""),
         output="screen",
         parameters=[values["params_file"], parameter_overrides(values)],
@@ -113,13 +115,21 @@ def node_actions(values: dict, share: str) -> list:
     return actions
 
 
+def declare_arguments(share: str, own: dict | None = None) -> list:
+    """A DeclareLaunchArgument per launch argument: ``own`` {name: (default, description)} first (replay.launch.py
+    adds its own and overrides defaults of ARGS with them), then the parameter overrides (empty: the params file's
+    value), ARGS and params_file."""
+    own = own or {}
+    table = {name: ("", f"{text} (empty: the params file's value)") for name, (_, _, text) in OVERRIDES.items()}
+    table.update(ARGS)
+    table["params_file"] = (os.path.join(share, "config", "inspection.yaml"),
+                            "node parameters YAML (defaults: config/inspection.yaml)")
+    table = {**own, **{name: value for name, value in table.items() if name not in own}}
+    return [DeclareLaunchArgument(name, default_value=default, description=text)
+            for name, (default, text) in table.items()]
+
+
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("cmdr_ros")
-    args = [DeclareLaunchArgument(name, default_value="", description=f"{text} (empty: the params file's value)")
-            for name, (_, _, text) in OVERRIDES.items()]
-    args += [DeclareLaunchArgument(name, default_value=default, description=text)
-             for name, (default, text) in ARGS.items()]
-    args.append(DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "inspection.yaml"),
-                                      description="node parameters YAML (defaults: config/inspection.yaml)"))
-    return LaunchDescription(args + [OpaqueFunction(
+    return LaunchDescription(declare_arguments(share) + [OpaqueFunction(
         function=lambda context: node_actions(dict(context.launch_configurations), share))])

@@ -13,15 +13,17 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction, RegisterEventHandler
+from launch.actions import ExecuteProcess, OpaqueFunction, RegisterEventHandler
+
+from cmdr_ros.ros.topics import CAMERA
 
 REPLAY_ARGS = {
     "bag": ("", "rosbag2 folder to play"),
     "rate": ("1.0", "playback rate"),
     "loop": ("false", "replay forever"),
-    "image": ("/camera/image", "image topic in the bag"),
-    "points": ("/camera/points", "point cloud topic in the bag"),
-    "camera_info": ("/camera/camera_info", "camera info topic in the bag"),
+    "image": (CAMERA["image"], "image topic in the bag"),
+    "points": (CAMERA["points"], "point cloud topic in the bag"),
+    "camera_info": (CAMERA["camera_info"], "camera info topic in the bag"),
     "use_rviz": ("true", "start RViz"),
 }
 
@@ -57,14 +59,5 @@ def replay_actions(values: dict, share: str) -> list:
 
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("cmdr_ros")
-    inspection = _inspection_launch(share)
-    args = [DeclareLaunchArgument(name, default_value=default, description=text)
-            for name, (default, text) in REPLAY_ARGS.items()]
-    args += [DeclareLaunchArgument(name, default_value="", description=f"{text} (empty: the params file's value)")
-             for name, (_, _, text) in inspection.OVERRIDES.items()]
-    args += [DeclareLaunchArgument(name, default_value=default, description=text)
-             for name, (default, text) in inspection.ARGS.items() if name not in REPLAY_ARGS]
-    args.append(DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "inspection.yaml"),
-                                      description="node parameters YAML (defaults: config/inspection.yaml)"))
-    return LaunchDescription(args + [OpaqueFunction(
+    return LaunchDescription(_inspection_launch(share).declare_arguments(share, REPLAY_ARGS) + [OpaqueFunction(
         function=lambda context: replay_actions(dict(context.launch_configurations), share))])

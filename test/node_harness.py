@@ -29,9 +29,10 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
-from std_msgs.msg import Bool, Float32, Header  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
 
 from cmdr_ros.ros.conversions import array_to_image  # noqa: E402
+from cmdr_ros.ros.topics import DIAGNOSTICS, OUTPUT_TYPES, output_topic  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_START_S = 120.0
@@ -63,11 +64,8 @@ def values_of(arr: DiagnosticArray) -> dict[str, str]:
 class RosSide:
     """An rclpy node in its own context, spun in a thread, publishing inputs and recording what the node sends."""
 
-    OUTPUTS = {"result": (DiagnosticArray, "/cmdr_inspection/result"), "reject": (Bool, "/cmdr_inspection/reject"),
-               "score": (Float32, "/cmdr_inspection/score"), "heatmap": (Image, "/cmdr_inspection/heatmap"),
-               "anomaly_map": (Image, "/cmdr_inspection/anomaly_map"),
-               "anomaly_cloud": (PointCloud2, "/cmdr_inspection/anomaly_cloud"),
-               "diagnostics": (DiagnosticArray, "/diagnostics")}
+    OUTPUTS = {**{name: (kind, output_topic(name)) for name, kind in OUTPUT_TYPES.items()},
+               "diagnostics": (DiagnosticArray, DIAGNOSTICS)}
 
     def __init__(self, domain_id: int) -> None:
         self.domain_id = domain_id
@@ -286,7 +284,7 @@ def cell_frame(seed: int, defect: str | None = None) -> Any:
 def cell_camera_info() -> CameraInfo:
     from cmdr_ros.ros.conversions import dict_to_camera_info
 
-    return dict_to_camera_info(cell_config().camera().to_camera_info_dict())
+    return dict_to_camera_info(cell_config().camera().to_dict())
 
 
 def profile_cloud(seed: int, defect: str | None = None) -> np.ndarray:

@@ -21,15 +21,16 @@ from cmdr_ros.config import ModelConfig, preset
 from cmdr_ros.data.mvtec3d import MVTec3DClass, load_mask, load_rgb, load_xyz
 from cmdr_ros.data.synthetic import CellConfig, generate_dataset
 from cmdr_ros.geometry import CameraIntrinsics
-from cmdr_ros.ros.bags import (METADATA_VERSION, TOPICS, BagWriter, bag_from_dataset, eval_bag,
-                               open_bag, play_bag, playback_qos, read_messages, topic_qos)
+from cmdr_ros.ros.bags import (METADATA_VERSION, BagWriter, bag_from_dataset, eval_bag, open_bag, play_bag,
+                               playback_qos, read_messages, topic_qos)
 from cmdr_ros.ros.conversions import (array_to_image, camera_info_to_dict, image_to_array, image_to_rgb,
                                       make_header, pointcloud2_fields, pointcloud2_to_xyz, xyz_to_pointcloud2)
+from cmdr_ros.ros.topics import RECORDED
 
 NS = 1_000_000_000
 START = 1_700_000_000 * NS
-TYPES = {TOPICS["image"]: "Image", TOPICS["points"]: "PointCloud2", TOPICS["info"]: "CameraInfo",
-         TOPICS["gt"]: "Image", TOPICS["sample"]: "String"}
+TYPES = {RECORDED["image"]: "Image", RECORDED["points"]: "PointCloud2", RECORDED["camera_info"]: "CameraInfo",
+         RECORDED["gt"]: "Image", RECORDED["sample"]: "String"}
 HUMBLE_KEYS = {"version", "storage_identifier", "duration", "starting_time", "message_count",
                "topics_with_message_count", "compression_format", "compression_mode", "relative_file_paths", "files"}
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -97,17 +98,17 @@ def _check_bag_content(bag: Path, data_dir: Path, start: int, period_ns: int) ->
     assert sorted(frames) == [start + i * period_ns for i in range(len(samples))]
     for s, t in zip(samples, sorted(frames)):
         f = frames[t]
-        assert f[TOPICS["sample"]].data == f"{s.defect}/{s.sample_id}"
-        assert np.array_equal(image_to_rgb(f[TOPICS["image"]]), load_rgb(s.rgb_path))
+        assert f[RECORDED["sample"]].data == f"{s.defect}/{s.sample_id}"
+        assert np.array_equal(image_to_rgb(f[RECORDED["image"]]), load_rgb(s.rgb_path))
         xyz_file = load_xyz(s.xyz_path)
-        xyz, organized = pointcloud2_to_xyz(f[TOPICS["points"]])
+        xyz, organized = pointcloud2_to_xyz(f[RECORDED["points"]])
         assert organized and xyz.dtype == np.float32
         assert np.array_equal(xyz.view(np.uint32), xyz_file.view(np.uint32))  # bit-exact float32 round trip
-        raw_x = pointcloud2_fields(f[TOPICS["points"]], ["x"])["x"]
+        raw_x = pointcloud2_fields(f[RECORDED["points"]], ["x"])["x"]
         assert np.array_equal(np.isnan(raw_x), ~np.any(xyz_file != 0, axis=-1))  # invalid points are NaN
-        gt = image_to_array(f[TOPICS["gt"]])
+        gt = image_to_array(f[RECORDED["gt"]])
         assert set(np.unique(gt)) <= {0, 255} and np.array_equal(gt != 0, load_mask(s.gt_path))
-        info = camera_info_to_dict(f[TOPICS["info"]])
+        info = camera_info_to_dict(f[RECORDED["camera_info"]])
         assert np.allclose(info["k"], cam.K) and np.allclose(info["d"], cam.D)
         assert (info["width"], info["height"]) == (cam.width, cam.height) == xyz.shape[1::-1]
 
@@ -179,8 +180,8 @@ def test_play_on_dds_keeps_stamps_and_spacing(synthetic_dir, tmp_path, ros_domai
     bag = tmp_path / "bag"
     bag_from_dataset(synthetic_dir, bag, rate=5.0, start_ns=START)  # 0.2 s apart, played at 2x: 0.1 s
     expected_stamps = [START + i * NS // 5 for i in range(3)]
-    subs = {"/played/image": Image, TOPICS["points"]: PointCloud2, TOPICS["info"]: CameraInfo,
-            TOPICS["gt"]: Image, TOPICS["sample"]: String}
+    subs = {"/played/image": Image, RECORDED["points"]: PointCloud2, RECORDED["camera_info"]: CameraInfo,
+            RECORDED["gt"]: Image, RECORDED["sample"]: String}
     got: dict[str, list] = {t: [] for t in subs}
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -203,22 +204,22 @@ def test_play_on_dds_keeps_stamps_and_spacing(synthetic_dir, tmp_path, ros_domai
             time.sleep(0.02)
         assert {t: len(v) for t, v in got.items()} == {t: 3 for t in subs}
         for topic, received in got.items():
-            if topic != TOPICS["sample"]:
+            if topic != RECORDED["sample"]:
                 assert [m.header.stamp.sec * NS + m.header.stamp.nanosec for m, _ in received] == expected_stamps
-        assert [m.data for m, _ in got[TOPICS["sample"]]] == ["good/000", "bump/000", "tear/000"]
+        assert [m.data for m, _ in got[RECORDED["sample"]]] == ["good/000", "bump/000", "tear/000"]
         arrivals = np.array([a for _, a in got["/played/image"]])
         gaps = np.diff(arrivals)
         assert gaps.min() > 0.06 and 0.15 < arrivals[-1] - arrivals[0] < 0.5, gaps  # nominal 0.1 s, 0.2 s
         assert np.array_equal(image_to_rgb(got["/played/image"][0][0]),
                               load_rgb(synthetic_dir / "test" / "good" / "rgb" / "000.png"))
         # from an existing node, one topic only
-        got[TOPICS["sample"]].clear()
+        got[RECORDED["sample"]].clear()
         own_publishers = len(list(talker.publishers))
-        assert play_bag(bag, rate=100.0, topics=[TOPICS["sample"]], node=talker, wait=10.0) == 3
+        assert play_bag(bag, rate=100.0, topics=[RECORDED["sample"]], node=talker, wait=10.0) == 3
         deadline = time.monotonic() + 5.0
-        while len(got[TOPICS["sample"]]) < 3 and time.monotonic() < deadline:
+        while len(got[RECORDED["sample"]]) < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert len(got[TOPICS["sample"]]) == 3 and len(list(talker.publishers)) == own_publishers  # cleaned up
+        assert len(got[RECORDED["sample"]]) == 3 and len(list(talker.publishers)) == own_publishers  # cleaned up
     finally:
         executor.shutdown()
         spinner.join(timeout=2.0)

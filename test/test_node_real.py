@@ -80,7 +80,8 @@ def test_real_frames_are_judged(ros, node, cable_gland_dir, rgbd_model):
 
 def test_bag_play_into_the_node(ros, node, cable_gland_dir, tmp_path):
     """`cmdr bag from-dataset` -> play at 2 parts/s (faster than the node judges) -> one result per part."""
-    from cmdr_ros.ros.bags import TOPICS, bag_from_dataset, play_bag, read_messages
+    from cmdr_ros.ros.bags import bag_from_dataset, play_bag, read_messages
+    from cmdr_ros.ros.topics import RECORDED
 
     data = tmp_path / "cable_gland"
     (data / "calibration").mkdir(parents=True)
@@ -94,10 +95,10 @@ def test_bag_play_into_the_node(ros, node, cable_gland_dir, tmp_path):
                 cable_gland_dir / "test" / defect / sub / f"{sid}.{ext}")
     bag = tmp_path / "bag"
     bag_from_dataset(data, bag, rate=2.0, start_ns=1_800_000_000 * NS)
-    parts = {stamp: msg.data for _, stamp, msg in read_messages(bag, [TOPICS["sample"]])}
-    remap = {TOPICS["image"]: "/image", TOPICS["points"]: "/points", TOPICS["info"]: "/camera_info"}
+    parts = {stamp: msg.data for _, stamp, msg in read_messages(bag, [RECORDED["sample"]])}
+    remap = {RECORDED["image"]: "/image", RECORDED["points"]: "/points", RECORDED["camera_info"]: "/camera_info"}
     assert play_bag(bag, node=ros.node, remap=remap, wait=5.0,
-                    topics=[TOPICS["info"], TOPICS["image"], TOPICS["points"]]) == 6
+                    topics=[RECORDED["camera_info"], RECORDED["image"], RECORDED["points"]]) == 6
 
     def answered():
         got = [stamp_ns(m.header.stamp) for _, m in ros.received["result"]]

@@ -91,7 +91,7 @@ GPU_KEYS = {"python3-torch", "python3-torchvision", "python3-torchvision-pip", "
 RUN_NOT_IMPORTED = {
     "ros2launch": ("launch/inspection.launch.py", "ros2 launch cmdr_ros"),
     "ros2bag": ("launch/replay.launch.py", '"ros2", "bag", "play"'),
-    "rosbag2_storage_mcap": ("cmdr_ros/ros/bags.py", 'STORAGES = ("mcap"'),
+    "rosbag2_storage_mcap": ("cmdr_ros/ros/bags/record.py", 'STORAGES = ("mcap"'),
 }
 TEST_NOT_IMPORTED = {
     "python3-pytest-timeout": ("pytest.ini", "timeout ="),

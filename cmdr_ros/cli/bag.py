@@ -7,7 +7,8 @@
 * ``eval BAG --checkpoint M``: run a model over a bag offline, as the node would, and score it like ``cmdr eval``;
 * ``to-dataset BAG --out DIR``: a recording of parts as samples of a class folder, to train on recorded good parts.
 
-ROS modules are imported by the handlers only, so ``cmdr --help`` stays fast.
+rclpy and rosbags are imported by the handlers only, so ``cmdr --help`` stays fast (the topic defaults come from
+``cmdr_ros.ros.topics``, which imports message classes only).
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import signal
 from pathlib import Path
 
 from cmdr_ros.data.mvtec3d import SPLITS
+from cmdr_ros.ros.topics import CAMERA, RECORDED
 
-STORAGES = ("mcap", "sqlite3")  # cmdr_ros.ros.bags.STORAGES, repeated here to keep rclpy out of parser building
+STORAGES = ("mcap", "sqlite3")  # cmdr_ros.ros.bags.record.STORAGES, repeated to keep rosbags out of parser building
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,11 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("bag", metavar="BAG", help="bag folder, or a .mcap / .db3 file")
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--out", default=None, metavar="DIR", help="report folder (default BAG_eval beside the bag)")
-    q.add_argument("--image-topic", default="/camera/image")
-    q.add_argument("--points-topic", default="/camera/points")
-    q.add_argument("--info-topic", default="/camera/camera_info")
-    q.add_argument("--gt-topic", default="/camera/gt_mask", help="ground-truth masks (mono8); metrics when present")
-    q.add_argument("--sample-topic", default="/cmdr/sample", help="std_msgs/String sample names '<defect>/<id>'")
+    q.add_argument("--image-topic", default=RECORDED["image"])
+    q.add_argument("--points-topic", default=RECORDED["points"])
+    q.add_argument("--info-topic", default=RECORDED["camera_info"])
+    q.add_argument("--gt-topic", default=RECORDED["gt"], help="ground-truth masks (mono8); metrics when present")
+    q.add_argument("--sample-topic", default=RECORDED["sample"], help="std_msgs/String sample names '<defect>/<id>'")
     q.add_argument("--params-file", default=None, metavar="YAML",
                    help="the node's parameters file (e.g. config/inspection.yaml): judge the bag exactly as the node "
                         "would (extrinsics, raster_resolution, on_error, min_coverage, max_range, threshold, sync)")
@@ -77,9 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--out", required=True, metavar="DIR", help="class folder to add the samples to")
     q.add_argument("--split", choices=SPLITS, default="train")
     q.add_argument("--defect", default="good", help="defect folder of the samples (default good)")
-    q.add_argument("--image-topic", default="/camera/image", help="'' for 3D-only recordings")
-    q.add_argument("--points-topic", default="/camera/points", help="'' for 2D-only recordings")
-    q.add_argument("--info-topic", default="/camera/camera_info")
+    q.add_argument("--image-topic", default=CAMERA["image"], help="'' for 3D-only recordings")
+    q.add_argument("--points-topic", default=CAMERA["points"], help="'' for 2D-only recordings")
+    q.add_argument("--info-topic", default=CAMERA["camera_info"])
     q.add_argument("--params-file", default=None, metavar="YAML",
                    help="the node's parameters file: align clouds as the node would (extrinsics, raster_resolution)")
     q.add_argument("--slop", type=float, default=None,

@@ -29,12 +29,11 @@ from cmdr_ros.cli.train import train_model
 from cmdr_ros.config import preset
 from cmdr_ros.data.synthetic import generate_dataset, generate_profilometer_dataset
 from cmdr_ros.report import PartRow, format_rows, format_summary, summarize, write_html
+from cmdr_ros.ros.topics import CAMERA, PROFILER, RECORDED
 
 RATE_HZ = 2.0  # parts per second on the simulated belt
 PROFILER_RATE_HZ = 1.0  # profilometer scans per second (the 3D-only pass)
 PROFILER_RESOLUTION = 0.001  # m: raster cell of the profilometer clouds, in training and in the node alike
-CAMERA_TOPICS = {"image": "/camera/image", "points": "/camera/points", "camera_info": "/camera/camera_info"}
-PROFILER_TOPICS = {"points": "/profiler/points"}
 
 
 def _start_node(checkpoint: Path, device: str, log_path: Path, remaps: dict[str, str],
@@ -51,17 +50,17 @@ def _start_node(checkpoint: Path, device: str, log_path: Path, remaps: dict[str,
 
 
 def replay_through_node(bag: Path, checkpoint: Path, out: Path, device: str = "auto", timeout: float = 90.0,
-                        remaps: dict[str, str] = CAMERA_TOPICS, params: dict[str, object] | None = None,
+                        remaps: dict[str, str] = CAMERA, params: dict[str, object] | None = None,
                         log_name: str = "node.log") -> tuple[dict, dict[int, str]]:
     """Start the node (inputs remapped to the bag topics ``remaps``, extra ``params``), play those topics of the
     bag into it, return (results by stamp, sample names by stamp)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from cmdr_ros.ros.bags import TOPICS, play_bag, read_messages
+    from cmdr_ros.ros.bags import play_bag, read_messages
     from cmdr_ros.ros.recorder import ResultRecorder
 
-    samples = {stamp: msg.data for _, stamp, msg in read_messages(bag, [TOPICS["sample"]])}
+    samples = {stamp: msg.data for _, stamp, msg in read_messages(bag, [RECORDED["sample"]])}
     proc = _start_node(checkpoint, device, out / log_name, remaps, params)
     ctx = rclpy.Context()
     rclpy.init(context=ctx, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
@@ -100,7 +99,7 @@ def bag_from_profiles(data: Path, out: Path, rate: float = PROFILER_RATE_HZ) -> 
     import numpy as np
     from std_msgs.msg import String
 
-    from cmdr_ros.ros.bags import TOPICS, BagWriter
+    from cmdr_ros.ros.bags import BagWriter
     from cmdr_ros.ros.conversions import make_header, xyz_to_pointcloud2
 
     files = sorted((data / "test").glob("*/points/*.npy"))
@@ -108,8 +107,8 @@ def bag_from_profiles(data: Path, out: Path, rate: float = PROFILER_RATE_HZ) -> 
     with BagWriter(out, "mcap", {"cmdr_ros.class": data.name, "cmdr_ros.split": "test"}) as bag:
         for i, f in enumerate(files):
             stamp = start + round(i * 1e9 / rate)
-            bag.write(PROFILER_TOPICS["points"], xyz_to_pointcloud2(np.load(f), make_header(stamp, "profiler")), stamp)
-            bag.write(TOPICS["sample"], String(data=f"{f.parent.parent.name}/{f.stem}"), stamp)
+            bag.write(PROFILER["points"], xyz_to_pointcloud2(np.load(f), make_header(stamp, "profiler")), stamp)
+            bag.write(RECORDED["sample"], String(data=f"{f.parent.parent.name}/{f.stem}"), stamp)
     return len(files)
 
 
@@ -171,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"      {n} test scans in {p_bag}; a second node (mode 3d, raster {PROFILER_RESOLUTION * 1000:g} mm) "
           f"gets them over DDS at {PROFILER_RATE_HZ:g} parts/s")
     p_results, p_samples = replay_through_node(p_bag, Path(p_s["checkpoint"]), out, args.device,
-                                               remaps=PROFILER_TOPICS, log_name="node_3d.log",
+                                               remaps=PROFILER, log_name="node_3d.log",
                                                params={"mode": "3d", "raster_resolution": PROFILER_RESOLUTION})
     p_rows, p_summary = _report(p_results, p_samples, report_dir, "3d_", p_s["threshold"])
     html = write_html(report_dir / "index.html", "cmdr_ros demo: simulated cutting cell", [

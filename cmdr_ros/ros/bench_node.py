@@ -31,10 +31,10 @@ from sensor_msgs.msg import Image, PointCloud2
 from cmdr_ros import CmdrError
 from cmdr_ros.ros.bench_judge import proc_status_mb, frame_messages, synthetic_frames
 from cmdr_ros.ros.conversions import stamp_ns
+from cmdr_ros.ros.topics import MAPS, OUTPUT_TYPES, output_topic
 
-NODE = "/cmdr_inspection"
-INPUTS = {"image": (Image, "/image"), "points": (PointCloud2, "/points")}
-OUTPUTS = {"heatmap": Image, "anomaly_map": Image, "anomaly_cloud": PointCloud2}
+INPUTS = {"image": (Image, "/image"), "points": (PointCloud2, "/points")}  # the node's relative inputs, no namespace
+OUTPUTS = {name: OUTPUT_TYPES[name] for name in MAPS}  # counted when the bench subscribes to the maps
 QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 START_S = 120.0  # the node loads torch and the model: minutes on a busy machine at worst
 DRAIN_S = 30.0  # after the last part: how long its results may take
@@ -93,9 +93,9 @@ class Recorder:
         self.cond = threading.Condition()
         self.results: list[tuple[float, int, dict[str, str]]] = []  # (received, stamp ns, values)
         self.outputs: Counter = Counter()
-        self.subs = [self.node.create_subscription(DiagnosticArray, f"{NODE}/result", self._on_result, QOS)]
+        self.subs = [self.node.create_subscription(DiagnosticArray, output_topic("result"), self._on_result, QOS)]
         if outputs:  # raw: counted, never deserialized (the bench shares the CPUs with the node)
-            self.subs += [self.node.create_subscription(t, f"{NODE}/{k}", lambda _, k=k: self.outputs.update([k]),
+            self.subs += [self.node.create_subscription(t, output_topic(k), lambda _, k=k: self.outputs.update([k]),
                                                         QOS, raw=True) for k, t in OUTPUTS.items()]
         self.pubs = {name: self.node.create_publisher(INPUTS[name][0], INPUTS[name][1], QOS) for name in inputs}
         self.executor = SingleThreadedExecutor(context=self.context)

@@ -12,6 +12,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from cmdr_ros.ros.conversions import image_to_array, stamp_ns
+from cmdr_ros.ros.topics import NODE_NAME
 
 
 @dataclass
@@ -41,7 +42,7 @@ class ResultRecorder:
     """Subscribes to ``<node>/result`` and ``<node>/heatmap`` of an inspection node and stores them by stamp."""
 
     node: Node
-    prefix: str = "/cmdr_inspection"
+    prefix: str = f"/{NODE_NAME}"
     keep_heatmaps: bool = True
     results: dict[int, FrameResult] = field(default_factory=dict)
 

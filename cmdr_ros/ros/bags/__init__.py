@@ -1,0 +1,17 @@
+"""rosbag2 files for the inspection node: dataset -> bag, bag -> DDS (play), bag -> detector (offline eval),
+bag -> dataset.
+
+Bags are read and written with ``rosbags`` (pure Python, sqlite3 and mcap storage) and every message goes
+through ``rclpy.serialization``, so the bytes in a bag are exactly what the node sends and receives and the
+decoding is the node's own (``conversions`` / ``frames.assemble_frame``). ``record`` writes bags (metadata
+version 8, see there), ``read`` opens and reads them, ``play`` publishes them on DDS, ``evaluate`` judges them
+offline and ``to_dataset`` turns a recording into a class folder; topic names come from ``cmdr_ros.ros.topics``.
+"""
+from cmdr_ros.ros.bags.evaluate import eval_bag
+from cmdr_ros.ros.bags.play import parse_remaps, play_bag, playback_qos, topic_qos
+from cmdr_ros.ros.bags.read import message_class, open_bag, read_messages
+from cmdr_ros.ros.bags.record import METADATA_VERSION, STORAGES, BagWriter, bag_from_dataset
+from cmdr_ros.ros.bags.to_dataset import bag_to_dataset
+
+__all__ = ["METADATA_VERSION", "STORAGES", "BagWriter", "bag_from_dataset", "bag_to_dataset", "eval_bag",
+           "message_class", "open_bag", "parse_remaps", "play_bag", "playback_qos", "read_messages", "topic_qos"]

@@ -1,0 +1,286 @@
+"""Offline evaluation of a bag: ``eval_bag`` runs a detector over it, judging every part exactly as the node would,
+without DDS, and scores it like ``cmdr eval``."""
+from __future__ import annotations
+
+import bisect
+import csv
+import json
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmdr_ros import CmdrError
+from cmdr_ros.config import cross_modal
+from cmdr_ros.ros.bags.read import _check_type, _connections, message_class, open_bag
+from cmdr_ros.ros.bags.record import _NS, BagWriter
+from cmdr_ros.ros.conversions import stamp_ns
+from cmdr_ros.ros.frames import input_names
+from cmdr_ros.ros.topics import RECORDED, output_topic
+
+
+class _ByStamp:
+    """Values keyed by a nanosecond stamp; lookup of the nearest one (optionally only within a tolerance)."""
+
+    def __init__(self, items: list[tuple[int, Any]]) -> None:
+        items.sort(key=lambda kv: kv[0])
+        self.stamps = [k for k, _ in items]
+        self.values = [v for _, v in items]
+
+    def __bool__(self) -> bool:
+        return bool(self.stamps)
+
+    def nearest(self, t: int, within: int | None = None) -> Any:
+        i = bisect.bisect_left(self.stamps, t)
+        near = [j for j in (i - 1, i) if 0 <= j < len(self.stamps)]
+        if not near:
+            return None
+        j = min(near, key=lambda j: abs(self.stamps[j] - t))
+        return self.values[j] if within is None or abs(self.stamps[j] - t) <= within else None
+
+
+@dataclass
+class _Aux:
+    """The bag's companion topics, read before the inputs: camera infos (by header stamp), ground-truth masks
+    (by header stamp, bool HxW) and sample names (by log time: std_msgs/String has no header)."""
+
+    infos: _ByStamp
+    gts: _ByStamp
+    samples: _ByStamp
+    has_gt: bool
+
+
+def _read_aux(reader: Any, topics: dict[str, str]) -> _Aux:
+    from rclpy.serialization import deserialize_message
+
+    from cmdr_ros.ros.conversions import image_to_array
+
+    found: dict[str, list[tuple[int, Any]]] = {"info": [], "gt": [], "sample": []}
+    if topics:
+        by_topic = {t: k for k, t in topics.items()}
+        conns = [c for t in topics.values() for c in reader.topics[t].connections]
+        classes = {t: message_class(reader.topics[t].msgtype) for t in topics.values()}
+        for conn, t, raw in reader.messages(connections=conns):
+            kind = by_topic[conn.topic]
+            msg = deserialize_message(bytes(raw), classes[conn.topic])
+            if kind == "info":
+                found[kind].append((stamp_ns(msg.header), msg))
+            elif kind == "gt":
+                mask = image_to_array(msg)
+                found[kind].append((stamp_ns(msg.header), (mask if mask.ndim == 2 else mask.any(-1)) != 0))
+            else:
+                found[kind].append((t, str(msg.data)))
+    return _Aux(_ByStamp(found["info"]), _ByStamp(found["gt"]), _ByStamp(found["sample"]), "gt" in topics)
+
+
+class _Evaluation:
+    """Per matched set: the node's ``FrameJudge`` (same parameters, same alignment, same decision), the node's
+    outputs into the results bag, a CSV row, a heatmap PNG, and (with ground truth) the inputs of
+    ``compute_metrics`` exactly as ``cmdr eval`` gathers them. Every input that never matched gets a not-judged
+    'unmatched' row and result, like on the node."""
+
+    def __init__(self, judge: Any, params: dict[str, Any], inputs: list[str], aux: _Aux, slop_ns: int,
+                 results: BagWriter, heatmaps: Path | None) -> None:
+        self.judge, self.params, self.inputs, self.aux, self.slop_ns = judge, params, inputs, aux, slop_ns
+        self.det = judge.judge_.detector
+        self.results, self.heatmaps = results, heatmaps
+        self.seq = 0
+        self.rows: list[dict[str, Any]] = []
+        self.metric_inputs: dict[str, list[Any]] = {k: [] for k in ("gts", "pix", "pro", "labels", "scores", "defects")}
+        self.latencies: list[float] = []
+
+    def __call__(self, msgs: dict[str, Any]) -> None:
+        header = (msgs["image"] if "image" in msgs else msgs["points"]).header
+        stamp = stamp_ns(header)
+        sample = self.aux.samples.nearest(stamp, self.slop_ns)
+        t0 = time.perf_counter()
+        frame, verdict = self.judge.judge(msgs, self.aux.infos.nearest(stamp) if cross_modal(self.judge.mode) else None)
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        label = self._truth(stamp, sample, verdict.prediction) if verdict.judged else None
+        if verdict.judged:
+            self.latencies.append(latency_ms)
+        self._write(header, stamp, sample, "+".join(msgs), frame, verdict, latency_ms,
+                    {k: m.header.frame_id for k, m in msgs.items()}, label)
+
+    def orphan(self, index: int, msg: Any, why: str) -> None:
+        """An input without partner (the synchronizer dropped it, or it still waited at the end of the bag)."""
+        from cmdr_ros.ros.frame_judge import unmatched_reason
+
+        name = self.inputs[index]
+        verdict = self.judge.judge_.not_judged(*unmatched_reason(name, self.inputs, why,
+                                                                 float(self.params["sync.timeout"])))
+        stamp = stamp_ns(msg.header)
+        self._write(msg.header, stamp, self.aux.samples.nearest(stamp, self.slop_ns), name, None, verdict, None,
+                    {name: msg.header.frame_id}, None)
+
+    def _write(self, header: Any, stamp: int, sample: str | None, inputs: str, frame: Any, verdict: Any,
+               latency_ms: float | None, frame_ids: dict[str, str], label: int | None) -> None:
+        import cv2
+        from std_msgs.msg import Bool, Float32
+
+        from cmdr_ros.ros.conversions import array_to_image
+        from cmdr_ros.ros.outputs import heatmap_image, result_array
+
+        self.seq += 1
+        self.results.write(output_topic("result"), result_array(
+            header, verdict, frame, seq=self.seq, mode=self.judge.mode, model_id=self.det.model_id, inputs=inputs,
+            latency_ms=latency_ms, frame_ids=frame_ids, extra={"sample": sample} if sample else None), stamp)
+        if verdict.decision != "skip":
+            self.results.write(output_topic("reject"), Bool(data=verdict.reject), stamp)
+        if verdict.judged:
+            self.results.write(output_topic("score"), Float32(data=float(verdict.score)), stamp)
+            img = heatmap_image(frame, verdict.prediction, verdict.threshold,
+                                float(self.params["output.heatmap_alpha"]), float(self.params["output.heatmap_max"]))
+            self.results.write(output_topic("heatmap"), array_to_image(img, "bgr8", frame.header), stamp)
+            if self.heatmaps is not None:
+                name = sample.replace("/", "_") if sample else f"{stamp // _NS}.{stamp % _NS:09d}"
+                path = self.heatmaps / f"{name}.png"
+                if not cv2.imwrite(str(path), img):
+                    raise CmdrError(f"{path}: OpenCV could not write the heatmap")
+        self.rows.append({"stamp": f"{header.stamp.sec}.{header.stamp.nanosec:09d}", "sample": sample or "",
+                          "inputs": inputs, "score": verdict.score if verdict.judged else "",
+                          "threshold": verdict.threshold, "decision": verdict.decision,
+                          "reject": int(verdict.reject), "label": "" if label is None else label,
+                          "latency_ms": round(latency_ms, 3) if latency_ms is not None else "",
+                          "error": "" if verdict.judged else f"{verdict.kind}: {verdict.reason}"})
+
+    def _truth(self, stamp: int, sample: str | None, pred: Any) -> int | None:
+        """The frame's label (sample's defect folder, else its mask); collects the metric inputs with gt."""
+        from cmdr_ros.data.preprocess import SquareFrame, resize_mask
+
+        label = None if sample is None else int(sample.split("/")[0] != "good")
+        if not self.aux.has_gt:
+            return label
+        mask = self.aux.gts.nearest(stamp, self.slop_ns)
+        if mask is None:
+            mask = np.zeros(pred.anomaly_map.shape, bool)  # like `cmdr eval` for a sample without a mask file
+        if mask.shape != pred.anomaly_map.shape:
+            raise CmdrError(f"ground-truth mask at stamp {stamp} is {mask.shape[1]}x{mask.shape[0]}, the input is "
+                            f"{pred.anomaly_map.shape[1]}x{pred.anomaly_map.shape[0]}")
+        label = int(mask.any()) if label is None else label
+        m, pix = self.metric_inputs, pred.pixel_map()
+        m["gts"].append(resize_mask(SquareFrame.of(*mask.shape).pad(mask), pix.shape[-1]))  # the model's map size
+        m["pix"].append(pix)
+        m["pro"].append(pred.pro_map())
+        m["labels"].append(label)
+        m["scores"].append(pred.score)
+        m["defects"].append(sample.split("/")[0] if sample else ("good" if label == 0 else "defect"))
+        return label
+
+    def metrics(self) -> dict[str, Any] | None:
+        """``compute_metrics`` of the judged frames, with per-defect I-AUROC etc. as ``cmdr eval`` reports them."""
+        from cmdr_ros.metrics import metrics_by_defect
+
+        m = self.metric_inputs
+        if not self.aux.has_gt or not m["scores"]:
+            return None
+        out = metrics_by_defect(m["gts"], m["pix"], m["pro"], m["labels"], m["scores"], m["defects"])
+        out["latency_ms_mean"] = float(np.mean(self.latencies))
+        return out
+
+
+def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[str, Any] | None = None,
+             image_topic: str = RECORDED["image"], points_topic: str = RECORDED["points"],
+             info_topic: str = RECORDED["camera_info"], gt_topic: str = RECORDED["gt"],
+             sample_topic: str = RECORDED["sample"],
+             slop: float | None = None, threshold: float | None = None, checkpoint: str = "",
+             write_images: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Run ``detector`` over a bag offline, judging every part exactly as the node would, without DDS.
+
+    ``params``: the node's parameter values (``cmdr_ros.ros.parameters.read_params_file``; default: the node's
+    defaults): the same ``FrameJudge`` (alignment with ``extrinsics`` / ``raster_resolution``, ``on_error``,
+    minimum coverage / valid ratio, ``max_range``, threshold) and the synchronizer's ``sync.queue_size`` /
+    ``sync.slop``; ``slop`` and ``threshold`` override theirs. Inputs are matched with the node's
+    ``ApproximateTimePolicy``; each set gets the nearest camera_info. Writes ``out/results_bag`` (mcap, replaced
+    if present: score, reject, result, heatmap stamped with the input stamps), ``out/results.csv`` and
+    ``out/heatmaps/*.png``; with a ground-truth topic also ``out/metrics.json`` (the metrics of ``cmdr eval``).
+    Returns the report (``table`` holds the printable metrics table when there are metrics).
+    """
+    from rclpy.serialization import deserialize_message
+    from tqdm import tqdm
+
+    from cmdr_ros.metrics import METRIC_KEYS, format_table
+    from cmdr_ros.ros.frame_judge import FrameJudge
+    from cmdr_ros.ros.parameters import node_params
+    from cmdr_ros.ros.sync import ApproximateTimePolicy
+
+    bag, out = Path(bag), Path(out)
+    params = node_params(params, {"sync.slop": slop, "threshold": threshold})
+    mode = detector.config.mode
+    inputs = [(name, {"image": image_topic, "points": points_topic}[name]) for name in input_names(mode)]
+    types = {"image": "sensor_msgs/msg/Image", "points": "sensor_msgs/msg/PointCloud2",
+             "info": "sensor_msgs/msg/CameraInfo", "gt": "sensor_msgs/msg/Image", "sample": "std_msgs/msg/String"}
+    t_start = time.perf_counter()
+    with open_bag(bag) as reader:
+        in_conns = _connections(reader, bag, [t for _, t in inputs])
+        aux_topics = {k: t for k, t in (("info", info_topic), ("gt", gt_topic), ("sample", sample_topic))
+                      if t in reader.topics and (k != "info" or cross_modal(mode))}
+        for kind, topic in [*inputs, *aux_topics.items()]:
+            _check_type(reader, bag, topic, types[kind])
+        judge = FrameJudge.from_params(detector, params)
+        aux = _read_aux(reader, aux_topics)
+        custom = getattr(getattr(reader.storage, "metadata", None), "custom", None) or {}
+        class_name = custom.get("cmdr_ros.class") or bag.name
+        results_dir = out / "results_bag"
+        if results_dir.exists():
+            if not (results_dir / "metadata.yaml").is_file():
+                raise CmdrError(f"{results_dir}: exists and is not a bag; remove it or choose another --out")
+            shutil.rmtree(results_dir)
+        heatmaps = out / "heatmaps" if write_images else None
+        if heatmaps is not None:
+            heatmaps.mkdir(parents=True, exist_ok=True)
+        index = {t: i for i, (_, t) in enumerate(inputs)}
+        classes = {t: message_class(types[k]) for k, t in inputs}
+        events: list[tuple[str, tuple[Any, ...]]] = []  # matched sets and orphans, in the order they happen
+        policy = ApproximateTimePolicy(len(inputs), int(params["sync.queue_size"]), float(params["sync.slop"]),
+                                       lambda *msgs: events.append(("set", msgs)),
+                                       on_drop=lambda i, msg, why: events.append(("orphan", (i, msg, why))))
+        with BagWriter(results_dir, "mcap", {"cmdr_ros.source": str(bag)}) as results:
+            evaluation = _Evaluation(judge, params, [k for k, _ in inputs], aux, policy.slop_ns, results, heatmaps)
+
+            def handle() -> None:
+                while events:
+                    what, item = events.pop(0)
+                    if what == "set":
+                        evaluation(dict(zip([k for k, _ in inputs], item)))
+                        bar.update(1)
+                    else:
+                        evaluation.orphan(*item)
+
+            with tqdm(total=reader.topics[inputs[0][1]].msgcount, disable=not progress, unit="frame",
+                      leave=False) as bar:
+                for conn, _, raw in reader.messages(connections=in_conns):
+                    policy.add(index[conn.topic], deserialize_message(bytes(raw), classes[conn.topic]))
+                    handle()
+                policy.flush("timeout")  # still waiting at the end of the bag: on the node it would time out
+                handle()
+    full = "+".join(k for k, _ in inputs)
+    judged = [r for r in evaluation.rows if r["inputs"] == full]
+    if not judged:
+        raise CmdrError(f"{bag}: no {' + '.join(t for _, t in inputs)} set matched within the slop of "
+                        f"{params['sync.slop']:g} s")
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(evaluation.rows[0]))
+        w.writeheader()
+        w.writerows(evaluation.rows)
+    unmatched = Counter(r["inputs"] for r in evaluation.rows if r["inputs"] != full)
+    report: dict[str, Any] = {
+        "bag": str(bag), "checkpoint": str(checkpoint), "model_id": detector.model_id, "mode": mode,
+        "grid": detector.config.grid, "map_size": detector.config.map_size, "threshold": judge.threshold,
+        "device": str(detector.device), "frames": len(judged),
+        "not_judged": sum(bool(r["error"]) for r in judged), "rejects": sum(r["reject"] for r in judged),
+        "unmatched": {t: unmatched[k] for k, t in inputs},
+        "results_bag": str(results_dir), "seconds": time.perf_counter() - t_start}
+    metrics = evaluation.metrics()
+    if metrics is not None:
+        classes_m = {class_name: metrics}
+        report["classes"] = classes_m
+        report["mean"] = {k: float(metrics[k]) for k in METRIC_KEYS}
+        (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=True))
+        report["table"] = format_table(classes_m, report["mean"])
+    return report
+

@@ -1,0 +1,146 @@
+"""Writing rosbag2 files: ``BagWriter`` (rclpy messages -> a new bag) and ``bag_from_dataset`` (a dataset split
+-> the bag a camera driver could have recorded).
+
+Metadata version: bags are written as rosbag2 metadata **version 8** (Iron's format), the oldest rosbags writes
+(it writes 8 or 9 and has no default). Version 8 keeps ``offered_qos_profiles`` a YAML *string*: version 9 (Jazzy)
+made it a list, which older yaml-cpp parsers reject ("bad conversion"). rosbag2's parser reads
+each optional field behind a ``version >= N`` test with no upper bound, so Humble (which writes version 5) reads
+every key it knows from a version 8 file and ignores ``type_description_hash`` and ``ros_distro``; ``custom_data``
+is always a non-empty mapping, never null. Playing the mcap storage on Humble needs
+``ros-humble-rosbag2-storage-mcap``; ``--storage sqlite3`` needs nothing extra.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmdr_ros import CmdrError
+from cmdr_ros.ros.conversions import make_header
+from cmdr_ros.ros.topics import RECORDED
+
+METADATA_VERSION = 8
+STORAGES = ("mcap", "sqlite3")
+_NS = 1_000_000_000
+_INFINITE_NS = 2**63 - 1  # RMW_DURATION_INFINITE, recorded by rosbag2 as sec 9223372036, nsec 854775807
+
+
+def _reliable_qos() -> Any:
+    """The offered QoS of a RELIABLE, VOLATILE, KEEP_LAST(10) publisher with default (infinite) durations,
+    as rosbag2 records it."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    inf = QosTime(_INFINITE_NS // _NS, _INFINITE_NS % _NS)
+    return Qos(QosHistory.KEEP_LAST, 10, QosReliability.RELIABLE, QosDurability.VOLATILE, inf, inf,
+               QosLiveliness.AUTOMATIC, inf, False)
+
+
+def _type_name(msg_class: type) -> str:
+    """'sensor_msgs/msg/Image' for the rclpy class sensor_msgs.msg.Image."""
+    return f"{msg_class.__module__.split('.')[0]}/msg/{msg_class.__name__}"
+
+
+class BagWriter:
+    """A new rosbag2 (metadata version 8) of rclpy messages; topics are added on their first message.
+
+    Use as a context manager; an exception inside the block removes the unfinished bag folder.
+    """
+
+    def __init__(self, path: str | Path, storage: str = "mcap", custom_data: dict[str, str] | None = None) -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
+
+        if storage not in STORAGES:
+            raise CmdrError(f"unknown bag storage '{storage}' (use one of {', '.join(STORAGES)})")
+        self.path = Path(path)
+        if self.path.exists():
+            raise CmdrError(f"{self.path}: already exists; a bag is written as a new folder")
+        try:
+            self._writer = Writer(self.path, version=METADATA_VERSION,
+                                  storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
+        except WriterError as e:
+            raise CmdrError(f"{self.path}: cannot create the bag ({e})") from None
+        for key, value in {"cmdr_ros.writer": "cmdr_ros", **(custom_data or {})}.items():
+            self._writer.set_custom_data(key, str(value))
+        self._connections: dict[str, Any] = {}
+        self.counts: Counter[str] = Counter()
+
+    def __enter__(self) -> BagWriter:
+        self._writer.open()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._writer.__exit__(exc_type, exc, tb)
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)  # the folder is this writer's own: it refused existing paths
+
+    def write(self, topic: str, msg: Any, stamp: int) -> None:
+        """Serialize ``msg`` (CDR, as rclpy publishes it) and store it at log time ``stamp`` (ns)."""
+        from rclpy.serialization import serialize_message
+
+        if topic not in self._connections:
+            from rosbags.typesys import Stores, get_typestore
+
+            typestore = get_typestore(Stores.ROS2_HUMBLE)  # definitions and RIHS01 hashes of the std types
+            self._connections[topic] = self._writer.add_connection(
+                topic, _type_name(type(msg)), typestore=typestore, offered_qos_profiles=[_reliable_qos()])
+        self._writer.write(self._connections[topic], int(stamp), serialize_message(msg))
+        self.counts[topic] += 1
+
+
+def bag_from_dataset(data_dir: str | Path, out: str | Path, storage: str = "mcap", split: str = "test",
+                     rate: float = 2.0, frame_id: str = "camera", start_ns: int | None = None) -> dict[str, Any]:
+    """Write a split of an MVTec 3D-AD style class folder as a bag a camera driver could have recorded.
+
+    Per sample, all at the same stamp (``start_ns`` + i/rate s; default: now, whole seconds): ``/camera/image``
+    rgb8, ``/camera/points`` organized float32 x,y,z pixel-aligned with the image (invalid points NaN, as ROS
+    drivers publish them), ``/camera/camera_info`` from calibration/camera_parameters.json when present, and
+    when the split has masks ``/camera/gt_mask`` mono8 0/255 (all 0 for a sample without a mask file, as
+    ``cmdr eval`` reads it). ``/cmdr/sample`` (std_msgs/String "<defect>/<id>") names the sample; every header
+    keeps ``frame_id``. Returns a summary: path, storage, frames, topics {name: count}, start_ns, period_s.
+    """
+    from std_msgs.msg import String
+
+    from cmdr_ros.data.mvtec3d import MVTec3DClass, load_sample
+    from cmdr_ros.geometry import CameraIntrinsics
+    from cmdr_ros.ros.conversions import array_to_image, dict_to_camera_info, xyz_to_pointcloud2
+
+    if not (math.isfinite(rate) and rate > 0):
+        raise CmdrError(f"--rate {rate}: the frame rate must be a positive number of frames per second")
+    data = MVTec3DClass(data_dir)
+    samples = data.samples(split)
+    if not samples:
+        raise CmdrError(f"{data.root / split}: no samples to write")
+    params = data.camera_parameters()
+    info = CameraIntrinsics.from_mvtec_json(params).to_dict() if params is not None else None
+    with_gt = any(s.gt_path is not None for s in samples)
+    start = int(start_ns) if start_ns is not None else time.time_ns() // _NS * _NS
+    custom = {"cmdr_ros.class": data.name, "cmdr_ros.split": split, "cmdr_ros.rate_hz": repr(float(rate))}
+    with BagWriter(out, storage, custom) as bag:
+        for i, s in enumerate(samples):
+            stamp = start + round(i * _NS / rate)
+            header = make_header(stamp, frame_id)
+            rgb, xyz, mask = load_sample(s, need_rgb=s.rgb_path is not None, need_xyz=s.xyz_path is not None)
+            h, w = (rgb if rgb is not None else xyz).shape[:2]
+            if rgb is not None:
+                bag.write(RECORDED["image"], array_to_image(rgb, "rgb8", header), stamp)
+            if xyz is not None:
+                points = xyz.copy()
+                points[~np.any(xyz != 0, axis=-1)] = np.nan  # the project's invalid (0,0,0) -> ROS's NaN
+                bag.write(RECORDED["points"], xyz_to_pointcloud2(points, header), stamp)
+            if info is not None:
+                if (info["width"], info["height"]) != (w, h):
+                    raise CmdrError(f"{data.root / 'calibration' / 'camera_parameters.json'}: the camera is "
+                                    f"{info['width']}x{info['height']} but {s.rgb_path or s.xyz_path} is {w}x{h}")
+                bag.write(RECORDED["camera_info"], dict_to_camera_info(info, header), stamp)
+            if with_gt:
+                gt = np.zeros((h, w), bool) if mask is None else mask
+                bag.write(RECORDED["gt"], array_to_image(np.where(gt, 255, 0).astype(np.uint8), "mono8", header), stamp)
+            bag.write(RECORDED["sample"], String(data=f"{s.defect}/{s.sample_id}"), stamp)
+    return {"path": str(out), "storage": storage, "frames": len(samples), "topics": dict(bag.counts),
+            "start_ns": start, "period_s": 1.0 / rate}
+

@@ -1,0 +1,74 @@
+"""Bag -> dataset: ``bag_to_dataset`` writes a recording's synchronized image/cloud sets as samples of an MVTec 3D-AD
+style class folder, aligned as the node aligns them."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cmdr_ros import CmdrError
+from cmdr_ros.ros.bags.read import _connections, message_class, open_bag
+from cmdr_ros.ros.conversions import stamp_ns
+from cmdr_ros.ros.frames import mode_of
+from cmdr_ros.ros.topics import CAMERA
+
+
+def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defect: str = "good",
+                   image_topic: str | None = CAMERA["image"], points_topic: str | None = CAMERA["points"],
+                   info_topic: str | None = CAMERA["camera_info"], slop: float | None = None, start_index: int = 0,
+                   params: dict[str, Any] | None = None) -> int:
+    """Write the synchronized image/cloud sets of a recorded bag as samples of an MVTec 3D-AD style class folder
+    (``out/<split>/<defect>/{rgb,xyz}/NNN``), so ``cmdr train`` can learn from recordings of good parts.
+
+    Clouds go through the node's own alignment (``FrameJudge.assemble`` with the node's ``params``: pixel-aligned,
+    projected with the bag's camera_info and ``extrinsics``, or rasterized with ``raster_resolution``), so the
+    model is trained on exactly what the node will see. ``None`` leaves a topic out (3D-only: no image; 2D-only:
+    no points). A set that cannot be aligned is left out with a warning. Returns the number of samples written.
+    """
+    import logging
+
+    from rclpy.serialization import deserialize_message
+
+    from cmdr_ros.data.mvtec3d import write_sample
+    from cmdr_ros.ros.frame_judge import FrameJudge
+    from cmdr_ros.ros.parameters import node_params
+    from cmdr_ros.ros.sync import ApproximateTimePolicy
+
+    params = node_params(params, {"sync.slop": slop})
+    inputs = [(k, t) for k, t in (("image", image_topic), ("points", points_topic)) if t]
+    if not inputs:
+        raise CmdrError("bag to-dataset: give an image topic, a points topic or both")
+    mode = mode_of([k for k, _ in inputs])
+    aligner = FrameJudge.aligner(mode, params)
+    bag = Path(bag)
+    sets: list[tuple[Any, ...]] = []
+    infos: list[Any] = []
+    written = skipped = 0
+    with open_bag(bag) as reader:
+        conns = _connections(reader, bag, [t for _, t in inputs])
+        if info_topic and info_topic in reader.topics:
+            conns += _connections(reader, bag, [info_topic])
+        classes = {c.topic: message_class(c.msgtype) for c in conns}
+        index = {t: i for i, (_, t) in enumerate(inputs)}
+        policy = ApproximateTimePolicy(len(inputs), int(params["sync.queue_size"]), float(params["sync.slop"]),
+                                       lambda *msgs: sets.append(msgs))
+        for conn, _, raw in reader.messages(connections=conns):
+            msg = deserialize_message(bytes(raw), classes[conn.topic])
+            if conn.topic == info_topic:
+                infos.append(msg)
+                continue
+            policy.add(index[conn.topic], msg)
+            while sets:
+                msgs = dict(zip([k for k, _ in inputs], sets.pop(0)))
+                try:
+                    frame = aligner.assemble(msgs, infos[-1] if infos else None)
+                except CmdrError as e:
+                    skipped += 1
+                    logging.getLogger(__name__).warning("left out the set stamped %s: %s",
+                                                        stamp_ns(next(iter(msgs.values())).header), e)
+                    continue
+                write_sample(out, split, defect, f"{start_index + written:03d}", frame.rgb, frame.xyz)
+                written += 1
+    if not written:
+        raise CmdrError(f"{bag}: no {' + '.join(t for _, t in inputs)} set matched within the slop of "
+                        f"{params['sync.slop']:g} s" + (f" ({skipped} could not be aligned)" if skipped else ""))
+    return written
