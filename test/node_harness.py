@@ -299,7 +299,7 @@ PROFILE_RESOLUTION = 0.002  # m: raster cell of the profile clouds, in training 
 
 def train_cell_model(root: Path, mode: str, out: Path, profilometer: bool = False) -> dict[str, Any]:
     """A lite model (2 epochs) trained on a few simulated parts: what every node test loads."""
-    from cmdr_ros.cli.train import train_model
+    from cmdr_ros.model.training import train_model
     from cmdr_ros.config import preset
     from cmdr_ros.data.synthetic import generate_dataset, generate_profilometer_dataset
 

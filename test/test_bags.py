@@ -481,7 +481,7 @@ def test_eval_bag_reports_unjudged_frames_and_unmatched_inputs(synthetic_dir, un
 def test_round_trip_bag_eval_equals_cmdr_eval_on_real_data(cable_gland_dir, preprocess_cache, tmp_path, capsys):
     """`bag from-dataset` -> `bag eval` gives `cmdr eval`'s scores (1e-5 relative) and metrics, same checkpoint."""
     from cmdr_ros.cli.evaluate import run_eval
-    from cmdr_ros.cli.train import train_model
+    from cmdr_ros.model.training import train_model
     from cmdr_ros.model.checkpoint import load_checkpoint
 
     cfg = preset("lite", "rgbd").to_dict()

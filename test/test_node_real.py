@@ -27,7 +27,7 @@ FRAMES = ("good/000", "cut/000", "hole/000")
 @pytest.fixture(scope="module")
 def rgbd_model(cable_gland_dir, tmp_path_factory, preprocess_cache):
     """Lite rgbd, 2 epochs, on a symlinked subset (the shared preprocessing cache is hit)."""
-    from cmdr_ros.cli.train import train_model
+    from cmdr_ros.model.training import train_model
     from cmdr_ros.config import preset
 
     root = tmp_path_factory.mktemp("cable_gland_subset") / "cable_gland"

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 
 from cmdr_ros import CmdrError
-from cmdr_ros.cli.train import train_model
+from cmdr_ros.model.training import train_model
 from cmdr_ros.config import preset
 from cmdr_ros.data.synthetic import generate_dataset, generate_profilometer_dataset
 from cmdr_ros.report import PartRow, format_rows, format_summary, summarize, write_html

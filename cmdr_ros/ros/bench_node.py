@@ -65,7 +65,7 @@ def dds_environment() -> dict[str, str]:
 def train_tiny_model(folder: Path, mode: str, size: int) -> str:
     """A lite model, 1 epoch on 2 synthetic parts of ``size`` pixels, calibrated on 2 more (timing does not depend on
     training); its checkpoint path."""
-    from cmdr_ros.cli.train import train_model
+    from cmdr_ros.model.training import train_model
     from cmdr_ros.config import preset
     from cmdr_ros.data.synthetic import CellConfig, generate_dataset
 
