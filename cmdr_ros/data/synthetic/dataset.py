@@ -112,6 +112,41 @@ def generate_profilometer_dataset(
     return folder
 
 
+def generate_scan_dataset(
+    root: str | Path,
+    class_name: str = "foam_block_scans",
+    n_train: int = 20,
+    n_val: int = 4,
+    n_test_good: int = 6,
+    n_test_per_defect: int = 2,
+    cfg: CellConfig | None = None,
+    seed: int | None = None,
+    defects: tuple[str, ...] = GEOMETRIC_DEFECTS,
+    overwrite: bool = False,
+) -> Path:
+    """Write profilometer scans as a class of unorganized scans (``cmdr_ros.data.scans`` layout) under
+    ``root/class_name``: ``points/NNN.npy`` (Nx3 float32, in the sensor's order) for every part and
+    ``gt/NNN.npy`` (per-point bool) for test parts. The same parts as ``generate_profilometer_dataset`` with the
+    same seed and counts. Seeds, counts and ``overwrite`` as in ``generate_dataset``.
+    """
+    cfg = cfg or CellConfig()
+    seed = cfg.seed if seed is None else seed
+    folder, jobs = _dataset_jobs(Path(root) / class_name, (n_train, n_val, n_test_good, n_test_per_defect), defects,
+                                 overwrite)
+    for split, kind, count in jobs:
+        out = folder / split / kind
+        for sub in ("points", "gt") if split == "test" else ("points",):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            points, labels = render_profilometer_cloud(_sample_rng(seed, split, kind, i), cfg,
+                                                       None if kind == "good" else kind, shuffle=False)
+            np.save(out / "points" / f"{i:03d}.npy", points)
+            if split == "test":
+                np.save(out / "gt" / f"{i:03d}.npy", labels)
+    (folder / "class_ids.json").write_text(json.dumps(class_ids(tuple(defects)), indent=2))
+    return folder
+
+
 def _dataset_jobs(folder: Path, counts: tuple[int, int, int, int], defects: tuple[str, ...],
                   overwrite: bool) -> tuple[Path, list[tuple[str, str, int]]]:
     """Check the arguments, clear ``folder`` (only with ``overwrite``) and list (split, kind, count) to render."""

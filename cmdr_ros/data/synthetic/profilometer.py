@@ -9,7 +9,7 @@ from cmdr_ros.data.synthetic.part import draw_part
 
 
 def render_profilometer_cloud(
-    rng: np.random.Generator, cfg: CellConfig, defect: str | None = None
+    rng: np.random.Generator, cfg: CellConfig, defect: str | None = None, shuffle: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """An unorganized cloud of one part as a laser line profilometer scans it, with per-point defect labels.
 
@@ -17,7 +17,10 @@ def render_profilometer_cloud(
     Lines every ``profile_line_spacing`` across a ``profile_width`` square, points every
     ``profile_point_spacing`` on a line (about 50k points with the defaults); points hidden from the
     tilted camera behind tall walls are missing, a few are lost at random, a few are spurious outliers
-    (label False); the order is shuffled. The same rng seed gives the same part as ``render_part``.
+    (label False). ``shuffle``: the points in random order (an unorganized cloud, as any driver may send it);
+    else in the sensor's order, profile after profile along the travel, each along the laser line (what the
+    cutting-cell chunk pipeline needs). The same rng seed gives the same part as ``render_part``, and the same
+    points in both orders.
     ``stain`` points are labelled but carry no geometric signal.
     """
     check_defect(defect)
@@ -46,6 +49,8 @@ def render_profilometer_cloud(
     outlier = sensor_rng.random(len(points)) < cfg.profile_outliers
     points[outlier, 2] += sensor_rng.choice([-1.0, 1.0], outlier.sum()) * sensor_rng.uniform(0.002, 0.02, outlier.sum())
     label[outlier] = False
+    if not shuffle:
+        return points.astype(np.float32), label
     order = sensor_rng.permutation(len(points))
     return points[order].astype(np.float32), label[order]
 
