@@ -35,6 +35,19 @@ _FIELD_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 # per 400x400 frame); "dbscan" is Open3D's DBSCAN as the reference code calls it (~2.8 s). Same result: bit-identical
 # outputs on every real dev frame and 1000 random clouds (only a pair exactly eps apart could differ).
 CLUSTER_METHODS = ("grid", "dbscan")
+# BackboneConfig.bn, the BatchNorm of a Point-MAE backbone's mini-PointNet group encoder: "frame" normalises with
+# the statistics of the frame's own groups (the reference never calls .eval() on Point-MAE, so its BatchNorm runs in
+# train mode; DropPath, active there too, is off here: features stay deterministic), "running" uses the ShapeNet
+# running statistics (eval mode).
+BN_MODES = ("frame", "running")
+# ModelConfig.valid_mask, the pixels the losses and anomaly maps count: "feature" (the reference's train.py and
+# inference.py: where the 3D feature map on the model grid is non-zero after interpolation and pooling, a ring
+# wider than the points at boundaries, small dropout holes filled) or "strict" (where the resized xyz is valid).
+VALID_MASKS = ("feature", "strict")
+# ModelConfig.pixel_norm, the per-image normalisation of the pixel scores: "split" is the paper's (P-AUROC on
+# F / sqrt(mean F), AUPRO on F / mean of non-zero F); "sqrt_nonzero" is the reference's 3D-only code
+# (F / (sqrt(mean of non-zero F) + 1e-6) for both).
+PIXEL_NORMS = ("split", "sqrt_nonzero")
 
 
 @dataclass
@@ -117,6 +130,13 @@ class BackboneConfig:
     name: str
     weights: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # BatchNorm of Point-MAE backbones (BN_MODES); others have none and accept only "running". The default is the
+    # behaviour from before the setting existed (checkpoints without the key); the paper preset sets "frame".
+    bn: str = "running"
+
+    def __post_init__(self) -> None:
+        if self.bn not in BN_MODES:
+            raise CmdrError(f"unknown backbone bn mode {self.bn!r}: expected one of {', '.join(BN_MODES)}")
 
 
 @dataclass
@@ -147,6 +167,10 @@ class ModelConfig:
     dropout: float = 0.1
     calibration_sigma: float = 3.0  # threshold = max(max good score, mean + sigma * std)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Settings added after checkpoints existed default to the behaviour before them (a checkpoint without the key
+    # loads and scores as it did when written); the presets choose the reference's values.
+    valid_mask: str = "strict"  # VALID_MASKS
+    pixel_norm: str = "split"  # PIXEL_NORMS
 
     def __post_init__(self) -> None:
         self.validate()
@@ -177,6 +201,10 @@ class ModelConfig:
             raise CmdrError(f"unknown optimizer '{self.train.optimizer}': expected adam or adamw")
         if self.train.epochs < 0 or self.train.batch_size < 1:
             raise CmdrError("epochs must be >= 0 and batch_size >= 1")
+        if self.valid_mask not in VALID_MASKS:
+            raise CmdrError(f"unknown valid_mask {self.valid_mask!r}: expected one of {', '.join(VALID_MASKS)}")
+        if self.pixel_norm not in PIXEL_NORMS:
+            raise CmdrError(f"unknown pixel_norm {self.pixel_norm!r}: expected one of {', '.join(PIXEL_NORMS)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -208,16 +236,21 @@ def _check_keys(cls: type, d: dict, what: str) -> None:
 
 
 def preset(name: str, mode: str = "rgbd") -> ModelConfig:
-    """``paper``: exactly the paper (224x224, DINO ViT-B/8 + Point-MAE, 50 epochs, batch 1, seed 115).
+    """``paper``: exactly the paper and its reference code (224x224, DINO ViT-B/8 + Point-MAE with per-frame
+    BatchNorm statistics, the feature-derived valid mask, 50 epochs, batch 1, seed 115).
     ``lite``: weights-free backbones (colour/texture statistics + multi-scale FPFH) on a 64x64 grid with
-    standardised features; trains on 2 CPU cores in minutes. Its maps are fused on the 64x64 grid: the paper's
-    box filters then smooth more relative to the part, which suits the noisier weights-free features (fusing at
-    224 measured I-AUROC 0.82 instead of 0.96 on the simulated cell)."""
+    standardised features and the strict (xyz) valid mask; trains on 2 CPU cores in minutes. Its maps are fused on
+    the 64x64 grid: the paper's box filters then smooth more relative to the part, which suits the noisier
+    weights-free features (fusing at 224 measured I-AUROC 0.82 instead of 0.96 on the simulated cell).
+    Both presets normalise pixel scores as the reference's 3D-only code does in mode ``3d`` (``pixel_norm``)."""
+    pixel_norm = "sqrt_nonzero" if mode == "3d" else "split"
     if name == "paper":
-        return ModelConfig(mode=mode)
+        return ModelConfig(mode=mode, backbone_3d=BackboneConfig("pointmae", bn="frame"), valid_mask="feature",
+                           pixel_norm=pixel_norm)
     if name == "lite":
         return ModelConfig(
             mode=mode,
+            pixel_norm=pixel_norm,
             grid=64,
             rgb_size=128,
             backbone_2d=BackboneConfig("color_texture"),

@@ -102,3 +102,19 @@ def test_batched_normalisation_is_per_image():
     f = torch.stack([torch.ones(4, 4), 10 * torch.ones(4, 4)])
     s = fusion.image_score(f)
     torch.testing.assert_close(s, torch.tensor([1.0, 10 / 10**0.5]))
+
+
+def test_reference_3d_pixel_scores():
+    """3D-only pixel scores of the reference (both P-AUROC and AUPRO): F / (sqrt(mean of non-zero F) + 1e-6)."""
+    f = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    expected = f / (2**0.5 + 1e-6)  # non-zero mean 2
+    torch.testing.assert_close(fusion.sqrt_nonzero_scores(f), expected)
+    for metric in ("p_auroc", "aupro"):
+        torch.testing.assert_close(fusion.normalized_scores(f, "sqrt_nonzero", metric), expected)
+    torch.testing.assert_close(fusion.normalized_scores(f, "split", "p_auroc"), fusion.pixel_scores(f))
+    torch.testing.assert_close(fusion.normalized_scores(f, "split", "aupro"), fusion.pro_scores(f))
+    b = torch.stack([f, 4 * f])  # per image: the scale cancels except for the 1e-6
+    torch.testing.assert_close(fusion.sqrt_nonzero_scores(b)[1], 4 * f / (8**0.5 + 1e-6))
+    assert fusion.sqrt_nonzero_scores(torch.zeros(2, 2)).abs().sum() == 0
+    with pytest.raises(ValueError, match="unknown pixel normalisation"):
+        fusion.normalized_scores(f, "max", "aupro")

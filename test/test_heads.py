@@ -104,3 +104,26 @@ def test_decoder_2d_reconstructs_after_training():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_module_order_matches_the_reference():
+    """The reference's layer order (PAPER_NOTES "Learned heads"): a Dropout in the 2D reconstruction MLP between
+    GELU and the last Linear, and none after the 3D decoder's second sequence Linear (parameter counts unchanged)."""
+    from torch import nn
+
+    rec2d = Reconstruction2D(16, num_heads=2, window=16, dropout=0.1)
+    assert [type(m) for m in rec2d.recon] == [nn.Linear, nn.GELU, nn.Dropout, nn.Linear, nn.LayerNorm]
+    assert rec2d.recon[2].p == 0.1
+    assert [type(m) for m in rec2d.proj] == [nn.Linear, nn.GELU, nn.LayerNorm, nn.Dropout, nn.Linear, nn.GELU,
+                                             nn.LayerNorm]
+    rec3d = Reconstruction3D(16, 16, dropout=0.1)
+    assert [type(m) for m in rec3d.seq_proj] == [nn.Linear, nn.GELU, nn.LayerNorm, nn.Dropout, nn.Linear, nn.GELU,
+                                                 nn.LayerNorm]
+    # Dropout acts in training only: the reconstruction MLP is stochastic in train mode, exact in eval mode
+    x = torch.randn(1, 16, 8, 8)
+    torch.manual_seed(0)
+    rec2d.train()
+    assert not torch.equal(rec2d.recon(x.flatten(2).transpose(1, 2)[..., :8]),
+                           rec2d.recon(x.flatten(2).transpose(1, 2)[..., :8]))
+    rec2d.eval()
+    assert torch.equal(rec2d(x), rec2d(x))

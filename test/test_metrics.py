@@ -170,7 +170,7 @@ def test_perfect_and_inverse_separation():
     noise = rng.random(gts.shape) * 0.4
     perfect = noise + gts  # every defect pixel (>= 1) above every ok pixel (< 0.4)
     m = compute_metrics(gts, perfect)
-    assert list(m) == ["i_auroc", "p_auroc", "aupro@0.3", "aupro@0.1", "aupro@0.05", "aupro@0.01"]
+    assert list(m) == ["i_auroc", "p_auroc", "aupro@0.3", "aupro@0.1", "aupro@0.05", "aupro@0.01", "aupro_paper@0.3"]
     assert all(isinstance(v, float) for v in m.values())
     for v in m.values():
         assert v == pytest.approx(1.0)
@@ -250,3 +250,56 @@ def test_input_validation():
         compute_metrics([np.zeros((1, 2))], [row(0.1, np.nan)])
     with pytest.raises(CmdrError, match="limit"):
         aupro([row(1, 0)], [row(0.9, 0.1)], 0.0)
+
+
+# ----------------------------------------------------------------------------- the paper's sampled AUPRO
+
+def _compute_pro_loop(gts, maps, num_thresholds):
+    """The sampled PRO curve of the paper's reference code (M3DM/CFM's AUPRO utility), one threshold at a time."""
+    ok = np.sort(np.concatenate([m[g == 0] for g, m in zip(gts, maps)]))
+    comps = []
+    for g, m in zip(gts, maps):
+        lab, n = ndimage.label(g, structure=np.ones((3, 3), int))
+        comps += [np.sort(m[lab == k]) for k in range(1, n + 1)]
+    fprs, pros = [1.0], [1.0]
+    for pos in np.linspace(0, len(ok) - 1, num=num_thresholds, dtype=int):
+        t = ok[pos]
+        fprs.append(1.0 - (pos + 1) / len(ok))
+        pros.append(sum(1.0 - (c <= t).sum() / len(c) for c in comps) / len(comps))
+    return np.array(fprs[::-1]), np.array(pros[::-1])
+
+
+def test_sampled_pro_curve_matches_the_reference_loop():
+    from cmdr_ros.metrics import PAPER_PRO_THRESHOLDS, aupro_paper, sampled_pro_curve
+
+    rng = np.random.default_rng(7)
+    gts = rng.random((8, 24, 24)) > 0.93
+    gts[:3] = False
+    maps = np.round(rng.random(gts.shape) + 0.4 * gts, 2)  # rounded: ties between thresholds
+    fprs, pros = sampled_pro_curve(gts, maps)
+    ref = _compute_pro_loop(gts, maps, 99)
+    assert PAPER_PRO_THRESHOLDS == 99 and fprs.shape == (100,)
+    np.testing.assert_allclose(fprs, ref[0], atol=1e-12)
+    np.testing.assert_allclose(pros, ref[1], atol=1e-12)
+    got = aupro_paper(gts, maps, 0.3)
+    assert got == pytest.approx(trapezoid(*ref, x_max=0.3) / 0.3, abs=1e-12)
+    # not the exact curve: the sampled one integrates lower (linear between samples of a concave curve)
+    assert got < aupro(gts, maps, 0.3)
+    assert aupro_paper(gts, maps, 0.01) < aupro(gts, maps, 0.01)
+
+
+def test_compute_metrics_reports_exact_and_paper_aupro():
+    from cmdr_ros.metrics import METRIC_KEYS, aupro_paper, format_table
+
+    rng = np.random.default_rng(8)
+    gts = rng.random((6, 16, 16)) > 0.9
+    gts[:2] = False
+    maps = rng.random(gts.shape) + 0.5 * gts
+    m = compute_metrics(gts, maps)
+    assert {"aupro@0.3", "aupro_paper@0.3"} <= set(m) <= set(METRIC_KEYS)
+    assert m["aupro_paper@0.3"] == pytest.approx(aupro_paper(gts, maps, 0.3))
+    assert m["aupro@0.3"] == pytest.approx(aupro(gts, maps, 0.3)) and m["aupro@0.3"] != m["aupro_paper@0.3"]
+    assert "aupro_paper@0.3" in format_table({"c": m}, m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(compute_metrics([row(0, 0)], [row(0.1, 0.2)])["aupro_paper@0.3"])

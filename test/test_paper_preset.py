@@ -23,9 +23,10 @@ def n_params(m):
 @pytest.fixture(scope="module")
 def paper_detector():
     vit = RandomViT(rgb_size=224, embed_dim=768, depth=12, num_heads=12)  # ViT-B/8 layout, random weights
+    cfg = preset("paper", "rgbd")
     pmae = RandomPointMAE(trans_dim=384, depth=12, num_heads=6, num_group=1024, group_size=128, encoder_dims=384,
-                          fetch_idx=(3, 7, 11))  # the paper's Point-MAE layout, random weights
-    return CMDRDetector(preset("paper", "rgbd"), device="cpu", backbone_2d=vit, backbone_3d=pmae)
+                          fetch_idx=(3, 7, 11), bn=cfg.backbone_3d.bn)  # the paper's Point-MAE layout, random weights
+    return CMDRDetector(cfg, device="cpu", backbone_2d=vit, backbone_3d=pmae)
 
 
 def test_paper_sizes(paper_detector):
@@ -37,6 +38,9 @@ def test_paper_sizes(paper_detector):
         3_694_272, 3_693_888, 5_026_176, 87_840_208)
     assert d.config.grid == 224 and d.config.train.epochs == 50 and d.config.train.seed == 115
     assert d.config.train.batch_size == 1 and d.config.beta == 0.3
+    # the reference's Point-MAE BatchNorm (per-frame statistics) and valid mask ("3D feature != 0")
+    assert d.config.backbone_3d.bn == "frame" and d.backbone_3d.encoder.encoder.frame_stats
+    assert d.config.valid_mask == "feature" and d.config.pixel_norm == "split"
 
 
 def test_paper_frame_flows_through(paper_detector, cable_gland_dir):
@@ -50,15 +54,17 @@ def test_paper_frame_flows_through(paper_detector, cable_gland_dir):
     assert native["3d"]["center_feats"].shape == (1024, 1152)
     n_valid = int(inp.valid.sum())
     assert native["3d"]["idx"].shape == (n_valid, 3)
-    feats = d.grid_features([native])
+    feats = d.grid_features([native], inp.valid[None])
     assert feats["2d"].shape == (1, 768, 224, 224) and feats["3d"].shape == (1, 1152, 224, 224)
+    valid = feats.pop("valid")[0]  # the reference's mask: wider than the valid points (pooling ring, holes filled)
+    assert bool((valid | ~inp.valid).all()) and int(valid.sum()) > int(inp.valid.sum())
     with torch.inference_mode():
-        maps = d.anomaly_maps(feats, inp.valid[None])
+        maps = d.anomaly_maps(feats, valid[None])
     for k in ("rec2d", "rec3d", "map2d", "map3d", "fused"):
         assert maps[k].shape == (1, 224, 224), k
         assert torch.isfinite(maps[k]).all(), k
     for k in ("rec2d", "rec3d", "map2d", "map3d"):  # distances of unit vectors: in [0, 2], 0 off the part
         assert maps[k].min() >= 0 and maps[k].max() <= 2 + 1e-5
-        assert (maps[k][0][~inp.valid] == 0).all()
+        assert (maps[k][0][~valid] == 0).all()
     pred = d.predict_input(inp)
     assert pred.anomaly_map.shape == (400, 400) and np.isfinite(pred.score) and pred.score > 0

@@ -180,3 +180,68 @@ def test_dino_patch_tokens_grid_on_small_random_vit():
     # row-major patch order, CLS (token 0) dropped
     torch.testing.assert_close(grid[:, :, 1, 2], tokens[:, 1 + 1 * 4 + 2])
     torch.testing.assert_close(grid[:, :, 3, 0], tokens[:, 1 + 3 * 4 + 0])
+
+
+def _with_running_stats(enc: Encoder) -> Encoder:
+    """Give the BatchNorm layers ShapeNet-like running statistics far from any frame's own."""
+    g = torch.Generator().manual_seed(9)
+    for bn in (enc.first_conv[1], enc.second_conv[1]):
+        bn.running_mean.copy_(torch.randn(bn.num_features, generator=g))
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) * 4 + 0.5)
+    return enc
+
+
+def test_frame_batchnorm_uses_the_frames_own_statistics():
+    """bn 'frame' (the reference runs Point-MAE in train mode): BatchNorm normalises with the statistics of all the
+    frame's groups at once, leaves the running statistics untouched, and is deterministic."""
+    torch.manual_seed(0)
+    enc = _with_running_stats(Encoder(24)).eval()
+    groups = torch.randn(1, 10, 16, 3)
+    buffers = {k: v.clone() for k, v in enc.state_dict().items()}
+    running = enc(groups)
+    enc.frame_stats = True
+    enc.eval_chunk = 3  # no chunking with frame statistics: they are over all 10 groups
+    frame = enc(groups)
+    assert torch.equal(frame, enc(groups))  # deterministic
+    assert not torch.allclose(frame, running, atol=1e-3)
+    for k, v in enc.state_dict().items():  # running statistics (and the batch counter) unchanged
+        assert torch.equal(v, buffers[k]), k
+    # the same numbers as train-mode BatchNorm (the reference's), computed by a copy that may update its buffers
+    import copy
+    ref = copy.deepcopy(enc).train()
+    ref.frame_stats = False
+    torch.testing.assert_close(frame, ref(groups))
+    # hand check of the first BatchNorm: per channel mean/biased variance over all groups and points
+    x = enc.first_conv[0](groups.reshape(10, 16, 3).transpose(1, 2))
+    bn = enc.first_conv[1]
+    mean, var = x.mean(dim=(0, 2), keepdim=True), x.var(dim=(0, 2), unbiased=False, keepdim=True)
+    expected = (x - mean) / torch.sqrt(var + bn.eps) * bn.weight[None, :, None] + bn.bias[None, :, None]
+    torch.testing.assert_close(enc._run(enc.first_conv[:2], groups.reshape(10, 16, 3).transpose(1, 2)), expected)
+
+
+def test_pointmae_backbone_bn_modes():
+    from cmdr_ros import CmdrError
+    from cmdr_ros.model.backbones import RandomPointMAE, build_backbone
+
+    xyz = torch.rand(12, 12, 3, generator=torch.Generator().manual_seed(6)) + 0.3
+    valid = torch.ones(12, 12, dtype=torch.bool)
+    valid[:2] = False
+    small = dict(num_group=16, group_size=8)
+    run = RandomPointMAE(**small)
+    frame = build_backbone("random_pointmae", "3d", options=small, bn="frame")
+    assert run.bn == "running" and not run.encoder.encoder.frame_stats
+    assert frame.bn == "frame" and frame.encoder.encoder.frame_stats and not frame.encoder.training
+    _with_running_stats(run.encoder.encoder)
+    frame.load_state_dict(run.state_dict())
+    a, b = run.extract(xyz, valid), frame.extract(xyz, valid)
+    assert torch.equal(a["idx"], b["idx"])  # same groups and interpolation, other BatchNorm statistics
+    assert not torch.allclose(a["center_feats"], b["center_feats"], atol=1e-3)
+    assert torch.equal(frame.extract(xyz, valid)["center_feats"], b["center_feats"])
+    assert torch.equal(frame.state_dict()["encoder.encoder.first_conv.1.running_mean"],
+                       run.state_dict()["encoder.encoder.first_conv.1.running_mean"])
+    with pytest.raises(CmdrError, match="'fpfh' has no BatchNorm mode"):
+        build_backbone("fpfh", "3d", bn="frame")
+    with pytest.raises(CmdrError, match="as the backbone's `bn`"):
+        build_backbone("random_pointmae", "3d", options={"bn": "frame"})
+    with pytest.raises(CmdrError, match="unknown bn mode"):
+        build_backbone("random_pointmae", "3d", bn="batch")

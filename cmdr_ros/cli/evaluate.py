@@ -1,9 +1,11 @@
 """``cmdr eval``: run a checkpoint on DIR/test/* and write the report.
 
 Report folder:
-* ``metrics.json``: I-AUROC, P-AUROC, AUPRO@{0.3,0.1,0.05,0.01} per class (with per-defect I-AUROC) and the
-  mean over classes; computed on the square anomaly maps (the model grid: 224x224 for the paper preset, as the paper evaluates) with ground truth resized by
-  nearest neighbour and thresholded at 0.5;
+* ``metrics.json``: I-AUROC, P-AUROC, AUPRO@{0.3,0.1,0.05,0.01} (the exact PRO curve of MVTec's evaluator) and
+  ``aupro_paper@0.3`` (the paper's 99-threshold curve, the one comparable with its table) per class (with per-defect
+  I-AUROC) and the mean over classes; computed on the square anomaly maps (the model grid: 224x224 for the paper
+  preset, as the paper evaluates) with ground truth resized by nearest neighbour and thresholded at 0.5; pixel
+  scores normalised by the model's ``pixel_norm``;
 * ``scores.csv``: one row per test sample (score, decision at the calibrated threshold, truth);
 * ``anomaly_maps/<class>/test/<defect>/<id>.tiff``: float32 maps at the original resolution, in the layout of
   the official MVTec 3D-AD evaluator;

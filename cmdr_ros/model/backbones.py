@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmdr_ros import CmdrError
+from cmdr_ros.config import BN_MODES
 from cmdr_ros.data.preprocess import normalize_imagenet
 from cmdr_ros.model.handcrafted import ColorTextureFeatures, fpfh_features
 from cmdr_ros.model.pointmae import PointMAEEncoder, interpolate_to_points
@@ -156,11 +157,20 @@ def _valid_points(xyz: torch.Tensor, valid: torch.Tensor, min_points: int) -> tu
 
 
 class _PointMAEBackbone(Backbone3D):
-    """A Point-MAE encoder's features, interpolated back to every valid point and placed on the grid."""
+    """A Point-MAE encoder's features, interpolated back to every valid point and placed on the grid.
 
-    def __init__(self, encoder: PointMAEEncoder) -> None:
+    ``bn`` (``config.BN_MODES``): "running" runs the encoder in eval mode (ShapeNet running statistics); "frame"
+    normalises the group encoder's BatchNorm with the frame's own group statistics, as the reference does (it never
+    calls ``.eval()`` on Point-MAE), without updating the running statistics and without the reference's DropPath
+    (features stay deterministic, so training can cache them)."""
+
+    def __init__(self, encoder: PointMAEEncoder, bn: str = "running") -> None:
         super().__init__()
+        if bn not in BN_MODES:
+            raise CmdrError(f"unknown bn mode {bn!r}: expected one of {', '.join(BN_MODES)}")
         self.encoder = encoder.eval().requires_grad_(False)
+        self.bn = bn
+        self.encoder.encoder.frame_stats = bn == "frame"
         self.out_dim = self.encoder.out_dim
 
     @torch.inference_mode()
@@ -183,7 +193,7 @@ class PointMAE(_PointMAEBackbone):
 
     name = "pointmae"
 
-    def __init__(self, weights: str | None = None, expected_sha256: str | None | bool = True,
+    def __init__(self, weights: str | None = None, expected_sha256: str | None | bool = True, bn: str = "running",
                  **encoder_kw: Any) -> None:
         encoder = PointMAEEncoder(**encoder_kw)
         if not weights:
@@ -191,7 +201,7 @@ class PointMAE(_PointMAEBackbone):
                             "(--weights-3d FILE or backbone_3d.weights)")
         kw = {} if expected_sha256 is True else {"expected_sha256": expected_sha256}
         sha = load_pointmae_weights(encoder, weights, **kw)
-        super().__init__(encoder)
+        super().__init__(encoder, bn)
         self.weights_sha256 = sha
 
 
@@ -203,14 +213,14 @@ class RandomPointMAE(_PointMAEBackbone):
     name = "random_pointmae"
     stores_weights = True
 
-    def __init__(self, seed: int = 0, **encoder_kw: Any) -> None:
+    def __init__(self, seed: int = 0, bn: str = "running", **encoder_kw: Any) -> None:
         cfg = dict(trans_dim=48, depth=3, num_heads=3, num_group=64, group_size=16, encoder_dims=48,
                    fetch_idx=(0, 1, 2))
         cfg.update(encoder_kw)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             enc = PointMAEEncoder(**cfg)
-        super().__init__(enc)
+        super().__init__(enc, bn)
 
 
 class FPFH(Backbone3D):
@@ -247,12 +257,14 @@ def _declared(cls: type[Backbone]) -> tuple[set[str], bool]:
 
 
 def build_backbone(name: str, modality: str, weights: str | None = None, rgb_size: int | None = None,
-                   options: dict[str, Any] | None = None) -> Backbone:
+                   options: dict[str, Any] | None = None, bn: str = "running") -> Backbone:
     """Build a registered backbone; ``modality`` guards against a 3D backbone configured as 2D and vice versa.
 
     Like timm's model factory, a backbone is passed only the arguments it declares: ``weights`` (a weights file)
     and ``rgb_size`` (the 2D input size) go to the backbones whose ``__init__`` has them (a weights-free backbone
     ignores a weights file, as before), ``options`` (the config's) must all be declared, overriding ``rgb_size``.
+    ``bn`` (the config's ``bn``) goes to the backbones with a BatchNorm mode (Point-MAE); "frame" for any other
+    backbone is an error.
     """
     cls = BACKBONES.get(name)
     if cls is None:
@@ -272,7 +284,12 @@ def build_backbone(name: str, modality: str, weights: str | None = None, rgb_siz
         raise CmdrError(f"bad options for backbone '{name}': unknown option(s) {', '.join(unknown)} "
                         f"(it takes: {takes})")
     # what the caller knows for every backbone; each class is given those its __init__ declares
-    context = {"weights": weights, "rgb_size": rgb_size if modality == "2d" else None}
+    if "bn" in opts:
+        raise CmdrError(f"bad options for backbone '{name}': give the BatchNorm mode as the backbone's `bn`, "
+                        "not as an option")
+    if bn != "running" and "bn" not in named:
+        raise CmdrError(f"backbone '{name}' has no BatchNorm mode: bn '{bn}' is for pointmae and random_pointmae")
+    context = {"weights": weights, "rgb_size": rgb_size if modality == "2d" else None, "bn": bn}
     kw = {k: v for k, v in context.items() if v is not None and k in named}
     kw.update(opts)
     try:

@@ -13,8 +13,11 @@ feature std, or (unless ``require_threshold=False``) has no finite calibrated th
 the first 12 hex digits of the recomputed checksum, never a value read from the file.
 
 Migrations: ``load_checkpoint`` reads files of earlier versions under the current names (``migrate``): backbones
-renamed since (``backbones.RENAMED``: ``tiny_vit`` -> ``random_vit``, ``tiny_pointmae`` -> ``random_pointmae``).
-Migration happens after verification, on the loaded copy: the file, its checksum and its model id stay as saved.
+renamed since (``backbones.RENAMED``: ``tiny_vit`` -> ``random_vit``, ``tiny_pointmae`` -> ``random_pointmae``), and
+the 2D decoder's reconstruction MLP saved before its Dropout was added (``rec2d.recon.2/3`` -> ``rec2d.recon.3/4``;
+Dropout is inactive at inference, so such a model scores exactly as before). Config keys added since (``bn``,
+``valid_mask``, ``pixel_norm``) default to the behaviour from before they existed. Migration happens after
+verification, on the loaded copy: the file, its checksum and its model id stay as saved.
 """
 from __future__ import annotations
 
@@ -224,7 +227,15 @@ def migrate(ckpt: dict[str, Any]) -> dict[str, Any]:
     for entry in [config.get("backbone_2d"), config.get("backbone_3d"), *backbones.values()]:
         if isinstance(entry, dict) and entry.get("name") in RENAMED:
             entry["name"] = RENAMED[entry["name"]]
+    heads = ckpt["heads"]
+    if "rec2d.recon.2.weight" in heads and "rec2d.recon.4.weight" not in heads:  # recon without its Dropout
+        out["heads"] = {_OLD_RECON.get(k.rsplit(".", 1)[0], k.rsplit(".", 1)[0]) + "." + k.rsplit(".", 1)[1]: v
+                        for k, v in heads.items()}
     return out
+
+
+#: 2D reconstruction MLP: Linear(0), GELU, Linear(2), LayerNorm(3) before the reference's Dropout was inserted at 2
+_OLD_RECON = {"rec2d.recon.2": "rec2d.recon.3", "rec2d.recon.3": "rec2d.recon.4"}
 
 
 def load_checkpoint(path: str | os.PathLike, device: str = "auto", weights_2d: str | None = None,

@@ -40,23 +40,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 @dataclass
 class Prediction:
     score: float  # image-level anomaly score
-    anomaly_map: np.ndarray  # [H, W] float32 pixel scores (F / sqrt(mean F)) at the input resolution
+    anomaly_map: np.ndarray  # [H, W] float32 pixel scores (pixel_map's) at the input resolution
     valid_mask: np.ndarray  # [H, W] bool
     grid_map: np.ndarray  # [S, S] raw fused map F on the square map grid (S = config.map_size)
-    grid_valid: np.ndarray  # [S, S] bool
+    grid_valid: np.ndarray  # [S, S] bool (the model's valid mask: config.valid_mask)
     latency_ms: float = 0.0
+    pixel_norm: str = "split"  # config.pixel_norm: how pixel_map / pro_map normalise grid_map
 
     @property
     def valid_ratio(self) -> float:
         return float(self.valid_mask.mean()) if self.valid_mask.size else 0.0
 
     def pro_map(self) -> np.ndarray:
-        """Grid-resolution scores normalised for AUPRO (F / mean of non-zero F)."""
-        return fusion.pro_scores(torch.from_numpy(self.grid_map)).numpy()
+        """Grid-resolution scores normalised for AUPRO (``split``: F / mean of non-zero F)."""
+        return fusion.normalized_scores(torch.from_numpy(self.grid_map), self.pixel_norm, "aupro").numpy()
 
     def pixel_map(self) -> np.ndarray:
-        """Grid-resolution scores normalised for P-AUROC (F / sqrt(mean F))."""
-        return fusion.pixel_scores(torch.from_numpy(self.grid_map)).numpy()
+        """Grid-resolution scores normalised for P-AUROC (``split``: F / sqrt(mean F))."""
+        return fusion.normalized_scores(torch.from_numpy(self.grid_map), self.pixel_norm, "p_auroc").numpy()
 
 
 def masked_cosine_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -81,11 +82,13 @@ class CMDRDetector:
         self.backbone_2d = self.backbone_3d = None
         if config.uses_2d:
             self.backbone_2d = backbone_2d or build_backbone(
-                config.backbone_2d.name, "2d", config.backbone_2d.weights, config.rgb_size, config.backbone_2d.options)
+                config.backbone_2d.name, "2d", config.backbone_2d.weights, config.rgb_size, config.backbone_2d.options,
+                config.backbone_2d.bn)
             self.backbone_2d.to(self.device)
         if config.uses_3d:
             self.backbone_3d = backbone_3d or build_backbone(
-                config.backbone_3d.name, "3d", config.backbone_3d.weights, None, config.backbone_3d.options)
+                config.backbone_3d.name, "3d", config.backbone_3d.weights, None, config.backbone_3d.options,
+                config.backbone_3d.bn)
             self.backbone_3d.to(self.device)
         dim2d = self.backbone_2d.out_dim if self.backbone_2d else None
         dim3d = self.backbone_3d.out_dim if self.backbone_3d else None
@@ -113,19 +116,41 @@ class CMDRDetector:
             out["3d"] = self.backbone_3d.extract(inp.xyz.to(self.device), inp.valid.to(self.device))
         return out
 
-    def grid_features(self, natives: Sequence[Native]) -> dict[str, torch.Tensor]:
-        """Batch of per-pixel feature maps ``{'2d': [B, C2, G, G], '3d': [B, C3, G, G]}`` (standardised if configured)."""
+    def grid_features(self, natives: Sequence[Native], strict_valid: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
+        """Batch of per-pixel feature maps ``{'2d': [B, C2, G, G], '3d': [B, C3, G, G]}`` (standardised if configured).
+
+        With ``strict_valid`` (``[B, G, G]``, the inputs' xyz masks) the result also holds ``'valid'``, the model's
+        valid mask (``model_valid``)."""
         g = self.config.grid
         out = {}
         for m, bb in (("2d", self.backbone_2d), ("3d", self.backbone_3d)):
             if bb is None:
                 continue
             f = torch.stack([bb.to_grid(_to(n, self.device)[m], g) for n in natives])
+            if m == "3d" and strict_valid is not None:
+                out["valid"] = self.model_valid(strict_valid.to(self.device), f)
             if m in self.feature_stats:
                 mean, std = self.feature_stats[m].to(self.device)
                 f = (f - mean[:, None, None]) / std[:, None, None]
             out[m] = f
+        if strict_valid is not None and "valid" not in out:
+            out["valid"] = self.model_valid(strict_valid.to(self.device), None)
         return out
+
+    def model_valid(self, strict_valid: torch.Tensor, f3d_raw: torch.Tensor | None) -> torch.Tensor:
+        """The pixels the losses and anomaly maps count (``[B, G, G]`` bool), by ``config.valid_mask``.
+
+        ``strict``: where the resized xyz is valid (``strict_valid``). ``feature``: the reference's mask (train.py,
+        inference.py: ``xyz_patch.sum(-1) == 0`` marks the invalid pixels), where the 3D backbone's grid features
+        ``f3d_raw`` (before standardisation) are non-zero after their interpolation and pooling: the points widened
+        by the pooling (a ring at boundaries, small dropout holes filled). Read here as "any channel non-zero", which
+        the reference's channel sum stands for (a sum of real features is zero only by cancellation). It applies to
+        every scatter-and-pool 3D backbone (pointmae, random_pointmae, fpfh); without 3D features (mode 2d) the
+        strict mask is used."""
+        if self.config.valid_mask == "feature" and f3d_raw is not None:
+            return (f3d_raw != 0).any(dim=1)
+        return strict_valid.bool()
 
     def _fit_feature_stats(self, natives: Sequence[Native], valids: Sequence[torch.Tensor]) -> None:
         for m in ("2d", "3d"):
@@ -159,7 +184,8 @@ class CMDRDetector:
             raise CmdrError("no training samples")
         natives = [_to(self.extract(inp), torch.device("cpu"))
                    for inp in tqdm(inputs, desc="features", disable=not progress, unit="sample")]
-        valids = [inp.valid for inp in inputs]
+        valids = [self.grid_features([n], inp.valid[None])["valid"][0].cpu() if self.config.valid_mask == "feature"
+                  else inp.valid for n, inp in zip(natives, inputs)]
         self.feature_stats = {}
         if self.config.standardize_features:
             self._fit_feature_stats(natives, valids)
@@ -255,15 +281,17 @@ class CMDRDetector:
     @torch.inference_mode()
     def predict_input(self, inp: ModelInput) -> Prediction:
         t0 = time.perf_counter()
-        feats = self.grid_features([self.extract(inp)])
-        maps = self.anomaly_maps(feats, inp.valid[None].to(self.device))
+        feats = self.grid_features([self.extract(inp)], inp.valid[None])
+        maps = self.anomaly_maps(feats, feats.pop("valid"))
         fused = maps["fused"]
         score = float(fusion.image_score(fused)[0])
         grid_map = fused[0].float().cpu().numpy()
-        pix = fusion.pixel_scores(fused)[0].float().cpu().numpy()
+        norm = self.config.pixel_norm
+        pix = fusion.normalized_scores(fused, norm, "p_auroc")[0].float().cpu().numpy()
+        # at the input resolution the sensor's own (strict) valid mask applies, whatever the model's mask
         anomaly_map = inp.frame.to_input(pix).astype(np.float32) * inp.valid_input
         return Prediction(score, anomaly_map, inp.valid_input, grid_map, maps["valid"][0].cpu().numpy(),
-                          latency_ms=(time.perf_counter() - t0) * 1e3)
+                          latency_ms=(time.perf_counter() - t0) * 1e3, pixel_norm=norm)
 
     def predict(self, rgb: np.ndarray | None = None, xyz: np.ndarray | None = None) -> Prediction:
         """Score one frame: RGB uint8 HxWx3 and/or xyz float HxWx3 (pixel-aligned, metres, invalid = 0)."""

@@ -103,6 +103,23 @@ def pixel_scores(fused: torch.Tensor) -> torch.Tensor:
     return out[0] if squeeze else out
 
 
+def sqrt_nonzero_scores(fused: torch.Tensor) -> torch.Tensor:
+    """The reference's 3D-only pixel scores, for P-AUROC and AUPRO alike: F / (sqrt(mean of non-zero F) + 1e-6)."""
+    f, squeeze = _batched(fused)
+    out = f / (torch.sqrt(_nonzero_mean(f)) + 1e-6).view(-1, 1, 1)
+    return out[0] if squeeze else out
+
+
+def normalized_scores(fused: torch.Tensor, norm: str, metric: str) -> torch.Tensor:
+    """Per-image pixel scores of ``metric`` ("p_auroc" or "aupro") under ``config.pixel_norm`` ``norm``: "split"
+    (``pixel_scores`` for P-AUROC, ``pro_scores`` for AUPRO) or "sqrt_nonzero" (``sqrt_nonzero_scores`` for both)."""
+    if norm == "sqrt_nonzero":
+        return sqrt_nonzero_scores(fused)
+    if norm != "split":
+        raise ValueError(f"unknown pixel normalisation {norm!r}")
+    return pixel_scores(fused) if metric == "p_auroc" else pro_scores(fused)
+
+
 def pro_scores(fused: torch.Tensor) -> torch.Tensor:
     """Per-image normalised pixel scores for AUPRO: F / mean of the non-zero values of F."""
     f, squeeze = _batched(fused)

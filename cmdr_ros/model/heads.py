@@ -114,7 +114,8 @@ class Reconstruction2D(nn.Module):
 
     Per-pixel projection dim -> dim/2, one windowed-attention block over the flattened grid, three 3x3
     transposed convs (dim/2 -> 256 -> 128 -> dim/2 at the paper's size) with BatchNorm and GELU, and a
-    per-pixel reconstruction MLP dim/2 -> 2*dim -> dim ending in LayerNorm.
+    per-pixel reconstruction MLP dim/2 -> 2*dim -> GELU -> Dropout -> dim -> LayerNorm (the reference's order;
+    checkpoints of the layout without that Dropout are migrated by ``checkpoint.migrate``).
     """
 
     def __init__(self, dim: int, num_heads: int = 8, window: int = 128, dropout: float = 0.1,
@@ -134,7 +135,8 @@ class Reconstruction2D(nn.Module):
             nn.ConvTranspose2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2), nn.GELU(),
             nn.ConvTranspose2d(c2, hid, 3, padding=1), nn.BatchNorm2d(hid), nn.GELU(),
         )
-        self.recon = nn.Sequential(nn.Linear(hid, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim), nn.LayerNorm(dim))
+        self.recon = nn.Sequential(nn.Linear(hid, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim),
+                                   nn.LayerNorm(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -158,7 +160,8 @@ class SqueezeExcite1d(nn.Module):
 class Reconstruction3D(nn.Module):
     """3D reconstruction decoder on the flattened ``[B, G*G, dim]`` sequence (dim 1152 in the paper).
 
-    A Linear over the sequence axis L -> L/32 and L/32 -> L/32 (GELU, LayerNorm, Dropout), five stride-2
+    A Linear over the sequence axis L -> L/32 (GELU, LayerNorm, Dropout) and L/32 -> L/32 (GELU, LayerNorm; no
+    Dropout after it, as in the reference's ``FeatureDecoder``), five stride-2
     transposed 1-D convs dim -> 2dim/3 -> 4dim/9 -> 2dim/9 -> dim/9 -> dim (BatchNorm+GELU, Tanh last)
     back to length L, then squeeze-and-excitation channel attention. Tied to the grid size: the
     sequence length L = G*G must be a multiple of 32 (G a multiple of 8).
@@ -173,7 +176,7 @@ class Reconstruction3D(nn.Module):
         self.grid, short = grid, seq // 32
         self.seq_proj = nn.Sequential(
             nn.Linear(seq, short), nn.GELU(), nn.LayerNorm(short), nn.Dropout(dropout),
-            nn.Linear(short, short), nn.GELU(), nn.LayerNorm(short), nn.Dropout(dropout),
+            nn.Linear(short, short), nn.GELU(), nn.LayerNorm(short),
         )
         chans = channels or (dim, max(8, round(dim * 2 / 3)), max(8, round(dim * 4 / 9)),
                              max(8, round(dim * 2 / 9)), max(8, round(dim / 9)), dim)

@@ -4,7 +4,9 @@ Module and parameter names follow the official ``MaskTransformer`` (``encoder``,
 ``blocks.blocks.<i>``, ``norm``) so the release checkpoint's ``MAE_encoder.*`` tensors load 1:1
 (see ``cmdr_ros.model.weights``). The CUDA-only helpers of the reference code (pointnet2 furthest point
 sampling, KNN_CUDA, three_nn) are replaced by pure PyTorch functions that give the same indices on CPU
-and GPU. Inference uses no masking and no randomness: a fixed input gives a fixed output.
+and GPU. Inference uses no masking and no randomness (no DropPath, FPS from a fixed start): a fixed input gives
+a fixed output. The group encoder's BatchNorm uses either its running statistics or, as the reference does (it
+runs Point-MAE in train mode), the statistics of each frame's groups (``Encoder.frame_stats``).
 """
 from __future__ import annotations
 
@@ -133,30 +135,45 @@ class Group(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Mini-PointNet group embedding: 3 -> 128 -> 256, global max concatenated, 512 -> 512 -> C, max."""
+    """Mini-PointNet group embedding: 3 -> 128 -> 256, global max concatenated, 512 -> 512 -> C, max.
 
-    #: groups per forward chunk in eval mode (bounds memory; BatchNorm is per-sample there, so exact)
+    ``frame_stats``: BatchNorm normalises with the statistics of the input's own groups (all B*G groups at once, as
+    the reference's train-mode BatchNorm does) and never updates the running statistics, in train and eval mode.
+    Off: the module's own mode decides (eval: the running statistics)."""
+
+    #: groups per forward chunk with running statistics (bounds memory; BatchNorm is per-sample there, so exact)
     eval_chunk = 256
 
     def __init__(self, encoder_channel: int) -> None:
         super().__init__()
         self.encoder_channel = encoder_channel
+        self.frame_stats = False
         self.first_conv = nn.Sequential(nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True),
                                         nn.Conv1d(128, 256, 1))
         self.second_conv = nn.Sequential(nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
                                          nn.Conv1d(512, encoder_channel, 1))
 
+    def _run(self, seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if not self.frame_stats:
+            return seq(x)
+        for layer in seq:
+            if isinstance(layer, nn.BatchNorm1d):  # batch statistics, running buffers neither read nor written
+                x = F.batch_norm(x, None, None, layer.weight, layer.bias, training=True, eps=layer.eps)
+            else:
+                x = layer(x)
+        return x
+
     def _embed(self, groups: torch.Tensor) -> torch.Tensor:
-        feature = self.first_conv(groups)  # [n, 256, S]
+        feature = self._run(self.first_conv, groups)  # [n, 256, S]
         global_feat = feature.max(dim=2, keepdim=True).values
         feature = torch.cat([global_feat.expand(-1, -1, groups.shape[2]), feature], dim=1)
-        return self.second_conv(feature).max(dim=2).values
+        return self._run(self.second_conv, feature).max(dim=2).values
 
     def forward(self, point_groups: torch.Tensor) -> torch.Tensor:
         """``[B, G, S, 3]`` -> ``[B, G, encoder_channel]``."""
         bs, g, s, _ = point_groups.shape
         groups = point_groups.reshape(bs * g, s, 3).transpose(1, 2)
-        if self.training:
+        if self.training or self.frame_stats:  # batch statistics need every group in one pass
             out = self._embed(groups)
         else:
             out = torch.cat([self._embed(c) for c in groups.split(self.eval_chunk)])
