@@ -3,8 +3,9 @@
 One run (preset, mode, device) judges frames the way the node does: messages -> ``FrameJudge.judge`` (decode,
 align, checks, ``CMDRDetector.predict``) -> the messages the node publishes. The real functions run; the bench
 only wraps them with clocks (``StageClock``), so the stages add up to the whole path and no step is re-implemented
-except the node's output encoding (``encode_outputs``). The end-to-end figures come from the same frames judged
-again without the wrappers. ROS message modules are imported when a run starts, never at import.
+(``encode_outputs`` builds the messages with the node's own ``outputs`` functions). The end-to-end figures come
+from the same frames judged again without the wrappers. ROS message modules are imported when a run starts, never
+at import.
 
 The heads are untrained (random init): timing does not depend on weights. The paper preset gets random-init
 backbones of the paper's architectures (ViT-B/8, Point-MAE), the lite preset identity feature statistics; the
@@ -81,35 +82,28 @@ def frame_messages(rgb: np.ndarray, xyz: np.ndarray, mode: str, stamp_ns: int = 
 
 
 def encode_outputs(frame: Any, verdict: Any, mode: str, inputs: str) -> list[Any]:
-    """The messages the node publishes for one decision (as its ``_publish`` does, every output subscribed)."""
-    from cmdr_ros.geometry import scores_to_points
-    from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
-    from cmdr_ros.ros.outputs import heatmap_image, result_array
+    """The messages the node publishes for one decision, built by the node's own functions (``outputs``), every
+    output subscribed."""
+    from cmdr_ros.ros.outputs import decision_messages, map_messages, result_values
+    from cmdr_ros.ros.topics import MAPS
 
-    msgs = [result_array(frame.header if frame else None, verdict, frame, seq=1, mode=mode, model_id="bench",
-                         inputs=inputs)]
-    if verdict.judged:
-        pred = verdict.prediction
-        msgs.append(array_to_image(pred.anomaly_map.astype(np.float32), "32FC1", frame.header))
-        msgs.append(array_to_image(heatmap_image(frame, pred, verdict.threshold), "bgr8", frame.header))
-        if frame.points is not None and len(frame.points):
-            msgs.append(xyz_to_pointcloud2(frame.points.astype(np.float32), frame.cloud_header,
-                                           intensity=scores_to_points(pred.anomaly_map, frame.point_pixel, 0.0)))
-    return msgs
+    header = frame.header if frame else None
+    values = result_values(header, verdict, frame, seq=1, mode=mode, model_id="bench", inputs=inputs)
+    return list(decision_messages(header, verdict, values, map_messages(verdict, frame, MAPS)).values())
 
 
 # ------------------------------------------------------------------------------------------------ model
 def build_detector(preset_name: str, mode: str, device: str) -> Any:
     """An untrained detector of the preset, ready to judge (see the module docstring)."""
     from cmdr_ros.config import preset
-    from cmdr_ros.model.backbones import TinyPointMAE, TinyViT
+    from cmdr_ros.model.backbones import RandomPointMAE, RandomViT
     from cmdr_ros.model.detector import CMDRDetector
 
     config = preset(preset_name, mode)
     kw = {}
     if preset_name == "paper":
-        kw = {"backbone_2d": TinyViT(**PAPER_2D) if config.uses_2d else None,
-              "backbone_3d": TinyPointMAE(**PAPER_3D) if config.uses_3d else None}
+        kw = {"backbone_2d": RandomViT(**PAPER_2D) if config.uses_2d else None,
+              "backbone_3d": RandomPointMAE(**PAPER_3D) if config.uses_3d else None}
     det = CMDRDetector(config, device=device, **kw)
     if config.standardize_features:
         det.feature_stats = {m: torch.stack([torch.zeros(bb.out_dim), torch.ones(bb.out_dim)])
@@ -153,12 +147,12 @@ class StageClock:
 @contextlib.contextmanager
 def instrumented(clock: StageClock, frame_judge: Any, det: Any) -> Iterator[None]:
     """Wrap the functions of the judge path with ``clock`` for the duration (restored afterwards)."""
-    from cmdr_ros.model import detector as detector_module
+    from cmdr_ros.data import model_input
     from cmdr_ros.ros import frames
 
     targets = [(frames, "decode_image", "decode"), (frames, "decode_cloud", "decode"),
                (frame_judge, "assemble", "align"), (frame_judge.judge_, "judge", "checks"),
-               (detector_module, "remove_background", "background"), (det, "prepare", "prepare"),
+               (model_input, "remove_background", "background"), (det, "prepare", "prepare"),
                (det, "extract", "prepare"), (det, "grid_features", "heads"), (det.heads, "forward", "heads"),
                (det, "predict_input", "fusion")]
     for m, bb in (("2d", det.backbone_2d), ("3d", det.backbone_3d)):

@@ -7,7 +7,7 @@ part is judged the same way on the cell and offline.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -17,8 +17,17 @@ from cmdr_ros.geometry import make_transform
 from cmdr_ros.judge import Judge, JudgeSettings, Verdict
 from cmdr_ros.ros.frames import Frame, TransformLookup, assemble_frame
 
+if TYPE_CHECKING:
+    from sensor_msgs.msg import CameraInfo
 
-def extrinsics_transform(values: Any) -> np.ndarray | None:
+    from cmdr_ros.model.detector import CMDRDetector
+    from cmdr_ros.ros.decisions import InputMessage
+    from cmdr_ros.ros.parameters import NamedValue
+
+JUDGE_PARAMS = ("on_error", "min_valid_ratio", "min_coverage", "max_range")  # JudgeSettings, changeable at run time
+
+
+def extrinsics_transform(values: Sequence[float] | None) -> np.ndarray | None:
     """The ``extrinsics`` parameter [x y z qx qy qz qw] as a 4x4 cloud -> camera transform (None: unset)."""
     if values is None:
         return None
@@ -45,7 +54,8 @@ def unmatched_reason(name: str, inputs: list[str], why: str, sync_timeout: float
 class FrameJudge:
     """Judge synchronized message sets: ``judge({'image': Image, 'points': PointCloud2}, camera_info)``."""
 
-    def __init__(self, judge: Judge | None, mode: str, *, raster_resolution: float = 0.0, extrinsics: Any = None,
+    def __init__(self, judge: Judge | None, mode: str, *, raster_resolution: float = 0.0,
+                 extrinsics: Sequence[float] | None = None,
                  tf_lookup: TransformLookup | None = None, registered: bool = False,
                  projection: str = "auto") -> None:
         self.judge_ = judge
@@ -57,7 +67,7 @@ class FrameJudge:
         self.projection = projection
 
     @classmethod
-    def from_params(cls, detector: Any, params: Mapping[str, Any],
+    def from_params(cls, detector: CMDRDetector, params: Mapping[str, Any],
                     tf_lookup: TransformLookup | None = None) -> FrameJudge:
         """From the node's parameter values (see ``cmdr_ros.ros.parameters``)."""
         judge = Judge(detector, JudgeSettings.from_params(params), params.get("threshold", -1.0))
@@ -76,14 +86,33 @@ class FrameJudge:
     def threshold(self) -> float:
         return self.judge_.threshold
 
-    def assemble(self, msgs: Mapping[str, Any], info: Any = None) -> Frame:
+    def apply(self, params: Iterable[NamedValue]) -> None:
+        """Apply run-time parameter changes (already validated, ``parameters.check_set``): threshold, the judge's
+        settings, extrinsics, raster_resolution and cloud_registered; others are read elsewhere or at configure."""
+        judge = self.judge_
+        settings = {k: getattr(judge.settings, k) for k in JUDGE_PARAMS}
+        for p in params:
+            if p.name == "threshold":
+                judge.set_threshold(p.value)
+            elif p.name in JUDGE_PARAMS:
+                settings[p.name] = p.value
+            elif p.name == "extrinsics":
+                self.extrinsics = extrinsics_transform(p.value)
+            elif p.name == "raster_resolution":
+                self.raster_resolution = float(p.value)
+            elif p.name == "cloud_registered":
+                self.registered = bool(p.value)
+        judge.settings = JudgeSettings(**settings)
+
+    def assemble(self, msgs: Mapping[str, InputMessage], info: CameraInfo | None = None) -> Frame:
         """Decode and align one set (CmdrError when it cannot be)."""
         cloud = msgs.get("points", msgs.get("depth"))  # a PointCloud2, or a depth image
         return assemble_frame(self.mode, msgs.get("image"), cloud,
                               info if cross_modal(self.mode) or "depth" in msgs else None,
                               self.tf_lookup, self.extrinsics, self.raster_resolution, self.registered, self.projection)
 
-    def judge(self, msgs: Mapping[str, Any], info: Any = None) -> tuple[Frame | None, Verdict]:
+    def judge(self, msgs: Mapping[str, InputMessage],
+              info: CameraInfo | None = None) -> tuple[Frame | None, Verdict]:
         """The frame (None when it could not be decoded) and its verdict."""
         if self.judge_ is None:
             raise CmdrError("this FrameJudge only aligns frames (built without a model)")

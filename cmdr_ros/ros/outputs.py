@@ -1,15 +1,23 @@
-"""What a decision turns into: the ``~/result`` message (a documented, versioned schema) and the heatmap, shared by
-the node and ``cmdr bag eval`` so both write exactly the same messages."""
+"""What a decision turns into: the ``~/result`` message (a documented, versioned schema), the heatmap and the other
+messages of a decision (``decision_messages``, ``map_messages``), shared by the node, ``cmdr bench`` and
+``cmdr bag eval`` so all write exactly the same messages."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Collection, Mapping
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from std_msgs.msg import Bool, Float32
 
 from cmdr_ros.judge import Verdict
+from cmdr_ros.geometry import scores_to_points
+from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
 from cmdr_ros.ros.frames import Frame
+from cmdr_ros.ros.topics import MAPS
 from cmdr_ros.visualization import depth_rendering, overlay
+
+if TYPE_CHECKING:
+    from cmdr_ros.model.detector import Prediction
 
 PART_STATUS_NAME = "cmdr_inspection: part"
 RESULT_SCHEMA_VERSION = "3"
@@ -113,16 +121,56 @@ def result_array(header: Any, verdict: Verdict, frame: Frame | None, **kwargs: A
     return result_message(header, verdict, result_values(header, verdict, frame, **kwargs))
 
 
-def auto_heatmap_max(pred: Any, threshold: float) -> float:
+def auto_heatmap_max(pred: Prediction, threshold: float) -> float:
     """One colour scale across frames: 1.5x the pixel score a part at the threshold would peak at."""
     peak = float(pred.anomaly_map.max())
     scale = peak / pred.score if pred.score > 0 else 1.0  # pixel-score units per image-score unit
     return max(threshold * scale * 1.5, 1e-6)
 
 
-def heatmap_image(frame: Frame, pred: Any, threshold: float, alpha: float = 0.5, vmax: float = 0.0) -> np.ndarray:
+def heatmap_image(frame: Frame, pred: Prediction, threshold: float, alpha: float = 0.5,
+                  vmax: float = 0.0) -> np.ndarray:
     """BGR overlay of the anomaly map on the image (on a depth rendering when there is no image of that size)."""
     amap = pred.anomaly_map
     base = (frame.rgb[..., ::-1].copy() if frame.rgb is not None and frame.rgb.shape[:2] == amap.shape
             else depth_rendering(frame.xyz))
     return overlay(base, amap, pred.valid_mask, alpha=alpha, vmin=0.0, vmax=vmax or auto_heatmap_max(pred, threshold))
+
+
+def wanted_outputs(pubs: Mapping[str, Any]) -> set[str]:
+    """The optional outputs (maps) worth building: enabled (``pubs`` holds a publisher) and subscribed."""
+    return {key for key in MAPS if (pub := pubs.get(key)) is not None and pub.get_subscription_count() > 0}
+
+
+def map_messages(verdict: Verdict, frame: Frame | None, wanted: Collection[str], alpha: float = 0.5,
+                 vmax: float = 0.0) -> dict[str, Any]:
+    """The maps of a judged part that are ``wanted`` (``wanted_outputs``), by output name in publishing order:
+    ``anomaly_map`` (32FC1), ``heatmap`` (bgr8 overlay, ``alpha``, colour-scale top ``vmax``, 0: automatic) and
+    ``anomaly_cloud`` (the input cloud's points with their scores, when it had points). Nothing for a part not
+    judged."""
+    if not verdict.judged or frame is None:
+        return {}
+    pred, out = verdict.prediction, {}
+    if "anomaly_map" in wanted:
+        out["anomaly_map"] = array_to_image(pred.anomaly_map.astype(np.float32), "32FC1", frame.header)
+    if "heatmap" in wanted:
+        out["heatmap"] = array_to_image(heatmap_image(frame, pred, verdict.threshold, alpha, vmax), "bgr8",
+                                        frame.header)
+    if "anomaly_cloud" in wanted and frame.points is not None and len(frame.points):
+        out["anomaly_cloud"] = xyz_to_pointcloud2(frame.points.astype(np.float32), frame.cloud_header,
+                                                  intensity=scores_to_points(pred.anomaly_map, frame.point_pixel, 0.0))
+    return out
+
+
+def decision_messages(header: Any, verdict: Verdict, values: dict[str, str],
+                      maps: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every message of one decision, by output name in publishing order: ``result`` (carrying ``values``, see
+    ``result_values``); ``reject`` unless the decision is skip; for a judged part ``score`` and its ``maps``
+    (``map_messages``)."""
+    out: dict[str, Any] = {"result": result_message(header, verdict, values)}
+    if verdict.decision != "skip":
+        out["reject"] = Bool(data=verdict.reject)
+    if verdict.judged:
+        out["score"] = Float32(data=float(verdict.score))
+        out.update(maps or {})
+    return out

@@ -1,16 +1,21 @@
 """The inspection node's parameters: declarations, one validator, and the reader of ROS parameter files.
 
 ``check`` is the single rule book: the node applies it to every value at configure (what a params file or
-``-p`` gave at start) exactly as to a run-time ``ros2 param set``, and ``cmdr bag eval --params-file`` reads the
-same file through ``read_params_file`` -> ``check``. No rclpy import here, so offline tools and tests use it too.
+``-p`` gave at start) exactly as to a run-time ``ros2 param set`` (``check_set``), and ``cmdr bag eval
+--params-file`` reads the same file through ``read_params_file`` -> ``check``. No rclpy import at import time, so
+offline tools and tests use it too (``descriptor`` imports rcl_interfaces when called).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, MutableMapping, Protocol
 
 from cmdr_ros import CmdrError
+
+if TYPE_CHECKING:
+    from rcl_interfaces.msg import ParameterDescriptor
 
 NODE_NAME = "cmdr_inspection"
 MODES = ("auto", "rgbd", "3d", "2d")
@@ -107,6 +112,90 @@ def coerce(name: str, value: Any) -> Any:
     if default is None and isinstance(value, (list, tuple)) and value and all(whole(v) for v in value):
         return [float(v) for v in value]
     return value
+
+
+class NamedValue(Protocol):
+    """What a set carries per parameter (``rclpy.parameter.Parameter``)."""
+
+    name: str
+    value: Any
+
+
+def coerce_parameter(p: Any) -> Any:
+    """``coerce`` applied to one ``rclpy.parameter.Parameter`` (the same one when nothing changes; else a new one of
+    the same class, its type taken from the coerced value)."""
+    if p.name not in PARAMETERS:
+        return p
+    value = coerce(p.name, p.value)
+    return p if value is p.value else type(p)(p.name, value=value)
+
+
+def coerce_parameters(params: Iterable[Any]) -> list[Any]:
+    """Before a run-time set (``ros2 param set /cmdr_inspection threshold 3``): a whole number for a float parameter
+    becomes the float (rclpy would refuse the integer)."""
+    return [coerce_parameter(p) for p in params]
+
+
+def coerce_overrides(overrides: MutableMapping[str, Any] | None) -> None:
+    """The same for the start values (``-p threshold:=3`` or a YAML ``3``; rclpy keeps them in the node's
+    ``_parameter_overrides``), in place: else rclpy refuses the integer and the node ends at start."""
+    if isinstance(overrides, MutableMapping):
+        for name, p in list(overrides.items()):
+            if name in PARAMETERS:
+                overrides[name] = coerce_parameter(p)
+
+
+def descriptor(name: str) -> ParameterDescriptor:
+    """The ROS descriptor of parameter ``name``: its description, and its range or choices."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    default, text, rng = PARAMETERS[name]
+    d = ParameterDescriptor(name=name, description=text)
+    if isinstance(rng, tuple) and len(rng) == 2 and not isinstance(rng[0], str):
+        if isinstance(default, bool):
+            pass
+        elif isinstance(default, int):
+            d.integer_range = [IntegerRange(from_value=int(rng[0]), to_value=int(rng[1]), step=0)]
+        else:
+            d.floating_point_range = [FloatingPointRange(from_value=float(rng[0]), to_value=float(rng[1]), step=0.0)]
+    elif isinstance(rng, tuple):
+        d.additional_constraints = "one of: " + ", ".join(rng)
+    return d
+
+
+@dataclass
+class SetCheck:
+    """The answer to a run-time set: ``problem`` (why it is refused, None: accepted) and ``notes`` to log."""
+
+    problem: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def check_set(params: Iterable[NamedValue], *, configured: bool,
+              resolve_threshold: Callable[[float], Any] | None = None) -> SetCheck:
+    """What the node answers to a run-time set of ``params`` (already coerced): the first bad value refuses the
+    whole set. ``resolve_threshold`` (the judge's, when there is one) raises CmdrError for a threshold the model
+    cannot use. A parameter read at configure is accepted while ``configured``, with a note that it takes effect at
+    the next configure. Names that are not the node's (rclpy's own, e.g. use_sim_time) are left alone."""
+    params = list(params)
+    for p in params:
+        if p.name not in PARAMETERS:
+            continue
+        value = list(p.value) if p.name == "extrinsics" and p.value is not None else p.value
+        problem = check(p.name, value)
+        if problem is None and p.name == "threshold" and resolve_threshold is not None:
+            try:
+                resolve_threshold(p.value)
+            except CmdrError as e:
+                problem = str(e)
+        if problem is not None:
+            return SetCheck(problem)
+    return SetCheck(notes=[f"parameter '{p.name}' takes effect at the next configure" for p in params
+                           if p.name in READ_ONLY and configured])
 
 
 def defaults() -> dict[str, Any]:

@@ -1,0 +1,169 @@
+"""The node's parts on their way to a decision: the queue in front of the inference thread (``WorkQueue``) and the
+order decisions leave in (``DecisionOrder``). No rclpy here: the node drives both from its callbacks and threads.
+
+Every part gets exactly one decision: ``Part.decided`` is set under the decision lock (``WorkQueue.cv``) by
+whoever decides first (the worker with the model's verdict, the watchdog or an overload with the fail-safe).
+The decision then gets its sequence number under that same lock, and is recorded in the audit store and
+published in number order *outside* it: a slow store holds back the next publication (its row is committed
+first, or the wait timed out), never the lock the watchdog, the input callbacks and the diagnostics need.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator
+
+from cmdr_ros.ros.conversions import stamp_ns
+
+if TYPE_CHECKING:
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+    from std_msgs.msg import Header
+
+    InputMessage = Image | CompressedImage | PointCloud2  # what the synchronizer hands over (depth: an Image)
+
+
+@dataclass(eq=False)
+class Part:
+    """One part on its way to a decision: a synchronized set, or an orphan input (one message)."""
+
+    msgs: dict[str, InputMessage]  # input name -> message
+    info: CameraInfo | None
+    t_in: float  # time.monotonic() when the set matched (orphan: when it was dropped)
+    header: Header | None = None
+    inputs: str = ""
+    decided: bool = False
+    frame_ids: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        primary = next((self.msgs[k] for k in ("image", "points", "depth") if k in self.msgs), None)
+        self.header = primary.header if primary is not None else None
+        self.inputs = "+".join(self.msgs)
+        self.frame_ids = {k: m.header.frame_id for k, m in self.msgs.items()}
+
+
+class PartIds:
+    """The part ids published on ``part_id`` (a Header: the part's stamp, its id as frame_id), the newest ``keep``."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._ids: collections.OrderedDict[int, str] = collections.OrderedDict()
+
+    def add(self, msg: Header) -> None:
+        with self._lock:
+            self._ids[stamp_ns(msg)] = msg.frame_id
+            while len(self._ids) > self.keep:
+                self._ids.popitem(last=False)
+
+    def near(self, header: Header, slop_s: float) -> str | None:
+        """The id whose stamp is nearest to ``header``'s, within ``slop_s`` seconds (None: none that near)."""
+        if not self._ids:
+            return None
+        t, slop = stamp_ns(header), int(slop_s * 1e9)
+        with self._lock:
+            near = [(abs(s - t), pid) for s, pid in self._ids.items() if abs(s - t) <= slop]
+        return min(near)[1] if near else None
+
+
+class WorkQueue:
+    """The parts waiting for inference and the one in it, guarded by ``cv`` (the node's decision lock)."""
+
+    def __init__(self) -> None:
+        self.cv = threading.Condition(threading.RLock())
+        self.waiting: collections.deque[Part] = collections.deque()
+        self.inflight: Part | None = None
+        self.inflight_since = 0.0
+        self.stuck = False  # the part in inference is past its time budget (reported once)
+
+    def push(self, part: Part, capacity: int) -> list[Part]:
+        """Queue ``part``; returns the oldest waiting parts pushed out to keep at most ``capacity`` waiting."""
+        pushed_out = []
+        with self.cv:
+            while len(self.waiting) >= capacity:
+                pushed_out.append(self.waiting.popleft())
+            self.waiting.append(part)
+            self.cv.notify()
+        return pushed_out
+
+    def take(self, stop: threading.Event) -> Part | None:
+        """The next waiting part not decided yet, now in inference (blocks); None once ``stop`` is set."""
+        with self.cv:
+            while True:
+                while not self.waiting and not stop.is_set():
+                    self.cv.wait()
+                if stop.is_set():
+                    return None
+                part = self.waiting.popleft()
+                if not part.decided:
+                    self.inflight, self.inflight_since = part, time.monotonic()
+                    return part
+
+    def finished(self) -> None:
+        """The inference of the part in flight returned (or raised)."""
+        with self.cv:
+            self.inflight = None
+            self.stuck = False
+
+    def overdue(self, budget: float, now: float) -> tuple[list[Part], bool]:
+        """The parts past ``budget`` seconds since their arrival (removed from the queue; the one in inference
+        too, when not decided yet), and whether the inference just became stuck (running past ``budget``)."""
+        with self.cv:
+            late = [p for p in self.waiting if now - p.t_in > budget]
+            for p in late:
+                self.waiting.remove(p)
+            inflight = self.inflight
+            if inflight is not None and not inflight.decided and now - inflight.t_in > budget:
+                late.append(inflight)
+            newly_stuck = inflight is not None and now - self.inflight_since > budget and not self.stuck
+            if newly_stuck:
+                self.stuck = True
+        return late, newly_stuck
+
+    def take_all(self) -> list[Part]:
+        """Every waiting part and the one in inference (the queue is emptied)."""
+        with self.cv:
+            parts = list(self.waiting) + ([self.inflight] if self.inflight is not None else [])
+            self.waiting.clear()
+        return parts
+
+    def inflight_s(self, now: float) -> float:
+        """Seconds the inference in flight has been running (0: none)."""
+        with self.cv:
+            return now - self.inflight_since if self.inflight is not None else 0.0
+
+    def wake(self) -> None:
+        with self.cv:
+            self.cv.notify_all()
+
+
+class DecisionOrder:
+    """Numbers the decisions (``number``) and lets them out one at a time in number order (``turn``).
+
+    ``number`` is called under the decision lock, right when a part is marked decided; ``turn(seq)`` is entered
+    after that lock is released (always: every number must take its turn, else the later ones wait forever) and
+    returns once every lower number has left. The audit row and the messages go out inside the turn, so the
+    audit writer's FIFO order and the published order are the sequence order."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self.last = 0  # the highest number handed out
+        self._out = 0  # every number <= this has left
+
+    def number(self) -> int:
+        with self._cv:
+            self.last += 1
+            return self.last
+
+    @contextlib.contextmanager
+    def turn(self, seq: int) -> Iterator[None]:
+        with self._cv:
+            self._cv.wait_for(lambda: self._out >= seq - 1)
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._out = max(self._out, seq)
+                self._cv.notify_all()

@@ -1,0 +1,174 @@
+"""The node's decision engine, without rclpy: from a queued part to its one decision.
+
+``submit`` queues a part in front of the inference thread (``work``); ``watch`` gives the parts past their time
+budget the fail-safe; ``settle_all`` answers every part still held; ``decide`` numbers a decision under the
+decision lock, then records it in the audit store and publishes its messages in number order outside that lock
+(``decisions.DecisionOrder``): a slow audit store delays the next publication, never the watchdog, the input
+callbacks or ``/diagnostics``. The node (``inspection_node.py``) wires it to ROS: it creates the publishers and the
+store and hands them over as an ``Outlet`` while configured.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from cmdr_ros import CmdrError
+from cmdr_ros.audit.schema import row_from_result
+from cmdr_ros.judge import Verdict
+from cmdr_ros.ros.decisions import DecisionOrder, Part, PartIds, WorkQueue
+from cmdr_ros.ros.node_status import DecisionStats, rate_and_latency
+from cmdr_ros.ros.outputs import decision_messages, map_messages, result_values, wanted_outputs
+
+if TYPE_CHECKING:
+    from cmdr_ros.audit.store import AuditStore
+    from cmdr_ros.ros.frame_judge import FrameJudge
+    from cmdr_ros.ros.frames import Frame
+
+
+@dataclass
+class Outlet:
+    """Where decisions go while the node is configured, and what each result names."""
+
+    pubs: dict[str, Any]  # output name -> publisher (``publish``, ``get_subscription_count``)
+    audit: AuditStore | None = None
+    mode: str = ""
+    model_id: str = ""
+    node: str = ""  # the node's fully qualified name (audit rows)
+    run_id: str = ""  # this process's run (audit rows: with seq, names each decision)
+
+
+class DecisionEngine:
+    """``judge_of()``: the node's judge now (None: not configured); ``param(name)``: a parameter's value now (read
+    per decision: on_error, output.heatmap_alpha, output.heatmap_max, sync.slop); ``warn(kind, msg, level)``: the
+    throttled log."""
+
+    def __init__(self, judge_of: Callable[[], FrameJudge | None], param: Callable[[str], Any],
+                 warn: Callable[..., None]) -> None:
+        self.judge_of, self.param, self.warn = judge_of, param, warn
+        self.queue = WorkQueue()
+        self.cv = self.queue.cv  # the decision lock: queue, in-flight part, numbering, counters
+        self.order = DecisionOrder()
+        self.part_ids = PartIds()
+        self.stats = DecisionStats()
+        self.outlet: Outlet | None = None
+
+    # ---------------------------------------------------------------- parts in
+    def submit(self, part: Part, overload: str, queue_size: int) -> None:
+        """Queue ``part``; when the queue is full the oldest waiting part is decided now (fail-safe)."""
+        newest = overload == "newest"
+        capacity = 1 if newest else queue_size
+        for old in self.queue.push(part, capacity):
+            if newest:
+                self.fail(old, "superseded", "a newer part arrived before this one was judged (overload: newest)")
+            else:
+                self.fail(old, "overload", f"{capacity} parts were already waiting for inference "
+                                           "(worker.queue_size): the oldest gets the fail-safe decision")
+
+    def work(self, stop: threading.Event, alive: Callable[[], bool]) -> None:
+        """The inference thread: judge queued parts one at a time until ``stop`` (``alive``: the ROS context is ok;
+        a frame that raises is an ``internal`` fail-safe unless the node is going away)."""
+        while (part := self.queue.take(stop)) is not None:
+            judge = self.judge_of()
+            frame, verdict = None, None
+            try:
+                if judge is None:
+                    raise CmdrError("the node has no model (cleaned up)")
+                frame, verdict = judge.judge(part.msgs, part.info)
+            except Exception as e:  # noqa: BLE001 - the node must keep serving whatever a frame does
+                if stop.is_set() or not alive():
+                    return
+                self.warn("internal", f"frame failed: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
+                          "error")
+                verdict = self.not_judged("internal", f"{type(e).__name__}: {e}")
+            finally:
+                self.queue.finished()
+            if not self.decide(part, verdict, frame):
+                with self.cv:
+                    self.stats.counts["late"] += 1
+
+    def watch(self, budget: float) -> bool:
+        """The watchdog's tick: every part past ``budget`` s since its arrival gets the fail-safe; True when the
+        inference just became stuck (running past ``budget``; counted once)."""
+        with self.cv:
+            late, newly_stuck = self.queue.overdue(budget, time.monotonic())
+            self.stats.counts["stuck"] += int(newly_stuck)
+        for p in late:
+            self.fail(p, "timeout", f"no decision within time_budget {budget:g} s of its arrival")
+        return newly_stuck
+
+    def settle_all(self, kind: str, reason: str) -> int:
+        """Give every queued part and the one in inference the fail-safe decision; how many decisions were made
+        meanwhile."""
+        n0 = self.order.last
+        for p in self.queue.take_all():
+            self.fail(p, kind, reason)
+        return self.order.last - n0
+
+    # ---------------------------------------------------------------- decisions out
+    def not_judged(self, kind: str, reason: str) -> Verdict:
+        """The fail-safe verdict (the judge's on_error; without a judge, the parameter's)."""
+        judge = self.judge_of()
+        if judge is not None:
+            return judge.judge_.not_judged(kind, reason)
+        return Verdict(False, self.param("on_error"), None, kind=kind, reason=reason)
+
+    def fail(self, part: Part, kind: str, reason: str) -> None:
+        self.decide(part, self.not_judged(kind, reason))
+
+    def decide(self, part: Part, verdict: Verdict, frame: Frame | None = None) -> bool:
+        """Record and publish the one decision of ``part`` (False when it already had one, e.g. from the
+        watchdog): numbered under the decision lock, recorded and published in number order outside it."""
+        if part.decided:
+            return False
+        outlet = self.outlet
+        maps = map_messages(verdict, frame, wanted_outputs(outlet.pubs) if outlet else (),
+                            float(self.param("output.heatmap_alpha")), float(self.param("output.heatmap_max")))
+        part_id = None if part.header is None else self.part_ids.near(part.header, float(self.param("sync.slop")))
+        with self.cv:
+            if part.decided:
+                return False
+            part.decided = True
+            seq = self.order.number()
+            latency_ms = (time.monotonic() - part.t_in) * 1e3
+            self.stats.decided(verdict, latency_ms, time.monotonic())
+        with self.order.turn(seq):  # entered for every number: the later ones wait for it
+            if outlet is not None and outlet.pubs:
+                self._publish(outlet, part, verdict, frame, maps, seq, latency_ms, part_id)
+            if not verdict.judged:
+                self.warn(verdict.kind, f"part {part.inputs} not judged -> {verdict.decision}: {verdict.reason}")
+        return True
+
+    @staticmethod
+    def _publish(outlet: Outlet, part: Part, verdict: Verdict, frame: Frame | None, maps: dict[str, Any], seq: int,
+                 latency_ms: float, part_id: str | None) -> None:
+        values = result_values(part.header, verdict, frame, seq=seq, mode=outlet.mode, model_id=outlet.model_id,
+                               inputs=part.inputs, latency_ms=latency_ms, frame_ids=part.frame_ids,
+                               extra={"part_id": part_id} if part_id is not None else None)
+        if outlet.audit is not None:  # committed before it is published (unless the store is failing or slow)
+            outlet.audit.record(row_from_result(values, node=outlet.node, run_id=outlet.run_id,
+                                                decided_at=time.time()))
+        for key, msg in decision_messages(part.header, verdict, values, maps).items():
+            if (pub := outlet.pubs.get(key)) is not None:
+                pub.publish(msg)
+
+    # ---------------------------------------------------------------- counters
+    def reset_stats(self) -> None:
+        with self.cv:
+            self.stats = DecisionStats()
+
+    def count(self, counter: str) -> None:
+        with self.cv:
+            self.stats.counts[counter] += 1
+
+    def counters(self) -> dict[str, Any]:
+        """Decisions, judged, rejects, late, stuck, qos_incompatible, not_judged (by kind), seq, waiting,
+        inflight_s, rate_hz, latency_p50_ms, latency_p95_ms."""
+        with self.cv:
+            out, latencies, stamps = self.stats.copy()
+            out.update(seq=self.order.last, waiting=len(self.queue.waiting),
+                       inflight_s=self.queue.inflight_s(time.monotonic()))
+        out.update(rate_and_latency(latencies, stamps, time.monotonic()))
+        return out

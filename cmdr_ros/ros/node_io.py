@@ -1,0 +1,52 @@
+"""The inspection node on the wire: which inputs it subscribes to for a mode, which outputs it publishes, and with
+which QoS (topic names: ``topics.py``)."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+
+from cmdr_ros.ros import topics
+from cmdr_ros.ros.frames import input_names
+
+RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
+DIAGNOSTICS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+                             history=HistoryPolicy.KEEP_LAST)  # what diagnostic_updater offers
+OVERRIDABLE = QoSOverridingOptions.with_default_policies()  # reliability, durability, history, depth per input
+DECISION_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+                          history=HistoryPolicy.KEEP_LAST)  # deep: a burst of fail-safe decisions is never overwritten
+MAPS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+                      history=HistoryPolicy.KEEP_LAST)
+
+
+def input_topics(mode: str, image_transport: str = "raw", cloud: str = "points") -> list[tuple[type, str]]:
+    """(message type, topic) of each synchronized input of ``mode``."""
+    image = CompressedImage if image_transport == "compressed" else Image
+    inputs = {"image": (image, "image"), "points": (PointCloud2, "points") if cloud == "points" else (Image, "depth")}
+    return [inputs[name] for name in input_names(mode)]
+
+
+def input_qos(depth: int, reliability: str) -> QoSProfile:
+    """The inputs' QoS (parameters input.depth, input.reliability; overridable per topic)."""
+    return QoSProfile(depth=int(depth), reliability=RELIABILITY[reliability], history=HistoryPolicy.KEEP_LAST)
+
+
+def output_keys(values: Mapping[str, Any]) -> list[str]:
+    """The outputs the node publishes with parameter ``values``: the decisions always, each map when enabled."""
+    return list(topics.DECISIONS) + [key for key in topics.MAPS if values[f"output.{key}"]]
+
+
+def create_outputs(node: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The lifecycle publishers of ``output_keys`` (``~/NAME``): decisions deep, maps shallow."""
+    return {key: node.create_lifecycle_publisher(topics.OUTPUT_TYPES[key], f"~/{key}",
+                                                 MAPS_QOS if key in topics.MAPS else DECISION_QOS)
+            for key in output_keys(values)}
+
+
+def incompatible_qos_text(policy: Any, total: int, reliability: str) -> str:
+    """What the node says when an input publisher's QoS does not match its subscription."""
+    return (f"incompatible QoS with a publisher (policy {policy}, {total} in total): this node subscribes with "
+            f"input.reliability='{reliability}'; a reliable subscription never matches a best-effort publisher: set "
+            "the parameter input.reliability to best_effort (or make the publisher reliable)")

@@ -1,0 +1,449 @@
+"""The inspection node's core without DDS, from inputs built by hand: parameter sets, /diagnostics, the messages of a
+decision, and how decisions leave (numbered under the decision lock, recorded and published in order outside it)."""
+from __future__ import annotations
+
+import array
+import random
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, PointCloud2
+from std_msgs.msg import Bool, Float32, Header
+
+from cmdr_ros.judge import Judge, Verdict
+from cmdr_ros.ros.decisions import DecisionOrder, Part, PartIds, WorkQueue
+from cmdr_ros.ros.engine import DecisionEngine, Outlet
+from cmdr_ros.ros.frame_judge import FrameJudge
+from cmdr_ros.ros.frames import Frame
+from cmdr_ros.ros.node_status import (DecisionStats, InputIdle, ThrottledLog, audit_status, faults, hardware_id,
+                                      node_status, rate_and_latency, status_name)
+from cmdr_ros.ros.outputs import decision_messages, map_messages, result_values, wanted_outputs
+from cmdr_ros.ros.parameters import check_set, coerce_overrides, coerce_parameters, descriptor
+from cmdr_ros.ros.tf_source import NO_FALLBACK, tf_fallback, tf_lookup
+
+UNIT = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+# ------------------------------------------------------------------------------ parameter sets
+def test_a_good_set_is_accepted_and_read_only_ones_are_noted_while_configured():
+    assert check_set([Parameter("threshold", value=2.5), Parameter("on_error", value="pass")],
+                     configured=True).notes == []
+    answer = check_set([Parameter("device", value="cpu"), Parameter("sync.slop", value=0.1)], configured=True)
+    assert answer.ok and answer.problem is None
+    assert answer.notes == ["parameter 'device' takes effect at the next configure",
+                            "parameter 'sync.slop' takes effect at the next configure"]
+    assert check_set([Parameter("device", value="cpu")], configured=False).notes == []  # read at the coming configure
+
+
+@pytest.mark.parametrize("name, value, why", [
+    ("time_budget", 0.0, "time_budget must be within [0.01, 3600], got 0.0"),
+    ("max_range", -1.0, "max_range must be within [0.001, 1e+06], got -1.0"),
+    ("input.depth", 0, "input.depth must be within [1, 1000], got 0"),
+    ("input.depth", 2.5, "input.depth must be an integer, got 2.5"),
+    ("overload", "drop", "overload must be one of judge_all, newest, got 'drop'"),
+    ("warmup", 1, "warmup must be true or false, got 1"),
+    ("device", "gpu", "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ("threshold", float("nan"), "threshold must be a finite number, got nan"),
+    ("audit.database", "mysql://db", "audit.database must be a file path or a postgresql:// URL, got 'mysql://db'"),
+])
+def test_a_bad_value_refuses_the_set_with_its_reason(name, value, why):
+    answer = check_set([Parameter(name, value=value)], configured=True)
+    assert not answer.ok and answer.problem == why and answer.notes == []
+
+
+def test_the_first_bad_value_refuses_the_whole_set_and_foreign_names_are_left_alone():
+    answer = check_set([Parameter("threshold", value=2.0), Parameter("overload", value="drop"),
+                        Parameter("time_budget", value=0.0)], configured=True)
+    assert answer.problem == "overload must be one of judge_all, newest, got 'drop'"
+    assert check_set([Parameter("use_sim_time", value=True)], configured=True).ok  # rclpy's own
+
+
+def test_a_threshold_the_model_cannot_use_is_refused_with_the_judges_reason():
+    resolve = Judge(SimpleNamespace(threshold=None), threshold=2.0).resolve_threshold  # a model not calibrated
+    problem = check_set([Parameter("threshold", value=-1.0)], configured=True, resolve_threshold=resolve).problem
+    assert problem.startswith("no usable reject threshold (None): the model has no calibrated threshold")
+    assert check_set([Parameter("threshold", value=3.0)], configured=True, resolve_threshold=resolve).ok
+    assert check_set([Parameter("threshold", value="x")], configured=True, resolve_threshold=resolve).problem == \
+        "threshold must be a number, got 'x'"  # checked before the judge sees it
+
+
+def test_optional_extrinsics_unset_or_seven_numbers_of_a_unit_quaternion():
+    assert check_set([Parameter("extrinsics", Parameter.Type.NOT_SET)], configured=True).ok  # unset is fine
+    assert check_set([Parameter("extrinsics", value=array.array("d", UNIT))], configured=True).ok  # as a set sends it
+    assert check_set([Parameter("extrinsics", value=[0.0, 0.0, 0.0])], configured=True).problem == \
+        "extrinsics must be 7 finite numbers x y z qx qy qz qw, got [0.0, 0.0, 0.0]"
+    assert check_set([Parameter("extrinsics", value=[0.0] * 7)], configured=True).problem == \
+        "extrinsics quaternion (qx qy qz qw) must have unit norm, has 0"
+
+
+def test_whole_numbers_given_for_doubles_are_coerced_before_the_set():
+    depth, other = Parameter("input.depth", value=3), Parameter("use_sim_time", value=True)
+    threshold, extr, flag, depth_out, other_out = coerce_parameters(
+        [Parameter("threshold", value=3), Parameter("extrinsics", value=[0, 0, 0, 0, 0, 0, 1]),
+         Parameter("max_range", value=True), depth, other])
+    assert threshold.value == 3.0 and isinstance(threshold.value, float)
+    assert threshold.type_ == Parameter.Type.DOUBLE
+    assert extr.value == UNIT and extr.type_ == Parameter.Type.DOUBLE_ARRAY
+    assert flag.value is True  # a bool is not a number: left for check to refuse
+    assert depth_out is depth and other_out is other  # integers for integers, foreign names: untouched
+    overrides = {"threshold": Parameter("threshold", value=2), "qos_overrides./image": Parameter("x", value=1)}
+    coerce_overrides(overrides)
+    assert overrides["threshold"].value == 2.0 and overrides["qos_overrides./image"].value == 1
+
+
+def test_descriptors_carry_ranges_and_choices():
+    threshold, depth, warmup = descriptor("threshold"), descriptor("input.depth"), descriptor("warmup")
+    assert [(r.from_value, r.to_value) for r in threshold.floating_point_range] == [(-1.0, 1e12)]
+    assert [(r.from_value, r.to_value) for r in depth.integer_range] == [(1, 1000)] and not depth.floating_point_range
+    assert descriptor("overload").additional_constraints == "one of: judge_all, newest"
+    assert not warmup.integer_range and not warmup.floating_point_range and warmup.additional_constraints == ""
+
+
+def test_run_time_changes_are_applied_to_the_frame_judge():
+    fj = FrameJudge(Judge(SimpleNamespace(threshold=1.0)), "rgbd")
+    fj.apply([Parameter("threshold", value=2.0), Parameter("on_error", value="pass"),
+              Parameter("extrinsics", value=[0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]),
+              Parameter("raster_resolution", value=0.01), Parameter("cloud_registered", value=True),
+              Parameter("device", value="cuda")])
+    assert fj.threshold == 2.0 and fj.judge_.settings.on_error == "pass" and fj.judge_.settings.max_range == 10.0
+    assert fj.extrinsics[0, 3] == pytest.approx(0.1) and fj.raster_resolution == 0.01 and fj.registered
+    fj.apply([Parameter("extrinsics", Parameter.Type.NOT_SET)])
+    assert fj.extrinsics is None
+
+
+# ------------------------------------------------------------------------------ status
+def snap(**kw: Any) -> dict[str, Any]:
+    """A node snapshot (``InspectionNode.snapshot``) with nothing wrong."""
+    return {"decisions": 5, "judged": 5, "rejects": 1, "late": 0, "stuck": 0, "qos_incompatible": 0,
+            "not_judged": {}, "seq": 5, "waiting": 0, "inflight_s": 0.0, "rate_hz": 2.0, "latency_p50_ms": 12.0,
+            "latency_p95_ms": 20.25, "pending_sync": 0, "input_idle_s": 0.5, **kw}
+
+
+def status(s: dict[str, Any], state: str = "active", judging: bool = True, stale_after: float = 0.0,
+           **kw: Any) -> tuple[int, str, dict[str, str]]:
+    found = faults(s, stale_after=stale_after, inputs_watched=True, pretrained_cpu=False)
+    st = node_status(s, state=state, judging=judging, time_budget=5.0, found=found, mode="rgbd",
+                     name=status_name("/cmdr_inspection", "node"), hw_id=hardware_id("", "/cmdr_inspection"), **kw)
+    assert st.name == "cmdr_inspection: node" and st.hardware_id == "/cmdr_inspection"
+    return st.level, st.message, {kv.key: kv.value for kv in st.values}
+
+
+def test_status_ok_with_the_counters_and_the_model():
+    level, message, v = status(snap(), threshold=1.5, model_id="abc123", device="cpu")
+    assert level == DiagnosticStatus.OK and message == "active: 5 decisions, 5 judged, 0 not judged"
+    assert list(v) == ["state", "decisions", "seq", "judged", "rejects", "not_judged", "late_results", "stuck",
+                       "stuck_events", "waiting", "pending_sync", "rate_hz", "latency_p50_ms", "latency_p95_ms",
+                       "qos_incompatible", "input_idle_s", "mode", "threshold", "model_id", "device"]
+    assert v["state"] == "active" and v["decisions"] == "5" and v["stuck"] == "0" and v["rate_hz"] == "2.00"
+    assert v["latency_p95_ms"] == "20.2" and v["input_idle_s"] == "0.5" and v["threshold"] == "1.500000"
+    assert (v["model_id"], v["device"], v["mode"]) == ("abc123", "cpu", "rgbd")
+    assert hardware_id("cell_3", "/cmdr_inspection") == "cell_3"
+    assert status_name("/line1/cmdr_inspection", "audit") == "line1/cmdr_inspection: audit"
+
+
+def test_stale_inputs_warn_only_when_watched_and_enabled():
+    s = snap(input_idle_s=3.0)
+    assert faults(s, stale_after=2.0, inputs_watched=True, pretrained_cpu=False) == \
+        [(DiagnosticStatus.WARN, "stale inputs: nothing arrived for 3 s")]
+    assert faults(s, stale_after=2.0, inputs_watched=False, pretrained_cpu=False) == []  # not subscribed
+    assert faults(s, stale_after=0.0, inputs_watched=True, pretrained_cpu=False) == []  # 0: never
+    level, message, _ = status(s, stale_after=2.0)
+    assert level == DiagnosticStatus.WARN
+    assert message == "stale inputs: nothing arrived for 3 s; active: 5 decisions, 5 judged, 0 not judged"
+
+
+def test_not_judged_parts_warn_and_an_incompatible_qos_is_an_error():
+    level, message, v = status(snap(judged=3, not_judged={"timeout": 2}))
+    assert level == DiagnosticStatus.WARN and message == "active: 5 decisions, 3 judged, 2 not judged"
+    assert v["not_judged"] == "2" and v["not_judged.timeout"] == "2"
+    level, message, _ = status(snap(qos_incompatible=4, input_idle_s=9.0), stale_after=2.0)
+    assert level == DiagnosticStatus.ERROR  # the worst fault sets the level, its text leads
+    assert message.startswith("incompatible QoS with an input publisher (4 times): no message of it arrives")
+
+
+def test_a_stuck_inference_is_an_error():
+    level, message, v = status(snap(inflight_s=6.0, stuck=1))
+    assert level == DiagnosticStatus.ERROR and message == "stuck: inference running for 6.0 s"
+    assert v["stuck"] == "1" and v["stuck_events"] == "1"
+    assert status(snap(inflight_s=4.9))[0] == DiagnosticStatus.OK  # within time_budget 5 s
+
+
+def test_without_a_judge_the_state_says_why():
+    level, message, v = status(snap(), state="cannot configure: parameter 'checkpoint' is empty", judging=False)
+    assert level == DiagnosticStatus.ERROR and message == "cannot configure: parameter 'checkpoint' is empty"
+    assert "threshold" not in v
+    assert status(snap(), state="unconfigured", judging=False)[:2] == (DiagnosticStatus.WARN, "unconfigured")
+
+
+def health(**kw: Any) -> dict[str, Any]:
+    """An ``AuditStore.health()``, written by hand."""
+    return {"written": 7, "failures": 0, "dropped": 0, "late": 0, "deferred": 0, "reopened": 0, "backlog": 0,
+            "healthy": True, "last_error": "", "last_write_ms": 1.25, "target": "/var/log/cmdr_audit.db", **kw}
+
+
+def audit(h: dict[str, Any] | None, enabled: bool = True) -> tuple[int, str, dict[str, str]]:
+    st = audit_status(h, enabled=enabled, name="cmdr_inspection: audit", hw_id="cell_3")
+    assert st.name == "cmdr_inspection: audit" and st.hardware_id == "cell_3"
+    return st.level, st.message, {kv.key: kv.value for kv in st.values}
+
+
+def test_audit_status_ok_failing_and_dropped():
+    level, message, v = audit(health())
+    assert (level, message) == (DiagnosticStatus.OK, "7 decision(s) recorded")
+    assert v["database"] == "/var/log/cmdr_audit.db" and v["healthy"] == "true" and v["last_write_ms"] == "1.25"
+    level, message, v = audit(health(healthy=False, backlog=3, failures=2, last_error="database is locked"))
+    assert (level, message) == (DiagnosticStatus.WARN, "failing, 3 row(s) queued: database is locked")
+    assert v["healthy"] == "false" and v["backlog"] == "3" and v["failures"] == "2"
+    level, message, v = audit(health(healthy=False, dropped=2, backlog=100000, last_error="disk full"))
+    assert (level, message) == (DiagnosticStatus.ERROR, "2 decision(s) not recorded (backlog full or closed)")
+    assert v["dropped"] == "2" and v["last_error"] == "disk full"
+    assert audit(None) == (DiagnosticStatus.OK, "not open (node not configured)", {})
+    assert audit(None, enabled=False)[1] == "disabled (audit.enabled false)"
+
+
+def test_counters_rates_and_idle_time():
+    stats = DecisionStats()
+    judged = Verdict(True, "reject", 1.0, score=2.0)
+    stats.decided(judged, 10.0, 100.0)
+    stats.decided(Verdict(True, "pass", 1.0, score=0.5), 30.0, 101.0)
+    stats.decided(Verdict(False, "reject", 1.0, kind="timeout", reason="late"), 5000.0, 102.0)
+    counts, latencies, stamps = stats.copy()
+    assert counts == {"decisions": 3, "judged": 2, "rejects": 2, "late": 0, "stuck": 0, "qos_incompatible": 0,
+                      "not_judged": {"timeout": 1}}
+    assert latencies == [10.0, 30.0] and stamps == [100.0, 101.0]  # fail-safes leave the latency alone
+    assert rate_and_latency(latencies, stamps, 101.5) == {"rate_hz": 1.0, "latency_p50_ms": 20.0,
+                                                          "latency_p95_ms": 29.0}
+    assert rate_and_latency([], [], 0.0) == {"rate_hz": 0.0, "latency_p50_ms": 0.0, "latency_p95_ms": 0.0}
+    idle = InputIdle(now=10.0)
+    assert idle.idle_s(0, 12.0) == 2.0 and idle.idle_s(4, 13.0) == 0.0 and idle.idle_s(4, 15.5) == 2.5
+
+
+def test_a_repeated_problem_is_logged_once_per_period_with_a_count():
+    logged = []
+    logger = SimpleNamespace(warning=lambda m: logged.append(("warning", m)),
+                             error=lambda m: logged.append(("error", m)))
+    log = ThrottledLog(logger, period=0.05)
+    log("tf", "no transform")
+    log("tf", "no transform")
+    log("audit", "locked", "error")
+    time.sleep(0.06)
+    log("tf", "no transform")
+    assert logged == [("warning", "[tf] no transform"), ("error", "[audit] locked"),
+                      ("warning", "[tf] no transform (1 more since last report)")]
+
+
+# ------------------------------------------------------------------------------ outputs
+class Pub:
+    """A publisher with ``n`` subscribers; what it publishes goes to ``sent``."""
+
+    def __init__(self, key: str, n: int = 1, sent: list | None = None) -> None:
+        self.key, self.n, self.sent = key, n, sent if sent is not None else []
+
+    def get_subscription_count(self) -> int:
+        return self.n
+
+    def publish(self, msg: Any) -> None:
+        self.sent.append((self.key, msg))
+
+
+def judged_frame(points: bool = True) -> tuple[Frame, Verdict]:
+    amap = np.zeros((4, 6), np.float32)
+    amap[1, 2] = 3.0
+    pred = SimpleNamespace(anomaly_map=amap, valid_mask=np.ones((4, 6), bool), score=3.0, latency_ms=5.0,
+                           valid_ratio=1.0)
+    frame = Frame(Header(frame_id="camera"), rgb=np.zeros((4, 6, 3), np.uint8), xyz=np.ones((4, 6, 3), np.float32),
+                  points=np.ones((3, 3), np.float32) if points else None, point_pixel=np.array([8, 0, -1]),
+                  cloud_header=Header(frame_id="lidar"), alignment="projected", transform="tf")
+    return frame, Verdict(True, "reject", 1.0, score=3.0, prediction=pred)
+
+
+def test_maps_are_built_only_when_enabled_and_subscribed():
+    pubs = {"result": Pub("result"), "heatmap": Pub("heatmap", n=0), "anomaly_map": Pub("anomaly_map", n=2),
+            "anomaly_cloud": Pub("anomaly_cloud")}
+    assert wanted_outputs(pubs) == {"anomaly_map", "anomaly_cloud"}  # no subscriber: no heatmap
+    assert wanted_outputs({"result": Pub("result")}) == set()  # maps disabled: no publisher
+    frame, verdict = judged_frame()
+    maps = map_messages(verdict, frame, {"heatmap", "anomaly_map", "anomaly_cloud"})
+    assert list(maps) == ["anomaly_map", "heatmap", "anomaly_cloud"]
+    assert isinstance(maps["anomaly_map"], Image) and maps["anomaly_map"].encoding == "32FC1"
+    assert maps["heatmap"].encoding == "bgr8" and (maps["heatmap"].height, maps["heatmap"].width) == (4, 6)
+    cloud = maps["anomaly_cloud"]
+    assert isinstance(cloud, PointCloud2) and cloud.header.frame_id == "lidar" and cloud.width * cloud.height == 3
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "intensity"]
+    assert list(map_messages(verdict, frame, {"anomaly_map"})) == ["anomaly_map"]
+    assert list(map_messages(verdict, judged_frame(points=False)[0], {"anomaly_cloud"})) == []  # no points
+    assert map_messages(Verdict(False, "reject", 1.0, kind="timeout"), None, {"heatmap"}) == {}
+
+
+def test_which_messages_a_decision_turns_into():
+    frame, verdict = judged_frame()
+    values = result_values(frame.header, verdict, frame, seq=7, mode="rgbd", model_id="m", inputs="image+points")
+    maps = map_messages(verdict, frame, {"heatmap"})
+    out = decision_messages(frame.header, verdict, values, maps)
+    assert list(out) == ["result", "reject", "score", "heatmap"]
+    assert out["reject"] == Bool(data=True) and out["score"] == Float32(data=3.0)
+    st = out["result"].status[0]
+    assert st.level == DiagnosticStatus.OK and st.message == "REJECT" and out["result"].header.frame_id == "camera"
+    assert {kv.key: kv.value for kv in st.values}["seq"] == "7"
+    skip = Verdict(False, "skip", 1.0, kind="unmatched", reason="no points")
+    assert list(decision_messages(None, skip, {}, maps)) == ["result"]  # skip: no ~/reject, no maps
+    fail = Verdict(False, "reject", 1.0, kind="timeout", reason="too late")
+    out = decision_messages(None, fail, {"seq": "8"})
+    assert list(out) == ["result", "reject"] and out["reject"].data is True
+    assert out["result"].status[0].level == DiagnosticStatus.WARN
+
+
+# ------------------------------------------------------------------------------ decisions
+def header(sec: int, nanosec: int = 0, frame_id: str = "camera") -> Header:
+    h = Header(frame_id=frame_id)
+    h.stamp.sec, h.stamp.nanosec = sec, nanosec
+    return h
+
+
+def part(stamp_s: int, t_in: float | None = None) -> Part:
+    return Part({"image": Image(header=header(stamp_s))}, None, time.monotonic() if t_in is None else t_in)
+
+
+PARAMS = {"on_error": "reject", "output.heatmap_alpha": 0.5, "output.heatmap_max": 0.0, "sync.slop": 0.05}
+
+
+class Store:
+    """An audit store whose ``record`` blocks while ``gate`` is closed (a slow or failing database)."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        self.entered, self.gate = threading.Event(), threading.Event()
+        self.gate.set()
+
+    def record(self, row: dict[str, Any]) -> bool:
+        self.entered.set()
+        self.gate.wait(5)
+        time.sleep(random.random() * 1e-3)
+        self.rows.append(row["seq"])
+        return True
+
+
+def engine_with(store: Store) -> tuple[DecisionEngine, list[int]]:
+    """An engine publishing to fake publishers: the seq of every ~/result, in publishing order (each one checked to
+    be on record when published)."""
+    published: list[int] = []
+
+    class ResultPub(Pub):
+        def publish(self, msg: Any) -> None:
+            seq = int({kv.key: kv.value for kv in msg.status[0].values}["seq"])
+            assert seq in store.rows, f"result {seq} published before its audit row"
+            published.append(seq)
+
+    engine = DecisionEngine(lambda: None, PARAMS.get, lambda *a: None)
+    engine.outlet = Outlet({"result": ResultPub("result"), "reject": Pub("reject")}, store, "2d", "m", "/n", "run")
+    return engine, published
+
+
+def test_a_slow_audit_store_never_holds_the_decision_lock_and_order_is_kept():
+    store = Store()
+    engine, published = engine_with(store)
+    store.gate.clear()
+    first = threading.Thread(target=engine.fail, args=(part(1), "timeout", "late"))
+    first.start()
+    try:
+        assert store.entered.wait(5)  # decision 1 waits for its commit ...
+        t0 = time.monotonic()
+        assert engine.cv.acquire(timeout=1.0)  # ... without the decision lock: watchdog and inputs go on
+        engine.cv.release()
+        assert engine.watch(5.0) is False and engine.counters()["seq"] == 1
+        second = threading.Thread(target=engine.fail, args=(part(2), "overload", "full"))
+        second.start()
+        while engine.order.last < 2:  # numbered at once ...
+            time.sleep(0.001)
+        assert time.monotonic() - t0 < 1.0
+        time.sleep(0.05)
+        assert store.rows == [] and published == []  # ... but neither recorded nor published before 1
+    finally:
+        store.gate.set()
+        first.join(5)
+    second.join(5)
+    assert store.rows == [1, 2] and published == [1, 2]
+    assert engine.counters()["not_judged"] == {"timeout": 1, "overload": 1}
+
+
+def test_concurrent_decisions_are_recorded_and_published_in_sequence_order():
+    store = Store()
+    engine, published = engine_with(store)
+    parts = [part(i) for i in range(60)]
+    threads = [threading.Thread(target=lambda ps: [engine.fail(p, "timeout", "late") for p in ps],
+                                args=(parts[i::6],)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert store.rows == list(range(1, 61)) and published == list(range(1, 61))
+    assert not engine.decide(parts[0], Verdict(False, "reject", None, kind="internal"))  # one decision per part
+
+
+def test_a_turn_that_raises_still_lets_the_next_decision_out():
+    order = DecisionOrder()
+    a, b = order.number(), order.number()
+    with pytest.raises(RuntimeError):
+        with order.turn(a):
+            raise RuntimeError("publisher gone")
+    done = threading.Event()
+    threading.Thread(target=lambda: (order.turn(b).__enter__(), done.set())).start()
+    assert done.wait(1.0)
+
+
+def test_queue_overload_and_time_budget():
+    engine = DecisionEngine(lambda: None, PARAMS.get, lambda *a: None)
+    old = part(1, t_in=time.monotonic() - 10.0)
+    engine.submit(old, "judge_all", 2)
+    engine.submit(part(2), "judge_all", 2)
+    engine.submit(part(3), "judge_all", 2)  # full: the oldest gets the fail-safe now
+    assert old.decided and engine.counters()["not_judged"] == {"overload": 1}
+    engine.submit(part(4), "newest", 8)  # newest: one waits
+    assert engine.counters()["not_judged"] == {"overload": 1, "superseded": 2}
+    q, late, fresh = WorkQueue(), part(5, t_in=time.monotonic() - 6.0), part(6)
+    assert q.push(late, 8) == [] and q.push(fresh, 8) == []
+    assert q.take(threading.Event()) is late  # now in inference, past 5 s
+    assert q.overdue(5.0, time.monotonic()) == ([late], False)  # started just now: not stuck yet
+    q.inflight_since -= 6.0
+    assert q.overdue(5.0, time.monotonic()) == ([late], True) and q.overdue(5.0, time.monotonic())[1] is False
+    assert q.take_all() == [fresh, late]
+
+
+def test_part_ids_are_matched_by_the_nearest_stamp_within_slop():
+    ids = PartIds(keep=2)
+    for sec, pid in ((1, "A"), (2, "B"), (3, "C")):
+        ids.add(header(sec, frame_id=pid))
+    assert ids.near(header(2, 10_000_000), 0.05) == "B" and ids.near(header(2, 10_000_000), 0.001) is None
+    assert ids.near(header(1), 0.05) is None  # only the newest 2 are kept
+
+
+# ------------------------------------------------------------------------------ tf
+class Buffer:
+    def __init__(self, transform: Any = None) -> None:
+        self.transform = transform
+
+    def lookup_transform(self, target: str, source: str, stamp: Any, timeout: Any) -> Any:
+        if self.transform is None:
+            raise LookupError(f"{source} -> {target}")
+        return SimpleNamespace(transform=self.transform)
+
+
+def test_the_tf_fallback_is_said_as_it_is_when_the_lookup_fails():
+    warned, params = [], {"extrinsics": None}
+    lookup = tf_lookup(Buffer(), lambda kind, msg: warned.append((kind, msg)),
+                       lambda: tf_fallback(params["extrinsics"]))
+    assert lookup("camera", "lidar", None) is None
+    assert warned[-1] == ("tf", f"no tf lidar -> camera at the cloud's stamp (LookupError): using {NO_FALLBACK}")
+    params["extrinsics"] = UNIT  # set at run time
+    assert lookup("camera", "lidar", None) is None
+    assert warned[-1][1].endswith("using the extrinsics parameter")
+    t = SimpleNamespace(translation=SimpleNamespace(x=1.0, y=2.0, z=3.0), rotation=SimpleNamespace(x=0, y=0, z=0, w=1))
+    m = tf_lookup(Buffer(t), lambda *a: None, lambda: "")("camera", "lidar", None)
+    assert np.allclose(m, [[1, 0, 0, 1], [0, 1, 0, 2], [0, 0, 1, 3], [0, 0, 0, 1]])
+
