@@ -27,7 +27,11 @@ def cross_modal(mode: str) -> bool:
     return len(MODALITIES[mode]) == 2
 
 
-PRESETS = ("paper", "lite")
+PRESETS = ("paper", "lite", "paper3d", "lite3d")
+# ModelConfig.pipeline: "frame" judges organized frames (RGB and/or an xyz map on the image grid); "chunks" is the
+# paper's 3D-only cutting-cell pipeline (cmdr_ros.data.scans): an unorganized scan cut into sequential chunks of
+# grid x grid points, each scaled per axis to [-1, 1] and laid out in sequence order as the grid.
+PIPELINES = ("frame", "chunks")
 
 
 _FIELD_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
@@ -146,6 +150,9 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adam"  # adam | adamw; each head gets its own optimiser
     seed: int = 115
+    # a non-finite loss skips that head's step (False) or ends the training there (True: the reference's 3D-only
+    # code; the epochs before it are kept)
+    stop_on_nonfinite: bool = False
 
 
 @dataclass
@@ -171,6 +178,12 @@ class ModelConfig:
     # loads and scores as it did when written); the presets choose the reference's values.
     valid_mask: str = "strict"  # VALID_MASKS
     pixel_norm: str = "split"  # PIXEL_NORMS
+    pipeline: str = "frame"  # PIPELINES
+
+    @property
+    def chunk_points(self) -> int:
+        """Points per chunk of the "chunks" pipeline: grid x grid (96 x 96 = 9216 in the paper)."""
+        return self.grid * self.grid
 
     def __post_init__(self) -> None:
         self.validate()
@@ -205,6 +218,10 @@ class ModelConfig:
             raise CmdrError(f"unknown valid_mask {self.valid_mask!r}: expected one of {', '.join(VALID_MASKS)}")
         if self.pixel_norm not in PIXEL_NORMS:
             raise CmdrError(f"unknown pixel_norm {self.pixel_norm!r}: expected one of {', '.join(PIXEL_NORMS)}")
+        if self.pipeline not in PIPELINES:
+            raise CmdrError(f"unknown pipeline {self.pipeline!r}: expected one of {', '.join(PIPELINES)}")
+        if self.pipeline == "chunks" and self.mode != "3d":
+            raise CmdrError(f"the chunks pipeline judges unorganized scans (3D only), not mode '{self.mode}'")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -242,8 +259,25 @@ def preset(name: str, mode: str = "rgbd") -> ModelConfig:
     standardised features and the strict (xyz) valid mask; trains on 2 CPU cores in minutes. Its maps are fused on
     the 64x64 grid: the paper's box filters then smooth more relative to the part, which suits the noisier
     weights-free features (fusing at 224 measured I-AUROC 0.82 instead of 0.96 on the simulated cell).
-    Both presets normalise pixel scores as the reference's 3D-only code does in mode ``3d`` (``pixel_norm``)."""
+    Both presets normalise pixel scores as the reference's 3D-only code does in mode ``3d`` (``pixel_norm``).
+    ``paper3d``: the paper's 3D-only cutting-cell pipeline (``pipeline: chunks``): chunks of 96 x 96 = 9216 points,
+    Point-MAE (per-frame BatchNorm) with 96 groups of 32 points, the 3D reconstruction decoder on the 9216-long
+    sequence, AdamW with batch 4, a non-finite loss ends training. ``lite3d``: its weights-free twin, the same
+    chunking with standardised FPFH features (Adam, batch 4, 30 epochs)."""
     pixel_norm = "sqrt_nonzero" if mode == "3d" else "split"
+    if name in ("paper3d", "lite3d") and mode != "3d":
+        raise CmdrError(f"preset '{name}' is 3D-only (unorganized scans): use mode 3d, not '{mode}'")
+    if name == "paper3d":
+        return ModelConfig(mode="3d", pipeline="chunks", grid=96, pixel_norm="sqrt_nonzero", valid_mask="feature",
+                           backbone_3d=BackboneConfig("pointmae", bn="frame",
+                                                      options={"num_group": 96, "group_size": 32}),
+                           preprocess=PreprocessConfig(remove_plane=False, keep_largest_cluster=False),
+                           train=TrainConfig(batch_size=4, optimizer="adamw", stop_on_nonfinite=True))
+    if name == "lite3d":
+        return ModelConfig(mode="3d", pipeline="chunks", grid=96, pixel_norm="sqrt_nonzero",
+                           backbone_3d=BackboneConfig("fpfh"), standardize_features=True,
+                           preprocess=PreprocessConfig(remove_plane=False, keep_largest_cluster=False),
+                           train=TrainConfig(epochs=30, batch_size=4))
     if name == "paper":
         return ModelConfig(mode=mode, backbone_3d=BackboneConfig("pointmae", bn="frame"), valid_mask="feature",
                            pixel_norm=pixel_norm)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -75,7 +75,7 @@ class Verdict:
     score: float | None = None
     kind: str = ""
     reason: str = ""
-    prediction: Any = None  # cmdr_ros.model.detector.Prediction of a judged frame
+    prediction: Any = None  # cmdr_ros.model.detector.Prediction of a judged frame (model.scan.ScanPrediction: scan)
     coverage: float | None = None
 
     @property
@@ -130,28 +130,59 @@ class Judge:
         det, s = self.detector, self.settings
         cfg = det.config
         rgb, xyz = (rgb if cfg.uses_2d else None), (xyz if cfg.uses_3d else None)
-        threshold = self.threshold
-        try:
-            if xyz is not None:
-                xyz = np.asarray(xyz)
-                if coverage is None:
-                    coverage = coverage_of(xyz) if xyz.ndim == 3 else 0.0
-                if coverage < s.min_coverage:
-                    raise NotJudgeable("degraded", f"the cloud covers {coverage:.2%} of the map, below min_coverage "
-                                                   f"{s.min_coverage:.2%}")
-                if xyz.ndim == 3 and xyz.shape[-1] == 3:
-                    check_plausible(xyz, s.max_range)
-            pred = det.predict(rgb, xyz)
-            if xyz is not None and pred.valid_ratio < s.min_valid_ratio:
+
+        def predict(seen: dict[str, Any]) -> Any:
+            if xyz is None:
+                return det.predict(rgb, None)
+            cloud = np.asarray(xyz)
+            cov = seen["coverage"] = coverage if coverage is not None else (
+                coverage_of(cloud) if cloud.ndim == 3 else 0.0)
+            if cov < s.min_coverage:
+                raise NotJudgeable("degraded", f"the cloud covers {cov:.2%} of the map, below min_coverage "
+                                               f"{s.min_coverage:.2%}")
+            if cloud.ndim == 3 and cloud.shape[-1] == 3:
+                check_plausible(cloud, s.max_range)
+            pred = det.predict(rgb, cloud)
+            if pred.valid_ratio < s.min_valid_ratio:
                 raise NotJudgeable("degraded", f"{pred.valid_ratio:.2%} of the pixels are valid after preprocessing, "
                                                f"below min_valid_ratio {s.min_valid_ratio:.2%}")
+            return pred
+
+        return self._verdict(predict, coverage)
+
+    def judge_scan(self, points: np.ndarray) -> Verdict:
+        """Judge an unorganized scan, Nx3 in the sensor's order, with a "chunks" model (``cmdr_ros.model.scan``):
+        the same decision rule and fail-safe as ``judge``. ``coverage`` is the fraction of measured (finite)
+        points; ``max_range`` applies to every measured point."""
+        s = self.settings
+
+        def predict(seen: dict[str, Any]) -> Any:
+            pts = np.asarray(points)
+            if pts.ndim != 2 or pts.shape[-1] != 3:
+                raise CmdrError(f"a scan must be Nx3 points, got shape {pts.shape}")
+            cov = seen["coverage"] = float(np.isfinite(pts).all(axis=1).mean()) if len(pts) else 0.0
+            if cov < s.min_coverage:
+                raise NotJudgeable("degraded", f"{cov:.2%} of the scan's points are measured, below min_coverage "
+                                               f"{s.min_coverage:.2%}")
+            check_plausible(pts, s.max_range)
+            return self.detector.predict_scan(pts)
+
+        return self._verdict(predict)
+
+    def _verdict(self, predict: Callable[[dict[str, Any]], Any], coverage: float | None = None) -> Verdict:
+        """Run ``predict`` (checks, then the model; it may note the coverage it measured) and decide, failing
+        closed on every refusal (NotJudgeable, CmdrError) and on non-finite scores."""
+        s, threshold = self.settings, self.threshold
+        seen: dict[str, Any] = {"coverage": coverage}
+        try:
+            pred = predict(seen)
             if not np.isfinite(pred.anomaly_map).all():
                 raise NotJudgeable("non_finite", "the anomaly map holds non-finite values")
             reject = is_reject(pred.score, threshold)
         except NotJudgeable as e:
-            return Verdict(False, s.on_error, threshold, kind=e.kind, reason=str(e), coverage=coverage)
+            return Verdict(False, s.on_error, threshold, kind=e.kind, reason=str(e), coverage=seen["coverage"])
         except CmdrError as e:
             kind = type(e).__name__ if type(e) is not CmdrError else "bad_input"
-            return Verdict(False, s.on_error, threshold, kind=kind, reason=str(e), coverage=coverage)
+            return Verdict(False, s.on_error, threshold, kind=kind, reason=str(e), coverage=seen["coverage"])
         return Verdict(True, "reject" if reject else "pass", threshold, score=float(pred.score), prediction=pred,
-                       coverage=coverage)
+                       coverage=seen["coverage"])

@@ -279,20 +279,36 @@ def metrics_by_defect(gts: Sequence, pix_maps: Sequence, pro_maps: Sequence, lab
 
 
 METRIC_KEYS = ("i_auroc", "p_auroc", "aupro@0.3", "aupro@0.1", "aupro@0.05", "aupro@0.01", "aupro_paper@0.3")
+# unorganized scans (the "chunks" pipeline): part-level and chunk-level I-AUROC, P-AUROC over the points (AUPRO needs
+# connected regions of a pixel grid, which points in sequence order do not have)
+SCAN_METRIC_KEYS = ("i_auroc", "chunk_i_auroc", "p_auroc")
+
+
+def scan_metrics(labels: Sequence[int], scores: Sequence[float], chunk_labels: Sequence[bool],
+                 chunk_scores: Sequence[float], point_labels: Sequence[np.ndarray],
+                 point_scores: Sequence[np.ndarray]) -> dict[str, float]:
+    """``SCAN_METRIC_KEYS`` of a set of scans: parts (label 0 good / 1 defect), their chunks (the 0.25 % rule) and
+    all their points (labels and scores of the scans that have per-point ground truth). Undefined values are NaN."""
+    y = np.concatenate([np.asarray(p, bool) for p in point_labels]) if point_labels else np.zeros(0, bool)
+    s = np.concatenate([np.asarray(p, np.float32) for p in point_scores]) if point_scores else np.zeros(0)
+    return {"i_auroc": _auroc(np.asarray(labels) != 0, np.asarray(scores, np.float64)),
+            "chunk_i_auroc": _auroc(np.asarray(chunk_labels, bool), np.asarray(chunk_scores, np.float64)),
+            "p_auroc": _auroc(y, s)}
 
 
 def _width(key: str) -> int:
     return max(11, len(key) + 1)
 
 
-def format_table(class_metrics: dict[str, dict[str, Any]], mean: dict[str, float]) -> str:
+def format_table(class_metrics: dict[str, dict[str, Any]], mean: dict[str, float],
+                 keys: Sequence[str] = METRIC_KEYS) -> str:
     """The metrics of ``cmdr eval`` / ``cmdr bag eval`` as a text table (per class, its defects, the mean)."""
-    head = f"{'class / defect':<24}" + "".join(f"{k:>{_width(k)}}" for k in METRIC_KEYS)
+    head = f"{'class / defect':<24}" + "".join(f"{k:>{_width(k)}}" for k in keys)
     lines = [head, "-" * len(head)]
     for name, m in class_metrics.items():
-        lines.append(f"{name:<24}" + "".join(f"{m[k]:>{_width(k)}.4f}" for k in METRIC_KEYS))
+        lines.append(f"{name:<24}" + "".join(f"{m[k]:>{_width(k)}.4f}" for k in keys))
         for d, dm in m.get("defects", {}).items():
             lines.append(f"{'  ' + d + ' (n=' + str(dm['n']) + ')':<24}" + f"{dm['i_auroc']:>11.4f}")
     if len(class_metrics) > 1:
-        lines.append(f"{'mean':<24}" + "".join(f"{mean[k]:>{_width(k)}.4f}" for k in METRIC_KEYS))
+        lines.append(f"{'mean':<24}" + "".join(f"{mean[k]:>{_width(k)}.4f}" for k in keys))
     return "\n".join(lines)

@@ -84,3 +84,26 @@ def plot_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def scan_maps(points: np.ndarray, point_scores: np.ndarray, labels: np.ndarray | None = None, side: int = 256
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """An unorganized scan seen from above, for heatmaps: (xyz map, per-cell maximum point score, filled cells,
+    cells holding a defective point or None), on ``side`` cells along the scan's longer side
+    (``geometry.rasterize_on_plane``)."""
+    from cmdr_ros.geometry import rasterize_on_plane
+
+    raster = rasterize_on_plane(points, grid=side)
+    rows, cols = raster.shape
+    cell = raster.cell_of_point
+    hit = cell >= 0
+    score = np.full(rows * cols, -np.inf, np.float32)
+    np.maximum.at(score, cell[hit], np.asarray(point_scores, np.float32)[hit])
+    filled = np.isfinite(score)
+    score[~filled] = 0
+    gt = None
+    if labels is not None:
+        gt = np.zeros(rows * cols, bool)
+        gt[cell[hit & np.asarray(labels, bool)]] = True
+        gt = gt.reshape(rows, cols)
+    return raster.xyz_map, score.reshape(rows, cols), filled.reshape(rows, cols), gt

@@ -1,4 +1,4 @@
-"""``cmdr eval``: run a checkpoint on DIR/test/* and write the report.
+"""``cmdr eval``: run a checkpoint on DIR/test/* and write the report (a "chunks" model: ``evaluate_scans.py``).
 
 Report folder:
 * ``metrics.json``: I-AUROC, P-AUROC, AUPRO@{0.3,0.1,0.05,0.01} (the exact PRO curve of MVTec's evaluator) and
@@ -94,12 +94,20 @@ def run_eval(data_dir: str | Path, detector: CMDRDetector, out: str | Path, chec
              cache_dir: str | None = None, no_cache: bool = False, progress: bool = True,
              write_images: bool = True) -> dict[str, Any]:
     out = Path(out)
-    data = MVTec3DClass(data_dir)
-    cache = make_cache(detector.config, cache_dir, no_cache)
     t0 = time.perf_counter()
-    res = evaluate_class(data, detector, out, cache, progress, write_images)
-    classes = {data.name: res["metrics"]}
-    mean = {k: float(np.nanmean([m[k] for m in classes.values()])) for k in METRIC_KEYS}
+    keys = METRIC_KEYS
+    if detector.config.pipeline == "chunks":
+        from cmdr_ros.cli.evaluate_scans import evaluate_scans
+        from cmdr_ros.metrics import SCAN_METRIC_KEYS
+
+        res, keys = evaluate_scans(data_dir, detector, out, progress, write_images), SCAN_METRIC_KEYS
+        classes = {res["name"]: res["metrics"]}
+    else:
+        data = MVTec3DClass(data_dir)
+        res = evaluate_class(data, detector, out, make_cache(detector.config, cache_dir, no_cache), progress,
+                             write_images)
+        classes = {data.name: res["metrics"]}
+    mean = {k: float(np.nanmean([m[k] for m in classes.values()])) for k in keys}
     report = {"checkpoint": str(checkpoint), "model_id": detector.model_id, "mode": detector.config.mode,
               "grid": detector.config.grid, "map_size": detector.config.map_size, "threshold": detector.threshold, "device": str(detector.device),
               "seconds": time.perf_counter() - t0, "classes": classes, "mean": mean}
@@ -109,7 +117,7 @@ def run_eval(data_dir: str | Path, detector: CMDRDetector, out: str | Path, chec
         w = csv.DictWriter(f, fieldnames=list(res["rows"][0]))
         w.writeheader()
         w.writerows(res["rows"])
-    report["table"] = format_table(classes, mean)
+    report["table"] = format_table(classes, mean, keys)
     return report
 
 

@@ -39,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("train", help="train a model on DIR/train/good, calibrate on DIR/validation/good")
-    p.add_argument("--data", required=True, help="MVTec 3D-AD style class folder")
+    p.add_argument("--data", required=True, help="MVTec 3D-AD style class folder (paper3d/lite3d: a class of "
+                                                 "unorganized scans, <split>/<defect>/points/NNN.npy|ply|pcd)")
     p.add_argument("--mode", choices=MODES, default=None,
-                   help="rgbd | 3d | 2d (default: the --config file's mode, else rgbd)")
-    p.add_argument("--preset", choices=PRESETS, default="lite")
+                   help="rgbd | 3d | 2d (default: the --config file's mode, else rgbd; 3d for paper3d/lite3d)")
+    p.add_argument("--preset", choices=PRESETS, default="lite",
+                   help="lite (weights-free) | paper | paper3d, lite3d (the paper's 3D-only cutting-cell pipeline)")
     p.add_argument("--config", default=None, help="YAML file overriding config fields (see config/*.yaml)")
     p.add_argument("--weights-2d", default=None, help="DINO ViT-B/8 weights file (dino_vitbase8_pretrain.pth)")
     p.add_argument("--weights-3d", default=None, help="Point-MAE weights file (pretrain.pth)")
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_handler("train", "run"))
 
     p = sub.add_parser("eval", help="evaluate on DIR/test/*: metrics.json, anomaly maps, overlays, curves")
-    p.add_argument("--data", required=True, help="MVTec 3D-AD style class folder")
+    p.add_argument("--data", required=True, help="MVTec 3D-AD style class folder (or of scans: a chunks model)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--weights-2d", default=None)
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--rgb", default=None, help="RGB image (PNG/JPG)")
     p.add_argument("--xyz", default=None, help="organized point cloud TIFF (HxWx3, metres, invalid = 0)")
+    p.add_argument("--scan", default=None, help="unorganized scan, Nx3 in the sensor's order (.npy/.ply/.pcd), for a "
+                                                "paper3d/lite3d model: writes point_scores.npy")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--params-file", default=None, metavar="YAML",
                    help="the node's parameters file: judge with its on_error, min_coverage, min_valid_ratio, "

@@ -21,7 +21,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def build_config(args: argparse.Namespace) -> ModelConfig:
     """Preset, then the YAML overrides, then the command-line flags. The mode: ``--mode``, else the YAML's
-    ``mode:``, else rgbd (the preset is built for it)."""
+    ``mode:``, else rgbd (the preset is built for it; 3d for the 3D-only presets)."""
     over: dict[str, Any] = {}
     if args.config:
         path = Path(args.config)
@@ -31,7 +31,7 @@ def build_config(args: argparse.Namespace) -> ModelConfig:
             raise CmdrError(f"{path}: cannot read the config file: {e}") from None
         if not isinstance(over, dict):
             raise CmdrError(f"{path}: a config file must hold a mapping of config fields")
-    mode = args.mode or over.get("mode") or "rgbd"
+    mode = args.mode or over.get("mode") or ("3d" if args.preset in ("paper3d", "lite3d") else "rgbd")
     d = _merge(preset(args.preset, mode).to_dict(), over)
     if args.weights_2d:
         d["backbone_2d"]["weights"] = str(Path(args.weights_2d).expanduser())

@@ -73,3 +73,17 @@ def prepare_input(rgb: np.ndarray | None, xyz: np.ndarray | None, config: ModelC
     if config.uses_2d:
         rgb_t = torch.from_numpy(resize_rgb(frame.pad(rgb), config.rgb_size)).permute(2, 0, 1).contiguous()
     return ModelInput(rgb_t, xyz_t, valid, frame, valid_input)
+
+
+def prepare_chunk(points: np.ndarray, config: ModelConfig) -> ModelInput:
+    """One chunk of the "chunks" pipeline (``cmdr_ros.data.scans.chunk_scan``: ``grid * grid`` points, already
+    scaled per axis) as the model's input: the points in sequence order laid out row by row as the grid, every
+    cell valid (a point scaled to the origin is a point, not the 'no measurement' marker)."""
+    g = config.grid
+    pts = np.asarray(points, dtype=np.float32)
+    if pts.shape != (g * g, 3):
+        raise CmdrError(f"a chunk of this model holds {g * g} points (Nx3), got shape {pts.shape}")
+    if not np.isfinite(pts).all():
+        raise CmdrError("the chunk holds non-finite coordinates")
+    return ModelInput(None, torch.from_numpy(pts.reshape(g, g, 3).copy()), torch.ones(g, g, dtype=torch.bool),
+                      SquareFrame.of(g, g), np.ones((g, g), bool))

@@ -6,6 +6,7 @@ resizing) -> ``extract`` (frozen backbones, native resolution) -> ``grid_feature
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -22,9 +23,11 @@ from cmdr_ros.data.model_input import ModelInput, prepare_input
 from cmdr_ros.model import fusion
 from cmdr_ros.model.backbones import Backbone2D, Backbone3D, build_backbone
 from cmdr_ros.model.heads import HEAD_TARGET, CMDRHeads
+from cmdr_ros.model.scan import ScanPrediction, predict_scan
 
 
 Native = dict[str, dict[str, torch.Tensor]]
+log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -203,6 +206,7 @@ class CMDRDetector:
         history: list[dict[str, float]] = []
         self.heads.train()
         bar = tqdm(range(epochs), desc="train", disable=not progress, unit="epoch")
+        stop = ""
         for epoch in bar:
             sums = dict.fromkeys(names, 0.0)
             counts = dict.fromkeys(names, 0)
@@ -224,10 +228,13 @@ class CMDRDetector:
                     loss = masked_cosine_loss(preds[n], feats[HEAD_TARGET[n]], valid)
                     if not torch.isfinite(loss):
                         skipped += 1
+                        stop = stop or (f"non-finite {n} loss in epoch {epoch + 1}" if cfg.stop_on_nonfinite else "")
                         continue
                     sums[n] += float(loss.detach())
                     counts[n] += 1
                     total = loss if total is None else total + loss  # heads share no parameters
+                if stop:  # the reference's 3D-only training ends at a non-finite loss, before its step
+                    break
                 for o in opts.values():
                     o.zero_grad(set_to_none=True)
                 if total is not None:
@@ -238,6 +245,9 @@ class CMDRDetector:
             rec["skipped"] = skipped
             history.append(rec)
             bar.set_postfix({n: f"{v:.4f}" for n, v in rec.items() if n != "skipped"})
+            if stop:
+                log.warning("training stopped: %s (train.stop_on_nonfinite)", stop)
+                break
         self.heads.eval()
         return history
 
@@ -288,6 +298,8 @@ class CMDRDetector:
         grid_map = fused[0].float().cpu().numpy()
         norm = self.config.pixel_norm
         pix = fusion.normalized_scores(fused, norm, "p_auroc")[0].float().cpu().numpy()
+        if self.config.pipeline == "chunks":  # the reference's chunk score: the maximum normalised point score
+            score = float(pix.max())
         # at the input resolution the sensor's own (strict) valid mask applies, whatever the model's mask
         anomaly_map = inp.frame.to_input(pix).astype(np.float32) * inp.valid_input
         return Prediction(score, anomaly_map, inp.valid_input, grid_map, maps["valid"][0].cpu().numpy(),
@@ -295,10 +307,17 @@ class CMDRDetector:
 
     def predict(self, rgb: np.ndarray | None = None, xyz: np.ndarray | None = None) -> Prediction:
         """Score one frame: RGB uint8 HxWx3 and/or xyz float HxWx3 (pixel-aligned, metres, invalid = 0)."""
+        if self.config.pipeline == "chunks":
+            raise CmdrError("this model judges unorganized scans (pipeline 'chunks'): give it the scan's Nx3 points "
+                            "(predict_scan), not an organized frame")
         t0 = time.perf_counter()
         pred = self.predict_input(self.prepare(rgb, xyz))
         pred.latency_ms = (time.perf_counter() - t0) * 1e3
         return pred
+
+    def predict_scan(self, points: np.ndarray) -> ScanPrediction:
+        """Score an unorganized scan, Nx3 in the sensor's order (pipeline "chunks"; ``cmdr_ros.model.scan``)."""
+        return predict_scan(self, points)
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, inputs: Iterable[ModelInput], progress: bool = True, source: str = "validation") -> float:

@@ -7,41 +7,66 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
+from cmdr_ros import CmdrError
 from cmdr_ros.config import ModelConfig
+from cmdr_ros.data.model_input import ModelInput
 from cmdr_ros.data.mvtec3d import MVTec3DClass
+from cmdr_ros.data.scans import ScanDataset
 from cmdr_ros.data.samples import iter_split, make_cache
 from cmdr_ros.model.checkpoint import save_checkpoint
 from cmdr_ros.model.detector import CMDRDetector
+from cmdr_ros.model.scan import scan_inputs
 
 log = logging.getLogger("cmdr")
 
 
 def train_model(data_dir: str | Path, config: ModelConfig, out: str | Path, device: str = "auto",
                 cache_dir: str | None = None, no_cache: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train, calibrate and save; returns a summary (also used by the demo)."""
-    data = MVTec3DClass(data_dir)
+    """Train, calibrate and save; returns a summary (also used by the demo). A class folder of MVTec 3D-AD frames,
+    or of unorganized scans for the "chunks" pipeline (``cmdr_ros.data.scans``)."""
     torch.manual_seed(config.train.seed)
-    cache = make_cache(config, cache_dir, no_cache)
     t0 = time.perf_counter()
     detector = CMDRDetector(config, device=device)
-    train_inputs = [ls.inp for ls in iter_split(data, "train", config, cache, progress)]
+    if config.pipeline == "chunks":
+        train_inputs, val_inputs, n_train, n_val = _scan_inputs(data_dir, detector, progress)
+    else:
+        data = MVTec3DClass(data_dir)
+        cache = make_cache(config, cache_dir, no_cache)
+        train_inputs = [ls.inp for ls in iter_split(data, "train", config, cache, progress)]
+        has_val = (data.root / "validation").is_dir() and data.samples("validation")
+        val_inputs = [ls.inp for ls in iter_split(data, "validation", config, cache, progress)] if has_val else []
+        n_train, n_val = len(train_inputs), len(val_inputs)
     t_load = time.perf_counter()
     history = detector.fit(train_inputs, progress=progress)
     t_fit = time.perf_counter()
-    val = data.samples("validation") if (data.root / "validation").is_dir() else []
-    if val:
-        detector.calibrate([ls.inp for ls in iter_split(data, "validation", config, cache, progress)],
-                           progress=progress, source="validation")
+    if val_inputs:
+        detector.calibrate(val_inputs, progress=progress, source="validation")
     else:
         log.warning("no validation/good samples: calibrating the threshold on the training samples (optimistic)")
         detector.calibrate(train_inputs, progress=progress, source="train")
     path = save_checkpoint(detector, out)
     summary = {
         "checkpoint": str(path), "model_id": detector.model_id, "mode": config.mode, "device": str(detector.device),
-        "train_samples": len(train_inputs), "validation_samples": len(val), "epochs": len(history),
+        "train_samples": n_train, "validation_samples": n_val, "epochs": len(history),
         "final_losses": history[-1] if history else {}, "threshold": detector.threshold,
         "score_stats": detector.score_stats, "load_s": t_load - t0, "fit_s": t_fit - t_load,
         "total_s": time.perf_counter() - t0,
     }
+    if config.pipeline == "chunks":
+        summary["train_chunks"] = len(train_inputs)
     return summary
+
+
+def _scan_inputs(data_dir: str | Path, detector: CMDRDetector, progress: bool
+                 ) -> tuple[list[ModelInput], list[ModelInput], int, int]:
+    """Chunk inputs of the train and validation scans, and the numbers of scans."""
+    data = ScanDataset(data_dir)
+    train, val = data.scans("train"), data.scans("validation")
+    if not train:
+        raise CmdrError(f"{data.root / 'train'}: no scans found (expected <defect>/points/NNN.npy|ply|pcd)")
+    load = [tqdm(s, desc=split, disable=not progress, unit="scan", leave=False) for split, s in
+            (("train", train), ("validation", val))]
+    return (scan_inputs([s.load()[0] for s in load[0]], detector), scan_inputs([s.load()[0] for s in load[1]],
+            detector), len(train), len(val))
