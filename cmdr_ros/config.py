@@ -179,6 +179,9 @@ class ModelConfig:
     valid_mask: str = "strict"  # VALID_MASKS
     pixel_norm: str = "split"  # PIXEL_NORMS
     pipeline: str = "frame"  # PIPELINES
+    # "chunks": how each chunk is normalised (cmdr_ros.data.scans.SCALINGS): "per_axis" to [-1, 1] (the reference's)
+    # or "isotropic" (the shape kept: what shape descriptors such as FPFH need)
+    chunk_scaling: str = "per_axis"
 
     @property
     def chunk_points(self) -> int:
@@ -220,6 +223,8 @@ class ModelConfig:
             raise CmdrError(f"unknown pixel_norm {self.pixel_norm!r}: expected one of {', '.join(PIXEL_NORMS)}")
         if self.pipeline not in PIPELINES:
             raise CmdrError(f"unknown pipeline {self.pipeline!r}: expected one of {', '.join(PIPELINES)}")
+        if self.chunk_scaling not in ("per_axis", "isotropic"):
+            raise CmdrError(f"unknown chunk_scaling {self.chunk_scaling!r}: expected per_axis or isotropic")
         if self.pipeline == "chunks" and self.mode != "3d":
             raise CmdrError(f"the chunks pipeline judges unorganized scans (3D only), not mode '{self.mode}'")
 
@@ -263,7 +268,7 @@ def preset(name: str, mode: str = "rgbd") -> ModelConfig:
     ``paper3d``: the paper's 3D-only cutting-cell pipeline (``pipeline: chunks``): chunks of 96 x 96 = 9216 points,
     Point-MAE (per-frame BatchNorm) with 96 groups of 32 points, the 3D reconstruction decoder on the 9216-long
     sequence, AdamW with batch 4, a non-finite loss ends training. ``lite3d``: its weights-free twin, the same
-    chunking with standardised FPFH features (Adam, batch 4, 30 epochs)."""
+    chunking, isotropically scaled chunks and standardised FPFH features (Adam, batch 4, 30 epochs)."""
     pixel_norm = "sqrt_nonzero" if mode == "3d" else "split"
     if name in ("paper3d", "lite3d") and mode != "3d":
         raise CmdrError(f"preset '{name}' is 3D-only (unorganized scans): use mode 3d, not '{mode}'")
@@ -274,8 +279,12 @@ def preset(name: str, mode: str = "rgbd") -> ModelConfig:
                            preprocess=PreprocessConfig(remove_plane=False, keep_largest_cluster=False),
                            train=TrainConfig(batch_size=4, optimizer="adamw", stop_on_nonfinite=True))
     if name == "lite3d":
-        return ModelConfig(mode="3d", pipeline="chunks", grid=96, pixel_norm="sqrt_nonzero",
-                           backbone_3d=BackboneConfig("fpfh"), standardize_features=True,
+        # FPFH needs the chunk's true shape (isotropic scaling) and, on a profilometer's anisotropic sampling (lines
+        # 3.6x farther apart than points on a line in the simulated cell), radii that reach the next lines; normals
+        # face the sensor above the scan
+        fpfh = {"radii": (8.0, 16.0), "normal_radius": 6.0, "viewpoint": (0.0, 0.0, 1000.0)}
+        return ModelConfig(mode="3d", pipeline="chunks", grid=96, pixel_norm="sqrt_nonzero", chunk_scaling="isotropic",
+                           backbone_3d=BackboneConfig("fpfh", options=fpfh), standardize_features=True,
                            preprocess=PreprocessConfig(remove_plane=False, keep_largest_cluster=False),
                            train=TrainConfig(epochs=30, batch_size=4))
     if name == "paper":

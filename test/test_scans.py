@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cmdr_ros import CmdrError
-from cmdr_ros.data.scans import (CHUNK_POINTS, ScanDataset, chunk_labels, chunk_scan, read_scan, scale_per_axis,
-                                 stitch)
+from cmdr_ros.data.scans import (CHUNK_POINTS, ScanDataset, chunk_labels, chunk_scan, read_scan, scale_isotropic,
+                                 scale_per_axis, stitch)
 from cmdr_ros.data.synthetic import CellConfig, generate_scan_dataset, render_profilometer_cloud
 
 
@@ -18,6 +18,15 @@ def test_chunk_is_9216_points_a_96x96_grid():
 def test_scale_per_axis_by_hand():
     pts = np.array([[0.0, 10.0, 5.0], [2.0, 20.0, 5.0], [1.0, 15.0, 5.0]])
     np.testing.assert_array_equal(scale_per_axis(pts), [[-1, -1, 0], [1, 1, 0], [0, 0, 0]])  # flat z -> 0
+
+
+def test_isotropic_scaling_keeps_the_shape():
+    pts = np.array([[0.0, 10.0, 5.0], [2.0, 20.0, 5.0], [1.0, 15.0, 6.0]])
+    np.testing.assert_allclose(scale_isotropic(pts), [[-0.2, -1, -0.1], [0.2, 1, -0.1], [0, 0, 0.1]], atol=1e-6)
+    c = chunk_scan(np.tile(pts, (40, 1)), size=100, scaling="isotropic")
+    np.testing.assert_allclose(c.points[0][:3], scale_isotropic(pts), atol=1e-6)
+    with pytest.raises(CmdrError, match="unknown chunk scaling"):
+        chunk_scan(pts.repeat(50, 0), size=100, scaling="none")
 
 
 def test_chunks_are_sequential_scaled_and_the_tail_overlaps():

@@ -47,8 +47,20 @@ def scale_per_axis(points: np.ndarray) -> np.ndarray:
     return scaled.astype(np.float32)
 
 
-def chunk_scan(points: np.ndarray, size: int = CHUNK_POINTS) -> Chunks:
-    """Cut an Nx3 scan (sensor order) into sequential chunks of ``size`` points, each scaled per axis.
+def scale_isotropic(points: np.ndarray) -> np.ndarray:
+    """Nx3 -> float32 Nx3 centred on the bounding box and divided by its largest half-extent: the shape kept."""
+    p = np.asarray(points, dtype=np.float64)
+    lo, hi = p.min(axis=0), p.max(axis=0)
+    half = float((hi - lo).max()) / 2
+    return ((p - (lo + hi) / 2) / (half if half > 0 else 1.0)).astype(np.float32)
+
+
+SCALINGS = {"per_axis": scale_per_axis, "isotropic": scale_isotropic}
+
+
+def chunk_scan(points: np.ndarray, size: int = CHUNK_POINTS, scaling: str = "per_axis") -> Chunks:
+    """Cut an Nx3 scan (sensor order) into sequential chunks of ``size`` points, each scaled (``SCALINGS``:
+    per axis to [-1, 1], the reference's; or isotropically, which keeps the shape).
 
     Raises CmdrError for a scan that is not Nx3, holds a non-finite coordinate, or has fewer than ``size`` points.
     """
@@ -64,7 +76,9 @@ def chunk_scan(points: np.ndarray, size: int = CHUNK_POINTS) -> Chunks:
     if starts[-1] + size < n:
         starts.append(n - size)  # the tail: the last ``size`` points, overlapping the previous chunk
     index = np.stack([np.arange(s, s + size) for s in starts])
-    return Chunks(np.stack([scale_per_axis(p[i]) for i in index]), index, n)
+    if scaling not in SCALINGS:
+        raise CmdrError(f"unknown chunk scaling {scaling!r}: one of {', '.join(SCALINGS)}")
+    return Chunks(np.stack([SCALINGS[scaling](p[i]) for i in index]), index, n)
 
 
 def stitch(chunk_scores: np.ndarray, chunks: Chunks) -> np.ndarray:

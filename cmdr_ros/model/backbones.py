@@ -228,14 +228,15 @@ class FPFH(Backbone3D):
 
     name = "fpfh"
 
-    def __init__(self, radii: tuple[float, ...] = (4.0, 8.0), normal_radius: float = 3.0) -> None:
+    def __init__(self, radii: tuple[float, ...] = (4.0, 8.0), normal_radius: float = 3.0,
+                 viewpoint: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
         super().__init__()
-        self.radii, self.normal_radius = tuple(radii), normal_radius
+        self.radii, self.normal_radius, self.viewpoint = tuple(radii), normal_radius, tuple(viewpoint)
         self.out_dim = 33 * len(self.radii)
 
     def extract(self, xyz: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         pts, pix = _valid_points(xyz, valid, min_points=8)
-        feats = fpfh_features(pts.cpu().numpy(), self.radii, self.normal_radius)
+        feats = fpfh_features(pts.cpu().numpy(), self.radii, self.normal_radius, viewpoint=self.viewpoint)
         return {"point_feats": torch.from_numpy(feats).to(xyz.device), "pix": pix}
 
     def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:

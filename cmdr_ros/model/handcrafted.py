@@ -98,11 +98,12 @@ class ColorTextureFeatures(torch.nn.Module):
 
 
 def fpfh_features(points: np.ndarray, radii: tuple[float, ...] = (4.0, 8.0), normal_radius: float = 3.0,
-                  max_nn: int = 100) -> np.ndarray:
-    """FPFH of ``points`` (N x 3, camera frame) at each radius (in median point spacings) -> N x 33*len(radii).
+                  max_nn: int = 100, viewpoint: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+    """FPFH of ``points`` (N x 3) at each radius (in median point spacings) -> N x 33*len(radii).
 
-    Normals are oriented towards the camera at the origin so the histograms do not flip sign between
-    frames; each 33-bin histogram (three 11-bin sub-histograms summing to 100 each) is scaled by 1/100.
+    Normals are oriented towards the sensor at ``viewpoint`` (the camera frame's origin by default; a scan
+    normalised around its centre needs a point above it) so the histograms do not flip sign between frames;
+    each 33-bin histogram (three 11-bin sub-histograms summing to 100 each) is scaled by 1/100.
     """
     import open3d as o3d  # deferred: a heavy import, only needed by this backbone
 
@@ -113,7 +114,7 @@ def fpfh_features(points: np.ndarray, radii: tuple[float, ...] = (4.0, 8.0), nor
     if not np.isfinite(spacing) or spacing <= 0:
         spacing = float(np.ptp(points, axis=0).max()) / math.sqrt(len(points)) or 1.0
     pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=normal_radius * spacing, max_nn=30))
-    pcd.orient_normals_towards_camera_location(np.zeros(3))
+    pcd.orient_normals_towards_camera_location(np.asarray(viewpoint, dtype=np.float64))
     out = []
     for r in radii:
         f = o3d.pipelines.registration.compute_fpfh_feature(

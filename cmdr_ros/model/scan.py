@@ -54,7 +54,7 @@ def chunk_inputs(points: np.ndarray, detector: CMDRDetector) -> tuple[Chunks, li
     cfg = detector.config
     if cfg.pipeline != "chunks":
         raise CmdrError(f"this model judges organized frames (pipeline '{cfg.pipeline}'), not unorganized scans")
-    chunks = chunk_scan(points, cfg.chunk_points)
+    chunks = chunk_scan(points, cfg.chunk_points, cfg.chunk_scaling)
     return chunks, [prepare_chunk(c, cfg) for c in chunks.points]
 
 
