@@ -311,6 +311,47 @@ def train_cell_model(root: Path, mode: str, out: Path, profilometer: bool = Fals
     return train_model(data, config, out, device="cpu", no_cache=True, progress=False)
 
 
+# ------------------------------------------------------------------------------------------------ scans (chunks)
+def scan_cell_config() -> Any:
+    """The simulated cell with a coarse profilometer: about 2000 points a scan (8 chunks of 256 points)."""
+    from cmdr_ros.data.synthetic import CellConfig
+
+    return CellConfig(image_size=CELL_SIZE, profile_point_spacing=0.004, profile_line_spacing=0.006)
+
+
+def scan_model_config(epochs: int = 2) -> Any:
+    """A "chunks" model (the paper's 3D-only cutting-cell pipeline) on 16 x 16 = 256-point chunks."""
+    from cmdr_ros.config import BackboneConfig, ModelConfig, TrainConfig
+
+    return ModelConfig(mode="3d", pipeline="chunks", grid=16, pixel_norm="sqrt_nonzero",
+                       backbone_3d=BackboneConfig("random_pointmae", options={"num_group": 16, "group_size": 8}),
+                       train=TrainConfig(epochs=epochs, batch_size=4, optimizer="adamw", seed=1))
+
+
+def scan_points(seed: int, defect: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One simulated profilometer scan in the sensor's order (Nx3 float32) and its per-point labels."""
+    from cmdr_ros.data.synthetic import render_profilometer_cloud
+
+    return render_profilometer_cloud(np.random.default_rng(seed), scan_cell_config(), defect, shuffle=False)
+
+
+def scan_dataset(root: Path, n_train: int = 3, n_val: int = 1, n_test_good: int = 1, n_test_per_defect: int = 1,
+                 defects: tuple[str, ...] = ("bump",)) -> Path:
+    """A tiny class of unorganized scans (``cmdr_ros.data.scans`` layout) of the coarse profilometer."""
+    from cmdr_ros.data.synthetic import generate_scan_dataset
+
+    return generate_scan_dataset(root, "scans", n_train=n_train, n_val=n_val, n_test_good=n_test_good,
+                                 n_test_per_defect=n_test_per_defect, cfg=scan_cell_config(), defects=defects)
+
+
+def train_scan_model(root: Path, out: Path) -> dict[str, Any]:
+    """A small "chunks" model (2 epochs on 3 scans, calibrated on 1) and its checkpoint: what the scan tests load."""
+    from cmdr_ros.model.training import train_model
+
+    return train_model(scan_dataset(root, n_test_good=0, n_test_per_defect=0), scan_model_config(), out,
+                       device="cpu", no_cache=True, progress=False)
+
+
 # ------------------------------------------------------------------------------------------------ audit store
 AUDIT_KEYS = ("seq", "stamp", "decision", "judged", "error", "inputs", "part_id")
 

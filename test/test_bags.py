@@ -516,3 +516,81 @@ def test_to_dataset_gives_back_the_recorded_parts(synthetic_dir, tmp_path, capsy
     with pytest.raises(CmdrError, match="no topic /nope"):
         from cmdr_ros.ros.bags import bag_to_dataset
         bag_to_dataset(bag, tmp_path / "x", points_topic="/nope")
+
+
+# ------------------------------------------------------------------------------------------------ scans (chunks)
+@pytest.fixture(scope="module")
+def scan_dir(tmp_path_factory) -> Path:
+    """A tiny class of unorganized scans: 1 good + 1 bump test scan (about 2000 points each), per-point gt."""
+    from node_harness import scan_dataset
+
+    return scan_dataset(tmp_path_factory.mktemp("scans"), n_train=1, n_val=0)
+
+
+@pytest.fixture(scope="module")
+def untrained_chunks():
+    """A small "chunks" detector (256-point chunks) with random heads: deterministic scores."""
+    import torch
+
+    from cmdr_ros.model.detector import CMDRDetector
+    from node_harness import scan_model_config
+
+    det = CMDRDetector(scan_model_config(), device="cpu")
+    det.threshold, det.model_id = 1.0, "untrained_chunks"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # small chunks on shared cores: many times faster
+    yield det
+    torch.set_num_threads(before)
+
+
+def test_scan_bag_round_trip_eval_and_to_dataset(scan_dir, untrained_chunks, tmp_path, capsys):
+    """from-dataset of a scan class -> the profiler topic in file order; eval_bag judges each scan as the node
+    (one row each, the detector's own scores, part-level I-AUROC == cmdr eval's); to-dataset gives the points back."""
+    from cmdr_ros.cli.evaluate_scans import evaluate_scans
+    from cmdr_ros.data.scans import ScanDataset
+    from cmdr_ros.ros.topics import PROFILER
+
+    det = untrained_chunks
+    scans = ScanDataset(scan_dir).scans("test")
+    bag = tmp_path / "scan_bag"
+    assert main(["bag", "from-dataset", str(scan_dir), "--out", str(bag), "--rate", "4"]) == 0
+    assert "wrote 2 frames" in capsys.readouterr().out
+    msgs = [(topic, t, m) for topic, t, m in read_messages(bag)]
+    assert {topic for topic, _, _ in msgs} == {PROFILER["points"], RECORDED["sample"]}
+    clouds = [m for topic, _, m in msgs if topic == PROFILER["points"]]
+    assert [m.data for topic, _, m in msgs if topic == RECORDED["sample"]] == ["good/000", "bump/000"]
+    for scan, msg in zip(scans, clouds):
+        f = pointcloud2_fields(msg, ["x", "y", "z"])
+        assert msg.height == 1 and np.array_equal(np.stack([f[k][0] for k in "xyz"], 1), np.load(scan.path))
+
+    rep = eval_bag(bag, det, tmp_path / "ev")
+    assert rep["frames"] == 2 and rep["not_judged"] == 0 and "scans" in rep["table"]
+    rows = _read_csv(tmp_path / "ev" / "results.csv")
+    assert [r["sample"] for r in rows] == ["good/000", "bump/000"] and [r["label"] for r in rows] == ["0", "1"]
+    for scan, r in zip(scans, rows):
+        pred = det.predict_scan(np.load(scan.path))
+        assert float(r["score"]) == pytest.approx(pred.score, rel=1e-5)
+        assert (int(r["points"]), int(r["chunks"])) == (len(pred.point_scores), len(pred.chunks))
+    mine = json.loads((tmp_path / "ev" / "metrics.json").read_text())["classes"]["scans"]
+    theirs = evaluate_scans(scan_dir, det, tmp_path / "eval", progress=False, write_files=False)["metrics"]
+    assert mine["i_auroc"] == pytest.approx(theirs["i_auroc"]) and mine["defects"]["bump"]["n"] == 1
+    results = {}
+    for topic, t, m in read_messages(tmp_path / "ev" / "results_bag"):
+        results.setdefault(topic, []).append(m)
+    kv = {v.key: v.value for v in results["/cmdr_inspection/result"][1].status[0].values}
+    assert kv["alignment"] == "scan" and kv["sample"] == "bump/000" and kv["chunks"] == rows[1]["chunks"]
+    assert [c.width for c in results["/cmdr_inspection/anomaly_cloud"]] == [c.width for c in clouds]
+    assert len(list((tmp_path / "ev" / "heatmaps").glob("*.png"))) == 2
+
+    out = tmp_path / "from_bag"
+    assert main(["bag", "to-dataset", str(bag), "--out", str(out), "--scans", "--split", "test",
+                 "--defect", "mixed"]) == 0
+    assert "wrote 2 scans" in capsys.readouterr().out
+    back = ScanDataset(out).scans("test")
+    assert [s.sample_id for s in back] == ["000", "001"]
+    for orig, new in zip(scans, back):
+        a, b = np.load(orig.path), np.load(new.path)
+        assert b.dtype == np.float32 and np.array_equal(a.view(np.uint32), b.view(np.uint32))  # bit-exact, same order
+    with pytest.raises(CmdrError, match="carries std_msgs/msg/String, expected sensor_msgs/msg/PointCloud2"):
+        from cmdr_ros.ros.bags import bag_to_scans
+        bag_to_scans(bag, tmp_path / "x", points_topic=RECORDED["sample"])

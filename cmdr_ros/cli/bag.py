@@ -1,11 +1,13 @@
 """``cmdr bag``: rosbag2 tools that need no ``ros2`` install.
 
 * ``from-dataset DIR --out BAG``: an MVTec 3D-AD style class folder as a camera bag (image, organized cloud,
-  camera_info, ground truth, sample names), playable by ``ros2 bag play`` (Humble and later);
+  camera_info, ground truth, sample names), playable by ``ros2 bag play`` (Humble and later); a class of
+  unorganized scans (``cmdr_ros.data.scans``) as a laser profilometer's bag (one cloud per part, sample names);
 * ``play BAG``: publish a bag on DDS with its recorded timing and QoS, optionally /clock (for machines without
   ``ros2 bag``);
 * ``eval BAG --checkpoint M``: run a model over a bag offline, as the node would, and score it like ``cmdr eval``;
-* ``to-dataset BAG --out DIR``: a recording of parts as samples of a class folder, to train on recorded good parts.
+* ``to-dataset BAG --out DIR``: a recording of parts as samples of a class folder, to train on recorded good parts
+  (``--scans``: a recorded profilometer topic as a class of unorganized scans, for a "chunks" model).
 
 rclpy and rosbags are imported by the handlers only, so ``cmdr --help`` stays fast (the topic defaults come from
 ``cmdr_ros.ros.topics``, which imports message classes only).
@@ -17,7 +19,7 @@ import signal
 from pathlib import Path
 
 from cmdr_ros.data.mvtec3d import SPLITS
-from cmdr_ros.ros.topics import CAMERA, RECORDED
+from cmdr_ros.ros.topics import CAMERA, PROFILER, RECORDED
 
 STORAGES = ("mcap", "sqlite3")  # cmdr_ros.ros.bags.record.STORAGES, repeated to keep rosbags out of parser building
 
@@ -28,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     q = verbs.add_parser("from-dataset", help="write a dataset split as a camera bag (image, points, camera_info, "
                                               "gt_mask, sample names)")
-    q.add_argument("data", metavar="DIR", help="MVTec 3D-AD style class folder")
+    q.add_argument("data", metavar="DIR", help="MVTec 3D-AD style class folder, or a class of unorganized scans "
+                                                f"(<split>/<defect>/points/NNN.npy: written on {PROFILER['points']})")
     q.add_argument("--out", required=True, metavar="BAG", help="bag folder to create (must not exist)")
     q.add_argument("--storage", choices=STORAGES, default="mcap",
                    help="mcap (default; Humble needs ros-humble-rosbag2-storage-mcap) or sqlite3")
@@ -55,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--checkpoint", required=True)
     q.add_argument("--out", default=None, metavar="DIR", help="report folder (default BAG_eval beside the bag)")
     q.add_argument("--image-topic", default=RECORDED["image"])
-    q.add_argument("--points-topic", default=RECORDED["points"])
+    q.add_argument("--points-topic", default=None,
+                   help=f"default {RECORDED['points']}; a \"chunks\" model (scans): {PROFILER['points']}")
     q.add_argument("--info-topic", default=RECORDED["camera_info"])
     q.add_argument("--gt-topic", default=RECORDED["gt"], help="ground-truth masks (mono8); metrics when present")
     q.add_argument("--sample-topic", default=RECORDED["sample"], help="std_msgs/String sample names '<defect>/<id>'")
@@ -80,13 +84,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--split", choices=SPLITS, default="train")
     q.add_argument("--defect", default="good", help="defect folder of the samples (default good)")
     q.add_argument("--image-topic", default=CAMERA["image"], help="'' for 3D-only recordings")
-    q.add_argument("--points-topic", default=CAMERA["points"], help="'' for 2D-only recordings")
+    q.add_argument("--points-topic", default=None,
+                   help=f"'' for 2D-only recordings (default {CAMERA['points']}; --scans: {PROFILER['points']})")
     q.add_argument("--info-topic", default=CAMERA["camera_info"])
     q.add_argument("--params-file", default=None, metavar="YAML",
                    help="the node's parameters file: align clouds as the node would (extrinsics, raster_resolution)")
     q.add_argument("--slop", type=float, default=None,
                    help="max stamp difference (s) of a matched image/points set (default: sync.slop, 0.05)")
     q.add_argument("--start-index", type=int, default=0, help="first sample id (to append to a folder)")
+    q.add_argument("--scans", action="store_true",
+                   help="write each cloud of the points topic as an unorganized scan (<split>/<defect>/points/NNN.npy,"
+                        " the sensor's order), for a \"chunks\" model; no image")
     q.set_defaults(func=run_to_dataset)
 
 
@@ -138,11 +146,17 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_to_dataset(args: argparse.Namespace) -> int:
-    from cmdr_ros.ros.bags import bag_to_dataset
+    from cmdr_ros.ros.bags import bag_to_dataset, bag_to_scans
     from cmdr_ros.ros.parameters import read_params_file
 
+    params = read_params_file(args.params_file) if args.params_file else None
+    if args.scans:
+        n = bag_to_scans(args.bag, args.out, args.split, args.defect, args.points_topic or PROFILER["points"],
+                         args.start_index, params=params)
+        print(f"wrote {n} scans to {Path(args.out) / args.split / args.defect / 'points'}")
+        return 0
+    points = CAMERA["points"] if args.points_topic is None else args.points_topic
     n = bag_to_dataset(args.bag, args.out, args.split, args.defect, args.image_topic or None,
-                       args.points_topic or None, args.info_topic or None, args.slop, args.start_index,
-                       params=read_params_file(args.params_file) if args.params_file else None)
+                       points or None, args.info_topic or None, args.slop, args.start_index, params=params)
     print(f"wrote {n} samples to {Path(args.out) / args.split / args.defect}")
     return 0

@@ -1,6 +1,7 @@
 """Messages in -> (Frame, Verdict) out: decoding and alignment (``frames.assemble_frame``: pixel-aligned, projected
 with tf2 / the ``extrinsics`` parameter when set, never a guessed transform, rasterized) followed by the pure judge
-(``cmdr_ros.judge``).
+(``cmdr_ros.judge``). With a "chunks" model (the paper's cutting-cell pipeline) each cloud is one scanned part:
+``frames.assemble_scan`` keeps its points in message order and ``Judge.judge_scan`` judges them.
 
 The node and ``cmdr bag eval`` / ``to-dataset`` build a :class:`FrameJudge` from the same parameter values, so a
 part is judged the same way on the cell and offline.
@@ -15,7 +16,7 @@ from cmdr_ros import CmdrError
 from cmdr_ros.config import cross_modal
 from cmdr_ros.geometry import make_transform
 from cmdr_ros.judge import Judge, JudgeSettings, Verdict
-from cmdr_ros.ros.frames import Frame, TransformLookup, assemble_frame
+from cmdr_ros.ros.frames import Frame, TransformLookup, assemble_frame, assemble_scan
 
 if TYPE_CHECKING:
     from sensor_msgs.msg import CameraInfo
@@ -35,6 +36,26 @@ def extrinsics_transform(values: Sequence[float] | None) -> np.ndarray | None:
     return make_transform(vals[:3], vals[3:])
 
 
+def judges_scans(detector: Any) -> bool:
+    """Whether ``detector`` judges unorganized scans point by point (``ModelConfig.pipeline == "chunks"``)."""
+    return getattr(getattr(detector, "config", None), "pipeline", "") == "chunks"
+
+
+def warm_up(detector: CMDRDetector) -> None:
+    """Run the model once on a synthetic input of its kind (a frame of the simulated cell, or a scan of one chunk
+    plus a tail), so the first part does not pay for the first inference; CmdrError when it does not fit."""
+    if judges_scans(detector):
+        n = detector.config.chunk_points
+        t = np.arange(n + n // 2, dtype=np.float32)
+        detector.predict_scan(np.stack([t % 64 * 1e-3, t // 64 * 1e-3, 1e-4 * np.sin(t)], 1))
+        return
+    from cmdr_ros.data.synthetic import CellConfig, render_part
+
+    part = render_part(np.random.default_rng(0), CellConfig())
+    cfg = detector.config
+    detector.predict(part.rgb if cfg.uses_2d else None, part.xyz if cfg.uses_3d else None)
+
+
 def error_kind(e: CmdrError) -> str:
     """The not-judged cause of a CmdrError: its class name (ConversionError, ...) or 'bad_input'."""
     return getattr(e, "kind", None) or (type(e).__name__ if type(e) is not CmdrError else "bad_input")
@@ -52,14 +73,18 @@ def unmatched_reason(name: str, inputs: list[str], why: str, sync_timeout: float
 
 
 class FrameJudge:
-    """Judge synchronized message sets: ``judge({'image': Image, 'points': PointCloud2}, camera_info)``."""
+    """Judge synchronized message sets: ``judge({'image': Image, 'points': PointCloud2}, camera_info)``.
+
+    ``scan``: each cloud is a scanned part, judged point by point (``assemble_scan``, ``Judge.judge_scan``);
+    default: when the judge's detector is a "chunks" model."""
 
     def __init__(self, judge: Judge | None, mode: str, *, raster_resolution: float = 0.0,
                  extrinsics: Sequence[float] | None = None,
                  tf_lookup: TransformLookup | None = None, registered: bool = False,
-                 projection: str = "auto") -> None:
+                 projection: str = "auto", scan: bool | None = None) -> None:
         self.judge_ = judge
         self.mode = mode
+        self.scan = judges_scans(getattr(judge, "detector", None)) if scan is None else bool(scan)
         self.raster_resolution = float(raster_resolution)
         self.extrinsics = extrinsics_transform(extrinsics)
         self.tf_lookup = tf_lookup
@@ -76,11 +101,11 @@ class FrameJudge:
                    registered=params.get("cloud_registered", False), projection=params.get("projection", "auto"))
 
     @classmethod
-    def aligner(cls, mode: str, params: Mapping[str, Any]) -> FrameJudge:
+    def aligner(cls, mode: str, params: Mapping[str, Any], scan: bool = False) -> FrameJudge:
         """Decoding and alignment only (``assemble``), e.g. to turn a recording into training samples."""
         return cls(None, mode, raster_resolution=params.get("raster_resolution", 0.0),
                    extrinsics=params.get("extrinsics"), registered=params.get("cloud_registered", False),
-                   projection=params.get("projection", "auto"))
+                   projection=params.get("projection", "auto"), scan=scan)
 
     @property
     def threshold(self) -> float:
@@ -107,6 +132,8 @@ class FrameJudge:
     def assemble(self, msgs: Mapping[str, InputMessage], info: CameraInfo | None = None) -> Frame:
         """Decode and align one set (CmdrError when it cannot be)."""
         cloud = msgs.get("points", msgs.get("depth"))  # a PointCloud2, or a depth image
+        if self.scan:
+            return assemble_scan(cloud, info if "depth" in msgs else None, self.projection)
         return assemble_frame(self.mode, msgs.get("image"), cloud,
                               info if cross_modal(self.mode) or "depth" in msgs else None,
                               self.tf_lookup, self.extrinsics, self.raster_resolution, self.registered, self.projection)
@@ -120,4 +147,6 @@ class FrameJudge:
             frame = self.assemble(msgs, info)
         except CmdrError as e:
             return None, self.judge_.not_judged(error_kind(e), str(e))
+        if frame.is_scan:
+            return frame, self.judge_.judge_scan(frame.points)
         return frame, self.judge_.judge(frame.rgb, frame.xyz, frame.coverage)

@@ -10,9 +10,13 @@
   the frame is not judged (``no_transform``). ``Frame.transform`` records which.
 * 3D-only: an organized cloud is used as it is; an unorganized one (laser profilometer) is rasterized on a
   regular grid over its dominant plane (``geometry.rasterize_on_plane``).
+* a "chunks" model (the paper's cutting-cell pipeline, ``assemble_scan``): the cloud is one scanned part and is
+  not rasterized: ``Frame.points`` holds every point of the message in message order (an organized cloud
+  row-major), invalid ones (non-finite; in an organized cloud also the all-zero marker) as NaN, so the
+  per-point scores line up with the message's points; alignment ``scan``.
 
 Every case records, for each original point, the pixel its score is read from, so ``anomaly_cloud`` can
-colour the sensor's own points.
+colour the sensor's own points (a scan: its own score, by index).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from cmdr_ros.judge import NotJudgeable, coverage_of
 from sensor_msgs.msg import CompressedImage, Image
 
 from cmdr_ros.ros.conversions import (camera_info_to_dict, compressed_image_to_rgb, depth_image_to_xyz, image_to_rgb,
-                                      pointcloud2_to_xyz)
+                                      pointcloud2_fields, pointcloud2_to_xyz)
 
 TransformLookup = Callable[[str, str, Any], "np.ndarray | None"]
 INPUT_OF = {"2d": "image", "3d": "points"}  # the input message that carries each modality
@@ -55,9 +59,15 @@ class Frame:
     point_pixel: np.ndarray | None = None  # N flat index into the HxW maps (-1: no pixel)
     cloud_header: Any = None
     coverage: float | None = None  # fraction of map pixels that hold a point
-    alignment: str = "none"  # aligned | projected | rasterized | none
+    alignment: str = "none"  # aligned | projected | rasterized | scan | none
     transform: str = "none"  # rgbd: identical_frames | registered | tf | parameter (how the cloud met the camera)
     frame_ids: dict[str, str] = field(default_factory=dict)
+    cloud_shape: tuple[int, ...] = ()  # a scan: the message's (height, width) (unorganized: (1, N))
+
+    @property
+    def is_scan(self) -> bool:
+        """A scanned part for a "chunks" model: ``points`` in message order, judged point by point."""
+        return self.alignment == "scan"
 
 
 def _organized_points(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,4 +169,40 @@ def assemble_frame(mode: str, image: Any = None, cloud: Any = None, info: Any = 
         f.coverage = p.coverage
     if f.coverage is None:
         f.coverage = coverage_of(f.xyz)
+    return f
+
+
+def scan_points(msg: Any, info: Any = None, projection: str = "auto") -> tuple[np.ndarray, tuple[int, ...]]:
+    """Every point of a cloud message in message order (Nx3 float32, organized: row-major) with invalid points as
+    NaN, and the message's (height, width). A PointCloud2 keeps its non-finite points (``pointcloud2_to_xyz``
+    would drop them from an unorganized cloud); in an organized cloud, and in a depth image back-projected with
+    ``info``, the all-zero 'no measurement' marker is invalid too."""
+    if isinstance(msg, (Image, CompressedImage)):
+        xyz, _ = decode_cloud(msg, info, projection)
+        organized = True
+    else:
+        f = pointcloud2_fields(msg, ("x", "y", "z"))
+        if not all(np.issubdtype(f[k].dtype, np.floating) and f[k].ndim == 2 for k in ("x", "y", "z")):
+            pointcloud2_to_xyz(msg)  # raises the ConversionError that names the bad field
+        xyz = np.stack([f["x"], f["y"], f["z"]], axis=-1).astype(np.float32, copy=False)
+        organized = msg.height > 1
+    shape = tuple(int(n) for n in xyz.shape[:2])
+    points = np.array(xyz.reshape(-1, 3), dtype=np.float32)
+    bad = ~np.isfinite(points).all(axis=1)
+    if organized:
+        bad |= ~(points != 0).any(axis=1)
+    points[bad] = np.nan
+    return points, shape
+
+
+def assemble_scan(cloud: Any, info: Any = None, projection: str = "auto") -> Frame:
+    """The frame of one scanned part for a "chunks" model (module docstring): no raster, no image. Raises
+    ``CmdrError`` (``ConversionError``) for a message that cannot be decoded; whether the points can be judged
+    (too few, none measured, beyond ``max_range``) is the judge's to say (``Judge.judge_scan``)."""
+    if cloud is None:
+        raise CmdrError("a scan needs a point cloud")
+    f = Frame(header=cloud.header, cloud_header=cloud.header, alignment="scan")
+    f.frame_ids = {k: m.header.frame_id for k, m in (("points", cloud), ("camera_info", info)) if m is not None}
+    f.points, f.cloud_shape = scan_points(cloud, info, projection)
+    f.coverage = float(np.isfinite(f.points).all(axis=1).mean()) if len(f.points) else 0.0
     return f

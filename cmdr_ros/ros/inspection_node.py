@@ -25,7 +25,6 @@ import traceback
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -41,7 +40,7 @@ from cmdr_ros.audit.store import AuditStore
 from cmdr_ros.ros.node_audit import close_audit, open_audit
 from cmdr_ros.ros.decisions import Part
 from cmdr_ros.ros.engine import DecisionEngine, Outlet
-from cmdr_ros.ros.frame_judge import FrameJudge, unmatched_reason
+from cmdr_ros.ros.frame_judge import FrameJudge, unmatched_reason, warm_up
 from cmdr_ros.config import cross_modal
 from cmdr_ros.ros.node_io import (DIAGNOSTICS_QOS, OVERRIDABLE, create_outputs, incompatible_qos_text, input_qos,
                                   input_topics)
@@ -233,13 +232,9 @@ class InspectionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _warm_up(self) -> None:
-        from cmdr_ros.data.synthetic import CellConfig, render_part
-
         t0 = time.perf_counter()
-        part = render_part(np.random.default_rng(0), CellConfig())
         try:
-            self.detector.predict(part.rgb if self.detector.config.uses_2d else None,
-                                  part.xyz if self.detector.config.uses_3d else None)
+            warm_up(self.detector)  # a frame of the simulated cell, or a scan for a "chunks" model
             self.get_logger().info(f"warm-up frame in {1e3 * (time.perf_counter() - t0):.0f} ms")
         except CmdrError as e:  # a warm-up that does not fit the model is not fatal
             self.get_logger().warning(f"warm-up skipped: {e}")

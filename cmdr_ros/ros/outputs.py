@@ -1,6 +1,10 @@
 """What a decision turns into: the ``~/result`` message (a documented, versioned schema), the heatmap and the other
 messages of a decision (``decision_messages``, ``map_messages``), shared by the node, ``cmdr bench`` and
-``cmdr bag eval`` so all write exactly the same messages."""
+``cmdr bag eval`` so all write exactly the same messages.
+
+A scanned part of a "chunks" model (``Frame.is_scan``) has no image grid: its anomaly cloud is the message's own
+points (same height and width) with their per-point scores, and its heatmap and anomaly map show the scan from
+above (``visualization.scan_maps``: the highest point score per cell)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Collection, Mapping
@@ -14,13 +18,14 @@ from cmdr_ros.geometry import scores_to_points
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
 from cmdr_ros.ros.frames import Frame
 from cmdr_ros.ros.topics import MAPS
-from cmdr_ros.visualization import depth_rendering, overlay
+from cmdr_ros.visualization import depth_rendering, overlay, scan_maps
 
 if TYPE_CHECKING:
     from cmdr_ros.model.detector import Prediction
+    from cmdr_ros.model.scan import ScanPrediction
 
 PART_STATUS_NAME = "cmdr_inspection: part"
-RESULT_SCHEMA_VERSION = "3"
+RESULT_SCHEMA_VERSION = "4"
 # Every key a ~/result may carry (values are strings), in the order they are written: the README table is this.
 RESULT_KEYS: dict[str, str] = {
     "schema": f"version of this key set (now {RESULT_SCHEMA_VERSION})",
@@ -38,8 +43,10 @@ RESULT_KEYS: dict[str, str] = {
     "latency_ms": "node: arrival of the set to the decision; bag eval: judging time",
     "inference_ms": "preprocessing + model time (judged parts)",
     "valid_ratio": "fraction of valid pixels after preprocessing (judged parts)",
-    "coverage": "fraction of the map that holds a measured point (when known)",
-    "alignment": "aligned | projected | rasterized | none: how the cloud met the image grid",
+    "coverage": "fraction of the map that holds a measured point (when known; a scan: of its points)",
+    "chunks": "scans (a \"chunks\" model): the number of chunks the part was cut into (judged parts)",
+    "alignment": "aligned | projected | rasterized | scan | none: how the cloud met the image grid (scan: a "
+                 "\"chunks\" model judged the message's points in their order)",
     "transform": "rgbd: identical_frames | registered (cloud_registered) | tf | parameter (extrinsics): where the "
                  "cloud -> camera transform came from; none otherwise",
     "mode": "rgbd | 3d | 2d",
@@ -96,6 +103,8 @@ def result_values(header: Any, verdict: Verdict, frame: Frame | None, *, seq: in
         kv["valid_ratio"] = f"{pred.valid_ratio:.4f}"
     if verdict.coverage is not None:
         kv["coverage"] = f"{verdict.coverage:.4f}"
+    if pred is not None and frame is not None and frame.is_scan:
+        kv["chunks"] = str(len(pred.chunks))
     kv["alignment"] = frame.alignment if frame is not None else "none"
     kv["transform"] = frame.transform if frame is not None else "none"
     kv["mode"], kv["model_id"] = mode, str(model_id)
@@ -128,13 +137,28 @@ def auto_heatmap_max(pred: Prediction, threshold: float) -> float:
     return max(threshold * scale * 1.5, 1e-6)
 
 
-def heatmap_image(frame: Frame, pred: Prediction, threshold: float, alpha: float = 0.5,
-                  vmax: float = 0.0) -> np.ndarray:
-    """BGR overlay of the anomaly map on the image (on a depth rendering when there is no image of that size)."""
+ScanView = tuple[np.ndarray, np.ndarray, np.ndarray]  # xyz map, per-cell maximum score, filled cells
+
+
+def scan_view(frame: Frame, pred: ScanPrediction) -> ScanView:
+    """A judged scan seen from above (``visualization.scan_maps`` of its measured points)."""
+    m = pred.measured
+    xyz, amap, filled, _ = scan_maps(frame.points[m], pred.point_scores[m])
+    return xyz, amap, filled
+
+
+def heatmap_image(frame: Frame, pred: Prediction | ScanPrediction, threshold: float, alpha: float = 0.5,
+                  vmax: float = 0.0, view: ScanView | None = None) -> np.ndarray:
+    """BGR overlay of the anomaly map on the image (on a depth rendering when there is no image of that size; a
+    scan: on the depth rendering of its top view, ``view`` when already made)."""
+    top = vmax or auto_heatmap_max(pred, threshold)
+    if frame.is_scan:
+        xyz, amap, filled = view if view is not None else scan_view(frame, pred)
+        return overlay(depth_rendering(xyz), amap, filled, alpha=alpha, vmin=0.0, vmax=top)
     amap = pred.anomaly_map
     base = (frame.rgb[..., ::-1].copy() if frame.rgb is not None and frame.rgb.shape[:2] == amap.shape
             else depth_rendering(frame.xyz))
-    return overlay(base, amap, pred.valid_mask, alpha=alpha, vmin=0.0, vmax=vmax or auto_heatmap_max(pred, threshold))
+    return overlay(base, amap, pred.valid_mask, alpha=alpha, vmin=0.0, vmax=top)
 
 
 def wanted_outputs(pubs: Mapping[str, Any]) -> set[str]:
@@ -147,9 +171,11 @@ def map_messages(verdict: Verdict, frame: Frame | None, wanted: Collection[str],
     """The maps of a judged part that are ``wanted`` (``wanted_outputs``), by output name in publishing order:
     ``anomaly_map`` (32FC1), ``heatmap`` (bgr8 overlay, ``alpha``, colour-scale top ``vmax``, 0: automatic) and
     ``anomaly_cloud`` (the input cloud's points with their scores, when it had points). Nothing for a part not
-    judged."""
+    judged. A scan: ``scan_messages``."""
     if not verdict.judged or frame is None:
         return {}
+    if frame.is_scan:
+        return scan_messages(verdict, frame, wanted, alpha, vmax)
     pred, out = verdict.prediction, {}
     if "anomaly_map" in wanted:
         out["anomaly_map"] = array_to_image(pred.anomaly_map.astype(np.float32), "32FC1", frame.header)
@@ -159,6 +185,31 @@ def map_messages(verdict: Verdict, frame: Frame | None, wanted: Collection[str],
     if "anomaly_cloud" in wanted and frame.points is not None and len(frame.points):
         out["anomaly_cloud"] = xyz_to_pointcloud2(frame.points.astype(np.float32), frame.cloud_header,
                                                   intensity=scores_to_points(pred.anomaly_map, frame.point_pixel, 0.0))
+    return out
+
+
+def scan_cloud(frame: Frame, pred: ScanPrediction) -> Any:
+    """The anomaly cloud of a scan: the message's points in its order and layout (height x width), intensity the
+    point's score (0 for an unmeasured point, as for points without a pixel)."""
+    scores = np.nan_to_num(pred.point_scores, nan=0.0).astype(np.float32)
+    shape = frame.cloud_shape if len(frame.cloud_shape) == 2 and frame.cloud_shape[0] > 1 else (len(scores),)
+    return xyz_to_pointcloud2(frame.points.reshape(*shape, 3), frame.cloud_header, intensity=scores.reshape(shape))
+
+
+def scan_messages(verdict: Verdict, frame: Frame, wanted: Collection[str], alpha: float = 0.5,
+                  vmax: float = 0.0) -> dict[str, Any]:
+    """``map_messages`` of a judged scan: ``anomaly_map`` (32FC1, the top view's highest point score per cell, 0
+    where no point fell), ``heatmap`` (its overlay on the top view's depth rendering) and ``anomaly_cloud``
+    (``scan_cloud``)."""
+    pred, out = verdict.prediction, {}
+    view = scan_view(frame, pred) if {"anomaly_map", "heatmap"} & set(wanted) else None
+    if "anomaly_map" in wanted:
+        out["anomaly_map"] = array_to_image(view[1].astype(np.float32), "32FC1", frame.header)
+    if "heatmap" in wanted:
+        out["heatmap"] = array_to_image(heatmap_image(frame, pred, verdict.threshold, alpha, vmax, view), "bgr8",
+                                        frame.header)
+    if "anomaly_cloud" in wanted:
+        out["anomaly_cloud"] = scan_cloud(frame, pred)
     return out
 
 

@@ -5,13 +5,15 @@ Bags are read and written with ``rosbags`` (pure Python, sqlite3 and mcap storag
 through ``rclpy.serialization``, so the bytes in a bag are exactly what the node sends and receives and the
 decoding is the node's own (``conversions`` / ``frames.assemble_frame``). ``record`` writes bags (metadata
 version 8, see there), ``read`` opens and reads them, ``play`` publishes them on DDS, ``evaluate`` judges them
-offline and ``to_dataset`` turns a recording into a class folder; topic names come from ``cmdr_ros.ros.topics``.
+offline and ``to_dataset`` turns a recording into a class folder (MVTec 3D-AD frames, or unorganized scans of a
+laser profilometer for a "chunks" model); topic names come from ``cmdr_ros.ros.topics``.
 """
 from cmdr_ros.ros.bags.evaluate import eval_bag
 from cmdr_ros.ros.bags.play import parse_remaps, play_bag, playback_qos, topic_qos
 from cmdr_ros.ros.bags.read import message_class, open_bag, read_messages
-from cmdr_ros.ros.bags.record import METADATA_VERSION, STORAGES, BagWriter, bag_from_dataset
-from cmdr_ros.ros.bags.to_dataset import bag_to_dataset
+from cmdr_ros.ros.bags.record import METADATA_VERSION, STORAGES, BagWriter, bag_from_dataset, bag_from_scans
+from cmdr_ros.ros.bags.to_dataset import bag_to_dataset, bag_to_scans
 
-__all__ = ["METADATA_VERSION", "STORAGES", "BagWriter", "bag_from_dataset", "bag_to_dataset", "eval_bag",
+__all__ = ["METADATA_VERSION", "STORAGES", "BagWriter", "bag_from_dataset", "bag_from_scans", "bag_to_dataset",
+           "bag_to_scans", "eval_bag",
            "message_class", "open_bag", "parse_remaps", "play_bag", "playback_qos", "read_messages", "topic_qos"]

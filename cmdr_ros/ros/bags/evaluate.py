@@ -1,5 +1,6 @@
 """Offline evaluation of a bag: ``eval_bag`` runs a detector over it, judging every part exactly as the node would,
-without DDS, and scores it like ``cmdr eval``."""
+without DDS, and scores it like ``cmdr eval``. A "chunks" model judges each cloud of the profiler's topic as one
+scanned part; bags carry no per-point ground truth, so scans are scored per part (I-AUROC from the sample names)."""
 from __future__ import annotations
 
 import bisect
@@ -20,7 +21,7 @@ from cmdr_ros.ros.bags.read import _check_type, _connections, message_class, ope
 from cmdr_ros.ros.bags.record import _NS, BagWriter
 from cmdr_ros.ros.conversions import stamp_ns
 from cmdr_ros.ros.frames import input_names
-from cmdr_ros.ros.topics import RECORDED, output_topic
+from cmdr_ros.ros.topics import PROFILER, RECORDED, output_topic
 
 
 class _ByStamp:
@@ -91,6 +92,7 @@ class _Evaluation:
         self.seq = 0
         self.rows: list[dict[str, Any]] = []
         self.metric_inputs: dict[str, list[Any]] = {k: [] for k in ("gts", "pix", "pro", "labels", "scores", "defects")}
+        self.scan = bool(getattr(judge, "scan", False))  # a "chunks" model: parts are scans, scored per part
         self.latencies: list[float] = []
 
     def __call__(self, msgs: dict[str, Any]) -> None:
@@ -123,7 +125,7 @@ class _Evaluation:
         from std_msgs.msg import Bool, Float32
 
         from cmdr_ros.ros.conversions import array_to_image
-        from cmdr_ros.ros.outputs import heatmap_image, result_array
+        from cmdr_ros.ros.outputs import heatmap_image, result_array, scan_cloud
 
         self.seq += 1
         self.results.write(output_topic("result"), result_array(
@@ -136,6 +138,8 @@ class _Evaluation:
             img = heatmap_image(frame, verdict.prediction, verdict.threshold,
                                 float(self.params["output.heatmap_alpha"]), float(self.params["output.heatmap_max"]))
             self.results.write(output_topic("heatmap"), array_to_image(img, "bgr8", frame.header), stamp)
+            if self.scan:
+                self.results.write(output_topic("anomaly_cloud"), scan_cloud(frame, verdict.prediction), stamp)
             if self.heatmaps is not None:
                 name = sample.replace("/", "_") if sample else f"{stamp // _NS}.{stamp % _NS:09d}"
                 path = self.heatmaps / f"{name}.png"
@@ -147,12 +151,21 @@ class _Evaluation:
                           "reject": int(verdict.reject), "label": "" if label is None else label,
                           "latency_ms": round(latency_ms, 3) if latency_ms is not None else "",
                           "error": "" if verdict.judged else f"{verdict.kind}: {verdict.reason}"})
+        if self.scan:
+            self.rows[-1].update(points=len(frame.points) if frame is not None else "",
+                                 chunks=len(verdict.prediction.chunks) if verdict.judged else "")
 
     def _truth(self, stamp: int, sample: str | None, pred: Any) -> int | None:
         """The frame's label (sample's defect folder, else its mask); collects the metric inputs with gt."""
         from cmdr_ros.data.preprocess import SquareFrame, resize_mask
 
         label = None if sample is None else int(sample.split("/")[0] != "good")
+        if self.scan:  # per part only: a bag has no per-point ground truth
+            if label is not None:
+                self.metric_inputs["labels"].append(label)
+                self.metric_inputs["scores"].append(pred.score)
+                self.metric_inputs["defects"].append(sample.split("/")[0])
+            return label
         if not self.aux.has_gt:
             return label
         mask = self.aux.gts.nearest(stamp, self.slop_ns)
@@ -176,15 +189,33 @@ class _Evaluation:
         from cmdr_ros.metrics import metrics_by_defect
 
         m = self.metric_inputs
+        if self.scan:
+            return self._scan_metrics() if m["scores"] else None
         if not self.aux.has_gt or not m["scores"]:
             return None
         out = metrics_by_defect(m["gts"], m["pix"], m["pro"], m["labels"], m["scores"], m["defects"])
         out["latency_ms_mean"] = float(np.mean(self.latencies))
         return out
 
+    def _scan_metrics(self) -> dict[str, Any]:
+        """Part-level I-AUROC of the judged scans, overall and per defect (``cmdr eval``'s scan metrics without the
+        chunk and point ones: no per-point ground truth in a bag)."""
+        from cmdr_ros.metrics import scan_metrics
+
+        m = self.metric_inputs
+        labels, scores, defects = m["labels"], m["scores"], m["defects"]
+        out: dict[str, Any] = {"i_auroc": scan_metrics(labels, scores, [], [], [], [])["i_auroc"], "defects": {}}
+        for d in sorted(set(defects) - {"good"}):
+            sel = [i for i, x in enumerate(defects) if x in ("good", d)]
+            out["defects"][d] = {"n": defects.count(d), "i_auroc": scan_metrics(
+                [labels[i] for i in sel], [scores[i] for i in sel], [], [], [], [])["i_auroc"]}
+        out["n_good"], out["n_defect"] = labels.count(0), labels.count(1)
+        out["latency_ms_mean"] = float(np.mean(self.latencies))
+        return out
+
 
 def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[str, Any] | None = None,
-             image_topic: str = RECORDED["image"], points_topic: str = RECORDED["points"],
+             image_topic: str = RECORDED["image"], points_topic: str | None = None,
              info_topic: str = RECORDED["camera_info"], gt_topic: str = RECORDED["gt"],
              sample_topic: str = RECORDED["sample"],
              slop: float | None = None, threshold: float | None = None, checkpoint: str = "",
@@ -199,18 +230,25 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     if present: score, reject, result, heatmap stamped with the input stamps), ``out/results.csv`` and
     ``out/heatmaps/*.png``; with a ground-truth topic also ``out/metrics.json`` (the metrics of ``cmdr eval``).
     Returns the report (``table`` holds the printable metrics table when there are metrics).
+
+    A "chunks" model (``FrameJudge.scan``): every cloud on ``points_topic`` (default: the profiler's, else the
+    camera's) is one scanned part, judged point by point as on the node; the results bag also carries each
+    part's ``anomaly_cloud``, ``results.csv`` its points and chunks, and with sample names ``metrics.json`` holds
+    the part-level I-AUROC (a bag has no per-point ground truth: no chunk or point metrics).
     """
     from rclpy.serialization import deserialize_message
     from tqdm import tqdm
 
     from cmdr_ros.metrics import METRIC_KEYS, format_table
-    from cmdr_ros.ros.frame_judge import FrameJudge
+    from cmdr_ros.ros.frame_judge import FrameJudge, judges_scans
     from cmdr_ros.ros.parameters import node_params
     from cmdr_ros.ros.sync import ApproximateTimePolicy
 
     bag, out = Path(bag), Path(out)
     params = node_params(params, {"sync.slop": slop, "threshold": threshold})
-    mode = detector.config.mode
+    mode, scan = detector.config.mode, judges_scans(detector)
+    if points_topic is None:
+        points_topic = PROFILER["points"] if scan else RECORDED["points"]
     inputs = [(name, {"image": image_topic, "points": points_topic}[name]) for name in input_names(mode)]
     types = {"image": "sensor_msgs/msg/Image", "points": "sensor_msgs/msg/PointCloud2",
              "info": "sensor_msgs/msg/CameraInfo", "gt": "sensor_msgs/msg/Image", "sample": "std_msgs/msg/String"}
@@ -218,7 +256,7 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     with open_bag(bag) as reader:
         in_conns = _connections(reader, bag, [t for _, t in inputs])
         aux_topics = {k: t for k, t in (("info", info_topic), ("gt", gt_topic), ("sample", sample_topic))
-                      if t in reader.topics and (k != "info" or cross_modal(mode))}
+                      if t in reader.topics and (k != "info" or cross_modal(mode)) and not (k == "gt" and scan)}
         for kind, topic in [*inputs, *aux_topics.items()]:
             _check_type(reader, bag, topic, types[kind])
         judge = FrameJudge.from_params(detector, params)
@@ -279,8 +317,9 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     if metrics is not None:
         classes_m = {class_name: metrics}
         report["classes"] = classes_m
-        report["mean"] = {k: float(metrics[k]) for k in METRIC_KEYS}
+        keys = ("i_auroc",) if scan else METRIC_KEYS
+        report["mean"] = {k: float(metrics[k]) for k in keys}
         (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=True))
-        report["table"] = format_table(classes_m, report["mean"])
+        report["table"] = format_table(classes_m, report["mean"], keys)
     return report
 

@@ -1,5 +1,5 @@
 """Writing rosbag2 files: ``BagWriter`` (rclpy messages -> a new bag) and ``bag_from_dataset`` (a dataset split
--> the bag a camera driver could have recorded).
+-> the bag a camera driver could have recorded; a class of unorganized scans -> a laser profilometer's bag).
 
 Metadata version: bags are written as rosbag2 metadata **version 8** (Iron's format), the oldest rosbags writes
 (it writes 8 or 9 and has no default). Version 8 keeps ``offered_qos_profiles`` a YAML *string*: version 9 (Jazzy)
@@ -22,7 +22,7 @@ import numpy as np
 
 from cmdr_ros import CmdrError
 from cmdr_ros.ros.conversions import make_header
-from cmdr_ros.ros.topics import RECORDED
+from cmdr_ros.ros.topics import PROFILER, RECORDED
 
 METADATA_VERSION = 8
 STORAGES = ("mcap", "sqlite3")
@@ -92,6 +92,11 @@ class BagWriter:
         self.counts[topic] += 1
 
 
+def _check_rate(rate: float) -> None:
+    if not (math.isfinite(rate) and rate > 0):
+        raise CmdrError(f"--rate {rate}: the frame rate must be a positive number of frames per second")
+
+
 def bag_from_dataset(data_dir: str | Path, out: str | Path, storage: str = "mcap", split: str = "test",
                      rate: float = 2.0, frame_id: str = "camera", start_ns: int | None = None) -> dict[str, Any]:
     """Write a split of an MVTec 3D-AD style class folder as a bag a camera driver could have recorded.
@@ -102,15 +107,19 @@ def bag_from_dataset(data_dir: str | Path, out: str | Path, storage: str = "mcap
     when the split has masks ``/camera/gt_mask`` mono8 0/255 (all 0 for a sample without a mask file, as
     ``cmdr eval`` reads it). ``/cmdr/sample`` (std_msgs/String "<defect>/<id>") names the sample; every header
     keeps ``frame_id``. Returns a summary: path, storage, frames, topics {name: count}, start_ns, period_s.
+
+    A class folder of unorganized scans (``cmdr_ros.data.scans`` layout) is written by ``bag_from_scans``.
     """
     from std_msgs.msg import String
 
     from cmdr_ros.data.mvtec3d import MVTec3DClass, load_sample
+    from cmdr_ros.data.scans import ScanDataset
     from cmdr_ros.geometry import CameraIntrinsics
     from cmdr_ros.ros.conversions import array_to_image, dict_to_camera_info, xyz_to_pointcloud2
 
-    if not (math.isfinite(rate) and rate > 0):
-        raise CmdrError(f"--rate {rate}: the frame rate must be a positive number of frames per second")
+    _check_rate(rate)
+    if ScanDataset.is_scan_folder(data_dir):
+        return bag_from_scans(data_dir, out, storage, split, rate, frame_id, start_ns)
     data = MVTec3DClass(data_dir)
     samples = data.samples(split)
     if not samples:
@@ -144,3 +153,33 @@ def bag_from_dataset(data_dir: str | Path, out: str | Path, storage: str = "mcap
     return {"path": str(out), "storage": storage, "frames": len(samples), "topics": dict(bag.counts),
             "start_ns": start, "period_s": 1.0 / rate}
 
+
+
+def bag_from_scans(data_dir: str | Path, out: str | Path, storage: str = "mcap", split: str = "test",
+                   rate: float = 2.0, frame_id: str = "camera", start_ns: int | None = None) -> dict[str, Any]:
+    """Write a split of a class of unorganized scans (``cmdr_ros.data.scans`` layout) as the bag a laser
+    profilometer could have recorded: per scan, at ``start_ns`` + i/rate s, the profiler's ``points`` topic
+    (``topics.PROFILER``: an unorganized PointCloud2, float32 x,y,z, one row of N points in the file's order, so a
+    "chunks" model cuts the same chunks) and ``/cmdr/sample`` "<defect>/<id>". Per-point ground truth has no
+    topic: ``cmdr bag eval`` scores such a bag per part. Returns the summary of ``bag_from_dataset``."""
+    from std_msgs.msg import String
+
+    from cmdr_ros.data.scans import ScanDataset
+    from cmdr_ros.ros.conversions import xyz_to_pointcloud2
+
+    _check_rate(rate)
+    data = ScanDataset(data_dir)
+    scans = data.scans(split)
+    if not scans:
+        raise CmdrError(f"{data.root / split}: no scans to write (expected <defect>/points/NNN.npy|ply|pcd)")
+    start = int(start_ns) if start_ns is not None else time.time_ns() // _NS * _NS
+    custom = {"cmdr_ros.class": data.root.name, "cmdr_ros.split": split, "cmdr_ros.rate_hz": repr(float(rate)),
+              "cmdr_ros.layout": "scans"}
+    with BagWriter(out, storage, custom) as bag:
+        for i, scan in enumerate(scans):
+            stamp = start + round(i * _NS / rate)
+            points = np.asarray(scan.load()[0], dtype=np.float32)
+            bag.write(PROFILER["points"], xyz_to_pointcloud2(points, make_header(stamp, frame_id)), stamp)
+            bag.write(RECORDED["sample"], String(data=f"{scan.defect}/{scan.sample_id}"), stamp)
+    return {"path": str(out), "storage": storage, "frames": len(scans), "topics": dict(bag.counts),
+            "start_ns": start, "period_s": 1.0 / rate}

@@ -1,15 +1,16 @@
 """Bag -> dataset: ``bag_to_dataset`` writes a recording's synchronized image/cloud sets as samples of an MVTec 3D-AD
-style class folder, aligned as the node aligns them."""
+style class folder, aligned as the node aligns them; ``bag_to_scans`` writes a recorded profilometer topic as a
+class of unorganized scans (``cmdr_ros.data.scans`` layout), one scan per cloud, in the sensor's order."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 from cmdr_ros import CmdrError
-from cmdr_ros.ros.bags.read import _connections, message_class, open_bag
+from cmdr_ros.ros.bags.read import _check_type, _connections, message_class, open_bag
 from cmdr_ros.ros.conversions import stamp_ns
 from cmdr_ros.ros.frames import mode_of
-from cmdr_ros.ros.topics import CAMERA
+from cmdr_ros.ros.topics import CAMERA, PROFILER
 
 
 def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defect: str = "good",
@@ -71,4 +72,54 @@ def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defec
     if not written:
         raise CmdrError(f"{bag}: no {' + '.join(t for _, t in inputs)} set matched within the slop of "
                         f"{params['sync.slop']:g} s" + (f" ({skipped} could not be aligned)" if skipped else ""))
+    return written
+
+
+def bag_to_scans(bag: str | Path, out: str | Path, split: str = "train", defect: str = "good",
+                 points_topic: str = PROFILER["points"], start_index: int = 0,
+                 params: dict[str, Any] | None = None) -> int:
+    """Write every cloud of a recorded profilometer topic as one scan of a class of unorganized scans
+    (``out/<split>/<defect>/points/NNN.npy``, Nx3 float32, for ``cmdr train`` of a "chunks" model), in log-time
+    order. A cloud's points keep the sensor's order (an organized cloud: row-major), decoded as the node decodes
+    them (``frames.assemble_scan``); its invalid points (non-finite, or the all-zero marker of an organized cloud)
+    are left out, as the node leaves them out of the chunks. A cloud that cannot be decoded, or has no valid
+    point, is left out with a warning. Returns the number of scans written."""
+    import logging
+
+    import numpy as np
+    from rclpy.serialization import deserialize_message
+
+    from cmdr_ros.ros.frame_judge import FrameJudge
+    from cmdr_ros.ros.parameters import node_params
+
+    aligner = FrameJudge.aligner("3d", node_params(params, {}), scan=True)
+    folder = Path(out) / split / defect / "points"
+    log = logging.getLogger(__name__)
+    written = skipped = 0
+    bag = Path(bag)
+    with open_bag(bag) as reader:
+        conns = _connections(reader, bag, [points_topic])
+        _check_type(reader, bag, points_topic, "sensor_msgs/msg/PointCloud2")
+        cls = message_class(reader.topics[points_topic].msgtype)
+        for _, _, raw in reader.messages(connections=conns):
+            msg = deserialize_message(bytes(raw), cls)
+            try:
+                points = aligner.assemble({"points": msg}).points
+            except CmdrError as e:
+                points, why = None, str(e)
+            if points is not None:
+                points = points[np.isfinite(points).all(axis=1)]
+                why = "no valid point"
+            if points is None or not len(points):
+                skipped += 1
+                log.warning("left out the cloud stamped %s: %s", stamp_ns(msg.header), why)
+                continue
+            name = folder / f"{start_index + written:03d}.npy"
+            if name.exists():
+                raise CmdrError(f"{name}: already exists; give --start-index to append to a class folder")
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(name, np.ascontiguousarray(points, dtype=np.float32))
+            written += 1
+    if not written:
+        raise CmdrError(f"{bag}: no scan on {points_topic}" + (f" ({skipped} could not be decoded)" if skipped else ""))
     return written
