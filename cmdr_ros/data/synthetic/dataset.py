@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -90,26 +91,17 @@ def generate_profilometer_dataset(
     cloud ``points/NNN.npy`` (Nx3 float32) for writing a bag. No rgb. Seeds, counts and ``overwrite`` as in
     ``generate_dataset``.
     """
-    cfg = cfg or CellConfig()
-    seed = cfg.seed if seed is None else seed
-    folder, jobs = _dataset_jobs(Path(root) / class_name, (n_train, n_val, n_test_good, n_test_per_defect), defects,
-                                 overwrite)
-    for split, kind, count in jobs:
-        out = folder / split / kind
-        for sub in ("xyz", "gt", "points") if split == "test" else ("xyz",):
-            (out / sub).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            points, labels = render_profilometer_cloud(_sample_rng(seed, split, kind, i), cfg,
-                                                       None if kind == "good" else kind)
-            raster = rasterize_on_plane(points, resolution=resolution)
-            tifffile.imwrite(out / "xyz" / f"{i:03d}.tiff", raster.xyz_map, photometric="rgb")
-            if split == "test":
-                cells = raster.cell_of_point[labels & (raster.cell_of_point >= 0)]
-                mask = np.bincount(cells, minlength=raster.shape[0] * raster.shape[1]).reshape(raster.shape) > 0
-                _imwrite(out / "gt" / f"{i:03d}.png", mask.astype(np.uint8) * np.uint8(_gt_value(kind)))
-                np.save(out / "points" / f"{i:03d}.npy", points)
-    (folder / "class_ids.json").write_text(json.dumps(class_ids(tuple(defects)), indent=2))
-    return folder
+    def write(out: Path, split: str, kind: str, name: str, points: np.ndarray, labels: np.ndarray) -> None:
+        raster = rasterize_on_plane(points, resolution=resolution)
+        tifffile.imwrite(out / "xyz" / f"{name}.tiff", raster.xyz_map, photometric="rgb")
+        if split == "test":
+            cells = raster.cell_of_point[labels & (raster.cell_of_point >= 0)]
+            mask = np.bincount(cells, minlength=raster.shape[0] * raster.shape[1]).reshape(raster.shape) > 0
+            _imwrite(out / "gt" / f"{name}.png", mask.astype(np.uint8) * np.uint8(_gt_value(kind)))
+            np.save(out / "points" / f"{name}.npy", points)
+
+    return _profile_dataset(Path(root) / class_name, (n_train, n_val, n_test_good, n_test_per_defect), cfg, seed,
+                            defects, overwrite, ("xyz",), ("xyz", "gt", "points"), True, write)
 
 
 def generate_scan_dataset(
@@ -129,20 +121,32 @@ def generate_scan_dataset(
     ``gt/NNN.npy`` (per-point bool) for test parts. The same parts as ``generate_profilometer_dataset`` with the
     same seed and counts. Seeds, counts and ``overwrite`` as in ``generate_dataset``.
     """
+    def write(out: Path, split: str, kind: str, name: str, points: np.ndarray, labels: np.ndarray) -> None:
+        np.save(out / "points" / f"{name}.npy", points)
+        if split == "test":
+            np.save(out / "gt" / f"{name}.npy", labels)
+
+    return _profile_dataset(Path(root) / class_name, (n_train, n_val, n_test_good, n_test_per_defect), cfg, seed,
+                            defects, overwrite, ("points",), ("points", "gt"), False, write)
+
+
+def _profile_dataset(folder: Path, counts: tuple[int, int, int, int], cfg: CellConfig | None, seed: int | None,
+                     defects: tuple[str, ...], overwrite: bool, subdirs: tuple[str, ...],
+                     test_subdirs: tuple[str, ...], shuffle: bool,
+                     write: Callable[[Path, str, str, str, np.ndarray, np.ndarray], None]) -> Path:
+    """Render every profilometer part of a class and hand it to ``write(out, split, kind, name, points, labels)``
+    in its folder (``subdirs``, ``test_subdirs`` for test parts, made first); then ``class_ids.json``."""
     cfg = cfg or CellConfig()
     seed = cfg.seed if seed is None else seed
-    folder, jobs = _dataset_jobs(Path(root) / class_name, (n_train, n_val, n_test_good, n_test_per_defect), defects,
-                                 overwrite)
+    folder, jobs = _dataset_jobs(folder, counts, defects, overwrite)
     for split, kind, count in jobs:
         out = folder / split / kind
-        for sub in ("points", "gt") if split == "test" else ("points",):
+        for sub in test_subdirs if split == "test" else subdirs:
             (out / sub).mkdir(parents=True, exist_ok=True)
         for i in range(count):
             points, labels = render_profilometer_cloud(_sample_rng(seed, split, kind, i), cfg,
-                                                       None if kind == "good" else kind, shuffle=False)
-            np.save(out / "points" / f"{i:03d}.npy", points)
-            if split == "test":
-                np.save(out / "gt" / f"{i:03d}.npy", labels)
+                                                       None if kind == "good" else kind, shuffle=shuffle)
+            write(out, split, kind, f"{i:03d}", points, labels)
     (folder / "class_ids.json").write_text(json.dumps(class_ids(tuple(defects)), indent=2))
     return folder
 
