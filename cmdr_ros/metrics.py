@@ -10,7 +10,7 @@ cumulative sums (~1 s for 100 maps of 224x224 on two cores).
 
 The paper's AUPRO is not that curve: like M3DM and CFM, its reference code samples the PRO curve at 99
 thresholds (``sampled_pro_curve``); on the same maps the exact curve came out about 1 point higher at
-FPR 0.3 and far higher at 0.01 (PAPER_NOTES).
+FPR 0.3 and far higher at 0.01.
 ``compute_metrics`` reports both: ``aupro@<limit>`` (exact) and ``aupro_paper@<limit>`` (99 thresholds, the
 number to compare with the paper's table).
 
@@ -137,7 +137,7 @@ def pro_curve(gt_masks: ArrayLike, pro_maps: ArrayLike) -> tuple[np.ndarray, np.
     return np.concatenate(([0.0], fprs, [1.0])), np.concatenate(([0.0], pros, [1.0]))
 
 
-#: thresholds of the paper's sampled PRO curve (../shared/PAPER_NOTES.md, "Metrics")
+#: thresholds of the paper's sampled PRO curve (``num_thresholds=99`` of the ``calculate_au_pro`` M3DM and CFM share)
 PAPER_PRO_THRESHOLDS = 99
 
 
@@ -149,7 +149,7 @@ def sampled_pro_curve(gt_masks: ArrayLike, pro_maps: ArrayLike,
     The anomaly-free pixels of all images are sorted by score; ``num_thresholds`` equidistant positions in that
     order (``linspace(0, n - 1, num_thresholds)`` truncated to integers) give the thresholds t and the FPRs
     ``1 - (pos + 1) / n``; PRO(t) is the mean over the 8-connected ground-truth regions of the fraction of the region
-    scoring above t. Entries are NaN when there is no region or no anomaly-free pixel. Our reading where PAPER_NOTES
+    scoring above t. Entries are NaN when there is no region or no anomaly-free pixel. Our reading where the paper
     gives only "99 thresholds": the sampling scheme is that of the MVTec 3D-AD utility those methods share.
     """
     if num_thresholds < 2:

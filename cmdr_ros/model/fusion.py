@@ -1,5 +1,5 @@
-"""CMDR-IAD anomaly scoring as pure functions (the paper's test-time scoring; in the team's notes, which live
-outside this repository at ../shared/PAPER_NOTES.md: "Anomaly scoring at test time").
+"""CMDR-IAD anomaly scoring as pure functions: the paper's test-time scoring, each formula stated on its function
+(README, "The model", for where the project follows the reference code instead of the paper's text).
 
 Every map is a tensor shaped ``[B, H, W]`` (or ``[H, W]``, treated as a batch of one); nothing here holds
 state, so the node, the CLI and the benchmarks share one definition of the maths.

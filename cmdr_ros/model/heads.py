@@ -1,5 +1,5 @@
-"""The four learned CMDR-IAD heads (in the team's notes, which live outside this repository at
-../shared/PAPER_NOTES.md: "Learned heads").
+"""The four learned CMDR-IAD heads, as the reference code builds them (layer order and parameter counts stated on
+each class and tested; README, "The model").
 
 All heads take per-pixel feature maps shaped ``[B, C, G, G]`` and return the same layout, so the
 same code serves the paper's 224x224 grid (768-d DINO / 1152-d Point-MAE features) and small
