@@ -32,6 +32,7 @@ PRESETS = ("paper", "lite", "paper3d", "lite3d")
 # paper's 3D-only cutting-cell pipeline (cmdr_ros.data.scans): an unorganized scan cut into sequential chunks of
 # grid x grid points, each scaled per axis to [-1, 1] and laid out in sequence order as the grid.
 PIPELINES = ("frame", "chunks")
+CHUNK_SCORES = ("max_normalized", "mean")
 
 
 _FIELD_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
@@ -182,6 +183,10 @@ class ModelConfig:
     # "chunks": how each chunk is normalised (cmdr_ros.data.scans.SCALINGS): "per_axis" to [-1, 1] (the reference's)
     # or "isotropic" (the shape kept: what shape descriptors such as FPFH need)
     chunk_scaling: str = "per_axis"
+    # "chunks": a chunk's score (CHUNK_SCORES): "max_normalized", the reference's maximum of
+    # F / (sqrt(mean of non-zero F) + 1e-6), or "mean", the chunk's mean reconstruction distance F (weights-free
+    # features: a defect raises the distance of its whole chunk, which the reference's normalisation divides away)
+    chunk_score: str = "max_normalized"
 
     @property
     def chunk_points(self) -> int:
@@ -225,6 +230,8 @@ class ModelConfig:
             raise CmdrError(f"unknown pipeline {self.pipeline!r}: expected one of {', '.join(PIPELINES)}")
         if self.chunk_scaling not in ("per_axis", "isotropic"):
             raise CmdrError(f"unknown chunk_scaling {self.chunk_scaling!r}: expected per_axis or isotropic")
+        if self.chunk_score not in CHUNK_SCORES:
+            raise CmdrError(f"unknown chunk_score {self.chunk_score!r}: expected one of {', '.join(CHUNK_SCORES)}")
         if self.pipeline == "chunks" and self.mode != "3d":
             raise CmdrError(f"the chunks pipeline judges unorganized scans (3D only), not mode '{self.mode}'")
 
@@ -268,7 +275,8 @@ def preset(name: str, mode: str = "rgbd") -> ModelConfig:
     ``paper3d``: the paper's 3D-only cutting-cell pipeline (``pipeline: chunks``): chunks of 96 x 96 = 9216 points,
     Point-MAE (per-frame BatchNorm) with 96 groups of 32 points, the 3D reconstruction decoder on the 9216-long
     sequence, AdamW with batch 4, a non-finite loss ends training. ``lite3d``: its weights-free twin, the same
-    chunking, isotropically scaled chunks and standardised FPFH features (Adam, batch 4, 30 epochs)."""
+    chunking, isotropically scaled chunks, standardised FPFH features and the chunk's mean distance as its score
+    (Adam, batch 4, 30 epochs)."""
     pixel_norm = "sqrt_nonzero" if mode == "3d" else "split"
     if name in ("paper3d", "lite3d") and mode != "3d":
         raise CmdrError(f"preset '{name}' is 3D-only (unorganized scans): use mode 3d, not '{mode}'")
@@ -284,7 +292,8 @@ def preset(name: str, mode: str = "rgbd") -> ModelConfig:
         # face the sensor above the scan
         fpfh = {"radii": (8.0, 16.0), "normal_radius": 6.0, "viewpoint": (0.0, 0.0, 1000.0)}
         return ModelConfig(mode="3d", pipeline="chunks", grid=96, pixel_norm="sqrt_nonzero", chunk_scaling="isotropic",
-                           backbone_3d=BackboneConfig("fpfh", options=fpfh), standardize_features=True,
+                           chunk_score="mean", backbone_3d=BackboneConfig("fpfh", options=fpfh),
+                           standardize_features=True,
                            preprocess=PreprocessConfig(remove_plane=False, keep_largest_cluster=False),
                            train=TrainConfig(epochs=30, batch_size=4))
     if name == "paper":

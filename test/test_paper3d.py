@@ -158,3 +158,23 @@ def test_lite3d_train_eval_predict_calibrate_cli(tmp_path, capsys):
                  "--quiet"]) == 0
     assert main(["predict", "--checkpoint", str(ckpt), "--xyz", "x.tiff", "--out", str(out), "--device", "cpu"]) == 2
     assert "give --scan" in capsys.readouterr().err
+
+
+def test_chunk_score_mean_is_the_chunks_mean_distance(fitted):
+    points, _ = surface(22, bump=True)
+    reference = fitted.predict_scan(points)
+    fitted.config.chunk_score = "mean"
+    try:
+        pred = fitted.predict_scan(points)
+        first = fitted.predict_input(prepare_chunk(pred.chunks.points[0], fitted.config))
+    finally:
+        fitted.config.chunk_score = "max_normalized"
+    assert pred.chunk_scores[0] == pytest.approx(float(first.grid_map.mean()))
+    assert pred.score == pytest.approx(float(pred.chunk_scores.max()))
+    np.testing.assert_array_equal(pred.point_scores, reference.point_scores)  # point scores do not change
+    assert preset("lite3d", "3d").chunk_score == "mean" and preset("paper3d", "3d").chunk_score == "max_normalized"
+    d = preset("lite3d", "3d").to_dict()
+    del d["chunk_score"]
+    assert ModelConfig.from_dict(d).chunk_score == "max_normalized"  # a checkpoint from before the setting
+    with pytest.raises(CmdrError, match="unknown chunk_score"):
+        ModelConfig(mode="3d", pipeline="chunks", grid=16, chunk_score="median")

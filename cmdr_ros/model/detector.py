@@ -298,8 +298,8 @@ class CMDRDetector:
         grid_map = fused[0].float().cpu().numpy()
         norm = self.config.pixel_norm
         pix = fusion.normalized_scores(fused, norm, "p_auroc")[0].float().cpu().numpy()
-        if self.config.pipeline == "chunks":  # the reference's chunk score: the maximum normalised point score
-            score = float(pix.max())
+        if self.config.pipeline == "chunks":  # ModelConfig.chunk_score
+            score = float(pix.max()) if self.config.chunk_score == "max_normalized" else float(grid_map.mean())
         # at the input resolution the sensor's own (strict) valid mask applies, whatever the model's mask
         anomaly_map = inp.frame.to_input(pix).astype(np.float32) * inp.valid_input
         return Prediction(score, anomaly_map, inp.valid_input, grid_map, maps["valid"][0].cpu().numpy(),

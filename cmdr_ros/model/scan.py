@@ -3,7 +3,8 @@
 A scan (Nx3, the sensor's order) is cut into chunks (``cmdr_ros.data.scans.chunk_scan``); every chunk goes through
 the detector as one 96x96 "grid" input; a chunk point's score is its pixel of the chunk's normalised map
 (``Prediction.pixel_map``: F / (sqrt(mean of non-zero F) + 1e-6) with the presets' ``pixel_norm``), read in
-sequence order; the chunk score is the maximum of those (the reference's rule); the scan's per-point scores are
+sequence order; the chunk score is the maximum of those (the reference's rule; ``chunk_score: mean``: the chunk's
+mean distance F instead, for weights-free features); the scan's per-point scores are
 stitched back in input order (the higher where the tail chunk overlaps its predecessor) and the part score is the
 maximum chunk score, so a part is rejected when any of its chunks is.
 """
@@ -73,7 +74,7 @@ def predict_scan(detector: CMDRDetector, points: np.ndarray) -> ScanPrediction:
     for inp in inputs:
         pred = detector.predict_input(inp)
         per_chunk.append(pred.pixel_map().reshape(-1))  # row-major: the chunk's sequence order
-        scores.append(pred.score)  # the maximum of those (``CMDRDetector.predict_input``)
+        scores.append(pred.score)  # the chunk score (``CMDRDetector.predict_input``, ``config.chunk_score``)
     chunk_scores = np.asarray(scores, dtype=np.float32)
     point_scores = np.full(len(pts), np.nan, dtype=np.float32)
     point_scores[measured] = stitch(np.stack(per_chunk), chunks)
