@@ -16,6 +16,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Bool, Float32, Header
 
+from cmdr_ros import CmdrError
 from cmdr_ros.judge import Judge, Verdict
 from cmdr_ros.ros.decisions import DecisionOrder, Part, PartIds, WorkQueue
 from cmdr_ros.ros.engine import DecisionEngine, Outlet
@@ -447,3 +448,21 @@ def test_the_tf_fallback_is_said_as_it_is_when_the_lookup_fails():
     m = tf_lookup(Buffer(t), lambda *a: None, lambda: "")("camera", "lidar", None)
     assert np.allclose(m, [[1, 0, 0, 1], [0, 1, 0, 2], [0, 0, 1, 3], [0, 0, 0, 1]])
 
+
+
+def test_a_map_that_cannot_be_drawn_still_lets_the_decision_out(monkeypatch):
+    """Output maps are drawn on the decision path (e.g. a scan's top view, whose raster refuses collinear points):
+    when drawing fails the part still gets its decision, without maps, and the caller (the inference thread) goes on."""
+    import cmdr_ros.ros.engine as engine_module
+
+    store = Store()
+    engine, published = engine_with(store)
+    warned = []
+    engine.warn = lambda kind, msg, level="warning": warned.append((kind, level))
+
+    def broken(*a, **kw):
+        raise CmdrError("collinear points: no plane")
+
+    monkeypatch.setattr(engine_module, "map_messages", broken)
+    assert engine.decide(part(1), Verdict(True, "reject", 1.0, score=2.0))
+    assert published == [1] and store.rows == [1] and ("internal", "error") in warned

@@ -124,8 +124,12 @@ class DecisionEngine:
         if part.decided:
             return False
         outlet = self.outlet
-        maps = map_messages(verdict, frame, wanted_outputs(outlet.pubs) if outlet else (),
-                            float(self.param("output.heatmap_alpha")), float(self.param("output.heatmap_max")))
+        try:
+            maps = map_messages(verdict, frame, wanted_outputs(outlet.pubs) if outlet else (),
+                                float(self.param("output.heatmap_alpha")), float(self.param("output.heatmap_max")))
+        except Exception as e:  # noqa: BLE001 - a map that cannot be drawn must not cost the part its decision
+            self.warn("internal", f"output maps of part {part.inputs} not built: {type(e).__name__}: {e}", "error")
+            maps = {}
         part_id = None if part.header is None else self.part_ids.near(part.header, float(self.param("sync.slop")))
         with self.cv:
             if part.decided:
