@@ -18,7 +18,7 @@ from std_msgs.msg import Bool, Float32, Header
 
 from cmdr_ros import CmdrError
 from cmdr_ros.judge import Judge, Verdict
-from cmdr_ros.ros.decisions import DecisionOrder, Part, PartIds, WorkQueue
+from cmdr_ros.ros.decisions import DecisionOutbox, Part, PartIds, WorkQueue
 from cmdr_ros.ros.engine import DecisionEngine, Outlet
 from cmdr_ros.ros.frame_judge import FrameJudge
 from cmdr_ros.ros.frames import Frame
@@ -123,7 +123,7 @@ def snap(**kw: Any) -> dict[str, Any]:
     """A node snapshot (``InspectionNode.snapshot``) with nothing wrong."""
     return {"decisions": 5, "judged": 5, "rejects": 1, "late": 0, "stuck": 0, "qos_incompatible": 0,
             "not_judged": {}, "seq": 5, "waiting": 0, "inflight_s": 0.0, "rate_hz": 2.0, "latency_p50_ms": 12.0,
-            "latency_p95_ms": 20.25, "pending_sync": 0, "input_idle_s": 0.5, **kw}
+            "latency_p95_ms": 20.25, "pending_sync": 0, "unsent": 0, "input_idle_s": 0.5, **kw}
 
 
 def status(s: dict[str, Any], state: str = "active", judging: bool = True, stale_after: float = 0.0,
@@ -139,7 +139,7 @@ def test_status_ok_with_the_counters_and_the_model():
     level, message, v = status(snap(), threshold=1.5, model_id="abc123", device="cpu")
     assert level == DiagnosticStatus.OK and message == "active: 5 decisions, 5 judged, 0 not judged"
     assert list(v) == ["state", "decisions", "seq", "judged", "rejects", "not_judged", "late_results", "stuck",
-                       "stuck_events", "waiting", "pending_sync", "rate_hz", "latency_p50_ms", "latency_p95_ms",
+                       "stuck_events", "waiting", "pending_sync", "unsent", "rate_hz", "latency_p50_ms", "latency_p95_ms",
                        "qos_incompatible", "input_idle_s", "mode", "threshold", "model_id", "device"]
     assert v["state"] == "active" and v["decisions"] == "5" and v["stuck"] == "0" and v["rate_hz"] == "2.00"
     assert v["latency_p95_ms"] == "20.2" and v["input_idle_s"] == "0.5" and v["threshold"] == "1.500000"
@@ -346,30 +346,25 @@ def engine_with(store: Store) -> tuple[DecisionEngine, list[int]]:
     return engine, published
 
 
-def test_a_slow_audit_store_never_holds_the_decision_lock_and_order_is_kept():
+def test_a_slow_audit_store_never_holds_back_who_decides_and_order_is_kept():
     store = Store()
     engine, published = engine_with(store)
     store.gate.clear()
-    first = threading.Thread(target=engine.fail, args=(part(1), "timeout", "late"))
-    first.start()
     try:
-        assert store.entered.wait(5)  # decision 1 waits for its commit ...
         t0 = time.monotonic()
+        assert engine.fail(part(1), "timeout", "late") is None  # returns while decision 1 waits for its commit ...
+        assert store.entered.wait(5)
         assert engine.cv.acquire(timeout=1.0)  # ... without the decision lock: watchdog and inputs go on
         engine.cv.release()
         assert engine.watch(5.0) is False and engine.counters()["seq"] == 1
-        second = threading.Thread(target=engine.fail, args=(part(2), "overload", "full"))
-        second.start()
-        while engine.order.last < 2:  # numbered at once ...
-            time.sleep(0.001)
-        assert time.monotonic() - t0 < 1.0
-        time.sleep(0.05)
+        engine.fail(part(2), "overload", "full")  # an input callback deciding: numbered and back at once
+        assert engine.order.last == 2 and time.monotonic() - t0 < 1.0
+        assert engine.counters()["unsent"] == 2 and not engine.flush(0.05)
         assert store.rows == [] and published == []  # ... but neither recorded nor published before 1
     finally:
         store.gate.set()
-        first.join(5)
-    second.join(5)
-    assert store.rows == [1, 2] and published == [1, 2]
+    assert engine.flush(5)
+    assert store.rows == [1, 2] and published == [1, 2] and engine.counters()["unsent"] == 0
     assert engine.counters()["not_judged"] == {"timeout": 1, "overload": 1}
 
 
@@ -383,19 +378,23 @@ def test_concurrent_decisions_are_recorded_and_published_in_sequence_order():
         t.start()
     for t in threads:
         t.join(10)
+    assert engine.flush(10)
     assert store.rows == list(range(1, 61)) and published == list(range(1, 61))
     assert not engine.decide(parts[0], Verdict(False, "reject", None, kind="internal"))  # one decision per part
 
 
-def test_a_turn_that_raises_still_lets_the_next_decision_out():
-    order = DecisionOrder()
-    a, b = order.number(), order.number()
-    with pytest.raises(RuntimeError):
-        with order.turn(a):
-            raise RuntimeError("publisher gone")
-    done = threading.Event()
-    threading.Thread(target=lambda: (order.turn(b).__enter__(), done.set())).start()
-    assert done.wait(1.0)
+def test_a_send_that_raises_is_reported_and_the_next_decision_still_goes_out():
+    failed, sent = [], []
+    outbox = DecisionOutbox(lambda seq, e: failed.append((seq, str(e))))
+    a, b = outbox.number(), outbox.number()
+
+    def broken() -> None:
+        raise RuntimeError("publisher gone")
+
+    outbox.post(b, lambda: sent.append(b))  # posted out of order: waits for a
+    assert not outbox.flush(0.05) and sent == []
+    outbox.post(a, broken)
+    assert outbox.flush(1.0) and sent == [b] and failed == [(a, "publisher gone")] and outbox.backlog == 0
 
 
 def test_queue_overload_and_time_budget():
@@ -464,5 +463,5 @@ def test_a_map_that_cannot_be_drawn_still_lets_the_decision_out(monkeypatch):
         raise CmdrError("collinear points: no plane")
 
     monkeypatch.setattr(engine_module, "map_messages", broken)
-    assert engine.decide(part(1), Verdict(True, "reject", 1.0, score=2.0))
+    assert engine.decide(part(1), Verdict(True, "reject", 1.0, score=2.0)) and engine.flush(5)
     assert published == [1] and store.rows == [1] and ("internal", "error") in warned

@@ -1,20 +1,20 @@
 """The node's parts on their way to a decision: the queue in front of the inference thread (``WorkQueue``) and the
-order decisions leave in (``DecisionOrder``). No rclpy here: the node drives both from its callbacks and threads.
+order decisions leave in (``DecisionOutbox``). No rclpy here: the node drives both from its callbacks and threads.
 
 Every part gets exactly one decision: ``Part.decided`` is set under the decision lock (``WorkQueue.cv``) by
 whoever decides first (the worker with the model's verdict, the watchdog or an overload with the fail-safe).
 The decision then gets its sequence number under that same lock, and is recorded in the audit store and
-published in number order *outside* it: a slow store holds back the next publication (its row is committed
-first, or the wait timed out), never the lock the watchdog, the input callbacks and the diagnostics need.
+published in number order by the outbox thread: a slow store holds back the next publication (its row is
+committed first, or the wait timed out), never the one who decided, nor the lock the watchdog, the input callbacks
+and the diagnostics need.
 """
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable
 
 from cmdr_ros.ros.conversions import stamp_ns
 
@@ -139,31 +139,63 @@ class WorkQueue:
             self.cv.notify_all()
 
 
-class DecisionOrder:
-    """Numbers the decisions (``number``) and lets them out one at a time in number order (``turn``).
+class DecisionOutbox:
+    """Numbers the decisions (``number``) and sends them out in number order from its own thread (``post``).
 
-    ``number`` is called under the decision lock, right when a part is marked decided; ``turn(seq)`` is entered
-    after that lock is released (always: every number must take its turn, else the later ones wait forever) and
-    returns once every lower number has left. The audit row and the messages go out inside the turn, so the
-    audit writer's FIFO order and the published order are the sequence order."""
+    ``number`` is called under the decision lock, right when a part is marked decided; ``post(seq, send)`` is
+    called right after that lock is released (always: every number must be posted, else the later ones wait
+    forever) and returns at once: nobody who decides (an input callback holding the synchronizer, the watchdog,
+    the inference thread) ever waits for another decision's audit commit or publication. The outbox thread runs
+    ``send`` (record the audit row, publish the messages) for each number in turn, so the audit writer's FIFO order
+    and the published order are the sequence order; a ``send`` that raises is reported to ``on_error`` and the next
+    number goes out. ``flush`` waits until everything numbered so far is out (settling, shutdown, tests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_error: Callable[[int, BaseException], None] | None = None) -> None:
         self._cv = threading.Condition()
         self.last = 0  # the highest number handed out
-        self._out = 0  # every number <= this has left
+        self._out = 0  # every number <= this has been sent
+        self._jobs: dict[int, Callable[[], None]] = {}
+        self._on_error = on_error
+        self._thread: threading.Thread | None = None
 
     def number(self) -> int:
         with self._cv:
             self.last += 1
             return self.last
 
-    @contextlib.contextmanager
-    def turn(self, seq: int) -> Iterator[None]:
+    def post(self, seq: int, send: Callable[[], None]) -> None:
+        """Hand over number ``seq``'s sending; it runs on the outbox thread once every lower number is out."""
         with self._cv:
-            self._cv.wait_for(lambda: self._out >= seq - 1)
-        try:
-            yield
-        finally:
+            self._jobs[seq] = send
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="cmdr_outbox", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until every number handed out so far has been sent; False on time-out."""
+        with self._cv:
+            target = self.last
+            return self._cv.wait_for(lambda: self._out >= target, timeout)
+
+    @property
+    def backlog(self) -> int:
+        """Numbers handed out and not sent yet."""
+        with self._cv:
+            return self.last - self._out
+
+    def _run(self) -> None:
+        while True:
             with self._cv:
-                self._out = max(self._out, seq)
-                self._cv.notify_all()
+                self._cv.wait_for(lambda: self._out + 1 in self._jobs)
+                seq = self._out + 1
+                send = self._jobs.pop(seq)
+            try:
+                send()
+            except Exception as e:  # noqa: BLE001 - one decision that cannot go out must not hold back the next
+                if self._on_error is not None:
+                    self._on_error(seq, e)
+            finally:
+                with self._cv:
+                    self._out = seq
+                    self._cv.notify_all()

@@ -2,9 +2,9 @@
 
 ``submit`` queues a part in front of the inference thread (``work``); ``watch`` gives the parts past their time
 budget the fail-safe; ``settle_all`` answers every part still held; ``decide`` numbers a decision under the
-decision lock, then records it in the audit store and publishes its messages in number order outside that lock
-(``decisions.DecisionOrder``): a slow audit store delays the next publication, never the watchdog, the input
-callbacks or ``/diagnostics``. The node (``inspection_node.py``) wires it to ROS: it creates the publishers and the
+decision lock, then hands it to the outbox thread, which records it in the audit store and publishes its messages in
+number order (``decisions.DecisionOutbox``): a slow audit store delays the next publication, never the watchdog,
+the input callbacks, the inference thread or ``/diagnostics``. The node (``inspection_node.py``) wires it to ROS: it creates the publishers and the
 store and hands them over as an ``Outlet`` while configured.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from cmdr_ros import CmdrError
 from cmdr_ros.audit.schema import row_from_result
 from cmdr_ros.judge import Verdict
-from cmdr_ros.ros.decisions import DecisionOrder, Part, PartIds, WorkQueue
+from cmdr_ros.ros.decisions import DecisionOutbox, Part, PartIds, WorkQueue
 from cmdr_ros.ros.node_status import DecisionStats, rate_and_latency
 from cmdr_ros.ros.outputs import decision_messages, map_messages, result_values, wanted_outputs
 
@@ -50,7 +50,7 @@ class DecisionEngine:
         self.judge_of, self.param, self.warn = judge_of, param, warn
         self.queue = WorkQueue()
         self.cv = self.queue.cv  # the decision lock: queue, in-flight part, numbering, counters
-        self.order = DecisionOrder()
+        self.order = DecisionOutbox(self._send_failed)
         self.part_ids = PartIds()
         self.stats = DecisionStats()
         self.outlet: Outlet | None = None
@@ -105,6 +105,8 @@ class DecisionEngine:
         n0 = self.order.last
         for p in self.queue.take_all():
             self.fail(p, kind, reason)
+        if not self.flush():
+            self.warn("internal", f"{self.order.backlog} decisions still not recorded and published", "error")
         return self.order.last - n0
 
     # ---------------------------------------------------------------- decisions out
@@ -119,8 +121,8 @@ class DecisionEngine:
         self.decide(part, self.not_judged(kind, reason))
 
     def decide(self, part: Part, verdict: Verdict, frame: Frame | None = None) -> bool:
-        """Record and publish the one decision of ``part`` (False when it already had one, e.g. from the
-        watchdog): numbered under the decision lock, recorded and published in number order outside it."""
+        """Make the one decision of ``part`` (False when it already had one, e.g. from the watchdog): numbered under
+        the decision lock, then recorded and published in number order by the outbox thread (``flush`` waits)."""
         if part.decided:
             return False
         outlet = self.outlet
@@ -138,12 +140,26 @@ class DecisionEngine:
             seq = self.order.number()
             latency_ms = (time.monotonic() - part.t_in) * 1e3
             self.stats.decided(verdict, latency_ms, time.monotonic())
-        with self.order.turn(seq):  # entered for every number: the later ones wait for it
+        # posted for every number (the later ones wait for it); sent from the outbox thread, so whoever decided
+        # (an input callback, the watchdog, the inference thread) goes on at once
+        def send() -> None:
             if outlet is not None and outlet.pubs:
                 self._publish(outlet, part, verdict, frame, maps, seq, latency_ms, part_id)
-            if not verdict.judged:
-                self.warn(verdict.kind, f"part {part.inputs} not judged -> {verdict.decision}: {verdict.reason}")
+
+        self.order.post(seq, send)
+        if not verdict.judged:
+            self.warn(verdict.kind, f"part {part.inputs} not judged -> {verdict.decision}: {verdict.reason}")
         return True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every decision made so far is recorded and published (default bound: each waiting one may
+        take audit.timeout for its commit, plus 2 s); False when that did not happen in time."""
+        if timeout is None:
+            timeout = 2.0 + self.order.backlog * float(self.param("audit.timeout") or 0.0)
+        return self.order.flush(timeout)
+
+    def _send_failed(self, seq: int, e: BaseException) -> None:
+        self.warn("internal", f"decision {seq} not recorded or published: {type(e).__name__}: {e}", "error")
 
     @staticmethod
     def _publish(outlet: Outlet, part: Part, verdict: Verdict, frame: Frame | None, maps: dict[str, Any], seq: int,
@@ -168,11 +184,12 @@ class DecisionEngine:
             self.stats.counts[counter] += 1
 
     def counters(self) -> dict[str, Any]:
-        """Decisions, judged, rejects, late, stuck, qos_incompatible, not_judged (by kind), seq, waiting,
+        """Decisions, judged, rejects, late, stuck, qos_incompatible, not_judged (by kind), seq, unsent (decided,
+        not yet recorded and published), waiting,
         inflight_s, rate_hz, latency_p50_ms, latency_p95_ms."""
         with self.cv:
             out, latencies, stamps = self.stats.copy()
-            out.update(seq=self.order.last, waiting=len(self.queue.waiting),
+            out.update(seq=self.order.last, unsent=self.order.backlog, waiting=len(self.queue.waiting),
                        inflight_s=self.queue.inflight_s(time.monotonic()))
         out.update(rate_and_latency(latencies, stamps, time.monotonic()))
         return out

@@ -6,8 +6,8 @@ subscription callbacks -> approximate-time synchronizer (``sync.py``; an input w
 ``sync.timeout``, evicted or duplicated gets an ``unmatched`` result) -> ``DecisionEngine.submit`` queues the part
 (``overload``: judge_all keeps ``worker.queue_size`` waiting and gives the oldest the fail-safe when full; newest
 keeps one) -> inference thread -> ``FrameJudge`` (alignment, model, decision rule, fail-safe; ``frame_judge.py``) ->
-``DecisionEngine.decide`` (``engine.py``: a sequence number under the decision lock, then in number order outside it
-the audit row and the messages of ``outputs.py``). A watchdog gives every part not decided within ``time_budget`` of
+``DecisionEngine.decide`` (``engine.py``: a sequence number under the decision lock, then the outbox thread sends,
+in number order, the audit row and the messages of ``outputs.py``; no callback waits for that). A watchdog gives every part not decided within ``time_budget`` of
 its arrival the fail-safe decision and reports a stuck inference on ``/diagnostics`` (``node_status.py``). Inference
 never runs in a callback. At SIGINT/SIGTERM every part still waiting gets its fail-safe decision before exit.
 
@@ -310,6 +310,8 @@ class InspectionNode(LifecycleNode):
             if self._worker.is_alive():
                 self.get_logger().warning("the inference thread did not stop within 5 s; leaving it behind")
             self._worker = None
+        if not self._engine.flush():  # the last decisions out before their publishers and store go
+            self.get_logger().error("decisions still not recorded and published at teardown")
         self._engine.outlet = None
         audit, self._audit = self._audit, None
         close_audit(audit, self.get_logger())

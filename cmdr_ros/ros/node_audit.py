@@ -1,7 +1,7 @@
 """The inspection node's audit store: opened at configure, closed at cleanup (``cmdr_ros.audit.store.AuditStore``).
 
 A store that cannot be opened or written is a fault the node reports (log, ``/diagnostics``), never a reason to stop
-deciding. How each decision's row is recorded before it is published: ``decisions.DecisionOrder``.
+deciding. How each decision's row is recorded before it is published: ``decisions.DecisionOutbox``.
 """
 from __future__ import annotations
 

@@ -159,6 +159,7 @@ def node_status(s: Mapping[str, Any], *, state: str, judging: bool, time_budget:
     values = {"state": state, "decisions": s["decisions"], "seq": s["seq"], "judged": s["judged"],
               "rejects": s["rejects"], "not_judged": n_bad, "late_results": s["late"], "stuck": int(stuck),
               "stuck_events": s["stuck"], "waiting": s["waiting"], "pending_sync": s["pending_sync"],
+              "unsent": s["unsent"],
               "rate_hz": f"{s['rate_hz']:.2f}", "latency_p50_ms": f"{s['latency_p50_ms']:.1f}",
               "latency_p95_ms": f"{s['latency_p95_ms']:.1f}", "qos_incompatible": s["qos_incompatible"],
               "input_idle_s": f"{s['input_idle_s']:.1f}", "mode": mode}
