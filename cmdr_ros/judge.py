@@ -42,6 +42,17 @@ def is_reject(score: float, threshold: float) -> bool:
     return bool(score >= threshold)
 
 
+def reject_flag(score: float, threshold: float | None) -> int | str:
+    """The decision rule as a table column (``cmdr eval``): 1/0, 1 for a non-finite score (fail-safe), '' when the
+    model has no threshold."""
+    if threshold is None:
+        return ""
+    try:
+        return int(is_reject(score, threshold))
+    except NotJudgeable:
+        return 1
+
+
 @dataclass(frozen=True)
 class JudgeSettings:
     """What makes a frame judgeable and what an unjudgeable one gets (the node's parameters of the same names)."""

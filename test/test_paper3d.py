@@ -77,8 +77,17 @@ def surface(seed: int, n: int = 700, bump: bool = False) -> tuple[np.ndarray, np
 def fitted():
     det = CMDRDetector(small(), device="cpu")
     det.fit(scan_inputs([surface(s)[0] for s in range(3)], det), progress=False)
-    det.calibrate(scan_inputs([surface(10)[0]], det), progress=False)
+    det.calibrate_scans([surface(10)[0], surface(11)[0]], progress=False)
     return det
+
+
+def test_a_scan_model_is_calibrated_on_part_scores(fitted):
+    parts = [fitted.predict_scan(surface(s)[0]).score for s in (10, 11)]  # each: its maximum chunk score
+    st = fitted.score_stats
+    assert st["n"] == 2 and st["max"] == pytest.approx(max(parts)) and st["mean"] == pytest.approx(np.mean(parts))
+    assert fitted.threshold == pytest.approx(max(max(parts), np.mean(parts) + st["sigma"] * np.std(parts, ddof=1)))
+    with pytest.raises(CmdrError, match="calibrate it on good scans"):
+        fitted.calibrate(scan_inputs([surface(10)[0]], fitted), progress=False)
 
 
 def test_point_scores_come_back_in_input_order(fitted):

@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     p_rows, p_summary = _report(p_results, p_samples, report_dir, "3d_", p_s["threshold"])
 
     print("      the same scans through the paper's cutting-cell pipeline (lite3d: 9216-point chunks, no raster)")
-    c_data = generate_scan_dataset(out / "data", n_train=20, n_val=4, n_test_good=6, n_test_per_defect=2,
+    c_data = generate_scan_dataset(out / "data", n_train=20, n_val=6, n_test_good=6, n_test_per_defect=2,
                                    seed=args.seed, overwrite=True)
     c_s = _train(c_data, "3d", out / "model_lite3d.ckpt", args, progress, preset_name="lite3d")
     c_bag = out / "scan_bag"

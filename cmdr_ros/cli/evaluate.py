@@ -27,6 +27,7 @@ import tifffile
 from cmdr_ros.data.mvtec3d import MVTec3DClass
 from cmdr_ros.data.preprocess import PreprocessCache, resize_mask
 from cmdr_ros.data.samples import iter_split, load_one, make_cache
+from cmdr_ros.judge import reject_flag
 from cmdr_ros.metrics import METRIC_KEYS, format_table, metrics_by_defect, pro_curve, roc_curve_points
 from cmdr_ros.model.checkpoint import load_checkpoint
 from cmdr_ros.model.detector import CMDRDetector
@@ -50,7 +51,7 @@ def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache:
         pro_maps.append(pred.pro_map())
         rows.append({"class": data.name, "defect": s.defect, "id": s.sample_id, "label": s.label,
                      "score": pred.score,
-                     "reject": _reject_column(pred.score, detector.threshold)})
+                     "reject": reject_flag(pred.score, detector.threshold)})
         if write_images:
             tif = out / "anomaly_maps" / data.name / "test" / s.defect / f"{s.sample_id}.tiff"
             tif.parent.mkdir(parents=True, exist_ok=True)
@@ -77,26 +78,13 @@ def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache:
     return {"metrics": metrics, "rows": rows}
 
 
-def _reject_column(score: float, threshold: float | None) -> int | str:
-    """The node's decision for this score (``judge.is_reject``): 1/0, 1 for a non-finite score (fail-safe), '' when
-    the model has no threshold."""
-    from cmdr_ros.judge import NotJudgeable, is_reject
-
-    if threshold is None:
-        return ""
-    try:
-        return int(is_reject(score, threshold))
-    except NotJudgeable:
-        return 1
-
-
 def run_eval(data_dir: str | Path, detector: CMDRDetector, out: str | Path, checkpoint: str = "",
              cache_dir: str | None = None, no_cache: bool = False, progress: bool = True,
              write_images: bool = True) -> dict[str, Any]:
     out = Path(out)
     t0 = time.perf_counter()
     keys = METRIC_KEYS
-    if detector.config.pipeline == "chunks":
+    if detector.config.judges_scans:
         from cmdr_ros.cli.evaluate_scans import evaluate_scans
         from cmdr_ros.metrics import SCAN_METRIC_KEYS
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from cmdr_ros import CmdrError
 from cmdr_ros.data.scans import ScanDataset
+from cmdr_ros.judge import reject_flag
 from cmdr_ros.metrics import roc_curve_points, scan_metrics
 from cmdr_ros.visualization import plot_curves, save_overlay, scan_maps
 
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 def evaluate_scans(data_dir: str | Path, detector: CMDRDetector, out: Path, progress: bool = True,
                    write_files: bool = True) -> dict[str, Any]:
     """Metrics of a scan class folder's test split; writes point scores, overlays and the ROC under ``out``."""
-    from cmdr_ros.cli.evaluate import _reject_column
-
     data = ScanDataset(data_dir)
     scans = data.scans("test")
     if not scans:
@@ -44,7 +43,7 @@ def evaluate_scans(data_dir: str | Path, detector: CMDRDetector, out: Path, prog
             point_y.append(labels[pred.measured])
             point_s.append(pred.point_scores[pred.measured])
         rows.append({"class": data.root.name, "defect": scan.defect, "id": scan.sample_id, "label": scan.label,
-                     "score": pred.score, "reject": _reject_column(pred.score, detector.threshold),
+                     "score": pred.score, "reject": reject_flag(pred.score, detector.threshold),
                      "points": len(points), "chunks": len(pred.chunks)})
         if write_files:
             f = out / "point_scores" / data.root.name / "test" / scan.defect / f"{scan.sample_id}.npy"

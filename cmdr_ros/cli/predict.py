@@ -35,7 +35,7 @@ def run_predict(args: argparse.Namespace) -> int:
                                require_threshold=threshold < 0)
     cfg = detector.config
     judge = Judge(detector, JudgeSettings.from_params(params), threshold)
-    if cfg.pipeline == "chunks" or getattr(args, "scan", None):
+    if cfg.judges_scans or getattr(args, "scan", None):
         return _predict_scan(args, judge)
     if cfg.uses_2d and not args.rgb:
         raise CmdrError(f"the model's mode '{cfg.mode}' needs --rgb")
@@ -78,7 +78,7 @@ def _predict_scan(args: argparse.Namespace, judge: Any) -> int:
     from cmdr_ros.data.scans import read_scan
 
     detector = judge.detector
-    if detector.config.pipeline != "chunks":
+    if not detector.config.judges_scans:
         raise CmdrError("--scan needs a paper3d/lite3d model (pipeline 'chunks'); this one judges frames: "
                         "give --rgb / --xyz")
     if not args.scan:
@@ -116,19 +116,18 @@ def run_calibrate(args: argparse.Namespace) -> int:
             raise CmdrError(f"--sigma must be >= 0, got {args.sigma}")
         detector.config.calibration_sigma = args.sigma
     old = detector.threshold
-    if detector.config.pipeline == "chunks":
+    if detector.config.judges_scans:
         from cmdr_ros.data.scans import ScanDataset
-        from cmdr_ros.model.scan import scan_inputs
 
-        scans = ScanDataset(args.data).scans("validation")
+        scans = ScanDataset(args.data).good_scans("validation")
         if not scans:
-            raise CmdrError(f"{args.data}/validation: no scans found")
-        inputs = scan_inputs([s.load()[0] for s in scans if s.label == 0], detector)
+            raise CmdrError(f"{args.data}/validation: no good scans found")
+        thr = detector.calibrate_scans([s.load()[0] for s in scans], progress=not args.quiet)
     else:
         data = MVTec3DClass(args.data)
         cache = make_cache(detector.config, args.cache_dir, args.no_cache)
         inputs = [ls.inp for ls in iter_split(data, "validation", detector.config, cache, not args.quiet)]
-    thr = detector.calibrate(inputs, progress=not args.quiet)
+        thr = detector.calibrate(inputs, progress=not args.quiet)
     out = save_checkpoint(detector, args.out or args.checkpoint)
     st = detector.score_stats
     print(f"threshold {thr:.4f} (was {old if old is None else f'{old:.4f}'}) from {st['n']} good samples: "

@@ -168,6 +168,10 @@ class ScanDataset:
         """Whether ``root`` holds scans (points/ folders) rather than MVTec 3D-AD frames."""
         return any(Path(root).glob("*/*/points"))
 
+    def good_scans(self, split: str) -> list[Scan]:
+        """The defect-free scans of the split (what a threshold is calibrated on)."""
+        return [s for s in self.scans(split) if s.label == 0]
+
     def scans(self, split: str) -> list[Scan]:
         """Every scan of the split, good first, then defects sorted, ids sorted within each."""
         folder = self.root / split

@@ -298,7 +298,7 @@ class CMDRDetector:
         grid_map = fused[0].float().cpu().numpy()
         norm = self.config.pixel_norm
         pix = fusion.normalized_scores(fused, norm, "p_auroc")[0].float().cpu().numpy()
-        if self.config.pipeline == "chunks":  # ModelConfig.chunk_score
+        if self.config.judges_scans:  # ModelConfig.chunk_score
             score = float(pix.max()) if self.config.chunk_score == "max_normalized" else float(grid_map.mean())
         # at the input resolution the sensor's own (strict) valid mask applies, whatever the model's mask
         anomaly_map = inp.frame.to_input(pix).astype(np.float32) * inp.valid_input
@@ -307,7 +307,7 @@ class CMDRDetector:
 
     def predict(self, rgb: np.ndarray | None = None, xyz: np.ndarray | None = None) -> Prediction:
         """Score one frame: RGB uint8 HxWx3 and/or xyz float HxWx3 (pixel-aligned, metres, invalid = 0)."""
-        if self.config.pipeline == "chunks":
+        if self.config.judges_scans:
             raise CmdrError("this model judges unorganized scans (pipeline 'chunks'): give it the scan's Nx3 points "
                             "(predict_scan), not an organized frame")
         t0 = time.perf_counter()
@@ -324,10 +324,27 @@ class CMDRDetector:
         """Reject threshold from good samples: ``max(max score, mean + sigma * std)`` (sigma from the config).
 
         Every good calibration sample passes, and the margin grows with the spread of good scores. The
-        statistics are kept with the threshold in the checkpoint.
+        statistics are kept with the threshold in the checkpoint. A "chunks" model calibrates on whole scans
+        (:meth:`calibrate_scans`).
         """
-        scores = np.array([self.predict_input(i).score for i in tqdm(list(inputs), desc="calibrate",
-                                                                      disable=not progress, unit="sample")])
+        if self.config.judges_scans:
+            raise CmdrError("a 'chunks' model decides whole parts: calibrate it on good scans (calibrate_scans), "
+                            "not on chunks")
+        scores = [self.predict_input(i).score for i in tqdm(list(inputs), desc="calibrate", disable=not progress,
+                                                            unit="sample")]
+        return self._threshold_from(np.array(scores), source)
+
+    def calibrate_scans(self, scans: Sequence[np.ndarray], progress: bool = True, source: str = "validation"
+                        ) -> float:
+        """The threshold of a "chunks" model from good scans (Nx3 each), by the rule of :meth:`calibrate` applied to
+        the part scores (a part is decided on its maximum chunk score, so the parts are the sample: the chunks of
+        one part at different places along it score differently even when good, and their spread would set the
+        margin far above any part)."""
+        scores = [self.predict_scan(p).score for p in tqdm(scans, desc="calibrate", disable=not progress,
+                                                           unit="scan")]
+        return self._threshold_from(np.array(scores), source)
+
+    def _threshold_from(self, scores: np.ndarray, source: str) -> float:
         if scores.size == 0:
             raise CmdrError("no good samples to calibrate the threshold on")
         mean, std = float(scores.mean()), float(scores.std(ddof=1)) if scores.size > 1 else 0.0

@@ -53,7 +53,7 @@ class ScanPrediction:
 def chunk_inputs(points: np.ndarray, detector: CMDRDetector) -> tuple[Chunks, list[ModelInput]]:
     """The chunks of a scan and their model inputs."""
     cfg = detector.config
-    if cfg.pipeline != "chunks":
+    if not cfg.judges_scans:
         raise CmdrError(f"this model judges organized frames (pipeline '{cfg.pipeline}'), not unorganized scans")
     chunks = chunk_scan(points, cfg.chunk_points, cfg.chunk_scaling)
     return chunks, [prepare_chunk(c, cfg) for c in chunks.points]
@@ -83,6 +83,6 @@ def predict_scan(detector: CMDRDetector, points: np.ndarray) -> ScanPrediction:
 
 
 def scan_inputs(scans: list[np.ndarray], detector: CMDRDetector) -> list[ModelInput]:
-    """The chunk inputs of several scans, for ``CMDRDetector.fit`` and ``calibrate`` (a part's score is its
-    maximum chunk score, so a threshold above every good chunk passes every good part)."""
+    """The chunk inputs of several scans, for ``CMDRDetector.fit`` (thresholds are calibrated on whole scans:
+    ``CMDRDetector.calibrate_scans``)."""
     return [inp for pts in scans for inp in chunk_inputs(pts, detector)[1]]

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -29,8 +30,11 @@ def train_model(data_dir: str | Path, config: ModelConfig, out: str | Path, devi
     torch.manual_seed(config.train.seed)
     t0 = time.perf_counter()
     detector = CMDRDetector(config, device=device)
-    if config.pipeline == "chunks":
-        train_inputs, val_inputs, n_train, n_val = _scan_inputs(data_dir, detector, progress)
+    calibrate = detector.calibrate
+    if config.judges_scans:
+        train_inputs, train_scans, val_inputs = _scan_inputs(data_dir, detector, progress)
+        n_train, n_val = len(train_scans), len(val_inputs)
+        calibrate = detector.calibrate_scans  # on part scores: val_inputs are the validation scans
     else:
         data = MVTec3DClass(data_dir)
         cache = make_cache(config, cache_dir, no_cache)
@@ -42,10 +46,10 @@ def train_model(data_dir: str | Path, config: ModelConfig, out: str | Path, devi
     history = detector.fit(train_inputs, progress=progress)
     t_fit = time.perf_counter()
     if val_inputs:
-        detector.calibrate(val_inputs, progress=progress, source="validation")
+        calibrate(val_inputs, progress=progress, source="validation")
     else:
         log.warning("no validation/good samples: calibrating the threshold on the training samples (optimistic)")
-        detector.calibrate(train_inputs, progress=progress, source="train")
+        calibrate(train_scans if config.judges_scans else train_inputs, progress=progress, source="train")
     path = save_checkpoint(detector, out)
     summary = {
         "checkpoint": str(path), "model_id": detector.model_id, "mode": config.mode, "device": str(detector.device),
@@ -54,19 +58,19 @@ def train_model(data_dir: str | Path, config: ModelConfig, out: str | Path, devi
         "score_stats": detector.score_stats, "load_s": t_load - t0, "fit_s": t_fit - t_load,
         "total_s": time.perf_counter() - t0,
     }
-    if config.pipeline == "chunks":
+    if config.judges_scans:
         summary["train_chunks"] = len(train_inputs)
     return summary
 
 
 def _scan_inputs(data_dir: str | Path, detector: CMDRDetector, progress: bool
-                 ) -> tuple[list[ModelInput], list[ModelInput], int, int]:
-    """Chunk inputs of the train and validation scans, and the numbers of scans."""
+                 ) -> tuple[list[ModelInput], list[np.ndarray], list[np.ndarray]]:
+    """The chunk inputs of the train scans, the train scans and the good validation scans (Nx3 points each)."""
     data = ScanDataset(data_dir)
-    train, val = data.scans("train"), data.scans("validation")
+    train = data.scans("train")
     if not train:
         raise CmdrError(f"{data.root / 'train'}: no scans found (expected <defect>/points/NNN.npy|ply|pcd)")
-    load = [tqdm(s, desc=split, disable=not progress, unit="scan", leave=False) for split, s in
-            (("train", train), ("validation", val))]
-    return (scan_inputs([s.load()[0] for s in load[0]], detector), scan_inputs([s.load()[0] for s in load[1]],
-            detector), len(train), len(val))
+    train_scans, val_scans = (
+        [s.load()[0] for s in tqdm(scans, desc=split, disable=not progress, unit="scan", leave=False)]
+        for split, scans in (("train", train), ("validation", data.good_scans("validation"))))
+    return scan_inputs(train_scans, detector), train_scans, val_scans

@@ -37,8 +37,9 @@ def extrinsics_transform(values: Sequence[float] | None) -> np.ndarray | None:
 
 
 def judges_scans(detector: Any) -> bool:
-    """Whether ``detector`` judges unorganized scans point by point (``ModelConfig.pipeline == "chunks"``)."""
-    return getattr(getattr(detector, "config", None), "pipeline", "") == "chunks"
+    """Whether ``detector`` judges unorganized scans point by point (``ModelConfig.judges_scans``); False for
+    anything without a model config (e.g. a test double)."""
+    return bool(getattr(getattr(detector, "config", None), "judges_scans", False))
 
 
 def warm_up(detector: CMDRDetector) -> None:

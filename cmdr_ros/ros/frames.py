@@ -32,7 +32,7 @@ from cmdr_ros.judge import NotJudgeable, coverage_of
 from sensor_msgs.msg import CompressedImage, Image
 
 from cmdr_ros.ros.conversions import (camera_info_to_dict, compressed_image_to_rgb, depth_image_to_xyz, image_to_rgb,
-                                      pointcloud2_fields, pointcloud2_to_xyz)
+                                      pointcloud2_to_xyz)
 
 TransformLookup = Callable[[str, str, Any], "np.ndarray | None"]
 INPUT_OF = {"2d": "image", "3d": "points"}  # the input message that carries each modality
@@ -181,11 +181,7 @@ def scan_points(msg: Any, info: Any = None, projection: str = "auto") -> tuple[n
         xyz, _ = decode_cloud(msg, info, projection)
         organized = True
     else:
-        f = pointcloud2_fields(msg, ("x", "y", "z"))
-        if not all(np.issubdtype(f[k].dtype, np.floating) and f[k].ndim == 2 for k in ("x", "y", "z")):
-            pointcloud2_to_xyz(msg)  # raises the ConversionError that names the bad field
-        xyz = np.stack([f["x"], f["y"], f["z"]], axis=-1).astype(np.float32, copy=False)
-        organized = msg.height > 1
+        xyz, organized = pointcloud2_to_xyz(msg, keep_invalid=True)
     shape = tuple(int(n) for n in xyz.shape[:2])
     points = np.array(xyz.reshape(-1, 3), dtype=np.float32)
     bad = ~np.isfinite(points).all(axis=1)

@@ -71,12 +71,13 @@ def pointcloud2_fields(msg: PointCloud2, names: Sequence[str]) -> dict[str, np.n
     return {name: _read_field(msg, buf, name) for name in names}
 
 
-def pointcloud2_to_xyz(msg: PointCloud2) -> tuple[np.ndarray, bool]:
+def pointcloud2_to_xyz(msg: PointCloud2, keep_invalid: bool = False) -> tuple[np.ndarray, bool]:
     """Point coordinates as float32: ``(HxWx3, True)`` when organized (height > 1), else ``(Nx3, False)``.
 
     x/y/z must be FLOAT32 or FLOAT64. A point with any non-finite coordinate is invalid: in the
     organized case it becomes (0, 0, 0), the project's invalid convention, keeping the pixel grid;
-    in the unorganized case it is dropped.
+    in the unorganized case it is dropped. ``keep_invalid``: every point as sent, in message order (a scan whose
+    per-point scores must line up with the message).
     """
     fields = pointcloud2_fields(msg, ("x", "y", "z"))
     for name in ("x", "y", "z"):
@@ -87,6 +88,8 @@ def pointcloud2_to_xyz(msg: PointCloud2) -> tuple[np.ndarray, bool]:
                 "x/y/z must be single FLOAT32 or FLOAT64 values"
             )
     xyz = np.stack([fields["x"], fields["y"], fields["z"]], axis=-1).astype(np.float32, copy=False)
+    if keep_invalid:
+        return xyz, msg.height > 1
     valid = np.isfinite(xyz).all(axis=-1)
     if msg.height > 1:
         xyz[~valid] = 0.0
