@@ -197,6 +197,33 @@ def test_schema_version_mismatch_is_refused(tmp_path):
         SQLiteBackend(str(db)).open(0.1)
 
 
+def test_a_version_1_store_is_read_as_it_is_and_upgraded_when_written(tmp_path):
+    """Version 2 added ``chunks``: an export reads an old file unchanged (the column empty); a node opening it for
+    writing adds the column and keeps every old row."""
+    db = tmp_path / "v1.db"
+    old = [c for c in COLUMNS if c != "chunks"]
+    con = sqlite3.connect(db)
+    types = SQLiteBackend.types
+    con.execute("CREATE TABLE audit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    con.execute("INSERT INTO audit_meta VALUES ('schema_version', '1')")
+    con.execute(f"CREATE TABLE decisions (id INTEGER PRIMARY KEY, "
+                f"{', '.join(f'{c} {types[COLUMNS[c][0]]}' for c in old)}, UNIQUE (run_id, seq))")
+    r1 = row(1)
+    con.execute(f"INSERT INTO decisions ({', '.join(old)}) VALUES ({', '.join('?' for _ in old)})",
+                [r1[c] for c in old])
+    con.commit()
+    con.close()
+    assert stored(str(db)) == [{**r1, "chunks": None}]  # read-only: nothing changed in the file
+    assert sqlite3.connect(db).execute("SELECT value FROM audit_meta").fetchone() == ("1",)
+    store = AuditStore(str(db), timeout_s=WAIT)
+    try:
+        assert store.record(row(2, chunks="3")) is True
+    finally:
+        store.close()
+    assert stored(str(db)) == [{**r1, "chunks": None}, row(2, chunks="3")]
+    assert sqlite3.connect(db).execute("SELECT value FROM audit_meta").fetchone() == ("2",)
+
+
 def test_postgres_store_and_two_writers(postgres_url):
     stores = [AuditStore(postgres_url, timeout_s=WAIT) for _ in range(2)]  # two nodes of a plant, one database
 

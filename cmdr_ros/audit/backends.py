@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from cmdr_ros import CmdrError
-from cmdr_ros.audit.schema import COLUMNS, SCHEMA_VERSION, TABLE
+from cmdr_ros.audit.schema import ADDED, COLUMNS, SCHEMA_VERSION, TABLE
 
 PG_SCHEMES = ("postgresql://", "postgres://")
 _ADVISORY_LOCK = 0x636D6472  # serializes schema creation when several nodes start against one database
@@ -69,6 +69,12 @@ class Backend:
         if got is None:
             cur.execute(f"INSERT INTO audit_meta (key, value) VALUES ({self.placeholder % 'k'}, "
                         f"{self.placeholder % 'v'})", {"k": "schema_version", "v": str(SCHEMA_VERSION)})
+        elif got[0].isdigit() and int(got[0]) < SCHEMA_VERSION:  # an older store: add the columns it lacks
+            for version in range(int(got[0]) + 1, SCHEMA_VERSION + 1):
+                for col in ADDED.get(version, ()):
+                    cur.execute(f"ALTER TABLE {TABLE} ADD COLUMN {col} {self.types[COLUMNS[col][0]]}")
+            cur.execute(f"UPDATE audit_meta SET value = {self.placeholder % 'v'} WHERE key = {self.placeholder % 'k'}",
+                        {"k": "schema_version", "v": str(SCHEMA_VERSION)})
         elif got[0] != str(SCHEMA_VERSION):
             raise AuditError(f"{printable(self.target)}: audit schema version {got[0]}, this cmdr_ros writes "
                              f"version {SCHEMA_VERSION}: use another database (or export and move the old one)")
@@ -91,7 +97,9 @@ class Backend:
         if until is not None:
             where.append(f"decided_at < {self.placeholder % 'until'}")
             args["until"] = float(until)
-        sql = (f"SELECT {', '.join(columns)} FROM {TABLE}" + (" WHERE " + " AND ".join(where) if where else "")
+        have = self.table_columns()  # a store opened read-only keeps its version: its missing columns read empty
+        names = ", ".join(c if c in have else f"NULL AS {c}" for c in columns)
+        sql = (f"SELECT {names} FROM {TABLE}" + (" WHERE " + " AND ".join(where) if where else "")
                + " ORDER BY id")
         cur = self._cursor_for_reading()
         try:
@@ -106,6 +114,10 @@ class Backend:
 
     def _cursor_for_reading(self) -> Any:
         return self.conn.cursor()
+
+    def table_columns(self) -> set[str]:
+        """The columns the store's table has."""
+        raise NotImplementedError
 
     def close(self) -> None:
         conn, self.conn = self.conn, None
@@ -165,6 +177,9 @@ class SQLiteBackend(Backend):
         if st is None or (st.st_dev, st.st_ino) != self._identity:
             raise AuditError(f"{self.target} was removed or replaced: reopening (the rows it held are not in the "
                              "new file)")
+
+    def table_columns(self) -> set[str]:
+        return {r[1] for r in self.conn.execute(f"PRAGMA table_info({TABLE})")}
 
     def insert(self, rows: Sequence[dict[str, Any]]) -> None:
         cur = self.conn.cursor()
@@ -244,3 +259,8 @@ class PostgresBackend(Backend):
 
     def _cursor_for_reading(self) -> Any:
         return self.conn.cursor(name="cmdr_audit_read")  # server-side: rows stream, memory stays flat
+
+    def table_columns(self) -> set[str]:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s AND table_schema = current_schema()", (TABLE,))
+            return {r[0] for r in cur.fetchall()}
