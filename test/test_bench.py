@@ -38,6 +38,17 @@ def test_bench_table_names_the_stages(capsys):
     assert all(stage in out for stage in STAGES)
 
 
+def test_bench_times_a_scan_preset_on_profilometer_scans(capsys):
+    report = _json(capsys, ["bench", "--preset", "lite3d", "--mode", "3d", "--repeat", "1", "--warmup", "0",
+                            "--device", "cpu", "--json"])
+    (run,) = report["runs"]
+    assert "profilometer scans" in report["frames"] and run["input"].endswith(" points")
+    assert run["outcomes"] == {"judged": 1}
+    # the scan's own stages: decoding its points, cutting the chunks, FPFH per chunk, heads, stitching, the messages
+    assert {"decode", "prepare", "backbone_3d", "heads", "fusion", "outputs"} <= set(run["stages"])
+    assert "background" not in run["stages"] and "backbone_2d" not in run["stages"]
+
+
 def test_bench_refuses_bad_sizes(capsys):
     assert main(["bench", "--size", "32"]) == 2
     assert "at least 64" in capsys.readouterr().err

@@ -34,11 +34,11 @@ STAGES = {
     "align": "FrameJudge.assemble without decoding: pixel alignment, points, coverage",
     "checks": "the judge's coverage / plausibility / valid-ratio / finite checks",
     "background": "background removal (plane + largest cluster)",
-    "prepare": "square padding, resizing, tensors to the device",
+    "prepare": "square padding, resizing, tensors to the device (scans: cutting and scaling the chunks)",
     "backbone_2d": "2D backbone: native features + per-pixel grid",
     "backbone_3d": "3D backbone: native features + per-pixel grid",
     "heads": "feature standardisation + the CMDR heads",
-    "fusion": "distance maps, fusion, image score, map back to the input",
+    "fusion": "distance maps, fusion, image score, map back to the input (scans: stitching the point scores)",
     "outputs": "~/result, ~/anomaly_map, ~/heatmap and ~/anomaly_cloud messages",
 }
 THRESHOLD = 1.0  # fixed: the heads are untrained, decisions mean nothing
@@ -68,8 +68,28 @@ def folder_frames(folder: str | Path, n: int) -> list[tuple[np.ndarray, np.ndarr
     return [(load_rgb(r), load_xyz(x)) for r, x in pairs]
 
 
-def frame_messages(rgb: np.ndarray, xyz: np.ndarray, mode: str, stamp_ns: int = 0) -> dict[str, Any]:
-    """The node's inputs for ``mode``: an rgb8 Image and/or an organized PointCloud2, same frame and stamp."""
+def synthetic_scans(n: int) -> list[tuple[None, np.ndarray]]:
+    """``n`` simulated profilometer scans (Nx3, the sensor's order, ~50k points) for the "chunks" presets."""
+    from cmdr_ros.data.synthetic import CellConfig, render_profilometer_cloud
+
+    return [(None, render_profilometer_cloud(np.random.default_rng(seed), CellConfig(), shuffle=False)[0])
+            for seed in range(n)]
+
+
+def folder_scans(folder: str | Path, n: int) -> list[tuple[None, np.ndarray]]:
+    """The first ``n`` scans of a scan class folder (``cmdr_ros.data.scans`` layout), test split first."""
+    from cmdr_ros.data.scans import ScanDataset
+
+    data = ScanDataset(folder)
+    scans = [s for split in ("test", "validation", "train") for s in data.scans(split)][:n]
+    if not scans:
+        raise CmdrError(f"{folder}: no scans found (expected <split>/<defect>/points/NNN.npy|ply|pcd)")
+    return [(None, s.load()[0]) for s in scans]
+
+
+def frame_messages(rgb: np.ndarray | None, xyz: np.ndarray, mode: str, stamp_ns: int = 0) -> dict[str, Any]:
+    """The node's inputs for ``mode``: an rgb8 Image and/or a PointCloud2 (organized from HxWx3, a scan from Nx3),
+    same frame and stamp."""
     from cmdr_ros.ros.conversions import array_to_image, make_header, xyz_to_pointcloud2
 
     header = make_header(stamp_ns, "camera")
@@ -104,6 +124,8 @@ def build_detector(preset_name: str, mode: str, device: str) -> Any:
     if preset_name == "paper":
         kw = {"backbone_2d": RandomViT(**PAPER_2D) if config.uses_2d else None,
               "backbone_3d": RandomPointMAE(**PAPER_3D) if config.uses_3d else None}
+    elif preset_name == "paper3d":  # the preset's groups (96 x 32 points per chunk), per-frame BatchNorm
+        kw = {"backbone_3d": RandomPointMAE(bn=config.backbone_3d.bn, **{**PAPER_3D, **config.backbone_3d.options})}
     det = CMDRDetector(config, device=device, **kw)
     if config.standardize_features:
         det.feature_stats = {m: torch.stack([torch.zeros(bb.out_dim), torch.ones(bb.out_dim)])
@@ -148,13 +170,15 @@ class StageClock:
 def instrumented(clock: StageClock, frame_judge: Any, det: Any) -> Iterator[None]:
     """Wrap the functions of the judge path with ``clock`` for the duration (restored afterwards)."""
     from cmdr_ros.data import model_input
+    from cmdr_ros.model import scan
     from cmdr_ros.ros import frames
 
     targets = [(frames, "decode_image", "decode"), (frames, "decode_cloud", "decode"),
                (frame_judge, "assemble", "align"), (frame_judge.judge_, "judge", "checks"),
                (model_input, "remove_background", "background"), (det, "prepare", "prepare"),
                (det, "extract", "prepare"), (det, "grid_features", "heads"), (det.heads, "forward", "heads"),
-               (det, "predict_input", "fusion")]
+               (det, "predict_input", "fusion"), (frames, "scan_points", "decode"),
+               (scan, "chunk_inputs", "prepare"), (scan, "stitch", "fusion")]
     for m, bb in (("2d", det.backbone_2d), ("3d", det.backbone_3d)):
         if bb is not None:
             targets += [(bb, "extract", f"backbone_{m}"), (bb, "to_grid", f"backbone_{m}")]
@@ -242,10 +266,11 @@ def bench_run(preset_name: str, mode: str, device: str, frames: list[tuple[np.nd
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "peak_rss_scope": "run" if peak_per_run else "process",
               "cuda_max_allocated_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None}
+    shape = f"{len(frames[0][1])} points" if det.config.judges_scans else "x".join(map(str, frames[0][1].shape[:2]))
     del det, fj
     gc.collect()
     return {"preset": preset_name, "mode": mode, "device": str(dev), "timed": repeat,
-            "input": "x".join(map(str, frames[0][0].shape[:2])),
+            "input": shape,
             "stages": {s: summary(stages[s]) for s in STAGES if stages.get(s)}, "stages_total": summary(totals),
             "end_to_end": {**summary(e2e), "frames_per_s": len(e2e) / (sum(e2e) / 1e3)},
             "outcomes": dict(outcomes), "memory": memory}
@@ -261,9 +286,19 @@ def devices(choice: str) -> list[str]:
 def run_bench(presets: list[str], modes: list[str], device_choice: str, size: int, data: str | None,
               warmup: int, repeat: int, threads: int) -> dict[str, Any]:
     """Every (preset, mode, device) run with ``threads`` torch threads (restored afterwards)."""
+    from cmdr_ros.config import preset
+
     n = max(1, min(warmup + repeat, 5))
-    frames = folder_frames(data, n) if data else synthetic_frames(size, n)
-    source = f"{data} ({len(frames)} frames)" if data else f"synthetic {size}x{size} (render_part, {n} parts)"
+    scans = {p: preset(p, "3d").judges_scans if p.endswith("3d") else False for p in presets}
+    if any(scans.values()) and not all(scans.values()):
+        raise CmdrError("time frame presets and scan presets (paper3d, lite3d) in separate runs")
+    if all(scans.values()):
+        frames = folder_scans(data, n) if data else synthetic_scans(n)
+        source = (f"{data} ({len(frames)} scans)" if data else
+                  f"synthetic profilometer scans (render_profilometer_cloud, {n} parts, sensor order)")
+    else:
+        frames = folder_frames(data, n) if data else synthetic_frames(size, n)
+        source = f"{data} ({len(frames)} frames)" if data else f"synthetic {size}x{size} (render_part, {n} parts)"
     before, load = torch.get_num_threads(), os.getloadavg()[0]
     torch.set_num_threads(threads)
     try:
@@ -276,7 +311,7 @@ def run_bench(presets: list[str], modes: list[str], device_choice: str, size: in
             "stages": STAGES,
             "notes": ["heads untrained (random init), threshold fixed at %g: decisions mean nothing, the work is the "
                       "same" % THRESHOLD,
-                      "paper preset: random-init ViT-B/8 and Point-MAE backbones (timing does not depend on weights)",
+                      "paper presets: random-init ViT-B/8 and Point-MAE backbones (timing does not depend on weights)",
                       "lite preset: identity feature statistics (the standardisation still runs)",
                       "stages: exclusive time of the real functions, wrapped; they add up to one judged frame; "
                       "end to end: the same frame again without the wrappers"],
