@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import math
 import random
 import signal
 import subprocess
@@ -544,8 +545,9 @@ def untrained_chunks():
 
 
 def test_scan_bag_round_trip_eval_and_to_dataset(scan_dir, untrained_chunks, tmp_path, capsys):
-    """from-dataset of a scan class -> the profiler topic in file order; eval_bag judges each scan as the node
-    (one row each, the detector's own scores, part-level I-AUROC == cmdr eval's); to-dataset gives the points back."""
+    """from-dataset of a scan class -> the profiler topic in file order, the per-point labels beside it; eval_bag
+    judges each scan as the node (one row each, the detector's own scores, part, chunk and point metrics == cmdr
+    eval's); to-dataset gives the points back."""
     from cmdr_ros.cli.evaluate_scans import evaluate_scans
     from cmdr_ros.data.scans import ScanDataset
     from cmdr_ros.ros.topics import PROFILER
@@ -556,8 +558,13 @@ def test_scan_bag_round_trip_eval_and_to_dataset(scan_dir, untrained_chunks, tmp
     assert main(["bag", "from-dataset", str(scan_dir), "--out", str(bag), "--rate", "4"]) == 0
     assert "wrote 2 frames" in capsys.readouterr().out
     msgs = [(topic, t, m) for topic, t, m in read_messages(bag)]
-    assert {topic for topic, _, _ in msgs} == {PROFILER["points"], RECORDED["sample"]}
+    assert {topic for topic, _, _ in msgs} == {PROFILER["points"], RECORDED["sample"], RECORDED["gt_points"]}
     clouds = [m for topic, _, m in msgs if topic == PROFILER["points"]]
+    truth = [m for topic, _, m in msgs if topic == RECORDED["gt_points"]]
+    for scan, gt, cloud in zip(scans, truth, clouds):
+        labels = pointcloud2_fields(gt, ["intensity"])["intensity"][0]
+        assert gt.header.stamp == cloud.header.stamp and np.array_equal(labels != 0, scan.load()[1])
+    assert not (pointcloud2_fields(truth[0], ["intensity"])["intensity"] != 0).any()  # the good scan: all 0
     assert [m.data for topic, _, m in msgs if topic == RECORDED["sample"]] == ["good/000", "bump/000"]
     for scan, msg in zip(scans, clouds):
         f = pointcloud2_fields(msg, ["x", "y", "z"])
@@ -573,7 +580,10 @@ def test_scan_bag_round_trip_eval_and_to_dataset(scan_dir, untrained_chunks, tmp
         assert (int(r["points"]), int(r["chunks"])) == (len(pred.point_scores), len(pred.chunks))
     mine = json.loads((tmp_path / "ev" / "metrics.json").read_text())["classes"]["scans"]
     theirs = evaluate_scans(scan_dir, det, tmp_path / "eval", progress=False, write_files=False)["metrics"]
-    assert mine["i_auroc"] == pytest.approx(theirs["i_auroc"]) and mine["defects"]["bump"]["n"] == 1
+    assert mine["defects"]["bump"]["n"] == 1
+    for key in ("i_auroc", "chunk_i_auroc", "p_auroc"):
+        assert mine[key] == pytest.approx(theirs[key], nan_ok=True), key
+    assert math.isfinite(mine["p_auroc"]) and "p_auroc" in rep["table"]
     results = {}
     for topic, t, m in read_messages(tmp_path / "ev" / "results_bag"):
         results.setdefault(topic, []).append(m)

@@ -61,7 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--points-topic", default=None,
                    help=f"default {RECORDED['points']}; a \"chunks\" model (scans): {PROFILER['points']}")
     q.add_argument("--info-topic", default=RECORDED["camera_info"])
-    q.add_argument("--gt-topic", default=RECORDED["gt"], help="ground-truth masks (mono8); metrics when present")
+    q.add_argument("--gt-topic", default=None,
+                   help=f"ground truth, metrics when present: masks (mono8; default {RECORDED['gt']}), or for a "
+                        f"scan model the points with their labels as intensity (default {RECORDED['gt_points']})")
     q.add_argument("--sample-topic", default=RECORDED["sample"], help="std_msgs/String sample names '<defect>/<id>'")
     q.add_argument("--params-file", default=None, metavar="YAML",
                    help="the node's parameters file (e.g. config/inspection.yaml): judge the bag exactly as the node "

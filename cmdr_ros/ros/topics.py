@@ -22,7 +22,9 @@ OUTPUT_TYPES = {"score": Float32, "reject": Bool, "result": DiagnosticArray, "he
 # the camera's topics as recorded (bags of ``cmdr bag from-dataset``, the demo's cell)
 CAMERA = {"image": "/camera/image", "points": "/camera/points", "camera_info": "/camera/camera_info"}
 # what a dataset bag carries besides the camera: ground truth mask and the dataset sample each frame came from
-RECORDED = CAMERA | {"gt": "/camera/gt_mask", "sample": "/cmdr/sample"}
+# ground truth recorded beside the inputs (for `cmdr bag eval`): a frame's mask; a scan's per-point labels as the
+# "intensity" (0 / 1) of a PointCloud2 of the same points in the same order, stamped as the scan
+RECORDED = CAMERA | {"gt": "/camera/gt_mask", "gt_points": "/cmdr/gt_points", "sample": "/cmdr/sample"}
 PROFILER = {"points": "/profiler/points"}  # the demo's laser profilometer (3D-only)
 
 DIAGNOSTICS = "/diagnostics"

@@ -47,7 +47,8 @@ class _ByStamp:
 @dataclass
 class _Aux:
     """The bag's companion topics, read before the inputs: camera infos (by header stamp), ground-truth masks
-    (by header stamp, bool HxW) and sample names (by log time: std_msgs/String has no header)."""
+    (by header stamp, bool HxW; a scan's: bool N per point) and sample names (by log time: std_msgs/String has no
+    header)."""
 
     infos: _ByStamp
     gts: _ByStamp
@@ -58,7 +59,7 @@ class _Aux:
 def _read_aux(reader: Any, topics: dict[str, str]) -> _Aux:
     from rclpy.serialization import deserialize_message
 
-    from cmdr_ros.ros.conversions import image_to_array
+    from cmdr_ros.ros.conversions import image_to_array, pointcloud2_fields
 
     found: dict[str, list[tuple[int, Any]]] = {"info": [], "gt": [], "sample": []}
     if topics:
@@ -73,9 +74,13 @@ def _read_aux(reader: Any, topics: dict[str, str]) -> _Aux:
             elif kind == "gt":
                 mask = image_to_array(msg)
                 found[kind].append((stamp_ns(msg.header), (mask if mask.ndim == 2 else mask.any(-1)) != 0))
+            elif kind == "gt_points":  # a scan's labels: the intensity of its points, in their order
+                found["gt"].append((stamp_ns(msg.header), pointcloud2_fields(msg, ("intensity",))["intensity"]
+                                    .reshape(-1) != 0))
             else:
                 found[kind].append((t, str(msg.data)))
-    return _Aux(_ByStamp(found["info"]), _ByStamp(found["gt"]), _ByStamp(found["sample"]), "gt" in topics)
+    return _Aux(_ByStamp(found["info"]), _ByStamp(found["gt"]), _ByStamp(found["sample"]),
+                "gt" in topics or "gt_points" in topics)
 
 
 class _Evaluation:
@@ -91,7 +96,8 @@ class _Evaluation:
         self.results, self.heatmaps = results, heatmaps
         self.seq = 0
         self.rows: list[dict[str, Any]] = []
-        self.metric_inputs: dict[str, list[Any]] = {k: [] for k in ("gts", "pix", "pro", "labels", "scores", "defects")}
+        self.metric_inputs: dict[str, list[Any]] = {k: [] for k in ("gts", "pix", "pro", "labels", "scores", "defects",
+                                                                   "chunk_y", "chunk_s", "point_y", "point_s")}
         self.scan = bool(getattr(judge, "scan", False))  # a "chunks" model: parts are scans, scored per part
         self.latencies: list[float] = []
 
@@ -160,12 +166,8 @@ class _Evaluation:
         from cmdr_ros.data.preprocess import SquareFrame, resize_mask
 
         label = None if sample is None else int(sample.split("/")[0] != "good")
-        if self.scan:  # per part only: a bag has no per-point ground truth
-            if label is not None:
-                self.metric_inputs["labels"].append(label)
-                self.metric_inputs["scores"].append(pred.score)
-                self.metric_inputs["defects"].append(sample.split("/")[0])
-            return label
+        if self.scan:
+            return self._scan_truth(stamp, label, sample, pred)
         if not self.aux.has_gt:
             return label
         mask = self.aux.gts.nearest(stamp, self.slop_ns)
@@ -184,6 +186,26 @@ class _Evaluation:
         m["defects"].append(sample.split("/")[0] if sample else ("good" if label == 0 else "defect"))
         return label
 
+    def _scan_truth(self, stamp: int, label: int | None, sample: str | None, pred: Any) -> int | None:
+        """A scan's label (sample's defect folder, else any labelled point); with per-point ground truth its chunks'
+        and points' labels and scores too, as ``cmdr eval`` gathers them."""
+        m = self.metric_inputs
+        points = self.aux.gts.nearest(stamp, self.slop_ns) if self.aux.has_gt else None
+        if points is not None:
+            if points.shape != pred.point_scores.shape:
+                raise CmdrError(f"point ground truth at stamp {stamp} has {points.size} labels for a scan of "
+                                f"{pred.point_scores.size} points")
+            label = int(points.any()) if label is None else label
+            m["chunk_y"] += pred.chunk_labels(points).tolist()
+            m["chunk_s"] += pred.chunk_scores.tolist()
+            m["point_y"].append(points[pred.measured])
+            m["point_s"].append(pred.point_scores[pred.measured])
+        if label is not None:
+            m["labels"].append(label)
+            m["scores"].append(pred.score)
+            m["defects"].append(sample.split("/")[0] if sample else ("good" if label == 0 else "defect"))
+        return label
+
     def metrics(self) -> dict[str, Any] | None:
         """``compute_metrics`` of the judged frames, with per-defect I-AUROC etc. as ``cmdr eval`` reports them."""
         from cmdr_ros.metrics import metrics_by_defect
@@ -198,13 +220,14 @@ class _Evaluation:
         return out
 
     def _scan_metrics(self) -> dict[str, Any]:
-        """Part-level I-AUROC of the judged scans, overall and per defect (``cmdr eval``'s scan metrics without the
-        chunk and point ones: no per-point ground truth in a bag)."""
+        """``cmdr eval``'s scan metrics of the judged scans: part-level I-AUROC overall and per defect; chunk-level
+        I-AUROC and P-AUROC over the points when the bag has per-point ground truth (else NaN)."""
         from cmdr_ros.metrics import scan_metrics
 
         m = self.metric_inputs
         labels, scores, defects = m["labels"], m["scores"], m["defects"]
-        out: dict[str, Any] = {"i_auroc": scan_metrics(labels, scores, [], [], [], [])["i_auroc"], "defects": {}}
+        out: dict[str, Any] = {**scan_metrics(labels, scores, m["chunk_y"], m["chunk_s"], m["point_y"], m["point_s"]),
+                               "defects": {}}
         for d in sorted(set(defects) - {"good"}):
             sel = [i for i, x in enumerate(defects) if x in ("good", d)]
             out["defects"][d] = {"n": defects.count(d), "i_auroc": scan_metrics(
@@ -216,7 +239,7 @@ class _Evaluation:
 
 def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[str, Any] | None = None,
              image_topic: str = RECORDED["image"], points_topic: str | None = None,
-             info_topic: str = RECORDED["camera_info"], gt_topic: str = RECORDED["gt"],
+             info_topic: str = RECORDED["camera_info"], gt_topic: str | None = None,
              sample_topic: str = RECORDED["sample"],
              slop: float | None = None, threshold: float | None = None, checkpoint: str = "",
              write_images: bool = True, progress: bool = False) -> dict[str, Any]:
@@ -233,8 +256,10 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
 
     A "chunks" model (``FrameJudge.scan``): every cloud on ``points_topic`` (default: the profiler's, else the
     camera's) is one scanned part, judged point by point as on the node; the results bag also carries each
-    part's ``anomaly_cloud``, ``results.csv`` its points and chunks, and with sample names ``metrics.json`` holds
-    the part-level I-AUROC (a bag has no per-point ground truth: no chunk or point metrics).
+    part's ``anomaly_cloud``, ``results.csv`` its points and chunks; with sample names ``metrics.json`` holds the
+    part-level I-AUROC, and with per-point ground truth (``gt_topic``, default ``/cmdr/gt_points``: the scan's
+    points with their labels as intensity, as ``bag_from_scans`` writes it) also the chunk-level I-AUROC and the
+    P-AUROC over the points. ``gt_topic`` default for frames: ``/camera/gt_mask``.
     """
     from rclpy.serialization import deserialize_message
     from tqdm import tqdm
@@ -249,14 +274,18 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     mode, scan = detector.config.mode, judges_scans(detector)
     if points_topic is None:
         points_topic = PROFILER["points"] if scan else RECORDED["points"]
+    if gt_topic is None:
+        gt_topic = RECORDED["gt_points"] if scan else RECORDED["gt"]
+    gt_kind = "gt_points" if scan else "gt"
     inputs = [(name, {"image": image_topic, "points": points_topic}[name]) for name in input_names(mode)]
     types = {"image": "sensor_msgs/msg/Image", "points": "sensor_msgs/msg/PointCloud2",
-             "info": "sensor_msgs/msg/CameraInfo", "gt": "sensor_msgs/msg/Image", "sample": "std_msgs/msg/String"}
+             "info": "sensor_msgs/msg/CameraInfo", "gt": "sensor_msgs/msg/Image",
+             "gt_points": "sensor_msgs/msg/PointCloud2", "sample": "std_msgs/msg/String"}
     t_start = time.perf_counter()
     with open_bag(bag) as reader:
         in_conns = _connections(reader, bag, [t for _, t in inputs])
-        aux_topics = {k: t for k, t in (("info", info_topic), ("gt", gt_topic), ("sample", sample_topic))
-                      if t in reader.topics and (k != "info" or cross_modal(mode)) and not (k == "gt" and scan)}
+        aux_topics = {k: t for k, t in (("info", info_topic), (gt_kind, gt_topic), ("sample", sample_topic))
+                      if t in reader.topics and (k != "info" or cross_modal(mode))}
         for kind, topic in [*inputs, *aux_topics.items()]:
             _check_type(reader, bag, topic, types[kind])
         judge = FrameJudge.from_params(detector, params)
@@ -317,7 +346,8 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     if metrics is not None:
         classes_m = {class_name: metrics}
         report["classes"] = classes_m
-        keys = ("i_auroc",) if scan else METRIC_KEYS
+        keys = (("i_auroc", "chunk_i_auroc", "p_auroc") if evaluation.aux.has_gt else ("i_auroc",)) if scan \
+            else METRIC_KEYS
         report["mean"] = {k: float(metrics[k]) for k in keys}
         (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=True))
         report["table"] = format_table(classes_m, report["mean"], keys)

@@ -160,8 +160,10 @@ def bag_from_scans(data_dir: str | Path, out: str | Path, storage: str = "mcap",
     """Write a split of a class of unorganized scans (``cmdr_ros.data.scans`` layout) as the bag a laser
     profilometer could have recorded: per scan, at ``start_ns`` + i/rate s, the profiler's ``points`` topic
     (``topics.PROFILER``: an unorganized PointCloud2, float32 x,y,z, one row of N points in the file's order, so a
-    "chunks" model cuts the same chunks) and ``/cmdr/sample`` "<defect>/<id>". Per-point ground truth has no
-    topic: ``cmdr bag eval`` scores such a bag per part. Returns the summary of ``bag_from_dataset``."""
+    "chunks" model cuts the same chunks), ``/cmdr/sample`` "<defect>/<id>" and, when the split has per-point
+    ground truth (``gt/NNN.npy``), ``/cmdr/gt_points``: the same points with the labels as their intensity (0 / 1;
+    all 0 for a scan without a labels file), from which ``cmdr bag eval`` computes the chunk and point metrics.
+    Returns the summary of ``bag_from_dataset``."""
     from std_msgs.msg import String
 
     from cmdr_ros.data.scans import ScanDataset
@@ -175,11 +177,17 @@ def bag_from_scans(data_dir: str | Path, out: str | Path, storage: str = "mcap",
     start = int(start_ns) if start_ns is not None else time.time_ns() // _NS * _NS
     custom = {"cmdr_ros.class": data.root.name, "cmdr_ros.split": split, "cmdr_ros.rate_hz": repr(float(rate)),
               "cmdr_ros.layout": "scans"}
+    with_gt = any(s.gt_path is not None for s in scans)
     with BagWriter(out, storage, custom) as bag:
         for i, scan in enumerate(scans):
             stamp = start + round(i * _NS / rate)
-            points = np.asarray(scan.load()[0], dtype=np.float32)
-            bag.write(PROFILER["points"], xyz_to_pointcloud2(points, make_header(stamp, frame_id)), stamp)
+            points, labels = scan.load()
+            points = np.asarray(points, dtype=np.float32)
+            header = make_header(stamp, frame_id)
+            bag.write(PROFILER["points"], xyz_to_pointcloud2(points, header), stamp)
             bag.write(RECORDED["sample"], String(data=f"{scan.defect}/{scan.sample_id}"), stamp)
+            if with_gt:
+                truth = np.zeros(len(points), np.float32) if labels is None else labels.astype(np.float32)
+                bag.write(RECORDED["gt_points"], xyz_to_pointcloud2(points, header, intensity=truth), stamp)
     return {"path": str(out), "storage": storage, "frames": len(scans), "topics": dict(bag.counts),
             "start_ns": start, "period_s": 1.0 / rate}
