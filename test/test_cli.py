@@ -53,6 +53,29 @@ def test_train_and_eval_3d_on_real_data(trained_3d, cable_gland_dir, tmp_path, p
     assert "i_auroc" in so and "cable_gland" in so
 
 
+def test_eval_at_full_resolution_scores_the_written_maps_against_the_original_masks(trained_3d, cable_gland_dir,
+                                                                                    tmp_path, preprocess_cache):
+    """--resolution full: the pixel metrics are those of the full-size TIFFs it writes (what MVTec's evaluator
+    reads) against the dataset's own masks, not of the model grid."""
+    from sklearn.metrics import roc_auc_score
+
+    from cmdr_ros.data.mvtec3d import MVTec3DClass, load_mask
+
+    rc, so, se = run_cmdr("eval", "--data", str(cable_gland_dir), "--checkpoint", str(trained_3d), "--out",
+                          str(tmp_path), "--quiet", "--resolution", "full", cache=preprocess_cache)
+    assert rc == 0, se
+    rep = json.loads((tmp_path / "metrics.json").read_text())
+    assert rep["resolution"] == "full"
+    maps, masks = [], []
+    for s in MVTec3DClass(cable_gland_dir).samples("test"):
+        maps.append(tifffile.imread(tmp_path / "anomaly_maps" / "cable_gland" / "test" / s.defect / f"{s.sample_id}.tiff"))
+        masks.append(load_mask(s.gt_path) if s.gt_path is not None else np.zeros(maps[-1].shape, bool))
+    assert maps[0].shape == masks[0].shape == (400, 400)
+    p_auroc = roc_auc_score(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps]))
+    assert rep["classes"]["cable_gland"]["p_auroc"] == pytest.approx(p_auroc, abs=1e-9)
+    assert 0 <= rep["classes"]["cable_gland"]["aupro@0.3"] <= 1
+
+
 def test_train_and_eval_rgbd_weights_free(cable_gland_dir, tmp_path, preprocess_cache):
     ckpt = tmp_path / "rgbd.ckpt"
     rc, so, se = run_cmdr("train", "--data", str(cable_gland_dir), "--mode", "rgbd", "--preset", "lite",

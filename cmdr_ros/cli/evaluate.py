@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from cmdr_ros import CmdrError
 from cmdr_ros.data.mvtec3d import MVTec3DClass
 from cmdr_ros.data.preprocess import PreprocessCache, resize_mask
 from cmdr_ros.data.samples import iter_split, load_one, make_cache
@@ -34,8 +35,15 @@ from cmdr_ros.model.detector import CMDRDetector
 from cmdr_ros.visualization import plot_curves, save_overlay
 
 def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache: PreprocessCache | None,
-                   progress: bool = True, write_images: bool = True) -> dict[str, Any]:
-    """Metrics of one class folder's test split; writes maps, overlays, scores and curves under ``out``."""
+                   progress: bool = True, write_images: bool = True, resolution: str = "model") -> dict[str, Any]:
+    """Metrics of one class folder's test split; writes maps, overlays, scores and curves under ``out``.
+
+    ``resolution``: "model" computes the pixel metrics on the model's square map grid (the masks padded and
+    resized to it); "full" at each image's own resolution against its original mask, the normalised maps brought
+    back to the input (``SquareFrame.to_input``, bilinear) and zero where the sensor measured nothing, as the
+    official MVTec 3D-AD evaluator scores full-size TIFFs (``aupro@0.3`` then is its number)."""
+    if resolution not in ("model", "full"):
+        raise CmdrError(f"unknown resolution {resolution!r}: model or full")
     cfg, size = detector.config, detector.config.map_size
     labels, scores, gts, pix_maps, pro_maps, rows, samples = [], [], [], [], [], [], []
     latencies = []
@@ -46,9 +54,14 @@ def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache:
         samples.append(s)
         labels.append(s.label)
         scores.append(pred.score)
-        gts.append(resize_mask(ls.inp.frame.pad(ls.mask), size))
-        pix_maps.append(pred.pixel_map())
-        pro_maps.append(pred.pro_map())
+        if resolution == "full":
+            gts.append(ls.mask)
+            pix_maps.append(pred.anomaly_map)
+            pro_maps.append(ls.inp.frame.to_input(pred.pro_map()).astype(np.float32) * ls.inp.valid_input)
+        else:
+            gts.append(resize_mask(ls.inp.frame.pad(ls.mask), size))
+            pix_maps.append(pred.pixel_map())
+            pro_maps.append(pred.pro_map())
         rows.append({"class": data.name, "defect": s.defect, "id": s.sample_id, "label": s.label,
                      "score": pred.score,
                      "reject": reject_flag(pred.score, detector.threshold)})
@@ -80,7 +93,7 @@ def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache:
 
 def run_eval(data_dir: str | Path, detector: CMDRDetector, out: str | Path, checkpoint: str = "",
              cache_dir: str | None = None, no_cache: bool = False, progress: bool = True,
-             write_images: bool = True) -> dict[str, Any]:
+             write_images: bool = True, resolution: str = "model") -> dict[str, Any]:
     out = Path(out)
     t0 = time.perf_counter()
     keys = METRIC_KEYS
@@ -93,11 +106,12 @@ def run_eval(data_dir: str | Path, detector: CMDRDetector, out: str | Path, chec
     else:
         data = MVTec3DClass(data_dir)
         res = evaluate_class(data, detector, out, make_cache(detector.config, cache_dir, no_cache), progress,
-                             write_images)
+                             write_images, resolution)
         classes = {data.name: res["metrics"]}
     mean = {k: float(np.nanmean([m[k] for m in classes.values()])) for k in keys}
     report = {"checkpoint": str(checkpoint), "model_id": detector.model_id, "mode": detector.config.mode,
-              "grid": detector.config.grid, "map_size": detector.config.map_size, "threshold": detector.threshold, "device": str(detector.device),
+              "grid": detector.config.grid, "map_size": detector.config.map_size, "threshold": detector.threshold,
+              "device": str(detector.device), "resolution": "points" if detector.config.judges_scans else resolution,
               "seconds": time.perf_counter() - t0, "classes": classes, "mean": mean}
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=True))
@@ -112,7 +126,7 @@ def run_eval(data_dir: str | Path, detector: CMDRDetector, out: str | Path, chec
 def run(args: argparse.Namespace) -> int:
     detector = load_checkpoint(args.checkpoint, args.device, args.weights_2d, args.weights_3d)
     rep = run_eval(args.data, detector, args.out, args.checkpoint, args.cache_dir, args.no_cache,
-                   not args.quiet, not args.no_images)
+                   not args.quiet, not args.no_images, args.resolution)
     print(rep["table"])
     print(f"evaluated in {rep['seconds']:.1f} s on {rep['device']}; report: {Path(args.out) / 'metrics.json'}")
     return 0

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-2d", default=None)
     p.add_argument("--weights-3d", default=None)
     p.add_argument("--no-images", action="store_true", help="skip TIFF maps and overlay PNGs")
+    p.add_argument("--resolution", choices=("model", "full"), default="model",
+                   help="where the pixel metrics are computed: model (the map grid, fast; default) or full (each "
+                        "image's own resolution against its original mask: the official MVTec 3D-AD procedure)")
     _add_common_model_args(p)
     p.set_defaults(func=_handler("evaluate", "run"))
 
