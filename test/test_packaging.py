@@ -81,6 +81,8 @@ PIP_MODULES = {
     "rosbags": "rosbags",
     "psycopg": "psycopg",
     "pointcloud2": "pointcloud2",
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime",
 }
 # keys that must never be a run dependency (the brief of issue "A real ROS 2 cell")
 NOT_EXEC = {"rclpy_lifecycle", "python3-torch", "python3-torchvision", "rviz2"}

@@ -27,8 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=PRESETS + ("all",), default="lite",
                    help="paper: the paper's architectures with random-init backbones (timing does not depend on "
                         "weights)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto", "all"), default="auto",
-                   help="auto: CUDA when present; all: the CPU and CUDA when present")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto", "onnx", "all"), default="auto",
+                   help="auto: CUDA when present; onnx: the heads and scoring exported and run by onnxruntime "
+                        "(backbones on the CPU); all: the CPU, onnx, and CUDA when present")
     p.add_argument("--size", type=int, default=400, help="side of the synthetic frames in pixels (default 400)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="time recorded frames instead: every xyz/*.tiff with its rgb/*.png under DIR (MVTec 3D-AD "

@@ -111,7 +111,7 @@ def run_eval(data_dir: str | Path, detector: CMDRDetector, out: str | Path, chec
     mean = {k: float(np.nanmean([m[k] for m in classes.values()])) for k in keys}
     report = {"checkpoint": str(checkpoint), "model_id": detector.model_id, "mode": detector.config.mode,
               "grid": detector.config.grid, "map_size": detector.config.map_size, "threshold": detector.threshold,
-              "device": str(detector.device), "resolution": "points" if detector.config.judges_scans else resolution,
+              "device": detector.runtime, "resolution": "points" if detector.config.judges_scans else resolution,
               "seconds": time.perf_counter() - t0, "classes": classes, "mean": mean}
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=True))

@@ -18,7 +18,8 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _add_common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N, or onnx (the "
+                                                     "heads from CHECKPOINT.onnx in onnxruntime: cmdr export)")
     p.add_argument("--cache-dir", default=None,
                    help="disk cache of preprocessed clouds (default $CMDR_CACHE_DIR or ~/.cache/cmdr_ros)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the preprocessing cache")
@@ -122,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("weights", help="the paper's pretrained backbones: fetch them from the official URLs, "
                                        "check files")
     weights.add_arguments(p)
+
+    from cmdr_ros.cli import export  # noqa: PLC0415 - its handler imports torch only when run
+    p = sub.add_parser("export", help="a trained model's heads and scoring as ONNX, for --device onnx / the node")
+    export.add_arguments(p)
 
     from cmdr_ros.cli import bench  # noqa: PLC0415 - its handlers import torch and rclpy only when run
     p = sub.add_parser("bench", help="latency of the judge path per stage; `bench node`: the running node over DDS")

@@ -243,7 +243,9 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto", weights_2d: s
                     require_threshold: bool = True) -> CMDRDetector:
     """Rebuild a verified trained detector (see ``read_checkpoint``). ``weights_2d``/``weights_3d`` override
     the pretrained weight files recorded in the checkpoint; their SHA-256 must match the one the model was
-    trained with. Only ``cmdr calibrate``, which derives the threshold, passes ``require_threshold=False``."""
+    trained with. Only ``cmdr calibrate``, which derives the threshold, passes ``require_threshold=False``.
+    ``device="onnx"``: the backbones on the CPU, the heads and scoring from the checkpoint's exported graph
+    (``cmdr export``, ``export.onnx_path_for``) in onnxruntime; a missing or other model's graph is an error."""
     ckpt = migrate(read_checkpoint(path, require_threshold=require_threshold))
     try:
         config = ModelConfig.from_dict(ckpt["config"])
@@ -258,7 +260,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto", weights_2d: s
         saved = ckpt["backbones"].get(m)
         if saved and saved.get("name") != bcfg.name:
             raise CmdrError(f"{path}: {m.upper()} backbone mismatch (config '{bcfg.name}', saved '{saved.get('name')}')")
-    detector = CMDRDetector(config, device=device)
+    detector = CMDRDetector(config, device="cpu" if str(device) == "onnx" else device)
     for m, bb in (("2d", detector.backbone_2d), ("3d", detector.backbone_3d)):
         if bb is None:
             continue
@@ -295,4 +297,8 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto", weights_2d: s
     detector.threshold = None if thr is None else float(thr)
     detector.score_stats = dict(ckpt.get("score_stats") or {})
     detector.model_id = ckpt["model_id"]  # recomputed by read_checkpoint, never taken from the file
+    if str(device) == "onnx":
+        from cmdr_ros.model.export import OnnxScoring, onnx_path_for
+
+        detector.scoring = OnnxScoring(onnx_path_for(path), detector.model_id)
     return detector

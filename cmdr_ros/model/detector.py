@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from cmdr_ros.model.backbones import Backbone2D, Backbone3D, build_backbone
 from cmdr_ros.model.heads import HEAD_TARGET, CMDRHeads
 from cmdr_ros.model.scan import ScanPrediction, predict_scan
 
+if TYPE_CHECKING:
+    from cmdr_ros.model.export import OnnxScoring
+
 
 Native = dict[str, dict[str, torch.Tensor]]
 log = logging.getLogger(__name__)
@@ -34,7 +37,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without it is a clear error."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    if str(device) == "onnx":
+        raise CmdrError("device 'onnx' serves a trained checkpoint's exported graph (predict, eval, calibrate, the "
+                        "node: load_checkpoint); training runs on cpu or cuda")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise CmdrError(f"unknown device {device!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CmdrError("device 'cuda' requested but CUDA is not available on this machine (use --device auto or cpu)")
     return dev
@@ -105,6 +114,14 @@ class CMDRDetector:
         self.threshold: float | None = None
         self.score_stats: dict[str, float] = {}
         self.model_id: str | None = None  # content hash of the heads, set when saved or loaded
+        self.scoring: OnnxScoring | None = None  # device onnx: the exported heads and scoring in onnxruntime
+
+    @property
+    def runtime(self) -> str:
+        """Where the model runs, in words: the torch device, or onnxruntime's provider for the scoring graph."""
+        if self.scoring is not None:
+            return f"onnx ({self.scoring.provider}; backbones on {self.device})"
+        return str(self.device)
 
     # ------------------------------------------------------------------ features
     def prepare(self, rgb: np.ndarray | None, xyz: np.ndarray | None, background_removed: bool = False) -> ModelInput:
@@ -292,7 +309,12 @@ class CMDRDetector:
     def predict_input(self, inp: ModelInput) -> Prediction:
         t0 = time.perf_counter()
         feats = self.grid_features([self.extract(inp)], inp.valid[None])
-        maps = self.anomaly_maps(feats, feats.pop("valid"))
+        valid = feats.pop("valid")
+        if self.scoring is not None:  # the exported graph of the same heads and scoring (cmdr_ros.model.export)
+            fused, valid_map = self.scoring.run(feats, valid)
+            maps = {"fused": fused, "valid": valid_map}
+        else:
+            maps = self.anomaly_maps(feats, valid)
         fused = maps["fused"]
         score = float(fusion.image_score(fused)[0])
         grid_map = fused[0].float().cpu().numpy()

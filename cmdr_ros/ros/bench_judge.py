@@ -120,6 +120,7 @@ def build_detector(preset_name: str, mode: str, device: str) -> Any:
     from cmdr_ros.model.detector import CMDRDetector
 
     config = preset(preset_name, mode)
+    onnx, device = device == "onnx", ("cpu" if device == "onnx" else device)
     kw = {}
     if preset_name == "paper":
         kw = {"backbone_2d": RandomViT(**PAPER_2D) if config.uses_2d else None,
@@ -131,6 +132,15 @@ def build_detector(preset_name: str, mode: str, device: str) -> Any:
         det.feature_stats = {m: torch.stack([torch.zeros(bb.out_dim), torch.ones(bb.out_dim)])
                              for m, bb in (("2d", det.backbone_2d), ("3d", det.backbone_3d)) if bb is not None}
     det.threshold = THRESHOLD
+    if onnx:  # the heads and scoring exported and run by onnxruntime, as device onnx serves a checkpoint
+        import tempfile
+
+        from cmdr_ros.model.export import OnnxScoring, export_onnx
+
+        det.model_id = f"bench-{preset_name}-{mode}"
+        with tempfile.TemporaryDirectory() as tmp:
+            export_onnx(det, Path(tmp) / "bench.onnx")
+            det.scoring = OnnxScoring(Path(tmp) / "bench.onnx", det.model_id)  # the session holds the graph
     return det
 
 
@@ -182,6 +192,8 @@ def instrumented(clock: StageClock, frame_judge: Any, det: Any) -> Iterator[None
     for m, bb in (("2d", det.backbone_2d), ("3d", det.backbone_3d)):
         if bb is not None:
             targets += [(bb, "extract", f"backbone_{m}"), (bb, "to_grid", f"backbone_{m}")]
+    if det.scoring is not None:  # device onnx: the graph runs heads and distance maps together (counted as heads)
+        targets.append((det.scoring, "run", "heads"))
     with contextlib.ExitStack() as stack:
         for obj, name, stage in targets:
             original = getattr(obj, name)
@@ -269,7 +281,7 @@ def bench_run(preset_name: str, mode: str, device: str, frames: list[tuple[np.nd
     shape = f"{len(frames[0][1])} points" if det.config.judges_scans else "x".join(map(str, frames[0][1].shape[:2]))
     del det, fj
     gc.collect()
-    return {"preset": preset_name, "mode": mode, "device": str(dev), "timed": repeat,
+    return {"preset": preset_name, "mode": mode, "device": "onnx" if device == "onnx" else str(dev), "timed": repeat,
             "input": shape,
             "stages": {s: summary(stages[s]) for s in STAGES if stages.get(s)}, "stages_total": summary(totals),
             "end_to_end": {**summary(e2e), "frames_per_s": len(e2e) / (sum(e2e) / 1e3)},
@@ -277,10 +289,10 @@ def bench_run(preset_name: str, mode: str, device: str, frames: list[tuple[np.nd
 
 
 def devices(choice: str) -> list[str]:
-    """``all``: the CPU, and CUDA when present."""
+    """``all``: the CPU, onnx, and CUDA when present."""
     if choice != "all":
         return [choice]
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return ["cpu", "onnx"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def run_bench(presets: list[str], modes: list[str], device_choice: str, size: int, data: str | None,
@@ -313,6 +325,7 @@ def run_bench(presets: list[str], modes: list[str], device_choice: str, size: in
                       "same" % THRESHOLD,
                       "paper presets: random-init ViT-B/8 and Point-MAE backbones (timing does not depend on weights)",
                       "lite preset: identity feature statistics (the standardisation still runs)",
+                      "onnx: heads and distance maps in one onnxruntime graph, timed as 'heads'",
                       "stages: exclusive time of the real functions, wrapped; they add up to one judged frame; "
                       "end to end: the same frame again without the wrappers"],
             "runs": runs}

@@ -226,7 +226,7 @@ class InspectionNode(LifecycleNode):
         self._engine.reset_stats()
         self._state_text = "configured"
         self.get_logger().info(
-            f"configured: mode {self.mode}, model {self.detector.model_id}, device {self.detector.device}, "
+            f"configured: mode {self.mode}, model {self.detector.model_id}, device {self.detector.runtime}, "
             f"threshold {self.judge.threshold:.4f}, time budget {values['time_budget']:g} s, "
             f"overload {values['overload']}")
         return TransitionCallbackReturn.SUCCESS
@@ -407,7 +407,7 @@ class InspectionNode(LifecycleNode):
         s, judge, det, audit = self.snapshot(), self.judge, self.detector, self._audit
         fqn, model = self.get_fully_qualified_name(), {}
         if judge is not None and det is not None:
-            model = {"threshold": judge.threshold, "model_id": det.model_id, "device": str(det.device)}
+            model = {"threshold": judge.threshold, "model_id": det.model_id, "device": det.runtime}
         hw_id = hardware_id(self._p("hardware_id"), fqn)
         arr = DiagnosticArray(status=[
             node_status(s, state=self._state_text, judging=judge is not None, time_budget=float(self._p("time_budget")),

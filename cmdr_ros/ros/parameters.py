@@ -32,7 +32,8 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
                   None),
     "checkpoint": ("", "trained model file (.ckpt from `cmdr train`)", None),
     "mode": ("auto", "auto (the checkpoint's) | rgbd | 3d | 2d", MODES),
-    "device": ("auto", "auto (CUDA when present) | cpu | cuda | cuda:N", None),
+    "device": ("auto", "auto (CUDA when present) | cpu | cuda | cuda:N | onnx (the heads from the checkpoint's "
+                       "exported graph CHECKPOINT.onnx in onnxruntime: `cmdr export`)", None),
     "weights_2d": ("", "pretrained 2D backbone file for paper-preset checkpoints", None),
     "weights_3d": ("", "pretrained 3D backbone file for paper-preset checkpoints", None),
     "threshold": (-1.0, "reject when score >= threshold; < 0 uses the checkpoint's calibrated one; changeable "
@@ -231,9 +232,9 @@ def check(name: str, value: Any) -> str | None:
         lo, hi = rng
         if not lo <= value <= hi:
             return f"{name} must be within [{lo:g}, {hi:g}], got {value!r}"
-    if name == "device" and not (value in ("auto", "cpu", "cuda") or
+    if name == "device" and not (value in ("auto", "cpu", "cuda", "onnx") or
                                  (value.startswith("cuda:") and value[5:].isdigit())):
-        return f"device must be auto, cpu, cuda or cuda:N, got {value!r}"
+        return f"device must be auto, cpu, cuda, cuda:N or onnx, got {value!r}"
     if name == "audit.database" and "://" in value and not value.startswith(("postgresql://", "postgres://")):
         return f"audit.database must be a file path or a postgresql:// URL, got {value!r}"
     return None

@@ -1,0 +1,133 @@
+"""ONNX export of a trained model's scoring graph, and running it with onnxruntime (``device: onnx``).
+
+The graph is everything after the backbones: the CMDR heads on the standardised grid features, the distance maps,
+the fusion and the model's valid mask on the map grid (``CMDRDetector.anomaly_maps``). Its inputs are the grid
+features of the modalities the mode uses (``f2d`` ``[B, C2, G, G]``, ``f3d`` ``[B, C3, G, G]``) and the valid mask
+``[B, G, G]``; its outputs ``fused`` ``[B, S, S]`` and ``valid_map`` ``[B, S, S]``. The backbones stay in PyTorch:
+the weights-free ones are not torch graphs (FPFH runs in Open3D), and the scoring head is what a model's training
+changes. The file carries the checkpoint's model id; a file of another model is refused at load (fail closed), so
+a re-trained checkpoint never runs a stale export.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmdr_ros import CmdrError
+
+if TYPE_CHECKING:
+    from cmdr_ros.model.detector import CMDRDetector
+
+OPSET = 17
+# relative to the largest fused value of the check input: onnxruntime fuses and reorders float32 sums
+TOLERANCE = 1e-4
+
+
+def onnx_path_for(checkpoint: str | Path) -> Path:
+    """Where ``cmdr export`` writes a checkpoint's graph, and where ``device: onnx`` looks for it."""
+    return Path(checkpoint).with_suffix(".onnx")
+
+
+class ScoringGraph(nn.Module):
+    """The detector's heads and scoring as one traceable module (module docstring)."""
+
+    def __init__(self, detector: CMDRDetector) -> None:
+        super().__init__()
+        self.detector = detector
+        self.heads = detector.heads  # registered: its weights become the graph's initialisers
+        self.modalities = [m for m, bb in (("2d", detector.backbone_2d), ("3d", detector.backbone_3d))
+                           if bb is not None]
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        *feats, valid = inputs
+        maps = self.detector.anomaly_maps(dict(zip(self.modalities, feats)), valid > 0.5)
+        return maps["fused"], maps["valid"].to(torch.uint8)
+
+
+def _example(detector: CMDRDetector, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Random standardised grid features and a valid mask with holes, for tracing and the equality check."""
+    g = torch.Generator().manual_seed(seed)
+    grid = detector.config.grid
+    feats = [torch.randn(1, bb.out_dim, grid, grid, generator=g)
+             for bb in (detector.backbone_2d, detector.backbone_3d) if bb is not None]
+    valid = (torch.rand(1, grid, grid, generator=g) > 0.2).float()
+    return feats, valid
+
+
+def export_onnx(detector: CMDRDetector, path: str | Path) -> dict[str, Any]:
+    """Write the scoring graph of ``detector`` (a loaded checkpoint: its model id is stored) as ONNX and check it
+    against PyTorch on a random input with onnxruntime; CmdrError when it differs by more than ``TOLERANCE``
+    (relative). Returns what was written and the difference found."""
+    import onnx
+
+    if detector.model_id is None:
+        raise CmdrError("export a saved model (a checkpoint): the file must name the model it belongs to")
+    graph = ScoringGraph(detector).eval().cpu()
+    feats, valid = _example(detector)
+    names = [f"f{m}" for m in graph.modalities] + ["valid"]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    device = detector.device
+    detector.heads.cpu()
+    try:
+        # the TorchScript-based exporter: the graph is plain tensor maths without data-dependent control flow, and
+        # it needs no onnxscript; shape checks inside the heads become constants (the grid is fixed per model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(graph, (*feats, valid), str(path), input_names=names, output_names=["fused", "valid_map"],
+                              dynamic_axes={n: {0: "batch"} for n in [*names, "fused"]}, opset_version=OPSET,
+                              dynamo=False)
+    finally:
+        detector.heads.to(device)
+    model = onnx.load(str(path))
+    meta = {"cmdr_ros.model_id": detector.model_id, "cmdr_ros.mode": detector.config.mode,
+            "cmdr_ros.grid": str(detector.config.grid), "cmdr_ros.map_size": str(detector.config.map_size)}
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+    check = OnnxScoring(path, detector.model_id)
+    with torch.inference_mode():
+        want = graph(*feats, valid)[0].numpy()
+    got = check.run(dict(zip(graph.modalities, feats)), valid)[0].numpy()
+    diff = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
+    if not diff <= TOLERANCE:
+        raise CmdrError(f"{path}: the exported graph differs from PyTorch by {diff:.2e} (relative), more than "
+                        f"{TOLERANCE:g}: not usable")
+    return {"path": str(path), "bytes": path.stat().st_size, "inputs": names, "max_rel_diff": diff, **meta}
+
+
+class OnnxScoring:
+    """A checkpoint's exported scoring graph in an onnxruntime session (CPU; CUDA when onnxruntime has it)."""
+
+    def __init__(self, path: str | Path, model_id: str | None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise CmdrError("device onnx needs onnxruntime (pip install onnxruntime)") from None
+        path = Path(path)
+        if not path.is_file():
+            raise CmdrError(f"{path}: no exported graph; write it with `cmdr export CHECKPOINT --format onnx`")
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a broken file
+            raise CmdrError(f"{path}: not a usable ONNX graph: {str(e).strip().splitlines()[0]}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("cmdr_ros.model_id") != model_id:
+            raise CmdrError(f"{path} was exported from model {meta.get('cmdr_ros.model_id')}, the checkpoint is "
+                            f"model {model_id}: export it again (`cmdr export`)")
+        self.path, self.inputs = path, [i.name for i in self.session.get_inputs()]
+        self.provider = self.session.get_providers()[0]
+
+    def run(self, feats: dict[str, torch.Tensor], valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``fused`` and the model's ``valid`` mask (bool) on the map grid, as ``CMDRDetector.anomaly_maps``."""
+        feed = {n: (valid.float() if n == "valid" else feats[n[1:]].float()).detach().cpu().numpy()
+                for n in self.inputs}
+        fused, ok = self.session.run(["fused", "valid_map"], feed)
+        return torch.from_numpy(fused), torch.from_numpy(ok).bool()
