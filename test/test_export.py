@@ -83,3 +83,16 @@ def test_the_node_takes_device_onnx():
     from cmdr_ros.ros.parameters import check
 
     assert check("device", "onnx") is None and "or onnx" in check("device", "tpu")
+
+
+def test_a_scan_model_runs_on_onnx_point_for_point(tmp_path):
+    from node_harness import scan_model_config, scan_points
+
+    det = CMDRDetector(scan_model_config(), device="cpu")
+    det.threshold = 1.0
+    ckpt = save_checkpoint(det, tmp_path / "scan.ckpt")
+    export_onnx(load_checkpoint(ckpt, "cpu"), onnx_path_for(ckpt))
+    points = scan_points(3, "bump")[0]
+    a, b = load_checkpoint(ckpt, "cpu").predict_scan(points), load_checkpoint(ckpt, "onnx").predict_scan(points)
+    assert b.score == pytest.approx(a.score, rel=TOLERANCE) and np.array_equal(a.measured, b.measured)
+    assert np.nanmax(np.abs(a.point_scores - b.point_scores)) <= TOLERANCE * np.nanmax(a.point_scores)
