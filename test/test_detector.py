@@ -59,6 +59,21 @@ def test_predict_shapes_and_values(rgbd, parts):
     assert pred.latency_ms > 0
 
 
+def test_a_batch_gives_each_input_its_own_prediction(rgbd, parts):
+    """predict_inputs runs the heads on a batch (a scan's chunks): every map and score is per input, as alone."""
+    det, _ = rgbd
+    good, bad = parts
+    inputs = [det.prepare(p.rgb, p.xyz) for p in (good[0], bad, good[1])]
+    batched = det.predict_inputs(inputs, batch_size=2)  # a full batch and a partial one
+    for inp, b in zip(inputs, batched):
+        a = det.predict_input(inp)
+        assert b.score == pytest.approx(a.score, rel=1e-5)
+        np.testing.assert_allclose(b.grid_map, a.grid_map, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b.anomaly_map, a.anomaly_map, rtol=1e-5, atol=1e-6)
+        assert np.array_equal(b.grid_valid, a.grid_valid) and np.array_equal(b.valid_mask, a.valid_mask)
+    assert len({b.score for b in batched}) == 3  # three inputs, three predictions (not one map thrice)
+
+
 def test_checkpoint_round_trip(rgbd, parts, tmp_path):
     det, _ = rgbd
     good, bad = parts

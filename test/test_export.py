@@ -42,6 +42,10 @@ def test_onnx_scoring_gives_the_maps_and_scores_of_pytorch(mode, parts, tmp_path
         assert np.array_equal(a.grid_valid, b.grid_valid) and np.array_equal(a.valid_mask, b.valid_mask)
         assert b.score == pytest.approx(a.score, rel=TOLERANCE)
         assert np.abs(a.anomaly_map - b.anomaly_map).max() <= TOLERANCE * max(float(np.abs(a.anomaly_map).max()), 1)
+    inputs = [torch_det.prepare(p.rgb, p.xyz) for p in parts]
+    for a, b in zip(torch_det.predict_inputs(inputs), onnx_det.predict_inputs(inputs, batch_size=2)):  # batch axis
+        assert b.score == pytest.approx(a.score, rel=TOLERANCE)
+        assert np.abs(a.grid_map - b.grid_map).max() <= TOLERANCE * float(np.abs(a.grid_map).max())
 
 
 def test_a_stale_or_missing_export_is_refused(tmp_path):

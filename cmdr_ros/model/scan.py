@@ -69,13 +69,10 @@ def predict_scan(detector: CMDRDetector, points: np.ndarray) -> ScanPrediction:
         raise CmdrError(f"a scan must be Nx3 points, got shape {pts.shape}")
     measured = np.flatnonzero(np.isfinite(pts).all(axis=1))
     chunks, inputs = chunk_inputs(pts[measured], detector)
-    per_chunk = []
-    scores = []
-    for inp in inputs:
-        pred = detector.predict_input(inp)
-        per_chunk.append(pred.pixel_map().reshape(-1))  # row-major: the chunk's sequence order
-        scores.append(pred.score)  # the chunk score (``CMDRDetector.predict_input``, ``config.chunk_score``)
-    chunk_scores = np.asarray(scores, dtype=np.float32)
+    preds = detector.predict_inputs(inputs)  # on CUDA the chunks go batched through the heads
+    per_chunk = [pred.pixel_map().reshape(-1) for pred in preds]  # row-major: the chunk's sequence order
+    # the chunk scores (``CMDRDetector.predict_inputs``, ``config.chunk_score``)
+    chunk_scores = np.asarray([pred.score for pred in preds], dtype=np.float32)
     point_scores = np.full(len(pts), np.nan, dtype=np.float32)
     point_scores[measured] = stitch(np.stack(per_chunk), chunks)
     return ScanPrediction(float(chunk_scores.max()), point_scores, chunk_scores, chunks, measured,

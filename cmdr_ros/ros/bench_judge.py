@@ -187,7 +187,7 @@ def instrumented(clock: StageClock, frame_judge: Any, det: Any) -> Iterator[None
                (frame_judge, "assemble", "align"), (frame_judge.judge_, "judge", "checks"),
                (model_input, "remove_background", "background"), (det, "prepare", "prepare"),
                (det, "extract", "prepare"), (det, "grid_features", "heads"), (det.heads, "forward", "heads"),
-               (det, "predict_input", "fusion"), (frames, "scan_points", "decode"),
+               (det, "predict_inputs", "fusion"), (frames, "scan_points", "decode"),
                (scan, "chunk_inputs", "prepare"), (scan, "stitch", "fusion")]
     for m, bb in (("2d", det.backbone_2d), ("3d", det.backbone_3d)):
         if bb is not None:
