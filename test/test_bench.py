@@ -49,6 +49,18 @@ def test_bench_times_a_scan_preset_on_profilometer_scans(capsys):
     assert "background" not in run["stages"] and "backbone_2d" not in run["stages"]
 
 
+def test_bench_compare_runs_the_plain_path_beside_the_fast_one(capsys):
+    report = _json(capsys, ["bench", "--preset", "lite", "--mode", "3d", "--size", "96", "--repeat", "2",
+                            "--warmup", "0", "--device", "cpu", "--compare", "--json"])
+    fast, plain = report["runs"]
+    assert (fast["plain"], plain["plain"]) == (False, True) and "versus_plain" not in plain
+    v = fast["versus_plain"]
+    assert v["frames"] == 2 and v["judged_one_way_only"] == 0 and v["speed_up"] > 0
+    # exact DBSCAN and its grid version keep the same foreground; the pooling layouts give the same features
+    assert v["min_foreground_iou"] >= 0.99 and v["max_map_rel_diff"] <= 1e-4 and v["max_score_rel_diff"] <= 1e-4
+    assert any("exact DBSCAN" in n for n in report["notes"])
+
+
 def test_bench_refuses_bad_sizes(capsys):
     assert main(["bench", "--size", "32"]) == 2
     assert "at least 64" in capsys.readouterr().err
@@ -64,3 +76,17 @@ def test_bench_node_answers_every_part(capsys, monkeypatch):
         assert set(r[key]) == {"p50", "p95", "p99", "max"} and all(v >= 0 for v in r[key].values()), key
     assert r["throughput_hz"] > 0 and r["node_exit_code"] == 0
     assert all(r["node_rss_mb"][k] > 0 for k in ("start", "end", "peak"))
+
+
+def test_openblas_runs_single_threaded_and_torch_keeps_its_cores():
+    """cmdr processes limit NumPy/SciPy's OpenBLAS to one thread (its spinning threads slowed torch's next stages)."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from cmdr_ros.threads import single_threaded_blas
+
+    before = torch.get_num_threads()
+    single_threaded_blas()
+    blas = [i for i in threadpool_info() if i["internal_api"] == "openblas"]
+    assert blas and all(i["num_threads"] == 1 for i in blas)
+    assert torch.get_num_threads() == before

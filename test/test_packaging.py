@@ -82,6 +82,7 @@ PIP_MODULES = {
     "psycopg": "psycopg",
     "pointcloud2": "pointcloud2",
     "onnx": "onnx",
+    "threadpoolctl": "threadpoolctl",  # no rosdep key; Debian's python3-sklearn depends on its package
     "onnxruntime": "onnxruntime",
 }
 # keys that must never be a run dependency (the brief of issue "A real ROS 2 cell")

@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="frames judged before timing (default 2)")
     p.add_argument("--repeat", type=int, default=10, help="frames timed per stage, and again end to end (default 10)")
     p.add_argument("--threads", type=int, default=_cores(), help="torch CPU threads (default: the cores, %(default)s)")
+    p.add_argument("--compare", action="store_true",
+                   help="also judge the same frames the plain way (exact DBSCAN, the reference's pooling layout, "
+                        "PyTorch for onnx): the speed-up of each run and how much its maps and scores differ")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=run_model)
 
@@ -70,7 +73,8 @@ def run_model(args: argparse.Namespace) -> int:
 
     presets = ["lite", "paper"] if args.preset == "all" else [args.preset]
     modes = ["2d", "3d", "rgbd"] if args.mode == "all" else [args.mode]  # lightest first
-    report = run_bench(presets, modes, args.device, args.size, args.data, args.warmup, args.repeat, args.threads)
+    report = run_bench(presets, modes, args.device, args.size, args.data, args.warmup, args.repeat, args.threads,
+                       args.compare)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
 

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from cmdr_ros import CmdrError, __version__
 from cmdr_ros.config import MODES, PRESETS
+from cmdr_ros.threads import single_threaded_blas
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -160,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    single_threaded_blas()
     try:
         return int(args.func(args) or 0)
     except CmdrError as e:

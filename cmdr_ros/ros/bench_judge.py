@@ -235,12 +235,17 @@ def summary(values_ms: list[float]) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------------ one run
 def bench_run(preset_name: str, mode: str, device: str, frames: list[tuple[np.ndarray, np.ndarray]],
-              warmup: int, repeat: int) -> dict[str, Any]:
-    """Judge ``warmup`` frames, then ``repeat`` times a frame per stage and the same frame end to end."""
+              warmup: int, repeat: int, plain: bool = False) -> dict[str, Any]:
+    """Judge ``warmup`` frames, then ``repeat`` times a frame per stage and the same frame end to end. ``plain``:
+    without the fast paths (``bench_compare.plain_paths``); ``outcomes_by_frame`` keeps what each frame gave."""
     from cmdr_ros.judge import Judge
+    from cmdr_ros.ros.bench_compare import outcome, plain_paths
     from cmdr_ros.ros.frame_judge import FrameJudge
 
     det = build_detector(preset_name, mode, device)
+    stack = contextlib.ExitStack()
+    if plain:
+        stack.enter_context(plain_paths(det))
     fj = FrameJudge(Judge(det), mode)
     sets = [frame_messages(rgb, xyz, mode, i) for i, (rgb, xyz) in enumerate(frames)]
     inputs = "+".join(sets[0])
@@ -259,7 +264,7 @@ def bench_run(preset_name: str, mode: str, device: str, frames: list[tuple[np.nd
         judge_one(i)
     clock = StageClock(sync)
     stages: dict[str, list[float]] = defaultdict(list)
-    totals, e2e, outcomes = [], [], Counter()
+    totals, e2e, outcomes, by_frame = [], [], Counter(), [None] * min(len(sets), repeat)
     for i in range(repeat):  # interleaved: a busy machine slows both kinds of frame alike
         with instrumented(clock, fj, det):
             verdict = judge_one(i, clock.wrap("checks", fj.judge), clock.wrap("outputs", encode_outputs))
@@ -270,9 +275,12 @@ def bench_run(preset_name: str, mode: str, device: str, frames: list[tuple[np.nd
         outcomes["judged" if verdict.judged else verdict.kind] += 1
         sync()
         t0 = time.perf_counter()
-        judge_one(i)
+        verdict = judge_one(i)
         sync()
         e2e.append((time.perf_counter() - t0) * 1e3)
+        if i < len(by_frame):
+            by_frame[i] = outcome(verdict)
+    stack.close()
     memory = {"rss_mb": proc_status_mb("VmRSS"),
               "peak_rss_mb": proc_status_mb("VmHWM") if peak_per_run else
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -282,7 +290,7 @@ def bench_run(preset_name: str, mode: str, device: str, frames: list[tuple[np.nd
     del det, fj
     gc.collect()
     return {"preset": preset_name, "mode": mode, "device": "onnx" if device == "onnx" else str(dev), "timed": repeat,
-            "input": shape,
+            "input": shape, "plain": plain, "outcomes_by_frame": by_frame,
             "stages": {s: summary(stages[s]) for s in STAGES if stages.get(s)}, "stages_total": summary(totals),
             "end_to_end": {**summary(e2e), "frames_per_s": len(e2e) / (sum(e2e) / 1e3)},
             "outcomes": dict(outcomes), "memory": memory}
@@ -296,8 +304,10 @@ def devices(choice: str) -> list[str]:
 
 
 def run_bench(presets: list[str], modes: list[str], device_choice: str, size: int, data: str | None,
-              warmup: int, repeat: int, threads: int) -> dict[str, Any]:
-    """Every (preset, mode, device) run with ``threads`` torch threads (restored afterwards)."""
+              warmup: int, repeat: int, threads: int, compare: bool = False) -> dict[str, Any]:
+    """Every (preset, mode, device) run with ``threads`` torch threads (restored afterwards); ``compare``: each
+    followed by its plain run (``bench_compare``) and the differences between the two."""
+    from cmdr_ros.ros.bench_compare import PLAIN, differences
     from cmdr_ros.config import preset
 
     n = max(1, min(warmup + repeat, 5))
@@ -314,10 +324,21 @@ def run_bench(presets: list[str], modes: list[str], device_choice: str, size: in
     before, load = torch.get_num_threads(), os.getloadavg()[0]
     torch.set_num_threads(threads)
     try:
-        runs = [bench_run(p, m, d, frames, warmup, repeat) for p in presets for m in modes
-                for d in devices(device_choice)]
+        runs = []
+        for p in presets:
+            for m in modes:
+                for d in devices(device_choice):
+                    runs.append(bench_run(p, m, d, frames, warmup, repeat))
+                    if compare:
+                        runs.append(bench_run(p, m, d, frames, warmup, repeat, plain=True))
+                        fast, slow = runs[-2], runs[-1]
+                        fast["versus_plain"] = {
+                            "speed_up": slow["end_to_end"]["median_ms"] / fast["end_to_end"]["median_ms"],
+                            **differences(fast["outcomes_by_frame"], slow["outcomes_by_frame"])}
     finally:
         torch.set_num_threads(before)
+    for r in runs:
+        del r["outcomes_by_frame"]  # arrays: not for the report
     return {"frames": source, "warmup": warmup, "repeat": repeat, "threads": threads, "cpus": os.cpu_count(),
             "load_average_1min": {"start": load, "end": os.getloadavg()[0]}, "torch": torch.__version__,
             "stages": STAGES,
@@ -327,7 +348,8 @@ def run_bench(presets: list[str], modes: list[str], device_choice: str, size: in
                       "lite preset: identity feature statistics (the standardisation still runs)",
                       "onnx: heads and distance maps in one onnxruntime graph, timed as 'heads'",
                       "stages: exclusive time of the real functions, wrapped; they add up to one judged frame; "
-                      "end to end: the same frame again without the wrappers"],
+                      "end to end: the same frame again without the wrappers",
+                      *(["plain (--compare): " + "; ".join(PLAIN)] if compare else [])],
             "runs": runs}
 
 
@@ -339,7 +361,8 @@ def format_table(report: dict[str, Any]) -> str:
         return f"{d['median_ms']:.1f} / {d['p95_ms']:.1f}" if d else "-"
 
     mem = [r["memory"] for r in runs]
-    rows = [("ms median / p95", [f"{r['preset']} {r['mode']} {r['device']}" for r in runs]),
+    rows = [("ms median / p95", [f"{r['preset']} {r['mode']} {r['device']}{' plain' if r['plain'] else ''}"
+                                 for r in runs]),
             *((s, [ms(r["stages"].get(s)) for r in runs]) for s in STAGES),
             ("sum of stages", [ms(r["stages_total"]) for r in runs]),
             ("end to end", [ms(r["end_to_end"]) for r in runs]),
@@ -349,6 +372,15 @@ def format_table(report: dict[str, Any]) -> str:
     if any(m["cuda_max_allocated_mb"] is not None for m in mem):
         rows.append(("CUDA max MB", [f"{m['cuda_max_allocated_mb'] or 0:.0f}" for m in mem]))
     rows.append(("judged", [f"{r['outcomes'].get('judged', 0)}/{r['timed']}" for r in runs]))
+    if any("versus_plain" in r for r in runs):
+        vs = [r.get("versus_plain") for r in runs]
+        rows += [("speed-up vs plain", [f"{v['speed_up']:.2f}x" if v else "" for v in vs]),
+                 ("map diff (rel)", [f"{v['max_map_rel_diff']:.1e}" if v and "max_map_rel_diff" in v else ""
+                                     for v in vs]),
+                 ("score diff (rel)", [f"{v['max_score_rel_diff']:.1e}" if v and "max_score_rel_diff" in v else ""
+                                       for v in vs]),
+                 ("foreground IoU", [f"{v['min_foreground_iou']:.4f}" if v and "min_foreground_iou" in v else ""
+                                     for v in vs])]
     width = max(len(c) for _, cells in rows for c in cells) + 2
     load = report["load_average_1min"]
     return "\n".join([

@@ -8,6 +8,7 @@ import threading
 from typing import Any, Callable
 
 from cmdr_ros import CmdrError
+from cmdr_ros.threads import single_threaded_blas
 
 
 def run(make_node: Callable[[], Any], args: list[str] | None = None) -> int:
@@ -21,6 +22,7 @@ def run(make_node: Callable[[], Any], args: list[str] | None = None) -> int:
         rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as e:  # noqa: BLE001 - rcl reports bad --ros-args as a generic RCLError
         raise CmdrError(f"cannot start ROS: {str(e).splitlines()[0][:300]}") from None
+    single_threaded_blas()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
