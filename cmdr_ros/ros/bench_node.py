@@ -111,8 +111,10 @@ class Recorder:
             self.cond.notify_all()
 
     def matched(self) -> bool:
+        """Every input reaches the node and ~/result comes back (the maps only when the node publishes them: a
+        node run with an output switched off, e.g. -p output.anomaly_cloud:=false, has no such publisher)."""
         return (all(p.get_subscription_count() >= 1 for p in self.pubs.values())
-                and all(s.get_publisher_count() >= 1 for s in self.subs))
+                and self.subs[0].get_publisher_count() >= 1)
 
     def wait_results(self, stamps: set[int], timeout: float) -> None:
         with self.cond:
