@@ -49,7 +49,7 @@ def test_a_good_set_is_accepted_and_read_only_ones_are_noted_while_configured():
     ("input.depth", 2.5, "input.depth must be an integer, got 2.5"),
     ("overload", "drop", "overload must be one of judge_all, newest, got 'drop'"),
     ("warmup", 1, "warmup must be true or false, got 1"),
-    ("device", "gpu", "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ("device", "gpu", "device must be auto, cpu, cuda, cuda:N or onnx, got 'gpu'"),
     ("threshold", float("nan"), "threshold must be a finite number, got nan"),
     ("audit.database", "mysql://db", "audit.database must be a file path or a postgresql:// URL, got 'mysql://db'"),
 ])
