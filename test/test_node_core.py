@@ -384,17 +384,17 @@ def test_concurrent_decisions_are_recorded_and_published_in_sequence_order():
 
 
 def test_a_send_that_raises_is_reported_and_the_next_decision_still_goes_out():
-    failed, sent = [], []
+    failed, sent, gate = [], [], threading.Event()
     outbox = DecisionOutbox(lambda seq, e: failed.append((seq, str(e))))
-    a, b = outbox.number(), outbox.number()
 
-    def broken() -> None:
+    def broken(seq: int) -> None:
+        gate.wait(5)
         raise RuntimeError("publisher gone")
 
-    outbox.post(b, lambda: sent.append(b))  # posted out of order: waits for a
-    assert not outbox.flush(0.05) and sent == []
-    outbox.post(a, broken)
-    assert outbox.flush(1.0) and sent == [b] and failed == [(a, "publisher gone")] and outbox.backlog == 0
+    assert outbox.post(broken) == 1 and outbox.post(sent.append) == 2  # numbered as posted
+    assert not outbox.flush(0.05) and sent == [] and outbox.backlog == 2  # 2 waits for 1
+    gate.set()
+    assert outbox.flush(1.0) and sent == [2] and failed == [(1, "publisher gone")] and outbox.backlog == 0
 
 
 def test_queue_overload_and_time_budget():

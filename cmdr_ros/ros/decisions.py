@@ -140,13 +140,13 @@ class WorkQueue:
 
 
 class DecisionOutbox:
-    """Numbers the decisions (``number``) and sends them out in number order from its own thread (``post``).
+    """Numbers the decisions and sends them out in number order from its own thread.
 
-    ``number`` is called under the decision lock, right when a part is marked decided; ``post(seq, send)`` is
-    called right after that lock is released (always: every number must be posted, else the later ones wait
-    forever) and returns at once: nobody who decides (an input callback holding the synchronizer, the watchdog,
+    ``post(send)`` is called under the decision lock, right when a part is marked decided: it hands out the next
+    number and queues ``send(seq)`` in one step (no number can be left without its job, which would hold back every
+    later one), and returns at once: nobody who decides (an input callback holding the synchronizer, the watchdog,
     the inference thread) ever waits for another decision's audit commit or publication. The outbox thread runs
-    ``send`` (record the audit row, publish the messages) for each number in turn, so the audit writer's FIFO order
+    each ``send`` (record the audit row, publish the messages) in number order, so the audit writer's FIFO order
     and the published order are the sequence order; a ``send`` that raises is reported to ``on_error`` and the next
     number goes out. ``flush`` waits until everything numbered so far is out (settling, shutdown, tests)."""
 
@@ -154,23 +154,21 @@ class DecisionOutbox:
         self._cv = threading.Condition()
         self.last = 0  # the highest number handed out
         self._out = 0  # every number <= this has been sent
-        self._jobs: dict[int, Callable[[], None]] = {}
+        self._jobs: dict[int, Callable[[int], None]] = {}
         self._on_error = on_error
         self._thread: threading.Thread | None = None
 
-    def number(self) -> int:
+    def post(self, send: Callable[[int], None]) -> int:
+        """The next number, with ``send(number)`` queued: it runs on the outbox thread once every lower number is
+        out."""
         with self._cv:
             self.last += 1
-            return self.last
-
-    def post(self, seq: int, send: Callable[[], None]) -> None:
-        """Hand over number ``seq``'s sending; it runs on the outbox thread once every lower number is out."""
-        with self._cv:
-            self._jobs[seq] = send
+            self._jobs[self.last] = send
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="cmdr_outbox", daemon=True)
                 self._thread.start()
             self._cv.notify_all()
+            return self.last
 
     def flush(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until every number handed out so far has been sent; False on time-out."""
@@ -191,7 +189,7 @@ class DecisionOutbox:
                 seq = self._out + 1
                 send = self._jobs.pop(seq)
             try:
-                send()
+                send(seq)
             except Exception as e:  # noqa: BLE001 - one decision that cannot go out must not hold back the next
                 if self._on_error is not None:
                     self._on_error(seq, e)

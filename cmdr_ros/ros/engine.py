@@ -133,20 +133,18 @@ class DecisionEngine:
             self.warn("internal", f"output maps of part {part.inputs} not built: {type(e).__name__}: {e}", "error")
             maps = {}
         part_id = None if part.header is None else self.part_ids.near(part.header, float(self.param("sync.slop")))
+        latency_ms = (time.monotonic() - part.t_in) * 1e3
+
+        def send(seq: int) -> None:  # on the outbox thread: whoever decided goes on at once
+            if outlet is not None and outlet.pubs:
+                self._publish(outlet, part, verdict, frame, maps, seq, latency_ms, part_id)
+
         with self.cv:
             if part.decided:
                 return False
             part.decided = True
-            seq = self.order.number()
-            latency_ms = (time.monotonic() - part.t_in) * 1e3
+            self.order.post(send)  # numbered and queued in one step, in decision order
             self.stats.decided(verdict, latency_ms, time.monotonic())
-        # posted for every number (the later ones wait for it); sent from the outbox thread, so whoever decided
-        # (an input callback, the watchdog, the inference thread) goes on at once
-        def send() -> None:
-            if outlet is not None and outlet.pubs:
-                self._publish(outlet, part, verdict, frame, maps, seq, latency_ms, part_id)
-
-        self.order.post(seq, send)
         if not verdict.judged:
             self.warn(verdict.kind, f"part {part.inputs} not judged -> {verdict.decision}: {verdict.reason}")
         return True
