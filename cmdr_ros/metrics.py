@@ -296,6 +296,22 @@ def scan_metrics(labels: Sequence[int], scores: Sequence[float], chunk_labels: S
             "p_auroc": _auroc(y, s)}
 
 
+def scan_metrics_by_defect(labels: Sequence[int], scores: Sequence[float], defects: Sequence[str],
+                           chunk_labels: Sequence[bool], chunk_scores: Sequence[float],
+                           point_labels: Sequence[np.ndarray], point_scores: Sequence[np.ndarray]) -> dict[str, Any]:
+    """``scan_metrics`` of every scan, and each defect kind's part-level I-AUROC against the good parts (``cmdr eval``
+    and ``cmdr bag eval`` of a "chunks" model), with the numbers of good and defective parts."""
+    labels, scores, defects = list(labels), list(scores), list(defects)
+    out: dict[str, Any] = {**scan_metrics(labels, scores, chunk_labels, chunk_scores, point_labels, point_scores),
+                           "defects": {}}
+    for d in sorted(set(defects) - {"good"}):
+        sel = [i for i, x in enumerate(defects) if x in ("good", d)]
+        out["defects"][d] = {"n": defects.count(d), "i_auroc": scan_metrics(
+            [labels[i] for i in sel], [scores[i] for i in sel], [], [], [], [])["i_auroc"]}
+    out["n_good"], out["n_defect"] = labels.count(0), labels.count(1)
+    return out
+
+
 def _width(key: str) -> int:
     return max(11, len(key) + 1)
 

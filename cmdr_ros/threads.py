@@ -2,8 +2,8 @@
 
 On a 2-core cell PC torch's OpenMP pool already uses every core; OpenBLAS threads started by a small NumPy call
 (the plane fit of background removal, a 3x3 SVD) keep spinning for a while after it and take the cores from the
-torch stages that follow. Measured with ``cmdr bench`` (lite 3d, 400x400, 2 cores): end to end 200 -> 139 ms, the
-heads 9.4 -> 5.3 ms, with OpenBLAS on one thread. threadpoolctl (scikit-learn's) sets it at run time, whatever was
+torch stages that follow. Measured with ``cmdr bench`` (lite 3d, 400x400, 2 cores): end to end 200 -> 155 ms, the
+heads 9.4 -> 5.9 ms, with OpenBLAS on one thread. threadpoolctl (scikit-learn's) sets it at run time, whatever was
 imported first; torch's own pool is left alone.
 """
 from __future__ import annotations

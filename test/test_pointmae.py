@@ -251,15 +251,11 @@ def test_pointmae_backbone_bn_modes():
 def test_points_are_placed_and_pooled_as_the_reference_does(grid, channels):
     """``scatter_points_to_grid`` pools channels-last for speed; the result is bit-identical to the reference's
     layout: features scattered into [C, G*G], 3x3 average pool (stride 1), adaptive average pool to G."""
-    import torch.nn.functional as F
-
-    from cmdr_ros.model.backbones import scatter_points_to_grid
+    from cmdr_ros.model.backbones import scatter_points_to_grid, scatter_points_to_grid_reference
 
     g = torch.Generator().manual_seed(grid)
     pix = torch.randperm(grid * grid, generator=g)[: grid * grid * 2 // 3]
     feats = torch.randn(len(pix), channels, generator=g)
-    ref = feats.new_zeros(channels, grid * grid)
-    ref[:, pix] = feats.T
-    ref = F.adaptive_avg_pool2d(F.avg_pool2d(ref.view(1, channels, grid, grid), 3, stride=1), grid)[0]
+    ref = scatter_points_to_grid_reference(feats, pix, grid)
     out = scatter_points_to_grid(feats, pix, grid)
     assert out.shape == (channels, grid, grid) and out.is_contiguous() and torch.equal(out, ref)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from cmdr_ros import CmdrError
 from cmdr_ros.data.scans import ScanDataset
 from cmdr_ros.judge import reject_flag
-from cmdr_ros.metrics import roc_curve_points, scan_metrics
+from cmdr_ros.metrics import roc_curve_points, scan_metrics_by_defect
 from cmdr_ros.visualization import plot_curves, save_overlay, scan_maps
 
 if TYPE_CHECKING:
@@ -38,10 +38,11 @@ def evaluate_scans(data_dir: str | Path, detector: CMDRDetector, out: Path, prog
         pred = detector.predict_scan(points)
         latencies.append(pred.latency_ms)
         if labels is not None:
-            chunk_y += pred.chunk_labels(labels).tolist()
-            chunk_s += pred.chunk_scores.tolist()
-            point_y.append(labels[pred.measured])
-            point_s.append(pred.point_scores[pred.measured])
+            cy, cs, py, ps = pred.scored_truth(labels)
+            chunk_y += cy.tolist()
+            chunk_s += cs.tolist()
+            point_y.append(py)
+            point_s.append(ps)
         rows.append({"class": data.root.name, "defect": scan.defect, "id": scan.sample_id, "label": scan.label,
                      "score": pred.score, "reject": reject_flag(pred.score, detector.threshold),
                      "points": len(points), "chunks": len(pred.chunks)})
@@ -52,13 +53,8 @@ def evaluate_scans(data_dir: str | Path, detector: CMDRDetector, out: Path, prog
             kept.append((scan, points, labels, pred.point_scores))
     labels_ = [r["label"] for r in rows]
     scores_ = [r["score"] for r in rows]
-    metrics: dict[str, Any] = scan_metrics(labels_, scores_, chunk_y, chunk_s, point_y, point_s)
-    metrics["defects"] = {}
-    for d in sorted({r["defect"] for r in rows} - {"good"}):
-        sel = [i for i, r in enumerate(rows) if r["defect"] in ("good", d)]
-        m = scan_metrics([labels_[i] for i in sel], [scores_[i] for i in sel], [], [], [], [])
-        metrics["defects"][d] = {"n": sum(rows[i]["defect"] == d for i in sel), "i_auroc": m["i_auroc"]}
-    metrics["n_good"], metrics["n_defect"] = labels_.count(0), labels_.count(1)
+    metrics = scan_metrics_by_defect(labels_, scores_, [r["defect"] for r in rows], chunk_y, chunk_s, point_y,
+                                     point_s)
     metrics["latency_ms_mean"] = float(np.mean(latencies))
     out.mkdir(parents=True, exist_ok=True)
     if write_files:

@@ -89,6 +89,16 @@ def scatter_points_to_grid(point_feats: torch.Tensor, pix: torch.Tensor, grid: i
     return F.adaptive_avg_pool2d(out, grid)[0].contiguous()
 
 
+def scatter_points_to_grid_reference(point_feats: torch.Tensor, pix: torch.Tensor, grid: int) -> torch.Tensor:
+    """``scatter_points_to_grid`` in the reference's layout: features scattered into ``[C, G*G]`` columns, pooled on
+    ``[1, C, G, G]`` (what ``cmdr bench --compare`` times it against, and what the tests hold it equal to)."""
+    c = point_feats.shape[1]
+    out = point_feats.new_zeros(c, grid * grid)
+    out[:, pix] = point_feats.T
+    out = F.avg_pool2d(out.view(1, c, grid, grid), 3, stride=1)
+    return F.adaptive_avg_pool2d(out, grid)[0]
+
+
 class _ViTBackbone(Backbone2D):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

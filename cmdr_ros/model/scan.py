@@ -40,6 +40,12 @@ class ScanPrediction:
         """The reference's chunk labels (``data.scans.chunk_labels``) from the scan's per-point labels."""
         return chunk_labels(np.asarray(point_labels)[self.measured], self.chunks)
 
+    def scored_truth(self, point_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What the chunk and point metrics pair up (``metrics.scan_metrics``): the chunks' labels and scores, and
+        the measured points' labels and scores."""
+        labels = np.asarray(point_labels).astype(bool)
+        return self.chunk_labels(labels), self.chunk_scores, labels[self.measured], self.point_scores[self.measured]
+
     @property
     def anomaly_map(self) -> np.ndarray:
         """The scores of the measured points (the scan's 'map'), so checks written for frames read scans alike."""

@@ -17,22 +17,10 @@ import contextlib
 from typing import Any, Iterator
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 PLAIN = ["background removal: exact DBSCAN (Open3D) instead of its clusters on a grid of cells",
          "point features pooled on the grid in the reference's [C, G, G] layout instead of channels-last",
          "device onnx: the heads and scoring in PyTorch instead of onnxruntime"]
-
-
-def scatter_points_to_grid_plain(point_feats: torch.Tensor, pix: torch.Tensor, grid: int) -> torch.Tensor:
-    """``backbones.scatter_points_to_grid`` the reference's way: features scattered into ``[C, G*G]`` columns, a
-    3x3 average pool (stride 1) and an adaptive average pool back to the grid, on ``[1, C, G, G]``."""
-    c = point_feats.shape[1]
-    out = point_feats.new_zeros(c, grid * grid)
-    out[:, pix] = point_feats.T
-    out = F.avg_pool2d(out.view(1, c, grid, grid), 3, stride=1)
-    return F.adaptive_avg_pool2d(out, grid)[0]
 
 
 @contextlib.contextmanager
@@ -42,7 +30,7 @@ def plain_paths(det: Any) -> Iterator[None]:
 
     cluster, scoring, scatter = det.config.preprocess.cluster, det.scoring, backbones.scatter_points_to_grid
     det.config.preprocess.cluster, det.scoring = "dbscan", None
-    backbones.scatter_points_to_grid = scatter_points_to_grid_plain
+    backbones.scatter_points_to_grid = backbones.scatter_points_to_grid_reference
     try:
         yield
     finally:

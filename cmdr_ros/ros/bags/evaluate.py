@@ -196,10 +196,11 @@ class _Evaluation:
                 raise CmdrError(f"point ground truth at stamp {stamp} has {points.size} labels for a scan of "
                                 f"{pred.point_scores.size} points")
             label = int(points.any()) if label is None else label
-            m["chunk_y"] += pred.chunk_labels(points).tolist()
-            m["chunk_s"] += pred.chunk_scores.tolist()
-            m["point_y"].append(points[pred.measured])
-            m["point_s"].append(pred.point_scores[pred.measured])
+            chunk_y, chunk_s, point_y, point_s = pred.scored_truth(points)
+            m["chunk_y"] += chunk_y.tolist()
+            m["chunk_s"] += chunk_s.tolist()
+            m["point_y"].append(point_y)
+            m["point_s"].append(point_s)
         if label is not None:
             m["labels"].append(label)
             m["scores"].append(pred.score)
@@ -222,17 +223,11 @@ class _Evaluation:
     def _scan_metrics(self) -> dict[str, Any]:
         """``cmdr eval``'s scan metrics of the judged scans: part-level I-AUROC overall and per defect; chunk-level
         I-AUROC and P-AUROC over the points when the bag has per-point ground truth (else NaN)."""
-        from cmdr_ros.metrics import scan_metrics
+        from cmdr_ros.metrics import scan_metrics_by_defect
 
         m = self.metric_inputs
-        labels, scores, defects = m["labels"], m["scores"], m["defects"]
-        out: dict[str, Any] = {**scan_metrics(labels, scores, m["chunk_y"], m["chunk_s"], m["point_y"], m["point_s"]),
-                               "defects": {}}
-        for d in sorted(set(defects) - {"good"}):
-            sel = [i for i, x in enumerate(defects) if x in ("good", d)]
-            out["defects"][d] = {"n": defects.count(d), "i_auroc": scan_metrics(
-                [labels[i] for i in sel], [scores[i] for i in sel], [], [], [], [])["i_auroc"]}
-        out["n_good"], out["n_defect"] = labels.count(0), labels.count(1)
+        out = scan_metrics_by_defect(m["labels"], m["scores"], m["defects"], m["chunk_y"], m["chunk_s"], m["point_y"],
+                                     m["point_s"])
         out["latency_ms_mean"] = float(np.mean(self.latencies))
         return out
 
