@@ -16,7 +16,8 @@ Migrations: ``load_checkpoint`` reads files of earlier versions under the curren
 renamed since (``backbones.RENAMED``: ``tiny_vit`` -> ``random_vit``, ``tiny_pointmae`` -> ``random_pointmae``), and
 the 2D decoder's reconstruction MLP saved before its Dropout was added (``rec2d.recon.2/3`` -> ``rec2d.recon.3/4``;
 Dropout is inactive at inference, so such a model scores exactly as before). Config keys added since (``bn``,
-``valid_mask``, ``pixel_norm``) default to the behaviour from before they existed. Migration happens after
+``valid_mask``, ``pixel_norm``, ``memory_bank``) default to the behaviour from before they existed; a file without
+the ``memory_bank`` tensor section has no bank (its checksum reads the same). Migration happens after
 verification, on the loaded copy: the file, its checksum and its model id stay as saved.
 """
 from __future__ import annotations
@@ -41,13 +42,15 @@ FORMAT = "cmdr_ros.checkpoint"
 FORMAT_VERSION = 2
 # content covered by the checksum; "cmdr_ros_version", "created", "model_id" and "checksum" are not content
 JSON_KEYS = ("format", "format_version", "config", "threshold", "score_stats", "backbones")
-TENSOR_KEYS = ("heads", "feature_stats", "backbone_state")
+TENSOR_KEYS = ("heads", "feature_stats", "backbone_state", "memory_bank")
+# tensor sections added after checkpoints existed: a file without one holds none (and its checksum is unchanged)
+OPTIONAL_TENSOR_KEYS = ("memory_bank",)
 
 
 def _tensors(ckpt: dict[str, Any]) -> Iterator[tuple[tuple[str, ...], Any]]:
     """Every tensor-section entry as (name path, value), in canonical (sorted) order."""
     for section in TENSOR_KEYS:
-        d = ckpt.get(section)
+        d = ckpt.get(section, {} if section in OPTIONAL_TENSOR_KEYS else None)
         if not isinstance(d, dict):
             raise CmdrError(f"section '{section}' is missing or not a mapping")
         for k in sorted(d, key=str):
@@ -151,6 +154,7 @@ def save_checkpoint(detector: CMDRDetector, path: str | os.PathLike) -> Path:
         "config": detector.config.to_dict(),
         "heads": {k: v.detach().cpu() for k, v in detector.heads.state_dict().items()},
         "feature_stats": {k: v.detach().cpu() for k, v in detector.feature_stats.items()},
+        "memory_bank": {k: v.detach().cpu() for k, v in detector.memory_bank.items()},
         "backbones": backbones,
         "backbone_state": backbone_state,
         "threshold": thr,
@@ -261,6 +265,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto", weights_2d: s
         if saved and saved.get("name") != bcfg.name:
             raise CmdrError(f"{path}: {m.upper()} backbone mismatch (config '{bcfg.name}', saved '{saved.get('name')}')")
     detector = CMDRDetector(config, device="cpu" if str(device) == "onnx" else device)
+    banks = ckpt.get("memory_bank") or {}
     for m, bb in (("2d", detector.backbone_2d), ("3d", detector.backbone_3d)):
         if bb is None:
             continue
@@ -284,15 +289,23 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto", weights_2d: s
             raise CmdrError(f"{path}: the model standardizes features but has no {m} feature statistics")
         if fs is not None and fs.shape[1] != bb.out_dim:
             raise CmdrError(f"{path}: {m} feature statistics have {fs.shape[1]} channels, {bb.name} gives {bb.out_dim}")
-    unused = set(ckpt["feature_stats"]) - {m for m, bb in (("2d", detector.backbone_2d), ("3d", detector.backbone_3d))
-                                           if bb is not None}
+        bank = banks.get(m)
+        if bool(config.memory_bank) != (bank is not None):
+            raise CmdrError(f"{path}: config memory_bank {config.memory_bank} but the file "
+                            f"{'holds' if bank is not None else 'holds no'} {m} memory bank")
+        if bank is not None and (bank.ndim != 2 or bank.shape[1] != bb.out_dim or not len(bank)):
+            raise CmdrError(f"{path}: the {m} memory bank has shape {tuple(bank.shape)}, expected (N, {bb.out_dim})")
+    unused = set(ckpt["feature_stats"]) | set(banks)
+    unused -= {m for m, bb in (("2d", detector.backbone_2d), ("3d", detector.backbone_3d)) if bb is not None}
     if unused:
-        raise CmdrError(f"{path}: feature statistics for modalities the model does not use: {sorted(unused)}")
+        raise CmdrError(f"{path}: feature statistics or memory banks for modalities the model does not use: "
+                        f"{sorted(unused)}")
     try:
         detector.heads.load_state_dict(ckpt["heads"])
     except RuntimeError as e:
         raise CmdrError(f"{path}: head weights do not fit the configured model: {str(e).splitlines()[0]}") from None
     detector.feature_stats = {k: v.float() for k, v in ckpt["feature_stats"].items()}
+    detector.memory_bank = {k: v.float() for k, v in banks.items()}
     thr = ckpt.get("threshold")
     detector.threshold = None if thr is None else float(thr)
     detector.score_stats = dict(ckpt.get("score_stats") or {})

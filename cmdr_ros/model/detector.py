@@ -20,7 +20,7 @@ from tqdm import tqdm
 from cmdr_ros import CmdrError
 from cmdr_ros.config import ModelConfig, cross_modal
 from cmdr_ros.data.model_input import ModelInput, prepare_input
-from cmdr_ros.model import fusion
+from cmdr_ros.model import fusion, memory_bank
 from cmdr_ros.model.backbones import Backbone2D, Backbone3D, build_backbone
 from cmdr_ros.model.heads import HEAD_TARGET, CMDRHeads
 from cmdr_ros.model.scan import ScanPrediction, predict_scan
@@ -111,6 +111,8 @@ class CMDRDetector:
         self.heads.to(self.device).eval()
         # per-channel (mean, std) of the training features, when config.standardize_features
         self.feature_stats: dict[str, torch.Tensor] = {}
+        # per modality, the good grid features of the memory-bank branch ([N, C], standardised like the heads' input)
+        self.memory_bank: dict[str, torch.Tensor] = {}
         self.threshold: float | None = None
         self.score_stats: dict[str, float] = {}
         self.model_id: str | None = None  # content hash of the heads, set when saved or loaded
@@ -188,6 +190,23 @@ class CMDRDetector:
             std = (s2 / max(n, 1) - mean**2).clamp_min(0).sqrt().clamp_min(1e-6)
             self.feature_stats[m] = torch.stack([mean, std]).float().cpu()
 
+    def _fit_memory_bank(self, natives: Sequence[Native], valids: Sequence[torch.Tensor],
+                         grid_cache: Sequence[dict[str, torch.Tensor]] | None) -> dict[str, torch.Tensor]:
+        """The memory bank of every modality: a greedy coreset (``memory_bank.greedy_coreset``) of
+        ``config.memory_bank`` standardised grid features drawn from the valid pixels of the training samples (at
+        most ``memory_bank.POOL`` in all, the same share from each sample)."""
+        gen = torch.Generator().manual_seed(self.config.train.seed)
+        per_sample = -(-memory_bank.POOL // len(natives))
+        pools: dict[str, list[torch.Tensor]] = {}
+        for i, (nat, v) in enumerate(zip(natives, valids)):
+            feats = grid_cache[i] if grid_cache is not None else self.grid_features([nat])
+            idx = torch.nonzero(v.reshape(-1).to(self.device)).squeeze(1)
+            idx = idx[torch.randperm(len(idx), generator=gen)[:per_sample].to(idx.device)]
+            for m, f in feats.items():
+                pools.setdefault(m, []).append(f[0].flatten(1)[:, idx].T.float().cpu())
+        return {m: memory_bank.greedy_coreset(torch.cat(p), self.config.memory_bank, self.config.train.seed)
+                for m, p in pools.items()}
+
     # ------------------------------------------------------------------ training
     def fit(self, inputs: Sequence[ModelInput], epochs: int | None = None, progress: bool = True,
             grid_cache_bytes: int = 2 << 30) -> list[dict[str, float]]:
@@ -214,6 +233,7 @@ class CMDRDetector:
         grid_cache = None
         if 4 * dims * self.config.grid ** 2 * len(natives) <= grid_cache_bytes:
             grid_cache = [self.grid_features([n]) for n in natives]
+        self.memory_bank = self._fit_memory_bank(natives, valids, grid_cache) if self.config.memory_bank else {}
 
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         names = self.heads.head_names()
@@ -275,7 +295,9 @@ class CMDRDetector:
 
         The distances are computed on the grid; when the grid is smaller than the map size (lite preset) they
         are bilinearly upsampled first, so that the paper's box-filter sizes keep their meaning relative to the
-        part (they were chosen for 224x224 maps). Invalid pixels are zero in every distance map.
+        part (they were chosen for 224x224 maps). Invalid pixels are zero in every distance map. With a memory bank
+        (``config.memory_bank``) the maps also hold ``bank2d``/``bank3d``, each pixel's distance to the nearest good
+        feature, and ``F`` is gated by them (``fusion.memory_bank_gate``).
         """
         self.heads.eval()
         f2d, f3d = feats.get("2d"), feats.get("3d")
@@ -284,8 +306,8 @@ class CMDRDetector:
         if size != valid.shape[-1]:
             valid = F.interpolate(valid[:, None].float(), size=(size, size), mode="nearest")[:, 0] > 0.5
 
-        def dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            d = fusion.feature_distance(a, b)
+        def dist(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+            d = a if b is None else fusion.feature_distance(a, b)  # a: a distance map already
             if d.shape[-1] != size:
                 d = F.interpolate(d[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
             return d * valid.to(d.dtype)
@@ -303,6 +325,13 @@ class CMDRDetector:
             d["fused"] = fusion.anomaly_map_3d(d["rec3d"], valid)
         else:
             d["fused"] = fusion.anomaly_map_2d(d["rec2d"], valid)
+        banks = []
+        for m, f in (("2d", f2d), ("3d", f3d)):
+            if m in self.memory_bank:
+                d[f"bank{m}"] = dist(memory_bank.nearest_distance(f, self.memory_bank[m].to(f.device, f.dtype)))
+                banks.append(d[f"bank{m}"])
+        if banks:
+            d["fused"] = fusion.memory_bank_gate(d["fused"], banks, valid)
         return d
 
     def predict_input(self, inp: ModelInput) -> Prediction:

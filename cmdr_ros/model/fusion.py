@@ -82,6 +82,19 @@ def anomaly_map_2d(d_rec2d: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return smooth_rec2d(d_rec2d * valid.to(d_rec2d.dtype)) * valid.to(d_rec2d.dtype)
 
 
+def memory_bank_gate(fused: torch.Tensor, d_banks: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
+    """The memory-bank branch's gate (``ModelConfig.memory_bank``): F_bank = F * prod over modalities of box5(D_m),
+    D_m the distance of each pixel's feature to the nearest good one (``memory_bank.nearest_distance``), zeroed at
+    invalid pixels and smoothed by one 5x5 box pass like the 3D-only map. A product, as CMDR-IAD fuses its mapping
+    and reconstruction anomalies: a pixel scores high only where the heads and the bank both find it unlike the
+    good parts, and no scale between the two has to be fitted."""
+    v = valid.to(fused.dtype)
+    out = fused
+    for d in d_banks:
+        out = out * box_filter(d * v, 5, 1)
+    return out
+
+
 def _nonzero_mean(x: torch.Tensor) -> torch.Tensor:
     flat = x.flatten(1)
     nz = flat != 0
