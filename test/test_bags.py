@@ -601,6 +601,8 @@ def test_scan_bag_round_trip_eval_and_to_dataset(scan_dir, untrained_chunks, tmp
     for orig, new in zip(scans, back):
         a, b = np.load(orig.path), np.load(new.path)
         assert b.dtype == np.float32 and np.array_equal(a.view(np.uint32), b.view(np.uint32))  # bit-exact, same order
+        labels = orig.load()[1]  # the per-point ground truth came back from /cmdr/gt_points too
+        assert new.gt_path is not None and np.array_equal(np.load(new.gt_path), labels) and labels.dtype == bool
     with pytest.raises(CmdrError, match="carries std_msgs/msg/String, expected sensor_msgs/msg/PointCloud2"):
         from cmdr_ros.ros.bags import bag_to_scans
         bag_to_scans(bag, tmp_path / "x", points_topic=RECORDED["sample"])

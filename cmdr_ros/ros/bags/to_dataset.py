@@ -10,7 +10,7 @@ from cmdr_ros import CmdrError
 from cmdr_ros.ros.bags.read import _check_type, _connections, message_class, open_bag
 from cmdr_ros.ros.conversions import stamp_ns
 from cmdr_ros.ros.frames import mode_of
-from cmdr_ros.ros.topics import CAMERA, PROFILER
+from cmdr_ros.ros.topics import CAMERA, PROFILER, RECORDED
 
 
 def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defect: str = "good",
@@ -77,23 +77,28 @@ def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defec
 
 def bag_to_scans(bag: str | Path, out: str | Path, split: str = "train", defect: str = "good",
                  points_topic: str = PROFILER["points"], start_index: int = 0,
-                 params: dict[str, Any] | None = None) -> int:
+                 params: dict[str, Any] | None = None, gt_topic: str = RECORDED["gt_points"]) -> int:
     """Write every cloud of a recorded profilometer topic as one scan of a class of unorganized scans
     (``out/<split>/<defect>/points/NNN.npy``, Nx3 float32, for ``cmdr train`` of a "chunks" model), in log-time
     order. A cloud's points keep the sensor's order (an organized cloud: row-major), decoded as the node decodes
     them (``frames.assemble_scan``); its invalid points (non-finite, or the all-zero marker of an organized cloud)
     are left out, as the node leaves them out of the chunks. A cloud that cannot be decoded, or has no valid
-    point, is left out with a warning. Returns the number of scans written."""
+    point, is left out with a warning. When the bag has per-point ground truth (``gt_topic``, default
+    ``/cmdr/gt_points``, as ``bag_from_scans`` writes it) for a cloud's stamp, its labels of the kept points go to
+    ``gt/NNN.npy`` beside it, so a recorded test split evaluates with ``cmdr eval``. Returns the number of scans
+    written."""
     import logging
 
     import numpy as np
     from rclpy.serialization import deserialize_message
 
+    from cmdr_ros.ros.bags.evaluate import _read_aux
     from cmdr_ros.ros.frame_judge import FrameJudge
     from cmdr_ros.ros.parameters import node_params
 
     aligner = FrameJudge.aligner("3d", node_params(params, {}), scan=True)
     folder = Path(out) / split / defect / "points"
+    gt_folder = folder.parent / "gt"
     log = logging.getLogger(__name__)
     written = skipped = 0
     bag = Path(bag)
@@ -101,14 +106,21 @@ def bag_to_scans(bag: str | Path, out: str | Path, split: str = "train", defect:
         conns = _connections(reader, bag, [points_topic])
         _check_type(reader, bag, points_topic, "sensor_msgs/msg/PointCloud2")
         cls = message_class(reader.topics[points_topic].msgtype)
+        gts = _read_aux(reader, {"gt_points": gt_topic} if gt_topic in reader.topics else {}).gts
         for _, _, raw in reader.messages(connections=conns):
             msg = deserialize_message(bytes(raw), cls)
             try:
                 points = aligner.assemble({"points": msg}).points
             except CmdrError as e:
                 points, why = None, str(e)
+            labels = gts.nearest(stamp_ns(msg.header), within=0)
             if points is not None:
-                points = points[np.isfinite(points).all(axis=1)]
+                kept = np.isfinite(points).all(axis=1)
+                if labels is not None and len(labels) != len(points):
+                    log.warning("the ground truth stamped %s has %d labels for %d points: not written",
+                                stamp_ns(msg.header), len(labels), len(points))
+                    labels = None
+                points, labels = points[kept], None if labels is None else labels[kept]
                 why = "no valid point"
             if points is None or not len(points):
                 skipped += 1
@@ -119,6 +131,9 @@ def bag_to_scans(bag: str | Path, out: str | Path, split: str = "train", defect:
                 raise CmdrError(f"{name}: already exists; give --start-index to append to a class folder")
             folder.mkdir(parents=True, exist_ok=True)
             np.save(name, np.ascontiguousarray(points, dtype=np.float32))
+            if labels is not None:
+                gt_folder.mkdir(parents=True, exist_ok=True)
+                np.save(gt_folder / name.name, labels)
             written += 1
     if not written:
         raise CmdrError(f"{bag}: no scan on {points_topic}" + (f" ({skipped} could not be decoded)" if skipped else ""))
