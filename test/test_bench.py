@@ -8,8 +8,9 @@ import json
 import math
 import random
 
-from cmdr_ros.ros.bench_judge import STAGES
 from cmdr_ros.cli.main import main
+from cmdr_ros.config import preset
+from cmdr_ros.ros.bench_judge import STAGES, build_detector
 
 
 def _json(capsys, argv: list[str]) -> dict:
@@ -47,6 +48,8 @@ def test_bench_times_a_scan_preset_on_profilometer_scans(capsys):
     # the scan's own stages: decoding its points, cutting the chunks, FPFH per chunk, heads, stitching, the messages
     assert {"decode", "prepare", "backbone_3d", "heads", "fusion", "outputs"} <= set(run["stages"])
     assert "background" not in run["stages"] and "backbone_2d" not in run["stages"]
+    bank = build_detector("lite3d", "3d", "cpu").memory_bank  # the preset's memory bank is timed with it
+    assert bank["3d"].shape == (preset("lite3d", "3d").memory_bank, 66)
 
 
 def test_bench_compare_runs_the_plain_path_beside_the_fast_one(capsys):

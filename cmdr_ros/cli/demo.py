@@ -33,7 +33,7 @@ from cmdr_ros.ros.topics import CAMERA, PROFILER, RECORDED
 
 RATE_HZ = 2.0  # parts per second on the simulated belt
 PROFILER_RATE_HZ = 1.0  # profilometer scans per second (the 3D-only pass)
-SCAN_RATE_HZ = 0.25  # the chunk pipeline (lite3d) takes ~2 s per 51k-point scan on 2 CPU cores
+SCAN_RATE_HZ = 0.25  # the chunk pipeline (lite3d) takes ~2.4 s per 51k-point scan on 2 CPU cores
 PROFILER_RESOLUTION = 0.001  # m: raster cell of the profilometer clouds, in training and in the node alike
 
 

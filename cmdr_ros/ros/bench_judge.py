@@ -131,6 +131,10 @@ def build_detector(preset_name: str, mode: str, device: str) -> Any:
     if config.standardize_features:
         det.feature_stats = {m: torch.stack([torch.zeros(bb.out_dim), torch.ones(bb.out_dim)])
                              for m, bb in (("2d", det.backbone_2d), ("3d", det.backbone_3d)) if bb is not None}
+    if config.memory_bank:  # a bank of the preset's size (its cost does not depend on what it holds)
+        gen = torch.Generator().manual_seed(0)
+        det.memory_bank = {m: torch.randn(config.memory_bank, bb.out_dim, generator=gen)
+                           for m, bb in (("2d", det.backbone_2d), ("3d", det.backbone_3d)) if bb is not None}
     det.threshold = THRESHOLD
     if onnx:  # the heads and scoring exported and run by onnxruntime, as device onnx serves a checkpoint
         import tempfile
