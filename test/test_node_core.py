@@ -123,7 +123,7 @@ def snap(**kw: Any) -> dict[str, Any]:
     """A node snapshot (``InspectionNode.snapshot``) with nothing wrong."""
     return {"decisions": 5, "judged": 5, "rejects": 1, "late": 0, "stuck": 0, "qos_incompatible": 0,
             "not_judged": {}, "seq": 5, "waiting": 0, "inflight_s": 0.0, "rate_hz": 2.0, "latency_p50_ms": 12.0,
-            "latency_p95_ms": 20.25, "pending_sync": 0, "unsent": 0, "input_idle_s": 0.5, **kw}
+            "latency_p95_ms": 20.25, "pending_sync": 0, "unsent": 0, "unsent_s": 0.0, "input_idle_s": 0.5, **kw}
 
 
 def status(s: dict[str, Any], state: str = "active", judging: bool = True, stale_after: float = 0.0,
@@ -139,7 +139,7 @@ def test_status_ok_with_the_counters_and_the_model():
     level, message, v = status(snap(), threshold=1.5, model_id="abc123", device="cpu")
     assert level == DiagnosticStatus.OK and message == "active: 5 decisions, 5 judged, 0 not judged"
     assert list(v) == ["state", "decisions", "seq", "judged", "rejects", "not_judged", "late_results", "stuck",
-                       "stuck_events", "waiting", "pending_sync", "unsent", "rate_hz", "latency_p50_ms", "latency_p95_ms",
+                       "stuck_events", "waiting", "pending_sync", "unsent", "unsent_s", "rate_hz", "latency_p50_ms", "latency_p95_ms",
                        "qos_incompatible", "input_idle_s", "mode", "threshold", "model_id", "device"]
     assert v["state"] == "active" and v["decisions"] == "5" and v["stuck"] == "0" and v["rate_hz"] == "2.00"
     assert v["latency_p95_ms"] == "20.2" and v["input_idle_s"] == "0.5" and v["threshold"] == "1.500000"
@@ -393,8 +393,22 @@ def test_a_send_that_raises_is_reported_and_the_next_decision_still_goes_out():
 
     assert outbox.post(broken) == 1 and outbox.post(sent.append) == 2  # numbered as posted
     assert not outbox.flush(0.05) and sent == [] and outbox.backlog == 2  # 2 waits for 1
+    assert outbox.oldest_unsent_s() >= 0.05  # number 1 has waited at least the flush's time-out
     gate.set()
     assert outbox.flush(1.0) and sent == [2] and failed == [(1, "publisher gone")] and outbox.backlog == 0
+    assert outbox.oldest_unsent_s() == 0.0
+
+
+def test_decisions_waiting_to_go_out_longer_than_the_time_budget_warn():
+    s = snap(unsent=3, unsent_s=7.5)
+    assert faults(s, stale_after=0.0, inputs_watched=True, pretrained_cpu=False) == []  # no limit given: never
+    found = faults(s, stale_after=0.0, inputs_watched=True, pretrained_cpu=False, unsent_after=5.0)
+    assert found == [(DiagnosticStatus.WARN, "3 decision(s) made but not published, the oldest for 7.5 s: the "
+                                             "audit store or the publisher is behind")]
+    assert faults(snap(unsent=1, unsent_s=0.2), stale_after=0.0, inputs_watched=True, pretrained_cpu=False,
+                  unsent_after=5.0) == []  # one on its way out
+    st = node_status(s, state="active", judging=True, time_budget=5.0, found=found, mode="3d", name="n", hw_id="h")
+    assert st.level == DiagnosticStatus.WARN and {kv.key: kv.value for kv in st.values}["unsent_s"] == "7.5"
 
 
 def test_queue_overload_and_time_budget():

@@ -925,13 +925,14 @@ def test_services_answer_during_a_long_configure(ros, models, monkeypatch):
 
 def test_diagnostics_faults_are_levels_not_decisions():
     """What makes /diagnostics WARN or ERROR (InspectionNode._faults, called without a node): an incompatible QoS is
-    an ERROR; stale inputs and a pretrained (paper) model on CPU are warnings; nothing wrong is OK."""
+    an ERROR; stale inputs, a pretrained (paper) model on CPU and decisions not published within the time budget
+    are warnings; nothing wrong is OK."""
     import torch
 
     from cmdr_ros.config import preset
     from cmdr_ros.ros.inspection_node import InspectionNode
 
-    params = {"diagnostics.stale_after": 2.0}
+    params = {"diagnostics.stale_after": 2.0, "time_budget": 5.0}
     node = SimpleNamespace(_p=params.get, _sync=object())
     s = {"qos_incompatible": 0, "input_idle_s": 0.0, "not_judged": {}}
 
@@ -946,3 +947,5 @@ def test_diagnostics_faults_are_levels_not_decisions():
     assert level == DiagnosticStatus.WARN and text.startswith("stale inputs")
     (level, text), = InspectionNode._faults(node, {**s, "qos_incompatible": 1}, None)
     assert level == DiagnosticStatus.ERROR and "input.reliability" in text
+    (level, text), = InspectionNode._faults(node, {**s, "unsent": 2, "unsent_s": 6.0}, None)  # past time_budget
+    assert level == DiagnosticStatus.WARN and "not published" in text

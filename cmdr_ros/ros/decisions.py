@@ -155,6 +155,7 @@ class DecisionOutbox:
         self.last = 0  # the highest number handed out
         self._out = 0  # every number <= this has been sent
         self._jobs: dict[int, Callable[[int], None]] = {}
+        self._posted: dict[int, float] = {}  # monotonic time each unsent number was handed out
         self._on_error = on_error
         self._thread: threading.Thread | None = None
 
@@ -164,6 +165,7 @@ class DecisionOutbox:
         with self._cv:
             self.last += 1
             self._jobs[self.last] = send
+            self._posted[self.last] = time.monotonic()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="cmdr_outbox", daemon=True)
                 self._thread.start()
@@ -182,6 +184,13 @@ class DecisionOutbox:
         with self._cv:
             return self.last - self._out
 
+    def oldest_unsent_s(self, now: float | None = None) -> float:
+        """How long the oldest number not sent yet has waited (0 when everything is out): a decision that waits
+        here has been made but not yet recorded and published."""
+        with self._cv:
+            posted = self._posted.get(self._out + 1)
+        return 0.0 if posted is None else max((time.monotonic() if now is None else now) - posted, 0.0)
+
     def _run(self) -> None:
         while True:
             with self._cv:
@@ -196,4 +205,5 @@ class DecisionOutbox:
             finally:
                 with self._cv:
                     self._out = seq
+                    self._posted.pop(seq, None)
                     self._cv.notify_all()

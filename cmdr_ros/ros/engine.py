@@ -183,11 +183,12 @@ class DecisionEngine:
 
     def counters(self) -> dict[str, Any]:
         """Decisions, judged, rejects, late, stuck, qos_incompatible, not_judged (by kind), seq, unsent (decided,
-        not yet recorded and published), waiting,
+        not yet recorded and published) and unsent_s (how long the oldest of them has waited), waiting,
         inflight_s, rate_hz, latency_p50_ms, latency_p95_ms."""
         with self.cv:
             out, latencies, stamps = self.stats.copy()
-            out.update(seq=self.order.last, unsent=self.order.backlog, waiting=len(self.queue.waiting),
+            out.update(seq=self.order.last, unsent=self.order.backlog, unsent_s=self.order.oldest_unsent_s(),
+                       waiting=len(self.queue.waiting),
                        inflight_s=self.queue.inflight_s(time.monotonic()))
         out.update(rate_and_latency(latencies, stamps, time.monotonic()))
         return out

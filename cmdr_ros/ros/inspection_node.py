@@ -424,7 +424,7 @@ class InspectionNode(LifecycleNode):
     def _faults(self, s: dict[str, Any], det: CMDRDetector | None) -> list[tuple[bytes, str]]:
         """What is wrong now besides a stuck inference, each with its level (``node_status.faults``)."""
         return faults(s, stale_after=float(self._p("diagnostics.stale_after")), inputs_watched=self._sync is not None,
-                      pretrained_cpu=pretrained_on_cpu(det))
+                      pretrained_cpu=pretrained_on_cpu(det), unsent_after=float(self._p("time_budget")))
 
 
 def main(args: list[str] | None = None) -> int:
