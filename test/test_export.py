@@ -12,7 +12,7 @@ from cmdr_ros.cli.main import main
 from cmdr_ros.data.synthetic import CellConfig, render_part
 from cmdr_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from cmdr_ros.model.detector import CMDRDetector
-from cmdr_ros.model.export import TOLERANCE, export_onnx, onnx_path_for
+from cmdr_ros.model.export import TOLERANCE, backbone_path_for, export_onnx, onnx_path_for
 from test_detector import tiny_config
 
 
@@ -46,6 +46,32 @@ def test_onnx_scoring_gives_the_maps_and_scores_of_pytorch(mode, parts, tmp_path
     for a, b in zip(torch_det.predict_inputs(inputs), onnx_det.predict_inputs(inputs, batch_size=2)):  # batch axis
         assert b.score == pytest.approx(a.score, rel=TOLERANCE)
         assert np.abs(a.grid_map - b.grid_map).max() <= TOLERANCE * float(np.abs(a.grid_map).max())
+
+
+def test_the_vit_backbone_is_exported_beside_the_scoring_graph(parts, tmp_path):
+    ckpt = _saved("rgbd", tmp_path)
+    info = export_onnx(load_checkpoint(ckpt, "cpu"), onnx_path_for(ckpt))
+    vit = backbone_path_for(onnx_path_for(ckpt))
+    assert info["backbone_2d"]["path"] == str(vit) and vit.is_file() and info["backbone_2d"]["max_rel_diff"] <= TOLERANCE
+    assert info["backbone_2d"]["cmdr_ros.backbone"] == "random_vit"
+    torch_det, onnx_det = load_checkpoint(ckpt, "cpu"), load_checkpoint(ckpt, "onnx")
+    assert onnx_det.backbone_2d.onnx is not None and "2D backbone in onnx, 3D backbone on cpu" in onnx_det.runtime
+    inp = torch_det.prepare(parts[1].rgb, parts[1].xyz)
+    a, b = torch_det.backbone_2d.extract(inp.rgb)["tokens"], onnx_det.backbone_2d.extract(inp.rgb)["tokens"]
+    assert a.shape == b.shape and float((a - b).abs().max()) <= TOLERANCE * float(a.abs().max())
+    # an export from before backbones were exported (no file): the ViT runs in PyTorch, and says so
+    vit.rename(tmp_path / "kept.onnx")
+    old = load_checkpoint(ckpt, "onnx")
+    assert old.backbone_2d.onnx is None and old.runtime.endswith("backbones on cpu)")
+    assert old.predict(parts[1].rgb, parts[1].xyz).score == pytest.approx(
+        torch_det.predict(parts[1].rgb, parts[1].xyz).score, rel=TOLERANCE)
+    # another model's backbone graph is refused, as its scoring graph would be
+    other = _saved("2d", tmp_path)
+    export_onnx(load_checkpoint(other, "cpu"), onnx_path_for(other))
+    backbone_path_for(onnx_path_for(other)).rename(vit)
+    with pytest.raises(CmdrError, match="was exported from model .* export it again"):
+        load_checkpoint(ckpt, "onnx")
+    assert "backbone_2d" not in export_onnx(load_checkpoint(_saved("3d", tmp_path), "cpu"), tmp_path / "3d.onnx")
 
 
 def test_a_stale_or_missing_export_is_refused(tmp_path):

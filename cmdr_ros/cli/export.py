@@ -1,5 +1,5 @@
-"""``cmdr export CHECKPOINT --format onnx``: a trained model's heads and scoring as an ONNX graph
-(``cmdr_ros.model.export``), checked against PyTorch before it is kept; ``--device onnx`` (CLI) and the node's
+"""``cmdr export CHECKPOINT --format onnx``: a trained model's heads and scoring as an ONNX graph, and a ViT 2D
+backbone as a second one beside it (``cmdr_ros.model.export``), checked against PyTorch before they are kept; ``--device onnx`` (CLI) and the node's
 ``device: onnx`` then run it with onnxruntime."""
 from __future__ import annotations
 
@@ -30,4 +30,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB): model {info['cmdr_ros.model_id']}, mode "
               f"{info['cmdr_ros.mode']}, inputs {', '.join(info['inputs'])}; onnxruntime vs PyTorch: max relative "
               f"difference {info['max_rel_diff']:.1e}")
+        if "backbone_2d" in info:
+            b = info["backbone_2d"]
+            print(f"wrote {b['path']} ({b['bytes'] / 1e6:.1f} MB): the {b['cmdr_ros.backbone']} 2D backbone; "
+                  f"max relative difference {b['max_rel_diff']:.1e}")
     return 0

@@ -104,10 +104,13 @@ class _ViTBackbone(Backbone2D):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.out_dim = int(model.embed_dim)
+        self.onnx: Any = None  # device onnx: the exported graph of this ViT (export.OnnxBackbone), run instead
 
     @torch.inference_mode()
     def extract(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
         x = normalize_imagenet(rgb)[None]
+        if self.onnx is not None:
+            return {"tokens": self.onnx.run(x)[0].to(rgb.device)}
         return {"tokens": dino_patch_tokens(self.model, x)[0]}
 
     def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:

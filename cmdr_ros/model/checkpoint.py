@@ -248,8 +248,9 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto", weights_2d: s
     """Rebuild a verified trained detector (see ``read_checkpoint``). ``weights_2d``/``weights_3d`` override
     the pretrained weight files recorded in the checkpoint; their SHA-256 must match the one the model was
     trained with. Only ``cmdr calibrate``, which derives the threshold, passes ``require_threshold=False``.
-    ``device="onnx"``: the backbones on the CPU, the heads and scoring from the checkpoint's exported graph
-    (``cmdr export``, ``export.onnx_path_for``) in onnxruntime; a missing or other model's graph is an error."""
+    ``device="onnx"``: the heads and scoring from the checkpoint's exported graph (``cmdr export``,
+    ``export.onnx_path_for``) in onnxruntime, a ViT 2D backbone from its graph beside it when exported
+    (``export.attach_onnx``), the other backbones on the CPU; a missing or other model's graph is an error."""
     ckpt = migrate(read_checkpoint(path, require_threshold=require_threshold))
     try:
         config = ModelConfig.from_dict(ckpt["config"])
@@ -311,7 +312,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto", weights_2d: s
     detector.score_stats = dict(ckpt.get("score_stats") or {})
     detector.model_id = ckpt["model_id"]  # recomputed by read_checkpoint, never taken from the file
     if str(device) == "onnx":
-        from cmdr_ros.model.export import OnnxScoring, onnx_path_for
+        from cmdr_ros.model.export import attach_onnx, onnx_path_for
 
-        detector.scoring = OnnxScoring(onnx_path_for(path), detector.model_id)
+        attach_onnx(detector, onnx_path_for(path))
     return detector

@@ -122,7 +122,11 @@ class CMDRDetector:
     def runtime(self) -> str:
         """Where the model runs, in words: the torch device, or onnxruntime's provider for the scoring graph."""
         if self.scoring is not None:
-            return f"onnx ({self.scoring.provider}; backbones on {self.device})"
+            in_onnx = getattr(self.backbone_2d, "onnx", None) is not None
+            if not in_onnx:
+                return f"onnx ({self.scoring.provider}; backbones on {self.device})"
+            rest = f", 3D backbone on {self.device}" if self.backbone_3d is not None else ""
+            return f"onnx ({self.scoring.provider}; 2D backbone in onnx{rest})"
         return str(self.device)
 
     # ------------------------------------------------------------------ features

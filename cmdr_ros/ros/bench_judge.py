@@ -139,12 +139,12 @@ def build_detector(preset_name: str, mode: str, device: str) -> Any:
     if onnx:  # the heads and scoring exported and run by onnxruntime, as device onnx serves a checkpoint
         import tempfile
 
-        from cmdr_ros.model.export import OnnxScoring, export_onnx
+        from cmdr_ros.model.export import attach_onnx, export_onnx
 
         det.model_id = f"bench-{preset_name}-{mode}"
         with tempfile.TemporaryDirectory() as tmp:
             export_onnx(det, Path(tmp) / "bench.onnx")
-            det.scoring = OnnxScoring(Path(tmp) / "bench.onnx", det.model_id)  # the session holds the graph
+            attach_onnx(det, Path(tmp) / "bench.onnx")  # the sessions hold the graphs
     return det
 
 
