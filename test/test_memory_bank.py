@@ -9,7 +9,7 @@ import torch
 from cmdr_ros import CmdrError
 from cmdr_ros.config import ModelConfig, preset
 from cmdr_ros.model import checkpoint, fusion, memory_bank
-from cmdr_ros.model.checkpoint import content_checksum, load_checkpoint, save_checkpoint
+from cmdr_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from cmdr_ros.model.detector import CMDRDetector
 from cmdr_ros.model.export import TOLERANCE, export_onnx, onnx_path_for
 from test_checkpoint_integrity import forge

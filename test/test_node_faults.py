@@ -934,7 +934,7 @@ def test_diagnostics_faults_are_levels_not_decisions():
 
     params = {"diagnostics.stale_after": 2.0, "time_budget": 5.0}
     node = SimpleNamespace(_p=params.get, _sync=object())
-    s = {"qos_incompatible": 0, "input_idle_s": 0.0, "not_judged": {}}
+    s = {"qos_incompatible": 0, "input_idle_s": 0.0, "not_judged": {}, "unsent": 0, "unsent_s": 0.0}
 
     def det(name: str, device: str) -> Any:
         return SimpleNamespace(device=torch.device(device), config=preset(name))

@@ -99,7 +99,9 @@ def scatter_points_to_grid_reference(point_feats: torch.Tensor, pix: torch.Tenso
     return F.adaptive_avg_pool2d(out, grid)[0]
 
 
-class _ViTBackbone(Backbone2D):
+class ViTBackbone(Backbone2D):
+    """A timm ViT's patch tokens (DINO ViT-B/8, random_vit); the one 2D backbone ``cmdr export`` writes as a graph."""
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
@@ -118,7 +120,7 @@ class _ViTBackbone(Backbone2D):
                              align_corners=False)[0]
 
 
-class DinoViTB8(_ViTBackbone):
+class DinoViTB8(ViTBackbone):
     """DINO ViT-B/8 patch tokens after the final norm (28x28x768 at 224), bilinearly upsampled."""
 
     name = "dino_vitb8"
@@ -130,7 +132,7 @@ class DinoViTB8(_ViTBackbone):
         self.weights_sha256 = sha256_file(weights) if weights else None
 
 
-class RandomViT(_ViTBackbone):
+class RandomViT(ViTBackbone):
     """A random-init ViT (patch 8) of configurable size: same code path as DINO, no pretrained weights. Small by
     default (tests); ``rgb_size=224, embed_dim=768, depth=12, num_heads=12`` is the ViT-B/8 layout."""
 

@@ -135,9 +135,7 @@ def save_checkpoint(detector: CMDRDetector, path: str | os.PathLike) -> Path:
     path = Path(path)
     backbones: dict[str, Any] = {}
     backbone_state: dict[str, Any] = {}
-    for m, bb in (("2d", detector.backbone_2d), ("3d", detector.backbone_3d)):
-        if bb is None:
-            continue
+    for m, bb in detector.backbones.items():
         backbones[m] = bb.identity()
         if bb.stores_weights:
             backbone_state[m] = {k: v.detach().cpu() for k, v in bb.state_dict().items()}
@@ -267,9 +265,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto", weights_2d: s
             raise CmdrError(f"{path}: {m.upper()} backbone mismatch (config '{bcfg.name}', saved '{saved.get('name')}')")
     detector = CMDRDetector(config, device="cpu" if str(device) == "onnx" else device)
     banks = ckpt.get("memory_bank") or {}
-    for m, bb in (("2d", detector.backbone_2d), ("3d", detector.backbone_3d)):
-        if bb is None:
-            continue
+    for m, bb in detector.backbones.items():
         saved = ckpt["backbones"].get(m, {})
         if bb.stores_weights:
             state = ckpt["backbone_state"].get(m)
@@ -296,8 +292,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto", weights_2d: s
                             f"{'holds' if bank is not None else 'holds no'} {m} memory bank")
         if bank is not None and (bank.ndim != 2 or bank.shape[1] != bb.out_dim or not len(bank)):
             raise CmdrError(f"{path}: the {m} memory bank has shape {tuple(bank.shape)}, expected (N, {bb.out_dim})")
-    unused = set(ckpt["feature_stats"]) | set(banks)
-    unused -= {m for m, bb in (("2d", detector.backbone_2d), ("3d", detector.backbone_3d)) if bb is not None}
+    unused = (set(ckpt["feature_stats"]) | set(banks)) - set(detector.backbones)
     if unused:
         raise CmdrError(f"{path}: feature statistics or memory banks for modalities the model does not use: "
                         f"{sorted(unused)}")
@@ -306,7 +301,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto", weights_2d: s
     except RuntimeError as e:
         raise CmdrError(f"{path}: head weights do not fit the configured model: {str(e).splitlines()[0]}") from None
     detector.feature_stats = {k: v.float() for k, v in ckpt["feature_stats"].items()}
-    detector.memory_bank = {k: v.float() for k, v in banks.items()}
+    detector.memory_bank = {k: v.float().to(detector.device) for k, v in banks.items()}
     thr = ckpt.get("threshold")
     detector.threshold = None if thr is None else float(thr)
     detector.score_stats = dict(ckpt.get("score_stats") or {})

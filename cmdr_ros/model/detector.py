@@ -111,12 +111,18 @@ class CMDRDetector:
         self.heads.to(self.device).eval()
         # per-channel (mean, std) of the training features, when config.standardize_features
         self.feature_stats: dict[str, torch.Tensor] = {}
-        # per modality, the good grid features of the memory-bank branch ([N, C], standardised like the heads' input)
+        # per modality, the good grid features of the memory-bank branch ([N, C], standardised like the heads' input;
+        # on the detector's device, so that no frame copies it there)
         self.memory_bank: dict[str, torch.Tensor] = {}
         self.threshold: float | None = None
         self.score_stats: dict[str, float] = {}
         self.model_id: str | None = None  # content hash of the heads, set when saved or loaded
         self.scoring: OnnxScoring | None = None  # device onnx: the exported heads and scoring in onnxruntime
+
+    @property
+    def backbones(self) -> dict[str, Backbone2D | Backbone3D]:
+        """The backbones the mode uses, by modality ("2d", "3d")."""
+        return {m: bb for m, bb in (("2d", self.backbone_2d), ("3d", self.backbone_3d)) if bb is not None}
 
     @property
     def runtime(self) -> str:
@@ -150,9 +156,7 @@ class CMDRDetector:
         valid mask (``model_valid``)."""
         g = self.config.grid
         out = {}
-        for m, bb in (("2d", self.backbone_2d), ("3d", self.backbone_3d)):
-            if bb is None:
-                continue
+        for m, bb in self.backbones.items():
             f = torch.stack([bb.to_grid(_to(n, self.device)[m], g) for n in natives])
             if m == "3d" and strict_valid is not None:
                 out["valid"] = self.model_valid(strict_valid.to(self.device), f)
@@ -179,9 +183,7 @@ class CMDRDetector:
         return strict_valid.bool()
 
     def _fit_feature_stats(self, natives: Sequence[Native], valids: Sequence[torch.Tensor]) -> None:
-        for m in ("2d", "3d"):
-            if (m == "2d" and self.backbone_2d is None) or (m == "3d" and self.backbone_3d is None):
-                continue
+        for m in self.backbones:
             s = s2 = None
             n = 0
             for nat, v in zip(natives, valids):
@@ -233,11 +235,12 @@ class CMDRDetector:
         if self.config.standardize_features:
             self._fit_feature_stats(natives, valids)
 
-        dims = sum(bb.out_dim for bb in (self.backbone_2d, self.backbone_3d) if bb is not None)
+        dims = sum(bb.out_dim for bb in self.backbones.values())
         grid_cache = None
         if 4 * dims * self.config.grid ** 2 * len(natives) <= grid_cache_bytes:
             grid_cache = [self.grid_features([n]) for n in natives]
-        self.memory_bank = self._fit_memory_bank(natives, valids, grid_cache) if self.config.memory_bank else {}
+        self.memory_bank = ({m: b.to(self.device) for m, b in self._fit_memory_bank(natives, valids, grid_cache).items()}
+                            if self.config.memory_bank else {})
 
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         names = self.heads.head_names()

@@ -43,9 +43,9 @@ def backbone_path_for(graph: str | Path) -> Path:
 
 def exports_backbone(detector: CMDRDetector) -> bool:
     """Whether the detector's 2D backbone is a ViT, which exports (module docstring)."""
-    from cmdr_ros.model.backbones import _ViTBackbone
+    from cmdr_ros.model.backbones import ViTBackbone
 
-    return isinstance(detector.backbone_2d, _ViTBackbone)
+    return isinstance(detector.backbone_2d, ViTBackbone)
 
 
 class ViTGraph(nn.Module):
@@ -68,8 +68,7 @@ class ScoringGraph(nn.Module):
         super().__init__()
         self.detector = detector
         self.heads = detector.heads  # registered: its weights become the graph's initialisers
-        self.modalities = [m for m, bb in (("2d", detector.backbone_2d), ("3d", detector.backbone_3d))
-                           if bb is not None]
+        self.modalities = list(detector.backbones)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         *feats, valid = inputs

@@ -130,11 +130,11 @@ def build_detector(preset_name: str, mode: str, device: str) -> Any:
     det = CMDRDetector(config, device=device, **kw)
     if config.standardize_features:
         det.feature_stats = {m: torch.stack([torch.zeros(bb.out_dim), torch.ones(bb.out_dim)])
-                             for m, bb in (("2d", det.backbone_2d), ("3d", det.backbone_3d)) if bb is not None}
+                             for m, bb in det.backbones.items()}
     if config.memory_bank:  # a bank of the preset's size (its cost does not depend on what it holds)
         gen = torch.Generator().manual_seed(0)
-        det.memory_bank = {m: torch.randn(config.memory_bank, bb.out_dim, generator=gen)
-                           for m, bb in (("2d", det.backbone_2d), ("3d", det.backbone_3d)) if bb is not None}
+        det.memory_bank = {m: torch.randn(config.memory_bank, bb.out_dim, generator=gen).to(det.device)
+                           for m, bb in det.backbones.items()}
     det.threshold = THRESHOLD
     if onnx:  # the heads and scoring exported and run by onnxruntime, as device onnx serves a checkpoint
         import tempfile
@@ -193,9 +193,8 @@ def instrumented(clock: StageClock, frame_judge: Any, det: Any) -> Iterator[None
                (det, "extract", "prepare"), (det, "grid_features", "heads"), (det.heads, "forward", "heads"),
                (det, "predict_inputs", "fusion"), (frames, "scan_points", "decode"),
                (scan, "chunk_inputs", "prepare"), (scan, "stitch", "fusion")]
-    for m, bb in (("2d", det.backbone_2d), ("3d", det.backbone_3d)):
-        if bb is not None:
-            targets += [(bb, "extract", f"backbone_{m}"), (bb, "to_grid", f"backbone_{m}")]
+    for m, bb in det.backbones.items():
+        targets += [(bb, "extract", f"backbone_{m}"), (bb, "to_grid", f"backbone_{m}")]
     if det.scoring is not None:  # device onnx: the graph runs heads and distance maps together (counted as heads)
         targets.append((det.scoring, "run", "heads"))
     with contextlib.ExitStack() as stack:

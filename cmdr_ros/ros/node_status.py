@@ -122,7 +122,7 @@ def faults(s: Mapping[str, Any], *, stale_after: float, inputs_watched: bool,
     ``inputs_watched``: subscribed, so idle inputs mean something; ``unsent_after``: how long a decision may wait
     to be recorded and published, the node's ``time_budget``)."""
     found = []
-    if s.get("unsent_s", 0.0) > unsent_after:
+    if s["unsent_s"] > unsent_after:
         found.append((DiagnosticStatus.WARN, f"{s['unsent']} decision(s) made but not published, the oldest for "
                                              f"{s['unsent_s']:.1f} s: the audit store or the publisher is behind"))
     if s["qos_incompatible"]:
@@ -163,7 +163,7 @@ def node_status(s: Mapping[str, Any], *, state: str, judging: bool, time_budget:
     values = {"state": state, "decisions": s["decisions"], "seq": s["seq"], "judged": s["judged"],
               "rejects": s["rejects"], "not_judged": n_bad, "late_results": s["late"], "stuck": int(stuck),
               "stuck_events": s["stuck"], "waiting": s["waiting"], "pending_sync": s["pending_sync"],
-              "unsent": s["unsent"], "unsent_s": f"{s.get('unsent_s', 0.0):.1f}",
+              "unsent": s["unsent"], "unsent_s": f"{s['unsent_s']:.1f}",
               "rate_hz": f"{s['rate_hz']:.2f}", "latency_p50_ms": f"{s['latency_p50_ms']:.1f}",
               "latency_p95_ms": f"{s['latency_p95_ms']:.1f}", "qos_incompatible": s["qos_incompatible"],
               "input_idle_s": f"{s['input_idle_s']:.1f}", "mode": mode}

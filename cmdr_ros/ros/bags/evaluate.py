@@ -56,7 +56,7 @@ class _Aux:
     has_gt: bool
 
 
-def _read_aux(reader: Any, topics: dict[str, str]) -> _Aux:
+def read_aux(reader: Any, topics: dict[str, str]) -> _Aux:
     from rclpy.serialization import deserialize_message
 
     from cmdr_ros.ros.conversions import image_to_array, pointcloud2_fields
@@ -284,7 +284,7 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
         for kind, topic in [*inputs, *aux_topics.items()]:
             _check_type(reader, bag, topic, types[kind])
         judge = FrameJudge.from_params(detector, params)
-        aux = _read_aux(reader, aux_topics)
+        aux = read_aux(reader, aux_topics)
         custom = getattr(getattr(reader.storage, "metadata", None), "custom", None) or {}
         class_name = custom.get("cmdr_ros.class") or bag.name
         results_dir = out / "results_bag"

@@ -92,7 +92,7 @@ def bag_to_scans(bag: str | Path, out: str | Path, split: str = "train", defect:
     import numpy as np
     from rclpy.serialization import deserialize_message
 
-    from cmdr_ros.ros.bags.evaluate import _read_aux
+    from cmdr_ros.ros.bags.evaluate import read_aux
     from cmdr_ros.ros.frame_judge import FrameJudge
     from cmdr_ros.ros.parameters import node_params
 
@@ -106,7 +106,7 @@ def bag_to_scans(bag: str | Path, out: str | Path, split: str = "train", defect:
         conns = _connections(reader, bag, [points_topic])
         _check_type(reader, bag, points_topic, "sensor_msgs/msg/PointCloud2")
         cls = message_class(reader.topics[points_topic].msgtype)
-        gts = _read_aux(reader, {"gt_points": gt_topic} if gt_topic in reader.topics else {}).gts
+        gts = read_aux(reader, {"gt_points": gt_topic} if gt_topic in reader.topics else {}).gts
         for _, _, raw in reader.messages(connections=conns):
             msg = deserialize_message(bytes(raw), cls)
             try:
