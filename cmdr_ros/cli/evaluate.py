@@ -40,7 +40,7 @@ def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache:
 
     ``resolution``: "model" computes the pixel metrics on the model's square map grid (the masks padded and
     resized to it); "full" at each image's own resolution against its original mask, the normalised maps brought
-    back to the input (``SquareFrame.to_input``, bilinear) and zero where the sensor measured nothing, as the
+    back to the input (``SquareFrame.to_input``, bilinear; unmasked, as ``Prediction.anomaly_map``), as the
     official MVTec 3D-AD evaluator scores full-size TIFFs (``aupro@0.3`` then is its number)."""
     if resolution not in ("model", "full"):
         raise CmdrError(f"unknown resolution {resolution!r}: model or full")
@@ -57,7 +57,7 @@ def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache:
         if resolution == "full":
             gts.append(ls.mask)
             pix_maps.append(pred.anomaly_map)
-            pro_maps.append(ls.inp.frame.to_input(pred.pro_map()).astype(np.float32) * ls.inp.valid_input)
+            pro_maps.append(ls.inp.frame.to_input(pred.pro_map()).astype(np.float32))
         else:
             gts.append(resize_mask(ls.inp.frame.pad(ls.mask), size))
             pix_maps.append(pred.pixel_map())

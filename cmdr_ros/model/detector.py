@@ -52,7 +52,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 @dataclass
 class Prediction:
     score: float  # image-level anomaly score
-    anomaly_map: np.ndarray  # [H, W] float32 pixel scores (pixel_map's) at the input resolution
+    anomaly_map: np.ndarray  # [H, W] float32 pixel scores (pixel_map's) brought to the input resolution
     valid_mask: np.ndarray  # [H, W] bool
     grid_map: np.ndarray  # [S, S] raw fused map F on the square map grid (S = config.map_size)
     grid_valid: np.ndarray  # [S, S] bool (the model's valid mask: config.valid_mask)
@@ -145,7 +145,7 @@ class CMDRDetector:
         if self.backbone_2d is not None:
             out["2d"] = self.backbone_2d.extract(inp.rgb.to(self.device))
         if self.backbone_3d is not None:
-            out["3d"] = self.backbone_3d.extract(inp.xyz.to(self.device), inp.valid.to(self.device))
+            out["3d"] = self.backbone_3d.extract(inp.xyz.to(self.device), inp.points_valid.to(self.device))
         return out
 
     def grid_features(self, natives: Sequence[Native], strict_valid: torch.Tensor | None = None
@@ -377,8 +377,10 @@ class CMDRDetector:
             score = float(score)
             if self.config.judges_scans:  # ModelConfig.chunk_score
                 score = float(pix.max()) if self.config.chunk_score == "max_normalized" else float(grid_map.mean())
-            # at the input resolution the sensor's own (strict) valid mask applies, whatever the model's mask
-            anomaly_map = inp.frame.to_input(pix).astype(np.float32) * inp.valid_input
+            # the model's map brought back to the input resolution as it is: pixels the sensor did not measure keep
+            # the score the map's smoothing gives them (the holes and cuts where material is missing are defect
+            # pixels; zeroing them lowered full-resolution P-AUROC 0.963 -> 0.934 on the cable_gland dev subset)
+            anomaly_map = inp.frame.to_input(pix).astype(np.float32)
             preds.append(Prediction(score, anomaly_map, inp.valid_input, grid_map, grid_valid, pixel_norm=norm))
         latency_ms = (time.perf_counter() - t0) * 1e3 / len(batch)
         for p in preds:
