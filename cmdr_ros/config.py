@@ -163,6 +163,9 @@ class ModelConfig:
     mode: str = "rgbd"
     grid: int = 224  # heads run on a grid x grid per-pixel feature map
     rgb_size: int = 224  # input resolution of the 2D backbone
+    # input resolution of the 3D backbone's organized xyz map (None: the grid); a finer map than the grid gives the
+    # backbone more points, whose features are then averaged over each grid cell (backbones.scatter_points_to_grid)
+    xyz_size: int | None = None
     backbone_2d: BackboneConfig = field(default_factory=lambda: BackboneConfig("dino_vitb8"))
     backbone_3d: BackboneConfig = field(default_factory=lambda: BackboneConfig("pointmae"))
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -220,6 +223,12 @@ class ModelConfig:
             raise CmdrError(f"grid {self.grid} must be a multiple of 8 (3D decoder folds the sequence by 32)")
         if self.fusion_size is not None and self.fusion_size < self.grid:
             raise CmdrError(f"fusion_size {self.fusion_size} must be at least the grid ({self.grid})")
+        if self.xyz_size is not None and (isinstance(self.xyz_size, bool) or not isinstance(self.xyz_size, int)
+                                          or self.xyz_size < self.grid):
+            raise CmdrError(f"xyz_size {self.xyz_size!r} must be a whole number at least the grid ({self.grid}), "
+                            "or null (the grid)")
+        if self.xyz_size is not None and self.pipeline == "chunks":
+            raise CmdrError("xyz_size is for organized frames: the chunks pipeline lays each chunk out as the grid")
         if self.grid < 8 or self.rgb_size < 8:
             raise CmdrError(f"grid ({self.grid}) and rgb_size ({self.rgb_size}) must be at least 8")
         if self.train.optimizer not in ("adam", "adamw"):
@@ -279,7 +288,10 @@ def preset(name: str, mode: str = "rgbd") -> ModelConfig:
     """``paper``: exactly the paper and its reference code (224x224, DINO ViT-B/8 + Point-MAE with per-frame
     BatchNorm statistics, the feature-derived valid mask, 50 epochs, batch 1, seed 115).
     ``lite``: weights-free backbones (colour/texture statistics + multi-scale FPFH) on a 64x64 grid with
-    standardised features and the strict (xyz) valid mask; trains on 2 CPU cores in minutes. Its maps are fused on
+    standardised features and the strict (xyz) valid mask; trains on 2 CPU cores in minutes. In ``rgbd`` FPFH
+    describes a 128x128 xyz map (``xyz_size``), each grid cell the mean of its points: on the cable_gland dev subset
+    I-AUROC 0.63 -> 0.79, AUPRO@0.3 0.82 -> 0.85 (0.61 -> 0.88, 0.81 -> 0.84 regrouped), for 75 ms a frame; in
+    ``3d`` it measured no clear gain and keeps the grid's map. Its maps are fused on
     the 64x64 grid: the paper's box filters then smooth more relative to the part, which suits the noisier
     weights-free features (fusing at 224 measured I-AUROC 0.82 instead of 0.96 on the simulated cell).
     Both presets normalise pixel scores as the reference's 3D-only code does in mode ``3d`` (``pixel_norm``).
@@ -319,6 +331,7 @@ def preset(name: str, mode: str = "rgbd") -> ModelConfig:
             pixel_norm=pixel_norm,
             grid=64,
             rgb_size=128,
+            xyz_size=128 if mode == "rgbd" else None,
             backbone_2d=BackboneConfig("color_texture"),
             backbone_3d=BackboneConfig("fpfh"),
             standardize_features=True,

@@ -23,10 +23,16 @@ class ModelInput:
     """One frame ready for the backbones (all tensors on the CPU)."""
 
     rgb: torch.Tensor | None  # [3, S, S] in [0, 1]
-    xyz: torch.Tensor | None  # [G, G, 3]
+    xyz: torch.Tensor | None  # [R, R, 3], R = config.xyz_size or the grid G: what the 3D backbone sees
     valid: torch.Tensor  # [G, G] bool
     frame: SquareFrame  # geometry of the original input, to map results back
     valid_input: np.ndarray  # [H, W] bool valid mask at the input resolution
+    xyz_valid: torch.Tensor | None = None  # [R, R] bool, the valid points of ``xyz`` when R != G (else ``valid``)
+
+    @property
+    def points_valid(self) -> torch.Tensor:
+        """The valid mask of ``xyz`` (the points the 3D backbone may use)."""
+        return self.valid if self.xyz_valid is None else self.xyz_valid
 
 
 def prepare_input(rgb: np.ndarray | None, xyz: np.ndarray | None, config: ModelConfig,
@@ -50,29 +56,36 @@ def prepare_input(rgb: np.ndarray | None, xyz: np.ndarray | None, config: ModelC
     frame = SquareFrame.of(h, w)
     g = config.grid
 
-    xyz_t = None
+    xyz_t = xyz_valid = None
     if xyz is not None:
         clean = xyz if background_removed else remove_background(xyz, config.preprocess)
         valid_input = valid_mask(clean)
-        small = resize_nearest(frame.pad(clean), g).astype(np.float32)
+        padded = frame.pad(clean)
+        small = resize_nearest(padded, g).astype(np.float32)
         small_valid = valid_mask(small)
         if config.uses_3d and not small_valid.any():
             raise CmdrError("the point cloud has no valid point left after preprocessing (all-invalid frame)")
-        if config.normalize_points and small_valid.any():
-            pts = small[small_valid]
-            lo, hi = pts.min(0), pts.max(0)
-            scale = max(float((hi - lo).max()) / 2, 1e-9)
-            small = np.where(small_valid[..., None], (small - (lo + hi) / 2) / scale, 0).astype(np.float32)
         valid = torch.from_numpy(small_valid)
         if config.uses_3d:
-            xyz_t = torch.from_numpy(small)
+            side = config.xyz_size or g
+            pts_map, pts_valid = small, small_valid
+            if side != g:
+                pts_map = resize_nearest(padded, side).astype(np.float32)
+                pts_valid = valid_mask(pts_map)
+                xyz_valid = torch.from_numpy(pts_valid)
+            if config.normalize_points and pts_valid.any():
+                pts = pts_map[pts_valid]
+                lo, hi = pts.min(0), pts.max(0)
+                scale = max(float((hi - lo).max()) / 2, 1e-9)
+                pts_map = np.where(pts_valid[..., None], (pts_map - (lo + hi) / 2) / scale, 0).astype(np.float32)
+            xyz_t = torch.from_numpy(pts_map)
     else:
         valid_input = np.ones((h, w), bool)
         valid = torch.ones(g, g, dtype=torch.bool)
     rgb_t = None
     if config.uses_2d:
         rgb_t = torch.from_numpy(resize_rgb(frame.pad(rgb), config.rgb_size)).permute(2, 0, 1).contiguous()
-    return ModelInput(rgb_t, xyz_t, valid, frame, valid_input)
+    return ModelInput(rgb_t, xyz_t, valid, frame, valid_input, xyz_valid)
 
 
 def prepare_chunk(points: np.ndarray, config: ModelConfig) -> ModelInput:

@@ -7,8 +7,9 @@ resolution (28x28 tokens, 1024 point-group centres) and upsample on the fly:
 * ``to_grid(native, grid) -> Tensor[C, grid, grid]``: the per-pixel feature map the heads consume.
 
 The detector relies on exactly this interface, declared by the abstract ``Backbone2D.extract(rgb)`` (an RGB
-tensor ``[3, S, S]`` in [0, 1]) and ``Backbone3D.extract(xyz, valid)`` (the organized xyz map ``[G, G, 3]``
-and its valid mask ``[G, G]``; 3D backbones only ever see valid points).
+tensor ``[3, S, S]`` in [0, 1]) and ``Backbone3D.extract(xyz, valid)`` (the organized xyz map ``[R, R, 3]``, R the
+config's ``xyz_size`` or the grid, and its valid mask ``[R, R]``; 3D backbones only ever see valid points and keep
+R in their native features as ``side``).
 
 Registry: ``dino_vitb8`` and ``pointmae`` (the paper's, pretrained weights from local files),
 ``color_texture`` and ``fpfh`` (weights-free), ``random_vit`` and ``random_pointmae`` (random-init ViT
@@ -74,12 +75,20 @@ class Backbone3D(Backbone):
 
     @abstractmethod
     def extract(self, xyz: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Native features of the organized xyz map ``[G, G, 3]``, using only the points where ``valid [G, G]``."""
+        """Native features of the organized xyz map ``[R, R, 3]``, using only the points where ``valid [R, R]``."""
 
 
-def scatter_points_to_grid(point_feats: torch.Tensor, pix: torch.Tensor, grid: int) -> torch.Tensor:
-    """Place per-point features ``[N, C]`` at flat pixel indices of a grid x grid map, then smooth as the
-    reference does: 3x3 average pool (stride 1, no padding) and adaptive average pool back to the grid."""
+def scatter_points_to_grid(point_feats: torch.Tensor, pix: torch.Tensor, grid: int, side: int | None = None
+                           ) -> torch.Tensor:
+    """Place per-point features ``[N, C]`` at flat pixel indices of the side x side xyz map they came from (the
+    grid's by default) and bring them to a grid x grid map.
+
+    On the grid itself (the paper's layout) they are smoothed as the reference does: 3x3 average pool (stride 1, no
+    padding) and adaptive average pool back to the grid. From a finer map (``ModelConfig.xyz_size``) each grid cell
+    gets the mean feature of the points that fall in it (zero where none does, like an invalid pixel), so that the
+    finer map's extra points average out their noise instead of being diluted by its empty pixels."""
+    if side not in (None, grid):
+        return cell_mean_to_grid(point_feats, pix, grid, side)
     c = point_feats.shape[1]
     out = point_feats.new_zeros(grid * grid, c)
     out[pix] = point_feats  # rows: contiguous copies
@@ -89,9 +98,25 @@ def scatter_points_to_grid(point_feats: torch.Tensor, pix: torch.Tensor, grid: i
     return F.adaptive_avg_pool2d(out, grid)[0].contiguous()
 
 
-def scatter_points_to_grid_reference(point_feats: torch.Tensor, pix: torch.Tensor, grid: int) -> torch.Tensor:
+def cell_mean_to_grid(point_feats: torch.Tensor, pix: torch.Tensor, grid: int, side: int) -> torch.Tensor:
+    """Per-point features ``[N, C]`` at flat pixel indices of a side x side map -> ``[C, grid, grid]``, each cell the
+    mean of the points in it (its share of the side x side map, adaptive pooling's windows), zero where none is."""
+    c = point_feats.shape[1]
+    out = point_feats.new_zeros(side * side, c + 1)
+    out[pix, :c] = point_feats
+    out[pix, c] = 1.0
+    pooled = F.adaptive_avg_pool2d(out.view(1, side, side, c + 1).permute(0, 3, 1, 2), grid)[0]
+    count = pooled[c:]
+    return (pooled[:c] / count.clamp_min(1e-12) * (count > 0)).contiguous()
+
+
+def scatter_points_to_grid_reference(point_feats: torch.Tensor, pix: torch.Tensor, grid: int,
+                                     side: int | None = None) -> torch.Tensor:
     """``scatter_points_to_grid`` in the reference's layout: features scattered into ``[C, G*G]`` columns, pooled on
-    ``[1, C, G, G]`` (what ``cmdr bench --compare`` times it against, and what the tests hold it equal to)."""
+    ``[1, C, G, G]`` (what ``cmdr bench --compare`` times it against, and what the tests hold it equal to). A finer
+    map than the grid (``side``) has no reference layout: its cell means are the same either way."""
+    if side not in (None, grid):
+        return cell_mean_to_grid(point_feats, pix, grid, side)
     c = point_feats.shape[1]
     out = point_feats.new_zeros(c, grid * grid)
     out[:, pix] = point_feats.T
@@ -166,6 +191,15 @@ class ColorTexture(Backbone2D):
         return F.interpolate(maps, size=(grid, grid), mode="bilinear", align_corners=False)[0]
 
 
+def _side(xyz: torch.Tensor) -> torch.Tensor:
+    """The side of the xyz map a 3D backbone's ``pix`` indices refer to, kept in its native features."""
+    return torch.tensor(xyz.shape[0])
+
+
+def _native_side(native: dict[str, torch.Tensor]) -> int | None:
+    return int(native["side"]) if "side" in native else None
+
+
 def _valid_points(xyz: torch.Tensor, valid: torch.Tensor, min_points: int) -> tuple[torch.Tensor, torch.Tensor]:
     pix = valid.reshape(-1).nonzero().squeeze(1)
     if pix.numel() < min_points:
@@ -195,12 +229,12 @@ class _PointMAEBackbone(Backbone3D):
         pts, pix = _valid_points(xyz, valid, min_points=self.encoder.group_size)
         centers, feats = self.encoder(pts[None])
         idx, w = interpolate_to_points(pts, centers[0])
-        return {"center_feats": feats[0], "idx": idx, "w": w, "pix": pix}
+        return {"center_feats": feats[0], "idx": idx, "w": w, "pix": pix, "side": _side(xyz)}
 
     def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
         cf = native["center_feats"].float()
         point_feats = (cf[native["idx"]] * native["w"][..., None].float()).sum(1)
-        return scatter_points_to_grid(point_feats, native["pix"], grid)
+        return scatter_points_to_grid(point_feats, native["pix"], grid, _native_side(native))
 
 
 class PointMAE(_PointMAEBackbone):
@@ -254,10 +288,10 @@ class FPFH(Backbone3D):
     def extract(self, xyz: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         pts, pix = _valid_points(xyz, valid, min_points=8)
         feats = fpfh_features(pts.cpu().numpy(), self.radii, self.normal_radius, viewpoint=self.viewpoint)
-        return {"point_feats": torch.from_numpy(feats).to(xyz.device), "pix": pix}
+        return {"point_feats": torch.from_numpy(feats).to(xyz.device), "pix": pix, "side": _side(xyz)}
 
     def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
-        return scatter_points_to_grid(native["point_feats"].float(), native["pix"], grid)
+        return scatter_points_to_grid(native["point_feats"].float(), native["pix"], grid, _native_side(native))
 
 
 BACKBONES: dict[str, type[Backbone]] = {
