@@ -193,7 +193,7 @@ class ColorTexture(Backbone2D):
 
 def _side(xyz: torch.Tensor) -> torch.Tensor:
     """The side of the xyz map a 3D backbone's ``pix`` indices refer to, kept in its native features."""
-    return torch.tensor(xyz.shape[0])
+    return torch.tensor(xyz.shape[0])  # on the host: reading it costs no device sync
 
 
 def _native_side(native: dict[str, torch.Tensor]) -> int | None:

@@ -80,7 +80,9 @@ def masked_cosine_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Te
 
 
 def _to(native: Native, device: torch.device) -> Native:
-    return {m: {k: t.to(device, non_blocking=True) for k, t in d.items()} for m, d in native.items()}
+    """Native features on ``device``; scalars (a 3D backbone's ``side``) stay on the host, read without a sync."""
+    return {m: {k: t.to(device, non_blocking=True) if t.dim() else t for k, t in d.items()}
+            for m, d in native.items()}
 
 
 class CMDRDetector:
