@@ -79,6 +79,10 @@ def masked_cosine_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Te
     return ((1 - cos) * v).sum() / v.sum().clamp_min(1)
 
 
+def _finite(feats: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(f).all()) for f in feats.values())
+
+
 def _to(native: Native, device: torch.device) -> Native:
     """Native features on ``device``; scalars (a 3D backbone's ``side``) stay on the host, read without a sync."""
     return {m: {k: t.to(device, non_blocking=True) if t.dim() else t for k, t in d.items()}
@@ -238,15 +242,17 @@ class CMDRDetector:
             self._fit_feature_stats(natives, valids)
 
         dims = sum(bb.out_dim for bb in self.backbones.values())
-        grid_cache = None
+        grid_cache = finite = None
         if 4 * dims * self.config.grid ** 2 * len(natives) <= grid_cache_bytes:
             grid_cache = [self.grid_features([n]) for n in natives]
+            finite = [_finite(g) for g in grid_cache]  # checked once, not every epoch
         self.memory_bank = ({m: b.to(self.device) for m, b in self._fit_memory_bank(natives, valids, grid_cache).items()}
                             if self.config.memory_bank else {})
 
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         names = self.heads.head_names()
-        opts = {n: opt_cls(getattr(self.heads, n).parameters(), lr=cfg.lr) for n in names}
+        # fused: one kernel for all of a head's parameters (the same update, float rounding aside; 7 -> 2 ms a lite step)
+        opts = {n: opt_cls(getattr(self.heads, n).parameters(), lr=cfg.lr, fused=True) for n in names}
         gen = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         history: list[dict[str, float]] = []
@@ -262,10 +268,12 @@ class CMDRDetector:
                 idx = order[i:i + cfg.batch_size]
                 if grid_cache is not None:
                     feats = {m: torch.cat([grid_cache[j][m] for j in idx]) for m in grid_cache[0]}
+                    usable = all(finite[j] for j in idx)
                 else:
                     feats = self.grid_features([natives[j] for j in idx])
+                    usable = _finite(feats)
                 valid = torch.stack([valids[j] for j in idx]).to(self.device)
-                if not all(bool(torch.isfinite(f).all()) for f in feats.values()):
+                if not usable:
                     skipped += len(names)  # poisoned input: keep it out of BatchNorm statistics too
                     continue
                 preds = self.heads(feats.get("2d"), feats.get("3d"))

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmdr_ros.config import cross_modal, uses
+from cmdr_ros.model.dropout import Dropout, attention
 
 
 def _to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +43,7 @@ class MappingMLP(nn.Module):
             nn.Linear(hidden, hidden),
             nn.GELU(),
             nn.LayerNorm(hidden),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(hidden, hidden),
             nn.GELU(),
             nn.LayerNorm(hidden),
@@ -58,7 +59,8 @@ class WindowedSelfAttention(nn.Module):
     """Multi-head self-attention inside consecutive windows of the flattened sequence.
 
     A sequence whose length is not a multiple of the window is padded; padded keys are masked out.
-    Uses ``scaled_dot_product_attention`` (fused kernels on CUDA) instead of an explicit softmax.
+    Uses ``scaled_dot_product_attention`` (fused kernels) instead of an explicit softmax, except while training on CPU
+    (``dropout.attention``).
     """
 
     def __init__(self, dim: int, num_heads: int, window: int, dropout: float):
@@ -68,7 +70,7 @@ class WindowedSelfAttention(nn.Module):
         self.num_heads, self.window, self.dropout = num_heads, window, dropout
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(dropout)
+        self.proj_drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -83,9 +85,7 @@ class WindowedSelfAttention(nn.Module):
         if pad:
             valid = torch.arange(nw * win, device=x.device).reshape(nw, win) < n
             mask = valid.repeat(b, 1)[:, None, None, :]  # keys only
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        out = attention(q, k, v, mask, self.dropout, self.training)
         out = out.transpose(1, 2).reshape(b, nw * win, c)[:, :n]
         return self.proj_drop(self.proj(out))
 
@@ -101,7 +101,7 @@ class WindowedTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+            nn.Linear(dim, hidden), nn.GELU(), Dropout(dropout), nn.Linear(hidden, dim), Dropout(dropout)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +126,7 @@ class Reconstruction2D(nn.Module):
             num_heads = math.gcd(hid, num_heads)
         c1, c2 = conv_channels or (max(8, hid * 2 // 3), max(8, hid // 3))
         self.proj = nn.Sequential(
-            nn.Linear(dim, hid), nn.GELU(), nn.LayerNorm(hid), nn.Dropout(dropout),
+            nn.Linear(dim, hid), nn.GELU(), nn.LayerNorm(hid), Dropout(dropout),
             nn.Linear(hid, hid), nn.GELU(), nn.LayerNorm(hid),
         )
         self.block = WindowedTransformerBlock(hid, num_heads, window, mlp_ratio=2.0, dropout=dropout)
@@ -135,7 +135,7 @@ class Reconstruction2D(nn.Module):
             nn.ConvTranspose2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2), nn.GELU(),
             nn.ConvTranspose2d(c2, hid, 3, padding=1), nn.BatchNorm2d(hid), nn.GELU(),
         )
-        self.recon = nn.Sequential(nn.Linear(hid, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim),
+        self.recon = nn.Sequential(nn.Linear(hid, 2 * dim), nn.GELU(), Dropout(dropout), nn.Linear(2 * dim, dim),
                                    nn.LayerNorm(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,7 +175,7 @@ class Reconstruction3D(nn.Module):
             raise ValueError(f"3D decoder needs a grid that is a multiple of 8, got {grid}")
         self.grid, short = grid, seq // 32
         self.seq_proj = nn.Sequential(
-            nn.Linear(seq, short), nn.GELU(), nn.LayerNorm(short), nn.Dropout(dropout),
+            nn.Linear(seq, short), nn.GELU(), nn.LayerNorm(short), Dropout(dropout),
             nn.Linear(short, short), nn.GELU(), nn.LayerNorm(short),
         )
         chans = channels or (dim, max(8, round(dim * 2 / 3)), max(8, round(dim * 4 / 9)),
