@@ -145,3 +145,7 @@ def test_cmdr_train_takes_the_mode_of_its_config_file_unless_given(tmp_path):
     given = build_config(parser.parse_args(base + ["--config", str(cfg), "--mode", "2d"]))
     assert (given.mode, given.grid) == ("2d", 32)
     assert build_config(parser.parse_args(base)).mode == "rgbd"
+    # the lite step cap: kept, set, or lifted with 0
+    assert build_config(parser.parse_args(base)).train.max_steps == 6000
+    assert build_config(parser.parse_args(base + ["--max-steps", "900"])).train.max_steps == 900
+    assert build_config(parser.parse_args(base + ["--max-steps", "0"])).train.max_steps is None

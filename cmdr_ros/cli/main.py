@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-2d", default=None, help="DINO ViT-B/8 weights file (dino_vitbase8_pretrain.pth)")
     p.add_argument("--weights-3d", default=None, help="Point-MAE weights file (pretrain.pth)")
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="cap on optimiser steps: training ends with the epoch that reaches it (lite: 6000, which "
+                        "shortens classes of more than 150 parts; 0: no cap)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", required=True, help="checkpoint file to write")
