@@ -168,7 +168,7 @@ class ModelConfig:
     grid: int = 224  # heads run on a grid x grid per-pixel feature map
     rgb_size: int = 224  # input resolution of the 2D backbone
     # input resolution of the 3D backbone's organized xyz map (None: the grid); a finer map than the grid gives the
-    # backbone more points, whose features are then averaged over each grid cell (backbones.scatter_points_to_grid)
+    # backbone more points, whose features are then averaged over each grid cell (backbones.points_to_grid)
     xyz_size: int | None = None
     backbone_2d: BackboneConfig = field(default_factory=lambda: BackboneConfig("dino_vitb8"))
     backbone_3d: BackboneConfig = field(default_factory=lambda: BackboneConfig("pointmae"))

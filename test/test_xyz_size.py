@@ -1,5 +1,5 @@
 """``ModelConfig.xyz_size``: the 3D backbone sees the xyz map at a finer resolution than the heads' grid, and its
-point features are averaged over each grid cell (``backbones.scatter_points_to_grid`` with ``side``)."""
+point features are averaged over each grid cell (``backbones.points_to_grid`` of a finer ``side``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,8 @@ import torch
 from cmdr_ros import CmdrError
 from cmdr_ros.config import BackboneConfig, ModelConfig, TrainConfig, preset
 from cmdr_ros.data.model_input import prepare_input
-from cmdr_ros.model.backbones import scatter_points_to_grid, scatter_points_to_grid_reference
+from cmdr_ros.model import backbones
+from cmdr_ros.model.backbones import points_to_grid, scatter_points_to_grid
 from cmdr_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from cmdr_ros.model.detector import CMDRDetector
 from test_detector import parts  # noqa: F401  (the module fixture of rendered parts)
@@ -40,7 +41,8 @@ def test_cell_mean_of_the_points_in_each_grid_cell():
     side, grid = 8, 4
     pix = torch.tensor([0, 1, 8, 9, 2, 63])  # cell (0,0) gets 4 points, cell (0,1) one, cell (3,3) one
     feats = torch.randn(len(pix), 3, generator=gen)
-    out = scatter_points_to_grid(feats, pix, grid, side)
+    native = {"pix": pix, "side": torch.tensor(side)}
+    out = points_to_grid(feats, native, grid)
     assert out.shape == (3, grid, grid) and out.is_contiguous()
     torch.testing.assert_close(out[:, 0, 0], feats[:4].mean(0))
     torch.testing.assert_close(out[:, 0, 1], feats[4])
@@ -48,11 +50,15 @@ def test_cell_mean_of_the_points_in_each_grid_cell():
     empty = torch.ones(grid, grid, dtype=torch.bool)
     empty[0, 0] = empty[0, 1] = empty[3, 3] = False
     assert float(out[:, empty].abs().max()) == 0.0  # no point in the cell: zero, like an invalid pixel
-    # `cmdr bench --compare` swaps in the reference's layout: a finer map has none, its cell means are the same
-    assert torch.equal(scatter_points_to_grid_reference(feats, pix, grid, side), out)
-    # side == grid (or not given) is the reference's scatter and 3x3 pool, unchanged
+    # `cmdr bench --compare` swaps in the reference's scatter layout: a finer map does not go through it
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(backbones, "scatter_points_to_grid", backbones.scatter_points_to_grid_reference)
+        assert torch.equal(points_to_grid(feats, native, grid), out)
+    # the grid's own map (side == grid, or no side: checkpoints before xyz_size) is the reference's scatter + pools
     p16 = torch.tensor([0, 5, 9])
-    assert torch.equal(scatter_points_to_grid(feats[:3], p16, grid, grid), scatter_points_to_grid(feats[:3], p16, grid))
+    want = scatter_points_to_grid(feats[:3], p16, grid)
+    assert torch.equal(points_to_grid(feats[:3], {"pix": p16, "side": torch.tensor(grid)}, grid), want)
+    assert torch.equal(points_to_grid(feats[:3], {"pix": p16}, grid), want)
 
 
 def test_prepare_gives_the_backbone_the_finer_map_and_the_heads_the_grid(parts):

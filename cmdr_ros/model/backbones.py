@@ -78,17 +78,21 @@ class Backbone3D(Backbone):
         """Native features of the organized xyz map ``[R, R, 3]``, using only the points where ``valid [R, R]``."""
 
 
-def scatter_points_to_grid(point_feats: torch.Tensor, pix: torch.Tensor, grid: int, side: int | None = None
-                           ) -> torch.Tensor:
-    """Place per-point features ``[N, C]`` at flat pixel indices of the side x side xyz map they came from (the
-    grid's by default) and bring them to a grid x grid map.
-
-    On the grid itself (the paper's layout) they are smoothed as the reference does: 3x3 average pool (stride 1, no
-    padding) and adaptive average pool back to the grid. From a finer map (``ModelConfig.xyz_size``) each grid cell
-    gets the mean feature of the points that fall in it (zero where none does, like an invalid pixel), so that the
-    finer map's extra points average out their noise instead of being diluted by its empty pixels."""
+def points_to_grid(point_feats: torch.Tensor, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
+    """A 3D backbone's per-point features ``[N, C]`` at the flat pixel indices ``native["pix"]`` of the xyz map they
+    came from -> ``[C, grid, grid]``. From the grid's own map (the paper's layout): ``scatter_points_to_grid``. From a
+    finer map (``ModelConfig.xyz_size``; ``native["side"]`` > grid): each grid cell the mean feature of its points
+    (``cell_mean_to_grid``), so that the finer map's extra points average out their noise instead of being diluted
+    by its empty pixels."""
+    side = _native_side(native)
     if side not in (None, grid):
-        return cell_mean_to_grid(point_feats, pix, grid, side)
+        return cell_mean_to_grid(point_feats, native["pix"], grid, side)
+    return scatter_points_to_grid(point_feats, native["pix"], grid)
+
+
+def scatter_points_to_grid(point_feats: torch.Tensor, pix: torch.Tensor, grid: int) -> torch.Tensor:
+    """Place per-point features ``[N, C]`` at flat pixel indices of the grid x grid xyz map and smooth them as the
+    reference does: 3x3 average pool (stride 1, no padding) and adaptive average pool back to the grid."""
     c = point_feats.shape[1]
     out = point_feats.new_zeros(grid * grid, c)
     out[pix] = point_feats  # rows: contiguous copies
@@ -110,13 +114,9 @@ def cell_mean_to_grid(point_feats: torch.Tensor, pix: torch.Tensor, grid: int, s
     return (pooled[:c] / count.clamp_min(1e-12) * (count > 0)).contiguous()
 
 
-def scatter_points_to_grid_reference(point_feats: torch.Tensor, pix: torch.Tensor, grid: int,
-                                     side: int | None = None) -> torch.Tensor:
+def scatter_points_to_grid_reference(point_feats: torch.Tensor, pix: torch.Tensor, grid: int) -> torch.Tensor:
     """``scatter_points_to_grid`` in the reference's layout: features scattered into ``[C, G*G]`` columns, pooled on
-    ``[1, C, G, G]`` (what ``cmdr bench --compare`` times it against, and what the tests hold it equal to). A finer
-    map than the grid (``side``) has no reference layout: its cell means are the same either way."""
-    if side not in (None, grid):
-        return cell_mean_to_grid(point_feats, pix, grid, side)
+    ``[1, C, G, G]`` (what ``cmdr bench --compare`` times it against, and what the tests hold it equal to)."""
     c = point_feats.shape[1]
     out = point_feats.new_zeros(c, grid * grid)
     out[:, pix] = point_feats.T
@@ -234,7 +234,7 @@ class _PointMAEBackbone(Backbone3D):
     def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
         cf = native["center_feats"].float()
         point_feats = (cf[native["idx"]] * native["w"][..., None].float()).sum(1)
-        return scatter_points_to_grid(point_feats, native["pix"], grid, _native_side(native))
+        return points_to_grid(point_feats, native, grid)
 
 
 class PointMAE(_PointMAEBackbone):
@@ -291,7 +291,7 @@ class FPFH(Backbone3D):
         return {"point_feats": torch.from_numpy(feats).to(xyz.device), "pix": pix, "side": _side(xyz)}
 
     def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
-        return scatter_points_to_grid(native["point_feats"].float(), native["pix"], grid, _native_side(native))
+        return points_to_grid(native["point_feats"].float(), native, grid)
 
 
 BACKBONES: dict[str, type[Backbone]] = {
