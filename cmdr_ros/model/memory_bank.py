@@ -34,13 +34,11 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0, pool: int =
     buf = torch.empty_like(sq)
     nearest = torch.full_like(sq, float("inf"))
     picked = [int(torch.randint(len(feats), (1,), generator=gen))]
-    while True:
+    while len(picked) < size:
         i = picked[-1]
         torch.mm(feats[i:i + 1], cols, out=buf)
         buf.mul_(-2.0).add_(sq).add_(sq[0, i])
         torch.minimum(nearest, buf, out=nearest)
-        if len(picked) == size:
-            break
         picked.append(int(nearest.argmax()))
     return feats[picked].clone()
 
