@@ -33,6 +33,7 @@ PRESETS = ("paper", "lite", "paper3d", "lite3d")
 # grid x grid points, each scaled per axis to [-1, 1] and laid out in sequence order as the grid.
 PIPELINES = ("frame", "chunks")
 CHUNK_SCORES = ("max_normalized", "mean")
+IMAGE_SCORES = ("max_normalized", "mean")
 
 
 _FIELD_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
@@ -194,6 +195,10 @@ class ModelConfig:
     # F / (sqrt(mean of non-zero F) + 1e-6), or "mean", the mean of the chunk's map F (weights-free features: a defect
     # raises the distance of its whole chunk, which the reference's normalisation divides away)
     chunk_score: str = "max_normalized"
+    # "frame" pipeline: a frame's score (IMAGE_SCORES): "max_normalized", the paper's max(F) / sqrt(mean of non-zero
+    # F), or "mean", the mean of F over the model's valid pixels (for defects that raise the distance of much of a
+    # part, which the paper's normalisation divides away; README "image_score")
+    image_score: str = "max_normalized"
     # good feature vectors kept per modality for the memory-bank branch (cmdr_ros.model.memory_bank): each pixel's
     # distance to the nearest good feature, smoothed, gates the fused map (fusion.memory_bank_gate); 0: no bank
     # (the paper's CMDR-IAD)
@@ -252,6 +257,10 @@ class ModelConfig:
             raise CmdrError(f"unknown chunk_scaling {self.chunk_scaling!r}: expected per_axis or isotropic")
         if self.chunk_score not in CHUNK_SCORES:
             raise CmdrError(f"unknown chunk_score {self.chunk_score!r}: expected one of {', '.join(CHUNK_SCORES)}")
+        if self.image_score not in IMAGE_SCORES:
+            raise CmdrError(f"unknown image_score {self.image_score!r}: expected one of {', '.join(IMAGE_SCORES)}")
+        if self.image_score != "max_normalized" and self.pipeline == "chunks":
+            raise CmdrError("image_score is for frames: the chunks pipeline scores a chunk by chunk_score")
         if isinstance(self.memory_bank, bool) or not isinstance(self.memory_bank, int) or self.memory_bank < 0:
             raise CmdrError(f"memory_bank {self.memory_bank!r} must be a whole number >= 0 (0: no memory bank)")
         if self.judges_scans and self.mode != "3d":

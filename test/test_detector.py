@@ -188,6 +188,32 @@ def test_pretrained_backbones_never_fall_back_to_random(tmp_path):
         CMDRDetector(cfg, device="cpu")
 
 
+def test_image_score_mean_scores_a_frame_by_its_mean_valid_distance(parts):
+    """image_score: the paper's normalised maximum (every preset, and checkpoints without the key) or the mean of
+    the fused map over the valid pixels; frames only."""
+    from cmdr_ros.model import fusion
+
+    det, _ = _fit("3d", parts, epochs=2)
+    frame = parts[1]
+    paper = det.predict(frame.rgb, frame.xyz)
+    assert paper.score == pytest.approx(float(fusion.image_score(torch.from_numpy(paper.grid_map))), rel=1e-6)
+    det.config.image_score = "mean"
+    mean = det.predict(frame.rgb, frame.xyz)
+    np.testing.assert_array_equal(mean.grid_map, paper.grid_map)
+    assert mean.score == pytest.approx(float(paper.grid_map[paper.grid_valid].mean()), rel=1e-6)
+    assert mean.score != pytest.approx(paper.score)
+    assert {preset(p, m).image_score for p in ("lite", "paper") for m in ("rgbd", "3d", "2d")} == {"max_normalized"}
+    d = preset("lite", "3d").to_dict()
+    d["image_score"] = "mean"
+    assert ModelConfig.from_dict(d).image_score == "mean"
+    del d["image_score"]
+    assert ModelConfig.from_dict(d).image_score == "max_normalized"  # a checkpoint from before the setting
+    with pytest.raises(CmdrError, match="unknown image_score"):
+        ModelConfig(image_score="median")
+    with pytest.raises(CmdrError, match="image_score is for frames"):
+        ModelConfig(mode="3d", pipeline="chunks", grid=96, image_score="mean")
+
+
 def test_max_steps_caps_the_epochs_of_large_classes(parts):
     """The step cap ends training with the epoch that reaches it; classes it does not reach train their epochs."""
     lite = preset("lite", "rgbd").train
