@@ -151,12 +151,13 @@ def test_old_settings_reproduce_the_maps_from_before_the_options(parts, mode):
     finally:
         torch.set_num_threads(threads)
     legacy = np.load(LEGACY_MAPS)
-    # bit-identical on the machine that wrote the file; the tolerance only absorbs other CPUs' float rounding
-    assert pred.score == pytest.approx(float(legacy[f"{mode}_score"]), rel=1e-4)
+    # bit-identical on the machine that wrote the file with the optimiser of then; the tolerance absorbs float rounding
+    # only: other CPUs', and fused Adam's (one kernel for the update since: maps within 2e-4 relative of the file)
+    assert pred.score == pytest.approx(float(legacy[f"{mode}_score"]), rel=1e-3)
     # the input-resolution map was zeroed where the sensor measured nothing until it was brought back unmasked
     for key, got in (("grid_map", pred.grid_map), ("pixel_map", pred.pixel_map()), ("pro_map", pred.pro_map()),
                      ("anomaly_map", pred.anomaly_map * pred.valid_mask)):
-        np.testing.assert_allclose(got, legacy[f"{mode}_{key}"], rtol=1e-4, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(got, legacy[f"{mode}_{key}"], rtol=1e-3, atol=1e-6, err_msg=key)
 
 
 def _as_written_before_the_options(ckpt: dict) -> dict:
