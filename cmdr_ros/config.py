@@ -6,6 +6,7 @@ exact configuration it was trained with (and YAML files can override any field).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -159,6 +160,13 @@ class TrainConfig:
     # equally often (None: the epochs alone). The epochs are what small classes need; a large one gets as many steps
     # many times over
     max_steps: int | None = None
+
+    def epochs_for(self, n_samples: int) -> int:
+        """The epochs a training on ``n_samples`` runs: ``epochs``, fewer when ``max_steps`` is reached sooner
+        (ending with the epoch that reaches it)."""
+        if self.max_steps is None:
+            return self.epochs
+        return min(self.epochs, math.ceil(self.max_steps / math.ceil(n_samples / self.batch_size)))
 
 
 @dataclass

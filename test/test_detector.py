@@ -9,7 +9,7 @@ from cmdr_ros.data.synthetic import CellConfig, render_part
 from cmdr_ros.judge import is_reject
 from cmdr_ros.model.checkpoint import (FORMAT_VERSION, content_checksum, load_checkpoint, read_checkpoint,
                                        save_checkpoint)
-from cmdr_ros.model.detector import CMDRDetector, epochs_for, masked_cosine_loss
+from cmdr_ros.model.detector import CMDRDetector, masked_cosine_loss
 
 
 def tiny_config(mode="rgbd", epochs=4):
@@ -218,9 +218,9 @@ def test_max_steps_caps_the_epochs_of_large_classes(parts):
     """The step cap ends training with the epoch that reaches it; classes it does not reach train their epochs."""
     lite = preset("lite", "rgbd").train
     assert (lite.epochs, lite.max_steps) == (40, 6000)
-    assert [epochs_for(lite, n) for n in (15, 150, 151, 200, 223)] == [40, 40, 40, 30, 27]
-    assert epochs_for(TrainConfig(epochs=40, batch_size=4, max_steps=6000), 223) == 40  # 56 steps an epoch
-    assert epochs_for(TrainConfig(epochs=40), 10_000) == 40  # no cap
+    assert [lite.epochs_for(n) for n in (15, 150, 151, 200, 223)] == [40, 40, 40, 30, 27]
+    assert TrainConfig(epochs=40, batch_size=4, max_steps=6000).epochs_for(223) == 40  # 56 steps an epoch
+    assert TrainConfig(epochs=40).epochs_for(10_000) == 40  # no cap
     good, _ = parts
     cfg = tiny_config("3d", epochs=4)
     cfg.train.max_steps = 6  # 5 parts a step each: the second epoch reaches it

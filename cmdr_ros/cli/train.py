@@ -9,7 +9,6 @@ import yaml
 
 from cmdr_ros import CmdrError
 from cmdr_ros.config import ModelConfig, preset
-from cmdr_ros.model.detector import epochs_for
 from cmdr_ros.model.training import train_model
 
 
@@ -51,9 +50,7 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(args)
     s = train_model(args.data, config, args.out, args.device, args.cache_dir, args.no_cache, not args.quiet)
     losses = ", ".join(f"{k} {v:.4f}" for k, v in s["final_losses"].items() if k != "skipped")
-    capped = s["epochs"] == epochs_for(config.train, s.get("train_chunks", s["train_samples"])) < config.train.epochs
-    epochs = f"{s['epochs']} epochs" + (f" (max_steps {config.train.max_steps} reached)" if capped else "")
-    print(f"trained {s['mode']} model {s['model_id']} on {s['train_samples']} samples, {epochs} "
+    print(f"trained {s['mode']} model {s['model_id']} on {s['train_samples']} samples, {s['epochs']} epochs "
           f"({s['device']}, {s['total_s']:.1f} s: load {s['load_s']:.1f} s, fit {s['fit_s']:.1f} s)")
     print(f"final losses: {losses or 'n/a'}")
     st = s["score_stats"]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cmdr_ros import CmdrError
-from cmdr_ros.config import ModelConfig, TrainConfig, cross_modal
+from cmdr_ros.config import ModelConfig, cross_modal
 from cmdr_ros.data.model_input import ModelInput, prepare_input
 from cmdr_ros.model import fusion, memory_bank
 from cmdr_ros.model.backbones import Backbone2D, Backbone3D, build_backbone
@@ -77,14 +77,6 @@ def masked_cosine_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Te
     cos = F.cosine_similarity(pred, target, dim=1)
     v = valid.to(cos.dtype)
     return ((1 - cos) * v).sum() / v.sum().clamp_min(1)
-
-
-def epochs_for(cfg: TrainConfig, n_samples: int) -> int:
-    """The epochs a training on ``n_samples`` runs: ``cfg.epochs``, fewer when ``cfg.max_steps`` is reached sooner
-    (ending with the epoch that reaches it)."""
-    if cfg.max_steps is None:
-        return cfg.epochs
-    return min(cfg.epochs, math.ceil(cfg.max_steps / math.ceil(n_samples / cfg.batch_size)))
 
 
 def _finite(feats: dict[str, torch.Tensor]) -> bool:
@@ -241,7 +233,7 @@ class CMDRDetector:
         if not inputs:
             raise CmdrError("no training samples")
         if epochs is None:
-            epochs = epochs_for(cfg, len(inputs))
+            epochs = cfg.epochs_for(len(inputs))
             if epochs < cfg.epochs:
                 log.info("%d epochs instead of %d: %d samples reach max_steps %d", epochs, cfg.epochs, len(inputs),
                          cfg.max_steps)
