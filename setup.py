@@ -9,6 +9,7 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
+    package_data={"cmdr_ros.ros": ["*.xml"]},  # the Fast DDS profile (cmdr_ros/ros/dds_profile.py)
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),

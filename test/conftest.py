@@ -8,6 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from cmdr_ros.ros.dds_profile import use_large_message_profile
+
+# Fast DDS as cmdr runs it: frames whole through shared memory, in this process (its publishers) and in the nodes and
+# players it starts; set before any test creates a participant (Fast DDS reads its profiles once a process).
+# CMDR_FASTDDS_PROFILE=off runs the suite on Fast DDS's defaults.
+use_large_message_profile()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CMDR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 CABLE_GLAND = SHARED_DATA / "mvtec3d_cable_gland_dev" / "cable_gland"

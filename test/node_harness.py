@@ -39,9 +39,6 @@ NODE_START_S = 120.0
 RESULT_S = 60.0
 DEEP = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)  # nothing a test sends or records is overwritten
 NS = 1_000_000_000
-# Fast DDS's default UDP transport drops datagrams of multi-MB bursts on loopback and repairs them seconds later;
-# LARGE_DATA (shared memory + TCP) delivers them in milliseconds. FASTDDS_BUILTIN_TRANSPORTS=DEFAULT measures UDP.
-FASTDDS_TRANSPORTS = os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 
 
 def new_domain() -> int:
@@ -70,9 +67,7 @@ class RosSide:
     def __init__(self, domain_id: int) -> None:
         self.domain_id = domain_id
         self.context = rclpy.Context()
-        with pytest.MonkeyPatch.context() as env:  # read once, when the DDS participant is created
-            env.setenv("FASTDDS_BUILTIN_TRANSPORTS", FASTDDS_TRANSPORTS)
-            rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node("cmdr_node_test", context=self.context)
         self.cond = threading.Condition()
         self.hooks: dict[str, Callable[[Any], None]] = {}  # key -> called with each message as it arrives
@@ -205,7 +200,6 @@ class NodeProcess:
             args += ["-p", f"{k}:={v}"]
         env = {**os.environ, "ROS_DOMAIN_ID": str(domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
                "RCUTILS_COLORIZED_OUTPUT": "0", "PYTHONUNBUFFERED": "1",
-               "FASTDDS_BUILTIN_TRANSPORTS": FASTDDS_TRANSPORTS,
                "ROS_LOG_DIR": str(tmp / "ros_log")}  # the default audit store: ROS_LOG_DIR/cmdr_audit.db
         self.audit_db = str(params.get("audit.database") or tmp / "ros_log" / "cmdr_audit.db")
         self.err_path, self.out_path = tmp / "node.stderr", tmp / "node.stdout"

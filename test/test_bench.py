@@ -79,6 +79,21 @@ def test_bench_node_answers_every_part(capsys, monkeypatch):
         assert set(r[key]) == {"p50", "p95", "p99", "max"} and all(v >= 0 for v in r[key].values()), key
     assert r["throughput_hz"] > 0 and r["node_exit_code"] == 0
     assert all(r["node_rss_mb"][k] > 0 for k in ("start", "end", "peak"))
+    assert r["source"] == "64x64 synthetic parts" and r["dds"]["profile"].startswith("Fast DDS profile: ")
+
+
+def test_bench_node_plays_recorded_frames(capsys, monkeypatch, tmp_path):
+    from cmdr_ros.data.synthetic import CellConfig, generate_dataset
+
+    data = generate_dataset(tmp_path / "cell", "block", n_train=0, n_val=0, n_test_good=2, n_test_per_defect=0,
+                            cfg=CellConfig(image_size=72))
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 101)))
+    r = _json(capsys, ["bench", "node", "--data", str(data), "--rate", "4", "--seconds", "1", "--size", "64",
+                       "--device", "cpu", "--no-outputs", "--json"])
+    assert r["source"] == f"{data} (2 frames of 72x72)" and r["outputs_received"] is None
+    assert r["published"] == 4 and r["results"] == 4 and r["judged"] + sum(r["not_judged"].values()) == 4
+    assert main(["bench", "node", "--data", str(tmp_path / "cell" / "none")]) == 2
+    assert "no xyz/*.tiff" in capsys.readouterr().err
 
 
 def test_openblas_runs_single_threaded_and_torch_keeps_its_cores():

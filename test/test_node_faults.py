@@ -38,7 +38,7 @@ from cmdr_ros import CmdrError
 from cmdr_ros.judge import Judge, JudgeSettings, NotJudgeable, is_reject
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
 from cmdr_ros.ros.parameters import check, defaults, read_params_file
-from node_harness import (FASTDDS_TRANSPORTS, RESULT_S, CommitBeforePublish, NodeProcess, RosSide, cell_camera_info,
+from node_harness import (RESULT_S, CommitBeforePublish, NodeProcess, RosSide, cell_camera_info,
                           cell_frame, check_audit_has, stamp_ns, start_node, train_cell_model, values_of)
 
 pytestmark = pytest.mark.slow
@@ -756,7 +756,7 @@ def test_checkpoint_faults_at_configure(ros, models, frames, tmp_path_factory):
 
 # ------------------------------------------------------------------------------ 8. the node in this process
 @contextlib.contextmanager
-def _inprocess_node(ros: RosSide, checkpoint: str, monkeypatch: Any, wait_active: bool = True):
+def _inprocess_node(ros: RosSide, checkpoint: str, wait_active: bool = True):
     """An InspectionNode in this process (its own rclpy Context on the module's domain, a MultiThreadedExecutor in
     a thread), active and subscribed (unless not ``wait_active``); always cleaned up."""
     from rclpy.executors import MultiThreadedExecutor
@@ -767,9 +767,7 @@ def _inprocess_node(ros: RosSide, checkpoint: str, monkeypatch: Any, wait_active
 
     ros.clear()
     ctx = rclpy.Context()
-    with monkeypatch.context() as env:
-        env.setenv("FASTDDS_BUILTIN_TRANSPORTS", FASTDDS_TRANSPORTS)
-        rclpy.init(context=ctx, domain_id=ros.domain_id, signal_handler_options=SignalHandlerOptions.NO)
+    rclpy.init(context=ctx, domain_id=ros.domain_id, signal_handler_options=SignalHandlerOptions.NO)
     node = executor = spinner = None
     try:
         node = InspectionNode(context=ctx, parameter_overrides=[
@@ -813,7 +811,7 @@ def _poll(pred: Any, what: str, alive: Any = None, timeout: float = 120, fail: b
 def test_inference_raising_mid_stream_is_an_internal_fail_safe(ros, models, frames, monkeypatch):
     import torch
 
-    with _inprocess_node(ros, models["rgbd"]["checkpoint"], monkeypatch) as (node, _):
+    with _inprocess_node(ros, models["rgbd"]["checkpoint"]) as (node, _):
         real_predict, calls = node.detector.predict, []
 
         def predict(rgb: Any, xyz: Any) -> Any:
@@ -836,7 +834,7 @@ def test_inference_raising_mid_stream_is_an_internal_fail_safe(ros, models, fram
 def test_teardown_decides_every_part_still_held(ros, models, frames, monkeypatch):
     """Deterministic: the sequence main() runs at a signal (settle_all, executor.shutdown, _teardown) with a part and a
     lone image that arrived after settle_all, while the inference of an earlier part is still running."""
-    with _inprocess_node(ros, models["rgbd"]["checkpoint"], monkeypatch) as (node, executor):
+    with _inprocess_node(ros, models["rgbd"]["checkpoint"]) as (node, executor):
         real_predict = node.detector.predict
 
         def predict(rgb: Any, xyz: Any) -> Any:  # an inference still running when the node is told to stop
@@ -872,7 +870,7 @@ def test_a_transition_that_raises_fails_cleanly_and_says_why(ros, models, frames
 
     from cmdr_ros.ros import inspection_node as node_module
 
-    with _inprocess_node(ros, models["rgbd"]["checkpoint"], monkeypatch) as (node, _):
+    with _inprocess_node(ros, models["rgbd"]["checkpoint"]) as (node, _):
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         real = node_module.make_synchronizer
 
@@ -910,7 +908,7 @@ def test_services_answer_during_a_long_configure(ros, models, monkeypatch):
     monkeypatch.setattr(checkpoint, "load_checkpoint", slow_load)
     get = ros.node.create_client(GetState, "/cmdr_inspection/get_state")
     try:
-        with _inprocess_node(ros, models["rgbd"]["checkpoint"], monkeypatch, wait_active=False) as (node, _):
+        with _inprocess_node(ros, models["rgbd"]["checkpoint"], wait_active=False) as (node, _):
             assert entered.wait(60), "configure never started"
             assert _get_state(ros, get) == State.TRANSITION_STATE_CONFIGURING  # answered while configure blocks
             assert ros.set_parameter("threshold", 2.5) == (True, "")

@@ -371,6 +371,7 @@ def test_installed_package_is_what_runs(workspace):
     site = Path(env["PYTHONPATH"])
     assert len(paths) == 3 and all(p.is_relative_to(site) for p in paths), \
         f"imported from outside the install ({site}): {paths}"
+    assert (site / PKG / "ros" / "fastdds_large_messages.xml").is_file(), "the Fast DDS profile is not installed"
     version = _run([workspace["install"] / "lib" / PKG / "cmdr", "--version"], workspace["ws"], env, timeout=60)
     assert version.returncode == 0 and version.stdout.strip() == f"{PKG} 0.1.0", _show(version)
 

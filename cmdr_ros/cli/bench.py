@@ -51,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--rate", type=float, default=2.0, help="parts per second (default 2)")
     q.add_argument("--seconds", type=float, default=20.0, help="how long to publish (default 20)")
     q.add_argument("--size", type=int, default=400, help="side of the synthetic frames in pixels (default 400)")
+    q.add_argument("--data", default=None, help="recorded frames instead (xyz/*.tiff + rgb/*.png of an MVTec 3D-AD "
+                                                "style folder): its first 10, published in turn")
     q.add_argument("--device", default="auto", help="the node's device parameter: auto (default), cpu, cuda, cuda:N")
     q.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="further node parameter (repeatable), e.g. -p overload:=newest")
@@ -86,6 +88,6 @@ def run_node(args: argparse.Namespace) -> int:
     from cmdr_ros.ros.bench_node import format_report, run_node_bench  # noqa: PLC0415 - rclpy only when run
 
     report = run_node_bench(args.checkpoint, args.mode, args.rate, args.seconds, args.size, args.device,
-                            args.param, outputs=not args.no_outputs)
+                            args.param, outputs=not args.no_outputs, data=args.data)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -29,6 +29,7 @@ from cmdr_ros.model.training import train_model
 from cmdr_ros.config import preset
 from cmdr_ros.data.synthetic import generate_dataset, generate_profilometer_dataset, generate_scan_dataset
 from cmdr_ros.report import PartRow, format_rows, format_summary, summarize, write_html
+from cmdr_ros.ros.dds_profile import use_large_message_profile
 from cmdr_ros.ros.topics import CAMERA, PROFILER, RECORDED
 
 RATE_HZ = 2.0  # parts per second on the simulated belt
@@ -139,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 200)))
-    # Fast DDS: large messages (a 256x256 cloud is ~800 KB) over the LARGE_DATA transports, not fragmented UDP
-    os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    # Fast DDS: frames (a 256x256 cloud is ~800 KB) whole through shared memory, not fragmented UDP
+    print(use_large_message_profile())
     t0 = time.perf_counter()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

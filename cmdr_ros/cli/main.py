@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a trained model's heads and scoring as ONNX, for --device onnx / the node")
     export.add_arguments(p)
 
+    p = sub.add_parser("dds-profile", help="print the path of the Fast DDS profile cmdr processes use; for a camera "
+                                           "driver: export FASTDDS_DEFAULT_PROFILES_FILE=$(cmdr dds-profile)")
+    p.set_defaults(func=_print_dds_profile)
+
     from cmdr_ros.cli import bench  # noqa: PLC0415 - its handlers import torch and rclpy only when run
     p = sub.add_parser("bench", help="latency of the judge path per stage; `bench node`: the running node over DDS")
     bench.add_arguments(p)
@@ -152,6 +156,13 @@ def node_argv(args: argparse.Namespace) -> list[str]:
         ros += ["-r", f"__ns:=/{args.namespace.lstrip('/')}"]
     extra = [a for a in args.ros_args if a not in ("--", "--ros-args")]
     return ["cmdr_node"] + ros + extra
+
+
+def _print_dds_profile(_: argparse.Namespace) -> int:
+    from cmdr_ros.ros.dds_profile import PROFILE  # noqa: PLC0415 - nothing of ROS is imported
+
+    print(PROFILE)
+    return 0
 
 
 def _run_node(args: argparse.Namespace) -> int:

@@ -1,8 +1,8 @@
 """``cmdr bench node``: the inspection node as it runs on the cell, timed from outside.
 
 ``python -m cmdr_ros.ros.inspection_node`` runs as a subprocess on a ROS domain of its own (ROS_DOMAIN_ID when the
-environment sets one), LOCALHOST discovery, Fast DDS LARGE_DATA transports unless FASTDDS_BUILTIN_TRANSPORTS says
-otherwise, its logs and audit store in a temporary folder. Once it is active and matched, parts are published
+environment sets one), LOCALHOST discovery, the Fast DDS profile of :mod:`cmdr_ros.ros.dds_profile` unless the
+environment names another, its logs and audit store in a temporary folder. Once it is active and matched, parts are published
 (reliable) at a fixed rate; every ``~/result`` is recorded and matched to its part by stamp.
 """
 from __future__ import annotations
@@ -29,8 +29,9 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, PointCloud2
 
 from cmdr_ros import CmdrError
-from cmdr_ros.ros.bench_judge import proc_status_mb, frame_messages, synthetic_frames
+from cmdr_ros.ros.bench_judge import folder_frames, frame_messages, proc_status_mb, synthetic_frames
 from cmdr_ros.ros.conversions import stamp_ns
+from cmdr_ros.ros.dds_profile import use_large_message_profile
 from cmdr_ros.ros.topics import MAPS, OUTPUT_TYPES, output_topic
 
 INPUTS = {"image": (Image, "/image"), "points": (PointCloud2, "/points")}  # the node's relative inputs, no namespace
@@ -56,10 +57,9 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 
 
 def dds_environment() -> dict[str, str]:
-    """The DDS settings shared by the bench and the node."""
+    """The DDS settings shared by the bench and the node (the Fast DDS profile: ``use_large_message_profile``)."""
     return {"ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID") or str(random.SystemRandom().randint(1, 101)),
-            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-            "FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")}
+            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
 
 
 def train_tiny_model(folder: Path, mode: str, size: int) -> str:
@@ -214,9 +214,12 @@ def summarise(published: dict[int, float], results: list[tuple[float, int, dict[
 
 
 def run_node_bench(checkpoint: str | None, mode: str, rate: float, seconds: float, size: int, device: str,
-                   params: list[str], outputs: bool = True) -> dict[str, Any]:
-    """Start the node, feed it synthetic parts at ``rate`` for ``seconds``, stop it; the figures."""
+                   params: list[str], outputs: bool = True, data: str | None = None) -> dict[str, Any]:
+    """Start the node, feed it parts at ``rate`` for ``seconds`` (synthetic ones of ``size`` pixels, or the first
+    10 frames of the MVTec 3D-AD style folder ``data`` in turn), stop it; the figures."""
     env, load = dds_environment(), os.getloadavg()[0]
+    dds_profile = use_large_message_profile()  # in os.environ: this process and the node's
+    frames = folder_frames(data, 10) if data else synthetic_frames(size, 5)
     with tempfile.TemporaryDirectory(prefix="cmdr_bench_") as tmp:
         folder = Path(tmp)
         trained = checkpoint is None
@@ -224,7 +227,7 @@ def run_node_bench(checkpoint: str | None, mode: str, rate: float, seconds: floa
             checkpoint = train_tiny_model(folder, mode, size)
         else:
             mode = checkpoint_mode(checkpoint)
-        sets = [frame_messages(rgb, xyz, mode) for rgb, xyz in synthetic_frames(size, 5)]
+        sets = [frame_messages(rgb, xyz, mode) for rgb, xyz in frames]
         with _environ(env):
             recorder = Recorder(int(env["ROS_DOMAIN_ID"]), list(sets[0]), outputs)
         node = None
@@ -242,11 +245,13 @@ def run_node_bench(checkpoint: str | None, mode: str, rate: float, seconds: floa
             if node is not None:
                 node.stop()
             recorder.close()
-    return {"mode": mode, "size": size, "rate_hz": rate, "seconds": seconds, "device": device, "params": params,
+    shape = "x".join(str(n) for n in frames[0][1].shape[:2])
+    source = f"{data} ({len(frames)} frames of {shape})" if data else f"{shape} synthetic parts"
+    return {"mode": mode, "size": size, "source": source, "rate_hz": rate, "seconds": seconds, "device": device, "params": params,
             "checkpoint": None if trained else checkpoint,
             "model": "lite, trained here: 1 epoch on 2 synthetic parts" if trained else "given",
             "outputs_received": output_counts if outputs else None,
-            "dds": env, "load_average_1min": {"start": load, "end": os.getloadavg()[0]}, "startup_s": startup_s,
+            "dds": {**env, "profile": dds_profile}, "load_average_1min": {"start": load, "end": os.getloadavg()[0]}, "startup_s": startup_s,
             **summarise(published, results),
             "node_rss_mb": {"start": rss_start, "end": rss_end, "peak": rss_peak}, "node_exit_code": exit_code}
 
@@ -274,10 +279,9 @@ def format_report(r: dict[str, Any]) -> str:
         ("node RSS MB", f"start {mem['start']}, end {mem['end']}, peak {mem['peak']}"),
         ("node exit code", f"{r['node_exit_code']} (after SIGINT)"),
     ]
-    head = (f"cmdr bench node: {r['mode']} {r['size']}x{r['size']} synthetic parts at {r['rate_hz']:g} Hz for "
+    head = (f"cmdr bench node: {r['mode']} {r['source']} at {r['rate_hz']:g} Hz for "
             f"{r['seconds']:g} s, device {r['device']}, model: {r['checkpoint'] or r['model']}\n"
-            f"  DDS domain {r['dds']['ROS_DOMAIN_ID']}, {r['dds']['FASTDDS_BUILTIN_TRANSPORTS']} transports; node "
-            f"active after {r['startup_s']:.1f} s; load average {r['load_average_1min']['start']:.1f} at the start, "
+            f"  DDS domain {r['dds']['ROS_DOMAIN_ID']}; {r['dds']['profile']}\n  node active after {r['startup_s']:.1f} s; load average {r['load_average_1min']['start']:.1f} at the start, "
             f"{r['load_average_1min']['end']:.1f} at the end"
             + (f"; -p {' -p '.join(r['params'])}" if r["params"] else ""))
     return "\n".join([head, *(f"{k:<24}{v}" for k, v in rows)])

@@ -8,6 +8,7 @@ import threading
 from typing import Any, Callable
 
 from cmdr_ros import CmdrError
+from cmdr_ros.ros.dds_profile import use_large_message_profile
 from cmdr_ros.threads import single_threaded_blas
 
 
@@ -18,6 +19,7 @@ def run(make_node: Callable[[], Any], args: list[str] | None = None) -> int:
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
+    dds_note = use_large_message_profile()
     try:
         rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as e:  # noqa: BLE001 - rcl reports bad --ros-args as a generic RCLError
@@ -27,6 +29,7 @@ def run(make_node: Callable[[], Any], args: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     node = make_node()
+    node.get_logger().info(dds_note)
     executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, name="cmdr_executor", daemon=True)

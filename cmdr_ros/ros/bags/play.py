@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 from cmdr_ros import CmdrError
 from cmdr_ros.ros.bags.read import _connections, message_class, open_bag
 from cmdr_ros.ros.bags.record import _NS
+from cmdr_ros.ros.dds_profile import use_large_message_profile
 from cmdr_ros.ros.topics import CLOCK, TF_STATIC
 
 
@@ -149,6 +150,7 @@ def play_bag(path: str | Path, rate: float = 1.0, loop: bool = False, topics: Se
         if node is None:
             from rclpy.signals import SignalHandlerOptions
 
+            use_large_message_profile()  # an image and its cloud from one participant: both whole through shared memory
             context = rclpy.Context()
             # no rclpy signal handler: it would shut the context down from another thread while this one destroys
             # the publishers (seen to hang under load); Ctrl-C is Python's KeyboardInterrupt, handled below
