@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from cmdr_ros import CmdrError
-from cmdr_ros.geometry import valid_mask
+from cmdr_ros.geometry import finite_rows, valid_mask
 
 DECISIONS = ("reject", "pass", "skip")
 
@@ -101,9 +101,11 @@ def coverage_of(xyz: np.ndarray) -> float:
 
 def check_plausible(xyz: np.ndarray, max_range: float) -> None:
     """NotJudgeable('implausible') when a measured point lies farther than ``max_range`` metres from the origin."""
-    points = np.asarray(xyz)[valid_mask(np.asarray(xyz))].astype(np.float64)
-    if len(points):
-        far = float(np.sqrt((points ** 2).sum(1)).max())
+    xyz = np.asarray(xyz)
+    measured = valid_mask(xyz)
+    if measured.any():  # squared distances a channel at a time (see finite_rows), in float64, the farthest one's root
+        squared = sum(xyz[..., i].astype(np.float64) ** 2 for i in range(xyz.shape[-1]))
+        far = float(np.sqrt(np.where(measured, squared, 0.0).max()))
         if far > max_range:
             raise NotJudgeable("implausible", f"a point lies {far:.6g} m from the sensor, beyond max_range "
                                               f"{max_range:g} m (wrong units or corrupt data?)")
@@ -171,7 +173,7 @@ class Judge:
             pts = np.asarray(points)
             if pts.ndim != 2 or pts.shape[-1] != 3:
                 raise CmdrError(f"a scan must be Nx3 points, got shape {pts.shape}")
-            cov = seen["coverage"] = float(np.isfinite(pts).all(axis=1).mean()) if len(pts) else 0.0
+            cov = seen["coverage"] = float(finite_rows(pts).mean()) if len(pts) else 0.0
             if cov < s.min_coverage:
                 raise NotJudgeable("degraded", f"{cov:.2%} of the scan's points are measured, below min_coverage "
                                                f"{s.min_coverage:.2%}")

@@ -6,29 +6,35 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cmdr_ros.geometry.transforms import valid_mask
+
 
 def colorize(amap: np.ndarray, vmin: float | None = None, vmax: float | None = None,
              valid: np.ndarray | None = None) -> np.ndarray:
     """Anomaly map -> BGR uint8 (JET colour map); invalid pixels black. Default range: the map's valid values."""
     a = np.nan_to_num(np.asarray(amap, dtype=np.float32))
-    vals = a[valid] if valid is not None and valid.any() else a
-    lo = float(vals.min()) if vmin is None else vmin
-    hi = float(vals.max()) if vmax is None else vmax
+    if vmin is None or vmax is None:
+        vals = a[valid] if valid is not None and valid.any() else a
+        lo = float(vals.min()) if vmin is None else vmin
+        hi = float(vals.max()) if vmax is None else vmax
+    else:
+        lo, hi = vmin, vmax
     norm = np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1)
     bgr = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
     if valid is not None:
-        bgr[~valid] = 0
+        np.copyto(bgr, 0, where=~valid[..., None])  # whole pixels at once: boolean row indexing is ~3x slower
     return bgr
 
 
 def depth_rendering(xyz: np.ndarray) -> np.ndarray:
     """A grey-shaded rendering of an organized xyz map (for 3D-only overlays): BGR uint8, invalid black."""
     z = xyz[..., 2].astype(np.float32)
-    valid = np.isfinite(z) & (np.abs(xyz).sum(-1) > 0)
+    valid = valid_mask(xyz)
     out = np.zeros(z.shape, np.uint8)
     if valid.any():
-        lo, hi = np.percentile(z[valid], [1, 99])
-        out[valid] = (255 * (1 - np.clip((z[valid] - lo) / max(hi - lo, 1e-9), 0, 1)) * 0.8 + 40).astype(np.uint8)
+        seen = z[valid]
+        lo, hi = np.percentile(seen, [1, 99])
+        out[valid] = (255 * (1 - np.clip((seen - lo) / max(hi - lo, 1e-9), 0, 1)) * 0.8 + 40).astype(np.uint8)
     return cv2.cvtColor(out, cv2.COLOR_GRAY2BGR)
 
 
@@ -38,7 +44,7 @@ def overlay(base_bgr: np.ndarray, amap: np.ndarray, valid: np.ndarray | None = N
     heat = colorize(amap, vmin, vmax, valid)
     out = cv2.addWeighted(base_bgr, 1 - alpha, heat, alpha, 0)
     if valid is not None:
-        out[~valid] = base_bgr[~valid]
+        np.copyto(out, base_bgr, where=~valid[..., None])
     return out
 
 

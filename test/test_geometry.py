@@ -367,3 +367,42 @@ def test_rasterize_bounds_the_raster_size() -> None:
     wall = np.c_[rng.uniform(0, 0.2, 500), np.zeros(500), rng.uniform(0, 0.1, 500)]
     with pytest.raises(CmdrError, match="all on one line or point of the plane"):
         rasterize_on_plane(wall, plane=[0, 0, 1.0, 0])
+
+
+def test_finite_rows_and_valid_mask_equal_numpys_reductions():
+    """The channel-at-a-time forms give what np.isfinite(a).all(-1) & (a != 0).any(-1) gives, for maps and points."""
+    from cmdr_ros.geometry import finite_rows, valid_mask
+
+    rng = np.random.default_rng(5)
+    for shape in [(40, 30, 3), (500, 3), (7, 5, 2), (0, 3), (6, 4)]:
+        a = rng.normal(size=shape).astype(np.float32)
+        flat = a.reshape(-1) if a.size else a
+        for value in (np.nan, np.inf, -np.inf, 0.0):
+            flat[rng.random(flat.shape) < 0.1] = value
+        if a.ndim > 1 and len(a):
+            a[:3] = 0  # whole points at the 'no measurement' marker
+        assert np.array_equal(finite_rows(a), np.isfinite(a).all(axis=-1))
+        assert np.array_equal(valid_mask(a), np.isfinite(a).all(axis=-1) & (a != 0).any(axis=-1))
+        assert finite_rows(a).shape == a.shape[:-1]
+
+
+def test_visualization_keeps_its_pixels():
+    """depth_rendering / colorize / overlay: invalid pixels black (or the base image), valid ones coloured."""
+    from cmdr_ros.visualization import colorize, depth_rendering, overlay
+
+    rng = np.random.default_rng(2)
+    xyz = rng.uniform(0.5, 1.0, (20, 30, 3)).astype(np.float32)
+    xyz[:4] = 0
+    xyz[5, 5, 0] = np.nan
+    xyz[6, 6, 1] = np.inf
+    valid = np.isfinite(xyz).all(-1) & (xyz != 0).any(-1)
+    depth = depth_rendering(xyz)
+    assert depth.shape == (20, 30, 3) and (depth[~valid] == 0).all() and (depth[valid] >= 40).all()
+    amap = rng.random((20, 30)).astype(np.float32)
+    heat = colorize(amap, 0.0, 1.0, valid)
+    assert (heat[~valid] == 0).all() and np.array_equal(heat[valid], colorize(amap, 0.0, 1.0)[valid])
+    assert np.array_equal(colorize(amap, valid=valid), colorize(amap, amap[valid].min(), amap[valid].max(), valid))
+    base = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    out = overlay(base, amap, valid, alpha=0.5, vmin=0.0, vmax=1.0)
+    assert np.array_equal(out[~valid], base[~valid])
+    assert np.array_equal(out[valid], cv2.addWeighted(base, 0.5, heat, 0.5, 0)[valid])

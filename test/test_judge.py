@@ -125,3 +125,19 @@ def test_every_default_is_valid_and_the_file_reader_validates(tmp_path):
         read_params_file(f)
     with pytest.raises(CmdrError, match="cannot read"):
         read_params_file(tmp_path / "missing.yaml")
+
+
+def test_check_plausible_measures_the_farthest_point_exactly():
+    """The farthest measured point's float64 distance decides, to the last bit (NaN and all-zero points ignored)."""
+    from cmdr_ros.judge import NotJudgeable, check_plausible
+
+    rng = np.random.default_rng(9)
+    xyz = rng.normal(0, 2, (30, 40, 3)).astype(np.float32)
+    xyz[0, 0] = np.nan
+    xyz[1, 1] = 0
+    pts = xyz.reshape(-1, 3)[np.isfinite(xyz.reshape(-1, 3)).all(1) & (xyz.reshape(-1, 3) != 0).any(1)]
+    far = float(np.sqrt((pts.astype(np.float64) ** 2).sum(1)).max())
+    check_plausible(xyz, far)
+    with pytest.raises(NotJudgeable, match=f"{far:.6g} m"):
+        check_plausible(xyz, float(np.nextafter(far, 0)))
+    check_plausible(np.zeros((4, 4, 3), np.float32), 1e-9)  # nothing measured: nothing too far

@@ -16,6 +16,7 @@ import numpy as np
 import tifffile
 
 from cmdr_ros import CmdrError
+from cmdr_ros.geometry.transforms import finite_rows
 
 SPLITS = ("train", "validation", "test")
 GOOD = "good"
@@ -167,7 +168,7 @@ def load_xyz(path: str | Path) -> np.ndarray:
     if xyz.ndim != 3 or xyz.shape[2] != 3:
         raise CmdrError(f"{path}: xyz map must be HxWx3, found shape {xyz.shape}")
     xyz = np.asarray(xyz, dtype=np.float32)
-    bad = ~np.isfinite(xyz).all(axis=-1)
+    bad = ~finite_rows(xyz)
     if bad.any():
         xyz = xyz.copy()
         xyz[bad] = 0

@@ -18,8 +18,8 @@ from __future__ import annotations
 from cmdr_ros.geometry.camera import (DISTORTION_MODELS, CameraIntrinsics, Projection, fit_plumb_bob_to_division,
                                       project_points, project_to_image)
 from cmdr_ros.geometry.raster import MAX_RASTER_SIDE, PlaneFrame, Raster, rasterize_on_plane, scores_to_points
-from cmdr_ros.geometry.transforms import make_transform, transform_points, valid_mask
+from cmdr_ros.geometry.transforms import finite_rows, make_transform, transform_points, valid_mask
 
 __all__ = ["DISTORTION_MODELS", "MAX_RASTER_SIDE", "CameraIntrinsics", "PlaneFrame", "Projection", "Raster",
-           "fit_plumb_bob_to_division", "make_transform", "project_points", "project_to_image", "rasterize_on_plane",
+           "finite_rows", "fit_plumb_bob_to_division", "make_transform", "project_points", "project_to_image", "rasterize_on_plane",
            "scores_to_points", "transform_points", "valid_mask"]

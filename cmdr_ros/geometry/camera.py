@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from cmdr_ros import CmdrError
-from cmdr_ros.geometry.transforms import _points, transform_points
+from cmdr_ros.geometry.transforms import _points, finite_rows, transform_points
 
 DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "equidistant", "none")
 _CV_DIST_LENGTHS = (4, 5, 8, 12, 14)  # coefficient counts cv2.projectPoints accepts
@@ -207,7 +207,7 @@ def project_points(points_cam: np.ndarray, cam: CameraIntrinsics) -> np.ndarray:
     """
     pts = _points(points_cam)
     uv = np.full((len(pts), 2), np.nan)
-    ok = np.isfinite(pts).all(axis=1)
+    ok = finite_rows(pts)
     ok[ok] = pts[ok, 2] > 0
     if cam.rectified:
         hom = pts[ok] @ cam.P[:, :3].T + cam.P[:, 3]
@@ -251,7 +251,7 @@ def project_to_image(points: np.ndarray, cam: CameraIntrinsics,
     Raises CmdrError for a cloud without finite points or with no point inside the image.
     """
     pts = _points(points)
-    if not np.isfinite(pts).all(axis=1).any():
+    if not finite_rows(pts).any():
         raise CmdrError(f"point cloud of {len(pts)} points has no finite point")
     if T_cam_from_cloud is not None:
         pts = transform_points(pts, T_cam_from_cloud)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cmdr_ros import CmdrError
-from cmdr_ros.geometry.transforms import _points
+from cmdr_ros.geometry.transforms import _points, finite_rows
 
 
 # ------------------------------------------------------------------------------------ plane rasterization
@@ -121,7 +121,7 @@ def rasterize_on_plane(points: np.ndarray, resolution: float | None = None, grid
     ``MAX_RASTER_SIDE`` cells along a side (a resolution too fine for the cloud's extent).
     """
     pts = _points(points)
-    finite = np.isfinite(pts).all(axis=1)
+    finite = finite_rows(pts)
     p = pts[finite]
     if resolution is not None and grid is not None:
         raise CmdrError("give either resolution or grid for the plane raster, not both")

@@ -10,9 +10,23 @@ from cmdr_ros import CmdrError
 
 
 # ------------------------------------------------------------------------------------------ rigid transforms
+def finite_rows(a: np.ndarray) -> np.ndarray:
+    """``np.isfinite(a).all(axis=-1)``, computed a channel at a time: NumPy reduces over a short last axis (the 3
+    coordinates of a point) some 10x slower than it combines whole channels (6.4 against 0.5 ms for valid_mask of
+    a 400x400 map)."""
+    out = np.ones(a.shape[:-1], dtype=bool)
+    for c in range(a.shape[-1]):
+        out &= np.isfinite(a[..., c])
+    return out
+
+
 def valid_mask(xyz: np.ndarray) -> np.ndarray:
-    """HxW bool of an organized cloud: the point is finite and not the all-zero 'no measurement' marker."""
-    return np.isfinite(xyz).all(axis=-1) & (xyz != 0).any(axis=-1)
+    """HxW (or N) bool of an organized cloud (points): the point is finite and not the all-zero 'no measurement'
+    marker."""
+    measured = np.zeros(xyz.shape[:-1], dtype=bool)
+    for c in range(xyz.shape[-1]):
+        measured |= xyz[..., c] != 0
+    return finite_rows(xyz) & measured
 
 
 def make_transform(translation: Sequence[float], rotation: Sequence[float] | None = None) -> np.ndarray:

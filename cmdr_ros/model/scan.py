@@ -20,6 +20,7 @@ import torch
 from cmdr_ros import CmdrError
 from cmdr_ros.data.model_input import ModelInput, prepare_chunk
 from cmdr_ros.data.scans import Chunks, chunk_labels, chunk_scan, stitch
+from cmdr_ros.geometry.transforms import finite_rows
 
 if TYPE_CHECKING:
     from cmdr_ros.model.detector import CMDRDetector
@@ -73,7 +74,7 @@ def predict_scan(detector: CMDRDetector, points: np.ndarray) -> ScanPrediction:
     pts = np.asarray(points)
     if pts.ndim != 2 or pts.shape[1] != 3:
         raise CmdrError(f"a scan must be Nx3 points, got shape {pts.shape}")
-    measured = np.flatnonzero(np.isfinite(pts).all(axis=1))
+    measured = np.flatnonzero(finite_rows(pts))
     chunks, inputs = chunk_inputs(pts[measured], detector)
     preds = detector.predict_inputs(inputs)  # on CUDA the chunks go batched through the heads
     per_chunk = [pred.pixel_map().reshape(-1) for pred in preds]  # row-major: the chunk's sequence order

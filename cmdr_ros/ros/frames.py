@@ -27,7 +27,7 @@ import numpy as np
 
 from cmdr_ros import CmdrError
 from cmdr_ros.config import MODALITIES, uses
-from cmdr_ros.geometry import CameraIntrinsics, project_to_image, rasterize_on_plane
+from cmdr_ros.geometry import CameraIntrinsics, finite_rows, project_to_image, rasterize_on_plane, valid_mask
 from cmdr_ros.judge import NotJudgeable, coverage_of
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -73,7 +73,7 @@ class Frame:
 def _organized_points(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Valid points of an organized map and their flat pixel indices."""
     flat = xyz.reshape(-1, 3)
-    idx = np.flatnonzero(np.isfinite(flat).all(1) & (np.abs(flat).sum(1) > 0))
+    idx = np.flatnonzero(valid_mask(flat))
     return flat[idx], idx
 
 
@@ -184,9 +184,7 @@ def scan_points(msg: Any, info: Any = None, projection: str = "auto") -> tuple[n
         xyz, organized = pointcloud2_to_xyz(msg, keep_invalid=True)
     shape = tuple(int(n) for n in xyz.shape[:2])
     points = np.array(xyz.reshape(-1, 3), dtype=np.float32)
-    bad = ~np.isfinite(points).all(axis=1)
-    if organized:
-        bad |= ~(points != 0).any(axis=1)
+    bad = ~(valid_mask(points) if organized else finite_rows(points))
     points[bad] = np.nan
     return points, shape
 
@@ -200,5 +198,5 @@ def assemble_scan(cloud: Any, info: Any = None, projection: str = "auto") -> Fra
     f = Frame(header=cloud.header, cloud_header=cloud.header, alignment="scan")
     f.frame_ids = {k: m.header.frame_id for k, m in (("points", cloud), ("camera_info", info)) if m is not None}
     f.points, f.cloud_shape = scan_points(cloud, info, projection)
-    f.coverage = float(np.isfinite(f.points).all(axis=1).mean()) if len(f.points) else 0.0
+    f.coverage = float(finite_rows(f.points).mean()) if len(f.points) else 0.0
     return f

@@ -7,6 +7,7 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
+from cmdr_ros.geometry.transforms import finite_rows
 from cmdr_ros.ros.conversions.common import ConversionError, _payload, _sized_buffer, _with_order
 from cmdr_ros.ros.conversions.images import depth_image_to_metres
 
@@ -90,7 +91,7 @@ def pointcloud2_to_xyz(msg: PointCloud2, keep_invalid: bool = False) -> tuple[np
     xyz = np.stack([fields["x"], fields["y"], fields["z"]], axis=-1).astype(np.float32, copy=False)
     if keep_invalid:
         return xyz, msg.height > 1
-    valid = np.isfinite(xyz).all(axis=-1)
+    valid = finite_rows(xyz)
     if msg.height > 1:
         xyz[~valid] = 0.0
         return xyz, True
