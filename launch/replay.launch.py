@@ -15,6 +15,7 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import ExecuteProcess, OpaqueFunction, RegisterEventHandler
 
+from cmdr_ros.ros.dds_profile import use_large_message_profile
 from cmdr_ros.ros.topics import CAMERA
 
 REPLAY_ARGS = {
@@ -52,7 +53,10 @@ def replay_actions(values: dict, share: str) -> list:
         raise ValueError("launch argument bag:=FOLDER is required")
     values = {**values, "use_sim_time": values.get("use_sim_time") or "true"}
     actions = _inspection_launch(share).node_actions(values, share)
-    play = ExecuteProcess(cmd=player_cmd(values), output="screen")
+    env = dict(os.environ)  # the player publishes image and cloud from one process: the large-message profile
+    use_large_message_profile(env)
+    play = ExecuteProcess(cmd=player_cmd(values), output="screen",
+                          additional_env={k: env[k] for k in ("FASTDDS_DEFAULT_PROFILES_FILE",) if k in env})
     return actions + [RegisterEventHandler(OnStateTransition(target_lifecycle_node=actions[0], goal_state="active",
                                                              entities=[play]))]
 

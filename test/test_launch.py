@@ -4,6 +4,7 @@
 `ros2 launch` runs the same generate_launch_description().
 """
 import importlib.util
+import os
 import sys
 import types
 from pathlib import Path
@@ -141,6 +142,10 @@ def test_replay_launch_plays_when_the_node_is_active_on_sim_time(fake_launch):
     assert on_active.kwargs["target_lifecycle_node"] is node and on_active.kwargs["goal_state"] == "active"
     (play,) = on_active.kwargs["entities"]
     assert play.kwargs["cmd"] == ["ros2", "bag", "play", "/bags/cell", "--rate", "2.0", "--clock"]
+    # the player publishes image and cloud from one process: the Fast DDS profile goes with it (the test process
+    # has it from conftest, or its user's own)
+    profile = {k: os.environ[k] for k in ("FASTDDS_DEFAULT_PROFILES_FILE",) if k in os.environ}
+    assert play.kwargs["additional_env"] == profile
     _, actions = _launch(REPO / "launch" / "replay.launch.py", bag="/b", loop="true", use_rviz="false")
     assert actions[-1].args[0].kwargs["entities"][0].kwargs["cmd"][-1] == "--loop"
     with pytest.raises(ValueError, match="bag"):
