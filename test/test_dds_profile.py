@@ -30,12 +30,22 @@ def test_set_when_nothing_else_is_configured(tmp_path, monkeypatch):
     ({"FASTRTPS_DEFAULT_PROFILES_FILE": "/cell/old.xml"}, "/cell/old.xml"),
     ({"CMDR_FASTDDS_PROFILE": "off"}, "CMDR_FASTDDS_PROFILE=off"),
     ({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, "rmw_cyclonedds_cpp"),
+    ({"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}, "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, the user's"),
+    ({"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}, "the user's"),
 ])
 def test_the_users_settings_win(env, says, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before = dict(env)
     note = use_large_message_profile(env, shm_dir=str(tmp_path))
     assert env == before and says in note
+
+
+def test_builtin_transports_do_not_count_on_localhost(tmp_path, monkeypatch):
+    """rmw_fastrtps ignores FASTDDS_BUILTIN_TRANSPORTS on a LOCALHOST range: the profile is set, and the note says so."""
+    monkeypatch.chdir(tmp_path)
+    env = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    note = use_large_message_profile(env, shm_dir=str(tmp_path))
+    assert env["FASTDDS_DEFAULT_PROFILES_FILE"] == str(PROFILE) and "has no effect" in note
 
 
 def test_a_profile_in_the_working_folder_wins(tmp_path, monkeypatch):

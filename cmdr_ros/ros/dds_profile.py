@@ -7,8 +7,9 @@ the image waits behind it. With the 16 MB segment of ``fastdds_large_messages.xm
 the cloud in 7-8 ms (p50), also when only the publisher uses the file. The publisher's participant decides: the node's
 outputs need it in the node, the inputs in the camera driver (``cmdr dds-profile`` prints the file's path).
 
-``FASTDDS_BUILTIN_TRANSPORTS`` is no substitute: with ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` rmw_fastrtps sets
-its own transports and the variable is ignored (no TCP socket opens for ``LARGE_DATA``).
+``FASTDDS_BUILTIN_TRANSPORTS`` is no substitute on ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``: rmw_fastrtps then sets
+its own transports and the variable is ignored (no TCP socket opens for ``LARGE_DATA``). On other ranges it works
+(``LARGE_DATA``: 3 and 8 ms), so a user who set it keeps it.
 """
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ def use_large_message_profile(environ: MutableMapping[str, str] | None = None, s
             return f"Fast DDS profile: {env[var]} ({var}, the user's)"
     if env.get("RMW_IMPLEMENTATION", "") not in FASTDDS_RMWS:
         return f"Fast DDS profile: not set (RMW_IMPLEMENTATION={env['RMW_IMPLEMENTATION']})"
+    builtin = env.get("FASTDDS_BUILTIN_TRANSPORTS", "")
+    localhost = env.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "") == "LOCALHOST"
+    if builtin and not localhost:  # e.g. LARGE_DATA: TCP + shared memory, which delivers large frames too
+        return f"Fast DDS profile: not set (FASTDDS_BUILTIN_TRANSPORTS={builtin}, the user's)"
     if Path("DEFAULT_FASTDDS_PROFILES.xml").is_file():
         return "Fast DDS profile: ./DEFAULT_FASTDDS_PROFILES.xml (the working folder's)"
     try:
@@ -45,4 +50,5 @@ def use_large_message_profile(environ: MutableMapping[str, str] | None = None, s
         return (f"Fast DDS profile: not set ({shm_dir} has {free / 2**20:.0f} MB free, less than 4 segments of "
                 f"{SEGMENT_BYTES / 2**20:.0f} MB): messages over 512 KB take UDP and may arrive late")
     env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(PROFILE)
-    return f"Fast DDS profile: {PROFILE} (shared-memory segment {SEGMENT_BYTES / 2**20:.0f} MB)"
+    ignored = f"; FASTDDS_BUILTIN_TRANSPORTS={builtin} has no effect on a LOCALHOST discovery range" if builtin else ""
+    return f"Fast DDS profile: {PROFILE} (shared-memory segment {SEGMENT_BYTES / 2**20:.0f} MB){ignored}"
