@@ -102,7 +102,9 @@ def test_fast_dds_loads_it(profile):
     env = {k: v for k, v in os.environ.items() if k not in ("FASTDDS_DEFAULT_PROFILES_FILE",
                                                               "FASTRTPS_DEFAULT_PROFILES_FILE")}
     env.update(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", CMDR_FASTDDS_PROFILE=profile)
-    use_large_message_profile(env)
+    note = use_large_message_profile(env)
+    if profile == "on" and "FASTDDS_DEFAULT_PROFILES_FILE" not in env:
+        pytest.skip(f"this machine does not take the profile: {note}")
     out = subprocess.run([sys.executable, "-c", PROBE, "/dev/shm"], env=env, cwd=REPO_ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
