@@ -212,12 +212,18 @@ class NodeProcess:
     def logs(self) -> str:
         return f"--- node stdout\n{self.out_path.read_text(errors='replace')}\n--- node stderr\n{self.stderr()}"
 
-    def wait_active(self, inputs: tuple[Any, ...]) -> float:
-        """Wait until the node logged 'active' and every input publisher matched its subscription."""
+    def wait_active(self, inputs: tuple[Any, ...], ros: RosSide | None = None) -> float:
+        """Wait until the node logged 'active' and every input publisher matched its subscription; with ``ros``, also
+        until ``ros`` received the node's /diagnostics. Matching is seen from one side at a time: the node's writers
+        may not have matched ``ros``'s readers yet when ``ros``'s publishers matched the node's, and what a volatile
+        writer publishes before it matched a reader never reaches it (seen once in a full run: every result of a
+        module lost). A diagnostics message shows the node's writers have matched ``ros``'s readers, which ``ros``
+        announced in order, its outputs' before /diagnostics."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < NODE_START_S:
             assert self.proc.poll() is None, f"node exited with {self.proc.returncode}\n{self.logs()}"
-            if "active: subscribed" in self.stderr() and all(p.get_subscription_count() >= 1 for p in inputs):
+            if ("active: subscribed" in self.stderr() and all(p.get_subscription_count() >= 1 for p in inputs)
+                    and (ros is None or ros.received["diagnostics"])):
                 return time.monotonic() - t0
             time.sleep(0.1)
         pytest.fail(f"node not active after {NODE_START_S} s\n{self.logs()}")
@@ -249,7 +255,7 @@ def start_node(ros: RosSide, tmp: Path, params: dict[str, Any], inputs: tuple[An
     node = NodeProcess(tmp, ros.domain_id, {"device": "cpu", "diagnostics_period": 0.5, **params}, params_file,
                        ros_args)
     try:
-        node.startup_s = node.wait_active(inputs)
+        node.startup_s = node.wait_active(inputs, ros)
         yield node
     finally:
         node.stop()

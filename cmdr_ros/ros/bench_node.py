@@ -32,7 +32,7 @@ from cmdr_ros import CmdrError
 from cmdr_ros.ros.bench_judge import folder_frames, frame_messages, proc_status_mb, synthetic_frames
 from cmdr_ros.ros.conversions import stamp_ns
 from cmdr_ros.ros.dds_profile import use_large_message_profile
-from cmdr_ros.ros.topics import MAPS, OUTPUT_TYPES, output_topic
+from cmdr_ros.ros.topics import DIAGNOSTICS, MAPS, OUTPUT_TYPES, output_topic
 
 INPUTS = {"image": (Image, "/image"), "points": (PointCloud2, "/points")}  # the node's relative inputs, no namespace
 OUTPUTS = {name: OUTPUT_TYPES[name] for name in MAPS}  # counted when the bench subscribes to the maps
@@ -97,6 +97,10 @@ class Recorder:
         if outputs:  # raw: counted, never deserialized (the bench shares the CPUs with the node)
             self.subs += [self.node.create_subscription(t, output_topic(k), lambda _, k=k: self.outputs.update([k]),
                                                         QOS, raw=True) for k, t in OUTPUTS.items()]
+        # last: a /diagnostics message from the node shows its writers matched every reader above (announced first)
+        self.diagnostics = threading.Event()
+        self.subs.append(self.node.create_subscription(DiagnosticArray, DIAGNOSTICS, lambda _: self.diagnostics.set(),
+                                                       QOS))
         self.pubs = {name: self.node.create_publisher(INPUTS[name][0], INPUTS[name][1], QOS) for name in inputs}
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -112,9 +116,11 @@ class Recorder:
 
     def matched(self) -> bool:
         """Every input reaches the node and ~/result comes back (the maps only when the node publishes them: a
-        node run with an output switched off, e.g. -p output.anomaly_cloud:=false, has no such publisher)."""
+        node run with an output switched off, e.g. -p output.anomaly_cloud:=false, has no such publisher). Matching
+        is seen from one side at a time, and a result published before the node's writer matched this reader would
+        be lost: the node's /diagnostics arriving here shows its writers have matched."""
         return (all(p.get_subscription_count() >= 1 for p in self.pubs.values())
-                and self.subs[0].get_publisher_count() >= 1)
+                and self.subs[0].get_publisher_count() >= 1 and self.diagnostics.is_set())
 
     def wait_results(self, stamps: set[int], timeout: float) -> None:
         with self.cond:
