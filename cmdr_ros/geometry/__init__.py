@@ -21,5 +21,6 @@ from cmdr_ros.geometry.raster import MAX_RASTER_SIDE, PlaneFrame, Raster, raster
 from cmdr_ros.geometry.transforms import finite_rows, make_transform, transform_points, valid_mask
 
 __all__ = ["DISTORTION_MODELS", "MAX_RASTER_SIDE", "CameraIntrinsics", "PlaneFrame", "Projection", "Raster",
-           "finite_rows", "fit_plumb_bob_to_division", "make_transform", "project_points", "project_to_image", "rasterize_on_plane",
+           "finite_rows", "fit_plumb_bob_to_division", "make_transform", "project_points", "project_to_image",
+           "rasterize_on_plane",
            "scores_to_points", "transform_points", "valid_mask"]

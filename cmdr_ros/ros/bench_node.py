@@ -2,8 +2,8 @@
 
 ``python -m cmdr_ros.ros.inspection_node`` runs as a subprocess on a ROS domain of its own (ROS_DOMAIN_ID when the
 environment sets one), LOCALHOST discovery, the Fast DDS profile of :mod:`cmdr_ros.ros.dds_profile` unless the
-environment names another, its logs and audit store in a temporary folder. Once it is active and matched, parts are published
-(reliable) at a fixed rate; every ``~/result`` is recorded and matched to its part by stamp.
+environment names another, its logs and audit store in a temporary folder. Once it is active and matched, parts are
+published (reliable) at a fixed rate; every ``~/result`` is recorded and matched to its part by stamp.
 """
 from __future__ import annotations
 
@@ -253,11 +253,13 @@ def run_node_bench(checkpoint: str | None, mode: str, rate: float, seconds: floa
             recorder.close()
     shape = "x".join(str(n) for n in frames[0][1].shape[:2])
     source = f"{data} ({len(frames)} frames of {shape})" if data else f"{shape} synthetic parts"
-    return {"mode": mode, "size": size, "source": source, "rate_hz": rate, "seconds": seconds, "device": device, "params": params,
+    return {"mode": mode, "size": size, "source": source, "rate_hz": rate, "seconds": seconds, "device": device,
+            "params": params,
             "checkpoint": None if trained else checkpoint,
             "model": "lite, trained here: 1 epoch on 2 synthetic parts" if trained else "given",
             "outputs_received": output_counts if outputs else None,
-            "dds": {**env, "profile": dds_profile}, "load_average_1min": {"start": load, "end": os.getloadavg()[0]}, "startup_s": startup_s,
+            "dds": {**env, "profile": dds_profile}, "load_average_1min": {"start": load, "end": os.getloadavg()[0]},
+            "startup_s": startup_s,
             **summarise(published, results),
             "node_rss_mb": {"start": rss_start, "end": rss_end, "peak": rss_peak}, "node_exit_code": exit_code}
 
@@ -287,7 +289,9 @@ def format_report(r: dict[str, Any]) -> str:
     ]
     head = (f"cmdr bench node: {r['mode']} {r['source']} at {r['rate_hz']:g} Hz for "
             f"{r['seconds']:g} s, device {r['device']}, model: {r['checkpoint'] or r['model']}\n"
-            f"  DDS domain {r['dds']['ROS_DOMAIN_ID']}; {r['dds']['profile']}\n  node active after {r['startup_s']:.1f} s; load average {r['load_average_1min']['start']:.1f} at the start, "
+            f"  DDS domain {r['dds']['ROS_DOMAIN_ID']}; {r['dds']['profile']}\n"
+            f"  node active after {r['startup_s']:.1f} s; load average {r['load_average_1min']['start']:.1f} at the "
+            f"start, "
             f"{r['load_average_1min']['end']:.1f} at the end"
             + (f"; -p {' -p '.join(r['params'])}" if r["params"] else ""))
     return "\n".join([head, *(f"{k:<24}{v}" for k, v in rows)])
