@@ -279,7 +279,7 @@ def test_backbone_factory_passes_only_declared_arguments(tmp_path):
                       ColorTexture)
     assert build_backbone("fpfh", "3d", weights=str(tmp_path / "x.pth"), options={"radii": [4.0]}).out_dim == 33
     with pytest.raises(CmdrError, match=r"bad options for backbone 'fpfh': unknown option\(s\) depth "
-                                        r"\(it takes: normal_radius, radii, viewpoint\)"):
+                                        r"\(it takes: extras, normal_radius, radii, viewpoint\)"):
         build_backbone("fpfh", "3d", options={"depth": 2})
     with pytest.raises(CmdrError, match="color_texture': unknown option.*it takes: no options"):
         build_backbone("color_texture", "2d", options={"rgb_size": 64})

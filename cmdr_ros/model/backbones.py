@@ -30,7 +30,7 @@ from torch import nn
 from cmdr_ros import CmdrError
 from cmdr_ros.config import BN_MODES
 from cmdr_ros.data.preprocess import normalize_imagenet
-from cmdr_ros.model.handcrafted import ColorTextureFeatures, fpfh_features
+from cmdr_ros.model.handcrafted import FPFH_EXTRAS, ColorTextureFeatures, fpfh_features
 from cmdr_ros.model.pointmae import PointMAEEncoder, interpolate_to_points
 from cmdr_ros.model.weights import (create_dino_vitb8, create_random_vit, dino_patch_tokens,
                                     load_pointmae_weights, sha256_file)
@@ -280,14 +280,19 @@ class FPFH(Backbone3D):
     name = "fpfh"
 
     def __init__(self, radii: tuple[float, ...] = (4.0, 8.0), normal_radius: float = 3.0,
-                 viewpoint: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
+                 viewpoint: tuple[float, float, float] = (0.0, 0.0, 0.0), extras: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.radii, self.normal_radius, self.viewpoint = tuple(radii), normal_radius, tuple(viewpoint)
-        self.out_dim = 33 * len(self.radii)
+        self.extras = tuple(extras)
+        unknown = sorted(set(self.extras) - set(FPFH_EXTRAS))
+        if unknown:
+            raise ValueError(f"unknown extra(s) {', '.join(unknown)}; known: {', '.join(FPFH_EXTRAS)}")
+        self.out_dim = 33 * len(self.radii) + sum(FPFH_EXTRAS[e] for e in self.extras)
 
     def extract(self, xyz: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         pts, pix = _valid_points(xyz, valid, min_points=8)
-        feats = fpfh_features(pts.cpu().numpy(), self.radii, self.normal_radius, viewpoint=self.viewpoint)
+        feats = fpfh_features(pts.cpu().numpy(), self.radii, self.normal_radius, viewpoint=self.viewpoint,
+                              extras=self.extras)
         return {"point_feats": torch.from_numpy(feats).to(xyz.device), "pix": pix, "side": _side(xyz)}
 
     def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
@@ -346,5 +351,5 @@ def build_backbone(name: str, modality: str, weights: str | None = None, rgb_siz
     kw.update(opts)
     try:
         return cls(**kw)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise CmdrError(f"bad options for backbone '{name}': {e}") from None

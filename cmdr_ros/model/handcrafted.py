@@ -97,27 +97,45 @@ class ColorTextureFeatures(torch.nn.Module):
         return torch.cat(feats, dim=1)
 
 
+#: per-point surface descriptors ``fpfh_features`` can append to the histograms (see its ``extras``)
+FPFH_EXTRAS = {"normal": 3, "curvature": 1}
+
+
 def fpfh_features(points: np.ndarray, radii: tuple[float, ...] = (4.0, 8.0), normal_radius: float = 3.0,
-                  max_nn: int = 100, viewpoint: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
-    """FPFH of ``points`` (N x 3) at each radius (in median point spacings) -> N x 33*len(radii).
+                  max_nn: int = 100, viewpoint: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                  extras: tuple[str, ...] = ()) -> np.ndarray:
+    """FPFH of ``points`` (N x 3) at each radius (in median point spacings) -> N x (33*len(radii) + extras).
 
     Normals are oriented towards the sensor at ``viewpoint`` (the camera frame's origin by default; a scan
     normalised around its centre needs a point above it) so the histograms do not flip sign between frames;
-    each 33-bin histogram (three 11-bin sub-histograms summing to 100 each) is scaled by 1/100.
+    each 33-bin histogram (three 11-bin sub-histograms summing to 100 each) is scaled by 1/100. FPFH does not
+    change when a surface turns; ``extras`` appends what does: ``normal`` (the oriented unit normal in the cloud's
+    frame, 3 channels) and ``curvature`` (surface variation l0 / (l0 + l1 + l2) of the normal's neighbourhood).
     """
     import open3d as o3d  # deferred: a heavy import, only needed by this backbone
 
+    unknown = sorted(set(extras) - set(FPFH_EXTRAS))
+    if unknown:
+        raise CmdrError(f"unknown FPFH extra(s) {', '.join(unknown)}; known: {', '.join(FPFH_EXTRAS)}")
     if len(points) < 8:
         raise CmdrError(f"FPFH needs at least 8 valid points, got {len(points)}")
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(points, dtype=np.float64)))
     spacing = float(np.median(np.asarray(pcd.compute_nearest_neighbor_distance())))
     if not np.isfinite(spacing) or spacing <= 0:
         spacing = float(np.ptp(points, axis=0).max()) / math.sqrt(len(points)) or 1.0
-    pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=normal_radius * spacing, max_nn=30))
+    normal_search = o3d.geometry.KDTreeSearchParamHybrid(radius=normal_radius * spacing, max_nn=30)
+    pcd.estimate_normals(normal_search)
     pcd.orient_normals_towards_camera_location(np.asarray(viewpoint, dtype=np.float64))
     out = []
     for r in radii:
         f = o3d.pipelines.registration.compute_fpfh_feature(
             pcd, o3d.geometry.KDTreeSearchParamHybrid(radius=r * spacing, max_nn=max_nn))
         out.append(np.asarray(f.data, dtype=np.float32).T / 100.0)
+    if "normal" in extras:
+        out.append(np.asarray(pcd.normals, dtype=np.float32))
+    if "curvature" in extras:
+        pcd.estimate_covariances(normal_search)
+        eig = np.linalg.eigvalsh(np.asarray(pcd.covariances)).clip(min=0.0)  # ascending
+        total = eig.sum(axis=1)
+        out.append(np.divide(eig[:, 0], total, out=np.zeros_like(total), where=total > 0)[:, None].astype(np.float32))
     return np.concatenate(out, axis=1)
