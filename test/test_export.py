@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from cli_harness import one_line_error
 from cmdr_ros import CmdrError
@@ -59,6 +60,8 @@ def test_the_vit_backbone_is_exported_beside_the_scoring_graph(parts, tmp_path):
     inp = torch_det.prepare(parts[1].rgb, parts[1].xyz)
     a, b = torch_det.backbone_2d.extract(inp.rgb)["tokens"], onnx_det.backbone_2d.extract(inp.rgb)["tokens"]
     assert a.shape == b.shape and float((a - b).abs().max()) <= TOLERANCE * float(a.abs().max())
+    two = onnx_det.backbone_2d.extract_batch(torch.stack([inp.rgb, inp.rgb.flip(-1)]))  # the graph takes a batch
+    assert len(two) == 2 and float((two[0]["tokens"] - b).abs().max()) <= TOLERANCE * float(b.abs().max())
     # an export from before backbones were exported (no file): the ViT runs in PyTorch, and says so
     vit.rename(tmp_path / "kept.onnx")
     old = load_checkpoint(ckpt, "onnx")

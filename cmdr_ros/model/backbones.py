@@ -67,6 +67,10 @@ class Backbone2D(Backbone):
     def extract(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
         """Native features of an RGB tensor ``[3, S, S]`` in [0, 1] (S = the config's ``rgb_size``)."""
 
+    def extract_batch(self, rgb: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """``extract`` of images ``[B, 3, S, S]``, one dict each; a backbone that runs them in one pass overrides it."""
+        return [self.extract(image) for image in rgb]
+
 
 class Backbone3D(Backbone):
     """A frozen point-cloud feature extractor."""
@@ -133,12 +137,15 @@ class ViTBackbone(Backbone2D):
         self.out_dim = int(model.embed_dim)
         self.onnx: Any = None  # device onnx: the exported graph of this ViT (export.OnnxBackbone), run instead
 
-    @torch.inference_mode()
     def extract(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = normalize_imagenet(rgb)[None]
-        if self.onnx is not None:
-            return {"tokens": self.onnx.run(x)[0].to(rgb.device)}
-        return {"tokens": dino_patch_tokens(self.model, x)[0]}
+        return self.extract_batch(rgb[None])[0]
+
+    @torch.inference_mode()
+    def extract_batch(self, rgb: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """One forward pass for the whole batch (each image's tokens as alone, float rounding aside: tested)."""
+        x = normalize_imagenet(rgb)
+        tokens = self.onnx.run(x).to(rgb.device) if self.onnx is not None else dino_patch_tokens(self.model, x)
+        return [{"tokens": t} for t in tokens]
 
     def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
         return F.interpolate(native["tokens"][None].float(), size=(grid, grid), mode="bilinear",

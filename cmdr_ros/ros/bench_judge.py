@@ -190,11 +190,13 @@ def instrumented(clock: StageClock, frame_judge: Any, det: Any) -> Iterator[None
     targets = [(frames, "decode_image", "decode"), (frames, "decode_cloud", "decode"),
                (frame_judge, "assemble", "align"), (frame_judge.judge_, "judge", "checks"),
                (model_input, "remove_background", "background"), (det, "prepare", "prepare"),
-               (det, "extract", "prepare"), (det, "grid_features", "heads"), (det.heads, "forward", "heads"),
+               (det, "extract_many", "prepare"), (det, "grid_features", "heads"), (det.heads, "forward", "heads"),
                (det, "predict_inputs", "fusion"), (frames, "scan_points", "decode"),
                (scan, "chunk_inputs", "prepare"), (scan, "stitch", "fusion")]
     for m, bb in det.backbones.items():
         targets += [(bb, "extract", f"backbone_{m}"), (bb, "to_grid", f"backbone_{m}")]
+        if m == "2d":
+            targets.append((bb, "extract_batch", "backbone_2d"))
     if det.scoring is not None:  # device onnx: the graph runs heads and distance maps together (counted as heads)
         targets.append((det.scoring, "run", "heads"))
     with contextlib.ExitStack() as stack:
