@@ -257,6 +257,8 @@ def test_fusion_at_a_larger_map_size(parts):
     assert pred.pro_map().shape == (32, 32) and pred.anomaly_map.shape == (96, 96)
     with pytest.raises(CmdrError, match="fusion_size"):
         ModelConfig(grid=16, fusion_size=8)
+    # lite fuses rgbd's maps at 128x128 (measured better on real and simulated parts), 3d's on its 64x64 grid
+    assert (preset("lite", "rgbd").map_size, preset("lite", "3d").map_size) == (128, 64)
 
 
 def test_backbone_factory_passes_only_declared_arguments(tmp_path):
