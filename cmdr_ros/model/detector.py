@@ -391,7 +391,8 @@ class CMDRDetector:
 
     def _predict_batch(self, batch: Sequence[ModelInput]) -> list[Prediction]:
         t0 = time.perf_counter()
-        feats = self.grid_features(self.extract_many(batch, batch_size=len(batch)), torch.stack([inp.valid for inp in batch]))
+        feats = self.grid_features(self.extract_many(batch, batch_size=len(batch)),
+                                   torch.stack([inp.valid for inp in batch]))
         valid = feats.pop("valid")
         if self.scoring is not None:  # the exported graph of the same heads and scoring (cmdr_ros.model.export)
             fused, valid_map = self.scoring.run(feats, valid)
