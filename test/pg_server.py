@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 
@@ -48,12 +49,17 @@ def _free_port() -> int:
 
 class PostgresServer:
     def __init__(self, root: Path):
+        """The server's files under ``root``; run as root, in a directory of the server user's own under the system
+        temp folder instead (removed by ``stop``): pytest keeps its temp tree private (0700) and resets it when another
+        pytest session starts, which would cut the server user off from a directory inside it."""
+        self._as_user: list[str] = []
+        self._own_root = os.geteuid() == 0
+        if self._own_root:
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+            root = tempfile.mkdtemp(prefix="cmdr_test_pg_")
         self.root = Path(root)
         self.data, self.sock = self.root / "data", self.root / "sock"
         self.port = _free_port()
-        self._as_user: list[str] = []
-        if os.geteuid() == 0:
-            self._as_user = ["runuser", "-u", "postgres", "--"]
 
     def _run(self, *cmd: str) -> None:
         done = subprocess.run(self._as_user + list(cmd), capture_output=True, text=True, timeout=120)
@@ -67,13 +73,13 @@ class PostgresServer:
             shutil.chown(self.root, "postgres")
             shutil.chown(self.sock, "postgres")
             os.chmod(self.root, 0o755)
-            for parent in self.root.parents:  # the server user must reach its directory
-                if parent == Path("/"):
-                    break
-                os.chmod(parent, os.stat(parent).st_mode | 0o011)
-        self._run(find_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
-                  "-E", "UTF8")
-        return self.start_again()
+        try:
+            self._run(find_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
+                      "-E", "UTF8")
+            return self.start_again()
+        except Exception:
+            self.stop()
+            raise
 
     def start_again(self) -> "PostgresServer":
         """Start the server (again, after ``stop_now``) on the same port and data."""
@@ -100,3 +106,5 @@ class PostgresServer:
             self._run(find_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
         except Exception:  # noqa: BLE001 - best effort at the end of the session
             pass
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
