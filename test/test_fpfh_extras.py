@@ -50,7 +50,7 @@ def test_a_turned_surface_changes_the_normal_not_the_histograms():
 def test_extras_are_checked_and_counted():
     assert build_backbone("fpfh", "3d", options={"extras": ["normal", "curvature"]}).out_dim == 70
     assert build_backbone("fpfh", "3d", options={"radii": [4.0], "extras": ["curvature"]}).out_dim == 34
-    with pytest.raises(CmdrError, match=r"bad options for backbone 'fpfh': unknown extra\(s\) colour"):
+    with pytest.raises(CmdrError, match=r"unknown FPFH extra\(s\) colour; known: normal, curvature"):
         build_backbone("fpfh", "3d", options={"extras": ["colour"]})
     with pytest.raises(CmdrError, match="unknown FPFH extra"):
         fpfh_features(_surface(0.0), extras=("colour",))

@@ -30,7 +30,7 @@ from torch import nn
 from cmdr_ros import CmdrError
 from cmdr_ros.config import BN_MODES
 from cmdr_ros.data.preprocess import normalize_imagenet
-from cmdr_ros.model.handcrafted import FPFH_EXTRAS, ColorTextureFeatures, fpfh_features
+from cmdr_ros.model.handcrafted import ColorTextureFeatures, fpfh_extras_width, fpfh_features
 from cmdr_ros.model.pointmae import PointMAEEncoder, interpolate_to_points
 from cmdr_ros.model.weights import (create_dino_vitb8, create_random_vit, dino_patch_tokens,
                                     load_pointmae_weights, sha256_file)
@@ -291,10 +291,7 @@ class FPFH(Backbone3D):
         super().__init__()
         self.radii, self.normal_radius, self.viewpoint = tuple(radii), normal_radius, tuple(viewpoint)
         self.extras = tuple(extras)
-        unknown = sorted(set(self.extras) - set(FPFH_EXTRAS))
-        if unknown:
-            raise ValueError(f"unknown extra(s) {', '.join(unknown)}; known: {', '.join(FPFH_EXTRAS)}")
-        self.out_dim = 33 * len(self.radii) + sum(FPFH_EXTRAS[e] for e in self.extras)
+        self.out_dim = 33 * len(self.radii) + fpfh_extras_width(self.extras)
 
     def extract(self, xyz: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         pts, pix = _valid_points(xyz, valid, min_points=8)

@@ -101,6 +101,14 @@ class ColorTextureFeatures(torch.nn.Module):
 FPFH_EXTRAS = {"normal": 3, "curvature": 1}
 
 
+def fpfh_extras_width(extras: tuple[str, ...]) -> int:
+    """Channels ``extras`` append; an unknown name is an error."""
+    unknown = sorted(set(extras) - set(FPFH_EXTRAS))
+    if unknown:
+        raise CmdrError(f"unknown FPFH extra(s) {', '.join(unknown)}; known: {', '.join(FPFH_EXTRAS)}")
+    return sum(FPFH_EXTRAS[e] for e in extras)
+
+
 def fpfh_features(points: np.ndarray, radii: tuple[float, ...] = (4.0, 8.0), normal_radius: float = 3.0,
                   max_nn: int = 100, viewpoint: tuple[float, float, float] = (0.0, 0.0, 0.0),
                   extras: tuple[str, ...] = ()) -> np.ndarray:
@@ -114,9 +122,7 @@ def fpfh_features(points: np.ndarray, radii: tuple[float, ...] = (4.0, 8.0), nor
     """
     import open3d as o3d  # deferred: a heavy import, only needed by this backbone
 
-    unknown = sorted(set(extras) - set(FPFH_EXTRAS))
-    if unknown:
-        raise CmdrError(f"unknown FPFH extra(s) {', '.join(unknown)}; known: {', '.join(FPFH_EXTRAS)}")
+    fpfh_extras_width(extras)
     if len(points) < 8:
         raise CmdrError(f"FPFH needs at least 8 valid points, got {len(points)}")
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(points, dtype=np.float64)))
