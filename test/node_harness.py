@@ -7,7 +7,6 @@ diagnostics report with a value), with generous time-outs that only bound a fail
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from cmdr_ros.ros.conversions import array_to_image  # noqa: E402
+from domains import new_domain  # noqa: E402,F401 - the tests import it from here
 from cmdr_ros.ros.topics import DIAGNOSTICS, OUTPUT_TYPES, output_topic  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +39,6 @@ NODE_START_S = 120.0
 RESULT_S = 60.0
 DEEP = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)  # nothing a test sends or records is overwritten
 NS = 1_000_000_000
-
-
-def new_domain() -> int:
-    """A random ROS domain for one test module (1..101 keeps clear of ephemeral ports)."""
-    return random.SystemRandom().randint(1, 101)
 
 
 def stamp_ns(stamp: Any) -> int:

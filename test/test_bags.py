@@ -3,7 +3,6 @@ import csv
 import json
 import os
 import math
-import random
 import signal
 import subprocess
 import sys
@@ -14,6 +13,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+from domains import new_domain
 import yaml
 
 from cmdr_ros import CmdrError
@@ -41,7 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def ros_domain() -> str:
     """This module's DDS domain: localhost only, random 1..101 unless the run set one."""
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 101)))
+    os.environ.setdefault("ROS_DOMAIN_ID", str(new_domain()))
     return os.environ["ROS_DOMAIN_ID"]
 
 

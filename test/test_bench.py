@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 from cmdr_ros.cli.main import main
 from cmdr_ros.config import preset
 from cmdr_ros.ros.bench_judge import STAGES, build_detector
+from domains import new_domain
 
 
 def _json(capsys, argv: list[str]) -> dict:
@@ -70,7 +70,7 @@ def test_bench_refuses_bad_sizes(capsys):
 
 
 def test_bench_node_answers_every_part(capsys, monkeypatch):
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 101)))  # this test's own domain
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(new_domain()))  # this test's own domain
     r = _json(capsys, ["bench", "node", "--rate", "2", "--seconds", "5", "--size", "64", "--device", "cpu", "--json"])
     assert r["published"] == 10 and r["results"] == 10 and r["missing"] == 0
     assert r["judged"] + sum(r["not_judged"].values()) == 10
@@ -87,7 +87,7 @@ def test_bench_node_plays_recorded_frames(capsys, monkeypatch, tmp_path):
 
     data = generate_dataset(tmp_path / "cell", "block", n_train=0, n_val=0, n_test_good=2, n_test_per_defect=0,
                             cfg=CellConfig(image_size=72))
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 101)))
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(new_domain()))
     r = _json(capsys, ["bench", "node", "--data", str(data), "--rate", "4", "--seconds", "1", "--size", "64",
                        "--device", "cpu", "--no-outputs", "--json"])
     assert r["source"] == f"{data} (2 frames of 72x72)" and r["outputs_received"] is None

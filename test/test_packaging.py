@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import configparser
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -24,6 +23,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from domains import new_domain
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS_SUBSET = REPO / "test" / "rosdep_keys_subset.txt"
@@ -337,7 +338,7 @@ def _installed_env(workspace: dict) -> dict:
     assert len(inits) == 1, f"the installed package: {inits}"
     env = dict(workspace["env"])
     env.update(PYTHONPATH=str(inits[0].parents[1]), AMENT_PREFIX_PATH=str(workspace["install"]),
-               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(random.SystemRandom().randint(1, 101)),
+               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(new_domain()),
                ROS_LOG_DIR=str(workspace["ws"] / "ros_log"), ROS_HOME=str(workspace["ws"] / "ros_home"))
     return env
 
