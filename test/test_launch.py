@@ -179,17 +179,19 @@ def test_params_file_matches_node_parameters():
         assert value == default, f"{name}: yaml {value!r} != node default {default!r}"
 
 
-def test_readme_tables_are_generated_from_the_code():
-    """The parameter and ~/result tables of the README are exactly what the declarations generate."""
+def test_documented_tables_are_generated_from_the_code():
+    """The parameter and ~/result tables of docs/node.md and the audit table are exactly what the declarations
+    generate."""
     pytest.importorskip("rclpy")
     from cmdr_ros.ros.outputs import result_schema_markdown
     from cmdr_ros.ros.parameters import markdown_table
 
-    readme = (REPO / "README.md").read_text()
-    assert markdown_table() in readme, "README parameter table is stale: paste markdown_table()"
-    assert result_schema_markdown() in readme, "README ~/result table is stale: paste result_schema_markdown()"
+    node_page = (REPO / "docs" / "node.md").read_text()
+    assert markdown_table() in node_page, "docs/node.md parameter table is stale: paste markdown_table()"
+    assert result_schema_markdown() in node_page, "docs/node.md ~/result table is stale: paste result_schema_markdown()"
     from cmdr_ros.audit.schema import markdown_table as audit_table
 
+    readme = (REPO / "README.md").read_text()
     assert audit_table() in readme, "README audit table is stale: paste cmdr_ros.audit.schema.markdown_table()"
 
 
