@@ -1,4 +1,4 @@
-"""Model configuration and the two presets (``paper`` and ``lite``).
+"""Model configuration and the presets (``paper``, ``lite``, and the 3D-only scan presets ``paper3d``, ``lite3d``).
 
 A config is plain data: it round-trips through ``to_dict``/``from_dict`` so that a checkpoint carries the
 exact configuration it was trained with (and YAML files can override any field).

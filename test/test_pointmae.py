@@ -22,7 +22,7 @@ def fps_reference(xyz: np.ndarray, npoint: int, start: int = 0) -> np.ndarray:
         best, besti = np.float32(-1), 0
         for k in range(n):
             x, y, z = xyz[k]
-            if x * x + y * y + z * z <= 1e-8:
+            if x * x + y * y + z * z <= 1e-3:
                 continue
             d = np.float32((x - xyz[old, 0]) ** 2) + np.float32((y - xyz[old, 1]) ** 2) \
                 + np.float32((z - xyz[old, 2]) ** 2)
@@ -50,6 +50,10 @@ def test_fps_ties_origin_and_too_few_points():
     # (index 3, padding in the kernel's convention) is never chosen although it is far away
     xyz = torch.tensor([[[1.0, 1, 1], [3, 1, 1], [-1, 1, 1], [0, 0, 0]]])
     assert farthest_point_sample(xyz, 3)[0].tolist() == [0, 1, 2]
+    # the kernel skips every point within sqrt(1e-3) of the origin, not only the origin itself
+    near = torch.tensor([[[1.0, 1, 1], [0.02, 0.02, 0.0], [-1, 1, 1], [0.1, 0.1, 0.1]]])
+    assert farthest_point_sample(near, 3)[0].tolist() == [0, 2, 3]
+    np.testing.assert_array_equal(farthest_point_sample(near, 3)[0].numpy(), fps_reference(near[0].numpy(), 3))
     # asking for more centres than points: all points first, then the lowest index repeats
     assert farthest_point_sample(xyz, 6)[0].tolist() == [0, 1, 2, 0, 0, 0]
     np.testing.assert_array_equal(farthest_point_sample(xyz, 6)[0].numpy(), fps_reference(xyz[0].numpy(), 6))

@@ -1,1 +1,2 @@
-"""The ``cmdr`` command-line verbs (no ROS imports, except `cmdr node` and `cmdr bag` which load them lazily)."""
+"""The ``cmdr`` command-line verbs. Importing them imports nothing of ROS: the verbs that speak ROS (`cmdr node`,
+`cmdr bag`, `cmdr bench node`, `cmdr demo`) import rclpy when they run."""

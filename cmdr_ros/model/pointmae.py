@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 #: pointnet2's FPS kernel ignores points whose squared norm is at most this (zero padding).
-_FPS_ORIGIN_EPS = 1e-8
+_FPS_ORIGIN_EPS = 1e-3  # pointnet2's kernel: `if (mag <= 1e-3) continue;`
 #: default budget for one chunk of a query-by-reference distance matrix (elements, ~64 MB in float32).
 _CHUNK_ELEMS = 1 << 24
 
@@ -28,8 +28,8 @@ def farthest_point_sample(xyz: torch.Tensor, npoint: int, start_idx: int = 0) ->
     Same result as pointnet2's CUDA ``furthest_point_sample`` used by Point-MAE and M3DM: start at
     ``start_idx``; each next index is the point whose squared distance to the selected set (the minimum
     over selected points, computed as dx*dx + dy*dy + dz*dz in the input dtype) is largest, ties going
-    to the lowest index; points at the origin (squared norm <= 1e-8, the kernel's padding convention)
-    are never picked after the start. One loop over ``npoint``, vectorised over B and N.
+    to the lowest index; points near the origin (squared norm <= 1e-3, the kernel's own test: a ball of radius 0.032
+    around the origin, i.e. around the centre of a normalised cloud) are never picked after the start. One loop over ``npoint``, vectorised over B and N.
 
     If fewer than ``npoint`` distinct points exist (N < npoint), every remaining distance is 0 once all
     are selected and the sampler keeps returning the lowest-index point, so the output keeps its fixed
