@@ -74,25 +74,14 @@ class Spool:
         """Commit ``rows`` (in this order, after every row already spooled); their spool ids."""
         key, now = target_key(target), time.time()
 
-        def step(conn: sqlite3.Connection) -> list[int]:
-            cur = conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                ids = []
-                for row in rows:
-                    cur.execute("INSERT INTO spool (target, spooled_at, row) VALUES (?, ?, ?)",
-                                (key, now, json.dumps(row)))
-                    ids.append(cur.lastrowid)
-                cur.execute("COMMIT")
-            except BaseException:
-                try:
-                    cur.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise
+        def step(cur: sqlite3.Cursor) -> list[int]:
+            ids = []
+            for row in rows:
+                cur.execute("INSERT INTO spool (target, spooled_at, row) VALUES (?, ?, ?)", (key, now, json.dumps(row)))
+                ids.append(cur.lastrowid)
             return ids
 
-        return self._do("spooling a row", step)
+        return self._do("spooling a row", lambda conn: _transaction(conn, step))
 
     def peek(self, target: str, limit: int) -> list[tuple[int, dict[str, Any]]]:
         """The oldest ``limit`` rows spooled for ``target``: (spool id, row), oldest first."""
@@ -103,8 +92,8 @@ class Spool:
     def delete(self, ids: Sequence[int]) -> None:
         """Forget rows the database has committed."""
         if ids:
-            self._do("deleting drained rows", lambda conn: conn.executemany(
-                "DELETE FROM spool WHERE id = ?", [(i,) for i in ids]))
+            self._do("deleting drained rows", lambda conn: _transaction(conn, lambda cur: cur.executemany(
+                "DELETE FROM spool WHERE id = ?", [(i,) for i in ids])))
 
     def count(self, target: str | None = None) -> int:
         """Rows spooled for ``target`` (None: for every database)."""
@@ -125,3 +114,19 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._close_locked()
+
+
+def _transaction(conn: sqlite3.Connection, step: Any) -> Any:
+    """``step(cursor)`` in one transaction (one sync to disk), rolled back when it fails."""
+    cur = conn.cursor()
+    cur.execute("BEGIN IMMEDIATE")
+    try:
+        out = step(cur)
+        cur.execute("COMMIT")
+    except BaseException:
+        try:
+            cur.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise
+    return out
