@@ -276,3 +276,50 @@ def test_spool_cost_and_drain_rate_are_reported(backend, tmp_path, request):
     print(f"\n{backend}: record() spooling a row, {len(ms)} rows: p50 {np.percentile(ms, 50):.2f} ms, "
           f"p99 {np.percentile(ms, 99):.2f} ms; drain of 3000 rows: {rate:.0f} rows/s")
     assert [r["seq"] for r in stored(target)] == list(range(1, 3001))
+
+
+def test_the_spool_parameter_takes_a_file_path_only():
+    from cmdr_ros.ros.parameters import PARAMETERS, check
+
+    assert PARAMETERS["audit.spool"][0] == ""
+    assert check("audit.spool", "/var/log/cmdr/spool.db") is None and check("audit.spool", "") is None
+    assert "file path" in check("audit.spool", "postgresql://db/spool")
+
+
+def test_decision_wait_during_a_postgres_outage_is_reported(tmp_path):
+    """What record() costs a decision (the wait before it is published) with the server up, at the first decision of
+    an outage and through it (a real server stopped), then the drain when it is back (printed with -s, quoted in
+    docs/audit.md; asserted: only that every row lands once, in order)."""
+    import numpy as np
+
+    from pg_server import PostgresServer, why_unavailable
+
+    if why_unavailable():
+        pytest.skip(why_unavailable())
+    server = PostgresServer(tmp_path / "pg").start()
+    try:
+        url = server.url()
+        store = AuditStore(url, timeout_s=0.5, retry_s=1.0, spool=Spool(str(tmp_path / "spool.db")))
+
+        def waits(seqs) -> list[float]:
+            out = []
+            for seq in seqs:
+                t0 = time.perf_counter()
+                store.record(row(seq))
+                out.append(1e3 * (time.perf_counter() - t0))
+            return out
+
+        normal = waits(range(1, 201))
+        server.stop_now()
+        outage = waits(range(201, 401))
+        assert store.health()["spooled"] >= 199
+        server.start_again()
+        wait_until(lambda: store.health()["backlog"] == 0, "the spool drained", timeout=60)
+        assert store.close() == 0
+        assert [r["seq"] for r in stored(url)] == list(range(1, 401))
+        n, o = np.array(normal[20:]), np.array(outage[1:])
+        print(f"\npostgresql record(): server up p50 {np.percentile(n, 50):.2f} ms, p99 {np.percentile(n, 99):.2f} ms;"
+              f" first decision of the outage {outage[0]:.1f} ms; outage (spooled) p50 {np.percentile(o, 50):.2f} ms,"
+              f" p99 {np.percentile(o, 99):.2f} ms")
+    finally:
+        server.stop()
