@@ -49,6 +49,19 @@ def send(ros, image, n: int) -> list[dict[str, str]]:
     return [ros.result(s) for s in stamps]
 
 
+def send_one_by_one(ros, image, n: int) -> tuple[list[dict[str, str]], list[float]]:
+    """Publish ``n`` parts, each after the previous one's result arrived; the results and each part's round trip
+    (publish to result, ms: printed, never asserted)."""
+    results, ms = [], []
+    for _ in range(n):
+        image.header.stamp = ros.next_stamp()
+        t0 = time.perf_counter()
+        ros.image_pub.publish(image)
+        results.append(ros.result(image.header.stamp))
+        ms.append(1e3 * (time.perf_counter() - t0))
+    return results, ms
+
+
 def recovered(v: dict[str, str], written: int) -> bool:
     return v["healthy"] == "true" and v["backlog"] == "0" and int(v["written"]) >= written
 
@@ -283,12 +296,12 @@ def test_sigkill_during_a_postgres_outage_every_published_decision_lands_once(ro
         params = {"checkpoint": model_2d["checkpoint"], "audit.database": url, "audit.spool": spool,
                   "audit.timeout": 0.3}
         with node_running(ros, tmp_path / "node1", params, (ros.image_pub,)) as node:
-            before = send(ros, image, 2)
+            before, normal_ms = send_one_by_one(ros, image, 3)
             check_audit_has(url, before)
             server.stop_now()
             spooled = ros.hooks["result"] = SpooledBeforePublish(spool, url)
             try:
-                during = send(ros, image, 4)
+                during, outage_ms = send_one_by_one(ros, image, 4)
             finally:
                 del ros.hooks["result"]
             h = audit_status(ros, lambda v: int(v["spool_backlog"]) >= 4, "the outage's rows in the spool")
@@ -300,19 +313,21 @@ def test_sigkill_during_a_postgres_outage_every_published_decision_lands_once(ro
         with node_running(ros, tmp_path / "node2", params, (ros.image_pub,)) as node:
             h = audit_status(ros, lambda v: int(v["drained"]) >= 4 and v["backlog"] == "0", "the spool drained")
             after = send(ros, image, 1)
-            audit_status(ros, lambda v: recovered(v, 5), "the new decision written")
+            audit_status(ros, lambda v: recovered(v, 5), "the new decision written")  # 4 drained + 1
             assert node.proc.poll() is None, node.logs()
         rows = audit_rows(url)
-        assert len({(r["run_id"], r["seq"]) for r in rows}) == len(rows) == 7, rows
+        assert len({(r["run_id"], r["seq"]) for r in rows}) == len(rows) == 8, rows
         for v in before + during + after:
             mine = [r for r in rows if r["stamp"] == v["stamp"]]
             assert len(mine) == 1, (v, mine)
             assert {k: mine[0].get(k) for k in ("seq", "decision", "judged")} == \
                 {k: v[k] for k in ("seq", "decision", "judged")}
         first_run = [r for r in rows if r["stamp"] != after[0]["stamp"]]
-        assert [r["seq"] for r in first_run] == [str(i) for i in range(1, 7)]  # in order
+        assert [r["seq"] for r in first_run] == [str(i) for i in range(1, 8)]  # in order
         assert len({r["run_id"] for r in first_run}) == 1
         assert Spool(spool).count() == 0
-        print(f"\npostgresql outage + SIGKILL: {len(during)} decisions spooled, drained at restart: {h['drained']}")
+        print(f"\npostgresql outage + SIGKILL: {len(during)} decisions spooled, drained at restart: {h['drained']}; "
+              f"publish -> result round trip, server up: {', '.join(f'{x:.0f}' for x in normal_ms)} ms; "
+              f"outage: {', '.join(f'{x:.0f}' for x in outage_ms)} ms")
     finally:
         server.stop()

@@ -124,14 +124,16 @@ class AuditStore:
         self.spool_error = ""
         self._cv.notify_all()
 
-    def _count_spool(self) -> None:
-        """Count the rows spooled for this store (under ``_cv``, or before the writer starts)."""
+    def _count_spool(self) -> str | None:
+        """Count the rows spooled for this store (under ``_cv``, or before the writer starts); the error, or None."""
         try:
             self._spool_backlog = self._spool.count(self.target)
         except AuditError as e:
             self.counts["spool_failures"] += 1
             self.spool_error = str(e)
             self._fault(str(e))
+            return str(e)
+        return None
 
     # ------------------------------------------------------------------ the writer thread
     def _run(self) -> None:
@@ -192,8 +194,7 @@ class AuditStore:
             return str(e), self._spool_backlog
         if not got:  # drained by another node sharing the spool file (or counted wrong): count again
             with self._cv:
-                self._count_spool()
-            return None, 0
+                return self._count_spool(), 0
         error = self._write([row for _, row in got])
         if error is not None:
             return error, self._spool_backlog
