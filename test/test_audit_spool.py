@@ -82,7 +82,7 @@ def test_a_row_spooled_while_its_write_is_in_flight_ends_in_the_store_once(tmp_p
     """The write of a row hangs past audit.timeout: record() spools it and returns; the write then succeeds, and the
     row leaves the spool again instead of being drained a second time."""
     db, spool_path = str(tmp_path / "a.db"), str(tmp_path / "spool.db")
-    gate = threading.Event()
+    gate, writing = threading.Event(), threading.Event()
 
     class Slow:
         def __init__(self, backend):
@@ -92,12 +92,18 @@ def test_a_row_spooled_while_its_write_is_in_flight_ends_in_the_store_once(tmp_p
             return getattr(self.backend, name)
 
         def insert(self, rows):
+            writing.set()
             gate.wait(60)
             self.backend.insert(rows)
 
     store = AuditStore(db, timeout_s=0.2, opener=lambda target: Slow(open_backend(target)), spool=Spool(spool_path))
     try:
-        assert store.record(row(1)) is False  # late: spooled while its write hangs
+        first = []
+        caller = threading.Thread(target=lambda: first.append(store.record(row(1))))
+        caller.start()
+        assert writing.wait(30)  # row 1's write is in flight (and hangs) while record() waits for its commit
+        caller.join(30)
+        assert first == [False]  # late: spooled while its write hangs
         assert store.record(row(2)) is False  # behind a spooled row: spooled at once
         assert spooled_seqs(spool_path, db) == [1, 2]
         h = store.health()
