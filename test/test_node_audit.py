@@ -22,6 +22,7 @@ from std_msgs.msg import Header
 from cmdr_ros.ros.conversions import array_to_image
 from node_harness import (CommitBeforePublish, audit_rows, cell_frame, check_audit_has, start_node, train_cell_model,
                           values_of)
+from cmdr_ros.audit.spool import Spool
 
 pytestmark = pytest.mark.slow
 node_running = contextlib.contextmanager(start_node)
@@ -46,6 +47,19 @@ def send(ros, image, n: int) -> list[dict[str, str]]:
         stamps.append(image.header.stamp)
         ros.image_pub.publish(image)
     return [ros.result(s) for s in stamps]
+
+
+def send_one_by_one(ros, image, n: int) -> tuple[list[dict[str, str]], list[float]]:
+    """Publish ``n`` parts, each after the previous one's result arrived; the results and each part's round trip
+    (publish to result, ms: printed, never asserted)."""
+    results, ms = [], []
+    for _ in range(n):
+        image.header.stamp = ros.next_stamp()
+        t0 = time.perf_counter()
+        ros.image_pub.publish(image)
+        results.append(ros.result(image.header.stamp))
+        ms.append(1e3 * (time.perf_counter() - t0))
+    return results, ms
 
 
 def recovered(v: dict[str, str], written: int) -> bool:
@@ -155,8 +169,11 @@ def test_store_that_cannot_open_is_reported_and_decisions_go_on(ros, model_2d, i
         assert [v["judged"] for v in results] == ["true", "true"]
         h = audit_status(ros, lambda v: int(v["backlog"]) >= 2, "two rows queued")
         assert h["_level"] == DiagnosticStatus.WARN and "not_a_dir" in h["last_error"], h
+        assert int(h["spool_backlog"]) >= 2 and h["spool"] == str(tmp_path / "node" / "ros_log" /
+                                                                  "cmdr_audit_spool.db"), h  # the default spool
         assert node.proc.poll() is None, node.logs()
-    assert "audit store closed" in node.stderr() and "NOT written" in node.stderr(), node.logs()
+    assert "audit store closed" in node.stderr() and "in the spool" in node.stderr(), node.logs()
+    assert "NOT written" not in node.stderr(), node.logs()  # durable in the spool, not lost
 
 
 def test_two_nodes_write_to_one_postgres_database(ros, model_2d, image, tmp_path, postgres_url):
@@ -239,5 +256,78 @@ def test_postgres_server_down_and_back_under_the_node(ros, model_2d, image, tmp_
             check_audit_has(url, published)
             assert node.proc.poll() is None, node.logs()
         print(f"\npostgresql down: {h['last_error']}")
+    finally:
+        server.stop()
+
+
+class SpooledBeforePublish:
+    """A ``RosSide`` hook on ~/result during an outage: at the moment a decision arrives, its row must be in the spool
+    file (read by a connection of its own) or already in the database."""
+
+    def __init__(self, spool: str, target: str) -> None:
+        self.spool, self.target, self.checked, self.missing = spool, target, 0, []
+
+    def __call__(self, msg: Any) -> None:
+        v = values_of(msg)
+        spool = Spool(self.spool)
+        try:
+            rows = [r for _, r in spool.peek(self.target, 100_000)]
+        finally:
+            spool.close()
+        self.checked += 1
+        if not any(r["seq"] == int(v["seq"]) and r["stamp"] == v["stamp"] for r in rows):
+            self.missing.append((v["seq"], v["stamp"]))
+
+
+def test_sigkill_during_a_postgres_outage_every_published_decision_lands_once(ros, model_2d, image, tmp_path):
+    """The issue's test: the server stops, decisions go on being published (their rows spooled first), the node is
+    killed (SIGKILL) during the outage, the server comes back, the node is restarted: every decision the test received
+    is in PostgreSQL exactly once."""
+    from pg_server import PostgresServer, why_unavailable
+
+    if why_unavailable():
+        pytest.skip(why_unavailable())
+    server = PostgresServer(tmp_path / "pg").start()
+    spool = str(tmp_path / "spool" / "cmdr_audit_spool.db")
+    for d in ("node1", "node2"):
+        (tmp_path / d).mkdir()
+    try:
+        url = server.url()
+        params = {"checkpoint": model_2d["checkpoint"], "audit.database": url, "audit.spool": spool,
+                  "audit.timeout": 0.3}
+        with node_running(ros, tmp_path / "node1", params, (ros.image_pub,)) as node:
+            before, normal_ms = send_one_by_one(ros, image, 3)
+            check_audit_has(url, before)
+            server.stop_now()
+            spooled = ros.hooks["result"] = SpooledBeforePublish(spool, url)
+            try:
+                during, outage_ms = send_one_by_one(ros, image, 4)
+            finally:
+                del ros.hooks["result"]
+            h = audit_status(ros, lambda v: int(v["spool_backlog"]) >= 4, "the outage's rows in the spool")
+            node.proc.kill()  # SIGKILL: no shutdown, nothing flushed
+            node.proc.wait(timeout=30)
+        assert spooled.checked == 4 and not spooled.missing, spooled.missing
+        assert h["_level"] == DiagnosticStatus.WARN and h["healthy"] == "false", h
+        server.start_again()
+        with node_running(ros, tmp_path / "node2", params, (ros.image_pub,)) as node:
+            h = audit_status(ros, lambda v: int(v["drained"]) >= 4 and v["backlog"] == "0", "the spool drained")
+            after = send(ros, image, 1)
+            audit_status(ros, lambda v: recovered(v, 5), "the new decision written")  # 4 drained + 1
+            assert node.proc.poll() is None, node.logs()
+        rows = audit_rows(url)
+        assert len({(r["run_id"], r["seq"]) for r in rows}) == len(rows) == 8, rows
+        for v in before + during + after:
+            mine = [r for r in rows if r["stamp"] == v["stamp"]]
+            assert len(mine) == 1, (v, mine)
+            assert {k: mine[0].get(k) for k in ("seq", "decision", "judged")} == \
+                {k: v[k] for k in ("seq", "decision", "judged")}
+        first_run = [r for r in rows if r["stamp"] != after[0]["stamp"]]
+        assert [r["seq"] for r in first_run] == [str(i) for i in range(1, 8)]  # in order
+        assert len({r["run_id"] for r in first_run}) == 1
+        assert Spool(spool).count() == 0
+        print(f"\npostgresql outage + SIGKILL: {len(during)} decisions spooled, drained at restart: {h['drained']}; "
+              f"publish -> result round trip, server up: {', '.join(f'{x:.0f}' for x in normal_ms)} ms; "
+              f"outage: {', '.join(f'{x:.0f}' for x in outage_ms)} ms")
     finally:
         server.stop()

@@ -1,22 +1,25 @@
 """The inspection node's audit store: opened at configure, closed at cleanup (``cmdr_ros.audit.store.AuditStore``).
 
 A store that cannot be opened or written is a fault the node reports (log, ``/diagnostics``), never a reason to stop
-deciding. How each decision's row is recorded before it is published: ``decisions.DecisionOutbox``.
+deciding. How each decision's row is recorded before it is published: ``decisions.DecisionOutbox``. A row the store
+cannot commit within ``audit.timeout`` is committed to the durable spool (``audit.spool``, ``cmdr_ros.audit.spool``)
+first, and written to the store when it is back, also by the next start of a node that was killed meanwhile.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from cmdr_ros.audit.spool import SPOOL_FILE, Spool
 from cmdr_ros.audit.store import AuditStore
 
 
-def audit_default_path() -> str:
-    """``cmdr_audit.db`` in the ROS log directory (ROS_LOG_DIR, else ROS_HOME/log, else ~/.ros/log)."""
+def audit_default_path(name: str = "cmdr_audit.db") -> str:
+    """``name`` in the ROS log directory (ROS_LOG_DIR, else ROS_HOME/log, else ~/.ros/log)."""
     from pathlib import Path
 
     from rclpy.logging import get_logging_directory
 
-    return str(Path(get_logging_directory()) / "cmdr_audit.db")
+    return str(Path(get_logging_directory()) / name)
 
 
 def open_audit(values: Mapping[str, Any], logger: Any, warn: Callable[..., None]) -> AuditStore | None:
@@ -33,9 +36,10 @@ def open_audit(values: Mapping[str, Any], logger: Any, warn: Callable[..., None]
             warn("audit", msg, "error")
 
     target = values["audit.database"] or audit_default_path()
+    spool = Spool(values["audit.spool"] or audit_default_path(SPOOL_FILE))
     audit = AuditStore(target, timeout_s=float(values["audit.timeout"]), max_backlog=int(values["audit.max_backlog"]),
-                       on_fault=on_fault)
-    logger.info(f"audit store: {audit.health()['target']}")
+                       on_fault=on_fault, spool=spool)
+    logger.info(f"audit store: {audit.health()['target']} (spool: {spool.path})")
     return audit
 
 
@@ -45,4 +49,6 @@ def close_audit(audit: AuditStore | None, logger: Any) -> None:
         lost = audit.close(5.0)
         h = audit.health()
         logger.info(f"audit store closed: {h['written']} decision(s) written"
+                    + (f", {h['spool_backlog']} in the spool {h['spool']} (written at the next start)"
+                       if h["spool_backlog"] else "")
                     + (f", {lost} NOT written ({h['last_error']})" if lost else ""))

@@ -184,11 +184,16 @@ def audit_status(health: Mapping[str, Any] | None, *, enabled: bool, name: str, 
     if h["dropped"]:
         level, text = DiagnosticStatus.ERROR, f"{h['dropped']} decision(s) not recorded (backlog full or closed)"
     elif not h["healthy"]:
-        level, text = DiagnosticStatus.WARN, f"failing, {h['backlog']} row(s) queued: {h['last_error']}"
+        spooled = f" ({h['spool_backlog']} in the spool)" if h.get("spool_backlog") else ""
+        level, text = DiagnosticStatus.WARN, f"failing, {h['backlog']} row(s) queued{spooled}: {h['last_error']}"
     else:
         level, text = DiagnosticStatus.OK, f"{h['written']} decision(s) recorded"
     values = {"database": h["target"], "written": h["written"], "backlog": h["backlog"],
               "failures": h["failures"], "dropped": h["dropped"], "late": h["late"], "deferred": h["deferred"],
               "reopened": h["reopened"], "healthy": str(h["healthy"]).lower(),
               "last_write_ms": f"{h['last_write_ms']:.2f}", "last_error": h["last_error"][:200]}
+    if "spool" in h:  # the durable spool (audit.spool): rows committed there while the database could not take them
+        values.update({"spool": h["spool"], "spooled": h["spooled"], "drained": h["drained"],
+                       "spool_backlog": h["spool_backlog"], "spool_failures": h["spool_failures"],
+                       "last_spool_ms": f"{h['last_spool_ms']:.2f}", "spool_error": h["spool_error"][:200]})
     return DiagnosticStatus(level=level, name=name, message=text[:300], hardware_id=hw_id, values=_key_values(values))

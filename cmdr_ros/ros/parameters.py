@@ -95,12 +95,15 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
                       (0.0, 10.0)),
     "audit.max_backlog": (100000, "rows kept queued while the store fails; beyond it new rows are dropped and "
                                   "counted", (1, 10_000_000)),
+    "audit.spool": ("", "SQLite file holding the rows the store could not commit within audit.timeout, committed "
+                        "before their decisions are published and written to the store when it is back (also after "
+                        "a restart); empty: cmdr_audit_spool.db in the ROS log directory", None),
 }
 # take effect at the next configure
 READ_ONLY = {"checkpoint", "mode", "device", "weights_2d", "weights_3d", "input.reliability", "input.depth",
              "sync.queue_size", "sync.slop", "input.image_transport", "input.cloud", "output.heatmap", "output.anomaly_map", "output.anomaly_cloud", "use_tf",
              "warmup", "diagnostics_period", "autostart", "audit.enabled", "audit.database", "audit.timeout",
-             "audit.max_backlog"}
+             "audit.max_backlog", "audit.spool"}
 
 
 def coerce(name: str, value: Any) -> Any:
@@ -237,6 +240,8 @@ def check(name: str, value: Any) -> str | None:
         return f"device must be auto, cpu, cuda, cuda:N or onnx, got {value!r}"
     if name == "audit.database" and "://" in value and not value.startswith(("postgresql://", "postgres://")):
         return f"audit.database must be a file path or a postgresql:// URL, got {value!r}"
+    if name == "audit.spool" and "://" in value:
+        return f"audit.spool must be a file path (a local SQLite file), got {value!r}"
     return None
 
 
