@@ -165,7 +165,7 @@ class DecisionEngine:
         values = result_values(part.header, verdict, frame, seq=seq, mode=outlet.mode, model_id=outlet.model_id,
                                inputs=part.inputs, latency_ms=latency_ms, frame_ids=part.frame_ids,
                                extra={"part_id": part_id} if part_id is not None else None)
-        if outlet.audit is not None:  # committed before it is published (unless the store is failing or slow)
+        if outlet.audit is not None:  # committed before it is published (or spooled when the store is failing or slow)
             outlet.audit.record(row_from_result(values, node=outlet.node, run_id=outlet.run_id,
                                                 decided_at=time.time()))
         for key, msg in decision_messages(part.header, verdict, values, maps).items():
