@@ -141,8 +141,10 @@ def test_status_ok_with_the_counters_and_the_model():
     assert level == DiagnosticStatus.OK and message == "active: 5 decisions, 5 judged, 0 not judged"
     assert list(v) == ["state", "decisions", "seq", "judged", "rejects", "not_judged", "late_results", "stuck",
                        "stuck_events", "waiting", "pending_sync", "unsent", "unsent_s", "rate_hz", "latency_p50_ms", "latency_p95_ms",
-                       "qos_incompatible", "input_idle_s", "mode", "decision_topic", "threshold", "model_id", "device"]
-    assert v["decision_topic"] == ("vision_msgs/Classification" if TYPED_AVAILABLE else "off: vision_msgs is not installed")
+                       "qos_incompatible", "input_idle_s", "mode", "decision_topic", "threshold", "model_id",
+                       "device"]
+    assert v["decision_topic"] == ("vision_msgs/Classification" if TYPED_AVAILABLE
+                                   else "off: vision_msgs is not installed")
     assert v["state"] == "active" and v["decisions"] == "5" and v["stuck"] == "0" and v["rate_hz"] == "2.00"
     assert v["latency_p95_ms"] == "20.2" and v["input_idle_s"] == "0.5" and v["threshold"] == "1.500000"
     assert (v["model_id"], v["device"], v["mode"]) == ("abc123", "cpu", "rgbd")

@@ -6,8 +6,9 @@ vision_msgs is not on PyPI; its rosdep key brings it in a ROS install. In a venv
 site-packages, the C typesupport libraries into ``<venv>/lib`` (on the library path of every venv process: the
 wheels' bootstrapper puts it there), the ament index and CMake files into ``<venv>/share``.
 
-``make setup`` runs it only when ``import vision_msgs`` fails; run by hand: ``.venv/bin/python tools/build_vision_msgs.py``
-(``--force``: rebuild even when vision_msgs imports). Needs cmake and a C/C++ compiler.
+``make setup`` runs it only when ``import vision_msgs`` fails; by hand:
+``.venv/bin/python tools/build_vision_msgs.py`` (``--force``: rebuild even when vision_msgs imports). Needs cmake, a
+C/C++ compiler and the Python headers.
 """
 from __future__ import annotations
 
@@ -39,10 +40,9 @@ def fix_exported_include_dirs(prefix: Path) -> list[Path]:
     that built the wheels, and CMake refuses a target whose include directory does not exist)."""
     import numpy
 
-    here = {f"{BUILDER_PYTHON}/include/python{sys.version_info.major}.{sys.version_info.minor}":
-            sysconfig.get_paths()["include"],
-            f"{BUILDER_PYTHON}/lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages/numpy/_core/include":
-            numpy.get_include()}
+    py = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    here = {f"{BUILDER_PYTHON}/include/{py}": sysconfig.get_paths()["include"],
+            f"{BUILDER_PYTHON}/lib/{py}/site-packages/numpy/_core/include": numpy.get_include()}
     fixed = []
     for f in sorted((prefix / "share").glob("*/cmake/*.cmake")):
         text = f.read_text()
