@@ -259,3 +259,20 @@ def test_node_without_vision_msgs_runs_and_says_so(ros, cell_model, tmp_path, no
         assert "vision_msgs is not installed" in proc.stderr()
     finally:
         next(node, None)
+
+
+@needs_vision_msgs
+def test_the_controller_example_of_the_docs_acts_on_each_class(capsys):
+    """docs/controller_decisions.md's subscriber callback, run on the three classes (the spinning part left out)."""
+    page = (REPO / "docs" / "controller_decisions.md").read_text()
+    code = re.search(r"```python\n(.*?)```", page, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code.split("\nrclpy.init()")[0], "controller_decisions.md", "exec"), namespace)
+    h = Header()
+    h.stamp.sec, h.stamp.nanosec = 5, 7
+    for verdict in (Verdict(True, "reject", 1.0, score=2.0), Verdict(False, "pass", 1.0, kind="timeout"),
+                    Verdict(False, "skip", 1.0, kind="unmatched")):
+        namespace["on_decision"](td.classification(h, verdict))
+    assert capsys.readouterr().out.splitlines() == [
+        "part 5.000000007: reject (score 2.000)", "part 5.000000007: pass",
+        "part 5.000000007: no decision, divert to manual inspection"]
