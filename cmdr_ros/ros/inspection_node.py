@@ -392,7 +392,7 @@ class InspectionNode(LifecycleNode):
         acknowledged. Returns how many were settled."""
         n = self._engine.settle_all(kind, reason)
         if n:
-            wait_acked([self._pubs[k] for k in ("result", "reject") if k in self._pubs], 2.0)
+            wait_acked([self._pubs[k] for k in ("result", "decision", "reject") if k in self._pubs], 2.0)
         return n
 
     # ---------------------------------------------------------------- diagnostics
