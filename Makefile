@@ -20,6 +20,7 @@ $(STAMP): requirements.txt requirements-ros.txt requirements-test.txt setup.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-ros.txt -r requirements-test.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -c 'import vision_msgs.msg' 2>/dev/null || $(PY) tools/build_vision_msgs.py  # not on PyPI: built here
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -28,6 +28,7 @@ from cmdr_ros.ros.bags import (METADATA_VERSION, BagWriter, bag_from_dataset, ev
 from cmdr_ros.ros.conversions import (array_to_image, camera_info_to_dict, image_to_array, image_to_rgb,
                                       make_header, pointcloud2_fields, pointcloud2_to_xyz, xyz_to_pointcloud2)
 from cmdr_ros.ros.topics import RECORDED
+from cmdr_ros.ros.typed_decision import AVAILABLE as TYPED_AVAILABLE
 
 NS = 1_000_000_000
 START = 1_700_000_000 * NS
@@ -427,9 +428,14 @@ def test_eval_bag_matches_cmdr_eval_on_synthetic(synthetic_dir, untrained_rgbd, 
     for topic, t, msg in read_messages(tmp_path / "bag_eval" / "results_bag"):
         results.setdefault(topic, []).append((t, msg))
     stamps = [START + i * NS // 4 for i in range(3)]
+    typed = ("/cmdr_inspection/decision",) if TYPED_AVAILABLE else ()  # where vision_msgs is installed
     assert {k: [t for t, _ in v] for k, v in results.items()} == {k: stamps for k in
                                                                  ("/cmdr_inspection/score", "/cmdr_inspection/reject",
-                                                                  "/cmdr_inspection/result", "/cmdr_inspection/heatmap")}
+                                                                  "/cmdr_inspection/result", "/cmdr_inspection/heatmap",
+                                                                  *typed)}
+    for (_, d), r in zip(results.get("/cmdr_inspection/decision", []), rows):  # parity with the node's ~/decision
+        assert f"{d.header.stamp.sec}.{d.header.stamp.nanosec:09d}" == r["stamp"] and d.header.frame_id == "camera"
+        assert (d.results[0].class_id, d.results[0].score) == (r["decision"], pytest.approx(float(r["score"])))
     assert [m.data for _, m in results["/cmdr_inspection/score"]] == pytest.approx([float(r["score"]) for r in rows])
     assert [m.data for _, m in results["/cmdr_inspection/reject"]] == [bool(int(r["reject"])) for r in rows]
     _, diag = results["/cmdr_inspection/result"][1]
@@ -466,6 +472,11 @@ def test_eval_bag_reports_unjudged_frames_and_unmatched_inputs(synthetic_dir, un
     assert (lone["inputs"], lone["decision"]) == ("image", "reject") and lone["error"].startswith("unmatched")
     results = [(t, m) for t, _, m in read_messages(tmp_path / "out" / "results_bag", ["/cmdr_inspection/result"])]
     assert len(results) == 3 and [m.status[0].level for _, m in results[1:]] == [DiagnosticStatus.WARN] * 2
+    if TYPED_AVAILABLE:  # ~/decision: the action, NaN score for the parts not judged
+        typed = [m for _, _, m in read_messages(tmp_path / "out" / "results_bag", ["/cmdr_inspection/decision"])]
+        assert [m.results[0].class_id for m in typed] == ["pass", "reject", "reject"]
+        assert [math.isnan(m.results[0].score) for m in typed] == [False, True, True]
+        assert [m.header.stamp for m in typed] == [m.header.stamp for _, m in results]
     rep2 = eval_bag(bag, untrained_rgbd, tmp_path / "out", image_topic="/image", points_topic="/points",
                     write_images=False)  # the results bag of a previous run is replaced
     assert rep2["frames"] == 2

@@ -25,13 +25,13 @@ from node_harness import cell_camera_info, cell_frame, start_node, stamp_str, tr
 pytestmark = pytest.mark.slow
 
 # the ~/result keys a cell controller correlates on: changing them is a schema change (bump RESULT_SCHEMA_VERSION)
-SCHEMA_V4 = ["schema", "seq", "stamp", "decision", "judged", "score", "threshold", "error", "reason", "inputs",
-             "part_id", "latency_ms", "inference_ms", "valid_ratio", "coverage", "chunks", "alignment", "transform",
+SCHEMA_V5 = ["schema", "seq", "stamp", "decision", "class_id", "judged", "score", "threshold", "error", "reason",
+             "inputs", "part_id", "latency_ms", "inference_ms", "valid_ratio", "coverage", "chunks", "alignment", "transform",
              "mode", "model_id", "frame_id.image", "sample"]
 
 
 def test_result_schema_is_pinned():
-    assert RESULT_SCHEMA_VERSION == "4" and list(RESULT_KEYS) == SCHEMA_V4
+    assert RESULT_SCHEMA_VERSION == "5" and list(RESULT_KEYS) == SCHEMA_V5
 
 
 

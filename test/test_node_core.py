@@ -25,6 +25,7 @@ from cmdr_ros.ros.frames import Frame
 from cmdr_ros.ros.node_status import (DecisionStats, InputIdle, ThrottledLog, audit_status, faults, hardware_id,
                                       node_status, rate_and_latency, status_name)
 from cmdr_ros.ros.outputs import decision_messages, map_messages, result_values, wanted_outputs
+from cmdr_ros.ros.typed_decision import AVAILABLE as TYPED_AVAILABLE
 from cmdr_ros.ros.parameters import check_set, coerce_overrides, coerce_parameters, descriptor
 from cmdr_ros.ros.tf_source import NO_FALLBACK, tf_fallback, tf_lookup
 
@@ -140,7 +141,10 @@ def test_status_ok_with_the_counters_and_the_model():
     assert level == DiagnosticStatus.OK and message == "active: 5 decisions, 5 judged, 0 not judged"
     assert list(v) == ["state", "decisions", "seq", "judged", "rejects", "not_judged", "late_results", "stuck",
                        "stuck_events", "waiting", "pending_sync", "unsent", "unsent_s", "rate_hz", "latency_p50_ms", "latency_p95_ms",
-                       "qos_incompatible", "input_idle_s", "mode", "threshold", "model_id", "device"]
+                       "qos_incompatible", "input_idle_s", "mode", "decision_topic", "threshold", "model_id",
+                       "device"]
+    assert v["decision_topic"] == ("vision_msgs/Classification" if TYPED_AVAILABLE
+                                   else "off: vision_msgs is not installed")
     assert v["state"] == "active" and v["decisions"] == "5" and v["stuck"] == "0" and v["rate_hz"] == "2.00"
     assert v["latency_p95_ms"] == "20.2" and v["input_idle_s"] == "0.5" and v["threshold"] == "1.500000"
     assert (v["model_id"], v["device"], v["mode"]) == ("abc123", "cpu", "rgbd")
@@ -287,16 +291,17 @@ def test_which_messages_a_decision_turns_into():
     values = result_values(frame.header, verdict, frame, seq=7, mode="rgbd", model_id="m", inputs="image+points")
     maps = map_messages(verdict, frame, {"heatmap"})
     out = decision_messages(frame.header, verdict, values, maps)
-    assert list(out) == ["result", "reject", "score", "heatmap"]
+    typed = ["decision"] if TYPED_AVAILABLE else []  # ~/decision where vision_msgs is installed
+    assert list(out) == ["result", *typed, "reject", "score", "heatmap"]
     assert out["reject"] == Bool(data=True) and out["score"] == Float32(data=3.0)
     st = out["result"].status[0]
     assert st.level == DiagnosticStatus.OK and st.message == "REJECT" and out["result"].header.frame_id == "camera"
     assert {kv.key: kv.value for kv in st.values}["seq"] == "7"
     skip = Verdict(False, "skip", 1.0, kind="unmatched", reason="no points")
-    assert list(decision_messages(None, skip, {}, maps)) == ["result"]  # skip: no ~/reject, no maps
+    assert list(decision_messages(None, skip, {}, maps)) == ["result", *typed]  # skip: no ~/reject, no maps
     fail = Verdict(False, "reject", 1.0, kind="timeout", reason="too late")
     out = decision_messages(None, fail, {"seq": "8"})
-    assert list(out) == ["result", "reject"] and out["reject"].data is True
+    assert list(out) == ["result", *typed, "reject"] and out["reject"].data is True
     assert out["result"].status[0].level == DiagnosticStatus.WARN
 
 

@@ -38,6 +38,7 @@ from cmdr_ros import CmdrError
 from cmdr_ros.judge import Judge, JudgeSettings, NotJudgeable, is_reject
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
 from cmdr_ros.ros.parameters import check, defaults, read_params_file
+from cmdr_ros.ros.typed_decision import AVAILABLE as TYPED_AVAILABLE, UNAVAILABLE as TYPED_UNAVAILABLE
 from node_harness import (RESULT_S, CommitBeforePublish, NodeProcess, RosSide, cell_camera_info,
                           cell_frame, check_audit_has, stamp_ns, start_node, train_cell_model, values_of)
 
@@ -588,6 +589,16 @@ def shutdown_run(request, ros, models, frames, tmp_path_factory) -> SimpleNamesp
 
     with ros.cond:  # the node has exited: what it sent is delivered or lost; the wait only bounds the loss case
         ros.cond.wait_for(all_answered, timeout=5)
+    typed: dict[int, list[str]] = collections.defaultdict(list)  # ~/decision classes by stamp (with vision_msgs)
+
+    def all_typed() -> bool:
+        typed.clear()
+        for _, m in ros.received.get("decision", []):
+            typed[stamp_ns(m.header.stamp)].append(m.results[0].class_id)
+        return sum(map(len, typed.values())) >= sum(map(len, by_stamp.values()))
+
+    with ros.cond:
+        ros.cond.wait_for(all_typed, timeout=5 if "decision" in ros.received else 0)
     results = [v for vs in by_stamp.values() for v in vs]
     kinds = collections.Counter(v.get("error", "judged") for v in results)
     missing = [s for s in owed if s not in by_stamp]
@@ -597,7 +608,8 @@ def shutdown_run(request, ros, models, frames, tmp_path_factory) -> SimpleNamesp
           + "; ".join(x.split("]: ")[-1] for x in node.stderr().splitlines() if "stopping:" in x))
     return SimpleNamespace(sig=sig, code=code, shutdown_s=shutdown_s, owed=owed, settling=settling,
                            lone=stamp_ns(lone), by_stamp=dict(by_stamp), results=results, missing=missing,
-                           stderr=node.stderr(), logs=node.logs(), audit_db=node.audit_db)
+                           stderr=node.stderr(), logs=node.logs(), audit_db=node.audit_db,
+                           typed={k: sorted(v) for k, v in typed.items()})
 
 
 class TestShutdown:
@@ -628,6 +640,13 @@ class TestShutdown:
         assert sorted(int(v["seq"]) for v in r.results) == list(range(1, len(r.results) + 1))
         lone = r.by_stamp[r.lone][0]
         assert lone["error"] == "shutdown" and lone["decision"] == "reject", lone
+
+    @pytest.mark.skipif(not TYPED_AVAILABLE, reason=TYPED_UNAVAILABLE)
+    def test_every_answer_has_its_typed_decision(self, shutdown_run):
+        """The decisions settled at the signal reach ~/decision too (the node waits for their acknowledgement)."""
+        r = shutdown_run
+        assert r.typed == {s: sorted(v["class_id"] for v in vs) for s, vs in r.by_stamp.items()}
+        assert r.typed[r.lone] == ["reject"]
 
     def test_the_audit_store_is_consistent_and_complete(self, shutdown_run):
         import sqlite3

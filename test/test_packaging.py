@@ -53,6 +53,7 @@ ROS_MODULES = {
     "launch_ros": "launch_ros",
     "ament_index_python": "ament_index_python",
     "rosbag2_py": "rosbag2_py",
+    "vision_msgs": "vision_msgs",  # ~/decision (optional in a pip-only venv: tools/build_vision_msgs.py)
 }
 # system Python packages rosdep installs (apt python3-*)
 SYSTEM_MODULES = {

@@ -18,6 +18,7 @@ from cmdr_ros.model.checkpoint import load_checkpoint
 from cmdr_ros.ros.bags import BagWriter, eval_bag, open_bag, play_bag, read_messages
 from cmdr_ros.ros.conversions import array_to_image, make_header, xyz_to_pointcloud2
 from cmdr_ros.ros.parameters import read_params_file
+from cmdr_ros.ros.typed_decision import AVAILABLE as TYPED_AVAILABLE
 from node_harness import (NS, PROFILE_RESOLUTION, cell_camera_info, cell_frame, profile_cloud,
                           start_node, stamp_ns, train_cell_model, values_of)
 
@@ -70,7 +71,22 @@ def _compare(ros, bag, params_file, checkpoint, tmp_path, n_expected):
             lines.append(f"  {s}: {x['inputs']:<12} {x['decision']:<6} judged={x['judged']:<5} "
                          f"score={x.get('score', '-'):<10} {x.get('error', '')}")
     print("\n[parity] node == bag eval for every result:\n" + "\n".join(lines))
+    if TYPED_AVAILABLE:  # ~/decision: the same class and score on the wire and in the results bag
+        ros.wait_for("a node ~/decision for every input stamp",
+                     lambda: set(stamps) <= set(_typed(m for _, m in ros.received["decision"])))
+        bag_out = tmp_path / "eval" / "results_bag"
+        bagged = _typed(m for _, _, m in read_messages(bag_out, ["/cmdr_inspection/decision"]))
+        with ros.cond:
+            assert _typed(m for _, m in ros.received["decision"]) == bagged
     return rep
+
+
+def _typed(msgs) -> dict[int, list[tuple[str, str]]]:
+    """(class_id, score) of each ~/decision, by stamp."""
+    out: dict[int, list[tuple[str, str]]] = {}
+    for m in msgs:
+        out.setdefault(stamp_ns(m.header.stamp), []).append((m.results[0].class_id, f"{m.results[0].score:.6f}"))
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def test_rgbd_projected_cloud_in_another_frame(ros, tmp_path_factory):

@@ -44,6 +44,7 @@ from cmdr_ros.ros.frame_judge import FrameJudge, unmatched_reason, warm_up
 from cmdr_ros.config import cross_modal
 from cmdr_ros.ros.node_io import (DIAGNOSTICS_QOS, OVERRIDABLE, create_outputs, incompatible_qos_text, input_qos,
                                   input_topics)
+from cmdr_ros.ros.node_io import announce_model  # ~/vision_info
 from cmdr_ros.ros.node_status import (InputIdle, ThrottledLog, audit_status, faults, hardware_id, node_status,
                                       pretrained_on_cpu, status_name)
 from cmdr_ros.ros.settle import take_all, wait_acked, wait_inputs_quiet
@@ -216,6 +217,7 @@ class InspectionNode(LifecycleNode):
         if values["warmup"]:
             self._warm_up()
         self._pubs = create_outputs(self, values)
+        announce_model(self._pubs, self.get_clock().now().to_msg(), self.detector, values["checkpoint"])
         self._audit = open_audit(values, self.get_logger(), self._warn)
         self._stop.clear()
         self._engine.outlet = Outlet(self._pubs, self._audit, self.mode, self.detector.model_id,
@@ -390,7 +392,7 @@ class InspectionNode(LifecycleNode):
         acknowledged. Returns how many were settled."""
         n = self._engine.settle_all(kind, reason)
         if n:
-            wait_acked([self._pubs[k] for k in ("result", "reject") if k in self._pubs], 2.0)
+            wait_acked([self._pubs[k] for k in ("result", "decision", "reject") if k in self._pubs], 2.0)
         return n
 
     # ---------------------------------------------------------------- diagnostics

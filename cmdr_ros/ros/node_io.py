@@ -8,7 +8,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
-from cmdr_ros.ros import topics
+from cmdr_ros.ros import topics, typed_decision
 from cmdr_ros.ros.frames import input_names
 
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
@@ -19,6 +19,8 @@ DECISION_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, du
                           history=HistoryPolicy.KEEP_LAST)  # deep: a burst of fail-safe decisions is never overwritten
 MAPS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
                       history=HistoryPolicy.KEEP_LAST)
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                         history=HistoryPolicy.KEEP_LAST)  # ~/vision_info: a late subscriber gets the model in use
 
 
 def input_topics(mode: str, image_transport: str = "raw", cloud: str = "points") -> list[tuple[type, str]]:
@@ -34,15 +36,38 @@ def input_qos(depth: int, reliability: str) -> QoSProfile:
 
 
 def output_keys(values: Mapping[str, Any]) -> list[str]:
-    """The outputs the node publishes with parameter ``values``: the decisions always, each map when enabled."""
+    """The outputs the node publishes with parameter ``values``: the decisions always, each map when enabled (the
+    typed outputs: ``typed_outputs``)."""
     return list(topics.DECISIONS) + [key for key in topics.MAPS if values[f"output.{key}"]]
 
 
 def create_outputs(node: Any, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The lifecycle publishers of ``output_keys`` (``~/NAME``): decisions deep, maps shallow."""
-    return {key: node.create_lifecycle_publisher(topics.OUTPUT_TYPES[key], f"~/{key}",
+    """The lifecycle publishers of ``output_keys`` (``~/NAME``): decisions deep, maps shallow; and the typed
+    outputs (``typed_outputs``)."""
+    pubs = {key: node.create_lifecycle_publisher(topics.OUTPUT_TYPES[key], f"~/{key}",
                                                  MAPS_QOS if key in topics.MAPS else DECISION_QOS)
             for key in output_keys(values)}
+    return pubs | typed_outputs(node)
+
+
+def typed_outputs(node: Any) -> dict[str, Any]:
+    """``~/decision`` (a lifecycle publisher, deep like the decisions) and ``~/vision_info`` (a plain latched
+    publisher: it speaks at configure, before activation); none without vision_msgs, which is logged."""
+    if not typed_decision.AVAILABLE:
+        node.get_logger().warning(typed_decision.UNAVAILABLE)
+        return {}
+    return {"decision": node.create_lifecycle_publisher(typed_decision.Classification, "~/decision", DECISION_QOS),
+            "vision_info": node.create_publisher(typed_decision.VisionInfo, "~/vision_info", LATCHED_QOS)}
+
+
+def announce_model(pubs: Mapping[str, Any], stamp: Any, detector: Any, checkpoint: str) -> None:
+    """Publish (latched) the ``~/vision_info`` of the model just configured (nothing without that output)."""
+    if (pub := pubs.get("vision_info")) is None:
+        return
+    cfg = detector.config
+    used = {"2d": (cfg.backbone_2d,), "3d": (cfg.backbone_3d,)}.get(cfg.mode, (cfg.backbone_2d, cfg.backbone_3d))
+    backbones = "+".join(b.name for b in used if b is not None)
+    pub.publish(typed_decision.vision_info(stamp, cfg.mode, detector.model_id, checkpoint, backbones))
 
 
 def incompatible_qos_text(policy: Any, total: int, reliability: str) -> str:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
+from cmdr_ros.ros import typed_decision
+
 if TYPE_CHECKING:
     from cmdr_ros.judge import Verdict
     from cmdr_ros.model.detector import CMDRDetector
@@ -167,6 +169,7 @@ def node_status(s: Mapping[str, Any], *, state: str, judging: bool, time_budget:
               "rate_hz": f"{s['rate_hz']:.2f}", "latency_p50_ms": f"{s['latency_p50_ms']:.1f}",
               "latency_p95_ms": f"{s['latency_p95_ms']:.1f}", "qos_incompatible": s["qos_incompatible"],
               "input_idle_s": f"{s['input_idle_s']:.1f}", "mode": mode}
+    values["decision_topic"] = typed_decision.STATUS  # ~/decision on, or off and why
     values.update({f"not_judged.{k}": v for k, v in sorted(s["not_judged"].items())})
     if threshold is not None:
         values.update({"threshold": f"{threshold:.6f}", "model_id": model_id, "device": device})

@@ -18,6 +18,7 @@ from cmdr_ros.geometry import scores_to_points
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
 from cmdr_ros.ros.frames import Frame
 from cmdr_ros.ros.topics import MAPS
+from cmdr_ros.ros.typed_decision import class_of, classification
 from cmdr_ros.visualization import depth_rendering, overlay, scan_maps
 
 if TYPE_CHECKING:
@@ -25,13 +26,15 @@ if TYPE_CHECKING:
     from cmdr_ros.model.scan import ScanPrediction
 
 PART_STATUS_NAME = "cmdr_inspection: part"
-RESULT_SCHEMA_VERSION = "4"
+RESULT_SCHEMA_VERSION = "5"  # 5: class_id (the ~/decision class)
 # Every key a ~/result may carry (values are strings), in the order they are written: the README table is this.
 RESULT_KEYS: dict[str, str] = {
     "schema": f"version of this key set (now {RESULT_SCHEMA_VERSION})",
     "seq": "per-node decision number, +1 per result since the node started (a gap proves a lost result)",
     "stamp": "header stamp of the input judged, sec.nanosec (also the DiagnosticArray header)",
     "decision": "reject | pass | skip (skip: not judged and on_error is skip; no ~/reject is sent)",
+    "class_id": "reject | pass | not_judged: the class of this part's ~/decision, the action a controller takes "
+                "(not_judged: not judged and on_error is skip)",
     "judged": "true when the model judged the part, false when the decision is the on_error fail-safe",
     "score": "image anomaly score (judged parts only)",
     "threshold": "reject threshold in force",
@@ -64,7 +67,8 @@ def result_schema_markdown() -> str:
 
 def verdict_values(verdict: Verdict) -> dict[str, str]:
     """The decision part of the result values."""
-    v: dict[str, str] = {"decision": verdict.decision, "judged": "true" if verdict.judged else "false"}
+    v: dict[str, str] = {"decision": verdict.decision, "class_id": class_of(verdict),
+                         "judged": "true" if verdict.judged else "false"}
     if verdict.judged:
         v["score"] = f"{verdict.score:.6f}"
     if verdict.threshold is not None:
@@ -216,9 +220,12 @@ def scan_messages(verdict: Verdict, frame: Frame, wanted: Collection[str], alpha
 def decision_messages(header: Any, verdict: Verdict, values: dict[str, str],
                       maps: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every message of one decision, by output name in publishing order: ``result`` (carrying ``values``, see
-    ``result_values``); ``reject`` unless the decision is skip; for a judged part ``score`` and its ``maps``
+    ``result_values``); ``decision`` (vision_msgs/Classification, ``typed_decision.classification``; only where
+    vision_msgs is installed); ``reject`` unless the decision is skip; for a judged part ``score`` and its ``maps``
     (``map_messages``)."""
     out: dict[str, Any] = {"result": result_message(header, verdict, values)}
+    if (typed := classification(header, verdict)) is not None:
+        out["decision"] = typed
     if verdict.decision != "skip":
         out["reject"] = Bool(data=verdict.reject)
     if verdict.judged:

@@ -9,6 +9,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Bool, Float32
 
+from cmdr_ros.ros.typed_decision import TYPES as TYPED_TYPES
+
 NODE_NAME = "cmdr_inspection"
 
 # the node's inputs, relative: "depth" replaces "points" with input.cloud: depth; "part_id" is optional
@@ -18,6 +20,11 @@ DECISIONS = ("score", "reject", "result")
 MAPS = ("heatmap", "anomaly_map", "anomaly_cloud")
 OUTPUT_TYPES = {"score": Float32, "reject": Bool, "result": DiagnosticArray, "heatmap": Image, "anomaly_map": Image,
                 "anomaly_cloud": PointCloud2}
+# the typed outputs (vision_msgs, where installed: typed_decision.AVAILABLE): the decision a controller uses
+# (Classification, stamped as the judged input, deep like the decisions) and the pipeline's description (VisionInfo,
+# latched)
+TYPED = ("decision", "vision_info")
+OUTPUT_TYPES.update(TYPED_TYPES)
 
 # the camera's topics as recorded (bags of ``cmdr bag from-dataset``, the demo's cell)
 CAMERA = {"image": "/camera/image", "points": "/camera/points", "camera_info": "/camera/camera_info"}
@@ -34,6 +41,6 @@ CLOCK = "/clock"
 
 def output_topic(name: str, node: str = NODE_NAME, namespace: str = "") -> str:
     """The absolute name of the node's output ``name`` (e.g. result -> /cmdr_inspection/result)."""
-    if name not in DECISIONS + MAPS:
-        raise ValueError(f"unknown output {name!r}: one of {', '.join(DECISIONS + MAPS)}")
+    if name not in DECISIONS + MAPS + TYPED:
+        raise ValueError(f"unknown output {name!r}: one of {', '.join(DECISIONS + MAPS + TYPED)}")
     return f"{namespace.rstrip('/')}/{node}/{name}" if namespace else f"/{node}/{name}"

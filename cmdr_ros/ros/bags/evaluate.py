@@ -132,11 +132,14 @@ class _Evaluation:
 
         from cmdr_ros.ros.conversions import array_to_image
         from cmdr_ros.ros.outputs import heatmap_image, result_array, scan_cloud
+        from cmdr_ros.ros.typed_decision import classification
 
         self.seq += 1
         self.results.write(output_topic("result"), result_array(
             header, verdict, frame, seq=self.seq, mode=self.judge.mode, model_id=self.det.model_id, inputs=inputs,
             latency_ms=latency_ms, frame_ids=frame_ids, extra={"sample": sample} if sample else None), stamp)
+        if (typed := classification(header, verdict)) is not None:  # ~/decision, where vision_msgs is installed
+            self.results.write(output_topic("decision"), typed, stamp)
         if verdict.decision != "skip":
             self.results.write(output_topic("reject"), Bool(data=verdict.reject), stamp)
         if verdict.judged:

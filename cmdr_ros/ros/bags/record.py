@@ -85,7 +85,10 @@ class BagWriter:
         if topic not in self._connections:
             from rosbags.typesys import Stores, get_typestore
 
+            from cmdr_ros.ros.typed_decision import register_types
+
             typestore = get_typestore(Stores.ROS2_HUMBLE)  # definitions and RIHS01 hashes of the std types
+            register_types(typestore)  # vision_msgs (~/decision): not in rosbags' store
             self._connections[topic] = self._writer.add_connection(
                 topic, _type_name(type(msg)), typestore=typestore, offered_qos_profiles=[_reliable_qos()])
         self._writer.write(self._connections[topic], int(stamp), serialize_message(msg))
