@@ -9,12 +9,14 @@ PYTEST_ARGS ?=
 
 .PHONY: setup demo test clean
 
-$(STAMP): requirements.txt requirements-ros.txt requirements-test.txt setup.py
+$(STAMP): requirements.txt requirements-ros.txt requirements-test.txt requirements-msgs.txt setup.py tools/build_vision_msgs.py
 	@missing=""; \
 	ldconfig -p | grep -q 'libusb-1.0.so.0' || missing=" libusb-1.0-0"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v g++ >/dev/null || missing="$$missing g++"; \
 	if [ "$$(id -u)" = 0 ] && [ -n "$$missing" ]; then \
-		echo "installing$$missing (libusb: Open3D; postgresql: the audit store's PostgreSQL tests)"; \
+		echo "installing$$missing (libusb: Open3D; postgresql: the audit store's PostgreSQL tests; cmake, g++: vision_msgs)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
