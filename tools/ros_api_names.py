@@ -14,8 +14,8 @@ Each file holds:
 - ``classes``: {qualified class: sorted members}: methods, class attributes and ``self.x`` attributes, own and
   inherited (bases resolved inside the packages, e.g. rclpy.lifecycle LifecycleNode -> rclpy.node Node);
 - ``callables``: {qualified function or Class.method: {"params": names a caller may pass by keyword, "varkw": takes
-  **kwargs that go nowhere known, "returns": qualified class of the return annotation or ""}}; a method with **kwargs
-  gets the parameters of the same method of its bases (launch_ros Node -> ExecuteProcess -> ExecuteLocal).
+  **kwargs that go nowhere known, "returns": qualified class of the return annotation or ""}}; a method that passes its **kwargs on
+  gets the parameters of where they go (launch_ros Node -> ExecuteProcess -> ExecuteLocal; rclpy LifecycleNode -> Node).
 
 test/test_ros_api.py checks the package's use of these APIs against the files and that they are what this script
 writes now. Run: python tools/ros_api_names.py [--ros-api ../shared/ros_api] (or CMDR_SHARED_ROS_API) [--out test/data/ros_api]
@@ -240,22 +240,44 @@ class Api:
                         callables[f"{qualified}.{member}"] = sig
         return {"modules": modules, "classes": classes, "callables": callables}
 
-    def method_signature(self, qualified: str, member: str) -> dict | None:
-        """The first definition of ``member`` along the class's bases; **kwargs adds the bases' own parameters."""
-        sig = None
-        for klass in self.mro(qualified):
+    def method_signature(self, qualified: str, member: str, depth: int = 0) -> dict | None:
+        """The first definition of ``member`` along the class's bases. Where it takes **kwargs and passes them on
+        (``super().m(**kwargs)``, ``Base.m(self, **kwargs)``), the parameters of where they go are added."""
+        order = self.mro(qualified)
+        for i, klass in enumerate(order):
             fn = self.own_members(klass).get(member)
-            if fn is None:
-                continue
-            own = self.signature(self.class_def(klass)[0], fn, method=True)
-            if sig is None:
-                sig = own
-            elif sig["varkw"]:
-                sig = {"params": sig["params"] + [p for p in own["params"] if p not in sig["params"]],
-                       "varkw": own["varkw"], "returns": sig["returns"]}
-            else:
+            if fn is not None:
                 break
-        return sig
+        else:
+            return None
+        module = self.class_def(klass)[0]
+        sig = self.signature(module, fn, method=True)
+        if not sig["varkw"] or depth > 10:
+            return sig
+        forwarded = []
+        for call in ast.walk(fn):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and any(
+                    k.arg is None and isinstance(k.value, ast.Name) and k.value.id == fn.args.kwarg.arg
+                    for k in call.keywords)):
+                continue
+            owner = call.func.value
+            if isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and owner.func.id == "super":
+                forwarded += [(after, call.func.attr) for after in order[i + 1:i + 2]]
+            else:
+                target = self.resolve_expr(module, owner)
+                if self.class_def(target):
+                    forwarded.append((target, call.func.attr))
+        if not forwarded:
+            return sig  # **kwargs kept or used in ways not followed: any keyword is accepted
+        params, varkw = list(sig["params"]), False
+        for target, name in forwarded:
+            base = self.method_signature(target, name, depth + 1)
+            if base is None:
+                varkw = True  # passed outside these packages (e.g. to object or a stdlib class)
+                continue
+            params += [p for p in base["params"] if p not in params]
+            varkw = varkw or base["varkw"]
+        return {"params": params, "varkw": varkw, "returns": sig["returns"]}
 
 
 def build(distro: str, ros_api: Path) -> dict:

@@ -1,0 +1,91 @@
+"""cmdr_ros/ros/compat.py: Humble's emulated pre-/post-set parameter callbacks behave as rclpy's own (Jazzy, Kilted).
+
+Each case runs twice on the installed rclpy: with the native callbacks and with the emulation Humble gets
+(``emulate=True``), and must give the same results; test_ros_api.py checks that the Node members the emulation wraps
+exist on Humble."""
+from __future__ import annotations
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+from rcl_interfaces.msg import SetParametersResult  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+
+from cmdr_ros.ros import compat  # noqa: E402
+from cmdr_ros.ros.parameters import coerce_parameters  # noqa: E402
+from domains import new_domain  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def context():
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=new_domain())
+    yield ctx
+    rclpy.shutdown(context=ctx)
+
+
+@pytest.fixture(params=[False, True], ids=["native", "emulated"])
+def node(request, context):
+    """A node with a float ``threshold``: pre-set coercion, an on-set check refusing negatives, a post-set log."""
+    n = rclpy.create_node(f"compat_{'emulated' if request.param else 'native'}", context=context)
+    n.declare_parameter("threshold", 1.5)
+    n.declare_parameter("name", "a")
+    n.seen, n.applied = [], []
+
+    def on_set(params):
+        n.seen.append([(p.name, p.value) for p in params])
+        bad = [p.name for p in params if p.name == "threshold" and p.value < 0]
+        return SetParametersResult(successful=not bad, reason=f"negative: {bad}" if bad else "")
+
+    compat.add_pre_set_parameters_callback(n, coerce_parameters, emulate=request.param)
+    n.add_on_set_parameters_callback(on_set)
+    compat.add_post_set_parameters_callback(n, lambda params: n.applied.append([(p.name, p.value) for p in params]),
+                                            emulate=request.param)
+    yield n
+    n.destroy_node()
+
+
+def test_a_whole_number_for_a_float_parameter_is_coerced_before_the_type_check(node):
+    [result] = node.set_parameters([Parameter("threshold", value=3)])
+    assert result.successful, result.reason
+    assert node.get_parameter("threshold").value == 3.0
+    assert node.seen == [[("threshold", 3.0)]] and node.applied == [[("threshold", 3.0)]]
+
+
+def test_post_set_runs_only_after_a_successful_set(node):
+    result = node.set_parameters_atomically([Parameter("threshold", value=-1.0), Parameter("name", value="b")])
+    assert not result.successful and "negative" in result.reason
+    assert node.applied == [] and node.get_parameter("name").value == "a"
+    result = node.set_parameters_atomically([Parameter("threshold", value=2), Parameter("name", value="b")])
+    assert result.successful
+    assert node.applied == [[("threshold", 2.0), ("name", "b")]]
+
+
+def test_set_parameters_runs_the_callbacks_once_per_entry(node):
+    results = node.set_parameters([Parameter("threshold", value=-2.0), Parameter("name", value="c")])
+    assert [r.successful for r in results] == [False, True]
+    assert node.seen == [[("threshold", -2.0)], [("name", "c")]]
+    assert node.applied == [[("name", "c")]]
+
+
+def test_a_wrong_type_is_still_refused(node):
+    [result] = node.set_parameters([Parameter("threshold", value="high")])
+    assert not result.successful and node.applied == [] and node.get_parameter("threshold").value == 1.5
+
+
+def test_an_empty_list_after_the_pre_set_step_is_refused(context):
+    for emulate in (False, True):
+        n = rclpy.create_node("compat_empty", context=context)
+        n.declare_parameter("threshold", 1.5)
+        compat.add_pre_set_parameters_callback(n, lambda params: [], emulate=emulate)
+        result = n.set_parameters_atomically([Parameter("threshold", value=2.0)])
+        assert not result.successful and result.reason == compat.EMPTY_AFTER_PRE_SET
+        assert n.get_parameter("threshold").value == 1.5
+        n.destroy_node()
+
+
+def test_the_event_classes_are_rclpy_own():
+    import rclpy.event_handler  # this rclpy is Kilted's (Humble's: rclpy.qos_event, checked in test_ros_api.py)
+
+    assert compat.SubscriptionEventCallbacks is rclpy.event_handler.SubscriptionEventCallbacks
+    assert compat.QoSRequestedIncompatibleQoSInfo is rclpy.event_handler.QoSRequestedIncompatibleQoSInfo
