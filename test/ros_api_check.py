@@ -1,5 +1,5 @@
-"""Check the package's use of rclpy / launch / launch_ros against one distribution's API (test/data/ros_api/<distro>.json,
-written by tools/ros_api_names.py). AST only: nothing of the package is imported.
+"""Check the package's use of rclpy / launch / launch_ros against one distribution's API
+(test/data/ros_api/<distro>.json, written by tools/ros_api_names.py). AST only: nothing of the package is imported.
 
 What is checked, in cmdr_ros/, launch/*.py and test/node_harness.py:
 - every import from these packages (module, and name in it);
@@ -28,7 +28,8 @@ UNKNOWN = None
 
 def package_files() -> list[Path]:
     """The files whose ROS API use is checked: the package (node, CLI), the launch files, the test node harness."""
-    return sorted(REPO.glob("cmdr_ros/**/*.py")) + sorted(REPO.glob("launch/*.py")) + [REPO / "test" / "node_harness.py"]
+    return (sorted(REPO.glob("cmdr_ros/**/*.py")) + sorted(REPO.glob("launch/*.py"))
+            + [REPO / "test" / "node_harness.py"])
 
 
 class Api:
@@ -36,6 +37,8 @@ class Api:
         self.distro = data["distro"]
         self.modules, self.classes, self.callables = data["modules"], data["classes"], data["callables"]
         self._members = {name: set(members) for name, members in self.classes.items()}
+        self.rclpy_methods = {key.rpartition(".")[2] for key in self.callables
+                              if key.startswith("rclpy.") and key.rpartition(".")[0] in self.classes}
 
     @classmethod
     def load(cls, distro: str) -> Api:
@@ -85,11 +88,19 @@ class Scope:
     class_body: bool = False  # a def here is a method: its first parameter is ``self``
 
 
-class Checker:
-    """Collects, for one distribution, every use in a file that its API does not have."""
+def other_rclpy_methods(distro: str) -> frozenset[str]:
+    """rclpy method names another distribution has and ``distro`` has on no class at all."""
+    apis = {d: Api.load(d) for d in DISTROS}
+    return frozenset(set().union(*(a.rclpy_methods for a in apis.values())) - apis[distro].rclpy_methods)
 
-    def __init__(self, api: Api, filename: str = "<source>"):
+
+class Checker:
+    """Collects, for one distribution, every use in a file that its API does not have. ``foreign``: rclpy method
+    names this distribution lacks, flagged also when called on an object whose type the checker cannot tell."""
+
+    def __init__(self, api: Api, filename: str = "<source>", foreign: frozenset[str] | None = None):
         self.api, self.filename = api, filename
+        self.foreign = other_rclpy_methods(api.distro) if foreign is None else foreign
         self.problems: list[str] = []
 
     # ------------------------------------------------------------------ reporting
@@ -160,7 +171,7 @@ class Checker:
         branches = [stmt.body] + [h.body for h in stmt.handlers if self.catches_import_error(h)]
         first = None
         for body in branches:
-            probe = Checker(self.api, self.filename)
+            probe = Checker(self.api, self.filename, self.foreign)
             branch_scope = Scope(dict(scope.names), scope.cls, scope.own, scope.self_attrs)
             probe.block(body, branch_scope)
             if first is None:
@@ -197,7 +208,7 @@ class Checker:
         args = stmt.args
         for a in args.posonlyargs + args.args + args.kwonlyargs:
             inner.names[a.arg] = self.annotation(a.annotation, scope) if a.annotation is not None else UNKNOWN
-        if scope.class_body and scope.cls and (args.posonlyargs + args.args) and not any(
+        if scope.class_body and (args.posonlyargs + args.args) and not any(
                 isinstance(d, ast.Name) and d.id == "staticmethod" for d in stmt.decorator_list):
             inner.names[(args.posonlyargs + args.args)[0].arg] = ("self", scope.cls)
         for default in args.defaults + [d for d in args.kw_defaults if d is not None]:
@@ -264,12 +275,10 @@ class Checker:
         return UNKNOWN
 
     def instance_class(self, t: Type, name: str, scope: Scope) -> str | None:
-        """The API class whose member ``name`` this is, None when not checked (own members of a subclass)."""
-        if t is None:
+        """The API class whose member ``name`` this is, None when not checked (own members of a class)."""
+        if t is None or t[0] not in ("self", "inst"):
             return None
-        if t[0] == "self":
-            return None if name in scope.own else t[1]
-        return t[1] if t[0] == "inst" else None
+        return None if t[0] == "self" and name in scope.own else t[1]
 
     def attribute(self, expr: ast.Attribute, base: Type, scope: Scope, check: bool) -> Type:
         if base is None:
@@ -306,6 +315,11 @@ class Checker:
         for kw in expr.keywords:
             self.expr(kw.value, scope)
         if func_type is None:
+            receiver = self.expr(expr.func.value, scope, check=False) if isinstance(expr.func, ast.Attribute) else None
+            own = receiver is not None and receiver[0] == "self" and expr.func.attr in scope.own
+            if isinstance(expr.func, ast.Attribute) and expr.func.attr in self.foreign and not own:
+                self.problem(expr, f"{ast.unparse(expr.func)}(): {self.api.distro}'s rclpy has no method "
+                                   f"{expr.func.attr} (on any class; the object's type is not known here)")
             return UNKNOWN
         if func_type[0] == "path":
             found, target = self.api.lookup(func_type[1])
@@ -327,9 +341,10 @@ class Checker:
         return UNKNOWN
 
 
-def check_file(path: Path, api: Api) -> list[str]:
-    return Checker(api, str(path.relative_to(REPO))).check_source(path.read_text(encoding="utf-8"))
+def check_file(path: Path, api: Api, foreign: frozenset[str] | None = None) -> list[str]:
+    return Checker(api, str(path.relative_to(REPO)), foreign).check_source(path.read_text(encoding="utf-8"))
 
 
 def check_package(api: Api) -> list[str]:
-    return [problem for path in package_files() for problem in check_file(path, api)]
+    foreign = other_rclpy_methods(api.distro)
+    return [problem for path in package_files() for problem in check_file(path, api, foreign)]

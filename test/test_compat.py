@@ -89,3 +89,23 @@ def test_the_event_classes_are_rclpy_own():
 
     assert compat.SubscriptionEventCallbacks is rclpy.event_handler.SubscriptionEventCallbacks
     assert compat.QoSRequestedIncompatibleQoSInfo is rclpy.event_handler.QoSRequestedIncompatibleQoSInfo
+
+
+def test_publisher_count_falls_back_to_the_graph_without_subscription_counts(context):
+    """Humble's Subscription has no get_publisher_count: the count comes from Node.count_publishers of its topic."""
+    import time
+    from types import SimpleNamespace
+
+    from std_msgs.msg import Empty
+
+    n = rclpy.create_node("compat_count", context=context)
+    sub = n.create_subscription(Empty, "compat_count_topic", lambda _: None, 1)
+    humble_like = SimpleNamespace(topic_name=sub.topic_name)  # a subscription without get_publisher_count
+    assert compat.publisher_count(n, sub) == compat.publisher_count(n, humble_like) == 0
+    n.create_publisher(Empty, "compat_count_topic", 1)
+    deadline = time.monotonic() + 30  # wait for discovery (an event), not for a fixed time
+    counts = lambda: (compat.publisher_count(n, sub), compat.publisher_count(n, humble_like))  # noqa: E731
+    while time.monotonic() < deadline and counts() != (1, 1):
+        time.sleep(0.05)
+    assert counts() == (1, 1)
+    n.destroy_node()

@@ -91,6 +91,18 @@ def test_keywords_of_methods_on_annotated_nodes_and_optional_getattr():
     assert problems("kilted", source) == []
 
 
+def test_a_method_humble_has_nowhere_is_flagged_on_an_object_of_unknown_type():
+    source = ("class Bench:\n"
+              "    def matched(self):\n"
+              "        return self.subs[0].get_publisher_count() >= 1 and self.count(self.subs)\n"
+              "    def count(self, subs):\n"
+              "        return len(subs)\n")
+    assert problems("humble", source) == ["<source>:3: humble: self.subs[0].get_publisher_count(): humble's rclpy has "
+                                          "no method get_publisher_count (on any class; the object's type is not "
+                                          "known here)"]
+    assert problems("jazzy", source) == problems("kilted", source) == []
+
+
 def test_launch_keywords_follow_kwargs_to_the_base_actions():
     source = ("from launch_ros.actions import LifecycleNode\n"
               "LifecycleNode(package='p', executable='e', name='n', namespace='', output='screen', respawn=True,\n"

@@ -14,11 +14,13 @@ Each file holds:
 - ``classes``: {qualified class: sorted members}: methods, class attributes and ``self.x`` attributes, own and
   inherited (bases resolved inside the packages, e.g. rclpy.lifecycle LifecycleNode -> rclpy.node Node);
 - ``callables``: {qualified function or Class.method: {"params": names a caller may pass by keyword, "varkw": takes
-  **kwargs that go nowhere known, "returns": qualified class of the return annotation or ""}}; a method that passes its **kwargs on
-  gets the parameters of where they go (launch_ros Node -> ExecuteProcess -> ExecuteLocal; rclpy LifecycleNode -> Node).
+  **kwargs that go nowhere known, "returns": qualified class of the return annotation or ""}}; a method that passes
+  its **kwargs on gets the parameters of where they go (launch_ros Node -> ExecuteProcess -> ExecuteLocal; rclpy
+  LifecycleNode -> Node).
 
 test/test_ros_api.py checks the package's use of these APIs against the files and that they are what this script
-writes now. Run: python tools/ros_api_names.py [--ros-api ../shared/ros_api] (or CMDR_SHARED_ROS_API) [--out test/data/ros_api]
+writes now. Run: python tools/ros_api_names.py [--ros-api ../shared/ros_api (default; or $CMDR_SHARED_ROS_API)]
+[--out test/data/ros_api] [--distro humble ...]
 """
 from __future__ import annotations
 
@@ -303,7 +305,8 @@ def render(data: dict) -> str:
 
 
 def default_ros_api() -> Path:
-    return Path(os.environ.get("CMDR_SHARED_ROS_API", Path(__file__).resolve().parent.parent.parent / "shared" / "ros_api"))
+    beside = Path(__file__).resolve().parent.parent.parent / "shared" / "ros_api"
+    return Path(os.environ.get("CMDR_SHARED_ROS_API", beside))
 
 
 def main(argv: list[str] | None = None) -> int:

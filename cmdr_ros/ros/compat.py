@@ -1,6 +1,8 @@
 """What differs between the ROS 2 distributions the package runs on (Humble, Jazzy, Kilted), in one place.
 
 - The QoS event classes: ``rclpy.event_handler`` since Iron, ``rclpy.qos_event`` on Humble.
+- ``Subscription.get_publisher_count`` (since Iron): on Humble, the publishers of the subscription's topic in the
+  ROS graph (``Node.count_publishers``), which counts every publisher discovered on the topic, matched or not.
 - Pre- and post-set parameter callbacks (``Node.add_pre_set_parameters_callback`` /
   ``add_post_set_parameters_callback``, since Jazzy). On Humble they are emulated as Jazzy runs them: the pre-set
   callbacks rewrite the list before rclpy checks the values against the descriptors (so a whole number for a float
@@ -22,16 +24,25 @@ try:  # Iron and later
 except ImportError:  # Humble
     from rclpy.qos_event import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 
-if TYPE_CHECKING:  # the annotations let test/test_ros_api.py check the Node members used here on every distribution
+if TYPE_CHECKING:  # the annotations let test/test_ros_api.py check the members used here on every distribution
     from rclpy.node import Node
+    from rclpy.subscription import Subscription
 
 __all__ = ["QoSRequestedIncompatibleQoSInfo", "SubscriptionEventCallbacks", "add_post_set_parameters_callback",
-           "add_pre_set_parameters_callback"]
+           "add_pre_set_parameters_callback", "publisher_count"]
 
 PreSet = Callable[[list], list]
 PostSet = Callable[[list], None]
 EMPTY_AFTER_PRE_SET = ("parameter list cannot be empty, this might be due to pre_set_parameters_callback modifying "
                        "the original parameters list.")  # Jazzy's words
+
+
+def publisher_count(node: Node, subscription: Subscription) -> int:
+    """The publishers ``subscription`` is matched with (Iron and later); on Humble those of its topic in the graph."""
+    native = getattr(subscription, "get_publisher_count", None)
+    if native is not None:
+        return native()
+    return node.count_publishers(subscription.topic_name)
 
 
 def add_pre_set_parameters_callback(node: Node, callback: PreSet, emulate: bool = False) -> None:
