@@ -109,3 +109,33 @@ def test_publisher_count_falls_back_to_the_graph_without_subscription_counts(con
         time.sleep(0.05)
     assert counts() == (1, 1)
     n.destroy_node()
+
+
+def test_the_parameter_service_goes_through_the_emulation(node, context):
+    """``ros2 param set`` reaches the node through its set_parameters service, which calls
+    ``node.set_parameters_atomically`` on Humble as on Kilted: the emulated steps run there too."""
+    import threading
+
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.executors import SingleThreadedExecutor
+
+    caller = rclpy.create_node("compat_caller", context=context)
+    client = caller.create_client(SetParameters, f"{node.get_fully_qualified_name()}/set_parameters")
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(caller)
+    spinning = threading.Thread(target=executor.spin, daemon=True)
+    spinning.start()
+    try:
+        assert client.wait_for_service(timeout_sec=30)
+        request = SetParameters.Request(parameters=[Parameter("threshold", value=4).to_parameter_msg()])
+        done = threading.Event()
+        future = client.call_async(request)
+        future.add_done_callback(lambda _: done.set())
+        assert done.wait(30), "no answer from the set_parameters service"
+        assert [r.successful for r in future.result().results] == [True]
+        assert node.get_parameter("threshold").value == 4.0 and node.applied == [[("threshold", 4.0)]]
+    finally:
+        executor.shutdown()
+        spinning.join(timeout=10)
+        caller.destroy_node()
