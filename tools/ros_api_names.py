@@ -28,7 +28,6 @@ import argparse
 import ast
 import functools
 import importlib.util
-from importlib import metadata
 import json
 import os
 import sys
@@ -285,8 +284,7 @@ class Api:
 def build(distro: str, ros_api: Path) -> dict:
     roots = package_roots(distro, ros_api)
     data = Api(module_files(roots)).to_json()
-    wheel = f"the installed PyPI wheel ros-rclpy {metadata.version('ros-rclpy')}" if distro == "kilted" else ""
-    where = {name: (wheel if distro == "kilted" and name == "rclpy"
+    where = {name: ("the installed PyPI wheel ros-rclpy" if distro == "kilted" and name == "rclpy"
                     else f"ros_api/{root.parent.name}/{name}") for name, root in roots.items()}
     return {"distro": distro, "sources": where, **data}
 
