@@ -36,6 +36,16 @@ def test_the_check_reads_the_node_the_cli_and_the_launch_files():
             "launch/inspection.launch.py", "launch/replay.launch.py", "test/node_harness.py"} <= names
 
 
+def test_the_package_parses_as_humbles_python_3_10():
+    """Humble runs on Python 3.10: no 3.11+ syntax (``except*``, PEP 695 type parameters) in what it runs."""
+    import ast
+
+    for path in package_files():
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 10))
+    with pytest.raises(SyntaxError):
+        ast.parse("try:\n    pass\nexcept* ValueError:\n    pass\n", feature_version=(3, 10))
+
+
 # ---------------------------------------------------------------------------------------------- the checker itself
 def test_an_import_humble_lacks_is_flagged_for_humble_only():
     source = "from rclpy.event_handler import SubscriptionEventCallbacks\n"
