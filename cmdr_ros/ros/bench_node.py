@@ -30,6 +30,7 @@ from sensor_msgs.msg import Image, PointCloud2
 
 from cmdr_ros import CmdrError
 from cmdr_ros.ros.bench_judge import folder_frames, frame_messages, proc_status_mb, synthetic_frames
+from cmdr_ros.ros.compat import publisher_count
 from cmdr_ros.ros.conversions import stamp_ns
 from cmdr_ros.ros.dds_profile import use_large_message_profile
 from cmdr_ros.ros.topics import DIAGNOSTICS, MAPS, OUTPUT_TYPES, output_topic
@@ -120,7 +121,7 @@ class Recorder:
         is seen from one side at a time, and a result published before the node's writer matched this reader would
         be lost: the node's /diagnostics arriving here shows its writers have matched."""
         return (all(p.get_subscription_count() >= 1 for p in self.pubs.values())
-                and self.subs[0].get_publisher_count() >= 1 and self.diagnostics.is_set())
+                and publisher_count(self.node, self.subs[0]) >= 1 and self.diagnostics.is_set())
 
     def wait_results(self, stamps: set[int], timeout: float) -> None:
         with self.cond:

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Callable
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -37,6 +36,8 @@ from std_msgs.msg import Header
 
 from cmdr_ros import CmdrError
 from cmdr_ros.audit.store import AuditStore
+from cmdr_ros.ros.compat import (SubscriptionEventCallbacks, add_post_set_parameters_callback,
+                                 add_pre_set_parameters_callback)
 from cmdr_ros.ros.node_audit import close_audit, open_audit
 from cmdr_ros.ros.decisions import Part
 from cmdr_ros.ros.engine import DecisionEngine, Outlet
@@ -55,9 +56,8 @@ from cmdr_ros.ros.tf_source import TfSource, tf_fallback
 from cmdr_ros.ros import topics
 
 if TYPE_CHECKING:
-    from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo
-
     from cmdr_ros.model.detector import CMDRDetector
+    from cmdr_ros.ros.compat import QoSRequestedIncompatibleQoSInfo
     from cmdr_ros.ros.decisions import InputMessage
 
 OPTIONAL_TYPE = {"extrinsics": Parameter.Type.DOUBLE_ARRAY}  # parameters without a default: unset unless given
@@ -77,9 +77,9 @@ class InspectionNode(LifecycleNode):
             except Exception as e:  # noqa: BLE001 - rclpy raises several kinds; configure reports them
                 self._start_problems.append(f"{name}: {str(e).splitlines()[0][:200]}")
                 self.declare_parameter(name, value, descriptor(name), ignore_override=True)
-        self.add_pre_set_parameters_callback(coerce_parameters)
+        add_pre_set_parameters_callback(self, coerce_parameters)  # compat: emulated on Humble
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.add_post_set_parameters_callback(self._applied)
+        add_post_set_parameters_callback(self, self._applied)
         self.exit_code: int | None = None  # set when the node must end (autostart failed)
         self.detector: CMDRDetector | None = None
         self.mode = ""
