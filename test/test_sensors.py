@@ -148,3 +148,19 @@ def test_background_removal_of_a_fitted_frame_needs_no_dense_rule(monkeypatch):
     fitted = fit_xyz(xyz)
     monkeypatch.setattr(background, "cell_limit", lambda cfg, spacing=None: cfg.max_points_per_cell)
     assert valid_mask(remove_background(fitted)).any()
+
+
+def test_bag_to_dataset_writes_frames_at_the_training_size(tmp_path):
+    """`cmdr bag to-dataset` brings a recorded frame larger than the training data to its size as the node does."""
+    from cmdr_ros.data.mvtec3d import MVTec3DClass, load_rgb, load_xyz, write_sample
+    from cmdr_ros.ros.bags import bag_from_dataset, bag_to_dataset
+
+    rgb, xyz = (np.ascontiguousarray(a[:900, :1000]) for a in sensor_frame(3))
+    write_sample(tmp_path / "cam", "test", "good", "000", rgb, xyz)
+    bag_from_dataset(tmp_path / "cam", tmp_path / "rec", split="test")
+    assert bag_to_dataset(tmp_path / "rec", tmp_path / "out") == 1
+    sample = MVTec3DClass(tmp_path / "out").samples("train")[0]
+    want_rgb, want_xyz = fit_frame(rgb, xyz)
+    assert want_xyz.shape == (720, 800, 3)
+    np.testing.assert_array_equal(load_rgb(sample.rgb_path), want_rgb)
+    np.testing.assert_array_equal(load_xyz(sample.xyz_path), want_xyz)
