@@ -658,7 +658,7 @@ def test_malformed_compressed_images():
         compressed_image_to_rgb(_compressed("foo8; png compressed ", png))
     with pytest.raises(ConversionError, match=r"decodes to \(4, 4, 3\) uint8, mono16 has 1 channel\(s\) of uint16"):
         compressed_image_to_rgb(_compressed("mono16; png compressed ", png))
-    with pytest.raises(ConversionError, match="rvl is not supported"):
+    with pytest.raises(ConversionError, match="reports a 0x0 image: malformed"):
         depth_image_to_metres(_compressed("16UC1; compressedDepth rvl", b"\0" * 40))
     with pytest.raises(ConversionError, match="unsupported compressedDepth format 'mono8; compressedDepth png'"):
         depth_image_to_metres(_compressed("mono8; compressedDepth png", b"\0" * 40))

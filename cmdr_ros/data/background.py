@@ -27,6 +27,16 @@ MAX_ABS_COORDINATE = 1e6
 # A cloud whose bounding box is smaller than this fraction of dbscan_eps on every axis is one point
 # repeated (a stuck sensor): nothing to fit a plane to or to cluster.
 COINCIDENT_FRACTION = 0.1
+# A cube of side dbscan_eps may hold this many times the points a flat patch of the cloud's own point spacing puts
+# in it, (eps / spacing)^2, before its points count as coincident or duplicated (``cell_limit``): room for a
+# surface crossing the cube obliquely or folded at an edge. 8 x 900 for the 0.2 mm pitch of the MVTec 3D-AD clouds
+# (densest cube 729 points) stays below the absolute preprocess max_points_per_cell 7500, which keeps applying.
+DENSITY_MARGIN = 8.0
+# Neighbours closer than this (metres) are one point repeated, not a denser sensor (float32 resolves ~0.06 um at 1 m)
+MIN_SPACING = 1e-6
+# The percentile of the distinct-neighbour distances taken as the sensor's spacing: low, because a cloud resized by
+# interpolation (or with gaps) also has neighbours far apart, blends of a point with an invalid 0 or across an edge
+SPACING_PERCENTILE = 25
 
 
 def _clean_copy(xyz: np.ndarray) -> np.ndarray:
@@ -73,15 +83,42 @@ def _cell_counts(points: np.ndarray, eps: float) -> np.ndarray:
     return np.diff(np.r_[starts, len(cells)])
 
 
-def check_cloud(points: np.ndarray, cfg: PreprocessConfig) -> None:
+def point_spacing(clean: np.ndarray, valid: np.ndarray) -> float | None:
+    """The sensor's own point spacing in an organized cloud (a ``_clean_copy`` and its valid mask): the
+    ``SPACING_PERCENTILE`` percentile of the distances between distinct valid neighbours along rows and columns,
+    None when no two neighbours are both valid and distinct. Coincident neighbours (closer than ``MIN_SPACING``: a
+    duplicating or stuck sensor) are left out, so they cannot make the cloud look denser than its distinct points
+    are."""
+    gaps = []
+    for a, b, both in ((clean[:, 1:], clean[:, :-1], valid[:, 1:] & valid[:, :-1]),
+                       (clean[1:], clean[:-1], valid[1:] & valid[:-1])):
+        d = a[both] - b[both]
+        gaps.append(np.sqrt((d * d).sum(axis=1)))
+    dist = np.concatenate(gaps)
+    dist = dist[dist >= MIN_SPACING]
+    return float(np.percentile(dist, SPACING_PERCENTILE)) if len(dist) else None
+
+
+def cell_limit(cfg: PreprocessConfig, spacing: float | None = None) -> int:
+    """The most points one cube of side ``dbscan_eps`` may hold: ``cfg.max_points_per_cell``, raised for a sensor
+    denser than that allows to ``DENSITY_MARGIN`` times what a flat patch of its ``spacing`` (metres,
+    ``point_spacing``) puts in a cube."""
+    if spacing is None or not np.isfinite(spacing) or spacing <= 0:
+        return cfg.max_points_per_cell
+    own = DENSITY_MARGIN * (cfg.dbscan_eps / spacing) ** 2
+    return cfg.max_points_per_cell if own <= cfg.max_points_per_cell else int(min(np.ceil(own), 2 ** 62))
+
+
+def check_cloud(points: np.ndarray, cfg: PreprocessConfig, spacing: float | None = None) -> None:
     """Raise CmdrError unless the Nx3 valid points of a cloud can go through background removal.
 
     Refused: fewer than ``cfg.dbscan_min_points`` points (no object can be found), a coordinate beyond
     +-``MAX_ABS_COORDINATE`` m (no measurement; the maths overflows), all points within
-    ``COINCIDENT_FRACTION * dbscan_eps`` of each other (one point repeated: a stuck sensor), and more than
-    ``cfg.max_points_per_cell`` points in one cube of side ``dbscan_eps`` (coincident or duplicated points:
-    DBSCAN's neighbour lists grow with the square of that count and it would run out of memory instead of
-    returning). Costs ~20 ms for a 400x400 cloud.
+    ``COINCIDENT_FRACTION * dbscan_eps`` of each other (one point repeated: a stuck sensor), and more points in one
+    cube of side ``dbscan_eps`` than ``cell_limit`` allows for the sensor's own point ``spacing`` (``point_spacing``
+    of the organized cloud; None: ``cfg.max_points_per_cell``): coincident or duplicated points, far more than the
+    sensor's density puts there; DBSCAN's neighbour lists grow with the square of that count and it would run out
+    of memory instead of returning. Costs ~20 ms for a 400x400 cloud.
     """
     pts = np.asarray(points)
     n = len(pts)
@@ -102,10 +139,13 @@ def check_cloud(points: np.ndarray, cfg: PreprocessConfig) -> None:
                         f"{extent[1]:.3g} x {extent[2]:.3g} m, below {COINCIDENT_FRACTION:g} x dbscan_eps "
                         f"{cfg.dbscan_eps:g} m): a stuck sensor or a degenerate cloud, nothing to inspect")
     densest = int(_cell_counts(pts, cfg.dbscan_eps).max())
-    if densest > cfg.max_points_per_cell:
+    limit = cell_limit(cfg, spacing)
+    if densest > limit:
+        own = (f"{limit}: {DENSITY_MARGIN:g} x a flat patch at the cloud's own point spacing {1e3 * spacing:.3g} mm"
+               if limit > cfg.max_points_per_cell else f"preprocess max_points_per_cell={cfg.max_points_per_cell}")
         raise CmdrError(f"{densest} of the cloud's {n} valid points lie in one {cfg.dbscan_eps:g} m cube (limit "
-                        f"preprocess max_points_per_cell={cfg.max_points_per_cell}): coincident or duplicated "
-                        "points (a stuck sensor?); DBSCAN clustering of them would not finish")
+                        f"{own}): coincident or duplicated points (a stuck sensor?); DBSCAN clustering of them would "
+                        "not finish")
 
 
 def check_dbscan_cost(points: np.ndarray, cfg: PreprocessConfig) -> None:
@@ -197,7 +237,7 @@ def remove_background(xyz: np.ndarray, cfg: PreprocessConfig | None = None) -> n
     pts = out[valid]  # the valid points, in row-major pixel order (what Open3D is given)
     at = np.flatnonzero(valid)  # their flat pixel indices
     flat = out.reshape(-1, 3)  # a view: out is C-contiguous
-    check_cloud(pts, cfg)
+    check_cloud(pts, cfg, point_spacing(out, valid))
     if cfg.remove_plane:
         plane = _fit_border_plane(out, valid, cfg)
         if plane is not None:

@@ -1,7 +1,8 @@
 """One raw frame brought to the model's grids: ``prepare_input`` -> ``ModelInput``.
 
-Background removal of the cloud (unless done already), square padding and resizing to the grid (xyz, valid
-mask) and to the 2D backbone's input size (RGB). Depends on the config and the data helpers only; the model
+A frame larger than the training data is first brought to its size (``frame_size.fit_frame``), then background
+removal of the cloud (unless done already), square padding and resizing to the grid (xyz, valid mask) and to the 2D
+backbone's input size (RGB); results map back to the frame as it came (``ModelInput.frame``, ``valid_input``). Depends on the config and the data helpers only; the model
 (``cmdr_ros.model.detector``) consumes ``ModelInput`` and never the other way round.
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 from cmdr_ros import CmdrError
 from cmdr_ros.config import ModelConfig
 from cmdr_ros.data.background import remove_background
-from cmdr_ros.data.preprocess import SquareFrame, resize_nearest, resize_rgb
+from cmdr_ros.data.frame_size import MAX_SIDE, fit_frame
+from cmdr_ros.data.preprocess import SquareFrame, resize_nearest, resize_nearest_to, resize_rgb
 from cmdr_ros.geometry import valid_mask
 
 
@@ -25,8 +27,8 @@ class ModelInput:
     rgb: torch.Tensor | None  # [3, S, S] in [0, 1]
     xyz: torch.Tensor | None  # [R, R, 3], R = config.xyz_size or the grid G: what the 3D backbone sees
     valid: torch.Tensor  # [G, G] bool
-    frame: SquareFrame  # geometry of the original input, to map results back
-    valid_input: np.ndarray  # [H, W] bool valid mask at the input resolution
+    frame: SquareFrame  # geometry of the input as it came (before ``fit_frame``), to map results back
+    valid_input: np.ndarray  # [H, W] bool valid mask at the input resolution (as it came)
     xyz_valid: torch.Tensor | None = None  # [R, R] bool, the valid points of ``xyz`` when R != G (else ``valid``)
 
     @property
@@ -35,12 +37,21 @@ class ModelInput:
         return self.valid if self.xyz_valid is None else self.xyz_valid
 
 
+def working_side(config: ModelConfig) -> int:
+    """The longest side a frame keeps before background removal: the training data's (``frame_size.MAX_SIDE``), or
+    the model's largest input when that is larger."""
+    inputs = [config.grid, config.xyz_size or 0, config.fusion_size or 0, config.rgb_size if config.uses_2d else 0]
+    return max(MAX_SIDE, *inputs)
+
+
 def prepare_input(rgb: np.ndarray | None, xyz: np.ndarray | None, config: ModelConfig,
                   background_removed: bool = False) -> ModelInput:
     """Bring a raw frame (RGB uint8 HxWx3, xyz float HxWx3 metres with invalid = 0) to the model's grids.
 
+    A frame larger than ``working_side`` is first brought to it (``fit_frame``: nearest for xyz, bicubic for RGB).
     The xyz map goes through the configured background removal unless ``background_removed`` says the
-    caller already did it (the dataset cache), then both are square-padded and resized.
+    caller already did it (the dataset cache, which may hold it fitted already), then both are square-padded and
+    resized. ``frame`` and ``valid_input`` stay those of the frame as it came.
     """
     if config.uses_3d and xyz is None:
         raise CmdrError(f"mode '{config.mode}' needs a point cloud (xyz), none was given")
@@ -55,12 +66,15 @@ def prepare_input(rgb: np.ndarray | None, xyz: np.ndarray | None, config: ModelC
     h, w = (rgb if rgb is not None else xyz).shape[:2]
     frame = SquareFrame.of(h, w)
     g = config.grid
+    rgb, xyz = fit_frame(rgb, xyz, working_side(config))
 
     xyz_t = xyz_valid = None
     if xyz is not None:
         clean = xyz if background_removed else remove_background(xyz, config.preprocess)
         valid_input = valid_mask(clean)
-        padded = frame.pad(clean)
+        if valid_input.shape != (h, w):
+            valid_input = resize_nearest_to(valid_input, h, w)
+        padded = SquareFrame.of(*clean.shape[:2]).pad(clean)
         small = resize_nearest(padded, g).astype(np.float32)
         small_valid = valid_mask(small)
         if config.uses_3d and not small_valid.any():
@@ -84,7 +98,8 @@ def prepare_input(rgb: np.ndarray | None, xyz: np.ndarray | None, config: ModelC
         valid = torch.ones(g, g, dtype=torch.bool)
     rgb_t = None
     if config.uses_2d:
-        rgb_t = torch.from_numpy(resize_rgb(frame.pad(rgb), config.rgb_size)).permute(2, 0, 1).contiguous()
+        square = SquareFrame.of(*rgb.shape[:2]).pad(rgb)
+        rgb_t = torch.from_numpy(resize_rgb(square, config.rgb_size)).permute(2, 0, 1).contiguous()
     return ModelInput(rgb_t, xyz_t, valid, frame, valid_input, xyz_valid)
 
 

@@ -2,7 +2,8 @@
 
 * ``SquareFrame``: centred zero-padding to a square and the way back, so anomaly maps computed on the
   square grid can be returned at the input resolution.
-* Resizing: bicubic (antialiased, PIL-like) for RGB, nearest for xyz and masks, ImageNet normalisation.
+* Resizing: bicubic (antialiased, PIL-like) for RGB, nearest for xyz and masks, ImageNet normalisation (frames
+  larger than the training data are first brought to its size the same way: ``frame_size.fit_frame``).
 * ``prepare_xyz``: background removal, then the square padding.
 * ``PreprocessCache``: background removal costs time per sample, so its result is cached on disk.
 """
@@ -124,8 +125,13 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
 
 def resize_nearest(arr: np.ndarray, size: int) -> np.ndarray:
     """HxW or HxWxC (any dtype) -> size x size (x C) by nearest neighbour (torch 'nearest' semantics)."""
-    rows = _nearest_index(arr.shape[0], size)
-    cols = _nearest_index(arr.shape[1], size)
+    return resize_nearest_to(arr, size, size)
+
+
+def resize_nearest_to(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """HxW or HxWxC (any dtype) -> height x width (x C) by nearest neighbour (torch 'nearest' semantics)."""
+    rows = _nearest_index(arr.shape[0], height)
+    cols = _nearest_index(arr.shape[1], width)
     return arr[rows[:, None], cols[None, :]]
 
 

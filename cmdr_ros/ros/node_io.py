@@ -23,10 +23,15 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durabi
                          history=HistoryPolicy.KEEP_LAST)  # ~/vision_info: a late subscriber gets the model in use
 
 
+# input.cloud -> the cloud input's (message type, topic): a PointCloud2, a raw depth image, or a depth image through
+# image_transport's compressedDepth (a CompressedImage, "16UC1|32FC1; compressedDepth png|rvl")
+CLOUD_INPUT = {"points": (PointCloud2, "points"), "depth": (Image, "depth"), "compressedDepth": (CompressedImage, "depth")}
+
+
 def input_topics(mode: str, image_transport: str = "raw", cloud: str = "points") -> list[tuple[type, str]]:
     """(message type, topic) of each synchronized input of ``mode``."""
     image = CompressedImage if image_transport == "compressed" else Image
-    inputs = {"image": (image, "image"), "points": (PointCloud2, "points") if cloud == "points" else (Image, "depth")}
+    inputs = {"image": (image, "image"), "points": CLOUD_INPUT[cloud]}
     return [inputs[name] for name in input_names(mode)]
 
 

@@ -21,7 +21,7 @@ NODE_NAME = "cmdr_inspection"
 MODES = ("auto", "rgbd", "3d", "2d")
 ON_ERROR = ("reject", "pass", "skip")
 IMAGE_TRANSPORTS = ("raw", "compressed")
-CLOUD_INPUTS = ("points", "depth")
+CLOUD_INPUTS = ("points", "depth", "compressedDepth")
 PROJECTIONS = ("auto", "raw", "rectified")
 OVERLOAD = ("judge_all", "newest")
 RELIABILITY = ("reliable", "best_effort")
@@ -57,7 +57,9 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
                                      ".../compressed topic)", IMAGE_TRANSPORTS),
     "input.cloud": ("points", "points: sensor_msgs/PointCloud2 on `points` | depth: a depth image (16UC1 mm, 32FC1 m) "
                               "on `depth`, back-projected with camera_info, which must describe it (e.g. depth "
-                              "registered to the colour camera)", CLOUD_INPUTS),
+                              "registered to the colour camera) | compressedDepth: the same as "
+                              "sensor_msgs/CompressedImage on `depth` (remap it to the driver's .../compressedDepth "
+                              "topic; png or rvl)", CLOUD_INPUTS),
     "sync.queue_size": (10, "approximate-time synchronizer queue per input", (1, 1000)),
     "sync.slop": (0.05, "max stamp difference (s) within a synchronized set", (1e-6, 10.0)),
     "sync.timeout": (1.0, "seconds an input waits for its partner; then it gets an 'unmatched' result",

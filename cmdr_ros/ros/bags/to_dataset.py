@@ -22,13 +22,15 @@ def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defec
 
     Clouds go through the node's own alignment (``FrameJudge.assemble`` with the node's ``params``: pixel-aligned,
     projected with the bag's camera_info and ``extrinsics``, or rasterized with ``raster_resolution``), so the
-    model is trained on exactly what the node will see. ``None`` leaves a topic out (3D-only: no image; 2D-only:
+    model is trained on exactly what the node will see; a frame larger than the training data is written at its size
+    (``frame_size.fit_frame``, as the node brings it there before background removal). ``None`` leaves a topic out (3D-only: no image; 2D-only:
     no points). A set that cannot be aligned is left out with a warning. Returns the number of samples written.
     """
     import logging
 
     from rclpy.serialization import deserialize_message
 
+    from cmdr_ros.data.frame_size import fit_frame
     from cmdr_ros.data.mvtec3d import write_sample
     from cmdr_ros.ros.frame_judge import FrameJudge
     from cmdr_ros.ros.parameters import node_params
@@ -67,7 +69,7 @@ def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defec
                     logging.getLogger(__name__).warning("left out the set stamped %s: %s",
                                                         stamp_ns(next(iter(msgs.values())).header), e)
                     continue
-                write_sample(out, split, defect, f"{start_index + written:03d}", frame.rgb, frame.xyz)
+                write_sample(out, split, defect, f"{start_index + written:03d}", *fit_frame(frame.rgb, frame.xyz))
                 written += 1
     if not written:
         raise CmdrError(f"{bag}: no {' + '.join(t for _, t in inputs)} set matched within the slop of "

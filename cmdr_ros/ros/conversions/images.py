@@ -157,6 +157,7 @@ _COLOUR = {"rgb8", "rgba8", "rgb16", "rgba16", "bgr8", "bgra8", "bgr16", "bgra16
            *_YUV422_TO_RGB}
 # compressed_depth_image_transport's ConfigHeader before the PNG: int32 format (INV_DEPTH), float32 depthParam[2]
 _DEPTH_HEADER = np.dtype([("format", "<i4"), ("depth_param", "<f4", (2,))])
+_RVL_MAX_PIXELS = 1 << 26  # an RVL size beyond any depth camera (67 Mpx) is a corrupt header, not an allocation
 
 
 def compressed_image_to_rgb(msg: CompressedImage) -> np.ndarray:
@@ -223,17 +224,19 @@ def _layout_encoding(pixels: np.ndarray, order: str, fmt: str) -> str:
 
 
 def _decode_compressed_depth(msg: CompressedImage, encoding: str, codec: list[str]) -> np.ndarray:
-    """compressedDepth payload: the 12-byte header, then a 16-bit PNG of depth (16UC1) or of quantized inverse
-    depth (32FC1: ``z = a / (q - b)`` with a, b from the header, q = 0 -> NaN), as its subscriber decodes it."""
+    """compressedDepth payload: the 12-byte header, then a 16-bit PNG or RVL image of depth (16UC1) or of quantized
+    inverse depth (32FC1: ``z = a / (q - b)`` with a, b from the header, q = 0 -> NaN), as its subscriber decodes it
+    (compressed_depth_image_transport's codec.cpp)."""
     fmt = str(msg.format)
-    if encoding not in ("16UC1", "32FC1") or codec not in ([], ["png"]):
-        raise ConversionError(f"unsupported compressedDepth format '{fmt}' (16UC1 or 32FC1, png; rvl is not supported)")
+    if encoding not in ("16UC1", "32FC1") or codec not in ([], ["png"], ["rvl"]):
+        raise ConversionError(f"unsupported compressedDepth format '{fmt}' (16UC1 or 32FC1, png or rvl)")
     buf = _buffer(msg.data)
     if buf.size <= _DEPTH_HEADER.itemsize:
         raise ConversionError(f"compressedDepth payload has {buf.size} bytes, not even its "
                               f"{_DEPTH_HEADER.itemsize}-byte header and an image")
     header = buf[: _DEPTH_HEADER.itemsize].view(_DEPTH_HEADER)[0]
-    q = _imdecode(buf[_DEPTH_HEADER.itemsize:], fmt)
+    body = buf[_DEPTH_HEADER.itemsize:]
+    q = decode_rvl(body, fmt) if codec == ["rvl"] else _imdecode(body, fmt)
     if q.dtype != np.uint16 or q.ndim != 2:
         raise ConversionError(f"compressedDepth '{fmt}' decodes to {q.shape} {q.dtype}, expected one uint16 channel")
     if encoding == "16UC1":
@@ -241,6 +244,63 @@ def _decode_compressed_depth(msg: CompressedImage, encoding: str, codec: list[st
     a, b = header["depth_param"]
     with np.errstate(divide="ignore"):
         return np.where(q > 0, a / (q.astype(np.float32) - b), np.float32(np.nan)).astype(np.float32)
+
+
+def decode_rvl(body: np.ndarray, fmt: str = "compressedDepth rvl") -> np.ndarray:
+    """uint16 HxW of an RVL-coded image as compressed_depth_image_transport writes it (after its 12-byte header):
+    uint32 width and height, then Wilson's RVL stream in little-endian 32-bit words, read from each word's high
+    nibble down. Every number in it is one variable-length code (3 value bits per nibble, low bits first, the 4th
+    bit set when more follow), so all codes are read at once; the stream is runs of (zeros, nonzeros, then each
+    nonzero value as the zig-zag coded difference to the previous nonzero value). A stream that does not describe
+    exactly width x height pixels is a ConversionError."""
+    body = np.asarray(body, dtype=np.uint8)
+    if body.size < 8:
+        raise ConversionError(f"'{fmt}' payload of {body.size} bytes has no RVL size (8 bytes)")
+    width, height = (int(v) for v in body[:8].view("<u4"))
+    n = width * height
+    words = body[8: 8 + (body.size - 8) // 4 * 4].view("<u4")
+    if n == 0 or n > _RVL_MAX_PIXELS:
+        raise ConversionError(f"'{fmt}' reports a {width}x{height} image: malformed (at most {_RVL_MAX_PIXELS} "
+                              "pixels)")
+    nibbles = ((words[:, None] >> np.arange(28, -1, -4, dtype=np.uint32)) & 0xF).astype(np.int64).ravel()
+    last = np.flatnonzero(nibbles < 8)  # the final nibble of each code
+    if not len(last):
+        raise ConversionError(f"'{fmt}' payload holds no complete RVL code")
+    nibbles = nibbles[: last[-1] + 1]
+    first = np.r_[0, last[:-1] + 1]
+    position = np.arange(len(nibbles)) - np.repeat(first, last - first + 1)
+    if position.max() > 10:  # the encoder's 32-bit int takes at most 11 nibbles
+        raise ConversionError(f"'{fmt}' payload holds an RVL code of {position.max() + 1} nibbles: malformed")
+    codes = np.add.reduceat((nibbles & 7) << (3 * position), first)
+    # the run structure: a Python step per run of zeros + nonzeros (0.6 s for 46 000 runs, a 1920x1200 image with
+    # 2 % isolated invalid pixels, on 2 shared cores), the values vectorised
+    seq, total = codes.tolist(), len(codes)  # plain ints: the run loop is Python's
+    zeros, nonzeros, starts = [], [], []
+    at = done = 0
+    while done < n:
+        if at + 2 > total:
+            raise ConversionError(f"'{fmt}' RVL stream ends after {done} of {width}x{height} pixels")
+        z, nz = seq[at], seq[at + 1]
+        if at + 2 + nz > total:
+            raise ConversionError(f"'{fmt}' RVL stream ends after {done + z} of {width}x{height} pixels")
+        if done + z + nz > n:
+            raise ConversionError(f"'{fmt}' RVL stream describes more than its {width}x{height} pixels: malformed")
+        zeros.append(z)
+        nonzeros.append(nz)
+        starts.append(at + 2)
+        done += z + nz
+        at += 2 + nz
+    zeros, nonzeros, starts = (np.array(col, dtype=np.int64) for col in (zeros, nonzeros, starts))
+    marks = np.zeros(len(codes) + 1, np.int64)  # +1 where a run's values start, -1 after them
+    np.add.at(marks, starts, 1)
+    np.add.at(marks, starts + nonzeros, -1)
+    positive = codes[np.cumsum(marks[:-1]) > 0]
+    deltas = (positive >> 1) ^ -(positive & 1)
+    values = (np.cumsum(deltas) & 0xFFFF).astype(np.uint16)  # 16-bit wrap-around, as the C++ decoder's uint16_t
+    nonzero = np.repeat(np.tile([False, True], len(starts)), np.stack([zeros, nonzeros], axis=1).ravel())
+    out = np.zeros(n, np.uint16)
+    out[nonzero] = values
+    return out.reshape(height, width)
 
 
 # ------------------------------------------------------------------------------------------ depth images
