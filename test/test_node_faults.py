@@ -930,9 +930,10 @@ def test_diagnostics_faults_are_levels_not_decisions():
     from cmdr_ros.config import preset
     from cmdr_ros.ros.inspection_node import InspectionNode
 
-    params = {"diagnostics.stale_after": 2.0, "time_budget": 5.0}
+    params = {"diagnostics.stale_after": 2.0, "time_budget": 5.0, "diagnostics.window": 60.0}
     node = SimpleNamespace(_p=params.get, _sync=object())
-    s = {"qos_incompatible": 0, "input_idle_s": 0.0, "not_judged": {}, "unsent": 0, "unsent_s": 0.0}
+    s = {"qos_incompatible": 0, "input_idle_s": 0.0, "not_judged": {}, "unsent": 0, "unsent_s": 0.0,
+         "recent_faults": {}, "late_inputs": {}, "qos_incompatible_now": {}}
 
     def det(name: str, device: str) -> Any:
         return SimpleNamespace(device=torch.device(device), config=preset(name))
@@ -943,7 +944,12 @@ def test_diagnostics_faults_are_levels_not_decisions():
     assert level == DiagnosticStatus.WARN and "CPU" in text
     (level, text), = InspectionNode._faults(node, {**s, "input_idle_s": 3.0}, det("lite", "cpu"))
     assert level == DiagnosticStatus.WARN and text.startswith("stale inputs")
-    (level, text), = InspectionNode._faults(node, {**s, "qos_incompatible": 1}, None)
+    (level, text), = InspectionNode._faults(node, {**s, "qos_incompatible": 1, "qos_incompatible_now": {"/image": 1}},
+                                            None)
     assert level == DiagnosticStatus.ERROR and "input.reliability" in text
+    assert InspectionNode._faults(node, {**s, "qos_incompatible": 1}, None) == []  # that publisher is gone
+    (level, text), = InspectionNode._faults(node, {**s, "not_judged": {"unmatched": 1},
+                                                   "recent_faults": {"unmatched": 1}}, None)
+    assert level == DiagnosticStatus.WARN and "in the last 60 s" in text
     (level, text), = InspectionNode._faults(node, {**s, "unsent": 2, "unsent_s": 6.0}, None)  # past time_budget
     assert level == DiagnosticStatus.WARN and "not published" in text

@@ -87,7 +87,7 @@ class DecisionEngine:
                 self.queue.finished()
             if not self.decide(part, verdict, frame):
                 with self.cv:
-                    self.stats.counts["late"] += 1
+                    self.stats.late_result(time.monotonic())
 
     def watch(self, budget: float) -> bool:
         """The watchdog's tick: every part past ``budget`` s since its arrival gets the fail-safe; True when the
