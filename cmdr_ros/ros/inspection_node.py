@@ -465,7 +465,7 @@ class InspectionNode(LifecycleNode):
         """What is wrong now besides a stuck inference, each with its level (``node_status.faults``)."""
         return faults(s, stale_after=float(self._p("diagnostics.stale_after")), inputs_watched=self._sync is not None,
                       pretrained_cpu=pretrained_on_cpu(det), unsent_after=float(self._p("time_budget")),
-                      window=float(self._p("diagnostics.window")))
+                      window=float(self._p("diagnostics.window")), sync_timeout=float(self._p("sync.timeout")))
 
 
 def main(args: list[str] | None = None) -> int:

@@ -109,9 +109,10 @@ def incompatible_publishers(publishers: list[Any], subscriptions: list[Any]) -> 
                if any(qos_check_compatible(p.qos_profile, q)[0] == QoSCompatibility.ERROR for q in subscriptions))
 
 
-def late_input_text(late: Mapping[str, tuple[float, float, int]]) -> str:
+def late_input_text(late: Mapping[str, tuple[float, float, int]], sync_timeout: float) -> str:
     """Which input arrives late and by how much, from ``late`` ({input: (p50 s, p95 s, sets)}, ``sync``'s
-    ``InputLateness``): the worst one by p95 with the way out, or why nothing was measured."""
+    ``InputLateness``): the worst one by p95 against ``sync_timeout`` with the ways out, or why nothing was
+    measured."""
     measured = {k: v for k, v in late.items() if v[2]}
     if len(late) < 2:
         return ""
@@ -120,8 +121,12 @@ def late_input_text(late: Mapping[str, tuple[float, float, int]]) -> str:
                 "then raise sync.timeout or give the drivers the large-message profile")
     name, (p50, p95, n) = max(measured.items(), key=lambda kv: kv[1][1])
     others = "/".join(k for k in late if k != name)
-    return (f"input {name} arrives {p95:.2f} s after {others} (p95 of {n} sets, p50 {p50:.2f} s): raise sync.timeout "
-            "or give the driver the large-message profile")
+    figure = f"input {name} arrives {p95:.2f} s after {others} (p95 of {n} sets, p50 {p50:.2f} s)"
+    if p95 >= sync_timeout:
+        return (f"{figure}, beyond sync.timeout {sync_timeout:g} s: raise sync.timeout or give the driver the "
+                "large-message profile")
+    return (f"{figure}, within sync.timeout {sync_timeout:g} s: an input came without partner (a driver dropped "
+            "one?) or a few came later than that: raise sync.timeout or give the driver the large-message profile")
 
 
 def rate_and_latency(latencies_ms: list[float], stamps: list[float], now: float) -> dict[str, float]:
@@ -166,11 +171,12 @@ def pretrained_on_cpu(det: CMDRDetector | None) -> bool:
 
 
 def faults(s: Mapping[str, Any], *, stale_after: float, inputs_watched: bool,
-           pretrained_cpu: bool, unsent_after: float = float("inf"), window: float = 60.0) -> list[tuple[bytes, str]]:
+           pretrained_cpu: bool, unsent_after: float = float("inf"), window: float = 60.0,
+           sync_timeout: float = 1.0) -> list[tuple[bytes, str]]:
     """What is wrong now besides a stuck inference, each with its level (``s``: ``InspectionNode.snapshot()``;
     ``inputs_watched``: subscribed, so idle inputs mean something; ``unsent_after``: how long a decision may wait
     to be recorded and published, the node's ``time_budget``; ``window``: ``diagnostics.window``, the seconds
-    ``s['recent_faults']`` covers)."""
+    ``s['recent_faults']`` covers; ``sync_timeout``: ``sync.timeout``, what a late input is compared with)."""
     found = []
     if s["unsent_s"] > unsent_after:
         found.append((DiagnosticStatus.WARN, f"{s['unsent']} decision(s) made but not published, the oldest for "
@@ -192,7 +198,7 @@ def faults(s: Mapping[str, Any], *, stale_after: float, inputs_watched: bool,
     if recent:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(recent.items()))
         text = f"{sum(recent.values())} part(s) not judged in the last {window:g} s ({kinds})"
-        hint = late_input_text(s["late_inputs"]) if "unmatched" in recent else ""
+        hint = late_input_text(s["late_inputs"], sync_timeout) if "unmatched" in recent else ""
         found.append((DiagnosticStatus.WARN, f"{text}: {hint}" if hint else text))
     return found
 
