@@ -96,6 +96,7 @@ def test_bench_node_plays_recorded_frames(capsys, monkeypatch, tmp_path):
     assert r["published"] == 4 and r["results"] == 4 and r["judged"] + sum(r["not_judged"].values()) == 4
     assert r["image_transport"] == "compressed" and "input.image_transport:=compressed" in r["params"]
     assert r["dds"]["profile"].endswith("publisher: Fast DDS defaults (no profile)")
+    assert {"late.image_p95_ms", "late.points_p95_ms"} <= set(r["late_inputs"]), r["late_inputs"]  # node's view
     assert not {"bad_input", "ConversionError"} & set(r["not_judged"]), r["not_judged"]  # the JPEG was decoded
     assert main(["bench", "node", "--data", str(tmp_path / "cell" / "none")]) == 2
     assert "no xyz/*.tiff" in capsys.readouterr().err

@@ -129,14 +129,22 @@ class Recorder:
                                                         QOS, raw=True) for k, t in OUTPUTS.items()]
         # last: a /diagnostics message from the node shows its writers matched every reader above (announced first)
         self.diagnostics = threading.Event()
-        self.subs.append(self.node.create_subscription(DiagnosticArray, DIAGNOSTICS, lambda _: self.diagnostics.set(),
-                                                       QOS))
+        self.late_inputs: dict[str, str] = {}  # the node's last late.* diagnostics values (which input came late)
+        self.subs.append(self.node.create_subscription(DiagnosticArray, DIAGNOSTICS, self._on_diagnostics, QOS))
         self.pubs = {name: self.node.create_publisher(msg_type, INPUTS[name][1], QOS)
                      for name, msg_type in inputs.items()}
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            if st.name.endswith(": node"):
+                late = {kv.key: kv.value for kv in st.values if kv.key.startswith("late.")}
+                with self.cond:
+                    self.late_inputs = late or self.late_inputs
+        self.diagnostics.set()
 
     def _on_result(self, msg: DiagnosticArray) -> None:
         now = time.monotonic()
@@ -284,6 +292,7 @@ def run_node_bench(checkpoint: str | None, mode: str, rate: float, seconds: floa
             exit_code = node.stop()
             with recorder.cond:
                 results, output_counts = list(recorder.results), dict(recorder.outputs)
+                late_inputs = dict(recorder.late_inputs)
         finally:
             if node is not None:
                 node.stop()
@@ -297,7 +306,7 @@ def run_node_bench(checkpoint: str | None, mode: str, rate: float, seconds: floa
             "outputs_received": output_counts if outputs else None,
             "dds": {**env, "profile": dds_profile if publisher_profile else
                     f"node: {dds_profile}; publisher: Fast DDS defaults (no profile)"},
-            "image_transport": image_transport, "load_average_1min": {"start": load, "end": os.getloadavg()[0]},
+            "image_transport": image_transport, "late_inputs": late_inputs, "load_average_1min": {"start": load, "end": os.getloadavg()[0]},
             "startup_s": startup_s,
             **summarise(published, results),
             "node_rss_mb": {"start": rss_start, "end": rss_end, "peak": rss_peak}, "node_exit_code": exit_code}
@@ -323,6 +332,8 @@ def format_report(r: dict[str, Any]) -> str:
         ("  publish -> result", ms(r["latency_ms"])),
         ("  node: in -> decided", ms(r["node_latency_ms"])),
         ("  node: inference", ms(r["inference_ms"])),
+        ("late inputs ms", ", ".join(f"{k[5:]} {v}" for k, v in sorted(r["late_inputs"].items())
+                                     if not k.endswith("_sets")) or "-"),
         ("node RSS MB", f"start {mem['start']}, end {mem['end']}, peak {mem['peak']}"),
         ("node exit code", f"{r['node_exit_code']} (after SIGINT)"),
     ]
