@@ -182,7 +182,8 @@ class DecisionEngine:
             self.stats.counts[counter] += 1
 
     def counters(self) -> dict[str, Any]:
-        """Decisions, judged, rejects, late, stuck, qos_incompatible, not_judged (by kind), seq, unsent (decided,
+        """Decisions, judged, rejects, late, stuck, qos_incompatible, not_judged (by kind), recent (the transient
+        faults as (time, kind), ``DecisionStats.recent``), seq, unsent (decided,
         not yet recorded and published) and unsent_s (how long the oldest of them has waited), waiting,
         inflight_s, rate_hz, latency_p50_ms, latency_p95_ms."""
         with self.cv:
