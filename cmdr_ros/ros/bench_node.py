@@ -306,7 +306,8 @@ def run_node_bench(checkpoint: str | None, mode: str, rate: float, seconds: floa
             "outputs_received": output_counts if outputs else None,
             "dds": {**env, "profile": dds_profile if publisher_profile else
                     f"node: {dds_profile}; publisher: Fast DDS defaults (no profile)"},
-            "image_transport": image_transport, "late_inputs": late_inputs, "load_average_1min": {"start": load, "end": os.getloadavg()[0]},
+            "image_transport": image_transport, "late_inputs": late_inputs,
+            "load_average_1min": {"start": load, "end": os.getloadavg()[0]},
             "startup_s": startup_s,
             **summarise(published, results),
             "node_rss_mb": {"start": rss_start, "end": rss_end, "peak": rss_peak}, "node_exit_code": exit_code}
