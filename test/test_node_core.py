@@ -234,6 +234,13 @@ def test_incompatible_publishers_by_rclpy_qos_check():
      "Trying to set a read-only parameter: checkpoint."),
     ("use_sim_time", "x", "Wrong parameter type, expected '1' got '4'",  # rclpy's own parameter: as rclpy said
      "Wrong parameter type, expected '1' got '4'"),
+    # the value unknown: the given type from rclpy's number (Jazzy, Kilted) or name (Humble, the start exception)
+    ("threshold", None, "Wrong parameter type, expected '3' got '4'",
+     "parameter 'threshold' expects type double (a number), got type string"),
+    ("threshold", None, "Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER_ARRAY'",
+     "parameter 'threshold' expects type double (a number), got type integer array"),
+    ("threshold", None, "Trying to set parameter 'threshold' to 'abc' of type 'STRING', expecting type 'DOUBLE'",
+     "parameter 'threshold' expects type double (a number), got type string"),
 ])
 def test_ros_refusals_name_the_parameter_and_the_types(name, value, reason, want):
     assert refusal(name, value, reason) == want

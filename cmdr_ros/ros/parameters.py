@@ -134,20 +134,26 @@ def expected_type(name: str) -> str:
 
 
 def refusal(name: str, value: Any, reason: str) -> str:
-    """What the node says when ROS itself refuses a value of parameter ``name`` (at start or at run time): rclpy's
-    type refusal ("Wrong parameter type, expected '3' got '4'", "Trying to set parameter ... expecting type ...")
-    named with the parameter and both types; a range refusal in ``check``'s words; anything else as ROS put it,
-    prefixed with the parameter."""
+    """What the node says when ROS itself refuses ``value`` for parameter ``name`` (at start or at run time):
+    rclpy's type refusal ("Wrong parameter type, expected '3' got '4'", "Trying to set parameter ... of type
+    'STRING', expecting type 'DOUBLE'") named with the parameter and both types (the given type from ``value``, or
+    from the reason's type number or name when the value is unknown); a range refusal in ``check``'s words; anything
+    else as ROS put it, with the parameter's name."""
     if name not in PARAMETERS:
         return reason
     if re.search(r"(?i)wrong parameter type|expecting type", reason):
-        shown = "" if value is None else f": {value!r}"
-        return f"parameter '{name}' expects type {expected_type(name)}, got type {value_type(value)}{shown}"
+        if value is not None:
+            given, shown = value_type(value), f": {value!r}"
+        else:
+            m = re.search(r"got '(?:Type\.)?(\w+)'|of type '(\w+)'", reason)
+            word = (m.group(1) or m.group(2)) if m else "?"
+            given = TYPE_NAMES.get(int(word), word) if word.isdigit() else word.lower().replace("_", " ")
+            shown = ""
+        return f"parameter '{name}' expects type {expected_type(name)}, got type {given}{shown}"
     ours = check(name, value)
     if ours is not None:
         return ours
-    named = re.sub(r"'(\d)'", lambda m: f"'{TYPE_NAMES.get(int(m.group(1)), m.group(1))}'", reason)
-    return named if name in named else f"{name}: {named}"
+    return reason if name in reason else f"{name}: {reason}"
 
 
 def coerce(name: str, value: Any) -> Any:
