@@ -88,10 +88,16 @@ def test_bench_node_plays_recorded_frames(capsys, monkeypatch, tmp_path):
     data = generate_dataset(tmp_path / "cell", "block", n_train=0, n_val=0, n_test_good=2, n_test_per_defect=0,
                             cfg=CellConfig(image_size=72))
     monkeypatch.setenv("ROS_DOMAIN_ID", str(new_domain()))
+    # as a camera driver the node does not start: Fast DDS defaults on the publisher, a JPEG image
     r = _json(capsys, ["bench", "node", "--data", str(data), "--rate", "4", "--seconds", "1", "--size", "64",
-                       "--device", "cpu", "--no-outputs", "--json"])
+                       "--device", "cpu", "--no-outputs", "--publisher-profile", "off", "--image-transport",
+                       "compressed", "--json"])
     assert r["source"] == f"{data} (2 frames of 72x72)" and r["outputs_received"] is None
     assert r["published"] == 4 and r["results"] == 4 and r["judged"] + sum(r["not_judged"].values()) == 4
+    assert r["image_transport"] == "compressed" and "input.image_transport:=compressed" in r["params"]
+    assert r["dds"]["profile"].endswith("publisher: Fast DDS defaults (no profile)")
+    assert {"late.image_p95_ms", "late.points_p95_ms"} <= set(r["late_inputs"]), r["late_inputs"]  # node's view
+    assert not {"bad_input", "ConversionError"} & set(r["not_judged"]), r["not_judged"]  # the JPEG was decoded
     assert main(["bench", "node", "--data", str(tmp_path / "cell" / "none")]) == 2
     assert "no xyz/*.tiff" in capsys.readouterr().err
 
@@ -108,3 +114,18 @@ def test_openblas_runs_single_threaded_and_torch_keeps_its_cores():
     blas = [i for i in threadpool_info() if i["internal_api"] == "openblas"]
     assert blas and all(i["num_threads"] == 1 for i in blas)
     assert torch.get_num_threads() == before
+
+
+def test_bench_compressed_image_is_what_compressed_image_transport_sends():
+    import numpy as np
+    from std_msgs.msg import Header
+
+    from cmdr_ros.ros.bench_node import compressed_image
+    from cmdr_ros.ros.conversions import array_to_image, compressed_image_to_rgb
+
+    rgb = np.zeros((32, 48, 3), np.uint8)
+    rgb[..., 0], rgb[8:24, 8:40, 1] = 200, 120
+    msg = compressed_image(array_to_image(rgb, "rgb8", Header(frame_id="camera")))
+    assert msg.format == "rgb8; jpeg compressed bgr8" and msg.header.frame_id == "camera"
+    back = compressed_image_to_rgb(msg)
+    assert back.shape == rgb.shape and np.abs(back.astype(int) - rgb).mean() < 3  # JPEG: nearly, channels in order

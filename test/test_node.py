@@ -142,6 +142,8 @@ def test_threshold_changes_at_run_time(ros, rgbd_node, rgbd_model):
     ("time_budget", 0.0, "within|out of range"),
     ("overload", "drop", "one of"),
     ("max_range", -1.0, "within|out of range"),
+    ("threshold", "abc", r"^parameter 'threshold' expects type double \(a number\), got type string: 'abc'$"),
+    ("input.depth", 2.5, r"^parameter 'input.depth' expects type integer"),
 ])
 def test_bad_run_time_parameter_is_refused_and_the_node_keeps_serving(ros, rgbd_node, name, value, why):
     ok, reason = ros.set_parameter(name, value)
@@ -181,20 +183,30 @@ def test_stale_inputs_are_reported(ros, rgbd_node):
         assert ros.set_parameter("diagnostics.stale_after", 0.0) == (True, "")
 
 
-def test_an_incompatible_input_publisher_is_a_diagnostics_error(ros, rgbd_node):
-    """Last in this module: the count stays for the node's life (the mismatched publisher sends nothing through)."""
+def test_an_incompatible_input_publisher_is_a_diagnostics_error_while_it_is_there(ros, rgbd_node):
+    """A best-effort publisher on the reliable /image: ERROR while it exists; once it is gone the error clears (the
+    count of events stays as a value)."""
+    def node_status(pred):
+        def find():
+            for t, arr in ros.received["diagnostics"]:
+                for st in arr.status:
+                    if st.name == "cmdr_inspection: node" and pred(t, st, {kv.key: kv.value for kv in st.values}):
+                        return t, st
+            return None
+        return find
+
     best_effort = ros.node.create_publisher(Image, "/image",
                                             QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT))
     try:
-        def error():
-            for _, arr in ros.received["diagnostics"]:
-                for st in arr.status:
-                    if st.name == "cmdr_inspection: node" and "incompatible QoS" in st.message:
-                        return st
-            return None
-
-        st = ros.wait_for("an incompatible-QoS error", error, timeout=30)
+        t_error, st = ros.wait_for("an incompatible-QoS error", node_status(
+            lambda t, st, v: "incompatible QoS" in st.message), timeout=30)
         assert st.level == DiagnosticStatus.ERROR, st
-        assert "input.reliability" in st.message
+        assert "input.reliability" in st.message and "/image (1)" in st.message, st.message
     finally:
         ros.node.destroy_publisher(best_effort)
+    t_clear, st = ros.wait_for("the QoS error cleared", node_status(
+        lambda t, st, v: t > t_error and v.get("qos_incompatible_now") == "0"), timeout=30)
+    values = {kv.key: kv.value for kv in st.values}
+    assert "incompatible QoS" not in st.message and st.level != DiagnosticStatus.ERROR, st
+    assert int(values["qos_incompatible"]) >= 1, values  # the record stays
+    print(f"\nQoS error cleared {t_clear - t_error:.2f} s after the first ERROR seen (publisher destroyed between)")

@@ -23,10 +23,11 @@ from cmdr_ros.ros.engine import DecisionEngine, Outlet
 from cmdr_ros.ros.frame_judge import FrameJudge
 from cmdr_ros.ros.frames import Frame
 from cmdr_ros.ros.node_status import (DecisionStats, InputIdle, ThrottledLog, audit_status, faults, hardware_id,
-                                      node_status, rate_and_latency, status_name)
+                                      incompatible_publishers, late_input_text, node_status, rate_and_latency,
+                                      recent_faults, status_name)
 from cmdr_ros.ros.outputs import decision_messages, map_messages, result_values, wanted_outputs
 from cmdr_ros.ros.typed_decision import AVAILABLE as TYPED_AVAILABLE
-from cmdr_ros.ros.parameters import check_set, coerce_overrides, coerce_parameters, descriptor
+from cmdr_ros.ros.parameters import check_set, coerce_overrides, coerce_parameters, descriptor, refusal
 from cmdr_ros.ros.tf_source import NO_FALLBACK, tf_fallback, tf_lookup
 
 UNIT = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
@@ -124,12 +125,13 @@ def snap(**kw: Any) -> dict[str, Any]:
     """A node snapshot (``InspectionNode.snapshot``) with nothing wrong."""
     return {"decisions": 5, "judged": 5, "rejects": 1, "late": 0, "stuck": 0, "qos_incompatible": 0,
             "not_judged": {}, "seq": 5, "waiting": 0, "inflight_s": 0.0, "rate_hz": 2.0, "latency_p50_ms": 12.0,
-            "latency_p95_ms": 20.25, "pending_sync": 0, "unsent": 0, "unsent_s": 0.0, "input_idle_s": 0.5, **kw}
+            "latency_p95_ms": 20.25, "pending_sync": 0, "unsent": 0, "unsent_s": 0.0, "input_idle_s": 0.5,
+            "recent_faults": {}, "late_inputs": {}, "qos_incompatible_now": {}, "parameters_refused": 0, **kw}
 
 
 def status(s: dict[str, Any], state: str = "active", judging: bool = True, stale_after: float = 0.0,
            **kw: Any) -> tuple[int, str, dict[str, str]]:
-    found = faults(s, stale_after=stale_after, inputs_watched=True, pretrained_cpu=False)
+    found = faults(s, stale_after=stale_after, inputs_watched=True, pretrained_cpu=False, window=60.0)
     st = node_status(s, state=state, judging=judging, time_budget=5.0, found=found, mode="rgbd",
                      name=status_name("/cmdr_inspection", "node"), hw_id=hardware_id("", "/cmdr_inspection"), **kw)
     assert st.name == "cmdr_inspection: node" and st.hardware_id == "/cmdr_inspection"
@@ -141,8 +143,8 @@ def test_status_ok_with_the_counters_and_the_model():
     assert level == DiagnosticStatus.OK and message == "active: 5 decisions, 5 judged, 0 not judged"
     assert list(v) == ["state", "decisions", "seq", "judged", "rejects", "not_judged", "late_results", "stuck",
                        "stuck_events", "waiting", "pending_sync", "unsent", "unsent_s", "rate_hz", "latency_p50_ms", "latency_p95_ms",
-                       "qos_incompatible", "input_idle_s", "mode", "decision_topic", "threshold", "model_id",
-                       "device"]
+                       "qos_incompatible", "qos_incompatible_now", "input_idle_s", "mode", "recent_faults",
+                       "parameters_refused", "decision_topic", "threshold", "model_id", "device"]
     assert v["decision_topic"] == ("vision_msgs/Classification" if TYPED_AVAILABLE
                                    else "off: vision_msgs is not installed")
     assert v["state"] == "active" and v["decisions"] == "5" and v["stuck"] == "0" and v["rate_hz"] == "2.00"
@@ -163,13 +165,88 @@ def test_stale_inputs_warn_only_when_watched_and_enabled():
     assert message == "stale inputs: nothing arrived for 3 s; active: 5 decisions, 5 judged, 0 not judged"
 
 
-def test_not_judged_parts_warn_and_an_incompatible_qos_is_an_error():
-    level, message, v = status(snap(judged=3, not_judged={"timeout": 2}))
-    assert level == DiagnosticStatus.WARN and message == "active: 5 decisions, 3 judged, 2 not judged"
-    assert v["not_judged"] == "2" and v["not_judged.timeout"] == "2"
-    level, message, _ = status(snap(qos_incompatible=4, input_idle_s=9.0), stale_after=2.0)
+def test_not_judged_parts_warn_within_the_window_and_an_incompatible_qos_is_an_error_while_it_lasts():
+    level, message, v = status(snap(judged=3, not_judged={"timeout": 2}, recent_faults={"timeout": 2}))
+    assert level == DiagnosticStatus.WARN
+    assert message == "2 part(s) not judged in the last 60 s (timeout 2); active: 5 decisions, 3 judged, 2 not judged"
+    assert v["not_judged"] == "2" and v["not_judged.timeout"] == "2" and v["recent_faults"] == "2"
+    level, message, v = status(snap(judged=3, not_judged={"timeout": 2}))  # none in the window: OK, counters kept
+    assert level == DiagnosticStatus.OK and v["not_judged.timeout"] == "2" and v["recent_faults"] == "0"
+    level, message, _ = status(snap(late=1, recent_faults={"late_result": 1}))
+    assert level == DiagnosticStatus.WARN and message.startswith("1 inference(s) returned after their part")
+    level, message, v = status(snap(qos_incompatible=4, qos_incompatible_now={"/image": 1}, input_idle_s=9.0),
+                               stale_after=2.0)
     assert level == DiagnosticStatus.ERROR  # the worst fault sets the level, its text leads
-    assert message.startswith("incompatible QoS with an input publisher (4 times): no message of it arrives")
+    assert message.startswith("incompatible QoS: input publisher(s) on /image (1) cannot reach the node")
+    assert (v["qos_incompatible"], v["qos_incompatible_now"]) == ("4", "1")
+    assert status(snap(qos_incompatible=4))[0] == DiagnosticStatus.OK  # the publisher is gone: the count stays
+
+
+def test_recent_faults_count_only_the_window():
+    stats = DecisionStats()
+    stats.decided(Verdict(False, "reject", 1.0, kind="unmatched", reason="alone"), 1.0, 100.0)
+    stats.decided(Verdict(False, "reject", 1.0, kind="timeout", reason="slow"), 1.0, 130.0)
+    stats.late_result(131.0)
+    counts, _, _ = stats.copy()
+    assert counts["late"] == 1 and counts["not_judged"] == {"unmatched": 1, "timeout": 1}
+    assert recent_faults(counts["recent"], 150.0, 60.0) == {"unmatched": 1, "timeout": 1, "late_result": 1}
+    assert recent_faults(counts["recent"], 170.0, 60.0) == {"timeout": 1, "late_result": 1}
+    assert recent_faults(counts["recent"], 200.0, 60.0) == {}
+
+
+def test_unmatched_parts_say_which_input_arrives_late():
+    late = {"image": (0.0, 0.0, 40), "points": (0.8, 1.2, 40)}
+    level, message, v = status(snap(not_judged={"unmatched": 3}, recent_faults={"unmatched": 3}, late_inputs=late))
+    assert level == DiagnosticStatus.WARN
+    assert message.startswith("3 part(s) not judged in the last 60 s (unmatched 3): input points arrives 1.20 s "
+                              "after image (p95 of 40 sets, p50 0.80 s), beyond sync.timeout 1 s: raise "
+                              "sync.timeout or give the driver the large-message profile"), message
+    assert (v["late.points_p50_ms"], v["late.points_p95_ms"], v["late.points_sets"]) == ("800.0", "1200.0", "40")
+    assert v["late.image_p95_ms"] == "0.0"
+    assert "within sync.timeout 2 s: an input came without partner" in late_input_text(late, 2.0)
+    assert "no set of the inputs arrived complete" in late_input_text({"image": (0, 0, 0), "points": (0, 0, 0)}, 1.0)
+    assert late_input_text({"points": (0.0, 0.0, 5)}, 1.0) == ""  # one input: nothing to be late against
+
+
+def test_incompatible_publishers_by_rclpy_qos_check():
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    best_effort = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    pubs = [SimpleNamespace(qos_profile=q) for q in (reliable, best_effort, best_effort)]
+    assert incompatible_publishers(pubs, [reliable]) == 2  # best effort cannot feed a reliable reader
+    assert incompatible_publishers(pubs, [best_effort]) == 0
+    assert incompatible_publishers(pubs[:1], [latched]) == 1  # a volatile writer cannot feed a transient-local reader
+    assert incompatible_publishers(pubs, []) == 0
+
+
+@pytest.mark.parametrize("name, value, reason, want", [
+    ("threshold", "abc", "Wrong parameter type, expected '3' got '4'",
+     "parameter 'threshold' expects type double (a number), got type string: 'abc'"),
+    ("threshold", "abc", "Trying to set parameter 'threshold' to 'abc' of type 'STRING', expecting type 'DOUBLE'",
+     "parameter 'threshold' expects type double (a number), got type string: 'abc'"),  # rclpy at start
+    ("input.depth", 2.5, "Wrong parameter type, expected '2' got '3'",
+     "parameter 'input.depth' expects type integer (a whole number), got type double: 2.5"),
+    ("warmup", "yes", "Wrong parameter type, expected '1' got '4'",
+     "parameter 'warmup' expects type bool (true or false), got type string: 'yes'"),
+    ("extrinsics", ["a"], "Wrong parameter type, expected '8' got '9'",
+     "parameter 'extrinsics' expects type double array (7 numbers), got type string array: ['a']"),
+    ("time_budget", 0.0, "Parameter time_budget out of range", "time_budget must be within [0.01, 3600], got 0.0"),
+    ("checkpoint", "m.ckpt", "Trying to set a read-only parameter: checkpoint.",
+     "Trying to set a read-only parameter: checkpoint."),
+    ("use_sim_time", "x", "Wrong parameter type, expected '1' got '4'",  # rclpy's own parameter: as rclpy said
+     "Wrong parameter type, expected '1' got '4'"),
+    # the value unknown: the given type from rclpy's number (Jazzy, Kilted) or name (Humble, the start exception)
+    ("threshold", None, "Wrong parameter type, expected '3' got '4'",
+     "parameter 'threshold' expects type double (a number), got type string"),
+    ("threshold", None, "Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER_ARRAY'",
+     "parameter 'threshold' expects type double (a number), got type integer array"),
+    ("threshold", None, "Trying to set parameter 'threshold' to 'abc' of type 'STRING', expecting type 'DOUBLE'",
+     "parameter 'threshold' expects type double (a number), got type string"),
+])
+def test_ros_refusals_name_the_parameter_and_the_types(name, value, reason, want):
+    assert refusal(name, value, reason) == want
 
 
 def test_a_stuck_inference_is_an_error():
@@ -220,7 +297,7 @@ def test_counters_rates_and_idle_time():
     stats.decided(Verdict(False, "reject", 1.0, kind="timeout", reason="late"), 5000.0, 102.0)
     counts, latencies, stamps = stats.copy()
     assert counts == {"decisions": 3, "judged": 2, "rejects": 2, "late": 0, "stuck": 0, "qos_incompatible": 0,
-                      "not_judged": {"timeout": 1}}
+                      "not_judged": {"timeout": 1}, "recent": [(102.0, "timeout")]}
     assert latencies == [10.0, 30.0] and stamps == [100.0, 101.0]  # fail-safes leave the latency alone
     assert rate_and_latency(latencies, stamps, 101.5) == {"rate_hz": 1.0, "latency_p50_ms": 20.0,
                                                           "latency_p95_ms": 29.0}

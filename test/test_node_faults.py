@@ -666,6 +666,9 @@ class TestShutdown:
 def test_bad_start_parameters_exit_non_zero_and_say_why(ros, models, tmp_path_factory):
     cases = {"on_error": ({"on_error": "foo"}, "on_error"),
              "input.reliability": ({"input.reliability": "best-effort"}, "input.reliability"),
+             # refused by rclpy itself ("Wrong parameter type, expected '3' got '4'"): named with both types
+             "threshold type": ({"threshold": "abc"},
+                                "parameter 'threshold' expects type double (a number), got type string: 'abc'"),
              "missing checkpoint": ({}, "checkpoint not found")}
     missing = tmp_path_factory.mktemp("nothing") / "missing.ckpt"
     procs = {}
@@ -683,6 +686,9 @@ def test_bad_start_parameters_exit_non_zero_and_say_why(ros, models, tmp_path_fa
             d = ros.diagnostics(lambda v, why=why: v.get("state", "").startswith("cannot configure")
                                 and why in v["state"], f"the reason '{why}'")
             assert d["_level"] == DiagnosticStatus.ERROR and why in d["_message"], d
+            if name == "threshold type":
+                assert f"parameter refused at start: {why}" in node.stderr(), node.logs()
+                assert d["parameters_refused"] == "1", d
             print(f"\n{name}: exit {code}, /diagnostics ERROR: {d['_message'][:150]}")
     finally:
         for node in procs.values():
@@ -949,9 +955,10 @@ def test_diagnostics_faults_are_levels_not_decisions():
     from cmdr_ros.config import preset
     from cmdr_ros.ros.inspection_node import InspectionNode
 
-    params = {"diagnostics.stale_after": 2.0, "time_budget": 5.0}
+    params = {"diagnostics.stale_after": 2.0, "time_budget": 5.0, "diagnostics.window": 60.0, "sync.timeout": 1.0}
     node = SimpleNamespace(_p=params.get, _sync=object())
-    s = {"qos_incompatible": 0, "input_idle_s": 0.0, "not_judged": {}, "unsent": 0, "unsent_s": 0.0}
+    s = {"qos_incompatible": 0, "input_idle_s": 0.0, "not_judged": {}, "unsent": 0, "unsent_s": 0.0,
+         "recent_faults": {}, "late_inputs": {}, "qos_incompatible_now": {}}
 
     def det(name: str, device: str) -> Any:
         return SimpleNamespace(device=torch.device(device), config=preset(name))
@@ -962,7 +969,63 @@ def test_diagnostics_faults_are_levels_not_decisions():
     assert level == DiagnosticStatus.WARN and "CPU" in text
     (level, text), = InspectionNode._faults(node, {**s, "input_idle_s": 3.0}, det("lite", "cpu"))
     assert level == DiagnosticStatus.WARN and text.startswith("stale inputs")
-    (level, text), = InspectionNode._faults(node, {**s, "qos_incompatible": 1}, None)
+    (level, text), = InspectionNode._faults(node, {**s, "qos_incompatible": 1, "qos_incompatible_now": {"/image": 1}},
+                                            None)
     assert level == DiagnosticStatus.ERROR and "input.reliability" in text
+    assert InspectionNode._faults(node, {**s, "qos_incompatible": 1}, None) == []  # that publisher is gone
+    (level, text), = InspectionNode._faults(node, {**s, "not_judged": {"unmatched": 1},
+                                                   "recent_faults": {"unmatched": 1}}, None)
+    assert level == DiagnosticStatus.WARN and "in the last 60 s" in text
     (level, text), = InspectionNode._faults(node, {**s, "unsent": 2, "unsent_s": 6.0}, None)  # past time_budget
     assert level == DiagnosticStatus.WARN and "not published" in text
+
+
+# ------------------------------------------------------------------------------ 10. diagnostics recover
+def _diagnostics_after(ros: RosSide, t0: float, pred: Any, what: str, timeout: float = 60) -> tuple[float, Any]:
+    """The first node status received after ``t0`` (time.monotonic) for which ``pred(status, values)`` holds, with
+    its arrival time (waits for it)."""
+    def find() -> tuple[float, Any] | None:
+        for t, arr in ros.received["diagnostics"]:
+            for st in arr.status:
+                if t > t0 and st.name == "cmdr_inspection: node" and pred(st, {kv.key: kv.value for kv in st.values}):
+                    return t, st
+        return None
+    return ros.wait_for(what, find, timeout)
+
+
+def test_diagnostics_return_to_ok_after_a_transient_fault(ros, models, frames, tmp_path_factory):
+    """A lone image (no cloud within sync.timeout: unmatched) makes the node WARN, naming the late input; with no new
+    fault /diagnostics is OK again once diagnostics.window has passed, while the counters keep the record. Refused
+    run-time sets are named with their types, logged and counted. The recovery time (fault's result -> first OK) is
+    printed, never asserted (timing)."""
+    window = 2.0
+    params = {"checkpoint": models["rgbd"]["checkpoint"], "diagnostics.window": window, "sync.timeout": 0.5}
+    with node_running(ros, tmp_path_factory.mktemp("node_recover"), params, (ros.image_pub, ros.points_pub)) as node:
+        _check_judged(ros.result(_send_good(ros, frames)))  # a complete set: the late-input figures have a sample
+        lone = ros.next_stamp()
+        _send(ros, lone, _image(frames[1][0].rgb))
+        _check_fail_safe(ros.result(lone), {"unmatched"})
+        with ros.cond:
+            t_fault = next(t for t, m in ros.received["result"] if m.header.stamp == lone)
+        t_warn, warn = _diagnostics_after(ros, t_fault - 5.0, lambda st, v: st.level == DiagnosticStatus.WARN
+                                          and int(v.get("recent_faults", 0)) >= 1, "a WARN for the unmatched image")
+        v = {kv.key: kv.value for kv in warn.values}
+        assert "unmatched 1" in warn.message and "within sync.timeout 0.5 s" in warn.message, warn.message
+        for key in ("late.image_p50_ms", "late.image_p95_ms", "late.points_p50_ms", "late.points_p95_ms"):
+            assert float(v[key]) >= 0.0, (key, v)
+        assert int(v["late.points_sets"]) >= 1, v
+        t_ok, ok = _diagnostics_after(ros, t_warn, lambda st, v: st.level == DiagnosticStatus.OK,
+                                      f"/diagnostics OK again (window {window:g} s)")
+        v = {kv.key: kv.value for kv in ok.values}
+        assert v["not_judged.unmatched"] == "1" and v["recent_faults"] == "0", v  # the record stays, the level recovers
+        print(f"\ndiagnostics recovery: WARN {t_warn - t_fault:+.2f} s after the unmatched result, OK again "
+              f"{t_ok - t_fault:.2f} s after it (diagnostics.window {window:g} s, diagnostics_period 0.5 s); "
+              f"WARN said: {warn.message[:160]}")
+
+        for _ in range(2):  # refused by rclpy's type check, before the node's own callback
+            ok_, reason = ros.set_parameter("threshold", "abc")
+            assert not ok_ and reason == "parameter 'threshold' expects type double (a number), got type string: " \
+                                         "'abc'", reason
+        ros.diagnostics(lambda v: v.get("parameters_refused") == "2", "two refused sets counted")
+        ros.wait_for("the refusal in the node's log", lambda: "[parameter threshold] set refused: parameter "
+                     "'threshold' expects type double" in node.stderr(), timeout=30)

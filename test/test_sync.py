@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from cmdr_ros import CmdrError
-from cmdr_ros.ros.sync import ApproximateTimePolicy, make_synchronizer
+from cmdr_ros.ros.sync import ApproximateTimePolicy, InputLateness, make_synchronizer
 
 MS = 1_000_000  # nanoseconds per millisecond
 
@@ -437,3 +437,44 @@ def test_dropped_inputs_are_handed_back_never_lost():
     assert sets == [] and dropped == [(0, "a1", "duplicate"), (0, "a1bis", "evicted"), (0, "a2", "timeout"),
                                       (0, "a3", "timeout"), (1, "b9", "shutdown"), (0, "late", "shutdown")]
     assert policy.pending() == [0, 0]
+
+
+def test_input_lateness_percentiles_per_input():
+    late = InputLateness(2, keep=100)
+    assert late.percentiles() == [(0.0, 0.0, 0), (0.0, 0.0, 0)]
+    late.note_set([10.0, None])  # one input alone: no set, nothing to measure
+    assert late.percentiles()[0][2] == 0
+    for i in range(20):  # the second input arrives i * 0.1 s after the first
+        late.note_set([100.0 + i, 100.0 + i + 0.1 * i])
+    (f50, f95, fn), (p50, p95, pn) = late.percentiles()
+    assert (f50, f95, fn) == (0.0, 0.0, 20) and pn == 20
+    assert p50 == pytest.approx(0.95) and p95 == pytest.approx(1.805)  # numpy's linear percentiles of 0.0..1.9
+    late = InputLateness(2, keep=3)  # the last ``keep`` sets
+    for arrivals in ([0.0, 9.0], [5.3, 5.0], [7.0, 7.2], [8.0, 8.4]):
+        late.note_set(arrivals)
+    (f50, _, fn), (p50, _, pn) = late.percentiles()
+    assert (fn, pn) == (3, 3) and f50 == 0.0 and p50 == pytest.approx(0.2)  # [0.3, 0, 0] and [0, 0.2, 0.4]
+
+
+def test_policy_measures_late_inputs_matched_and_missed():
+    """Arrival times (the policy's monotonic clock), not stamps: a matched set measures the later input against the
+    first; an input arriving after its partner timed out is measured against the partner's arrival."""
+    clock = [0.0]
+    sets = []
+    policy = ApproximateTimePolicy(2, 10, 0.05, lambda *m: sets.append(m), monotonic=lambda: clock[0],
+                                   on_drop=lambda *a: None)
+    policy.add(0, "image 1", stamp_ns=1000 * MS)
+    clock[0] = 0.3
+    policy.add(1, "points 1", stamp_ns=1000 * MS)  # matched, 0.3 s late
+    clock[0] = 1.0
+    policy.add(0, "image 2", stamp_ns=2000 * MS)
+    clock[0] = 2.5
+    assert policy.expire(1.0) == 1  # image 2 gave up waiting
+    clock[0] = 2.7
+    policy.add(1, "points 2", stamp_ns=2000 * MS)  # 1.7 s after image 2: too late to match, still measured
+    clock[0] = 2.8
+    policy.add(1, "points 3", stamp_ns=9000 * MS)  # no partner anywhere: nothing to measure
+    assert sets == [("image 1", "points 1")]
+    (_, _, n_image), (p50, p95, n_points) = policy.lateness.percentiles()
+    assert (n_image, n_points) == (2, 2)
+    assert p50 == pytest.approx(1.0) and p95 == pytest.approx(1.63)

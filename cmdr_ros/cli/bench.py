@@ -58,6 +58,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="further node parameter (repeatable), e.g. -p overload:=newest")
     q.add_argument("--no-outputs", action="store_true",
                    help="do not subscribe to ~/heatmap, ~/anomaly_map, ~/anomaly_cloud (the node then skips them)")
+    q.add_argument("--publisher-profile", choices=("on", "off"), default="on",
+                   help="off: publish the parts with Fast DDS's defaults, as a camera driver started without the "
+                        "large-message profile (the node keeps it); default on")
+    q.add_argument("--image-transport", choices=("raw", "compressed"), default="raw",
+                   help="compressed: publish the image as JPEG sensor_msgs/CompressedImage and run the node with "
+                        "input.image_transport:=compressed")
     q.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     q.set_defaults(func=run_node)
 
@@ -88,6 +94,7 @@ def run_node(args: argparse.Namespace) -> int:
     from cmdr_ros.ros.bench_node import format_report, run_node_bench  # noqa: PLC0415 - rclpy only when run
 
     report = run_node_bench(args.checkpoint, args.mode, args.rate, args.seconds, args.size, args.device,
-                            args.param, outputs=not args.no_outputs, data=args.data)
+                            args.param, outputs=not args.no_outputs, data=args.data,
+                            publisher_profile=args.publisher_profile == "on", image_transport=args.image_transport)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

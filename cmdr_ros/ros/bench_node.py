@@ -4,6 +4,11 @@
 environment sets one), LOCALHOST discovery, the Fast DDS profile of :mod:`cmdr_ros.ros.dds_profile` unless the
 environment names another, its logs and audit store in a temporary folder. Once it is active and matched, parts are
 published (reliable) at a fixed rate; every ``~/result`` is recorded and matched to its part by stamp.
+
+Two options play a camera driver the node does not start: ``publisher_profile=False`` publishes the parts from a
+participant with Fast DDS's defaults (the node keeps the profile), ``image_transport="compressed"`` publishes the
+image as a JPEG ``sensor_msgs/CompressedImage`` (what compressed_image_transport sends) to a node with
+``input.image_transport:=compressed``.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import Image, PointCloud2
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
 from cmdr_ros import CmdrError
 from cmdr_ros.ros.bench_judge import folder_frames, frame_messages, proc_status_mb, synthetic_frames
@@ -55,6 +60,31 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _without(names: tuple[str, ...]) -> Iterator[None]:
+    """``names`` out of os.environ for the duration (a participant created meanwhile reads no profile file)."""
+    saved = {k: os.environ.pop(k) for k in names if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+PROFILE_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+
+
+def compressed_image(msg: Image) -> CompressedImage:
+    """An rgb8 Image as compressed_image_transport sends it: converted to bgr8, JPEG (OpenCV's default quality 95),
+    format 'rgb8; jpeg compressed bgr8'."""
+    import cv2
+
+    rgb = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise CmdrError("cannot encode the bench image as JPEG")
+    return CompressedImage(header=msg.header, format="rgb8; jpeg compressed bgr8", data=buf.tobytes())
 
 
 def dds_environment() -> dict[str, str]:
@@ -87,7 +117,7 @@ def checkpoint_mode(path: str) -> str:
 class Recorder:
     """The bench's rclpy node: input publishers, and the node's ~/result (and outputs) recorded as they arrive."""
 
-    def __init__(self, domain_id: int, inputs: list[str], outputs: bool) -> None:
+    def __init__(self, domain_id: int, inputs: dict[str, type], outputs: bool) -> None:
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node("cmdr_bench", context=self.context)
@@ -100,13 +130,22 @@ class Recorder:
                                                         QOS, raw=True) for k, t in OUTPUTS.items()]
         # last: a /diagnostics message from the node shows its writers matched every reader above (announced first)
         self.diagnostics = threading.Event()
-        self.subs.append(self.node.create_subscription(DiagnosticArray, DIAGNOSTICS, lambda _: self.diagnostics.set(),
-                                                       QOS))
-        self.pubs = {name: self.node.create_publisher(INPUTS[name][0], INPUTS[name][1], QOS) for name in inputs}
+        self.late_inputs: dict[str, str] = {}  # the node's last late.* diagnostics values (which input came late)
+        self.subs.append(self.node.create_subscription(DiagnosticArray, DIAGNOSTICS, self._on_diagnostics, QOS))
+        self.pubs = {name: self.node.create_publisher(msg_type, INPUTS[name][1], QOS)
+                     for name, msg_type in inputs.items()}
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            if st.name.endswith(": node"):
+                late = {kv.key: kv.value for kv in st.values if kv.key.startswith("late.")}
+                with self.cond:
+                    self.late_inputs = late or self.late_inputs
+        self.diagnostics.set()
 
     def _on_result(self, msg: DiagnosticArray) -> None:
         now = time.monotonic()
@@ -221,9 +260,12 @@ def summarise(published: dict[int, float], results: list[tuple[float, int, dict[
 
 
 def run_node_bench(checkpoint: str | None, mode: str, rate: float, seconds: float, size: int, device: str,
-                   params: list[str], outputs: bool = True, data: str | None = None) -> dict[str, Any]:
+                   params: list[str], outputs: bool = True, data: str | None = None, publisher_profile: bool = True,
+                   image_transport: str = "raw") -> dict[str, Any]:
     """Start the node, feed it parts at ``rate`` for ``seconds`` (synthetic ones of ``size`` pixels, or the first
-    10 frames of the MVTec 3D-AD style folder ``data`` in turn), stop it; the figures."""
+    10 frames of the MVTec 3D-AD style folder ``data`` in turn), stop it; the figures. ``publisher_profile``
+    False: the parts leave a participant with Fast DDS's defaults; ``image_transport`` compressed: the image as
+    JPEG (the node told so)."""
     env, load = dds_environment(), os.getloadavg()[0]
     dds_profile = use_large_message_profile()  # in os.environ: this process and the node's
     frames = folder_frames(data, 10) if data else synthetic_frames(size, 5)
@@ -235,8 +277,11 @@ def run_node_bench(checkpoint: str | None, mode: str, rate: float, seconds: floa
         else:
             mode = checkpoint_mode(checkpoint)
         sets = [frame_messages(rgb, xyz, mode) for rgb, xyz in frames]
-        with _environ(env):
-            recorder = Recorder(int(env["ROS_DOMAIN_ID"]), list(sets[0]), outputs)
+        if image_transport == "compressed" and "image" in sets[0]:
+            sets = [{**msgs, "image": compressed_image(msgs["image"])} for msgs in sets]
+            params = [*params, "input.image_transport:=compressed"]
+        with _environ(env), _without(() if publisher_profile else PROFILE_VARS):
+            recorder = Recorder(int(env["ROS_DOMAIN_ID"]), {k: type(m) for k, m in sets[0].items()}, outputs)
         node = None
         try:
             node = NodeProcess(folder, env, [f"checkpoint:={checkpoint}", f"device:={device}", *params])
@@ -248,6 +293,7 @@ def run_node_bench(checkpoint: str | None, mode: str, rate: float, seconds: floa
             exit_code = node.stop()
             with recorder.cond:
                 results, output_counts = list(recorder.results), dict(recorder.outputs)
+                late_inputs = dict(recorder.late_inputs)
         finally:
             if node is not None:
                 node.stop()
@@ -259,7 +305,10 @@ def run_node_bench(checkpoint: str | None, mode: str, rate: float, seconds: floa
             "checkpoint": None if trained else checkpoint,
             "model": "lite, trained here: 1 epoch on 2 synthetic parts" if trained else "given",
             "outputs_received": output_counts if outputs else None,
-            "dds": {**env, "profile": dds_profile}, "load_average_1min": {"start": load, "end": os.getloadavg()[0]},
+            "dds": {**env, "profile": dds_profile if publisher_profile else
+                    f"node: {dds_profile}; publisher: Fast DDS defaults (no profile)"},
+            "image_transport": image_transport, "late_inputs": late_inputs,
+            "load_average_1min": {"start": load, "end": os.getloadavg()[0]},
             "startup_s": startup_s,
             **summarise(published, results),
             "node_rss_mb": {"start": rss_start, "end": rss_end, "peak": rss_peak}, "node_exit_code": exit_code}
@@ -285,6 +334,8 @@ def format_report(r: dict[str, Any]) -> str:
         ("  publish -> result", ms(r["latency_ms"])),
         ("  node: in -> decided", ms(r["node_latency_ms"])),
         ("  node: inference", ms(r["inference_ms"])),
+        ("late inputs ms", ", ".join(f"{k[5:]} {v}" for k, v in sorted(r["late_inputs"].items())
+                                     if not k.endswith("_sets")) or "-"),
         ("node RSS MB", f"start {mem['start']}, end {mem['end']}, peak {mem['peak']}"),
         ("node exit code", f"{r['node_exit_code']} (after SIGINT)"),
     ]

@@ -87,7 +87,7 @@ class DecisionEngine:
                 self.queue.finished()
             if not self.decide(part, verdict, frame):
                 with self.cv:
-                    self.stats.counts["late"] += 1
+                    self.stats.late_result(time.monotonic())
 
     def watch(self, budget: float) -> bool:
         """The watchdog's tick: every part past ``budget`` s since its arrival gets the fail-safe; True when the
@@ -182,7 +182,8 @@ class DecisionEngine:
             self.stats.counts[counter] += 1
 
     def counters(self) -> dict[str, Any]:
-        """Decisions, judged, rejects, late, stuck, qos_incompatible, not_judged (by kind), seq, unsent (decided,
+        """Decisions, judged, rejects, late, stuck, qos_incompatible, not_judged (by kind), recent (the transient
+        faults as (time, kind), ``DecisionStats.recent``), seq, unsent (decided,
         not yet recorded and published) and unsent_s (how long the oldest of them has waited), waiting,
         inflight_s, rate_hz, latency_p50_ms, latency_p95_ms."""
         with self.cv:

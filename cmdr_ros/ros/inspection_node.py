@@ -46,11 +46,12 @@ from cmdr_ros.config import cross_modal
 from cmdr_ros.ros.node_io import (DIAGNOSTICS_QOS, OVERRIDABLE, create_outputs, incompatible_qos_text, input_qos,
                                   input_topics)
 from cmdr_ros.ros.node_io import announce_model  # ~/vision_info
-from cmdr_ros.ros.node_status import (InputIdle, ThrottledLog, audit_status, faults, hardware_id, node_status,
-                                      pretrained_on_cpu, status_name)
+from cmdr_ros.ros.node_status import (InputIdle, ThrottledLog, audit_status, faults, hardware_id,
+                                      incompatible_publishers, node_status, pretrained_on_cpu, recent_faults,
+                                      status_name)
 from cmdr_ros.ros.settle import take_all, wait_acked, wait_inputs_quiet
 from cmdr_ros.ros.parameters import (PARAMETERS, check_all, check_set, coerce_overrides, coerce_parameters,
-                                     descriptor)
+                                     descriptor, refusal)
 from cmdr_ros.ros.sync import make_synchronizer
 from cmdr_ros.ros.tf_source import TfSource, tf_fallback
 from cmdr_ros.ros import topics
@@ -69,13 +70,19 @@ class InspectionNode(LifecycleNode):
         super().__init__("cmdr_inspection", **kwargs)
         self._judge_lock = threading.Lock()  # the judge and run-time parameter changes applied to it
         self._start_problems: list[str] = []  # values given at start that ROS itself refused (range, type)
-        coerce_overrides(getattr(self, "_parameter_overrides", None))  # rclpy keeps the start values here
+        self._refused = 0  # parameter sets refused since start (at start and at run time)
+        overrides = getattr(self, "_parameter_overrides", None)  # rclpy keeps the start values here
+        coerce_overrides(overrides)
         for name, (default, _, _) in PARAMETERS.items():
             value = OPTIONAL_TYPE[name] if default is None else default
             try:
                 self.declare_parameter(name, value, descriptor(name))
             except Exception as e:  # noqa: BLE001 - rclpy raises several kinds; configure reports them
-                self._start_problems.append(f"{name}: {str(e).splitlines()[0][:200]}")
+                given = getattr((overrides or {}).get(name), "value", None)
+                problem = refusal(name, given, str(e).splitlines()[0][:200])
+                self._start_problems.append(f"{name}: {problem}")
+                self._refused += 1
+                self.get_logger().error(f"parameter refused at start: {problem}")
                 self.declare_parameter(name, value, descriptor(name), ignore_override=True)
         add_pre_set_parameters_callback(self, coerce_parameters)  # compat: emulated on Humble
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -124,12 +131,24 @@ class InspectionNode(LifecycleNode):
     def _values(self) -> dict[str, Any]:
         return {name: self._p(name) for name in PARAMETERS}
 
+    def set_parameters_atomically(self, parameter_list: list[Parameter]) -> SetParametersResult:
+        """Every set goes through here (the parameter services call it): a set ROS itself refuses (type, range,
+        read-only) is explained in the node's words, and every refused set is logged (the first of each parameter
+        at once, repeats within 10 s counted) and counted (``parameters_refused`` on /diagnostics)."""
+        result = super().set_parameters_atomically(parameter_list)
+        if not result.successful:
+            names = [p.name for p in parameter_list]
+            if len(parameter_list) == 1:
+                result.reason = refusal(names[0], parameter_list[0].value, result.reason)
+            self._refused += 1
+            self._warn(f"parameter {'+'.join(names)}", f"set refused: {result.reason}")
+        return result
+
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         judge = self.judge
         answer = check_set(params, configured=self.detector is not None,
                            resolve_threshold=judge.judge_.resolve_threshold if judge is not None else None)
-        if not answer.ok:
-            self._warn("parameter", f"refused: {answer.problem}")
+        if not answer.ok:  # logged by set_parameters_atomically
             return SetParametersResult(successful=False, reason=answer.problem)
         self._start_problems = [x for x in self._start_problems if x.split(":")[0] not in {p.name for p in params}]
         for note in answer.notes:
@@ -403,7 +422,28 @@ class InspectionNode(LifecycleNode):
         out["pending_sync"] = sum(sync.policy.pending()) if sync is not None and sync.policy is not None else 0
         out["input_idle_s"] = self._idle.idle_s(sum(sync.stats.snapshot().received) if sync is not None else 0,
                                                 time.monotonic())
+        out["recent_faults"] = recent_faults(out.pop("recent"), time.monotonic(),
+                                             float(self._p("diagnostics.window")))
+        lateness = sync.lateness if sync is not None else None
+        out["late_inputs"] = dict(zip(self._inputs, lateness.percentiles())) if lateness is not None else {}
+        out["qos_incompatible_now"] = self._qos_mismatches() if sync is not None else {}
+        out["parameters_refused"] = self._refused
         return out
+
+    def _qos_mismatches(self) -> dict[str, int]:
+        """Per input topic, how many of its publishers cannot reach the node's subscription (QoS), from the ROS
+        graph, which forgets a publisher once it is gone: an incompatible-QoS error lasts while one is there."""
+        found: dict[str, int] = {}
+        topics = list(self._inputs) + (["camera_info"] if self._info_sub is not None else [])
+        try:
+            for topic in map(self.resolve_topic_name, topics):
+                ours = [i.qos_profile for i in self.get_subscriptions_info_by_topic(topic)
+                        if i.node_name == self.get_name() and i.node_namespace == self.get_namespace()]
+                if n := incompatible_publishers(self.get_publishers_info_by_topic(topic), ours):
+                    found[topic] = n
+        except Exception as e:  # noqa: BLE001 - the graph may be going away at shutdown: say so, do not stop
+            self._warn("qos", f"cannot read the ROS graph for the QoS check: {type(e).__name__}: {e}")
+        return found
 
     def _publish_diagnostics(self) -> None:
         s, judge, det, audit = self.snapshot(), self.judge, self.detector, self._audit
@@ -426,7 +466,8 @@ class InspectionNode(LifecycleNode):
     def _faults(self, s: dict[str, Any], det: CMDRDetector | None) -> list[tuple[bytes, str]]:
         """What is wrong now besides a stuck inference, each with its level (``node_status.faults``)."""
         return faults(s, stale_after=float(self._p("diagnostics.stale_after")), inputs_watched=self._sync is not None,
-                      pretrained_cpu=pretrained_on_cpu(det), unsent_after=float(self._p("time_budget")))
+                      pretrained_cpu=pretrained_on_cpu(det), unsent_after=float(self._p("time_budget")),
+                      window=float(self._p("diagnostics.window")), sync_timeout=float(self._p("sync.timeout")))
 
 
 def main(args: list[str] | None = None) -> int:

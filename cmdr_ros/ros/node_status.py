@@ -1,6 +1,11 @@
 """What the inspection node says about itself: its ``/diagnostics`` statuses (node and audit store), the counters
 behind them and the throttled log of repeated problems.
 
+Levels describe now, counters the record: a transient fault (a part not judged, a result after its fail-safe) keeps
+the node at WARN for ``diagnostics.window`` seconds after it happened (``recent_faults``); an incompatible QoS is an
+ERROR while an input publisher whose QoS cannot reach the node's subscription is still there
+(``incompatible_publishers``); the cumulative counters stay as values.
+
 Everything here takes plain values (counters, parameter values, the audit store's ``health()``), so the levels and
 texts are tested without a node; ``InspectionNode._publish_diagnostics`` gathers the values and publishes.
 Conventions of diagnostic_updater: statuses named ``'<node>: <task>'``, the cell or sensor as ``hardware_id``.
@@ -50,14 +55,20 @@ class ThrottledLog:
             self.logger.warning(f"[{kind}] {msg}{extra}")
 
 
+LATE_RESULT = "late_result"  # a transient fault: an inference that returned after its part had the fail-safe
+RECENT_KEEP = 10000  # transient faults remembered (time, kind) for the window; more in it still WARN
+
+
 class DecisionStats:
-    """The decision counters since configure (the caller guards them with its decision lock)."""
+    """The decision counters since configure (the caller guards them with its decision lock), and when each
+    transient fault happened (``recent``: (time.monotonic(), kind), for the diagnostics window)."""
 
     def __init__(self) -> None:
         self.counts: collections.Counter[str] = collections.Counter({k: 0 for k in COUNTERS})
         self.not_judged: collections.Counter[str] = collections.Counter()
         self.latencies: collections.deque[float] = collections.deque(maxlen=200)
         self.stamps: collections.deque[float] = collections.deque(maxlen=200)
+        self.recent: collections.deque[tuple[float, str]] = collections.deque(maxlen=RECENT_KEEP)
 
     def decided(self, verdict: Verdict, latency_ms: float, now: float) -> None:
         """Count one decision (``now``: time.monotonic(), for the rate)."""
@@ -68,13 +79,56 @@ class DecisionStats:
             self.stamps.append(now)
         else:
             self.not_judged[verdict.kind] += 1
+            self.recent.append((now, verdict.kind))
         self.counts["rejects"] += int(verdict.reject)
 
+    def late_result(self, now: float) -> None:
+        """Count an inference that returned after its part was decided (fail-safe by the watchdog)."""
+        self.counts["late"] += 1
+        self.recent.append((now, LATE_RESULT))
+
     def copy(self) -> tuple[dict[str, Any], list[float], list[float]]:
-        """The counters (with ``not_judged`` by kind), the recent latencies and the stamps of recent judgements."""
+        """The counters (with ``not_judged`` by kind and the ``recent`` transient faults), the recent latencies and
+        the stamps of recent judgements."""
         out: dict[str, Any] = {k: self.counts[k] for k in COUNTERS}
         out["not_judged"] = dict(self.not_judged)
+        out["recent"] = list(self.recent)
         return out, list(self.latencies), list(self.stamps)
+
+
+def recent_faults(events: list[tuple[float, str]], now: float, window: float) -> dict[str, int]:
+    """How many transient faults of each kind happened in the last ``window`` seconds (``events``: (time, kind))."""
+    return dict(collections.Counter(kind for t, kind in events if now - t <= window))
+
+
+def incompatible_publishers(publishers: list[Any], subscriptions: list[Any]) -> int:
+    """How many of a topic's ``publishers`` (rclpy ``TopicEndpointInfo``) cannot reach one of the node's
+    ``subscriptions`` of it (their ``QoSProfile``), by rclpy's own compatibility check (a publisher whose QoS cannot
+    be told, 'system default' or unknown, is not counted)."""
+    from rclpy.qos import QoSCompatibility, qos_check_compatible
+
+    return sum(1 for p in publishers
+               if any(qos_check_compatible(p.qos_profile, q)[0] == QoSCompatibility.ERROR for q in subscriptions))
+
+
+def late_input_text(late: Mapping[str, tuple[float, float, int]], sync_timeout: float) -> str:
+    """Which input arrives late and by how much, from ``late`` ({input: (p50 s, p95 s, sets)}, ``sync``'s
+    ``InputLateness``): the worst one by p95 against ``sync_timeout`` with the ways out, or why nothing was
+    measured."""
+    measured = {k: v for k, v in late.items() if v[2]}
+    if len(late) < 2:
+        return ""
+    if not measured:
+        return ("no set of the inputs arrived complete yet: check that every driver publishes, "
+                "then raise sync.timeout or give the drivers the large-message profile")
+    name, (p50, p95, n) = max(measured.items(), key=lambda kv: kv[1][1])
+    others = "/".join(k for k in late if k != name)
+    figure = f"input {name} arrives {p95:.2f} s after {others} (p95 of {n} sets, p50 {p50:.2f} s)"
+    if p95 >= sync_timeout:
+        return (f"{figure}, beyond sync.timeout {sync_timeout:g} s: raise sync.timeout or give the driver the "
+                "large-message profile")
+    return (f"{figure}, within sync.timeout {sync_timeout:g} s: an input came without partner (a driver dropped "
+            "one?) or a few came later than that: raise sync.timeout or give the driver the large-message profile")
 
 
 def rate_and_latency(latencies_ms: list[float], stamps: list[float], now: float) -> dict[str, float]:
@@ -119,24 +173,35 @@ def pretrained_on_cpu(det: CMDRDetector | None) -> bool:
 
 
 def faults(s: Mapping[str, Any], *, stale_after: float, inputs_watched: bool,
-           pretrained_cpu: bool, unsent_after: float = float("inf")) -> list[tuple[bytes, str]]:
+           pretrained_cpu: bool, unsent_after: float = float("inf"), window: float = 60.0,
+           sync_timeout: float = 1.0) -> list[tuple[bytes, str]]:
     """What is wrong now besides a stuck inference, each with its level (``s``: ``InspectionNode.snapshot()``;
     ``inputs_watched``: subscribed, so idle inputs mean something; ``unsent_after``: how long a decision may wait
-    to be recorded and published, the node's ``time_budget``)."""
+    to be recorded and published, the node's ``time_budget``; ``window``: ``diagnostics.window``, the seconds
+    ``s['recent_faults']`` covers; ``sync_timeout``: ``sync.timeout``, what a late input is compared with)."""
     found = []
     if s["unsent_s"] > unsent_after:
         found.append((DiagnosticStatus.WARN, f"{s['unsent']} decision(s) made but not published, the oldest for "
                                              f"{s['unsent_s']:.1f} s: the audit store or the publisher is behind"))
-    if s["qos_incompatible"]:
-        found.append((DiagnosticStatus.ERROR, f"incompatible QoS with an input publisher ({s['qos_incompatible']} "
-                                              "times): no message of it arrives; see input.reliability"))
+    if s["qos_incompatible_now"]:
+        where = ", ".join(f"{t} ({n})" for t, n in sorted(s["qos_incompatible_now"].items()))
+        found.append((DiagnosticStatus.ERROR, f"incompatible QoS: input publisher(s) on {where} cannot reach the "
+                                              "node, no message of theirs arrives; see input.reliability"))
     if stale_after > 0 and inputs_watched and s["input_idle_s"] > stale_after:
         found.append((DiagnosticStatus.WARN, f"stale inputs: nothing arrived for {s['input_idle_s']:.0f} s"))
     if pretrained_cpu:
         found.append((DiagnosticStatus.WARN, "a model with pretrained backbones (paper preset) runs on CPU: "
                                              "seconds per part; give the node a GPU (device cuda)"))
-    if sum(s["not_judged"].values()):
-        found.append((DiagnosticStatus.WARN, ""))
+    recent = dict(s["recent_faults"])
+    late = recent.pop(LATE_RESULT, 0)
+    if late:
+        found.append((DiagnosticStatus.WARN, f"{late} inference(s) returned after their part had the fail-safe "
+                                             f"decision in the last {window:g} s: see time_budget"))
+    if recent:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(recent.items()))
+        text = f"{sum(recent.values())} part(s) not judged in the last {window:g} s ({kinds})"
+        hint = late_input_text(s["late_inputs"], sync_timeout) if "unmatched" in recent else ""
+        found.append((DiagnosticStatus.WARN, f"{text}: {hint}" if hint else text))
     return found
 
 
@@ -168,9 +233,14 @@ def node_status(s: Mapping[str, Any], *, state: str, judging: bool, time_budget:
               "unsent": s["unsent"], "unsent_s": f"{s['unsent_s']:.1f}",
               "rate_hz": f"{s['rate_hz']:.2f}", "latency_p50_ms": f"{s['latency_p50_ms']:.1f}",
               "latency_p95_ms": f"{s['latency_p95_ms']:.1f}", "qos_incompatible": s["qos_incompatible"],
-              "input_idle_s": f"{s['input_idle_s']:.1f}", "mode": mode}
+              "qos_incompatible_now": sum(s["qos_incompatible_now"].values()),
+              "input_idle_s": f"{s['input_idle_s']:.1f}", "mode": mode,
+              "recent_faults": sum(s["recent_faults"].values()), "parameters_refused": s["parameters_refused"]}
     values["decision_topic"] = typed_decision.STATUS  # ~/decision on, or off and why
     values.update({f"not_judged.{k}": v for k, v in sorted(s["not_judged"].items())})
+    for inp, (p50, p95, n) in s["late_inputs"].items():
+        values.update({f"late.{inp}_p50_ms": f"{p50 * 1e3:.1f}", f"late.{inp}_p95_ms": f"{p95 * 1e3:.1f}",
+                       f"late.{inp}_sets": n})
     if threshold is not None:
         values.update({"threshold": f"{threshold:.6f}", "model_id": model_id, "device": device})
     return DiagnosticStatus(level=level, name=name, hardware_id=hw_id, message=message[:300],

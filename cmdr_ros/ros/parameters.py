@@ -8,6 +8,7 @@ offline tools and tests use it too (``descriptor`` imports rcl_interfaces when c
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, MutableMapping, Protocol
@@ -87,6 +88,8 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
     "diagnostics_period": (1.0, "seconds between /diagnostics messages", (0.05, 3600.0)),
     "diagnostics.stale_after": (0.0, "seconds without any input while active before /diagnostics warns that the "
                                      "inputs are stale (0: never)", (0.0, 86400.0)),
+    "diagnostics.window": (60.0, "seconds a transient fault (a part not judged, a result after its fail-safe) keeps "
+                                 "/diagnostics at WARN; the counters stay cumulative", (0.1, 86400.0)),
     "hardware_id": ("", "hardware_id of the node's /diagnostics statuses: the cell or sensor it inspects (empty: the "
                         "node's name)", None),
     "audit.enabled": (True, "record every decision (judged or not) in the audit store before publishing it", None),
@@ -106,6 +109,56 @@ READ_ONLY = {"checkpoint", "mode", "device", "weights_2d", "weights_3d", "input.
              "sync.queue_size", "sync.slop", "input.image_transport", "input.cloud", "output.heatmap", "output.anomaly_map", "output.anomaly_cloud", "use_tf",
              "warmup", "diagnostics_period", "autostart", "audit.enabled", "audit.database", "audit.timeout",
              "audit.max_backlog", "audit.spool"}
+
+
+# rcl_interfaces/ParameterType numbers (rclpy's "Wrong parameter type, expected '3' got '4'") and what they hold
+TYPE_NAMES = {0: "unset value", 1: "bool", 2: "integer", 3: "double", 4: "string", 5: "byte array",
+              6: "bool array", 7: "integer array", 8: "double array", 9: "string array"}
+
+
+def value_type(value: Any) -> str:
+    """The ROS parameter type of a Python value, as a word (``'abc'``: string, ``[1, 2]``: integer array)."""
+    def one(v: Any) -> str:
+        return ("bool" if isinstance(v, bool) else "integer" if isinstance(v, int) else
+                "double" if isinstance(v, float) else "string" if isinstance(v, str) else
+                "byte" if isinstance(v, bytes) else type(v).__name__)
+    if value is None:
+        return TYPE_NAMES[0]
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "array":
+        return f"{one(value[0])} array" if len(value) else "empty array"
+    return one(value)
+
+
+def expected_type(name: str) -> str:
+    """The type parameter ``name`` takes, as a word with a hint (``threshold``: 'double (a number)')."""
+    default = PARAMETERS[name][0]
+    if default is None:
+        return "double array (7 numbers)" if name == "extrinsics" else "value"
+    return {"bool": "bool (true or false)", "double": "double (a number)",
+            "integer": "integer (a whole number)"}.get(value_type(default), value_type(default))
+
+
+def refusal(name: str, value: Any, reason: str) -> str:
+    """What the node says when ROS itself refuses ``value`` for parameter ``name`` (at start or at run time):
+    rclpy's type refusal ("Wrong parameter type, expected '3' got '4'", "Trying to set parameter ... of type
+    'STRING', expecting type 'DOUBLE'") named with the parameter and both types (the given type from ``value``, or
+    from the reason's type number or name when the value is unknown); a range refusal in ``check``'s words; anything
+    else as ROS put it, with the parameter's name."""
+    if name not in PARAMETERS:
+        return reason
+    if re.search(r"(?i)wrong parameter type|expecting type", reason):
+        if value is not None:
+            given, shown = value_type(value), f": {value!r}"
+        else:
+            m = re.search(r"got '(?:Type\.)?(\w+)'|of type '(\w+)'", reason)
+            word = (m.group(1) or m.group(2)) if m else "?"
+            given = TYPE_NAMES.get(int(word), word) if word.isdigit() else word.lower().replace("_", " ")
+            shown = ""
+        return f"parameter '{name}' expects type {expected_type(name)}, got type {given}{shown}"
+    ours = check(name, value)
+    if ours is not None:
+        return ours
+    return reason if name in reason else f"{name}: {reason}"
 
 
 def coerce(name: str, value: Any) -> Any:

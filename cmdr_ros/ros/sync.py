@@ -22,6 +22,7 @@ Because the spread test is strict, a slop below one nanosecond would never emit 
 """
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import itertools
@@ -95,6 +96,42 @@ class SyncStats:
                 self.dropped = [max(0, d - 1) for d in self.dropped]
 
 
+def _percentile(ordered: list[float], q: float) -> float:
+    """The ``q``-th percentile of sorted values, interpolated linearly (numpy's default)."""
+    k = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+class InputLateness:
+    """How late each input arrives after the first input of its set: arrival times on this host (monotonic
+    seconds), so a driver's clock does not enter. One sample per input per set: a matched set, or a set that
+    missed because an input came after its partner had already left the queue unmatched (the late one is then
+    measured against the partner's arrival). The last ``keep`` samples per input; thread-safe."""
+
+    def __init__(self, n_inputs: int, keep: int = 200) -> None:
+        self._samples: list[collections.deque[float]] = [collections.deque(maxlen=keep) for _ in range(n_inputs)]
+        self._lock = threading.Lock()
+
+    def note_set(self, arrivals: Sequence[float | None]) -> None:
+        """One set: the arrival time of each input (None: an input not part of it)."""
+        known = [a for a in arrivals if a is not None]
+        if len(known) < 2:
+            return
+        first = min(known)
+        with self._lock:
+            for samples, a in zip(self._samples, arrivals):
+                if a is not None:
+                    samples.append(a - first)
+
+    def percentiles(self) -> list[tuple[float, float, int]]:
+        """Per input: (p50 s, p95 s, number of sets measured); (0, 0, 0) before any set."""
+        with self._lock:
+            ordered = [sorted(s) for s in self._samples]
+        return [(_percentile(o, 50), _percentile(o, 95), len(o)) if o else (0.0, 0.0, 0) for o in ordered]
+
+
 def _header_stamp_ns(msg: Any) -> int | None:
     """``msg.header.stamp`` in nanoseconds (builtin_interfaces/Time or rclpy Time), or None when absent."""
     stamp = getattr(getattr(msg, "header", None), "stamp", None)
@@ -141,6 +178,10 @@ class ApproximateTimePolicy:
         self._monotonic = monotonic
         self._queues: list[dict[int, Any]] = [{} for _ in range(n_inputs)]
         self._arrival: list[dict[int, float]] = [{} for _ in range(n_inputs)]
+        self.lateness = InputLateness(n_inputs)
+        # messages that left unmatched (timeout, evicted): (input, stamp, arrival), so that a partner arriving after
+        # them still tells how late it was
+        self._gone: collections.deque[tuple[int, int, float]] = collections.deque(maxlen=4 * n_inputs * queue_size)
         self._closed: str | None = None  # set by close(): every later message goes straight to on_drop
         self._warned_headerless = [False] * n_inputs
         self._lock = threading.RLock()
@@ -179,14 +220,19 @@ class ApproximateTimePolicy:
         if stamp in queue:
             self._drop(index, stamp, "duplicate")
         queue[stamp] = msg
-        self._arrival[index][stamp] = self._monotonic()
+        now = self._arrival[index][stamp] = self._monotonic()
+        missed = {i: t for i, s, t in self._gone if i != index and abs(s - stamp) <= self.slop_ns}
+        if missed:  # a partner already left unmatched: this input came that much after it
+            self.lateness.note_set([now if i == index else missed.get(i) for i in range(self.n_inputs)])
         while len(queue) > self.queue_size:
             self._drop(index, min(queue), "evicted")
 
     def _drop(self, index: int, stamp: int, why: str) -> None:
         """Remove a queued message unused, count it and hand it to ``on_drop(index, msg, why)``."""
         msg = self._queues[index].pop(stamp)
-        self._arrival[index].pop(stamp, None)
+        arrival = self._arrival[index].pop(stamp, None)
+        if why in ("timeout", "evicted") and arrival is not None:
+            self._gone.append((index, stamp, arrival))
         self.stats.note_dropped(index)
         if self._on_drop is not None:
             self._on_drop(index, msg, why)
@@ -233,8 +279,7 @@ class ApproximateTimePolicy:
             stamps.insert(index, stamp)
             if max(stamps) - min(stamps) < self.slop_ns:
                 msgs = tuple(q.pop(s) for q, s in zip(self._queues, stamps))
-                for arrival, s in zip(self._arrival, stamps):
-                    arrival.pop(s, None)
+                self.lateness.note_set([arrival.pop(s, None) for arrival, s in zip(self._arrival, stamps)])
                 self.stats.note_matched()
                 self._callback(*msgs)
                 return
@@ -252,7 +297,8 @@ def _import_message_filters() -> Any | None:
 class Synchronizer:
     """Subscriptions of ``topics`` feeding one approximate-time matcher; built by :func:`make_synchronizer`.
 
-    ``stats`` is the live :class:`SyncStats`; ``backend`` is ``"message_filters"`` or ``"policy"``.
+    ``stats`` is the live :class:`SyncStats`; ``backend`` is ``"message_filters"`` or ``"policy"``; ``lateness``
+    the policy's :class:`InputLateness` (None under message_filters, whose arrival times are hidden).
 
     Counting differs by backend. ``"policy"`` counts exactly: ``dropped[i]`` are messages evicted unused, and
     ``rejected[i]`` headerless ones. ``"message_filters"`` hides its queues, so a cheap counting callback on each
@@ -287,6 +333,7 @@ class Synchronizer:
             self._sync = message_filters.ApproximateTimeSynchronizer(filters, queue_size, slop,
                                                                      allow_headerless=allow_headerless)
             self._sync.registerCallback(self._on_filters_match)
+            self.lateness = None
             self._subscriptions = [sub.sub for sub in filters]
         else:
             self.backend = "policy"
@@ -294,6 +341,7 @@ class Synchronizer:
                                                allow_headerless=allow_headerless, on_drop=on_drop)
             self.policy = self._sync
             self.stats = self._sync.stats
+            self.lateness = self._sync.lateness
             self._subscriptions = [
                 node.create_subscription(msg_type, name, functools.partial(self._sync.add, index), _own(qos),
                                          callback_group=callback_group, event_callbacks=event_callbacks,
