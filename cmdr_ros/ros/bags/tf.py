@@ -263,3 +263,10 @@ def bag_tf_lookup(transforms: Sequence[Transform], warn: Any = None) -> Any:
             return None
 
     return lookup
+
+
+def recorded_tf(reader: Any, path: str | Path, params: dict[str, Any]) -> Any:
+    """The lookup the node's tf2 listener would have had for this bag (open ``open_bag`` reader): its /tf and
+    /tf_static (``bag_tf_lookup``) when the node's ``use_tf`` parameter is on; None (``extrinsics``, else
+    no_transform) when it is off or the bag has no tf."""
+    return bag_tf_lookup(read_tf(reader, path)) if params.get("use_tf", True) else None
