@@ -170,9 +170,9 @@ def _sensor_bag(path: Path, cell, tf: str | None) -> None:
 def _eval(bag: Path, cell, out: Path, params=None):
     from cmdr_ros.ros.bags import read_messages
 
-    eval_bag(bag, cell[2], out, params=params, image_topic="/image", points_topic="/points",
-             info_topic="/camera_info", write_images=False)
-    return [{kv.key: kv.value for kv in arr.status[0].values}
+    rep = eval_bag(bag, cell[2], out, params=params, image_topic="/image", points_topic="/points",
+                   info_topic="/camera_info", write_images=False)
+    return [{**{kv.key: kv.value for kv in arr.status[0].values}, "tf": rep["tf"]}
             for _, _, arr in read_messages(out / "results_bag", ["/cmdr_inspection/result"])]
 
 
@@ -184,6 +184,7 @@ def test_eval_judges_a_separate_sensor_with_the_recorded_tf(tmp_path, cell):
     _sensor_bag(tmp_path / "none", cell, None)
     with_tf = _eval(tmp_path / "tf", cell, tmp_path / "out_tf")
     assert len(with_tf) == 2 and all(r["judged"] == "true" and r["transform"] == "tf" for r in with_tf)
+    assert with_tf[0]["tf"].startswith("2 static + 0 dynamic transforms of frames base, camera, sensor (")
     T = T_CAMERA_FROM_SENSOR
     ext = [*map(float, T[:3, 3]), *map(float, Rotation.from_matrix(T[:3, :3]).as_quat())]
     with_param = _eval(tmp_path / "none", cell, tmp_path / "out_param", {"extrinsics": ext})
@@ -194,6 +195,7 @@ def test_eval_judges_a_separate_sensor_with_the_recorded_tf(tmp_path, cell):
     for rows in (_eval(tmp_path / "none", cell, tmp_path / "out_none"),
                  _eval(tmp_path / "tf", cell, tmp_path / "out_off", {"use_tf": False})):
         assert [(r["judged"], r["decision"], r["error"]) for r in rows] == [("false", "reject", "no_transform")] * 2
+        assert rows[0]["tf"].startswith(("none in the bag", "not used (use_tf false)"))
     _sensor_bag(tmp_path / "wrong", cell, "wrong")
     with pytest.raises(CmdrError, match="/tf_static carries geometry_msgs/msg/TransformStamped, expected "
                                         "tf2_msgs/msg/TFMessage"):

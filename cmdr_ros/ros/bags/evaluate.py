@@ -19,7 +19,7 @@ from cmdr_ros import CmdrError
 from cmdr_ros.config import cross_modal
 from cmdr_ros.ros.bags.read import _check_type, _connections, message_class, open_bag
 from cmdr_ros.ros.bags.record import _NS, BagWriter
-from cmdr_ros.ros.bags.tf import recorded_tf
+from cmdr_ros.ros.bags.tf import bag_tf_lookup, read_tf, tf_summary
 from cmdr_ros.ros.conversions import stamp_ns
 from cmdr_ros.ros.frames import input_names
 from cmdr_ros.ros.topics import PROFILER, RECORDED, output_topic
@@ -285,7 +285,8 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
                       if t in reader.topics and (k != "info" or cross_modal(mode))}
         for kind, topic in [*inputs, *aux_topics.items()]:
             _check_type(reader, bag, topic, types[kind])
-        judge = FrameJudge.from_params(detector, params, recorded_tf(reader, bag, params))
+        transforms = read_tf(reader, bag) if params["use_tf"] else []
+        judge = FrameJudge.from_params(detector, params, bag_tf_lookup(transforms))
         aux = read_aux(reader, aux_topics)
         custom = getattr(getattr(reader.storage, "metadata", None), "custom", None) or {}
         class_name = custom.get("cmdr_ros.class") or bag.name
@@ -337,7 +338,7 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
         "grid": detector.config.grid, "map_size": detector.config.map_size, "threshold": judge.threshold,
         "device": str(detector.device), "frames": len(judged),
         "not_judged": sum(bool(r["error"]) for r in judged), "rejects": sum(r["reject"] for r in judged),
-        "unmatched": {t: unmatched[k] for k, t in inputs},
+        "unmatched": {t: unmatched[k] for k, t in inputs}, "tf": tf_summary(transforms, params["use_tf"]),
         "results_bag": str(results_dir), "seconds": time.perf_counter() - t_start}
     metrics = evaluation.metrics()
     if metrics is not None:

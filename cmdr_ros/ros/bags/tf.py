@@ -265,6 +265,25 @@ def bag_tf_lookup(transforms: Sequence[Transform], warn: Any = None) -> Any:
     return lookup
 
 
+def tf_backend() -> str:
+    """Which buffer ``bag_tf_lookup`` uses here."""
+    import importlib.util
+
+    return "tf2_ros buffer" if importlib.util.find_spec("tf2_ros") is not None else "pure-Python TfTree"
+
+
+def tf_summary(transforms: Sequence[Transform], use_tf: bool) -> str:
+    """What a bag's judge resolves a cloud in another frame with, in words (for the eval report)."""
+    if not use_tf:
+        return "not used (use_tf false): clouds in another frame use the extrinsics parameter or are no_transform"
+    if not transforms:
+        return "none in the bag: clouds in another frame use the extrinsics parameter or are no_transform"
+    static = sum(t.static for t in transforms)
+    frames = sorted({t.child for t in transforms} | {t.parent for t in transforms})
+    return (f"{static} static + {len(transforms) - static} dynamic transforms of frames {', '.join(frames)} "
+            f"({tf_backend()})")
+
+
 def recorded_tf(reader: Any, path: str | Path, params: dict[str, Any]) -> Any:
     """The lookup the node's tf2 listener would have had for this bag (open ``open_bag`` reader): its /tf and
     /tf_static (``bag_tf_lookup``) when the node's ``use_tf`` parameter is on; None (``extrinsics``, else
