@@ -210,3 +210,13 @@ def test_to_dataset_aligns_a_separate_sensor_with_the_recorded_tf(tmp_path, cell
     assert len(list((tmp_path / "ds" / "train" / "good" / "xyz").glob("*.tiff"))) == 2
     with pytest.raises(CmdrError, match="2 could not be aligned"):
         bag_to_dataset(tmp_path / "none", tmp_path / "ds2", **args)
+
+
+def test_interpolation_takes_the_shorter_way_round():
+    """tf2 slerps the shorter way: from 170 deg to -170 deg the halfway pose is 180 deg, not 0; a quarter of the way
+    from 0 to 90 deg is 22.5 deg, and the translation moves linearly."""
+    from cmdr_ros.geometry.transforms import interpolate_transform
+
+    np.testing.assert_allclose(interpolate_transform(_yaw(170), _yaw(-170), 0.5), _yaw(180), atol=1e-9)
+    np.testing.assert_allclose(interpolate_transform(_yaw(0), _yaw(90, (4, 0, 0)), 0.25), _yaw(22.5, (1, 0, 0)),
+                               atol=1e-9)

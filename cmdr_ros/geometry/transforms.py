@@ -80,11 +80,11 @@ def _transform(T: np.ndarray) -> np.ndarray:
 def interpolate_transform(T0: np.ndarray, T1: np.ndarray, ratio: float) -> np.ndarray:
     """The rigid transform ``ratio`` of the way from T0 (0) to T1 (1), as tf2 interpolates between two stamps of a
     frame: translation linear, rotation spherical-linear (slerp, the shorter way round)."""
-    from scipy.spatial.transform import Slerp
-
     T0, T1 = _transform(T0), _transform(T1)
     r = float(ratio)
     out = np.eye(4)
-    out[:3, :3] = Slerp([0.0, 1.0], Rotation.from_matrix(np.stack([T0[:3, :3], T1[:3, :3]])))([r]).as_matrix()[0]
+    # slerp as R0 exp(r log(R0^T R1)): the rotation vector's angle is at most pi, so the shorter way round
+    out[:3, :3] = T0[:3, :3] @ Rotation.from_rotvec(
+        r * Rotation.from_matrix(T0[:3, :3].T @ T1[:3, :3]).as_rotvec()).as_matrix()
     out[:3, 3] = (1.0 - r) * T0[:3, 3] + r * T1[:3, 3]
     return out

@@ -21,6 +21,7 @@ node's tf2, which keeps 10 s of ``/tf``, the offline buffer holds the whole bag.
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ class Transform:
     static: bool
 
 
+@functools.lru_cache(maxsize=1)
 def _typestore() -> Any:
     from rosbags.typesys import Stores, get_typestore
 
@@ -118,10 +120,12 @@ class TfTree:
     def __init__(self, transforms: Iterable[Transform] = ()) -> None:
         self._static: dict[str, tuple[str, np.ndarray]] = {}
         self._dynamic: dict[str, list[tuple[int, str, np.ndarray]]] = {}
+        self._frames: set[str] = set()
         for t in transforms:
             self.add(t)
 
     def add(self, t: Transform) -> None:
+        self._frames |= {t.parent, t.child}
         if t.static:
             self._static[t.child] = (t.parent, t.matrix)  # tf2 keeps only the latest static transform of a frame
         else:
@@ -183,9 +187,7 @@ class TfTree:
         target, source = _strip(target), _strip(source)
         if target == source:
             return np.eye(4)
-        known = set(self._static) | set(self._dynamic) | {p for p, _ in self._static.values()} | \
-            {s[1] for v in self._dynamic.values() for s in v}
-        missing = [f for f in (target, source) if f not in known]
+        missing = [f for f in (target, source) if f not in self._frames]
         if missing:
             raise TfError(f"frame '{missing[0]}' does not exist in the recorded tf")
         stamp = self._latest_common(target, source) if stamp_ns == 0 else stamp_ns
