@@ -220,3 +220,16 @@ def test_interpolation_takes_the_shorter_way_round():
     np.testing.assert_allclose(interpolate_transform(_yaw(170), _yaw(-170), 0.5), _yaw(180), atol=1e-9)
     np.testing.assert_allclose(interpolate_transform(_yaw(0), _yaw(90, (4, 0, 0)), 0.25), _yaw(22.5, (1, 0, 0)),
                                atol=1e-9)
+
+
+def test_cli_eval_says_which_tf_it_judged_with(tmp_path, cell, capsys, monkeypatch):
+    from cmdr_ros.cli.main import main
+
+    _sensor_bag(tmp_path / "tf", cell, "static")
+    monkeypatch.setattr("cmdr_ros.model.checkpoint.load_checkpoint", lambda *a, **k: cell[2])  # the untrained model
+    args = ["--checkpoint", "untrained", "--device", "cpu", "--image-topic", "/image", "--points-topic", "/points",
+            "--info-topic", "/camera_info", "--no-images", "--quiet"]
+    assert main(["bag", "eval", str(tmp_path / "tf"), "--out", str(tmp_path / "out"), *args]) == 0
+    out = capsys.readouterr().out
+    assert "tf: 2 static + 0 dynamic transforms of frames base, camera, sensor (" in out
+    assert "2 frames (" in out and "0 not judged" in out
