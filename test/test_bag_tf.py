@@ -233,3 +233,21 @@ def test_cli_eval_says_which_tf_it_judged_with(tmp_path, cell, capsys, monkeypat
     out = capsys.readouterr().out
     assert "tf: 2 static + 0 dynamic transforms of frames base, camera, sensor (" in out
     assert "2 frames (" in out and "0 not judged" in out
+
+
+def test_only_the_hops_below_the_common_frame_count():
+    """As in tf2, a lookup between two frames mounted on 'base' needs no transform above 'base': camera <- sensor
+    holds at a stamp where the moving world -> base hop (/tf) has none; sensor <- world there has none."""
+    from cmdr_ros.ros.bags.tf import Transform
+
+    tree = TfTree([Transform("world", "base", START, _yaw(10), False), Transform("world", "base", START + NS, _yaw(20),
+                                                                                  False),
+                   Transform("base", "camera", 0, _yaw(90, (1, 0, 0)), True),
+                   Transform("base", "sensor", 0, _yaw(0, (0, 2, 0)), True)])
+    late = START + 5 * NS
+    np.testing.assert_allclose(transform_points(np.zeros((1, 3)), tree.lookup("camera", "sensor", late)), [[2, 1, 0]],
+                               atol=1e-9)
+    with pytest.raises(TfError, match="extrapolation"):
+        tree.lookup("sensor", "world", late)
+    np.testing.assert_allclose(tree.lookup("world", "camera", 0), _yaw(20) @ _yaw(90, (1, 0, 0)), atol=1e-9)
+    assert tree._latest_common("camera", "sensor") == 0 and tree._latest_common("world", "sensor") == START + NS

@@ -155,32 +155,41 @@ class TfTree:
             return p0, T0
         return p0, interpolate_transform(T0, T1, (stamp - t0) / (t1 - t0))
 
-    def _latest_common(self, target: str, source: str) -> int:
-        """tf2's latest common time of the chain of the two frames (0 when every hop is static)."""
-        latest = []
-        for frame in (target, source):
-            for _ in range(_MAX_DEPTH):
-                hop = self._hop(frame, 0)
-                if hop is None:
-                    break
-                if frame not in self._static:
-                    latest.append(self._dynamic[frame][-1][0])
-                frame = hop[0]
-        return min(latest, default=0)
-
-    def _up(self, frame: str, stamp: int) -> dict[str, np.ndarray]:
-        """Every ancestor of ``frame`` (itself included) with the ``frame`` -> ancestor transform, in order."""
+    def _walk(self, frame: str, stamp: int) -> tuple[dict[str, np.ndarray], TfError | None]:
+        """``frame``'s ancestors in order (itself first) with the ``frame`` -> ancestor transform, up to the root or
+        to the first hop without a transform at ``stamp`` (that hop's error, which matters only when the other
+        frame is not met below it)."""
         chain = {frame: np.eye(4)}
         T = np.eye(4)
         for _ in range(_MAX_DEPTH):
-            hop = self._hop(frame, stamp)
+            try:
+                hop = self._hop(frame, stamp)
+            except TfError as e:
+                return chain, e
             if hop is None:
-                return chain
+                return chain, None
             frame, T = hop[0], hop[1] @ T
             if frame in chain:
                 break
             chain[frame] = T
-        raise TfError(f"the tf tree has a loop through '{frame}'")
+        return chain, TfError(f"the tf tree has a loop through '{frame}'")
+
+    def _below_common(self, target: str, source: str, stamp: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
+                                                                            str]:
+        """Both frames' chains and their lowest common ancestor (as tf2, only the hops below it are evaluated)."""
+        up_source, err_source = self._walk(source, stamp)
+        up_target, err_target = self._walk(target, stamp)
+        common = next((f for f in up_target if f in up_source), None)
+        if common is None:
+            raise err_source or err_target or TfError(f"'{source}' and '{target}' are not connected in the recorded "
+                                                      "tf (two trees)")
+        return up_target, up_source, common
+
+    def _latest_common(self, target: str, source: str) -> int:
+        """tf2's latest common time of the hops between the two frames (0 when all of them are static)."""
+        up_target, up_source, common = self._below_common(target, source, 0)
+        below = [f for chain in (up_target, up_source) for f in list(chain)[:list(chain).index(common)]]
+        return min((self._dynamic[f][-1][0] for f in below if f not in self._static), default=0)
 
     def lookup(self, target: str, source: str, stamp_ns: int) -> np.ndarray:
         """The 4x4 transform of points in ``source`` into ``target`` at ``stamp_ns``; TfError when there is none."""
@@ -191,10 +200,7 @@ class TfTree:
         if missing:
             raise TfError(f"frame '{missing[0]}' does not exist in the recorded tf")
         stamp = self._latest_common(target, source) if stamp_ns == 0 else stamp_ns
-        up_source, up_target = self._up(source, stamp), self._up(target, stamp)
-        common = next((f for f in up_source if f in up_target), None)
-        if common is None:
-            raise TfError(f"'{source}' and '{target}' are not connected in the recorded tf (two trees)")
+        up_target, up_source, common = self._below_common(target, source, stamp)
         return np.linalg.inv(up_target[common]) @ up_source[common]
 
 
