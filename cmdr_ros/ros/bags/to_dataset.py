@@ -24,7 +24,8 @@ def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defec
     Clouds go through the node's own alignment (``FrameJudge.assemble`` with the node's ``params``: pixel-aligned,
     projected with the bag's camera_info and its recorded /tf and /tf_static (``use_tf``) or ``extrinsics``, or
     rasterized with ``raster_resolution``), so the model is trained on exactly what the node will see. ``None``
-    leaves a topic out (3D-only: no image; 2D-only: no points). A set that cannot be aligned is left out with a warning. Returns the number of samples written.
+    leaves a topic out (3D-only: no image; 2D-only: no points). A set that cannot be aligned is left out with a
+    warning. Returns the number of samples written.
     """
     import logging
 
