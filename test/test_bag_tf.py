@@ -1,6 +1,7 @@
 """The bag's own tf for `cmdr bag eval`: transforms of /tf and /tf_static read back from a bag, chains resolved as
 tf2 resolves them (checked against hand-computed poses), /tf_static recorded latched, and eval / to-dataset
 judging a separate-sensor bag with it (and refusing it, no_transform, without it)."""
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,18 @@ def test_only_the_hops_below_the_common_frame_count():
         tree.lookup("sensor", "world", late)
     np.testing.assert_allclose(tree.lookup("world", "camera", 0), _yaw(20) @ _yaw(90, (1, 0, 0)), atol=1e-9)
     assert tree._latest_common("camera", "sensor") == 0 and tree._latest_common("world", "sensor") == START + NS
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tf2_msgs") is not None, reason="tf2_msgs installed: /tf plays")
+def test_play_without_tf2_msgs_names_the_topics_it_can_play(tmp_path, capsys):
+    """In a pip-only venv a bag's /tf_static cannot be published (no tf2_msgs module): `cmdr bag play` says which
+    --topics play without it, before any DDS."""
+    from cmdr_ros.cli.main import main
+
+    with BagWriter(tmp_path / "bag", "mcap") as w:
+        w.write("/tf_static", tf_message([("base", "camera", START, np.eye(4))]), START)
+        w.write("/image", array_to_image(np.zeros((4, 4, 3), np.uint8), "rgb8", make_header(START, "camera")), START)
+    assert main(["bag", "play", str(tmp_path / "bag")]) == 2
+    err = capsys.readouterr().err
+    assert "/tf_static: message type 'tf2_msgs/msg/TFMessage' is not installed" in err
+    assert "play the other topics with --topics /image" in err
