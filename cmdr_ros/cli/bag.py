@@ -5,7 +5,9 @@
   unorganized scans (``cmdr_ros.data.scans``) as a laser profilometer's bag (one cloud per part, sample names);
 * ``play BAG``: publish a bag on DDS with its recorded timing and QoS, optionally /clock (for machines without
   ``ros2 bag``);
-* ``eval BAG --checkpoint M``: run a model over a bag offline, as the node would, and score it like ``cmdr eval``;
+* ``eval BAG --checkpoint M``: run a model over a bag offline, as the node would (a cloud in another frame than the
+  image through the bag's own /tf and /tf_static, as the node's tf2 listener heard them), and score it like
+  ``cmdr eval``;
 * ``to-dataset BAG --out DIR``: a recording of parts as samples of a class folder, to train on recorded good parts
   (``--scans``: a recorded profilometer topic as a class of unorganized scans, for a "chunks" model).
 
@@ -67,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--sample-topic", default=RECORDED["sample"], help="std_msgs/String sample names '<defect>/<id>'")
     q.add_argument("--params-file", default=None, metavar="YAML",
                    help="the node's parameters file (e.g. config/inspection.yaml): judge the bag exactly as the node "
-                        "would (extrinsics, raster_resolution, on_error, min_coverage, max_range, threshold, sync)")
+                        "would (use_tf: the bag's /tf and /tf_static, extrinsics, raster_resolution, on_error, "
+                        "min_coverage, max_range, threshold, sync)")
     q.add_argument("--slop", type=float, default=None,
                    help="max stamp difference (s) of a matched image/points set (default: sync.slop, 0.05)")
     q.add_argument("--threshold", type=float, default=None,
@@ -139,6 +142,7 @@ def run_eval(args: argparse.Namespace) -> int:
                    write_images=not args.no_images, progress=not args.quiet)
     if "table" in rep:
         print(rep["table"])
+    print(f"tf: {rep['tf']}")
     orphans = sum(rep["unmatched"].values())
     print(f"{rep['frames']} frames ({rep['rejects']} rejected, {rep['not_judged']} not judged"
           + (f"; {orphans} unmatched inputs rejected" if orphans else "") + ") in "

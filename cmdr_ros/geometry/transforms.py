@@ -75,3 +75,16 @@ def _transform(T: np.ndarray) -> np.ndarray:
     if T.shape != (4, 4) or not np.isfinite(T).all() or not np.allclose(T[3], [0, 0, 0, 1]):
         raise CmdrError(f"transform must be a finite 4x4 homogeneous matrix with last row 0 0 0 1, got {T.tolist()}")
     return T
+
+
+def interpolate_transform(T0: np.ndarray, T1: np.ndarray, ratio: float) -> np.ndarray:
+    """The rigid transform ``ratio`` of the way from T0 (0) to T1 (1), as tf2 interpolates between two stamps of a
+    frame: translation linear, rotation spherical-linear (slerp, the shorter way round)."""
+    T0, T1 = _transform(T0), _transform(T1)
+    r = float(ratio)
+    out = np.eye(4)
+    # slerp as R0 exp(r log(R0^T R1)): the rotation vector's angle is at most pi, so the shorter way round
+    out[:3, :3] = T0[:3, :3] @ Rotation.from_rotvec(
+        r * Rotation.from_matrix(T0[:3, :3].T @ T1[:3, :3]).as_rotvec()).as_matrix()
+    out[:3, 3] = (1.0 - r) * T0[:3, 3] + r * T1[:3, 3]
+    return out

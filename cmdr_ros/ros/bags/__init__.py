@@ -6,14 +6,17 @@ through ``rclpy.serialization``, so the bytes in a bag are exactly what the node
 decoding is the node's own (``conversions`` / ``frames.assemble_frame``). ``record`` writes bags (metadata
 version 8, see there), ``read`` opens and reads them, ``play`` publishes them on DDS, ``evaluate`` judges them
 offline and ``to_dataset`` turns a recording into a class folder (MVTec 3D-AD frames, or unorganized scans of a
-laser profilometer for a "chunks" model); topic names come from ``cmdr_ros.ros.topics``.
+laser profilometer for a "chunks" model), both resolving clouds in another frame through the bag's own /tf and
+/tf_static (``tf``); topic names come from ``cmdr_ros.ros.topics``.
 """
 from cmdr_ros.ros.bags.evaluate import eval_bag
 from cmdr_ros.ros.bags.play import parse_remaps, play_bag, playback_qos, topic_qos
 from cmdr_ros.ros.bags.read import message_class, open_bag, read_messages
-from cmdr_ros.ros.bags.record import METADATA_VERSION, STORAGES, BagWriter, bag_from_dataset, bag_from_scans
+from cmdr_ros.ros.bags.record import (METADATA_VERSION, STORAGES, BagWriter, bag_from_dataset, bag_from_scans,
+                                      offered_qos)
+from cmdr_ros.ros.bags.tf import TfTree, bag_tf_lookup, read_tf, tf_message
 from cmdr_ros.ros.bags.to_dataset import bag_to_dataset, bag_to_scans
 
-__all__ = ["METADATA_VERSION", "STORAGES", "BagWriter", "bag_from_dataset", "bag_from_scans", "bag_to_dataset",
-           "bag_to_scans", "eval_bag",
-           "message_class", "open_bag", "parse_remaps", "play_bag", "playback_qos", "read_messages", "topic_qos"]
+__all__ = ["METADATA_VERSION", "STORAGES", "BagWriter", "TfTree", "bag_from_dataset", "bag_from_scans", "bag_tf_lookup",
+           "bag_to_dataset", "bag_to_scans", "eval_bag", "message_class", "offered_qos", "open_bag", "parse_remaps",
+           "play_bag", "playback_qos", "read_messages", "read_tf", "tf_message", "topic_qos"]

@@ -19,6 +19,7 @@ from cmdr_ros import CmdrError
 from cmdr_ros.config import cross_modal
 from cmdr_ros.ros.bags.read import _check_type, _connections, message_class, open_bag
 from cmdr_ros.ros.bags.record import _NS, BagWriter
+from cmdr_ros.ros.bags.tf import bag_tf_lookup, read_tf, tf_summary
 from cmdr_ros.ros.conversions import stamp_ns
 from cmdr_ros.ros.frames import input_names
 from cmdr_ros.ros.topics import PROFILER, RECORDED, output_topic
@@ -244,7 +245,8 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     """Run ``detector`` over a bag offline, judging every part exactly as the node would, without DDS.
 
     ``params``: the node's parameter values (``cmdr_ros.ros.parameters.read_params_file``; default: the node's
-    defaults): the same ``FrameJudge`` (alignment with ``extrinsics`` / ``raster_resolution``, ``on_error``,
+    defaults): the same ``FrameJudge`` (alignment with the bag's own /tf and /tf_static at the cloud's stamp when
+    ``use_tf`` is on, as the node's tf2 listener hears them, else ``extrinsics``; ``raster_resolution``, ``on_error``,
     minimum coverage / valid ratio, ``max_range``, threshold) and the synchronizer's ``sync.queue_size`` /
     ``sync.slop``; ``slop`` and ``threshold`` override theirs. Inputs are matched with the node's
     ``ApproximateTimePolicy``; each set gets the nearest camera_info. Writes ``out/results_bag`` (mcap, replaced
@@ -286,7 +288,8 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
                       if t in reader.topics and (k != "info" or cross_modal(mode))}
         for kind, topic in [*inputs, *aux_topics.items()]:
             _check_type(reader, bag, topic, types[kind])
-        judge = FrameJudge.from_params(detector, params)
+        transforms = read_tf(reader, bag) if params["use_tf"] else []
+        judge = FrameJudge.from_params(detector, params, bag_tf_lookup(transforms))
         aux = read_aux(reader, aux_topics)
         custom = getattr(getattr(reader.storage, "metadata", None), "custom", None) or {}
         class_name = custom.get("cmdr_ros.class") or bag.name
@@ -338,7 +341,7 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
         "grid": detector.config.grid, "map_size": detector.config.map_size, "threshold": judge.threshold,
         "device": str(detector.device), "frames": len(judged),
         "not_judged": sum(bool(r["error"]) for r in judged), "rejects": sum(r["reject"] for r in judged),
-        "unmatched": {t: unmatched[k] for k, t in inputs},
+        "unmatched": {t: unmatched[k] for k, t in inputs}, "tf": tf_summary(transforms, params["use_tf"]),
         "results_bag": str(results_dir), "seconds": time.perf_counter() - t_start}
     metrics = evaluation.metrics()
     if metrics is not None:

@@ -72,6 +72,17 @@ def topic_qos(reader: Any, topic: str) -> Any:
     return playback_qos(topic, [q for c in info.connections for q in c.ext.offered_qos_profiles], info.msgcount)
 
 
+def _class_to_play(type_name: str, topic: str, chosen: Sequence[str]) -> type:
+    """The rclpy class to publish ``topic`` with; CmdrError naming the --topics that can be played without it (e.g.
+    /tf and /tf_static in a pip-only venv: tf2_msgs has no PyPI wheel)."""
+    try:
+        return message_class(type_name)
+    except CmdrError as e:
+        others = " ".join(t for t in chosen if t != topic)
+        raise CmdrError(f"{topic}: {e}; play the other topics with --topics {others}" if others else
+                        f"{topic}: {e}") from None
+
+
 def _qos_text(qos: Any) -> str:
     return f"{qos.reliability.name.lower()}, {qos.durability.name.lower()}, depth {qos.depth}"
 
@@ -144,7 +155,7 @@ def play_bag(path: str | Path, rate: float = 1.0, loop: bool = False, topics: Se
         if clock and CLOCK in (renames.get(t, t) for t in chosen):
             raise CmdrError(f"{path}: the bag has its own {CLOCK}; leave it out (--topics) or play without --clock")
         types = {t: reader.topics[t].msgtype for t in chosen}
-        classes = {t: message_class(types[t]) for t in chosen}
+        classes = {t: _class_to_play(types[t], t, chosen) for t in chosen}
         qos = {t: topic_qos(reader, t) for t in chosen}
         context = None
         if node is None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from cmdr_ros import CmdrError
 from cmdr_ros.ros.conversions import make_header
-from cmdr_ros.ros.topics import PROFILER, RECORDED
+from cmdr_ros.ros.topics import PROFILER, RECORDED, TF_STATIC
 
 METADATA_VERSION = 8
 STORAGES = ("mcap", "sqlite3")
@@ -40,9 +40,27 @@ def _reliable_qos() -> Any:
                QosLiveliness.AUTOMATIC, inf, False)
 
 
+def _latched_qos() -> Any:
+    """What tf2's StaticTransformBroadcaster offers on /tf_static: RELIABLE, TRANSIENT_LOCAL, KEEP_LAST(1), default
+    (infinite) durations. Recorded so, ``ros2 bag play`` republishes /tf_static latched (rosbag2's
+    adapt_offer_to_recorded_offers keeps a recorded durability), and a node that starts after the playback's first
+    message still gets the sensor mount."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    inf = QosTime(_INFINITE_NS // _NS, _INFINITE_NS % _NS)
+    return Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, inf, inf,
+               QosLiveliness.AUTOMATIC, inf, False)
+
+
+def offered_qos(topic: str) -> Any:
+    """The offered QoS a topic is recorded with: ``/tf_static`` latched (``_latched_qos``), every other topic
+    reliable and volatile (``_reliable_qos``), as the publishers of a camera driver and of tf2 offer them."""
+    return _latched_qos() if topic == TF_STATIC else _reliable_qos()
+
+
 def _type_name(msg_class: type) -> str:
-    """'sensor_msgs/msg/Image' for the rclpy class sensor_msgs.msg.Image."""
-    return f"{msg_class.__module__.split('.')[0]}/msg/{msg_class.__name__}"
+    """'sensor_msgs/msg/Image' for the rclpy class sensor_msgs.msg.Image (a rosbags class names its own type)."""
+    return getattr(msg_class, "__msgtype__", None) or f"{msg_class.__module__.split('.')[0]}/msg/{msg_class.__name__}"
 
 
 class BagWriter:
@@ -67,6 +85,7 @@ class BagWriter:
         for key, value in {"cmdr_ros.writer": "cmdr_ros", **(custom_data or {})}.items():
             self._writer.set_custom_data(key, str(value))
         self._connections: dict[str, Any] = {}
+        self._typestore: Any = None
         self.counts: Counter[str] = Counter()
 
     def __enter__(self) -> BagWriter:
@@ -79,19 +98,27 @@ class BagWriter:
             shutil.rmtree(self.path, ignore_errors=True)  # the folder is this writer's own: it refused existing paths
 
     def write(self, topic: str, msg: Any, stamp: int) -> None:
-        """Serialize ``msg`` (CDR, as rclpy publishes it) and store it at log time ``stamp`` (ns)."""
-        from rclpy.serialization import serialize_message
-
-        if topic not in self._connections:
+        """Serialize ``msg`` (CDR, as rclpy publishes it) and store it at log time ``stamp`` (ns). ``msg`` is an
+        rclpy message, or a rosbags one (``tf.tf_message``: types without a PyPI wheel, such as tf2_msgs). The
+        topic is recorded with ``offered_qos(topic)``."""
+        if self._typestore is None:
             from rosbags.typesys import Stores, get_typestore
 
             from cmdr_ros.ros.typed_decision import register_types
 
-            typestore = get_typestore(Stores.ROS2_HUMBLE)  # definitions and RIHS01 hashes of the std types
-            register_types(typestore)  # vision_msgs (~/decision): not in rosbags' store
+            self._typestore = get_typestore(Stores.ROS2_HUMBLE)  # definitions and RIHS01 hashes of the std types
+            register_types(self._typestore)  # vision_msgs (~/decision): not in rosbags' store
+        typestore = self._typestore
+        if topic not in self._connections:
             self._connections[topic] = self._writer.add_connection(
-                topic, _type_name(type(msg)), typestore=typestore, offered_qos_profiles=[_reliable_qos()])
-        self._writer.write(self._connections[topic], int(stamp), serialize_message(msg))
+                topic, _type_name(type(msg)), typestore=typestore, offered_qos_profiles=[offered_qos(topic)])
+        if hasattr(type(msg), "__msgtype__"):
+            data = typestore.serialize_cdr(msg, type(msg).__msgtype__)
+        else:
+            from rclpy.serialization import serialize_message
+
+            data = serialize_message(msg)
+        self._writer.write(self._connections[topic], int(stamp), data)
         self.counts[topic] += 1
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from cmdr_ros import CmdrError
 from cmdr_ros.ros.bags.read import _check_type, _connections, message_class, open_bag
+from cmdr_ros.ros.bags.tf import recorded_tf
 from cmdr_ros.ros.conversions import stamp_ns
 from cmdr_ros.ros.frames import mode_of
 from cmdr_ros.ros.topics import CAMERA, PROFILER, RECORDED
@@ -21,10 +22,11 @@ def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defec
     (``out/<split>/<defect>/{rgb,xyz}/NNN``), so ``cmdr train`` can learn from recordings of good parts.
 
     Clouds go through the node's own alignment (``FrameJudge.assemble`` with the node's ``params``: pixel-aligned,
-    projected with the bag's camera_info and ``extrinsics``, or rasterized with ``raster_resolution``), so the
-    model is trained on exactly what the node will see; a frame larger than the training data is written at its size
-    (``frame_size.fit_frame``, as the node brings it there before background removal). ``None`` leaves a topic out (3D-only: no image; 2D-only:
-    no points). A set that cannot be aligned is left out with a warning. Returns the number of samples written.
+    projected with the bag's camera_info and its recorded /tf and /tf_static (``use_tf``) or ``extrinsics``, or
+    rasterized with ``raster_resolution``), so the model is trained on exactly what the node will see; a frame larger
+    than the training data is written at the size the node brings it to before background removal
+    (``frame_size.fit_frame``). ``None`` leaves a topic out (3D-only: no image; 2D-only: no points). A set that cannot
+    be aligned is left out with a warning. Returns the number of samples written.
     """
     import logging
 
@@ -47,6 +49,7 @@ def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defec
     infos: list[Any] = []
     written = skipped = 0
     with open_bag(bag) as reader:
+        aligner.tf_lookup = recorded_tf(reader, bag, params)
         conns = _connections(reader, bag, [t for _, t in inputs])
         if info_topic and info_topic in reader.topics:
             conns += _connections(reader, bag, [info_topic])
