@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from cmdr_ros.model.detector import CMDRDetector
 
 PRETRAINED = {"dino_vitb8", "pointmae"}  # backbones that need a GPU on a line
-COUNTERS = ("decisions", "judged", "rejects", "late", "stuck", "qos_incompatible")
+COUNTERS = ("decisions", "judged", "rejects", "late", "stuck", "qos_incompatible", "no_part_id", "part_id_unmatched")
 
 
 class ThrottledLog:
@@ -166,7 +166,9 @@ def node_status(s: Mapping[str, Any], *, state: str, judging: bool, time_budget:
               "unsent": s["unsent"], "unsent_s": f"{s['unsent_s']:.1f}",
               "rate_hz": f"{s['rate_hz']:.2f}", "latency_p50_ms": f"{s['latency_p50_ms']:.1f}",
               "latency_p95_ms": f"{s['latency_p95_ms']:.1f}", "qos_incompatible": s["qos_incompatible"],
-              "input_idle_s": f"{s['input_idle_s']:.1f}", "mode": mode}
+              "input_idle_s": f"{s['input_idle_s']:.1f}", "no_part_id": s["no_part_id"],
+              "part_id_unmatched": s["part_id_unmatched"], "part_id_unmatched_last": s["part_id_unmatched_last"],
+              "mode": mode}
     values.update({f"not_judged.{k}": v for k, v in sorted(s["not_judged"].items())})
     if threshold is not None:
         values.update({"threshold": f"{threshold:.6f}", "model_id": model_id, "device": device})

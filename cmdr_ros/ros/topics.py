@@ -18,6 +18,10 @@ DECISIONS = ("score", "reject", "result")
 MAPS = ("heatmap", "anomaly_map", "anomaly_cloud")
 OUTPUT_TYPES = {"score": Float32, "reject": Bool, "result": DiagnosticArray, "heatmap": Image, "anomaly_map": Image,
                 "anomaly_cloud": PointCloud2}
+# the node's state for a controller (~/ready), latched (transient local): true only while active with a model
+STATE = ("ready",)
+STATE_TYPES = {"ready": Bool}
+PART_ID = "/part_id"  # where a cell publishes part ids (the node's `part_id`, and what `cmdr bag eval` reads)
 
 # the camera's topics as recorded (bags of ``cmdr bag from-dataset``, the demo's cell)
 CAMERA = {"image": "/camera/image", "points": "/camera/points", "camera_info": "/camera/camera_info"}
@@ -34,6 +38,6 @@ CLOCK = "/clock"
 
 def output_topic(name: str, node: str = NODE_NAME, namespace: str = "") -> str:
     """The absolute name of the node's output ``name`` (e.g. result -> /cmdr_inspection/result)."""
-    if name not in DECISIONS + MAPS:
-        raise ValueError(f"unknown output {name!r}: one of {', '.join(DECISIONS + MAPS)}")
+    if name not in DECISIONS + MAPS + STATE:
+        raise ValueError(f"unknown output {name!r}: one of {', '.join(DECISIONS + MAPS + STATE)}")
     return f"{namespace.rstrip('/')}/{node}/{name}" if namespace else f"/{node}/{name}"
