@@ -14,6 +14,8 @@ never runs in a callback. At SIGINT/SIGTERM every part still waiting gets its fa
 Lifecycle: configure validates every parameter (as at run time; ``parameters.py``), loads the checkpoint, warms the
 model up and creates the publishers; activate subscribes; deactivate unsubscribes (waiting parts get the fail-safe)
 and frees cached GPU memory; cleanup drops the model. ``autostart`` walks to active and exits non-zero when it cannot.
+``~/ready`` (latched) is true only while active with a model; the watchdog, /diagnostics and autostart timers run on
+a steady clock (sim time only stamps). A controller's view of all this: docs/controller.md.
 """
 from __future__ import annotations
 
