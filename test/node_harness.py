@@ -25,19 +25,21 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from cmdr_ros.ros.conversions import array_to_image  # noqa: E402
 from domains import new_domain  # noqa: E402,F401 - the tests import it from here
-from cmdr_ros.ros.topics import DIAGNOSTICS, OUTPUT_TYPES, output_topic  # noqa: E402
+from cmdr_ros.ros.topics import DIAGNOSTICS, OUTPUT_TYPES, STATE_TYPES, output_topic  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_START_S = 120.0
 RESULT_S = 60.0
 DEEP = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)  # nothing a test sends or records is overwritten
+LATCHED = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)  # ~/ready: the value in force when matched, then each
 NS = 1_000_000_000
 
 
@@ -56,7 +58,7 @@ def values_of(arr: DiagnosticArray) -> dict[str, str]:
 class RosSide:
     """An rclpy node in its own context, spun in a thread, publishing inputs and recording what the node sends."""
 
-    OUTPUTS = {**{name: (kind, output_topic(name)) for name, kind in OUTPUT_TYPES.items()},
+    OUTPUTS = {**{name: (kind, output_topic(name)) for name, kind in {**OUTPUT_TYPES, **STATE_TYPES}.items()},
                "diagnostics": (DiagnosticArray, DIAGNOSTICS)}
 
     def __init__(self, domain_id: int) -> None:
@@ -68,7 +70,8 @@ class RosSide:
         self.hooks: dict[str, Callable[[Any], None]] = {}  # key -> called with each message as it arrives
         self.received: dict[str, list[tuple[float, Any]]] = {k: [] for k in self.OUTPUTS}
         for key, (msg_type, topic) in self.OUTPUTS.items():
-            self.node.create_subscription(msg_type, topic, lambda m, k=key: self._record(k, m), DEEP)
+            self.node.create_subscription(msg_type, topic, lambda m, k=key: self._record(k, m),
+                                          LATCHED if key in STATE_TYPES else DEEP)
         self.image_pub = self.node.create_publisher(Image, "/image", DEEP)
         self.points_pub = self.node.create_publisher(PointCloud2, "/points", DEEP)
         self.info_pub = self.node.create_publisher(CameraInfo, "/camera_info", DEEP)
@@ -157,6 +160,36 @@ class RosSide:
                         return {**v, "_level": st.level, "_message": st.message}
             return None
         return self.wait_for(f"/diagnostics with {what}", find, timeout=timeout)
+
+    def change_state(self, transition: str, goal: str, timeout: float = 60.0) -> None:
+        """Ask the node for a lifecycle transition (``deactivate``, ``activate`` ...) and wait until it is in the
+        state labelled ``goal`` (a lost answer is made up for by asking for the state)."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        ids = {"configure": Transition.TRANSITION_CONFIGURE, "activate": Transition.TRANSITION_ACTIVATE,
+               "deactivate": Transition.TRANSITION_DEACTIVATE, "cleanup": Transition.TRANSITION_CLEANUP}
+        change = self.node.create_client(ChangeState, "/cmdr_inspection/change_state")
+        get = self.node.create_client(GetState, "/cmdr_inspection/get_state")
+        try:
+            assert change.wait_for_service(timeout_sec=20) and get.wait_for_service(timeout_sec=20)
+            future = change.call_async(ChangeState.Request(transition=Transition(id=ids[transition])))
+            done = threading.Event()
+            future.add_done_callback(lambda _: done.set())
+            if done.wait(timeout) and future.result() is not None:
+                assert future.result().success, f"{transition} refused"
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < timeout:
+                future = get.call_async(GetState.Request())
+                done = threading.Event()
+                future.add_done_callback(lambda _: done.set())
+                if done.wait(10) and future.result() is not None and future.result().current_state.label == goal:
+                    return
+                time.sleep(0.1)
+            pytest.fail(f"the node not {goal} {timeout} s after {transition}")
+        finally:
+            self.node.destroy_client(change)
+            self.node.destroy_client(get)
 
     def set_parameter(self, name: str, value: Any) -> tuple[bool, str]:
         """Set one node parameter over the service; (successful, reason)."""

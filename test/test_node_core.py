@@ -124,7 +124,8 @@ def test_run_time_changes_are_applied_to_the_frame_judge():
 def snap(**kw: Any) -> dict[str, Any]:
     """A node snapshot (``InspectionNode.snapshot``) with nothing wrong."""
     return {"decisions": 5, "judged": 5, "rejects": 1, "late": 0, "stuck": 0, "qos_incompatible": 0,
-            "not_judged": {}, "seq": 5, "waiting": 0, "inflight_s": 0.0, "rate_hz": 2.0, "latency_p50_ms": 12.0,
+            "no_part_id": 0, "part_id_unmatched": 0, "part_id_unmatched_last": "", "not_judged": {}, "seq": 5,
+            "waiting": 0, "inflight_s": 0.0, "rate_hz": 2.0, "latency_p50_ms": 12.0,
             "latency_p95_ms": 20.25, "pending_sync": 0, "unsent": 0, "unsent_s": 0.0, "input_idle_s": 0.5,
             "recent_faults": {}, "late_inputs": {}, "qos_incompatible_now": {}, "parameters_refused": 0, **kw}
 
@@ -143,8 +144,9 @@ def test_status_ok_with_the_counters_and_the_model():
     assert level == DiagnosticStatus.OK and message == "active: 5 decisions, 5 judged, 0 not judged"
     assert list(v) == ["state", "decisions", "seq", "judged", "rejects", "not_judged", "late_results", "stuck",
                        "stuck_events", "waiting", "pending_sync", "unsent", "unsent_s", "rate_hz", "latency_p50_ms", "latency_p95_ms",
-                       "qos_incompatible", "qos_incompatible_now", "input_idle_s", "mode", "recent_faults",
-                       "parameters_refused", "decision_topic", "threshold", "model_id", "device"]
+                       "qos_incompatible", "qos_incompatible_now", "input_idle_s", "no_part_id", "part_id_unmatched",
+                       "part_id_unmatched_last", "mode", "recent_faults", "parameters_refused", "decision_topic",
+                       "threshold", "model_id", "device"]
     assert v["decision_topic"] == ("vision_msgs/Classification" if TYPED_AVAILABLE
                                    else "off: vision_msgs is not installed")
     assert v["state"] == "active" and v["decisions"] == "5" and v["stuck"] == "0" and v["rate_hz"] == "2.00"
@@ -297,7 +299,8 @@ def test_counters_rates_and_idle_time():
     stats.decided(Verdict(False, "reject", 1.0, kind="timeout", reason="late"), 5000.0, 102.0)
     counts, latencies, stamps = stats.copy()
     assert counts == {"decisions": 3, "judged": 2, "rejects": 2, "late": 0, "stuck": 0, "qos_incompatible": 0,
-                      "not_judged": {"timeout": 1}, "recent": [(102.0, "timeout")]}
+                      "no_part_id": 0, "part_id_unmatched": 0, "not_judged": {"timeout": 1},
+                      "recent": [(102.0, "timeout")]}
     assert latencies == [10.0, 30.0] and stamps == [100.0, 101.0]  # fail-safes leave the latency alone
     assert rate_and_latency(latencies, stamps, 101.5) == {"rate_hz": 1.0, "latency_p50_ms": 20.0,
                                                           "latency_p95_ms": 29.0}
@@ -412,7 +415,7 @@ class Store:
         return True
 
 
-def engine_with(store: Store) -> tuple[DecisionEngine, list[int]]:
+def engine_with(store: Store, params: dict[str, Any] | None = None) -> tuple[DecisionEngine, list[int]]:
     """An engine publishing to fake publishers: the seq of every ~/result, in publishing order (each one checked to
     be on record when published)."""
     published: list[int] = []
@@ -423,7 +426,7 @@ def engine_with(store: Store) -> tuple[DecisionEngine, list[int]]:
             assert seq in store.rows, f"result {seq} published before its audit row"
             published.append(seq)
 
-    engine = DecisionEngine(lambda: None, PARAMS.get, lambda *a: None)
+    engine = DecisionEngine(lambda: None, {**PARAMS, **(params or {})}.get, lambda *a: None)
     engine.outlet = Outlet({"result": ResultPub("result"), "reject": Pub("reject")}, store, "2d", "m", "/n", "run")
     return engine, published
 
@@ -517,6 +520,67 @@ def test_part_ids_are_matched_by_the_nearest_stamp_within_slop():
         ids.add(header(sec, frame_id=pid))
     assert ids.near(header(2, 10_000_000), 0.05) == "B" and ids.near(header(2, 10_000_000), 0.001) is None
     assert ids.near(header(1), 0.05) is None  # only the newest 2 are kept
+
+
+def test_a_part_id_published_after_the_frame_is_waited_for_within_the_bound():
+    ids = PartIds()
+    threading.Timer(0.1, lambda: ids.add(header(5, 20_000_000, frame_id="LATE"))).start()
+    t0 = time.monotonic()
+    assert ids.wait_near(header(5), 0.05, 5.0) == "LATE"  # arrives after the wait began: taken
+    assert time.monotonic() - t0 < 4.0  # woken by its arrival, not by the bound
+    t0 = time.monotonic()
+    assert ids.wait_near(header(9), 0.05, 0.2) is None and time.monotonic() - t0 >= 0.19  # never comes: the bound
+    assert ids.wait_near(header(6), 0.05, 0.0) is None  # no wait: only ids already there
+
+
+def test_part_ids_no_decision_took_are_reported_once_with_their_stamp():
+    ids = PartIds(keep=3)
+    ids.add(header(1, frame_id="TAKEN"), now=100.0)
+    ids.add(header(2, frame_id="STRAY"), now=100.0)
+    assert ids.near(header(1), 0.05) == "TAKEN"
+    assert ids.unclaimed(5.0, now=104.0) == []  # within the window: it may still find its part
+    assert ids.unclaimed(5.0, now=106.0) == [("STRAY", 2 * 10**9)]
+    assert ids.unclaimed(5.0, now=107.0) == []  # reported once
+    for sec in (3, 4, 5):  # pushes out TAKEN (taken: nothing to say) and STRAY (already reported)
+        ids.add(header(sec, frame_id=f"X{sec}"), now=200.0)
+    ids.add(header(6, frame_id="X6"), now=200.0)  # pushes out X3 before anyone took it: reported at once
+    assert ids.unclaimed(5.0, now=200.0) == [("X3", 3 * 10**9)] and ids.seen == 6
+
+
+def test_a_decision_waits_for_its_late_part_id_without_holding_anyone_back():
+    """The decision is numbered at once; its publication (and the next one's, in order) waits for the id until
+    part_id.wait; who decided goes on at once; a part whose id never comes is counted, a stray id reported."""
+    store = Store()
+    engine, published = engine_with(store, {"part_id.wait": 2.0, "sync.timeout": 0.0})
+    sent: list[Any] = []
+    engine.outlet.pubs["result"].publish = lambda msg: sent.append(
+        {kv.key: kv.value for kv in msg.status[0].values})
+    t0 = time.monotonic()
+    assert engine.decide(part(1), Verdict(True, "pass", 1.0, score=0.5))
+    assert engine.decide(part(2), Verdict(True, "pass", 1.0, score=0.5))
+    assert time.monotonic() - t0 < 1.0 and engine.counters()["seq"] == 2  # numbered, not held
+    assert sent == []  # part 1 waits for its id, part 2 behind it
+    engine.part_ids.add(header(1, frame_id="P1"))
+    engine.part_ids.add(header(2, 10_000_000, frame_id="P2"))
+    assert engine.flush(5)
+    assert [(v["seq"], v.get("part_id")) for v in sent] == [("1", "P1"), ("2", "P2")]
+    engine.param = {**PARAMS, "part_id.wait": 0.1, "sync.timeout": 0.0}.get
+    assert engine.decide(part(3), Verdict(True, "pass", 1.0, score=0.5)) and engine.flush(5)
+    assert "part_id" not in sent[-1] and engine.counters()["no_part_id"] == 1
+    engine.part_ids.add(header(7, frame_id="STRAY"), now=time.monotonic() - 10.0)
+    warned = []
+    engine.warn = lambda kind, msg, level="warning": warned.append((kind, msg))
+    engine.watch(5.0)  # time_budget + sync.timeout + part_id.wait = 5.1 s since it arrived: reported
+    c = engine.counters()
+    assert c["part_id_unmatched"] == 1 and c["part_id_unmatched_last"] == "STRAY"
+    assert warned == [("part_id", "part id 'STRAY' (stamp 7.000000000) matched no part within 5.1 s of its "
+                                  "arrival")]
+
+
+def test_without_part_ids_nothing_is_counted_and_no_wait_with_zero():
+    engine, _ = engine_with(Store(), {"part_id.wait": 0.0})
+    assert engine.decide(part(1), Verdict(True, "pass", 1.0, score=0.5)) and engine.flush(5)
+    assert engine.counters()["no_part_id"] == 0  # this cell publishes no part ids
 
 
 # ------------------------------------------------------------------------------ tf

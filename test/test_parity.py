@@ -31,7 +31,7 @@ TF2 = all(importlib.util.find_spec(m) is not None for m in ("tf2_ros", "tf2_msgs
 T_SENSOR_FROM_CAMERA = make_transform([0.05, -0.02, 0.10], Rotation.from_euler("xyz", [6, -8, 15], degrees=True)
                                       .as_quat())
 COMPARED = ("decision", "judged", "score", "threshold", "error", "reason", "inputs", "coverage", "valid_ratio",
-            "alignment", "transform", "mode", "model_id", "frame_id.image", "frame_id.points")
+            "alignment", "transform", "mode", "model_id", "frame_id.image", "frame_id.points", "part_id")
 
 
 
@@ -54,7 +54,7 @@ def _compare(ros, bag, params_file, checkpoint, tmp_path, n_expected, differ=Non
     stamps = sorted({stamp_ns(m.header.stamp) for topic, _, m in read_messages(bag, _topics_of(bag))
                      if topic in ("/image", "/points")})
     with open_bag(bag) as reader:
-        topics = [t for t in ("/camera_info", "/image", "/points") if t in reader.topics]
+        topics = [t for t in ("/camera_info", "/part_id", "/image", "/points") if t in reader.topics]
         if TF2 and "/tf_static" in reader.topics:
             topics.insert(0, "/tf_static")  # latched: the node's tf2 listener holds the sensor mount before a cloud
     play_bag(bag, rate=1.0, node=ros.node, topics=topics, wait=10.0)
@@ -126,6 +126,8 @@ def test_rgbd_projected_cloud_in_another_frame(ros, tmp_path_factory):
             if defect != "lone":
                 w.write("/points", cloud, stamp)
             w.write("/cmdr/sample", String(data=f"{defect or 'good'}/{i:03d}"), stamp)
+            if i != 2:  # part 2 has no id; odd parts' ids come 20 ms after the frame (within part_id.wait)
+                w.write("/part_id", make_header(stamp + 10_000_000 * (i % 2), f"P-{i}"), stamp + 20_000_000 * (i % 2))
     gen = start_node(ros, d, {}, (ros.image_pub, ros.points_pub), params_file=params_file)
     next(gen)
     try:
@@ -133,8 +135,9 @@ def test_rgbd_projected_cloud_in_another_frame(ros, tmp_path_factory):
     finally:
         gen.close()
     assert rep["unmatched"] == {"/image": 1, "/points": 0} and rep["frames"] == 5 and rep["not_judged"] == 1
-    rows = [v for _, _, arr in read_messages(d / "eval" / "results_bag", ["/cmdr_inspection/result"])
-            for v in [values_of(arr)] if v["judged"] == "true"]
+    every = [values_of(arr) for _, _, arr in read_messages(d / "eval" / "results_bag", ["/cmdr_inspection/result"])]
+    assert [v.get("part_id") for v in every] == ["P-0", "P-1", None, "P-3", "P-4", "P-5"]  # before or after
+    rows = [v for v in every if v["judged"] == "true"]
     assert len(rows) == 4 and all(v["alignment"] == "projected" and v["transform"] == "parameter" for v in rows)
     aligned = np.mean([(cell_frame(300 + i).xyz[..., 2] > 0).mean() for i in (0, 2)])
     assert float(rows[0]["coverage"]) == pytest.approx(aligned, abs=0.05)

@@ -45,27 +45,69 @@ class Part:
 
 
 class PartIds:
-    """The part ids published on ``part_id`` (a Header: the part's stamp, its id as frame_id), the newest ``keep``."""
+    """The part ids published on ``part_id`` (a Header: the part's stamp, its id as frame_id), the newest ``keep``.
+
+    A decision takes the id whose stamp is nearest its own within the slop (``near``), or waits a bounded time for it
+    (``wait_near``: an id published just after the frame). Each id remembers whether a decision took it: one that no
+    decision took within a window of its arrival (or that was pushed out of the newest ``keep`` first) is handed out
+    once by ``unclaimed``, to be reported. ``seen`` counts the ids received."""
 
     def __init__(self, keep: int = 256) -> None:
         self.keep = keep
-        self._lock = threading.Lock()
-        self._ids: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self._cv = threading.Condition()
+        self._ids: collections.OrderedDict[int, _PartId] = collections.OrderedDict()  # stamp (ns) -> id
+        self._lost: list[tuple[str, int]] = []  # pushed out before any decision took them, not reported yet
+        self.seen = 0
 
-    def add(self, msg: Header) -> None:
-        with self._lock:
-            self._ids[stamp_ns(msg)] = msg.frame_id
+    def add(self, msg: Header, now: float | None = None) -> None:
+        with self._cv:
+            self.seen += 1
+            t = stamp_ns(msg)
+            self._ids.pop(t, None)  # a repeated stamp: the newest id counts, and is the newest to keep
+            self._ids[t] = _PartId(msg.frame_id, time.monotonic() if now is None else now)
             while len(self._ids) > self.keep:
-                self._ids.popitem(last=False)
+                old_t, old = self._ids.popitem(last=False)
+                if not old.claimed and not old.reported:
+                    self._lost.append((old.pid, old_t))
+            self._cv.notify_all()
+
+    def _nearest(self, t: int, slop: int) -> _PartId | None:
+        near = [(abs(s - t), s) for s in self._ids if abs(s - t) <= slop]
+        return self._ids[min(near)[1]] if near else None
 
     def near(self, header: Header, slop_s: float) -> str | None:
-        """The id whose stamp is nearest to ``header``'s, within ``slop_s`` seconds (None: none that near)."""
-        if not self._ids:
-            return None
+        """The id whose stamp is nearest to ``header``'s, within ``slop_s`` seconds (None: none that near); taken."""
+        return self.wait_near(header, slop_s, 0.0)
+
+    def wait_near(self, header: Header, slop_s: float, timeout: float) -> str | None:
+        """``near``, waiting up to ``timeout`` seconds for such an id to arrive."""
         t, slop = stamp_ns(header), int(slop_s * 1e9)
-        with self._lock:
-            near = [(abs(s - t), pid) for s, pid in self._ids.items() if abs(s - t) <= slop]
-        return min(near)[1] if near else None
+        with self._cv:
+            found = self._cv.wait_for(lambda: self._nearest(t, slop), max(timeout, 0.0))
+            if found is None:
+                return None
+            found.claimed = True
+            return found.pid
+
+    def unclaimed(self, window_s: float, now: float | None = None) -> list[tuple[str, int]]:
+        """(id, stamp ns) of each id no decision took within ``window_s`` seconds of its arrival, or pushed out of
+        the newest ``keep`` untaken: each reported once (it stays available to a decision)."""
+        now = time.monotonic() if now is None else now
+        with self._cv:
+            out, self._lost = self._lost, []
+            for t, p in self._ids.items():
+                if not p.claimed and not p.reported and now - p.arrived > window_s:
+                    p.reported = True
+                    out.append((p.pid, t))
+        return out
+
+
+@dataclass(eq=False)
+class _PartId:
+    pid: str
+    arrived: float  # time.monotonic()
+    claimed: bool = False  # a decision took it
+    reported: bool = False  # reported as matching no part
 
 
 class WorkQueue:

@@ -4,7 +4,8 @@
 budget the fail-safe; ``settle_all`` answers every part still held; ``decide`` numbers a decision under the
 decision lock, then hands it to the outbox thread, which records it in the audit store and publishes its messages in
 number order (``decisions.DecisionOutbox``): a slow audit store delays the next publication, never the watchdog,
-the input callbacks, the inference thread or ``/diagnostics``. The node (``inspection_node.py``) wires it to ROS: it creates the publishers and the
+the input callbacks, the inference thread or ``/diagnostics``; so does a decision waiting (at most ``part_id.wait``)
+for its part id. The node (``inspection_node.py``) wires it to ROS: it creates the publishers and the
 store and hands them over as an ``Outlet`` while configured.
 """
 from __future__ import annotations
@@ -42,8 +43,8 @@ class Outlet:
 
 class DecisionEngine:
     """``judge_of()``: the node's judge now (None: not configured); ``param(name)``: a parameter's value now (read
-    per decision: on_error, output.heatmap_alpha, output.heatmap_max, sync.slop); ``warn(kind, msg, level)``: the
-    throttled log."""
+    per decision: on_error, output.heatmap_alpha, output.heatmap_max, sync.slop, part_id.wait); ``warn(kind, msg,
+    level)``: the throttled log."""
 
     def __init__(self, judge_of: Callable[[], FrameJudge | None], param: Callable[[str], Any],
                  warn: Callable[..., None]) -> None:
@@ -52,6 +53,7 @@ class DecisionEngine:
         self.cv = self.queue.cv  # the decision lock: queue, in-flight part, numbering, counters
         self.order = DecisionOutbox(self._send_failed)
         self.part_ids = PartIds()
+        self.unmatched_ids: list[str] = []  # the newest part ids that matched no part (diagnostics)
         self.stats = DecisionStats()
         self.outlet: Outlet | None = None
 
@@ -91,7 +93,10 @@ class DecisionEngine:
 
     def watch(self, budget: float) -> bool:
         """The watchdog's tick: every part past ``budget`` s since its arrival gets the fail-safe; True when the
-        inference just became stuck (running past ``budget``; counted once)."""
+        inference just became stuck (running past ``budget``; counted once). A part id that no decision took within
+        time_budget + sync.timeout + part_id.wait of its arrival is reported (``report_unclaimed_ids``)."""
+        self.report_unclaimed_ids(budget + float(self.param("sync.timeout") or 0.0) +
+                                  float(self.param("part_id.wait") or 0.0))
         with self.cv:
             late, newly_stuck = self.queue.overdue(budget, time.monotonic())
             self.stats.counts["stuck"] += int(newly_stuck)
@@ -132,11 +137,13 @@ class DecisionEngine:
         except Exception as e:  # noqa: BLE001 - a map that cannot be drawn must not cost the part its decision
             self.warn("internal", f"output maps of part {part.inputs} not built: {type(e).__name__}: {e}", "error")
             maps = {}
-        part_id = None if part.header is None else self.part_ids.near(part.header, float(self.param("sync.slop")))
-        latency_ms = (time.monotonic() - part.t_in) * 1e3
+        decided_at = time.monotonic()
+        latency_ms = (decided_at - part.t_in) * 1e3
+        slop, id_wait = float(self.param("sync.slop")), float(self.param("part_id.wait") or 0.0)
 
         def send(seq: int) -> None:  # on the outbox thread: whoever decided goes on at once
             if outlet is not None and outlet.pubs:
+                part_id = self._part_id(part, slop, decided_at + id_wait)
                 self._publish(outlet, part, verdict, frame, maps, seq, latency_ms, part_id)
 
         with self.cv:
@@ -151,10 +158,35 @@ class DecisionEngine:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every decision made so far is recorded and published (default bound: each waiting one may
-        take audit.timeout for its commit, plus 2 s); False when that did not happen in time."""
+        take audit.timeout for its commit, plus 2 s and part_id.wait); False when that did not happen in time."""
         if timeout is None:
-            timeout = 2.0 + self.order.backlog * float(self.param("audit.timeout") or 0.0)
+            timeout = 2.0 + float(self.param("part_id.wait") or 0.0) + \
+                self.order.backlog * float(self.param("audit.timeout") or 0.0)
         return self.order.flush(timeout)
+
+    def _part_id(self, part: Part, slop: float, deadline: float) -> str | None:
+        """The id of ``part`` (stamps within ``slop``), waited for until ``deadline`` (time.monotonic(): the
+        decision's time plus part_id.wait) on the outbox thread: the decision keeps its number, its publication (and
+        the later ones') waits. A part without id is counted once the node has received part ids at all."""
+        if part.header is None:
+            return None
+        part_id = self.part_ids.wait_near(part.header, slop, deadline - time.monotonic())
+        if part_id is None and self.part_ids.seen:
+            self.count("no_part_id")
+        return part_id
+
+    def report_unclaimed_ids(self, window_s: float) -> list[tuple[str, int]]:
+        """Count and log each part id that no decision took within ``window_s`` of its arrival (the watchdog's
+        tick); the newest few are kept for /diagnostics."""
+        lost = self.part_ids.unclaimed(window_s)
+        if lost:
+            with self.cv:
+                self.stats.counts["part_id_unmatched"] += len(lost)
+                self.unmatched_ids = (self.unmatched_ids + [pid for pid, _ in lost])[-5:]
+            for pid, t in lost:
+                self.warn("part_id", f"part id {pid!r} (stamp {t // 1_000_000_000}.{t % 1_000_000_000:09d}) matched "
+                                     f"no part within {window_s:g} s of its arrival")
+        return lost
 
     def _send_failed(self, seq: int, e: BaseException) -> None:
         self.warn("internal", f"decision {seq} not recorded or published: {type(e).__name__}: {e}", "error")
@@ -176,19 +208,22 @@ class DecisionEngine:
     def reset_stats(self) -> None:
         with self.cv:
             self.stats = DecisionStats()
+            self.unmatched_ids = []
 
     def count(self, counter: str) -> None:
         with self.cv:
             self.stats.counts[counter] += 1
 
     def counters(self) -> dict[str, Any]:
-        """Decisions, judged, rejects, late, stuck, qos_incompatible, not_judged (by kind), recent (the transient
-        faults as (time, kind), ``DecisionStats.recent``), seq, unsent (decided,
+        """Decisions, judged, rejects, late, stuck, qos_incompatible, no_part_id, part_id_unmatched (and the newest of
+        those ids, part_id_unmatched_last), not_judged (by kind), recent (the transient faults as (time, kind),
+        ``DecisionStats.recent``), seq, unsent (decided,
         not yet recorded and published) and unsent_s (how long the oldest of them has waited), waiting,
         inflight_s, rate_hz, latency_p50_ms, latency_p95_ms."""
         with self.cv:
             out, latencies, stamps = self.stats.copy()
             out.update(seq=self.order.last, unsent=self.order.backlog, unsent_s=self.order.oldest_unsent_s(),
+                       part_id_unmatched_last=",".join(self.unmatched_ids),
                        waiting=len(self.queue.waiting),
                        inflight_s=self.queue.inflight_s(time.monotonic()))
         out.update(rate_and_latency(latencies, stamps, time.monotonic()))

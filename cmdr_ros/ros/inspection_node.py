@@ -14,6 +14,8 @@ never runs in a callback. At SIGINT/SIGTERM every part still waiting gets its fa
 Lifecycle: configure validates every parameter (as at run time; ``parameters.py``), loads the checkpoint, warms the
 model up and creates the publishers; activate subscribes; deactivate unsubscribes (waiting parts get the fail-safe)
 and frees cached GPU memory; cleanup drops the model. ``autostart`` walks to active and exits non-zero when it cannot.
+``~/ready`` (latched) is true only while active with a model; the watchdog, /diagnostics and autostart timers run on
+a steady clock (sim time only stamps). A controller's view of all this: docs/controller.md.
 """
 from __future__ import annotations
 
@@ -43,9 +45,8 @@ from cmdr_ros.ros.decisions import Part
 from cmdr_ros.ros.engine import DecisionEngine, Outlet
 from cmdr_ros.ros.frame_judge import FrameJudge, unmatched_reason, warm_up
 from cmdr_ros.config import cross_modal
-from cmdr_ros.ros.node_io import (DIAGNOSTICS_QOS, OVERRIDABLE, create_outputs, incompatible_qos_text, input_qos,
-                                  input_topics)
-from cmdr_ros.ros.node_io import announce_model  # ~/vision_info
+from cmdr_ros.ros.node_io import (DIAGNOSTICS_QOS, OVERRIDABLE, ReadyState, announce_model, create_outputs,
+                                  incompatible_qos_text, input_qos, input_topics, steady_clock)
 from cmdr_ros.ros.node_status import (InputIdle, ThrottledLog, audit_status, faults, hardware_id,
                                       incompatible_publishers, node_status, pretrained_on_cpu, recent_faults,
                                       status_name)
@@ -110,11 +111,14 @@ class InspectionNode(LifecycleNode):
         self._watch_timer = None
         # /diagnostics is a plain publisher: a node that cannot configure still says why
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, DIAGNOSTICS_QOS)
+        self._ready = ReadyState(self)  # ~/ready, latched: false until active with a model
+        # the timers that guard the line run on a steady clock: with use_sim_time and no /clock they still fire
         self._diag_timer = self.create_timer(float(self._p("diagnostics_period")), self._publish_diagnostics,
-                                             callback_group=MutuallyExclusiveCallbackGroup())
+                                             callback_group=MutuallyExclusiveCallbackGroup(), clock=steady_clock())
         if self._p("autostart"):  # its own group: parameter and lifecycle services answer during a long configure
             self._autostart_timer = self.create_timer(0.0, self._autostart,
-                                                      callback_group=MutuallyExclusiveCallbackGroup())
+                                                      callback_group=MutuallyExclusiveCallbackGroup(),
+                                                      clock=steady_clock())
 
     @property
     def lifecycle_state(self) -> str:
@@ -188,6 +192,7 @@ class InspectionNode(LifecycleNode):
         try:
             return transition(state)
         except Exception as e:  # noqa: BLE001 - any failure of a transition must be reported, not lost
+            self._ready.set(False)
             self._state_text = f"cannot {name}: {type(e).__name__}: {e}"
             self.get_logger().error(f"{self._state_text}\n{traceback.format_exc(limit=5)}")
             try:
@@ -283,13 +288,16 @@ class InspectionNode(LifecycleNode):
                                                       qos_overriding_options=OVERRIDABLE)
         self._part_sub = self.create_subscription(Header, "part_id", self._engine.part_ids.add, qos,
                                                   callback_group=self._input_group)
-        self._watch_timer = self.create_timer(WATCH_PERIOD_S, self._watch, callback_group=self._watch_group)
+        self._watch_timer = self.create_timer(WATCH_PERIOD_S, self._watch, callback_group=self._watch_group,
+                                              clock=steady_clock())
         self._closing = False
         self._idle.reset()  # inputs received, and when that count last changed
         self._state_text = "active"
         self.get_logger().info(f"active: subscribed to {', '.join(self.resolve_topic_name(t) for t in self._inputs)}"
                                f" ({self._p('input.reliability')}, sync backend {self._sync.backend})")
-        return super().on_activate(state)
+        result = super().on_activate(state)  # the lifecycle publishers first: then ready
+        self._ready.set(result == TransitionCallbackReturn.SUCCESS and self.judge is not None)
+        return result
 
     def _on_incompatible_qos(self, event: QoSRequestedIncompatibleQoSInfo) -> None:
         self._warn("qos", incompatible_qos_text(event.last_policy_kind, event.total_count,
@@ -387,14 +395,16 @@ class InspectionNode(LifecycleNode):
     def wait_quiet(self, quiet_s: float = 0.3, max_wait_s: float = 3.0) -> None:
         """Start stopping while the executor still spins: sets matched from now on are decided at once (fail-safe),
         and this returns when no input arrived for ``quiet_s`` (at most ``max_wait_s``), so that the readers are
-        (nearly) empty before the executor is shut down."""
+        (nearly) empty before the executor is shut down. ~/ready goes false first."""
+        self._ready.set(False, wait_acked_s=0.5)
         self._closing = True
         wait_inputs_quiet(self._sync, quiet_s, max_wait_s)
 
     def stop_and_settle(self, kind: str, reason: str) -> int:
         """Stop judging and give every part not decided yet the fail-safe decision: take what the input readers
         still hold (best with the executor stopped: nothing else takes, and destruction is immediate), unsubscribe,
-        then answer the inputs waiting for a partner and every queued or running part."""
+        then answer the inputs waiting for a partner and every queued or running part. ~/ready goes false first."""
+        self._ready.set(False, wait_acked_s=0.5)
         n0 = self._engine.order.last
         self._closing = True
         if self._part_sub is not None:

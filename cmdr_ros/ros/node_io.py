@@ -2,6 +2,7 @@
 which QoS (topic names: ``topics.py``)."""
 from __future__ import annotations
 
+import threading
 from typing import Any, Mapping
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -20,12 +21,49 @@ DECISION_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, du
 MAPS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
                       history=HistoryPolicy.KEEP_LAST)
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                         history=HistoryPolicy.KEEP_LAST)  # ~/vision_info: a late subscriber gets the model in use
+                         history=HistoryPolicy.KEEP_LAST)  # ~/vision_info, ~/ready: a late subscriber gets the value in force
 
 
 # input.cloud -> the cloud input's (message type, topic): a PointCloud2, a raw depth image, or a depth image through
 # image_transport's compressedDepth (a CompressedImage, "16UC1|32FC1; compressedDepth png|rvl")
 CLOUD_INPUT = {"points": (PointCloud2, "points"), "depth": (Image, "depth"), "compressedDepth": (CompressedImage, "depth")}
+
+
+def steady_clock() -> Any:
+    """The clock of the timers that guard the line (watchdog, /diagnostics, autostart): steady, so they run with
+    use_sim_time and no /clock (a replay not started yet); sim time only stamps. ``create_timer(..., clock=)``
+    exists since Humble."""
+    from rclpy.clock import Clock, ClockType
+
+    return Clock(clock_type=ClockType.STEADY_TIME)
+
+
+class ReadyState:
+    """``~/ready`` (std_msgs/Bool, reliable, transient local, depth 1): published at each change, so a late
+    subscriber gets the value in force. Thread-safe (transitions, the executor and the stopping main thread)."""
+
+    def __init__(self, node: Any) -> None:
+        self._bool = topics.STATE_TYPES["ready"]
+        self._pub = node.create_publisher(topics.STATE_TYPES["ready"], "~/ready", LATCHED_QOS)
+        self._lock = threading.Lock()
+        self.value: bool | None = None
+        self.set(False)
+
+    def set(self, ready: bool, wait_acked_s: float = 0.0) -> None:
+        """Publish ``ready`` when it changes; ``wait_acked_s``: then wait (that long at most) until the subscribers
+        have it (before the node stops serving)."""
+        with self._lock:
+            if ready == self.value:
+                return
+            self.value = ready
+            try:
+                self._pub.publish(self._bool(data=ready))
+            except Exception:  # noqa: BLE001 - the context may be going away at shutdown
+                return
+        if wait_acked_s > 0:
+            from cmdr_ros.ros.settle import wait_acked
+
+            wait_acked([self._pub], wait_acked_s)
 
 
 def input_topics(mode: str, image_transport: str = "raw", cloud: str = "points") -> list[tuple[type, str]]:

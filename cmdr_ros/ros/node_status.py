@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from cmdr_ros.model.detector import CMDRDetector
 
 PRETRAINED = {"dino_vitb8", "pointmae"}  # backbones that need a GPU on a line
-COUNTERS = ("decisions", "judged", "rejects", "late", "stuck", "qos_incompatible")
+COUNTERS = ("decisions", "judged", "rejects", "late", "stuck", "qos_incompatible", "no_part_id", "part_id_unmatched")
 
 
 class ThrottledLog:
@@ -234,8 +234,10 @@ def node_status(s: Mapping[str, Any], *, state: str, judging: bool, time_budget:
               "rate_hz": f"{s['rate_hz']:.2f}", "latency_p50_ms": f"{s['latency_p50_ms']:.1f}",
               "latency_p95_ms": f"{s['latency_p95_ms']:.1f}", "qos_incompatible": s["qos_incompatible"],
               "qos_incompatible_now": sum(s["qos_incompatible_now"].values()),
-              "input_idle_s": f"{s['input_idle_s']:.1f}", "mode": mode,
-              "recent_faults": sum(s["recent_faults"].values()), "parameters_refused": s["parameters_refused"]}
+              "input_idle_s": f"{s['input_idle_s']:.1f}", "no_part_id": s["no_part_id"],
+              "part_id_unmatched": s["part_id_unmatched"], "part_id_unmatched_last": s["part_id_unmatched_last"],
+              "mode": mode, "recent_faults": sum(s["recent_faults"].values()),
+              "parameters_refused": s["parameters_refused"]}
     values["decision_topic"] = typed_decision.STATUS  # ~/decision on, or off and why
     values.update({f"not_judged.{k}": v for k, v in sorted(s["not_judged"].items())})
     for inp, (p50, p95, n) in s["late_inputs"].items():

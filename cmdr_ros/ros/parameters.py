@@ -69,6 +69,9 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
                               "one gets the on_error decision | newest: only the newest part waits (monitoring)",
                  OVERLOAD),
     "worker.queue_size": (8, "parts waiting for inference (overload judge_all)", (1, 1000)),
+    "part_id.wait": (0.05, "seconds a decision waits for a part id with its stamp (within sync.slop) published after "
+                           "the frame; its publication, and the later ones', waits that long for a part without id "
+                           "(0: only ids published before the decision count)", (0.0, 10.0)),
     "extrinsics": (None, "cloud frame -> camera frame transform x y z qx qy qz qw, used when tf2 has none; unset: "
                          "a cloud in another frame than the image without a tf2 transform is not judged "
                          "(no_transform)", None),

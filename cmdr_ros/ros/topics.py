@@ -25,6 +25,10 @@ OUTPUT_TYPES = {"score": Float32, "reject": Bool, "result": DiagnosticArray, "he
 # latched)
 TYPED = ("decision", "vision_info")
 OUTPUT_TYPES.update(TYPED_TYPES)
+# the node's state for a controller (~/ready), latched (transient local): true only while active with a model
+STATE = ("ready",)
+STATE_TYPES = {"ready": Bool}
+PART_ID = "/part_id"  # where a cell publishes part ids (the node's `part_id`, and what `cmdr bag eval` reads)
 
 # the camera's topics as recorded (bags of ``cmdr bag from-dataset``, the demo's cell)
 CAMERA = {"image": "/camera/image", "points": "/camera/points", "camera_info": "/camera/camera_info"}
@@ -41,6 +45,7 @@ CLOCK = "/clock"
 
 def output_topic(name: str, node: str = NODE_NAME, namespace: str = "") -> str:
     """The absolute name of the node's output ``name`` (e.g. result -> /cmdr_inspection/result)."""
-    if name not in DECISIONS + MAPS + TYPED:
-        raise ValueError(f"unknown output {name!r}: one of {', '.join(DECISIONS + MAPS + TYPED)}")
+    known = DECISIONS + MAPS + TYPED + STATE
+    if name not in known:
+        raise ValueError(f"unknown output {name!r}: one of {', '.join(known)}")
     return f"{namespace.rstrip('/')}/{node}/{name}" if namespace else f"/{node}/{name}"

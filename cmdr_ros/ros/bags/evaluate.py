@@ -22,7 +22,7 @@ from cmdr_ros.ros.bags.record import _NS, BagWriter
 from cmdr_ros.ros.bags.tf import bag_tf_lookup, read_tf, tf_summary
 from cmdr_ros.ros.conversions import stamp_ns
 from cmdr_ros.ros.frames import input_names
-from cmdr_ros.ros.topics import PROFILER, RECORDED, output_topic
+from cmdr_ros.ros.topics import PART_ID, PROFILER, RECORDED, output_topic
 
 
 class _ByStamp:
@@ -48,13 +48,15 @@ class _ByStamp:
 @dataclass
 class _Aux:
     """The bag's companion topics, read before the inputs: camera infos (by header stamp), ground-truth masks
-    (by header stamp, bool HxW; a scan's: bool N per point) and sample names (by log time: std_msgs/String has no
-    header)."""
+    (by header stamp, bool HxW; a scan's: bool N per point), sample names (by log time: std_msgs/String has no
+    header) and part ids (std_msgs/Header: by its stamp, the id as frame_id; as the node takes them, whether
+    recorded before or after the frame)."""
 
     infos: _ByStamp
     gts: _ByStamp
     samples: _ByStamp
     has_gt: bool
+    part_ids: _ByStamp
 
 
 def read_aux(reader: Any, topics: dict[str, str]) -> _Aux:
@@ -62,7 +64,7 @@ def read_aux(reader: Any, topics: dict[str, str]) -> _Aux:
 
     from cmdr_ros.ros.conversions import image_to_array, pointcloud2_fields
 
-    found: dict[str, list[tuple[int, Any]]] = {"info": [], "gt": [], "sample": []}
+    found: dict[str, list[tuple[int, Any]]] = {"info": [], "gt": [], "sample": [], "part_id": []}
     if topics:
         by_topic = {t: k for k, t in topics.items()}
         conns = [c for t in topics.values() for c in reader.topics[t].connections]
@@ -75,13 +77,15 @@ def read_aux(reader: Any, topics: dict[str, str]) -> _Aux:
             elif kind == "gt":
                 mask = image_to_array(msg)
                 found[kind].append((stamp_ns(msg.header), (mask if mask.ndim == 2 else mask.any(-1)) != 0))
+            elif kind == "part_id":
+                found[kind].append((stamp_ns(msg), msg.frame_id))
             elif kind == "gt_points":  # a scan's labels: the intensity of its points, in their order
                 found["gt"].append((stamp_ns(msg.header), pointcloud2_fields(msg, ("intensity",))["intensity"]
                                     .reshape(-1) != 0))
             else:
                 found[kind].append((t, str(msg.data)))
     return _Aux(_ByStamp(found["info"]), _ByStamp(found["gt"]), _ByStamp(found["sample"]),
-                "gt" in topics or "gt_points" in topics)
+                "gt" in topics or "gt_points" in topics, _ByStamp(found["part_id"]))
 
 
 class _Evaluation:
@@ -136,9 +140,11 @@ class _Evaluation:
         from cmdr_ros.ros.typed_decision import classification
 
         self.seq += 1
+        part_id = self.aux.part_ids.nearest(stamp, self.slop_ns)  # the node's rule: nearest stamp within sync.slop
+        extra = {k: v for k, v in (("part_id", part_id), ("sample", sample)) if v is not None and v != ""}
         self.results.write(output_topic("result"), result_array(
             header, verdict, frame, seq=self.seq, mode=self.judge.mode, model_id=self.det.model_id, inputs=inputs,
-            latency_ms=latency_ms, frame_ids=frame_ids, extra={"sample": sample} if sample else None), stamp)
+            latency_ms=latency_ms, frame_ids=frame_ids, extra=extra or None), stamp)
         if (typed := classification(header, verdict)) is not None:  # ~/decision, where vision_msgs is installed
             self.results.write(output_topic("decision"), typed, stamp)
         if verdict.decision != "skip":
@@ -239,7 +245,7 @@ class _Evaluation:
 def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[str, Any] | None = None,
              image_topic: str = RECORDED["image"], points_topic: str | None = None,
              info_topic: str = RECORDED["camera_info"], gt_topic: str | None = None,
-             sample_topic: str = RECORDED["sample"],
+             sample_topic: str = RECORDED["sample"], part_id_topic: str = PART_ID,
              slop: float | None = None, threshold: float | None = None, checkpoint: str = "",
              write_images: bool = True, progress: bool = False) -> dict[str, Any]:
     """Run ``detector`` over a bag offline, judging every part exactly as the node would, without DDS.
@@ -260,6 +266,9 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     part-level I-AUROC, and with per-point ground truth (``gt_topic``, default ``/cmdr/gt_points``: the scan's
     points with their labels as intensity, as ``bag_from_scans`` writes it) also the chunk-level I-AUROC and the
     P-AUROC over the points. ``gt_topic`` default for frames: ``/camera/gt_mask``.
+
+    Part ids (``part_id_topic``, std_msgs/Header, when the bag has it): each result carries the id whose stamp is
+    nearest its own within ``sync.slop``, as on the node, whether the id was recorded before or after the frame.
     """
     from rclpy.serialization import deserialize_message
     from tqdm import tqdm
@@ -280,11 +289,13 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     inputs = [(name, {"image": image_topic, "points": points_topic}[name]) for name in input_names(mode)]
     types = {"image": "sensor_msgs/msg/Image", "points": "sensor_msgs/msg/PointCloud2",
              "info": "sensor_msgs/msg/CameraInfo", "gt": "sensor_msgs/msg/Image",
-             "gt_points": "sensor_msgs/msg/PointCloud2", "sample": "std_msgs/msg/String"}
+             "gt_points": "sensor_msgs/msg/PointCloud2", "sample": "std_msgs/msg/String",
+             "part_id": "std_msgs/msg/Header"}
     t_start = time.perf_counter()
     with open_bag(bag) as reader:
         in_conns = _connections(reader, bag, [t for _, t in inputs])
-        aux_topics = {k: t for k, t in (("info", info_topic), (gt_kind, gt_topic), ("sample", sample_topic))
+        aux_topics = {k: t for k, t in (("info", info_topic), (gt_kind, gt_topic), ("sample", sample_topic),
+                                        ("part_id", part_id_topic))
                       if t in reader.topics and (k != "info" or cross_modal(mode))}
         for kind, topic in [*inputs, *aux_topics.items()]:
             _check_type(reader, bag, topic, types[kind])
