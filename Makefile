@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ROS_ENV := ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=$${ROS_DOMAIN_ID:-$$(( $$$$ % 200 + 1 ))}
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast clean
 
 $(STAMP): requirements.txt requirements-ros.txt requirements-test.txt requirements-msgs.txt setup.py tools/build_vision_msgs.py
 	@missing=""; \
@@ -32,6 +32,10 @@ demo: setup
 
 test: setup
 	$(ROS_ENV) $(PY) -m pytest -q $(PYTEST_ARGS) test
+
+# the editing loop: no node processes, DDS, servers, training or registry (test/conftest.py); CI runs `test`
+test-fast: setup
+	$(ROS_ENV) $(PY) -m pytest -q -m "not full_only and not slow" $(PYTEST_ARGS) test
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

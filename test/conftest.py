@@ -16,9 +16,30 @@ from cmdr_ros.ros.dds_profile import use_large_message_profile
 use_large_message_profile()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# `make test-fast` (the editing loop) leaves out what starts processes, servers or DDS, trains real models or asks the
+# package registry: these modules whole, and in any module a test that uses a fixture of FULL_ONLY_FIXTURES.
+FULL_ONLY_MODULES = {
+    "test_node", "test_node_audit", "test_node_controller", "test_node_faults", "test_node_inputs", "test_node_onnx",
+    "test_node_real", "test_node_scan", "test_node_sensors", "test_parity", "test_typed_decision",  # node processes
+    "test_bags", "test_bag_tf", "test_bench",  # bag players, bench node over DDS
+    "test_cli", "test_detector", "test_export", "test_extract_batch", "test_paper3d", "test_paper_preset",
+    "test_heads", "test_background_speed", "test_checkpoint_integrity", "test_xyz_size",  # training, paper-size models
+    "test_packaging", "test_constraints",  # colcon builds, the package registry
+    "test_audit_cli", "test_audit_spool",  # PostgreSQL, killed writer processes
+}
+FULL_ONLY_FIXTURES = {"ros", "postgres_server", "postgres_url"}
 SHARED_DATA = Path(os.environ.get("CMDR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 CABLE_GLAND = SHARED_DATA / "mvtec3d_cable_gland_dev" / "cable_gland"
 PCL_ORGANIZED = SHARED_DATA / "pcl_organized"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark what the full suite alone runs ``full_only`` (``make test-fast`` deselects it)."""
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in FULL_ONLY_MODULES or \
+                FULL_ONLY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.full_only)
 
 
 @pytest.fixture(scope="session", autouse=True)
