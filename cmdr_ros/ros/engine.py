@@ -35,9 +35,14 @@ class Outlet:
     pubs: dict[str, Any]  # output name -> publisher (``publish``, ``get_subscription_count``)
     audit: AuditStore | None = None
     mode: str = ""
-    model_id: str = ""
+    model_id: str = ""  # the model configured: named by a decision made without a judge (a judge names its own)
     node: str = ""  # the node's fully qualified name (audit rows)
     run_id: str = ""  # this process's run (audit rows: with seq, names each decision)
+
+
+def model_id_of(judge: Any) -> str:
+    """The id of the model ``judge`` judges with ("" for none, or a judge that names none)."""
+    return str(getattr(judge, "model_id", "") or "")
 
 
 class DecisionEngine:
@@ -54,6 +59,9 @@ class DecisionEngine:
         self.part_ids = PartIds()
         self.stats = DecisionStats()
         self.outlet: Outlet | None = None
+        # held from judging a part until its decision is numbered: a model swap (model_swap.py) takes it to put the
+        # new judge in between two parts, so every decision names the model in service when it was made
+        self.judging = threading.Lock()
 
     # ---------------------------------------------------------------- parts in
     def submit(self, part: Part, overload: str, queue_size: int) -> None:
@@ -71,23 +79,24 @@ class DecisionEngine:
         """The inference thread: judge queued parts one at a time until ``stop`` (``alive``: the ROS context is ok;
         a frame that raises is an ``internal`` fail-safe unless the node is going away)."""
         while (part := self.queue.take(stop)) is not None:
-            judge = self.judge_of()
-            frame, verdict = None, None
-            try:
-                if judge is None:
-                    raise CmdrError("the node has no model (cleaned up)")
-                frame, verdict = judge.judge(part.msgs, part.info)
-            except Exception as e:  # noqa: BLE001 - the node must keep serving whatever a frame does
-                if stop.is_set() or not alive():
-                    return
-                self.warn("internal", f"frame failed: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
-                          "error")
-                verdict = self.not_judged("internal", f"{type(e).__name__}: {e}")
-            finally:
-                self.queue.finished()
-            if not self.decide(part, verdict, frame):
-                with self.cv:
-                    self.stats.counts["late"] += 1
+            with self.judging:  # the judge read here judges this part and names it in its decision
+                judge = self.judge_of()
+                frame, verdict = None, None
+                try:
+                    if judge is None:
+                        raise CmdrError("the node has no model (cleaned up)")
+                    frame, verdict = judge.judge(part.msgs, part.info)
+                except Exception as e:  # noqa: BLE001 - the node must keep serving whatever a frame does
+                    if stop.is_set() or not alive():
+                        return
+                    self.warn("internal", f"frame failed: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
+                              "error")
+                    verdict = self.not_judged("internal", f"{type(e).__name__}: {e}")
+                finally:
+                    self.queue.finished()
+                if not self.decide(part, verdict, frame, model_id_of(judge)):
+                    with self.cv:
+                        self.stats.counts["late"] += 1
 
     def watch(self, budget: float) -> bool:
         """The watchdog's tick: every part past ``budget`` s since its arrival gets the fail-safe; True when the
@@ -120,12 +129,15 @@ class DecisionEngine:
     def fail(self, part: Part, kind: str, reason: str) -> None:
         self.decide(part, self.not_judged(kind, reason))
 
-    def decide(self, part: Part, verdict: Verdict, frame: Frame | None = None) -> bool:
+    def decide(self, part: Part, verdict: Verdict, frame: Frame | None = None, model_id: str | None = None) -> bool:
         """Make the one decision of ``part`` (False when it already had one, e.g. from the watchdog): numbered under
-        the decision lock, then recorded and published in number order by the outbox thread (``flush`` waits)."""
+        the decision lock, then recorded and published in number order by the outbox thread (``flush`` waits).
+        ``model_id``: the model that judged it (default: the judge's now, else the configured one)."""
         if part.decided:
             return False
         outlet = self.outlet
+        if not model_id:
+            model_id = model_id_of(self.judge_of()) or (outlet.model_id if outlet is not None else "")
         try:
             maps = map_messages(verdict, frame, wanted_outputs(outlet.pubs) if outlet else (),
                                 float(self.param("output.heatmap_alpha")), float(self.param("output.heatmap_max")))
@@ -137,7 +149,7 @@ class DecisionEngine:
 
         def send(seq: int) -> None:  # on the outbox thread: whoever decided goes on at once
             if outlet is not None and outlet.pubs:
-                self._publish(outlet, part, verdict, frame, maps, seq, latency_ms, part_id)
+                self._publish(outlet, part, verdict, frame, maps, seq, latency_ms, part_id, model_id)
 
         with self.cv:
             if part.decided:
@@ -161,8 +173,8 @@ class DecisionEngine:
 
     @staticmethod
     def _publish(outlet: Outlet, part: Part, verdict: Verdict, frame: Frame | None, maps: dict[str, Any], seq: int,
-                 latency_ms: float, part_id: str | None) -> None:
-        values = result_values(part.header, verdict, frame, seq=seq, mode=outlet.mode, model_id=outlet.model_id,
+                 latency_ms: float, part_id: str | None, model_id: str) -> None:
+        values = result_values(part.header, verdict, frame, seq=seq, mode=outlet.mode, model_id=model_id,
                                inputs=part.inputs, latency_ms=latency_ms, frame_ids=part.frame_ids,
                                extra={"part_id": part_id} if part_id is not None else None)
         if outlet.audit is not None:  # committed before it is published (or spooled when the store is failing or slow)

@@ -136,7 +136,7 @@ class _Evaluation:
 
         self.seq += 1
         self.results.write(output_topic("result"), result_array(
-            header, verdict, frame, seq=self.seq, mode=self.judge.mode, model_id=self.det.model_id, inputs=inputs,
+            header, verdict, frame, seq=self.seq, mode=self.judge.mode, model_id=self.judge.model_id, inputs=inputs,
             latency_ms=latency_ms, frame_ids=frame_ids, extra={"sample": sample} if sample else None), stamp)
         if (typed := classification(header, verdict)) is not None:  # ~/decision, where vision_msgs is installed
             self.results.write(output_topic("decision"), typed, stamp)
