@@ -62,6 +62,7 @@ class DecisionEngine:
         # held from judging a part until its decision is numbered: a model swap (model_swap.py) takes it to put the
         # new judge in between two parts, so every decision names the model in service when it was made
         self.judging = threading.Lock()
+        self.turnstile = threading.Lock()  # a swap waiting for ``judging`` holds it: the next part waits for the swap
 
     # ---------------------------------------------------------------- parts in
     def submit(self, part: Part, overload: str, queue_size: int) -> None:
@@ -79,6 +80,8 @@ class DecisionEngine:
         """The inference thread: judge queued parts one at a time until ``stop`` (``alive``: the ROS context is ok;
         a frame that raises is an ``internal`` fail-safe unless the node is going away)."""
         while (part := self.queue.take(stop)) is not None:
+            with self.turnstile:  # a model swap waiting for the judging lock goes first
+                pass
             with self.judging:  # the judge read here judges this part and names it in its decision
                 judge = self.judge_of()
                 frame, verdict = None, None
@@ -136,8 +139,6 @@ class DecisionEngine:
         if part.decided:
             return False
         outlet = self.outlet
-        if not model_id:
-            model_id = model_id_of(self.judge_of()) or (outlet.model_id if outlet is not None else "")
         try:
             maps = map_messages(verdict, frame, wanted_outputs(outlet.pubs) if outlet else (),
                                 float(self.param("output.heatmap_alpha")), float(self.param("output.heatmap_max")))
@@ -155,6 +156,8 @@ class DecisionEngine:
             if part.decided:
                 return False
             part.decided = True
+            if not model_id:  # read under the decision lock, which a model swap holds too: numbered in model order
+                model_id = model_id_of(self.judge_of()) or (outlet.model_id if outlet is not None else "")
             self.order.post(send)  # numbered and queued in one step, in decision order
             self.stats.decided(verdict, latency_ms, time.monotonic())
         if not verdict.judged:

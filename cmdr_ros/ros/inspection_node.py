@@ -285,7 +285,7 @@ class InspectionNode(LifecycleNode):
             loaded = swap.load(path, running, require_threshold=float(self._p("threshold")) < 0,
                                warmup=bool(self._p("warmup")), log=self.get_logger().warning)
             t0 = time.perf_counter()
-            ModelSwap.install(self._engine.judging, put)
+            ModelSwap.install(self._engine, put)
         except CmdrError as e:
             self._warn("model", f"model change to {path} refused, model {running.model_id} stays: {e}", "error")
             return str(e)

@@ -170,12 +170,21 @@ class ModelSwap:
         return Loaded(new, path, load_s, time.perf_counter() - t1, need)
 
     @staticmethod
-    def install(judging: threading.Lock, put: Callable[[], None], timeout: float = INSTALL_WAIT_S) -> None:
-        """Run ``put`` (one reference assignment) between two parts: once the part in inference, if any, is decided
-        (``judging``: the engine's lock); CmdrError when that takes more than ``timeout`` s (a stuck inference)."""
-        if not judging.acquire(timeout=timeout):
-            raise CmdrError(f"the part in inference was not decided within {timeout:g} s: the running model stays")
+    def install(engine: Any, put: Callable[[], None], timeout: float = INSTALL_WAIT_S) -> None:
+        """Run ``put`` (one reference assignment) between two parts of ``engine`` (``DecisionEngine``): once the part
+        in inference, if any, is decided (its ``judging`` lock), before the next one starts (its ``turnstile``: a
+        queue that never empties cannot starve the swap), under the decision lock (``cv``); CmdrError when that takes more than ``timeout`` s (a stuck
+        inference)."""
+        refused = f"the part in inference was not decided within {timeout:g} s: the running model stays"
+        if not engine.turnstile.acquire(timeout=timeout):
+            raise CmdrError(refused)
         try:
-            put()
+            if not engine.judging.acquire(timeout=timeout):
+                raise CmdrError(refused)
+            try:
+                with engine.cv:  # the decision lock: a fail-safe decision is numbered wholly before or after it
+                    put()
+            finally:
+                engine.judging.release()
         finally:
-            judging.release()
+            engine.turnstile.release()
