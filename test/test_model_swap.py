@@ -306,3 +306,208 @@ def test_bag_eval_names_the_model_of_its_judge():
     det = SimpleNamespace(model_id="cafe00000001", threshold=1.0, config=SimpleNamespace(mode="2d"))
     assert FrameJudge(Judge(det), "2d").model_id == "cafe00000001"
     assert FrameJudge(None, "2d").model_id == ""
+
+
+# ------------------------------------------------------------------------------ over DDS: a node swaps in a stream
+RATE_HZ = 10.0
+AFTER = 20  # parts sent after the swap was answered
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """Two pre-rendered good parts as ready messages: publishing one only sets the stamps."""
+    from std_msgs.msg import Header
+
+    from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
+    from node_harness import cell_frame
+
+    out = []
+    for seed in range(2):
+        part = cell_frame(700 + seed)
+        out.append((array_to_image(part.rgb, "rgb8", Header(frame_id="camera")),
+                    xyz_to_pointcloud2(part.xyz, Header(frame_id="camera"))))
+    return out
+
+
+@pytest.fixture(scope="module")
+def swap_node(ros, ckpts, tmp_path_factory):
+    """A node serving model a from serving.ckpt (a copy: ~/reload_model re-reads the file named by checkpoint)."""
+    from node_harness import start_node
+
+    tmp = tmp_path_factory.mktemp("swap_node")
+    serving = tmp / "serving.ckpt"
+    shutil.copy(ckpts["a"], serving)
+    # sync.timeout 5 s: a set whose partner a starved 2-core machine delays stays one part
+    gen = start_node(ros, tmp, {"checkpoint": serving, "audit.database": tmp / "audit.db", "sync.timeout": 5.0},
+                     (ros.image_pub, ros.points_pub))
+    node = next(gen)
+    node.serving = serving
+    yield node
+    gen.close()
+
+
+def _send(ros, frames, i: int) -> int:
+    from node_harness import stamp_ns
+
+    stamp = ros.next_stamp()
+    image, cloud = frames[i % len(frames)]
+    image.header.stamp = cloud.header.stamp = stamp
+    ros.image_pub.publish(image)
+    ros.points_pub.publish(cloud)
+    return stamp_ns(stamp)
+
+
+def _stream_across(ros, node, frames, action) -> tuple[list[int], Any, dict[str, float]]:
+    """Send parts at 10 Hz; after 10, run ``action()`` in a thread; go on until it answered plus ``AFTER`` parts.
+    Returns the stamps sent, the action's answer and the node's RSS (MB) before, at its peak during, and after."""
+    sent: list[int] = []
+    answer: list[Any] = []
+    rss = {"before": node.rss_mb(), "peak": 0.0}
+    worker = threading.Thread(target=lambda: answer.append(action()), daemon=True)
+    t0 = time.monotonic()
+    answered_at = None
+    while answered_at is None or len(sent) < answered_at + AFTER:
+        delay = t0 + len(sent) / RATE_HZ - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        sent.append(_send(ros, frames, len(sent)))
+        rss["peak"] = max(rss["peak"], node.rss_mb())
+        if len(sent) == 10:
+            worker.start()
+        if answered_at is None and answer:
+            answered_at = len(sent)
+        assert len(sent) < 600 and node.proc.poll() is None, node.logs()
+    rss["after"] = node.rss_mb()
+    return sent, answer[0], rss
+
+
+def _results_of(ros, sent: list[int], timeout: float = 120) -> list[dict[str, str]]:
+    """Wait until every part sent has a result; each has exactly one (both inputs in it); sorted by seq."""
+    from node_harness import stamp_ns, values_of
+
+    want = set(sent)
+
+    def mine() -> list[dict[str, str]] | None:
+        out = [values_of(m) for _, m in ros.received["result"] if stamp_ns(m.header.stamp) in want]
+        return out if len({v["stamp"] for v in out}) == len(want) else None
+
+    ros.wait_for(f"a result for each of {len(sent)} parts", mine, timeout)
+    with ros.cond:
+        results = mine()
+    stamps = collections.Counter(v["stamp"] for v in results)
+    assert len(results) == len(sent) and set(stamps.values()) == {1}, "a part with more than one result"
+    assert all(v["inputs"] == "image+points" for v in results), results
+    results.sort(key=lambda v: int(v["seq"]))
+    seqs = [int(v["seq"]) for v in results]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"seq with gaps: {seqs}"
+    return results
+
+
+def _get_checkpoint(ros) -> str:
+    from rcl_interfaces.srv import GetParameters
+
+    client = ros.node.create_client(GetParameters, "/cmdr_inspection/get_parameters")
+    try:
+        assert client.wait_for_service(timeout_sec=20)
+        future = client.call_async(GetParameters.Request(names=["checkpoint"]))
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        assert done.wait(20), "get_parameters: no answer"
+        return future.result().values[0].string_value
+    finally:
+        ros.node.destroy_client(client)
+
+
+def _reload(ros) -> tuple[bool, str]:
+    from std_srvs.srv import Trigger
+
+    client = ros.node.create_client(Trigger, "/cmdr_inspection/reload_model")
+    try:
+        assert client.wait_for_service(timeout_sec=20), "no ~/reload_model service"
+        future = client.call_async(Trigger.Request())
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        assert done.wait(120), "~/reload_model: no answer"
+        return future.result().success, future.result().message
+    finally:
+        ros.node.destroy_client(client)
+
+
+def _model_ids(results: list[dict[str, str]]) -> list[str]:
+    """The model ids in seq order, runs collapsed: [a, b] for one change from a to b."""
+    ids = [v["model_id"] for v in results]
+    return [x for i, x in enumerate(ids) if i == 0 or x != ids[i - 1]]
+
+
+@pytest.mark.slow
+class TestSwapOverDds:
+    def test_param_set_swaps_between_two_parts_in_a_10hz_stream(self, ros, swap_node, frames, ckpts, running):
+        from node_harness import audit_rows
+        from cmdr_ros.ros.typed_decision import AVAILABLE
+
+        new_id = small_model_id(ckpts["b"])
+        sent, (ok, reason), rss = _stream_across(ros, swap_node, frames,
+                                                 lambda: ros.set_parameter("checkpoint", str(ckpts["b"])))
+        assert ok, reason
+        results = _results_of(ros, sent)
+        assert _model_ids(results) == [running.model_id, new_id]  # exactly one change, old before, new after
+        # judged, or (this shared 2-core machine is slower than 10 Hz) the fail-safe of a full queue or a late part
+        load = [v for v in results if v["judged"] != "true"]
+        assert all(v["decision"] == "reject" and v["error"] in ("overload", "timeout") for v in load), load
+        assert {v["model_id"] for v in results if v["judged"] == "true"} == {running.model_id, new_id}
+        rows = {r["seq"]: r["model_id"] for r in audit_rows(swap_node.audit_db)}
+        assert [rows[v["seq"]] for v in results] == [v["model_id"] for v in results]  # the audit rows name them too
+        assert _get_checkpoint(ros) == str(ckpts["b"])
+        ros.diagnostics(lambda v: v.get("model_id") == new_id, f"model_id {new_id} on /diagnostics")
+        if AVAILABLE:
+            ros.wait_for("~/vision_info of the new model", lambda: ros.received["vision_info"] and ros.received[
+                "vision_info"][-1][1].method.endswith(f"model {new_id}"))
+        first_new = next(i for i, v in enumerate(results) if v["model_id"] == new_id)
+        lat = [float(v["latency_ms"]) for v in results]
+        others = sorted(lat[:first_new] + lat[first_new + 1:])
+        print(f"\nswap at 10 Hz: sent {len(sent)}, results {len(results)} ({len(load)} fail-safe under load: "
+              f"{dict(collections.Counter(v['error'] for v in load))}), seq {results[0]['seq']}.."
+              f"{results[-1]['seq']} without gaps, model {running.model_id} x{first_new} -> {new_id} "
+              f"x{len(results) - first_new}; latency of the first part of the new model {lat[first_new]:.0f} ms, "
+              f"its neighbours {lat[max(first_new - 3, 0):first_new]} / {lat[first_new + 1:first_new + 4]} ms, "
+              f"median of the others {others[len(others) // 2]:.0f} ms; RSS {rss['before']:.0f} MB before, peak "
+              f"{rss['peak']:.0f} MB during, {rss['after']:.0f} MB after")
+        assert "Traceback" not in swap_node.stderr(), swap_node.logs()
+
+    def test_refused_swaps_leave_the_model_and_answer_every_part(self, ros, swap_node, frames, ckpts):
+        serving_id = small_model_id(ckpts["b"])
+        for bad, why in (("tampered", "fails its content checksum"), ("3d", "cannot serve mode 'rgbd'"),
+                         ("missing", "checkpoint not found")):
+            sent, (ok, reason), _ = _stream_across(ros, swap_node, frames,
+                                                   lambda b=bad: ros.set_parameter("checkpoint", str(ckpts[b])))
+            assert not ok and why in reason, (bad, reason)
+            results = _results_of(ros, sent)
+            assert _model_ids(results) == [serving_id], bad  # unchanged
+            assert _get_checkpoint(ros) == str(ckpts["b"])  # the parameter keeps the running model's path
+        assert swap_node.proc.poll() is None and "Traceback" not in swap_node.stderr(), swap_node.logs()
+
+    def test_reload_model_reads_the_file_named_by_checkpoint_again(self, ros, swap_node, frames, ckpts, running,
+                                                                  tmp_path):
+        from node_harness import stamp_ns, values_of
+
+        path = tmp_path / "replaced_in_place.ckpt"
+        shutil.copy(ckpts["b"], path)
+        assert ros.set_parameter("checkpoint", str(path)) == (True, "")  # same content: model b stays
+        shutil.copy(ckpts["a"], path)  # a deployment replaces the file
+        ok, message = _reload(ros)
+        assert ok and message == f"model {running.model_id} in service ({path})", message
+        stamp = _send(ros, frames, 0)
+        ros.wait_for("the next part's result", lambda: any(stamp_ns(m.header.stamp) == stamp
+                                                           for _, m in ros.received["result"]))
+        with ros.cond:
+            v = next(values_of(m) for _, m in ros.received["result"] if stamp_ns(m.header.stamp) == stamp)
+        assert v["model_id"] == running.model_id
+        path.write_bytes(b"not a checkpoint")
+        ok, message = _reload(ros)
+        assert not ok and "is not a readable cmdr_ros checkpoint" in message, message
+
+
+def small_model_id(path: Path) -> str:
+    from cmdr_ros.model.checkpoint import read_checkpoint
+
+    return read_checkpoint(path)["model_id"]
