@@ -472,6 +472,7 @@ class TestSwapOverDds:
               f"its neighbours {lat[max(first_new - 3, 0):first_new]} / {lat[first_new + 1:first_new + 4]} ms, "
               f"median of the others {others[len(others) // 2]:.0f} ms; RSS {rss['before']:.0f} MB before, peak "
               f"{rss['peak']:.0f} MB during, {rss['after']:.0f} MB after")
+        print(next(line for line in swap_node.stderr().splitlines() if "model changed" in line))
         assert "Traceback" not in swap_node.stderr(), swap_node.logs()
 
     def test_refused_swaps_leave_the_model_and_answer_every_part(self, ros, swap_node, frames, ckpts):
