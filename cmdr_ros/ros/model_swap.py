@@ -173,8 +173,8 @@ class ModelSwap:
     def install(engine: Any, put: Callable[[], None], timeout: float = INSTALL_WAIT_S) -> None:
         """Run ``put`` (one reference assignment) between two parts of ``engine`` (``DecisionEngine``): once the part
         in inference, if any, is decided (its ``judging`` lock), before the next one starts (its ``turnstile``: a
-        queue that never empties cannot starve the swap), under the decision lock (``cv``); CmdrError when that takes more than ``timeout`` s (a stuck
-        inference)."""
+        queue that never empties cannot starve the swap), under the decision lock (``cv``); CmdrError when that takes
+        more than ``timeout`` s (a stuck inference)."""
         refused = f"the part in inference was not decided within {timeout:g} s: the running model stays"
         if not engine.turnstile.acquire(timeout=timeout):
             raise CmdrError(refused)
