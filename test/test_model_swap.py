@@ -295,6 +295,13 @@ def test_other_inputs_and_room_are_worded():
     assert free > 0 and where == "MemAvailable of /proc/meminfo"
 
 
+def test_on_cuda_the_room_is_the_free_device_memory(monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (asked.append(str(dev)), (123 * 2 ** 20, 2 ** 34))[1])
+    assert available_bytes("cuda:1") == (123 * 2 ** 20, "free memory on cuda:1 (torch.cuda.mem_get_info)")
+    assert asked == ["cuda:1"]
+
+
 def test_checkpoint_is_no_longer_read_at_configure_only():
     assert check_set([Parameter("checkpoint", value="/m/b.ckpt")], configured=True).notes == []
     assert check_set([Parameter("device", value="cpu")], configured=True).notes  # others still are
