@@ -14,6 +14,7 @@ never runs in a callback. At SIGINT/SIGTERM every part still waiting gets its fa
 Lifecycle: configure validates every parameter (as at run time; ``parameters.py``), loads the checkpoint, warms the
 model up and creates the publishers; activate subscribes; deactivate unsubscribes (waiting parts get the fail-safe)
 and frees cached GPU memory; cleanup drops the model. ``autostart`` walks to active and exits non-zero when it cannot.
+While configured, a set of ``checkpoint`` or ``~/reload_model`` changes the model between two parts (``model_swap.py``).
 """
 from __future__ import annotations
 
