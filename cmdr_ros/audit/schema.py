@@ -26,7 +26,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "error": ("text", "why the part was not judged (a ~/result error kind)"),
     "reason": ("text", "the cause in words"),
     "mode": ("text", "rgbd | 3d | 2d"),
-    "model_id": ("text", "content checksum prefix of the checkpoint"),
+    "model_id": ("text", "content checksum prefix of the checkpoint that judged this part"),
     "latency_ms": ("real", "arrival of the set to the decision"),
     "inference_ms": ("real", "preprocessing + model time"),
     "valid_ratio": ("real", "fraction of valid pixels after preprocessing"),

@@ -36,9 +36,14 @@ class Outlet:
     pubs: dict[str, Any]  # output name -> publisher (``publish``, ``get_subscription_count``)
     audit: AuditStore | None = None
     mode: str = ""
-    model_id: str = ""
+    model_id: str = ""  # the model configured: named by a decision made without a judge (a judge names its own)
     node: str = ""  # the node's fully qualified name (audit rows)
     run_id: str = ""  # this process's run (audit rows: with seq, names each decision)
+
+
+def model_id_of(judge: Any) -> str:
+    """The id of the model ``judge`` judges with ("" for none, or a judge that names none)."""
+    return str(getattr(judge, "model_id", "") or "")
 
 
 class DecisionEngine:
@@ -56,6 +61,10 @@ class DecisionEngine:
         self.unmatched_ids: list[str] = []  # the newest part ids that matched no part (diagnostics)
         self.stats = DecisionStats()
         self.outlet: Outlet | None = None
+        # held from judging a part until its decision is numbered: a model swap (model_swap.py) takes it to put the
+        # new judge in between two parts, so every decision names the model in service when it was made
+        self.judging = threading.Lock()
+        self.turnstile = threading.Lock()  # a swap waiting for ``judging`` holds it: the next part waits for the swap
 
     # ---------------------------------------------------------------- parts in
     def submit(self, part: Part, overload: str, queue_size: int) -> None:
@@ -73,23 +82,26 @@ class DecisionEngine:
         """The inference thread: judge queued parts one at a time until ``stop`` (``alive``: the ROS context is ok;
         a frame that raises is an ``internal`` fail-safe unless the node is going away)."""
         while (part := self.queue.take(stop)) is not None:
-            judge = self.judge_of()
-            frame, verdict = None, None
-            try:
-                if judge is None:
-                    raise CmdrError("the node has no model (cleaned up)")
-                frame, verdict = judge.judge(part.msgs, part.info)
-            except Exception as e:  # noqa: BLE001 - the node must keep serving whatever a frame does
-                if stop.is_set() or not alive():
-                    return
-                self.warn("internal", f"frame failed: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
-                          "error")
-                verdict = self.not_judged("internal", f"{type(e).__name__}: {e}")
-            finally:
-                self.queue.finished()
-            if not self.decide(part, verdict, frame):
-                with self.cv:
-                    self.stats.late_result(time.monotonic())
+            with self.turnstile:  # a model swap waiting for the judging lock goes first
+                pass
+            with self.judging:  # the judge read here judges this part and names it in its decision
+                judge = self.judge_of()
+                frame, verdict = None, None
+                try:
+                    if judge is None:
+                        raise CmdrError("the node has no model (cleaned up)")
+                    frame, verdict = judge.judge(part.msgs, part.info)
+                except Exception as e:  # noqa: BLE001 - the node must keep serving whatever a frame does
+                    if stop.is_set() or not alive():
+                        return
+                    self.warn("internal", f"frame failed: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}",
+                              "error")
+                    verdict = self.not_judged("internal", f"{type(e).__name__}: {e}")
+                finally:
+                    self.queue.finished()
+                if not self.decide(part, verdict, frame, model_id_of(judge)):
+                    with self.cv:
+                        self.stats.late_result(time.monotonic())
 
     def watch(self, budget: float) -> bool:
         """The watchdog's tick: every part past ``budget`` s since its arrival gets the fail-safe; True when the
@@ -125,9 +137,10 @@ class DecisionEngine:
     def fail(self, part: Part, kind: str, reason: str) -> None:
         self.decide(part, self.not_judged(kind, reason))
 
-    def decide(self, part: Part, verdict: Verdict, frame: Frame | None = None) -> bool:
+    def decide(self, part: Part, verdict: Verdict, frame: Frame | None = None, model_id: str | None = None) -> bool:
         """Make the one decision of ``part`` (False when it already had one, e.g. from the watchdog): numbered under
-        the decision lock, then recorded and published in number order by the outbox thread (``flush`` waits)."""
+        the decision lock, then recorded and published in number order by the outbox thread (``flush`` waits).
+        ``model_id``: the model that judged it (default: the judge's now, else the configured one)."""
         if part.decided:
             return False
         outlet = self.outlet
@@ -144,12 +157,14 @@ class DecisionEngine:
         def send(seq: int) -> None:  # on the outbox thread: whoever decided goes on at once
             if outlet is not None and outlet.pubs:
                 part_id = self._part_id(part, slop, decided_at + id_wait)
-                self._publish(outlet, part, verdict, frame, maps, seq, latency_ms, part_id)
+                self._publish(outlet, part, verdict, frame, maps, seq, latency_ms, part_id, model_id)
 
         with self.cv:
             if part.decided:
                 return False
             part.decided = True
+            if not model_id:  # read under the decision lock, which a model swap holds too: numbered in model order
+                model_id = model_id_of(self.judge_of()) or (outlet.model_id if outlet is not None else "")
             self.order.post(send)  # numbered and queued in one step, in decision order
             self.stats.decided(verdict, latency_ms, time.monotonic())
         if not verdict.judged:
@@ -193,8 +208,8 @@ class DecisionEngine:
 
     @staticmethod
     def _publish(outlet: Outlet, part: Part, verdict: Verdict, frame: Frame | None, maps: dict[str, Any], seq: int,
-                 latency_ms: float, part_id: str | None) -> None:
-        values = result_values(part.header, verdict, frame, seq=seq, mode=outlet.mode, model_id=outlet.model_id,
+                 latency_ms: float, part_id: str | None, model_id: str) -> None:
+        values = result_values(part.header, verdict, frame, seq=seq, mode=outlet.mode, model_id=model_id,
                                inputs=part.inputs, latency_ms=latency_ms, frame_ids=part.frame_ids,
                                extra={"part_id": part_id} if part_id is not None else None)
         if outlet.audit is not None:  # committed before it is published (or spooled when the store is failing or slow)

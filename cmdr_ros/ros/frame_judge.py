@@ -112,6 +112,12 @@ class FrameJudge:
     def threshold(self) -> float:
         return self.judge_.threshold
 
+    @property
+    def model_id(self) -> str:
+        """The id of the model this judge judges with (its checkpoint's content checksum prefix; "" without one):
+        every decision carries the id of the model that judged it, also across a model swap."""
+        return str(getattr(getattr(self.judge_, "detector", None), "model_id", None) or "")
+
     def apply(self, params: Iterable[NamedValue]) -> None:
         """Apply run-time parameter changes (already validated, ``parameters.check_set``): threshold, the judge's
         settings, extrinsics, raster_resolution and cloud_registered; others are read elsewhere or at configure."""

@@ -16,6 +16,7 @@ model up and creates the publishers; activate subscribes; deactivate unsubscribe
 and frees cached GPU memory; cleanup drops the model. ``autostart`` walks to active and exits non-zero when it cannot.
 ``~/ready`` (latched) is true only while active with a model; the watchdog, /diagnostics and autostart timers run on
 a steady clock (sim time only stamps). A controller's view of all this: docs/controller.md.
+While configured, a set of ``checkpoint`` or ``~/reload_model`` changes the model between two parts (``model_swap.py``).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
+from std_srvs.srv import Trigger
 
 from cmdr_ros import CmdrError
 from cmdr_ros.audit.store import AuditStore
@@ -43,6 +45,7 @@ from cmdr_ros.ros.compat import (SubscriptionEventCallbacks, add_post_set_parame
 from cmdr_ros.ros.node_audit import close_audit, open_audit
 from cmdr_ros.ros.decisions import Part
 from cmdr_ros.ros.engine import DecisionEngine, Outlet
+from cmdr_ros.ros.model_swap import ModelSwap
 from cmdr_ros.ros.frame_judge import FrameJudge, unmatched_reason, warm_up
 from cmdr_ros.config import cross_modal
 from cmdr_ros.ros.node_io import (DIAGNOSTICS_QOS, OVERRIDABLE, ReadyState, announce_model, create_outputs,
@@ -109,6 +112,9 @@ class InspectionNode(LifecycleNode):
         self._watch_group = MutuallyExclusiveCallbackGroup()
         self._input_group = ReentrantCallbackGroup()
         self._watch_timer = None
+        self._swap: ModelSwap | None = None  # model changes at run time (set at configure)
+        self._reload_srv = self.create_service(Trigger, "~/reload_model", self._on_reload_model,
+                                               callback_group=MutuallyExclusiveCallbackGroup())
         # /diagnostics is a plain publisher: a node that cannot configure still says why
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, DIAGNOSTICS_QOS)
         self._ready = ReadyState(self)  # ~/ready, latched: false until active with a model
@@ -154,6 +160,10 @@ class InspectionNode(LifecycleNode):
                            resolve_threshold=judge.judge_.resolve_threshold if judge is not None else None)
         if not answer.ok:  # logged by set_parameters_atomically
             return SetParametersResult(successful=False, reason=answer.problem)
+        if (ckpt := next((p for p in params if p.name == "checkpoint"), None)) is not None:
+            problem = self._checkpoint_set(str(ckpt.value))
+            if problem is not None:
+                return SetParametersResult(successful=False, reason=problem)
         self._start_problems = [x for x in self._start_problems if x.split(":")[0] not in {p.name for p in params}]
         for note in answer.notes:
             self.get_logger().info(note)
@@ -244,6 +254,7 @@ class InspectionNode(LifecycleNode):
         announce_model(self._pubs, self.get_clock().now().to_msg(), self.detector, values["checkpoint"])
         self._audit = open_audit(values, self.get_logger(), self._warn)
         self._stop.clear()
+        self._swap = ModelSwap(values["device"], values["weights_2d"], values["weights_3d"])
         self._engine.outlet = Outlet(self._pubs, self._audit, self.mode, self.detector.model_id,
                                      self.get_fully_qualified_name(), self._run_id)
         self._worker = threading.Thread(target=self._engine.work, args=(self._stop, self.context.ok),
@@ -256,6 +267,63 @@ class InspectionNode(LifecycleNode):
             f"threshold {self.judge.threshold:.4f}, time budget {values['time_budget']:g} s, "
             f"overload {values['overload']}")
         return TransitionCallbackReturn.SUCCESS
+
+    # ---------------------------------------------------------------- model change (model_swap.py)
+    def _checkpoint_set(self, path: str) -> str | None:
+        """A run-time set of ``checkpoint``: unconfigured, the value is read at configure; inactive or active, the
+        model is changed now (``_change_model``). Why it is refused, or None."""
+        state = self.lifecycle_state
+        if state in ("inactive", "active") and self.detector is not None:
+            return self._change_model(path)
+        if state != "unconfigured":
+            return f"the node is {state}: set checkpoint when it is unconfigured, inactive or active"
+        return None
+
+    def _on_reload_model(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """``~/reload_model``: load the file named by ``checkpoint`` again (e.g. replaced in place) and change to it."""
+        path = str(self._p("checkpoint"))
+        if self.detector is None or self.lifecycle_state not in ("inactive", "active"):
+            problem = f"no model to change: the node is {self.lifecycle_state}"
+        else:
+            problem = self._change_model(path)
+        response.success = problem is None
+        response.message = problem or f"model {self.detector.model_id} in service ({path})"
+        return response
+
+    def _change_model(self, path: str) -> str | None:
+        """Load ``path`` beside the running model (parts are judged by it meanwhile), verify and warm it up, then put
+        it in service between two parts; None when done, else why it was refused (the running model stays)."""
+        running, old_judge, swap = self.detector, self.judge, self._swap
+        if running is None or old_judge is None or swap is None:
+            return "no model to change: the node is not configured"
+
+        def put() -> None:  # under the engine's judging lock: between two parts
+            with self._judge_lock:  # with every parameter set so far
+                if self.detector is not running:
+                    raise CmdrError("the node was reconfigured while the new model loaded")
+                self.judge = FrameJudge.from_params(loaded.detector, self._values(), old_judge.tf_lookup)
+                self.detector = loaded.detector
+            if self._engine.outlet is not None:
+                self._engine.outlet.model_id = loaded.detector.model_id
+
+        try:
+            loaded = swap.load(path, running, require_threshold=float(self._p("threshold")) < 0,
+                               warmup=bool(self._p("warmup")), log=self.get_logger().warning)
+            t0 = time.perf_counter()
+            ModelSwap.install(self._engine, put)
+        except CmdrError as e:
+            self._warn("model", f"model change to {path} refused, model {running.model_id} stays: {e}", "error")
+            return str(e)
+        swap_ms = 1e3 * (time.perf_counter() - t0)
+        announce_model(self._pubs, self.get_clock().now().to_msg(), loaded.detector, path)
+        self.get_logger().info(
+            f"model changed: {running.model_id} -> {loaded.detector.model_id} ({path}): loaded in {loaded.load_s:.2f} "
+            f"s, warm-up {loaded.warmup_s:.2f} s, swapped in {swap_ms:.1f} ms between two parts "
+            f"(room checked: {loaded.need_bytes / 2 ** 20:.0f} MiB)")
+        del running, old_judge, loaded
+        self._free_gpu()
+        self._publish_diagnostics()
+        return None
 
     def _warm_up(self) -> None:
         t0 = time.perf_counter()

@@ -53,7 +53,7 @@ RESULT_KEYS: dict[str, str] = {
     "transform": "rgbd: identical_frames | registered (cloud_registered) | tf | parameter (extrinsics): where the "
                  "cloud -> camera transform came from; none otherwise",
     "mode": "rgbd | 3d | 2d",
-    "model_id": "content checksum prefix of the checkpoint",
+    "model_id": "content checksum prefix of the checkpoint that judged this part (changes once at a model swap)",
     "frame_id.image": "frame_id of the image (likewise frame_id.points, frame_id.camera_info)",
     "sample": "bag eval only: the sample name recorded in the bag",
 }

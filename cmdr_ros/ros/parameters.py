@@ -31,7 +31,9 @@ RELIABILITY = ("reliable", "best_effort")
 PARAMETERS: dict[str, tuple[Any, str, Any]] = {
     "autostart": (True, "walk the lifecycle to active by itself; a failed configure/activate then exits non-zero",
                   None),
-    "checkpoint": ("", "trained model file (.ckpt from `cmdr train`)", None),
+    "checkpoint": ("", "trained model file (.ckpt from `cmdr train`); set while configured: loaded, verified and "
+                       "warmed up beside the running model, then swapped in between two parts, or refused with the "
+                       "reason (docs/model_swap.md)", None),
     "mode": ("auto", "auto (the checkpoint's) | rgbd | 3d | 2d", MODES),
     "device": ("auto", "auto (CUDA when present) | cpu | cuda | cuda:N | onnx (the heads from the checkpoint's "
                        "exported graph CHECKPOINT.onnx in onnxruntime: `cmdr export`)", None),
@@ -108,7 +110,7 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
                         "a restart); empty: cmdr_audit_spool.db in the ROS log directory", None),
 }
 # take effect at the next configure
-READ_ONLY = {"checkpoint", "mode", "device", "weights_2d", "weights_3d", "input.reliability", "input.depth",
+READ_ONLY = {"mode", "device", "weights_2d", "weights_3d", "input.reliability", "input.depth",
              "sync.queue_size", "sync.slop", "input.image_transport", "input.cloud", "output.heatmap", "output.anomaly_map", "output.anomaly_cloud", "use_tf",
              "warmup", "diagnostics_period", "autostart", "audit.enabled", "audit.database", "audit.timeout",
              "audit.max_backlog", "audit.spool"}

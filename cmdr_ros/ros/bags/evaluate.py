@@ -143,7 +143,7 @@ class _Evaluation:
         part_id = self.aux.part_ids.nearest(stamp, self.slop_ns)  # the node's rule: nearest stamp within sync.slop
         extra = {k: v for k, v in (("part_id", part_id), ("sample", sample)) if v is not None and v != ""}
         self.results.write(output_topic("result"), result_array(
-            header, verdict, frame, seq=self.seq, mode=self.judge.mode, model_id=self.det.model_id, inputs=inputs,
+            header, verdict, frame, seq=self.seq, mode=self.judge.mode, model_id=self.judge.model_id, inputs=inputs,
             latency_ms=latency_ms, frame_ids=frame_ids, extra=extra or None), stamp)
         if (typed := classification(header, verdict)) is not None:  # ~/decision, where vision_msgs is installed
             self.results.write(output_topic("decision"), typed, stamp)
