@@ -1,6 +1,7 @@
 """What a cell controller relies on (docs/controller.md), over DDS with a real ``cmdr_inspection`` process: ``~/ready``
 (latched, following the lifecycle), part ids published after the frame (waited for up to ``part_id.wait``), ids that
-never come or match no part (counted, reported), and the deadlines on a steady clock with ``use_sim_time`` and no
+never come or match no part (counted, reported), trigger mode (one decision per trigger: no_frame when its frame
+never comes), and the deadlines on a steady clock with ``use_sim_time`` and no
 ``/clock`` (a replay not started yet)."""
 from __future__ import annotations
 
@@ -114,6 +115,28 @@ class TestController:
         assert int(s["part_id_unmatched"]) >= 1
         ros.wait_for("the stray id in the node's log", lambda: "STRAY-1" in node.stderr(), timeout=30)
         assert f"part id 'STRAY-1' (stamp {stamp_str(stray.stamp)}) matched no part" in node.stderr()
+
+
+class TestTriggerMode:
+    @pytest.fixture(scope="class")
+    def trigger_node(self, ros, model, tmp_path_factory):
+        # a trigger waits time_budget + sync.timeout + part_id.wait = 10.5 s for its frame: on a loaded machine the
+        # frame published right after its trigger arrived 2.6 s later once
+        yield from start_node(ros, tmp_path_factory.mktemp("node_trigger"),
+                              {"checkpoint": model["checkpoint"], "part_id.trigger": True, "part_id.wait": 0.0,
+                               "time_budget": 10.0, **NODE}, (ros.image_pub, ros.points_pub, ros.part_pub))
+
+    def test_every_trigger_gets_exactly_one_decision(self, ros, trigger_node):
+        with_frame = _publish_part(ros, 7, part_id="TRIG-A")  # the trigger, then its frame
+        v = ros.result(with_frame)
+        assert (v["part_id"], v["judged"], v["inputs"]) == ("TRIG-A", "true", "image+points")
+        alone = Header(stamp=ros.next_stamp(), frame_id="TRIG-B")  # a trigger whose frame never comes
+        ros.part_pub.publish(alone)
+        v = ros.result(alone.stamp, timeout=10.5 + 30.0)  # the trigger's wait + a margin for a loaded machine
+        assert (v["part_id"], v["judged"], v["inputs"], v["error"], v["decision"]) == \
+            ("TRIG-B", "false", "trigger", "no_frame", "reject")
+        ros.diagnostics(lambda s: int(s.get("not_judged.no_frame", 0)) == 1, "the no_frame decision counted")
+        assert len(ros.results_for(with_frame)) == 1 and len(ros.results_for(alone.stamp)) == 1
 
 
 class TestSimTimeWithoutClock:

@@ -583,6 +583,39 @@ def test_without_part_ids_nothing_is_counted_and_no_wait_with_zero():
     assert engine.counters()["no_part_id"] == 0  # this cell publishes no part ids
 
 
+def test_trigger_mode_gives_each_trigger_exactly_one_decision():
+    """part_id.trigger: a trigger its frame took is that frame's decision; one no frame took within the window gets
+    its own no_frame fail-safe, stamped as the trigger and carrying its id; a frame that comes after that cannot
+    take it again; at a stop every trigger still open gets the stop's fail-safe."""
+    engine, _ = engine_with(Store(), {"part_id.wait": 0.0, "sync.timeout": 0.0, "part_id.trigger": True})
+    sent: list[Any] = []
+    engine.outlet.pubs["result"].publish = lambda msg: sent.append(
+        {kv.key: kv.value for kv in msg.status[0].values})
+    now = time.monotonic()
+    engine.part_ids.add(header(1, frame_id="T1"), now=now - 10.0)  # its frame comes
+    engine.part_ids.add(header(2, frame_id="T2"), now=now - 10.0)  # its frame never comes
+    engine.part_ids.add(header(3, frame_id="T3"), now=now)  # still within the window
+    assert engine.decide(part(1), Verdict(True, "pass", 1.0, score=0.5))
+    engine.watch(5.0)  # T2 arrived 10 s ago: past time_budget + sync.timeout + part_id.wait
+    assert engine.flush(5)
+    assert [(v["stamp"], v.get("part_id"), v["inputs"], v["decision"], v.get("error")) for v in sent] == [
+        ("1.000000000", "T1", "image", "pass", None), ("2.000000000", "T2", "trigger", "reject", "no_frame")]
+    assert engine.counters()["not_judged"] == {"no_frame": 1} and engine.counters()["part_id_unmatched"] == 0
+    engine.watch(5.0)  # answered once
+    assert engine.decide(part(2), Verdict(True, "pass", 1.0, score=0.5)) and engine.flush(5)  # its frame, too late
+    assert sent[-1]["stamp"] == "2.000000000" and "part_id" not in sent[-1]  # the trigger had its one decision
+    assert engine.settle_all("shutdown", "the node was stopped") == 1  # T3: still open at the stop
+    assert (sent[-1]["part_id"], sent[-1]["error"], sent[-1]["inputs"]) == ("T3", "shutdown", "trigger")
+
+
+def test_without_trigger_mode_an_id_without_frame_is_only_reported():
+    engine, _ = engine_with(Store(), {"part_id.wait": 0.0, "sync.timeout": 0.0, "part_id.trigger": False})
+    engine.part_ids.add(header(2, frame_id="T2"), now=time.monotonic() - 10.0)
+    engine.watch(5.0)
+    assert engine.flush(5) and engine.counters()["seq"] == 0 and engine.counters()["part_id_unmatched"] == 1
+    assert engine.settle_all("shutdown", "stopped") == 0
+
+
 # ------------------------------------------------------------------------------ tf
 class Buffer:
     def __init__(self, transform: Any = None) -> None:

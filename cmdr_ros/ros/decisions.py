@@ -36,12 +36,20 @@ class Part:
     inputs: str = ""
     decided: bool = False
     frame_ids: dict[str, str] = field(default_factory=dict)
+    part_id: str | None = None  # known when the part is a trigger without its frame
 
     def __post_init__(self) -> None:
         primary = next((self.msgs[k] for k in ("image", "points", "depth") if k in self.msgs), None)
         self.header = primary.header if primary is not None else None
         self.inputs = "+".join(self.msgs)
         self.frame_ids = {k: m.header.frame_id for k, m in self.msgs.items()}
+
+    @classmethod
+    def of_trigger(cls, trigger: Header, t_in: float) -> Part:
+        """A trigger (trigger mode) that no frame answered: a part of its own, stamped as the trigger, with its id."""
+        part = cls({}, None, t_in, part_id=trigger.frame_id)
+        part.header, part.inputs = trigger, "trigger"
+        return part
 
 
 class PartIds:
@@ -64,26 +72,27 @@ class PartIds:
             self.seen += 1
             t = stamp_ns(msg)
             self._ids.pop(t, None)  # a repeated stamp: the newest id counts, and is the newest to keep
-            self._ids[t] = _PartId(msg.frame_id, time.monotonic() if now is None else now)
+            self._ids[t] = _PartId(msg.frame_id, time.monotonic() if now is None else now, msg)
             while len(self._ids) > self.keep:
                 old_t, old = self._ids.popitem(last=False)
                 if not old.claimed and not old.reported:
-                    self._lost.append((old.pid, old_t))
+                    self._lost.append((old_t, old))
             self._cv.notify_all()
 
-    def _nearest(self, t: int, slop: int) -> _PartId | None:
-        near = [(abs(s - t), s) for s in self._ids if abs(s - t) <= slop]
+    def _nearest(self, t: int, slop: int, untaken: bool) -> _PartId | None:
+        near = [(abs(s - t), s) for s, p in self._ids.items() if abs(s - t) <= slop and not (untaken and p.claimed)]
         return self._ids[min(near)[1]] if near else None
 
-    def near(self, header: Header, slop_s: float) -> str | None:
-        """The id whose stamp is nearest to ``header``'s, within ``slop_s`` seconds (None: none that near); taken."""
-        return self.wait_near(header, slop_s, 0.0)
+    def near(self, header: Header, slop_s: float, untaken: bool = False) -> str | None:
+        """The id whose stamp is nearest to ``header``'s, within ``slop_s`` seconds (None: none that near); taken.
+        ``untaken``: only an id no decision took yet (trigger mode: one decision per trigger)."""
+        return self.wait_near(header, slop_s, 0.0, untaken)
 
-    def wait_near(self, header: Header, slop_s: float, timeout: float) -> str | None:
+    def wait_near(self, header: Header, slop_s: float, timeout: float, untaken: bool = False) -> str | None:
         """``near``, waiting up to ``timeout`` seconds for such an id to arrive."""
         t, slop = stamp_ns(header), int(slop_s * 1e9)
         with self._cv:
-            found = self._cv.wait_for(lambda: self._nearest(t, slop), max(timeout, 0.0))
+            found = self._cv.wait_for(lambda: self._nearest(t, slop, untaken), max(timeout, 0.0))
             if found is None:
                 return None
             found.claimed = True
@@ -92,13 +101,23 @@ class PartIds:
     def unclaimed(self, window_s: float, now: float | None = None) -> list[tuple[str, int]]:
         """(id, stamp ns) of each id no decision took within ``window_s`` seconds of its arrival, or pushed out of
         the newest ``keep`` untaken: each reported once (it stays available to a decision)."""
+        return [(p.pid, t) for t, p in self._expired(window_s, now, claim=False)]
+
+    def expired_triggers(self, window_s: float, now: float | None = None) -> list[tuple[Header, float]]:
+        """Trigger mode: (message, arrival) of each id no decision took within ``window_s`` seconds of its arrival
+        (negative: every one not taken yet), or pushed out untaken: taken now, by the ``no_frame`` decision its caller
+        makes, so a frame that comes later cannot take it too (each trigger gets exactly one decision)."""
+        return [(p.msg, p.arrived) for _, p in self._expired(window_s, now, claim=True)]
+
+    def _expired(self, window_s: float, now: float | None, claim: bool) -> list[tuple[int, _PartId]]:
         now = time.monotonic() if now is None else now
         with self._cv:
             out, self._lost = self._lost, []
             for t, p in self._ids.items():
                 if not p.claimed and not p.reported and now - p.arrived > window_s:
                     p.reported = True
-                    out.append((p.pid, t))
+                    p.claimed = p.claimed or claim
+                    out.append((t, p))
         return out
 
 
@@ -106,6 +125,7 @@ class PartIds:
 class _PartId:
     pid: str
     arrived: float  # time.monotonic()
+    msg: Header  # as published (trigger mode: the no_frame decision is stamped with it)
     claimed: bool = False  # a decision took it
     reported: bool = False  # reported as matching no part
 

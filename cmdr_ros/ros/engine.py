@@ -68,7 +68,9 @@ class DecisionEngine:
 
     # ---------------------------------------------------------------- parts in
     def submit(self, part: Part, overload: str, queue_size: int) -> None:
-        """Queue ``part``; when the queue is full the oldest waiting part is decided now (fail-safe)."""
+        """Queue ``part``; when the queue is full the oldest waiting part is decided now (fail-safe). Its part id,
+        when already here, is taken now: a trigger is answered by its frame from the frame's arrival on."""
+        self._take_id(part)
         newest = overload == "newest"
         capacity = 1 if newest else queue_size
         for old in self.queue.push(part, capacity):
@@ -106,7 +108,8 @@ class DecisionEngine:
     def watch(self, budget: float) -> bool:
         """The watchdog's tick: every part past ``budget`` s since its arrival gets the fail-safe; True when the
         inference just became stuck (running past ``budget``; counted once). A part id that no decision took within
-        time_budget + sync.timeout + part_id.wait of its arrival is reported (``report_unclaimed_ids``)."""
+        time_budget + sync.timeout + part_id.wait of its arrival is reported (``report_unclaimed_ids``); in trigger
+        mode (``part_id.trigger``) it gets the fail-safe decision ``no_frame``."""
         self.report_unclaimed_ids(budget + float(self.param("sync.timeout") or 0.0) +
                                   float(self.param("part_id.wait") or 0.0))
         with self.cv:
@@ -117,11 +120,13 @@ class DecisionEngine:
         return newly_stuck
 
     def settle_all(self, kind: str, reason: str) -> int:
-        """Give every queued part and the one in inference the fail-safe decision; how many decisions were made
-        meanwhile."""
+        """Give every queued part and the one in inference the fail-safe decision, and in trigger mode every
+        trigger no frame took; how many decisions were made meanwhile."""
         n0 = self.order.last
         for p in self.queue.take_all():
             self.fail(p, kind, reason)
+        if self.param("part_id.trigger"):
+            self.answer_triggers(-1.0, kind, f"{reason} (a trigger without its frame)")
         if not self.flush():
             self.warn("internal", f"{self.order.backlog} decisions still not recorded and published", "error")
         return self.order.last - n0
@@ -153,12 +158,14 @@ class DecisionEngine:
         decided_at = time.monotonic()
         latency_ms = (decided_at - part.t_in) * 1e3
         slop, id_wait = float(self.param("sync.slop")), float(self.param("part_id.wait") or 0.0)
+        trigger = bool(self.param("part_id.trigger"))  # a trigger gets one decision: an id taken is not taken again
 
         def send(seq: int) -> None:  # on the outbox thread: whoever decided goes on at once
             if outlet is not None and outlet.pubs:
-                part_id = self._part_id(part, slop, decided_at + id_wait)
+                part_id = self._part_id(part, slop, decided_at + id_wait, trigger)
                 self._publish(outlet, part, verdict, frame, maps, seq, latency_ms, part_id, model_id)
 
+        self._take_id(part)  # an id already here is taken at once, not only when the outbox sends
         with self.cv:
             if part.decided:
                 return False
@@ -179,20 +186,32 @@ class DecisionEngine:
                 self.order.backlog * float(self.param("audit.timeout") or 0.0)
         return self.order.flush(timeout)
 
-    def _part_id(self, part: Part, slop: float, deadline: float) -> str | None:
+    def _take_id(self, part: Part) -> None:
+        """Give ``part`` the id already received for its stamp (within sync.slop), if any; in trigger mode only one
+        no part took yet (a trigger gets one decision). Taken ids are never reported nor expired as triggers."""
+        if part.part_id is None and part.header is not None:
+            part.part_id = self.part_ids.near(part.header, float(self.param("sync.slop")),
+                                              bool(self.param("part_id.trigger")))
+
+    def _part_id(self, part: Part, slop: float, deadline: float, untaken: bool = False) -> str | None:
         """The id of ``part`` (stamps within ``slop``), waited for until ``deadline`` (time.monotonic(): the
         decision's time plus part_id.wait) on the outbox thread: the decision keeps its number, its publication (and
         the later ones') waits. A part without id is counted once the node has received part ids at all."""
-        if part.header is None:
-            return None
-        part_id = self.part_ids.wait_near(part.header, slop, deadline - time.monotonic())
+        if part.part_id is not None or part.header is None:
+            return part.part_id
+        part_id = self.part_ids.wait_near(part.header, slop, deadline - time.monotonic(), untaken)
         if part_id is None and self.part_ids.seen:
             self.count("no_part_id")
         return part_id
 
     def report_unclaimed_ids(self, window_s: float) -> list[tuple[str, int]]:
         """Count and log each part id that no decision took within ``window_s`` of its arrival (the watchdog's
-        tick); the newest few are kept for /diagnostics."""
+        tick); the newest few are kept for /diagnostics. In trigger mode each such id is a trigger without its
+        frame: it gets the fail-safe decision ``no_frame`` instead (``answer_triggers``)."""
+        if self.param("part_id.trigger"):
+            self.answer_triggers(window_s, "no_frame", f"no frame for this trigger within {window_s:g} s of its "
+                                                       "arrival (time_budget + sync.timeout + part_id.wait)")
+            return []
         lost = self.part_ids.unclaimed(window_s)
         if lost:
             with self.cv:
@@ -202,6 +221,14 @@ class DecisionEngine:
                 self.warn("part_id", f"part id {pid!r} (stamp {t // 1_000_000_000}.{t % 1_000_000_000:09d}) matched "
                                      f"no part within {window_s:g} s of its arrival")
         return lost
+
+    def answer_triggers(self, window_s: float, kind: str, reason: str) -> int:
+        """Trigger mode: the fail-safe decision ``kind`` for each trigger no frame took within ``window_s`` of its
+        arrival (negative: every one not taken yet), stamped as the trigger and carrying its id; how many."""
+        expired = self.part_ids.expired_triggers(window_s)
+        for trigger, arrived in expired:
+            self.fail(Part.of_trigger(trigger, arrived), kind, reason)
+        return len(expired)
 
     def _send_failed(self, seq: int, e: BaseException) -> None:
         self.warn("internal", f"decision {seq} not recorded or published: {type(e).__name__}: {e}", "error")

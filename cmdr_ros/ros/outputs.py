@@ -39,9 +39,11 @@ RESULT_KEYS: dict[str, str] = {
     "score": "image anomaly score (judged parts only)",
     "threshold": "reject threshold in force",
     "error": "why the part was not judged: bad_input, ConversionError, no_transform, degraded, implausible, "
-             "non_finite, unmatched, overload, superseded, timeout, internal, shutdown (not-judged parts only)",
+             "non_finite, unmatched, overload, superseded, timeout, internal, shutdown, no_frame (trigger mode: no frame "
+             "for a trigger) (not-judged parts only)",
     "reason": "the cause in words (not-judged parts only)",
-    "inputs": "the inputs this result answers: image+points, points, image (an orphan: one input)",
+    "inputs": "the inputs this result answers: image+points, points, image (an orphan: one input), trigger (a trigger "
+              "without its frame)",
     "part_id": "the part id published on the part_id topic with the same stamp (when there is one)",
     "latency_ms": "node: arrival of the set to the decision; bag eval: judging time",
     "inference_ms": "preprocessing + model time (judged parts)",

@@ -74,6 +74,10 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
     "part_id.wait": (0.05, "seconds a decision waits for a part id with its stamp (within sync.slop) published after "
                            "the frame; its publication, and the later ones', waits that long for a part without id "
                            "(0: only ids published before the decision count)", (0.0, 10.0)),
+    "part_id.trigger": (False, "trigger mode: every part id is a trigger the controller sends per part, and gets "
+                               "exactly one decision: its frame's (stamps within sync.slop), or the on_error decision "
+                               "no_frame when no frame took it within time_budget + sync.timeout + part_id.wait of "
+                               "its arrival", None),
     "extrinsics": (None, "cloud frame -> camera frame transform x y z qx qy qz qw, used when tf2 has none; unset: "
                          "a cloud in another frame than the image without a tf2 transform is not judged "
                          "(no_transform)", None),
