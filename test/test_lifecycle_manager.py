@@ -106,7 +106,7 @@ class LifecycleManagerClient:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
-    return tiny_2d_checkpoint(tmp_path_factory.mktemp("manager_model"))
+    return tiny_2d_checkpoint(tmp_path_factory)
 
 
 def test_docs_recipe_params(tmp_path):
