@@ -42,6 +42,7 @@ ROS_API = Path(os.environ.get("CMDR_ROS_API") or (Path(os.environ["CMDR_SHARED_D
                                                    if os.environ.get("CMDR_SHARED_DATA")
                                                    else REPO.parent / "shared" / "ros_api")) / "rolling"
 CAMERAS = ("cam_a", "cam_b")
+NODE = "insp"  # node_name:=insp: the params file's /**/cmdr_inspection section must still reach the nodes
 
 COMPOSITION_STAND_IN = '''"""TEST-ONLY STAND-IN for the ROS message package composition_interfaces (not on PyPI), written by
 test/test_launch_service.py: just the names launch_ros needs at import time. Using them raises."""
@@ -128,7 +129,7 @@ class Cameras:
     def __init__(self, ros) -> None:
         self.ros, self.results = ros, {cam: [] for cam in CAMERAS}
         self.pubs = {cam: ros.node.create_publisher(Image, f"/{cam}/image", DEEP) for cam in CAMERAS}
-        self.subs = [ros.node.create_subscription(DiagnosticArray, f"/{cam}/cmdr_inspection/result",
+        self.subs = [ros.node.create_subscription(DiagnosticArray, f"/{cam}/{NODE}/result",
                                                   lambda m, c=cam: self._record(c, m), DEEP) for cam in CAMERAS]
 
     def _record(self, cam: str, msg) -> None:
@@ -147,7 +148,7 @@ class Cameras:
                     lambda: next((v for v in self.results[cam] if v.get("stamp") == key), None), 30)
             if found:
                 return found
-        pytest.fail(f"no ~/result from /{cam}/cmdr_inspection in {tries} tries")
+        pytest.fail(f"no ~/result from /{cam}/{NODE} in {tries} tries")
 
     def close(self) -> None:
         for pub in self.pubs.values():
@@ -173,6 +174,12 @@ def test_two_cameras_launch_through_the_real_launch_service(ros, tmp_path_factor
     runner = tmp_path / "run_launch.py"
     runner.write_text(RUNNER)
     audit = tmp_path / "audit.db"
+    import yaml
+
+    cell = yaml.safe_load((REPO / "config" / "inspection.yaml").read_text())
+    cell["/**/cmdr_inspection"]["ros__parameters"].update(threshold=2.5, warmup=False, diagnostics_period=0.5)
+    params_file = tmp_path / "cell.yaml"
+    params_file.write_text(yaml.safe_dump(cell))
     env = {**os.environ, "AMENT_PREFIX_PATH": str(prefix), "PYTHONPATH": os.pathsep.join([str(path), str(REPO)]),
            "ROS_DOMAIN_ID": str(ros.domain_id), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
            "ROS_LOG_DIR": str(tmp_path / "ros_log"), "RCUTILS_COLORIZED_OUTPUT": "0", "PYTHONUNBUFFERED": "1"}
@@ -182,12 +189,15 @@ def test_two_cameras_launch_through_the_real_launch_service(ros, tmp_path_factor
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, str(runner), str(prefix / "share" / "cmdr_ros" / "launch" / "two_cameras.launch.py"),
-             f"checkpoint:={checkpoint}", "device:=cpu", f"audit_database:={audit}", "log_level:=info"],
+             f"checkpoint:={checkpoint}", "device:=cpu", f"audit_database:={audit}", f"params_file:={params_file}",
+             f"node_name:={NODE}", "log_level:=debug"],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
     try:
-        for cam in CAMERAS:  # both nodes active, reported on /diagnostics under their namespaced names
-            ros.diagnostics(lambda v: v.get("state") == "active", f"{cam} active", timeout=180,
-                            name=f"{cam}/cmdr_inspection: node")
+        for cam in CAMERAS:  # both nodes active, reported on /diagnostics under their namespaced names, with the
+            # params file's threshold (its section for cmdr_inspection applied to the renamed node)
+            d = ros.diagnostics(lambda v: v.get("state") == "active", f"{cam} active", timeout=180,
+                                name=f"{cam}/{NODE}: node")
+            assert d["threshold"] == "2.500000", d
         _wait(lambda: all(p.get_subscription_count() >= 1 for p in cameras.pubs.values()), "both image inputs",
               proc, log)
         rgb = cell_frame(11).rgb
@@ -213,4 +223,5 @@ def test_two_cameras_launch_through_the_real_launch_service(ros, tmp_path_factor
     assert len(cmds) == 2, text
     assert text.count("process has finished cleanly") == 2, text  # both nodes exited 0 at SIGINT
     rows = audit_rows(str(audit))  # one store, both nodes' decisions in it
-    assert {r["node"] for r in rows} == {f"/{cam}/cmdr_inspection" for cam in CAMERAS}, rows
+    assert {r["node"] for r in rows} == {f"/{cam}/{NODE}" for cam in CAMERAS}, rows
+    assert "[DEBUG]" in text  # log_level:=debug reached the nodes
