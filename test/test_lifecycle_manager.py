@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,9 @@ def test_nav2_lifecycle_manager_recipe_brings_the_node_up(ros, checkpoint, tmp_p
     try:
         client = LifecycleManagerClient(ros, manager)
         assert client.get_state("cmdr_inspection") == State.PRIMARY_STATE_UNCONFIGURED  # waits for the manager
+        t0 = time.monotonic()
         assert client.startup(), node.logs()
+        print(f"\nmanager startup (configure + activate through the services): {time.monotonic() - t0:.1f} s")
         assert client.bonds == []
         node.wait_active((ros.image_pub,), ros)
         stamp = ros.next_stamp()
