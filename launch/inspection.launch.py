@@ -52,6 +52,8 @@ ARGS = {
     "log_level": ("info", "ROS log level: debug | info | warn | error | fatal"),
     "respawn": ("false", "start the node again when its process ends (autostart:=false: it comes back unconfigured)"),
     "respawn_delay": ("2.0", "seconds before a respawn"),
+    "sigterm_timeout": ("15", "seconds launch waits after Ctrl-C before it sends the node SIGTERM (launch's own "
+                        "default, 5, is shorter than the node's exit on a loaded machine)"),
     "use_rviz": ("false", "start RViz with config/inspection.rviz, following namespace, image and fixed_frame"),
     "fixed_frame": ("camera", "RViz fixed frame (the camera's optical frame on your cell)"),
 }
@@ -83,6 +85,14 @@ def flag(values: dict, name: str) -> bool:
     if raw not in ("true", "false", "1", "0"):
         raise ValueError(f"launch argument {name}:={raw}: expected true or false")
     return raw in ("true", "1")
+
+
+def number(values: dict, name: str, default: float) -> float:
+    raw = str(values.get(name) or "").strip()
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"launch argument {name}:={raw}: expected a number") from None
 
 
 def resolve(topic: str, namespace: str) -> str:
@@ -170,10 +180,8 @@ def node_actions(values: dict, share: str) -> list:
     from launch_ros.actions import LifecycleNode, Node
 
     name, namespace = node_name(values), values.get("namespace", "")
-    try:
-        respawn_delay = float(values.get("respawn_delay") or 0.0)
-    except ValueError:
-        raise ValueError(f"launch argument respawn_delay:={values.get('respawn_delay')}: expected a number") from None
+    respawn_delay, sigterm_timeout = (number(values, arg, default)
+                                      for arg, default in (("respawn_delay", 0.0), ("sigterm_timeout", 5.0)))
     log_level = str(values.get("log_level", "")).strip()
     params_file = params_for(values["params_file"], name)
     node = LifecycleNode(
@@ -187,6 +195,7 @@ def node_actions(values: dict, share: str) -> list:
         ros_arguments=["--log-level", log_level] if log_level else None,
         respawn=flag(values, "respawn"),
         respawn_delay=respawn_delay,
+        sigterm_timeout=str(sigterm_timeout),  # launch's default 5 s can be shorter than the node's exit
     )
     actions = [node]
     if flag(values, "use_rviz"):

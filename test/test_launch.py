@@ -86,6 +86,7 @@ def test_inspection_launch_leaves_the_params_file_alone(fake_launch):
     assert dict(node.kwargs["remappings"]) == {"image": "image", "points": "points", "depth": "depth",
                                                "camera_info": "camera_info", "part_id": "part_id"}
     assert node.kwargs["ros_arguments"] == ["--log-level", "info"] and node.kwargs["respawn"] is False
+    assert node.kwargs["sigterm_timeout"] == "15.0"
 
     _, (node,) = _launch(REPO / "launch" / "inspection.launch.py", params_file="/cell/params.yaml", threshold="3",
                          autostart="False", checkpoint="/m.ckpt", input_reliability="best_effort")
@@ -164,15 +165,16 @@ def test_inspection_launch_arguments_for_every_input_and_choice(fake_launch, tmp
         REPO / "launch" / "inspection.launch.py", depth="/cam/depth/image_rect_raw", part_id="/plc/part",
         image="/cam/color/image_raw/compressed", image_transport="compressed", cloud="depth",
         node_name="cell_a_inspection", namespace="cell_a", log_level="debug", respawn="true", respawn_delay="5",
+        sigterm_timeout="30",
         audit_database="/var/cmdr/audit.db", hardware_id="cell_a")
     assert {"depth", "part_id", "image_transport", "cloud", "node_name", "log_level", "respawn", "respawn_delay",
-            "audit_database", "hardware_id"} <= set(declared)
+            "sigterm_timeout", "audit_database", "hardware_id"} <= set(declared)
     kw = node.kwargs
     assert kw["name"] == "cell_a_inspection" and kw["namespace"] == "cell_a"
     assert dict(kw["remappings"])["depth"] == "/cam/depth/image_rect_raw"
     assert dict(kw["remappings"])["part_id"] == "/plc/part"
     assert kw["ros_arguments"] == ["--log-level", "debug"]
-    assert kw["respawn"] is True and kw["respawn_delay"] == 5.0
+    assert kw["respawn"] is True and kw["respawn_delay"] == 5.0 and kw["sigterm_timeout"] == "30.0"
     params_file, overrides = kw["parameters"]
     assert overrides == {"input.image_transport": "compressed", "input.cloud": "depth",
                          "audit.database": "/var/cmdr/audit.db", "hardware_id": "cell_a"}
@@ -192,7 +194,7 @@ def test_inspection_launch_arguments_for_every_input_and_choice(fake_launch, tmp
     assert node.kwargs["parameters"][0] == str(cell)  # the default name: the file itself
     _, (node,) = _launch(REPO / "launch" / "inspection.launch.py", log_level="")
     assert node.kwargs["ros_arguments"] is None
-    for bad in (dict(respawn="sometimes"), dict(respawn_delay="soon")):
+    for bad in (dict(respawn="sometimes"), dict(respawn_delay="soon"), dict(sigterm_timeout="never")):
         with pytest.raises(ValueError, match="launch argument"):
             _launch(REPO / "launch" / "inspection.launch.py", **bad)
 

@@ -71,14 +71,14 @@ class ListNodes(_Service):
 
 RUNNER = '''import sys
 from launch import LaunchDescription, LaunchService
-from launch.actions import IncludeLaunchDescription, SetLaunchConfiguration
+from launch.actions import IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 
-path, args = sys.argv[1], dict(a.split(":=", 1) for a in sys.argv[2:])
-service = LaunchService()
+# as `ros2 launch PATH NAME:=VALUE...` (ros2launch.api.launch_a_launch_file) runs a launch file
+path, args = sys.argv[1], [tuple(a.split(":=", 1)) for a in sys.argv[2:]]
+service = LaunchService(argv=sys.argv[2:])
 service.include_launch_description(LaunchDescription([
-    SetLaunchConfiguration("sigterm_timeout", "60"),  # a node's clean stop on a loaded machine may outlast 5 s
-    IncludeLaunchDescription(PythonLaunchDescriptionSource(path), launch_arguments=args.items())]))
+    IncludeLaunchDescription(PythonLaunchDescriptionSource(path), launch_arguments=args)]))
 sys.exit(service.run())
 '''
 
@@ -190,7 +190,9 @@ def test_two_cameras_launch_through_the_real_launch_service(ros, tmp_path_factor
         proc = subprocess.Popen(
             [sys.executable, str(runner), str(prefix / "share" / "cmdr_ros" / "launch" / "two_cameras.launch.py"),
              f"checkpoint:={checkpoint}", "device:=cpu", f"audit_database:={audit}", f"params_file:={params_file}",
-             f"node_name:={NODE}", "log_level:=debug"],
+             f"node_name:={NODE}", "log_level:=debug",
+             "sigterm_timeout:=60"],  # the launch files' argument (docs/launch.md): 60 s, not launch's own 5
+
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
     try:
         for cam in CAMERAS:  # both nodes active, reported on /diagnostics under their namespaced names, with the
