@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +83,10 @@ def test_inspection_launch_leaves_the_params_file_alone(fake_launch):
     params_file, overrides = node.kwargs["parameters"]
     assert params_file.endswith("config/inspection.yaml")
     assert overrides == {}, "a launch argument the user did not give overrides the cell's params file"
-    assert {old for old, _ in node.kwargs["remappings"]} == {"image", "points", "camera_info"}
+    assert dict(node.kwargs["remappings"]) == {"image": "image", "points": "points", "depth": "depth",
+                                               "camera_info": "camera_info", "part_id": "part_id"}
+    assert node.kwargs["ros_arguments"] == ["--log-level", "info"] and node.kwargs["respawn"] is False
+    assert node.kwargs["sigterm_timeout"] == "15.0"
 
     _, (node,) = _launch(REPO / "launch" / "inspection.launch.py", params_file="/cell/params.yaml", threshold="3",
                          autostart="False", checkpoint="/m.ckpt", input_reliability="best_effort")
@@ -136,7 +140,8 @@ def test_replay_launch_plays_when_the_node_is_active_on_sim_time(fake_launch):
     assert params_file == "/cell/params.yaml" and node.kwargs["namespace"] == "cell_a"
     assert overrides == {"use_sim_time": True, "input.reliability": "best_effort"}
     assert dict(node.kwargs["remappings"]) == {"image": "/camera/image", "points": "/camera/points",
-                                               "camera_info": "/camera/camera_info"}
+                                               "camera_info": "/camera/camera_info", "depth": "depth",
+                                               "part_id": "part_id"}
     assert type(handler).__name__ == "RegisterEventHandler"
     on_active = handler.args[0]
     assert on_active.kwargs["target_lifecycle_node"] is node and on_active.kwargs["goal_state"] == "active"
@@ -150,6 +155,102 @@ def test_replay_launch_plays_when_the_node_is_active_on_sim_time(fake_launch):
     assert actions[-1].args[0].kwargs["entities"][0].kwargs["cmd"][-1] == "--loop"
     with pytest.raises(ValueError, match="bag"):
         _launch(REPO / "launch" / "replay.launch.py")
+
+
+def test_inspection_launch_arguments_for_every_input_and_choice(fake_launch, tmp_path):
+    """depth and part_id remaps, image transport, cloud input, node name, namespace, log level, respawn."""
+    from cmdr_ros.ros.parameters import read_params_file
+
+    declared, (node,) = _launch(
+        REPO / "launch" / "inspection.launch.py", depth="/cam/depth/image_rect_raw", part_id="/plc/part",
+        image="/cam/color/image_raw/compressed", image_transport="compressed", cloud="depth",
+        node_name="cell_a_inspection", namespace="cell_a", log_level="debug", respawn="true", respawn_delay="5",
+        sigterm_timeout="30",
+        audit_database="/var/cmdr/audit.db", hardware_id="cell_a")
+    assert {"depth", "part_id", "image_transport", "cloud", "node_name", "log_level", "respawn", "respawn_delay",
+            "sigterm_timeout", "audit_database", "hardware_id"} <= set(declared)
+    kw = node.kwargs
+    assert kw["name"] == "cell_a_inspection" and kw["namespace"] == "cell_a"
+    assert dict(kw["remappings"])["depth"] == "/cam/depth/image_rect_raw"
+    assert dict(kw["remappings"])["part_id"] == "/plc/part"
+    assert kw["ros_arguments"] == ["--log-level", "debug"]
+    assert kw["respawn"] is True and kw["respawn_delay"] == 5.0 and kw["sigterm_timeout"] == "30.0"
+    params_file, overrides = kw["parameters"]
+    assert overrides == {"input.image_transport": "compressed", "input.cloud": "depth",
+                         "audit.database": "/var/cmdr/audit.db", "hardware_id": "cell_a"}
+    # the package's params file is keyed /**/cmdr_inspection: renamed, the node still gets it, under its own name
+    assert read_params_file(params_file, "cell_a_inspection") == read_params_file(
+        REPO / "config" / "inspection.yaml")
+    cell = tmp_path / "cell.yaml"
+    cell.write_text("/**:\n  ros__parameters:\n    threshold: 2.0\n"
+                    "cmdr_inspection:\n  ros__parameters:\n    time_budget: 3.0\n"
+                    "/other_node:\n  ros__parameters:\n    x: 1\n")
+    _, (node,) = _launch(REPO / "launch" / "inspection.launch.py", params_file=str(cell), node_name="insp_b")
+    renamed = yaml.safe_load(Path(node.kwargs["parameters"][0]).read_text())
+    assert renamed == {"/**": {"ros__parameters": {"threshold": 2.0}},
+                       "insp_b": {"ros__parameters": {"time_budget": 3.0}},
+                       "/other_node": {"ros__parameters": {"x": 1}}}
+    _, (node,) = _launch(REPO / "launch" / "inspection.launch.py", params_file=str(cell))
+    assert node.kwargs["parameters"][0] == str(cell)  # the default name: the file itself
+    _, (node,) = _launch(REPO / "launch" / "inspection.launch.py", log_level="")
+    assert node.kwargs["ros_arguments"] is None
+    for bad in (dict(respawn="sometimes"), dict(respawn_delay="soon"), dict(sigterm_timeout="never")):
+        with pytest.raises(ValueError, match="launch argument"):
+            _launch(REPO / "launch" / "inspection.launch.py", **bad)
+
+
+def _camera_display(actions) -> dict:
+    doc = _rviz_config(actions)
+    return next(d for d in doc["Visualization Manager"]["Displays"] if d["Name"] == "Camera image")
+
+
+def test_rviz_camera_display_follows_input_qos_and_transport(fake_launch, tmp_path):
+    """A best-effort driver: the display subscribes best effort (a reliable reader never matches it); from the launch
+    argument or from the params file. A compressed input: shown through RViz's compressed transport (topic ending in
+    /compressed) or, under any other name, not subscribed as a raw Image (a type mismatch)."""
+    path = REPO / "launch" / "inspection.launch.py"
+    assert _camera_display(_launch(path, use_rviz="true")[1])["Topic"]["Reliability Policy"] == "Reliable"
+    display = _camera_display(_launch(path, use_rviz="true", input_reliability="best_effort")[1])
+    assert display["Topic"]["Reliability Policy"] == "Best Effort"
+    cell = tmp_path / "cell.yaml"
+    cell.write_text("/**/cmdr_inspection:\n  ros__parameters:\n    input:\n      reliability: best_effort\n"
+                    "      image_transport: compressed\n")
+    for name in ("cmdr_inspection", "cell_b"):  # the file's section for the node, renamed or not
+        display = _camera_display(_launch(path, use_rviz="true", params_file=str(cell), node_name=name,
+                                          image="/cam/image_raw/compressed")[1])
+        assert display["Topic"]["Reliability Policy"] == "Best Effort"
+        assert display["Topic"]["Value"] == "/cam/image_raw/compressed" and display["Enabled"] is True
+    display = _camera_display(_launch(path, use_rviz="true", image_transport="compressed", image="/cam/jpeg")[1])
+    assert display["Enabled"] is False and display["Value"] is False
+    _, actions = _launch(path, use_rviz="true", node_name="cell_b", namespace="line2")
+    topics = {d["Name"]: d["Topic"]["Value"] for d in _rviz_config(actions)["Visualization Manager"]["Displays"]
+              if "Topic" in d}
+    assert topics["Anomaly heatmap"] == "/line2/cell_b/heatmap"
+    assert topics["Anomaly cloud"] == "/line2/cell_b/anomaly_cloud"
+
+
+def test_two_cameras_launch_two_nodes_two_namespaces_one_audit_store(fake_launch):
+    path = REPO / "launch" / "two_cameras.launch.py"
+    declared, actions = _launch(path, checkpoint="/cell/m.ckpt", checkpoint_b="/cell/side.ckpt",
+                                audit_database="/cell/audit.db", image_b="/side/color/image_raw",
+                                input_reliability="best_effort", hardware_id_a="top")
+    assert {"namespace_a", "namespace_b", "checkpoint_a", "checkpoint_b", "image_a", "depth_b", "part_id_a",
+            "audit_database", "params_file", "log_level"} <= set(declared)
+    assert not {"namespace", "image", "points", "depth", "camera_info", "part_id", "hardware_id"} & set(declared)
+    a, b = actions
+    assert [n.kwargs["namespace"] for n in actions] == ["cam_a", "cam_b"]
+    assert a.kwargs["name"] == b.kwargs["name"] == "cmdr_inspection"
+    (_, over_a), (_, over_b) = a.kwargs["parameters"], b.kwargs["parameters"]
+    assert over_a == {"checkpoint": "/cell/m.ckpt", "audit.database": "/cell/audit.db", "hardware_id": "top",
+                      "input.reliability": "best_effort"}
+    assert over_b == {"checkpoint": "/cell/side.ckpt", "audit.database": "/cell/audit.db",
+                      "input.reliability": "best_effort"}
+    assert dict(a.kwargs["remappings"])["image"] == "image"  # relative: /cam_a/image
+    assert dict(b.kwargs["remappings"])["image"] == "/side/color/image_raw"
+    with pytest.raises(ValueError, match="different namespaces"):
+        _launch(path, namespace_a="cell", namespace_b="/cell/")
+    with pytest.raises(ValueError, match="namespace_b"):
+        _launch(path, namespace_b="")
 
 
 def test_params_file_matches_node_parameters():

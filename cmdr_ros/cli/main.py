@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="shorthand for -p checkpoint:=FILE")
     p.add_argument("--mode", choices=("auto",) + MODES, default=None, help="shorthand for -p mode:=MODE")
     p.add_argument("--namespace", default=None, help="node namespace (remaps every relative topic)")
-    p.add_argument("ros_args", nargs=argparse.REMAINDER, help="further ROS arguments after --ros-args")
+    p.add_argument("ros_args", nargs=argparse.REMAINDER,
+                   help="further ROS arguments: `--ros-args -p threshold:=3 -r image:=/cam/image ...` (or after --)")
     p.set_defaults(func=_run_node)
 
     p = sub.add_parser("demo", help="generate a simulated cutting cell, train a lite model, evaluate it")
@@ -142,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_ros_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``argv`` cut at the first ``--ros-args``: (what argparse reads, the ROS arguments). argparse cannot read ROS
+    arguments itself (``--ros-args`` is no option of its, and ``--params-file`` after it is ROS's, not cmdr's)."""
+    argv = list(argv)
+    if "--ros-args" not in argv:
+        return argv, []
+    i = argv.index("--ros-args")
+    return argv[:i], argv[i:]
+
+
 def node_argv(args: argparse.Namespace) -> list[str]:
     """The node's argv: the shorthands as ROS arguments, then what followed ``--`` (``--`` and ``--ros-args``
     dropped: rclpy stops reading ROS arguments at a ``--``)."""
@@ -173,7 +184,12 @@ def _run_node(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv, ros_args = split_ros_args(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if ros_args:
+        if args.verb != "node":
+            parser.error(f"--ros-args: only `cmdr node` takes ROS arguments (not `cmdr {args.verb}`)")
+        args.ros_args = [*args.ros_args, *ros_args]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     single_threaded_blas()
     try:

@@ -425,6 +425,9 @@ class InspectionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._guarded("shutdown", self._shutdown, state)
+
+    def _shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.stop_and_settle("shutdown", "the node shut down before this part was judged")
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
