@@ -16,7 +16,7 @@ import pytest
 from cmdr_ros.audit.backends import AuditError, open_backend
 from cmdr_ros.audit.spool import Spool
 from cmdr_ros.audit.store import AuditStore
-from test_audit_store import WAIT, FlakyOpener, row, stored, wait_until
+from test_audit_store import WAIT, FlakyOpener, GatedBackend, row, stored, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,20 +83,8 @@ def test_a_row_spooled_while_its_write_is_in_flight_ends_in_the_store_once(tmp_p
     row leaves the spool again instead of being drained a second time."""
     db, spool_path = str(tmp_path / "a.db"), str(tmp_path / "spool.db")
     gate, writing = threading.Event(), threading.Event()
-
-    class Slow:
-        def __init__(self, backend):
-            self.backend = backend
-
-        def __getattr__(self, name):
-            return getattr(self.backend, name)
-
-        def insert(self, rows):
-            writing.set()
-            gate.wait(60)
-            self.backend.insert(rows)
-
-    store = AuditStore(db, timeout_s=0.2, opener=lambda target: Slow(open_backend(target)), spool=Spool(spool_path))
+    store = AuditStore(db, timeout_s=0.2, opener=lambda target: GatedBackend(open_backend(target), gate, writing),
+                       spool=Spool(spool_path))
     try:
         first = []
         caller = threading.Thread(target=lambda: first.append(store.record(row(1))))

@@ -16,6 +16,21 @@ from cmdr_ros.audit.store import AuditStore
 WAIT = 30.0
 
 
+class GatedBackend:
+    """A backend whose inserts hang until ``gate`` opens (a write in flight past audit.timeout); ``writing`` is set
+    when one begins."""
+
+    def __init__(self, backend, gate: threading.Event, writing: threading.Event | None = None):
+        self.backend, self.gate, self.writing = backend, gate, writing or threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def insert(self, rows):
+        self.writing.set()
+        self.gate.wait(60)
+        self.backend.insert(rows)
+
 def row(seq: int, run_id: str = "run", decision: str = "reject", **values) -> dict:
     v = {"schema": "2", "seq": str(seq), "stamp": f"{seq}.000000001", "decision": decision, "judged": "true",
          "score": f"{seq / 10:.6f}", "threshold": "1.000000", "mode": "rgbd", "model_id": "abc",
@@ -291,19 +306,7 @@ def test_a_slow_store_publishes_late_instead_of_waiting(tmp_path):
     a write has been hanging longer than that, later decisions do not wait at all; the rows land when it returns."""
     db = str(tmp_path / "a.db")
     gate = threading.Event()
-
-    class Slow:
-        def __init__(self, backend):
-            self.backend = backend
-
-        def __getattr__(self, name):
-            return getattr(self.backend, name)
-
-        def insert(self, rows):
-            gate.wait(60)
-            self.backend.insert(rows)
-
-    store = AuditStore(db, timeout_s=0.2, opener=lambda target: Slow(open_backend(target)))
+    store = AuditStore(db, timeout_s=0.2, opener=lambda target: GatedBackend(open_backend(target), gate))
     try:
         assert store.record(row(1)) is False  # not committed within 0.2 s: published anyway
         wait_until(lambda: store._busy_since is not None and time.monotonic() - store._busy_since > 0.2,
