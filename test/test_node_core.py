@@ -555,6 +555,7 @@ def test_a_decision_waits_for_its_late_part_id_without_holding_anyone_back():
     sent: list[Any] = []
     engine.outlet.pubs["result"].publish = lambda msg: sent.append(
         {kv.key: kv.value for kv in msg.status[0].values})
+    engine.part_ids.add(header(900, frame_id="EARLIER"))  # this cell publishes part ids
     t0 = time.monotonic()
     assert engine.decide(part(1), Verdict(True, "pass", 1.0, score=0.5))
     assert engine.decide(part(2), Verdict(True, "pass", 1.0, score=0.5))
@@ -581,6 +582,18 @@ def test_without_part_ids_nothing_is_counted_and_no_wait_with_zero():
     engine, _ = engine_with(Store(), {"part_id.wait": 0.0})
     assert engine.decide(part(1), Verdict(True, "pass", 1.0, score=0.5)) and engine.flush(5)
     assert engine.counters()["no_part_id"] == 0  # this cell publishes no part ids
+
+
+def test_a_cell_that_sent_no_part_id_yet_waits_for_none():
+    engine, _ = engine_with(Store(), {"part_id.wait": 5.0})
+    t0 = time.monotonic()
+    assert engine.decide(part(1), Verdict(True, "pass", 1.0, score=0.5)) and engine.flush(10)
+    assert time.monotonic() - t0 < 4.0  # published without the 5 s wait
+    engine.part_ids.add(header(900, frame_id="FIRST"))  # from its first id on, decisions wait for theirs
+    engine.param = {**PARAMS, "part_id.wait": 0.3}.get
+    t0 = time.monotonic()
+    assert engine.decide(part(2), Verdict(True, "pass", 1.0, score=0.5)) and engine.flush(10)
+    assert time.monotonic() - t0 >= 0.25 and engine.counters()["no_part_id"] == 1
 
 
 def test_trigger_mode_gives_each_trigger_exactly_one_decision():

@@ -196,10 +196,12 @@ class DecisionEngine:
     def _part_id(self, part: Part, slop: float, deadline: float, untaken: bool = False) -> str | None:
         """The id of ``part`` (stamps within ``slop``), waited for until ``deadline`` (time.monotonic(): the
         decision's time plus part_id.wait) on the outbox thread: the decision keeps its number, its publication (and
-        the later ones') waits. A part without id is counted once the node has received part ids at all."""
+        the later ones') waits. A cell that has sent no part id yet waits for none (its decisions go out at once);
+        a part without id is counted once the node has received part ids at all."""
         if part.part_id is not None or part.header is None:
             return part.part_id
-        part_id = self.part_ids.wait_near(part.header, slop, deadline - time.monotonic(), untaken)
+        wait = deadline - time.monotonic() if self.part_ids.seen else 0.0
+        part_id = self.part_ids.wait_near(part.header, slop, wait, untaken)
         if part_id is None and self.part_ids.seen:
             self.count("no_part_id")
         return part_id
