@@ -29,7 +29,7 @@ setup(
     entry_points={
         "console_scripts": [
             "cmdr = cmdr_ros.cli.main:main",
-            "inspection_node = cmdr_ros.ros.inspection_node:main",
+            "inspection_node = cmdr_ros.ros.node.inspection_node:main",
         ],
     },
 )

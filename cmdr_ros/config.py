@@ -13,7 +13,7 @@ from typing import Any
 from cmdr_ros import CmdrError
 
 # The one mode table: the modalities each mode feeds the model. Every layer asks it (``uses``, ``cross_modal``,
-# the ROS inputs in ``cmdr_ros.ros.frames.input_names``) instead of re-reading the mode strings.
+# the ROS inputs in ``cmdr_ros.ros.conversions.frames.input_names``) instead of re-reading the mode strings.
 MODALITIES: dict[str, tuple[str, ...]] = {"rgbd": ("2d", "3d"), "3d": ("3d",), "2d": ("2d",)}
 MODES = tuple(MODALITIES)
 

@@ -3,7 +3,7 @@
 This module owns the decision rule (``reject when score >= threshold``, :func:`is_reject`), the checks that make
 a frame judgeable, and the fail-safe: whatever cannot be judged gets ``settings.on_error`` as its decision, never a
 pass out of doubt. The node, ``cmdr bag eval``, ``cmdr bag to-dataset`` and ``cmdr predict`` all judge through it
-(the ROS side adds message decoding and alignment in ``cmdr_ros.ros.frame_judge``).
+(the ROS side adds message decoding and alignment in ``cmdr_ros.ros.node.frame_judge``).
 
 Not-judged causes (``Verdict.kind``): ``bad_input`` (refused by preprocessing or the model), ``ConversionError``
 (malformed message), ``degraded`` (coverage or valid ratio below the minimum), ``implausible`` (coordinates beyond
@@ -71,7 +71,7 @@ class JudgeSettings:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> JudgeSettings:
-        """From the node's parameter values (``cmdr_ros.ros.parameters``); absent names keep their defaults."""
+        """From the node's parameter values (``cmdr_ros.ros.node.parameters``); absent names keep their defaults."""
         return cls(**{k: params[k] for k in ("on_error", "min_valid_ratio", "min_coverage", "max_range")
                       if k in params})
 

@@ -131,7 +131,7 @@ def params_for(path: str, name: str) -> str:
 def input_settings(values: dict, params_file: str, name: str) -> tuple[str, str]:
     """input.reliability and input.image_transport as the node called ``name`` will have them: the launch argument,
     else ``params_file``'s value for it, else the node's default."""
-    from cmdr_ros.ros.parameters import PARAMETERS, read_params_file
+    from cmdr_ros.ros.node.parameters import PARAMETERS, read_params_file
 
     given = parameter_overrides(values)
     keys = ("input.reliability", "input.image_transport")

@@ -217,11 +217,11 @@ class RosSide:
 
 
 class NodeProcess:
-    """``python -m cmdr_ros.ros.inspection_node`` with parameters, its stdout/stderr captured to files."""
+    """``python -m cmdr_ros.ros.node.inspection_node`` with parameters, its stdout/stderr captured to files."""
 
     def __init__(self, tmp: Path, domain_id: int, params: dict[str, Any], params_file: Path | None = None,
                  ros_args: tuple[str, ...] = ()) -> None:
-        args = [sys.executable, "-m", "cmdr_ros.ros.inspection_node", "--ros-args", *ros_args]
+        args = [sys.executable, "-m", "cmdr_ros.ros.node.inspection_node", "--ros-args", *ros_args]
         if params_file is not None:
             args += ["--params-file", str(params_file)]
         for k, v in params.items():

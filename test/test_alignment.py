@@ -6,8 +6,8 @@ from std_msgs.msg import Header
 from cmdr_ros.geometry import make_transform
 from cmdr_ros.judge import NotJudgeable
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
-from cmdr_ros.ros.frame_judge import FrameJudge
-from cmdr_ros.ros.frames import assemble_frame
+from cmdr_ros.ros.node.frame_judge import FrameJudge
+from cmdr_ros.ros.conversions.frames import assemble_frame
 from node_harness import cell_camera_info, cell_frame
 
 IDENTITY = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
@@ -85,7 +85,7 @@ def test_frame_judge_from_params_uses_extrinsics_only_when_given(part):
 
 
 def test_whole_numbers_are_taken_for_float_parameters():
-    from cmdr_ros.ros.parameters import check, coerce, node_params
+    from cmdr_ros.ros.node.parameters import check, coerce, node_params
 
     assert coerce("threshold", 3) == 3.0 and type(coerce("threshold", 3)) is float
     assert coerce("extrinsics", [0, 0, 0, 0, 0, 0, 1]) == IDENTITY
@@ -98,7 +98,7 @@ def test_whole_numbers_are_taken_for_float_parameters():
 
 def test_projection_parameter_chooses_k_and_d_or_p():
     """raw: K + distortion D (an image_raw); rectified: P without distortion (an image_rect); auto: P when D is zero."""
-    from cmdr_ros.ros.frames import camera_model
+    from cmdr_ros.ros.conversions.frames import camera_model
 
     info = cell_camera_info()
     k = np.array(info.k).reshape(3, 3)

@@ -229,7 +229,7 @@ def test_the_spool_reports_what_it_cannot_do(tmp_path):
 def test_audit_status_reports_the_spool():
     from diagnostic_msgs.msg import DiagnosticStatus
 
-    from cmdr_ros.ros.node_status import audit_status
+    from cmdr_ros.ros.node.status import audit_status
 
     h = {"written": 7, "failures": 2, "dropped": 0, "late": 0, "deferred": 5, "reopened": 0, "backlog": 5,
          "healthy": False, "last_error": "connection refused", "last_write_ms": 1.0, "target": "postgresql://db",
@@ -273,7 +273,7 @@ def test_spool_cost_and_drain_rate_are_reported(backend, tmp_path, request):
 
 
 def test_the_spool_parameter_takes_a_file_path_only():
-    from cmdr_ros.ros.parameters import PARAMETERS, check
+    from cmdr_ros.ros.node.parameters import PARAMETERS, check
 
     assert PARAMETERS["audit.spool"][0] == ""
     assert check("audit.spool", "/var/log/cmdr/spool.db") is None and check("audit.spool", "") is None

@@ -28,7 +28,7 @@ from cmdr_ros.ros.bags import (METADATA_VERSION, BagWriter, bag_from_dataset, ev
 from cmdr_ros.ros.conversions import (array_to_image, camera_info_to_dict, image_to_array, image_to_rgb,
                                       make_header, pointcloud2_fields, pointcloud2_to_xyz, xyz_to_pointcloud2)
 from cmdr_ros.ros.topics import RECORDED
-from cmdr_ros.ros.typed_decision import AVAILABLE as TYPED_AVAILABLE
+from cmdr_ros.ros.node.typed_decision import AVAILABLE as TYPED_AVAILABLE
 
 NS = 1_000_000_000
 START = 1_700_000_000 * NS

@@ -9,7 +9,7 @@ import math
 
 from cmdr_ros.cli.main import main
 from cmdr_ros.config import preset
-from cmdr_ros.ros.bench_judge import STAGES, build_detector
+from cmdr_ros.ros.bench.judge_path import STAGES, build_detector
 from domains import new_domain
 
 
@@ -120,7 +120,7 @@ def test_bench_compressed_image_is_what_compressed_image_transport_sends():
     import numpy as np
     from std_msgs.msg import Header
 
-    from cmdr_ros.ros.bench_node import compressed_image
+    from cmdr_ros.ros.bench.node import compressed_image
     from cmdr_ros.ros.conversions import array_to_image, compressed_image_to_rgb
 
     rgb = np.zeros((32, 48, 3), np.uint8)

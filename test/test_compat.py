@@ -12,7 +12,7 @@ from rcl_interfaces.msg import SetParametersResult  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
 from cmdr_ros.ros import compat  # noqa: E402
-from cmdr_ros.ros.parameters import coerce_parameters  # noqa: E402
+from cmdr_ros.ros.node.parameters import coerce_parameters  # noqa: E402
 from domains import new_domain  # noqa: E402
 
 

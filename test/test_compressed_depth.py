@@ -11,7 +11,7 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
 from cmdr_ros.ros.conversions import ConversionError, depth_image_to_metres, depth_image_to_xyz
 from cmdr_ros.ros.conversions.images import decode_rvl
-from cmdr_ros.ros.node_io import input_topics
+from cmdr_ros.ros.node.wiring import input_topics
 from compressed_depth import compressed_depth, inverse_depth, rvl_compress
 
 RNG = np.random.default_rng(23)

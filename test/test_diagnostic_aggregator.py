@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from cmdr_ros.ros.node_status import status_name
-from cmdr_ros.ros.parameters import NODE_NAME
+from cmdr_ros.ros.node.status import status_name
+from cmdr_ros.ros.node.parameters import NODE_NAME
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "diagnostic_aggregator.yaml"
 MATCHERS = ("expected", "name", "startswith", "contains", "regex", "find_and_remove_prefix")

@@ -113,7 +113,7 @@ def test_cli_export_then_predict_on_onnx(parts, tmp_path, capsys):
 
 
 def test_the_node_takes_device_onnx():
-    from cmdr_ros.ros.parameters import check
+    from cmdr_ros.ros.node.parameters import check
 
     assert check("device", "onnx") is None and "or onnx" in check("device", "tpu")
 

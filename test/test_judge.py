@@ -10,7 +10,7 @@ import pytest
 from cmdr_ros import CmdrError
 from cmdr_ros.judge import Judge, JudgeSettings, NotJudgeable, is_reject
 from cmdr_ros.model.detector import Prediction
-from cmdr_ros.ros.parameters import PARAMETERS, check, defaults, read_params_file
+from cmdr_ros.ros.node.parameters import PARAMETERS, check, defaults, read_params_file
 
 GOOD_XYZ = np.dstack([*np.meshgrid(np.linspace(-0.05, 0.05, 32), np.linspace(-0.05, 0.05, 32)),
                      np.full((32, 32), 0.4)]).astype(np.float32)

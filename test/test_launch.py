@@ -71,7 +71,7 @@ def _launch(path, **given):
 
 def test_inspection_launch_leaves_the_params_file_alone(fake_launch):
     pytest.importorskip("rclpy")
-    from cmdr_ros.ros.inspection_node import PARAMETERS
+    from cmdr_ros.ros.node.inspection_node import PARAMETERS
 
     declared, actions = _launch(REPO / "launch" / "inspection.launch.py")
     assert {"mode", "checkpoint", "params_file", "device", "threshold", "namespace", "image", "points",
@@ -79,7 +79,7 @@ def test_inspection_launch_leaves_the_params_file_alone(fake_launch):
     (node,) = actions  # no RViz by default
     assert type(node).__name__ == "LifecycleNode"
     assert node.kwargs["executable"] == "inspection_node" and node.kwargs["name"] == "cmdr_inspection"
-    assert "inspection_node = cmdr_ros.ros.inspection_node:main" in (REPO / "setup.py").read_text()
+    assert "inspection_node = cmdr_ros.ros.node.inspection_node:main" in (REPO / "setup.py").read_text()
     params_file, overrides = node.kwargs["parameters"]
     assert params_file.endswith("config/inspection.yaml")
     assert overrides == {}, "a launch argument the user did not give overrides the cell's params file"
@@ -159,7 +159,7 @@ def test_replay_launch_plays_when_the_node_is_active_on_sim_time(fake_launch):
 
 def test_inspection_launch_arguments_for_every_input_and_choice(fake_launch, tmp_path):
     """depth and part_id remaps, image transport, cloud input, node name, namespace, log level, respawn."""
-    from cmdr_ros.ros.parameters import read_params_file
+    from cmdr_ros.ros.node.parameters import read_params_file
 
     declared, (node,) = _launch(
         REPO / "launch" / "inspection.launch.py", depth="/cam/depth/image_rect_raw", part_id="/plc/part",
@@ -257,7 +257,7 @@ def test_params_file_matches_node_parameters():
     pytest.importorskip("rclpy")
     import yaml
 
-    from cmdr_ros.ros.inspection_node import PARAMETERS
+    from cmdr_ros.ros.node.inspection_node import PARAMETERS
 
     doc = yaml.safe_load((REPO / "config" / "inspection.yaml").read_text())
     params = doc["/**/cmdr_inspection"]["ros__parameters"]

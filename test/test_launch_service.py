@@ -107,7 +107,7 @@ def ament_prefix(root: Path) -> Path:
     (share / "package.xml").symlink_to(REPO / "package.xml")
     exe = prefix / "lib" / "cmdr_ros" / "inspection_node"
     exe.parent.mkdir(parents=True)
-    exe.write_text(f"#!{sys.executable}\nimport sys\nfrom cmdr_ros.ros.inspection_node import main\nsys.exit(main())\n")
+    exe.write_text(f"#!{sys.executable}\nimport sys\nfrom cmdr_ros.ros.node.inspection_node import main\nsys.exit(main())\n")
     exe.chmod(0o755)
     return prefix
 

@@ -118,7 +118,7 @@ def test_docs_recipe_params(tmp_path):
     assert float(params["bond_timeout"]) == 0.0 and params["autostart"] is True
     assert params["node_names"] == ["cmdr_inspection"]
     node = docs_yaml("autostart: false")
-    from cmdr_ros.ros.parameters import read_params_file
+    from cmdr_ros.ros.node.parameters import read_params_file
 
     path = tmp_path / "node.yaml"
     path.write_text(yaml.safe_dump(node))

@@ -24,11 +24,11 @@ from sensor_msgs.msg import Image
 
 from cmdr_ros import CmdrError
 from cmdr_ros.judge import Verdict
-from cmdr_ros.ros.decisions import Part
-from cmdr_ros.ros.engine import DecisionEngine, Outlet
-from cmdr_ros.ros.model_swap import (MARGIN_BYTES, ModelSwap, available_bytes, model_bytes, room_problem,
+from cmdr_ros.ros.node.queues import Part
+from cmdr_ros.ros.node.engine import DecisionEngine, Outlet
+from cmdr_ros.ros.node.model_swap import (MARGIN_BYTES, ModelSwap, available_bytes, model_bytes, room_problem,
                                      same_inputs_problem, swap_need)
-from cmdr_ros.ros.parameters import check_set
+from cmdr_ros.ros.node.parameters import check_set
 
 PARAMS = {"on_error": "reject", "output.heatmap_alpha": 0.5, "output.heatmap_max": 0.0, "sync.slop": 0.05,
           "audit.timeout": 1.0}
@@ -325,7 +325,7 @@ def test_checkpoint_is_no_longer_read_at_configure_only():
 
 
 def test_bag_eval_names_the_model_of_its_judge():
-    from cmdr_ros.ros.frame_judge import FrameJudge
+    from cmdr_ros.ros.node.frame_judge import FrameJudge
     from cmdr_ros.judge import Judge
 
     det = SimpleNamespace(model_id="cafe00000001", threshold=1.0, config=SimpleNamespace(mode="2d"))
@@ -468,7 +468,7 @@ def _model_ids(results: list[dict[str, str]]) -> list[str]:
 class TestSwapOverDds:
     def test_param_set_swaps_between_two_parts_in_a_10hz_stream(self, ros, swap_node, frames, ckpts, running):
         from node_harness import audit_rows
-        from cmdr_ros.ros.typed_decision import AVAILABLE
+        from cmdr_ros.ros.node.typed_decision import AVAILABLE
 
         new_id = small_model_id(ckpts["b"])
         sent, (ok, reason), rss = _stream_across(ros, swap_node, frames,

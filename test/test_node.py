@@ -19,7 +19,7 @@ from std_msgs.msg import Header
 
 from cmdr_ros.judge import is_reject
 from cmdr_ros.ros.conversions import image_to_array, pointcloud2_fields, xyz_to_pointcloud2
-from cmdr_ros.ros.outputs import RESULT_KEYS, RESULT_SCHEMA_VERSION
+from cmdr_ros.ros.node.outputs import RESULT_KEYS, RESULT_SCHEMA_VERSION
 from node_harness import cell_camera_info, cell_frame, start_node, stamp_str, train_cell_model
 
 pytestmark = pytest.mark.slow

@@ -34,7 +34,7 @@ def test_cmdr_node_takes_ros_args_as_ros_executables_do(tmp_path):
 def test_cmdr_node_ros_args_reach_the_node(monkeypatch):
     """Through main() itself (today's 'unrecognized arguments: --ros-args'), up to the node's entry point."""
     pytest.importorskip("rclpy")
-    import cmdr_ros.ros.inspection_node as node_module
+    import cmdr_ros.ros.node.inspection_node as node_module
 
     seen = []
     monkeypatch.setattr(node_module, "main", lambda argv: seen.append(argv) or 0)
@@ -58,7 +58,7 @@ def test_a_failing_shutdown_is_reported_not_swallowed(monkeypatch):
     from rclpy.signals import SignalHandlerOptions
 
     from domains import new_domain
-    from cmdr_ros.ros.inspection_node import InspectionNode
+    from cmdr_ros.ros.node.inspection_node import InspectionNode
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=new_domain(), signal_handler_options=SignalHandlerOptions.NO)

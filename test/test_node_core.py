@@ -18,17 +18,17 @@ from std_msgs.msg import Bool, Float32, Header
 
 from cmdr_ros import CmdrError
 from cmdr_ros.judge import Judge, Verdict
-from cmdr_ros.ros.decisions import DecisionOutbox, Part, PartIds, WorkQueue
-from cmdr_ros.ros.engine import DecisionEngine, Outlet
-from cmdr_ros.ros.frame_judge import FrameJudge
-from cmdr_ros.ros.frames import Frame
-from cmdr_ros.ros.node_status import (DecisionStats, InputIdle, ThrottledLog, audit_status, faults, hardware_id,
+from cmdr_ros.ros.node.queues import DecisionOutbox, Part, PartIds, WorkQueue
+from cmdr_ros.ros.node.engine import DecisionEngine, Outlet
+from cmdr_ros.ros.node.frame_judge import FrameJudge
+from cmdr_ros.ros.conversions.frames import Frame
+from cmdr_ros.ros.node.status import (DecisionStats, InputIdle, ThrottledLog, audit_status, faults, hardware_id,
                                       incompatible_publishers, late_input_text, node_status, rate_and_latency,
                                       recent_faults, status_name)
-from cmdr_ros.ros.outputs import decision_messages, map_messages, result_values, wanted_outputs
-from cmdr_ros.ros.typed_decision import AVAILABLE as TYPED_AVAILABLE
-from cmdr_ros.ros.parameters import check_set, coerce_overrides, coerce_parameters, descriptor, refusal
-from cmdr_ros.ros.tf_source import NO_FALLBACK, tf_fallback, tf_lookup
+from cmdr_ros.ros.node.outputs import decision_messages, map_messages, result_values, wanted_outputs
+from cmdr_ros.ros.node.typed_decision import AVAILABLE as TYPED_AVAILABLE
+from cmdr_ros.ros.node.parameters import check_set, coerce_overrides, coerce_parameters, descriptor, refusal
+from cmdr_ros.ros.node.tf_source import NO_FALLBACK, tf_fallback, tf_lookup
 
 UNIT = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
 
@@ -658,7 +658,7 @@ def test_the_tf_fallback_is_said_as_it_is_when_the_lookup_fails():
 def test_a_map_that_cannot_be_drawn_still_lets_the_decision_out(monkeypatch):
     """Output maps are drawn on the decision path (e.g. a scan's top view, whose raster refuses collinear points):
     when drawing fails the part still gets its decision, without maps, and the caller (the inference thread) goes on."""
-    import cmdr_ros.ros.engine as engine_module
+    import cmdr_ros.ros.node.engine as engine_module
 
     store = Store()
     engine, published = engine_with(store)

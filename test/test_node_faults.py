@@ -37,8 +37,8 @@ from std_msgs.msg import Header
 from cmdr_ros import CmdrError
 from cmdr_ros.judge import Judge, JudgeSettings, NotJudgeable, is_reject
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
-from cmdr_ros.ros.parameters import check, defaults, read_params_file
-from cmdr_ros.ros.typed_decision import AVAILABLE as TYPED_AVAILABLE, UNAVAILABLE as TYPED_UNAVAILABLE
+from cmdr_ros.ros.node.parameters import check, defaults, read_params_file
+from cmdr_ros.ros.node.typed_decision import AVAILABLE as TYPED_AVAILABLE, UNAVAILABLE as TYPED_UNAVAILABLE
 from node_harness import (RESULT_S, CommitBeforePublish, NodeProcess, RosSide, cell_camera_info,
                           cell_frame, check_audit_has, stamp_ns, start_node, train_cell_model, values_of)
 
@@ -231,7 +231,7 @@ def _sparse_cloud(n: int) -> np.ndarray:
 
 
 def test_sparse_projected_cloud_is_degraded(part):
-    from cmdr_ros.ros.frame_judge import FrameJudge
+    from cmdr_ros.ros.node.frame_judge import FrameJudge
 
     det = StubDetector(score=0.1)
     fj = FrameJudge.from_params(det, defaults())
@@ -788,7 +788,7 @@ def _inprocess_node(ros: RosSide, checkpoint: str, wait_active: bool = True):
     from rclpy.parameter import Parameter
     from rclpy.signals import SignalHandlerOptions
 
-    from cmdr_ros.ros.inspection_node import InspectionNode
+    from cmdr_ros.ros.node.inspection_node import InspectionNode
 
     ros.clear()
     ctx = rclpy.Context()
@@ -893,7 +893,7 @@ def test_a_transition_that_raises_fails_cleanly_and_says_why(ros, models, frames
     transition created, reports it on /diagnostics (ERROR) and the transition fails: a later one can succeed."""
     from rclpy.lifecycle import TransitionCallbackReturn
 
-    from cmdr_ros.ros import inspection_node as node_module
+    from cmdr_ros.ros.node import inspection_node as node_module
 
     with _inprocess_node(ros, models["rgbd"]["checkpoint"]) as (node, _):
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
@@ -953,7 +953,7 @@ def test_diagnostics_faults_are_levels_not_decisions():
     import torch
 
     from cmdr_ros.config import preset
-    from cmdr_ros.ros.inspection_node import InspectionNode
+    from cmdr_ros.ros.node.inspection_node import InspectionNode
 
     params = {"diagnostics.stale_after": 2.0, "time_budget": 5.0, "diagnostics.window": 60.0, "sync.timeout": 1.0}
     node = SimpleNamespace(_p=params.get, _sync=object())

@@ -10,10 +10,10 @@ from sensor_msgs.msg import PointField
 from std_msgs.msg import Header
 
 from cmdr_ros.ros.conversions import image_to_array, pointcloud2_fields, xyz_to_pointcloud2
-from cmdr_ros.ros.frame_judge import FrameJudge, warm_up
-from cmdr_ros.ros.outputs import decision_messages, map_messages, result_values
-from cmdr_ros.ros.typed_decision import AVAILABLE as TYPED_AVAILABLE
-from cmdr_ros.ros.parameters import node_params
+from cmdr_ros.ros.node.frame_judge import FrameJudge, warm_up
+from cmdr_ros.ros.node.outputs import decision_messages, map_messages, result_values
+from cmdr_ros.ros.node.typed_decision import AVAILABLE as TYPED_AVAILABLE
+from cmdr_ros.ros.node.parameters import node_params
 from cmdr_ros.ros.topics import MAPS
 from cmdr_ros.visualization import scan_maps
 from node_harness import scan_points, start_node, stamp_str, train_scan_model

@@ -365,7 +365,7 @@ def test_installed_package_is_what_runs(workspace):
     assert workspace["build"].returncode == 0, _show(workspace["build"])
     env = _installed_env(workspace)
     probe = _run([sys.executable, "-c",
-                  "import importlib.metadata as md, cmdr_ros.cli.main as c, cmdr_ros.ros.inspection_node as n\n"
+                  "import importlib.metadata as md, cmdr_ros.cli.main as c, cmdr_ros.ros.node.inspection_node as n\n"
                   "print(c.__file__); print(n.__file__); print(md.distribution('cmdr-ros').locate_file(''))"],
                  workspace["ws"], env, timeout=120)
     assert probe.returncode == 0, _show(probe)

@@ -20,8 +20,8 @@ from cmdr_ros.model.checkpoint import load_checkpoint
 from cmdr_ros.ros.bags import BagWriter, eval_bag, open_bag, play_bag, read_messages
 from cmdr_ros.ros.bags.tf import tf_message
 from cmdr_ros.ros.conversions import array_to_image, make_header, xyz_to_pointcloud2
-from cmdr_ros.ros.parameters import read_params_file
-from cmdr_ros.ros.typed_decision import AVAILABLE as TYPED_AVAILABLE
+from cmdr_ros.ros.node.parameters import read_params_file
+from cmdr_ros.ros.node.typed_decision import AVAILABLE as TYPED_AVAILABLE
 from node_harness import (NS, PROFILE_RESOLUTION, cell_camera_info, cell_frame, profile_cloud,
                           start_node, stamp_ns, train_cell_model, values_of)
 

@@ -32,7 +32,7 @@ def test_package_uses_only_what_each_distribution_has(api):
 
 def test_the_check_reads_the_node_the_cli_and_the_launch_files():
     names = {str(p.relative_to(REPO)) for p in package_files()}
-    assert {"cmdr_ros/ros/inspection_node.py", "cmdr_ros/ros/compat.py", "cmdr_ros/cli/demo.py",
+    assert {"cmdr_ros/ros/node/inspection_node.py", "cmdr_ros/ros/compat.py", "cmdr_ros/cli/demo.py",
             "launch/inspection.launch.py", "launch/replay.launch.py", "test/node_harness.py"} <= names
 
 

@@ -1,4 +1,4 @@
-"""Tests of cmdr_ros.ros.sync: the approximate-time policy against hand-worked stamps and against a transcription
+"""Tests of cmdr_ros.ros.node.sync: the approximate-time policy against hand-worked stamps and against a transcription
 of the ros2/message_filters reference, the message_filters wiring (with a stand-in module), and one real-DDS run."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from cmdr_ros import CmdrError
-from cmdr_ros.ros.sync import ApproximateTimePolicy, InputLateness, make_synchronizer
+from cmdr_ros.ros.node.sync import ApproximateTimePolicy, InputLateness, make_synchronizer
 
 MS = 1_000_000  # nanoseconds per millisecond
 

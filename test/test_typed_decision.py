@@ -18,7 +18,7 @@ import pytest
 from std_msgs.msg import Header
 
 from cmdr_ros.judge import Verdict
-from cmdr_ros.ros import typed_decision as td
+from cmdr_ros.ros.node import typed_decision as td
 
 REPO = Path(__file__).resolve().parents[1]
 MSG_DIR = REPO / "tools" / "vision_msgs" / "msg"
@@ -73,7 +73,7 @@ def test_vision_info_names_the_model():
 
 @needs_vision_msgs
 def test_decision_messages_and_result_agree():
-    from cmdr_ros.ros.outputs import decision_messages, result_values
+    from cmdr_ros.ros.node.outputs import decision_messages, result_values
 
     verdict = Verdict(False, "pass", 1.0, kind="timeout", reason="late")
     values = result_values(None, verdict, None, seq=3, mode="rgbd", model_id="m", inputs="image")
@@ -149,8 +149,9 @@ def no_vision_msgs(tmp_path) -> dict[str, str]:
 def test_without_vision_msgs_the_typed_outputs_are_off(no_vision_msgs):
     code = """
 from cmdr_ros.judge import Verdict
-from cmdr_ros.ros import node_io, topics, typed_decision as td
-from cmdr_ros.ros.outputs import decision_messages, result_values
+from cmdr_ros.ros import topics
+from cmdr_ros.ros.node import typed_decision as td, wiring as node_io
+from cmdr_ros.ros.node.outputs import decision_messages, result_values
 assert not td.AVAILABLE and "vision_msgs is not installed" in td.UNAVAILABLE and td.STATUS.startswith("off")
 assert "decision" not in topics.OUTPUT_TYPES and "vision_info" not in topics.OUTPUT_TYPES
 v = Verdict(True, "reject", 1.0, score=2.0)

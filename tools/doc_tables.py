@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 def tables() -> list[tuple[Path, Callable[[], str]]]:
     """(page, generator) of every generated table; each table starts with its generator's header line."""
     from cmdr_ros.audit.schema import markdown_table as audit_table
-    from cmdr_ros.ros.outputs import result_schema_markdown
-    from cmdr_ros.ros.parameters import markdown_table as parameter_table
+    from cmdr_ros.ros.node.outputs import result_schema_markdown
+    from cmdr_ros.ros.node.parameters import markdown_table as parameter_table
 
     node = REPO / "docs" / "node.md"
     return [(node, parameter_table), (node, result_schema_markdown), (REPO / "docs" / "audit.md", audit_table)]

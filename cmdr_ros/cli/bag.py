@@ -128,7 +128,7 @@ def run_play(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from cmdr_ros.model.checkpoint import load_checkpoint
     from cmdr_ros.ros.bags import eval_bag
-    from cmdr_ros.ros.parameters import read_params_file
+    from cmdr_ros.ros.node.parameters import read_params_file
 
     bag = Path(args.bag)
     out = Path(args.out) if args.out else bag.with_name(f"{bag.stem if bag.is_file() else bag.name}_eval")
@@ -153,7 +153,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_to_dataset(args: argparse.Namespace) -> int:
     from cmdr_ros.ros.bags import bag_to_dataset, bag_to_scans
-    from cmdr_ros.ros.parameters import read_params_file
+    from cmdr_ros.ros.node.parameters import read_params_file
 
     params = read_params_file(args.params_file) if args.params_file else None
     if args.scans:

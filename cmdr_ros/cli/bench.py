@@ -1,9 +1,9 @@
 """``cmdr bench``: how fast a part is judged.
 
 * ``bench``: latency per stage of the judge path in this process, on synthetic or recorded frames
-  (``cmdr_ros.ros.bench_judge``);
+  (``cmdr_ros.ros.bench.judge_path``);
 * ``bench node``: the inspection node as a separate process fed over DDS at a fixed rate: throughput,
-  publish -> ~/result latency, fail-safe decisions, memory (``cmdr_ros.ros.bench_node``).
+  publish -> ~/result latency, fail-safe decisions, memory (``cmdr_ros.ros.bench.node``).
 
 torch and rclpy are imported by the handlers only, so ``cmdr --help`` stays fast.
 """
@@ -77,7 +77,7 @@ def run_model(args: argparse.Namespace) -> int:
     _check(args.size >= 64 or args.data is not None, f"--size {args.size}: at least 64 pixels")
     _check(args.warmup >= 0 and args.repeat >= 1, "--warmup must be >= 0 and --repeat >= 1")
     _check(args.threads >= 1, "--threads must be >= 1")
-    from cmdr_ros.ros.bench_judge import format_table, run_bench  # noqa: PLC0415 - torch only when run
+    from cmdr_ros.ros.bench.judge_path import format_table, run_bench  # noqa: PLC0415 - torch only when run
 
     presets = ["lite", "paper"] if args.preset == "all" else [args.preset]
     modes = ["2d", "3d", "rgbd"] if args.mode == "all" else [args.mode]  # lightest first
@@ -91,7 +91,7 @@ def run_node(args: argparse.Namespace) -> int:
     _check(args.size >= 64, f"--size {args.size}: at least 64 pixels")
     _check(args.rate > 0 and args.seconds > 0, "--rate and --seconds must be > 0")
     _check(all(":=" in p for p in args.param), "-p takes NAME:=VALUE")
-    from cmdr_ros.ros.bench_node import format_report, run_node_bench  # noqa: PLC0415 - rclpy only when run
+    from cmdr_ros.ros.bench.node import format_report, run_node_bench  # noqa: PLC0415 - rclpy only when run
 
     report = run_node_bench(args.checkpoint, args.mode, args.rate, args.seconds, args.size, args.device,
                             args.param, outputs=not args.no_outputs, data=args.data,

@@ -44,7 +44,7 @@ def _start_node(checkpoint: Path, device: str, log_path: Path, remaps: dict[str,
     # the cell defaults judge every part; sync.timeout is raised because Fast DDS on loopback was measured to deliver
     # a large image 1-3 s late at times: with the default 1 s such a part would get the fail-safe 'unmatched' reject
     params = {"checkpoint": checkpoint, "device": device, "sync.timeout": 5.0, **(params or {})}
-    cmd = [sys.executable, "-m", "cmdr_ros.ros.inspection_node", "--ros-args"]
+    cmd = [sys.executable, "-m", "cmdr_ros.ros.node.inspection_node", "--ros-args"]
     cmd += [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
     cmd += [a for k, v in remaps.items() for a in ("-r", f"{k}:={v}")]
     log = open(log_path, "w")  # noqa: SIM115 - lives as long as the node process

@@ -177,7 +177,7 @@ def _print_dds_profile(_: argparse.Namespace) -> int:
 
 
 def _run_node(args: argparse.Namespace) -> int:
-    from cmdr_ros.ros.inspection_node import main as node_main  # noqa: PLC0415 - rclpy only for this verb
+    from cmdr_ros.ros.node.inspection_node import main as node_main  # noqa: PLC0415 - rclpy only for this verb
 
     return node_main(node_argv(args))
 

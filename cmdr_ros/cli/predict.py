@@ -26,7 +26,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise CmdrError("give --rgb and/or --xyz (or --scan for a paper3d/lite3d model)")
     params: dict = {}
     if args.params_file:
-        from cmdr_ros.ros.parameters import read_params_file  # the node's parameter file: its judging settings
+        from cmdr_ros.ros.node.parameters import read_params_file  # the node's parameter file: its judging settings
 
         params = read_params_file(args.params_file)
     threshold = args.threshold if args.threshold is not None else params.get("threshold", -1.0)

@@ -9,7 +9,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Bool, Float32
 
-from cmdr_ros.ros.typed_decision import TYPES as TYPED_TYPES
+from cmdr_ros.ros.node.typed_decision import TYPES as TYPED_TYPES
 
 NODE_NAME = "cmdr_inspection"
 

@@ -21,7 +21,7 @@ from cmdr_ros.ros.bags.read import _check_type, _connections, message_class, ope
 from cmdr_ros.ros.bags.record import _NS, BagWriter
 from cmdr_ros.ros.bags.tf import bag_tf_lookup, read_tf, tf_summary
 from cmdr_ros.ros.conversions import stamp_ns
-from cmdr_ros.ros.frames import input_names
+from cmdr_ros.ros.conversions.frames import input_names
 from cmdr_ros.ros.topics import PART_ID, PROFILER, RECORDED, output_topic
 
 
@@ -121,7 +121,7 @@ class _Evaluation:
 
     def orphan(self, index: int, msg: Any, why: str) -> None:
         """An input without partner (the synchronizer dropped it, or it still waited at the end of the bag)."""
-        from cmdr_ros.ros.frame_judge import unmatched_reason
+        from cmdr_ros.ros.node.frame_judge import unmatched_reason
 
         name = self.inputs[index]
         verdict = self.judge.judge_.not_judged(*unmatched_reason(name, self.inputs, why,
@@ -136,8 +136,8 @@ class _Evaluation:
         from std_msgs.msg import Bool, Float32
 
         from cmdr_ros.ros.conversions import array_to_image
-        from cmdr_ros.ros.outputs import heatmap_image, result_array, scan_cloud
-        from cmdr_ros.ros.typed_decision import classification
+        from cmdr_ros.ros.node.outputs import heatmap_image, result_array, scan_cloud
+        from cmdr_ros.ros.node.typed_decision import classification
 
         self.seq += 1
         part_id = self.aux.part_ids.nearest(stamp, self.slop_ns)  # the node's rule: nearest stamp within sync.slop
@@ -250,7 +250,7 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
              write_images: bool = True, progress: bool = False) -> dict[str, Any]:
     """Run ``detector`` over a bag offline, judging every part exactly as the node would, without DDS.
 
-    ``params``: the node's parameter values (``cmdr_ros.ros.parameters.read_params_file``; default: the node's
+    ``params``: the node's parameter values (``cmdr_ros.ros.node.parameters.read_params_file``; default: the node's
     defaults): the same ``FrameJudge`` (alignment with the bag's own /tf and /tf_static at the cloud's stamp when
     ``use_tf`` is on, as the node's tf2 listener hears them, else ``extrinsics``; ``raster_resolution``, ``on_error``,
     minimum coverage / valid ratio, ``max_range``, threshold) and the synchronizer's ``sync.queue_size`` /
@@ -274,9 +274,9 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     from tqdm import tqdm
 
     from cmdr_ros.metrics import METRIC_KEYS, format_table
-    from cmdr_ros.ros.frame_judge import FrameJudge, judges_scans
-    from cmdr_ros.ros.parameters import node_params
-    from cmdr_ros.ros.sync import ApproximateTimePolicy
+    from cmdr_ros.ros.node.frame_judge import FrameJudge, judges_scans
+    from cmdr_ros.ros.node.parameters import node_params
+    from cmdr_ros.ros.node.sync import ApproximateTimePolicy
 
     bag, out = Path(bag), Path(out)
     params = node_params(params, {"sync.slop": slop, "threshold": threshold})

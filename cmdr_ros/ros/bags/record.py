@@ -104,7 +104,7 @@ class BagWriter:
         if self._typestore is None:
             from rosbags.typesys import Stores, get_typestore
 
-            from cmdr_ros.ros.typed_decision import register_types
+            from cmdr_ros.ros.node.typed_decision import register_types
 
             self._typestore = get_typestore(Stores.ROS2_HUMBLE)  # definitions and RIHS01 hashes of the std types
             register_types(self._typestore)  # vision_msgs (~/decision): not in rosbags' store

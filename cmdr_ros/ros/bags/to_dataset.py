@@ -10,7 +10,7 @@ from cmdr_ros import CmdrError
 from cmdr_ros.ros.bags.read import _check_type, _connections, message_class, open_bag
 from cmdr_ros.ros.bags.tf import recorded_tf
 from cmdr_ros.ros.conversions import stamp_ns
-from cmdr_ros.ros.frames import mode_of
+from cmdr_ros.ros.conversions.frames import mode_of
 from cmdr_ros.ros.topics import CAMERA, PROFILER, RECORDED
 
 
@@ -34,9 +34,9 @@ def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defec
 
     from cmdr_ros.data.frame_size import fit_frame
     from cmdr_ros.data.mvtec3d import write_sample
-    from cmdr_ros.ros.frame_judge import FrameJudge
-    from cmdr_ros.ros.parameters import node_params
-    from cmdr_ros.ros.sync import ApproximateTimePolicy
+    from cmdr_ros.ros.node.frame_judge import FrameJudge
+    from cmdr_ros.ros.node.parameters import node_params
+    from cmdr_ros.ros.node.sync import ApproximateTimePolicy
 
     params = node_params(params, {"sync.slop": slop})
     inputs = [(k, t) for k, t in (("image", image_topic), ("points", points_topic)) if t]
@@ -98,8 +98,8 @@ def bag_to_scans(bag: str | Path, out: str | Path, split: str = "train", defect:
     from rclpy.serialization import deserialize_message
 
     from cmdr_ros.ros.bags.evaluate import read_aux
-    from cmdr_ros.ros.frame_judge import FrameJudge
-    from cmdr_ros.ros.parameters import node_params
+    from cmdr_ros.ros.node.frame_judge import FrameJudge
+    from cmdr_ros.ros.node.parameters import node_params
 
     aligner = FrameJudge.aligner("3d", node_params(params, {}), scan=True)
     folder = Path(out) / split / defect / "points"

@@ -16,14 +16,14 @@ from cmdr_ros import CmdrError
 from cmdr_ros.config import cross_modal
 from cmdr_ros.geometry import make_transform
 from cmdr_ros.judge import Judge, JudgeSettings, Verdict
-from cmdr_ros.ros.frames import Frame, TransformLookup, assemble_frame, assemble_scan
+from cmdr_ros.ros.conversions.frames import Frame, TransformLookup, assemble_frame, assemble_scan
 
 if TYPE_CHECKING:
     from sensor_msgs.msg import CameraInfo
 
     from cmdr_ros.model.detector import CMDRDetector
-    from cmdr_ros.ros.decisions import InputMessage
-    from cmdr_ros.ros.parameters import NamedValue
+    from cmdr_ros.ros.node.queues import InputMessage
+    from cmdr_ros.ros.node.parameters import NamedValue
 
 JUDGE_PARAMS = ("on_error", "min_valid_ratio", "min_coverage", "max_range")  # JudgeSettings, changeable at run time
 
@@ -95,7 +95,7 @@ class FrameJudge:
     @classmethod
     def from_params(cls, detector: CMDRDetector, params: Mapping[str, Any],
                     tf_lookup: TransformLookup | None = None) -> FrameJudge:
-        """From the node's parameter values (see ``cmdr_ros.ros.parameters``)."""
+        """From the node's parameter values (see ``cmdr_ros.ros.node.parameters``)."""
         judge = Judge(detector, JudgeSettings.from_params(params), params.get("threshold", -1.0))
         return cls(judge, detector.config.mode, raster_resolution=params.get("raster_resolution", 0.0),
                    extrinsics=params.get("extrinsics"), tf_lookup=tf_lookup,

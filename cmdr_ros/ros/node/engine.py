@@ -3,7 +3,7 @@
 ``submit`` queues a part in front of the inference thread (``work``); ``watch`` gives the parts past their time
 budget the fail-safe; ``settle_all`` answers every part still held; ``decide`` numbers a decision under the
 decision lock, then hands it to the outbox thread, which records it in the audit store and publishes its messages in
-number order (``decisions.DecisionOutbox``): a slow audit store delays the next publication, never the watchdog,
+number order (``queues.DecisionOutbox``): a slow audit store delays the next publication, never the watchdog,
 the input callbacks, the inference thread or ``/diagnostics``; so does a decision waiting (at most ``part_id.wait``)
 for its part id. The node (``inspection_node.py``) wires it to ROS: it creates the publishers and the
 store and hands them over as an ``Outlet`` while configured.
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, Callable
 from cmdr_ros import CmdrError
 from cmdr_ros.audit.schema import row_from_result
 from cmdr_ros.judge import Verdict
-from cmdr_ros.ros.decisions import DecisionOutbox, Part, PartIds, WorkQueue
-from cmdr_ros.ros.node_status import DecisionStats, rate_and_latency
-from cmdr_ros.ros.outputs import decision_messages, map_messages, result_values, wanted_outputs
+from cmdr_ros.ros.node.queues import DecisionOutbox, Part, PartIds, WorkQueue
+from cmdr_ros.ros.node.status import DecisionStats, rate_and_latency
+from cmdr_ros.ros.node.outputs import decision_messages, map_messages, result_values, wanted_outputs
 
 if TYPE_CHECKING:
     from cmdr_ros.audit.store import AuditStore
-    from cmdr_ros.ros.frame_judge import FrameJudge
-    from cmdr_ros.ros.frames import Frame
+    from cmdr_ros.ros.node.frame_judge import FrameJudge
+    from cmdr_ros.ros.conversions.frames import Frame
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """``cmdr bench node``: the inspection node as it runs on the cell, timed from outside.
 
-``python -m cmdr_ros.ros.inspection_node`` runs as a subprocess on a ROS domain of its own (ROS_DOMAIN_ID when the
+``python -m cmdr_ros.ros.node.inspection_node`` runs as a subprocess on a ROS domain of its own (ROS_DOMAIN_ID when the
 environment sets one), LOCALHOST discovery, the Fast DDS profile of :mod:`cmdr_ros.ros.dds_profile` unless the
 environment names another, its logs and audit store in a temporary folder. Once it is active and matched, parts are
 published (reliable) at a fixed rate; every ``~/result`` is recorded and matched to its part by stamp.
@@ -34,7 +34,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
 from cmdr_ros import CmdrError
-from cmdr_ros.ros.bench_judge import folder_frames, frame_messages, proc_status_mb, synthetic_frames
+from cmdr_ros.ros.bench.judge_path import folder_frames, frame_messages, proc_status_mb, synthetic_frames
 from cmdr_ros.ros.compat import publisher_count
 from cmdr_ros.ros.conversions import stamp_ns
 from cmdr_ros.ros.dds_profile import use_large_message_profile
@@ -174,10 +174,10 @@ class Recorder:
 
 
 class NodeProcess:
-    """``python -m cmdr_ros.ros.inspection_node``, its output in ``folder``."""
+    """``python -m cmdr_ros.ros.node.inspection_node``, its output in ``folder``."""
 
     def __init__(self, folder: Path, env: dict[str, str], params: list[str]) -> None:
-        args = [sys.executable, "-m", "cmdr_ros.ros.inspection_node", "--ros-args"]
+        args = [sys.executable, "-m", "cmdr_ros.ros.node.inspection_node", "--ros-args"]
         for p in params:
             args += ["-p", p]
         self.log = folder / "node.log"

@@ -9,8 +9,9 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
-from cmdr_ros.ros import topics, typed_decision
-from cmdr_ros.ros.frames import input_names
+from cmdr_ros.ros import topics
+from cmdr_ros.ros.node import typed_decision
+from cmdr_ros.ros.conversions.frames import input_names
 
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 DIAGNOSTICS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
@@ -61,7 +62,7 @@ class ReadyState:
             except Exception:  # noqa: BLE001 - the context may be going away at shutdown
                 return
         if wait_acked_s > 0:
-            from cmdr_ros.ros.settle import wait_acked
+            from cmdr_ros.ros.node.settle import wait_acked
 
             wait_acked([self._pub], wait_acked_s)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from cmdr_ros import CmdrError
-from cmdr_ros.ros.frame_judge import judges_scans, warm_up
+from cmdr_ros.ros.node.frame_judge import judges_scans, warm_up
 
 if TYPE_CHECKING:
     from cmdr_ros.model.detector import CMDRDetector

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
-from cmdr_ros.ros import typed_decision
+from cmdr_ros.ros.node import typed_decision
 
 if TYPE_CHECKING:
     from cmdr_ros.judge import Verdict

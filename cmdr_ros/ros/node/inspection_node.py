@@ -8,7 +8,7 @@ subscription callbacks -> approximate-time synchronizer (``sync.py``; an input w
 keeps one) -> inference thread -> ``FrameJudge`` (alignment, model, decision rule, fail-safe; ``frame_judge.py``) ->
 ``DecisionEngine.decide`` (``engine.py``: a sequence number under the decision lock, then the outbox thread sends,
 in number order, the audit row and the messages of ``outputs.py``; no callback waits for that). A watchdog gives every part not decided within ``time_budget`` of
-its arrival the fail-safe decision and reports a stuck inference on ``/diagnostics`` (``node_status.py``). Inference
+its arrival the fail-safe decision and reports a stuck inference on ``/diagnostics`` (``status.py``). Inference
 never runs in a callback. At SIGINT/SIGTERM every part still waiting gets its fail-safe decision before exit.
 
 Lifecycle: configure validates every parameter (as at run time; ``parameters.py``), loads the checkpoint, warms the
@@ -42,28 +42,28 @@ from cmdr_ros import CmdrError
 from cmdr_ros.audit.store import AuditStore
 from cmdr_ros.ros.compat import (SubscriptionEventCallbacks, add_post_set_parameters_callback,
                                  add_pre_set_parameters_callback)
-from cmdr_ros.ros.node_audit import close_audit, open_audit
-from cmdr_ros.ros.decisions import Part
-from cmdr_ros.ros.engine import DecisionEngine, Outlet
-from cmdr_ros.ros.model_swap import ModelSwap
-from cmdr_ros.ros.frame_judge import FrameJudge, unmatched_reason, warm_up
+from cmdr_ros.ros.node.audit import close_audit, open_audit
+from cmdr_ros.ros.node.queues import Part
+from cmdr_ros.ros.node.engine import DecisionEngine, Outlet
+from cmdr_ros.ros.node.model_swap import ModelSwap
+from cmdr_ros.ros.node.frame_judge import FrameJudge, unmatched_reason, warm_up
 from cmdr_ros.config import cross_modal
-from cmdr_ros.ros.node_io import (DIAGNOSTICS_QOS, OVERRIDABLE, ReadyState, announce_model, create_outputs,
+from cmdr_ros.ros.node.wiring import (DIAGNOSTICS_QOS, OVERRIDABLE, ReadyState, announce_model, create_outputs,
                                   incompatible_qos_text, input_qos, input_topics, steady_clock)
-from cmdr_ros.ros.node_status import (InputIdle, ThrottledLog, audit_status, faults, hardware_id,
+from cmdr_ros.ros.node.status import (InputIdle, ThrottledLog, audit_status, faults, hardware_id,
                                       incompatible_publishers, node_status, pretrained_on_cpu, recent_faults,
                                       status_name)
-from cmdr_ros.ros.settle import take_all, wait_acked, wait_inputs_quiet
-from cmdr_ros.ros.parameters import (PARAMETERS, check_all, check_set, coerce_overrides, coerce_parameters,
+from cmdr_ros.ros.node.settle import take_all, wait_acked, wait_inputs_quiet
+from cmdr_ros.ros.node.parameters import (PARAMETERS, check_all, check_set, coerce_overrides, coerce_parameters,
                                      descriptor, refusal)
-from cmdr_ros.ros.sync import make_synchronizer
-from cmdr_ros.ros.tf_source import TfSource, tf_fallback
+from cmdr_ros.ros.node.sync import make_synchronizer
+from cmdr_ros.ros.node.tf_source import TfSource, tf_fallback
 from cmdr_ros.ros import topics
 
 if TYPE_CHECKING:
     from cmdr_ros.model.detector import CMDRDetector
     from cmdr_ros.ros.compat import QoSRequestedIncompatibleQoSInfo
-    from cmdr_ros.ros.decisions import InputMessage
+    from cmdr_ros.ros.node.queues import InputMessage
 
 OPTIONAL_TYPE = {"extrinsics": Parameter.Type.DOUBLE_ARRAY}  # parameters without a default: unset unless given
 WATCH_PERIOD_S = 0.05
@@ -554,7 +554,7 @@ class InspectionNode(LifecycleNode):
 def main(args: list[str] | None = None) -> int:
     """Run the node until SIGINT/SIGTERM (every waiting part then gets its fail-safe decision) or until autostart
     fails (exit status 1); ``node_main.run``."""
-    from cmdr_ros.ros.node_main import run
+    from cmdr_ros.ros.node.main import run
 
     return run(InspectionNode, args)
 

@@ -104,7 +104,7 @@ def frame_messages(rgb: np.ndarray | None, xyz: np.ndarray, mode: str, stamp_ns:
 def encode_outputs(frame: Any, verdict: Any, mode: str, inputs: str) -> list[Any]:
     """The messages the node publishes for one decision, built by the node's own functions (``outputs``), every
     output subscribed."""
-    from cmdr_ros.ros.outputs import decision_messages, map_messages, result_values
+    from cmdr_ros.ros.node.outputs import decision_messages, map_messages, result_values
     from cmdr_ros.ros.topics import MAPS
 
     header = frame.header if frame else None
@@ -185,7 +185,7 @@ def instrumented(clock: StageClock, frame_judge: Any, det: Any) -> Iterator[None
     """Wrap the functions of the judge path with ``clock`` for the duration (restored afterwards)."""
     from cmdr_ros.data import model_input
     from cmdr_ros.model import scan
-    from cmdr_ros.ros import frames
+    from cmdr_ros.ros.conversions import frames
 
     targets = [(frames, "decode_image", "decode"), (frames, "decode_cloud", "decode"),
                (frame_judge, "assemble", "align"), (frame_judge.judge_, "judge", "checks"),
@@ -244,8 +244,8 @@ def bench_run(preset_name: str, mode: str, device: str, frames: list[tuple[np.nd
     """Judge ``warmup`` frames, then ``repeat`` times a frame per stage and the same frame end to end. ``plain``:
     without the fast paths (``bench_compare.plain_paths``); ``outcomes_by_frame`` keeps what each frame gave."""
     from cmdr_ros.judge import Judge
-    from cmdr_ros.ros.bench_compare import outcome, plain_paths
-    from cmdr_ros.ros.frame_judge import FrameJudge
+    from cmdr_ros.ros.bench.compare import outcome, plain_paths
+    from cmdr_ros.ros.node.frame_judge import FrameJudge
 
     det = build_detector(preset_name, mode, device)
     stack = contextlib.ExitStack()
@@ -312,7 +312,7 @@ def run_bench(presets: list[str], modes: list[str], device_choice: str, size: in
               warmup: int, repeat: int, threads: int, compare: bool = False) -> dict[str, Any]:
     """Every (preset, mode, device) run with ``threads`` torch threads (restored afterwards); ``compare``: each
     followed by its plain run (``bench_compare``) and the differences between the two."""
-    from cmdr_ros.ros.bench_compare import PLAIN, differences
+    from cmdr_ros.ros.bench.compare import PLAIN, differences
     from cmdr_ros.config import preset
 
     n = max(1, min(warmup + repeat, 5))

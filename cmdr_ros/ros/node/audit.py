@@ -1,7 +1,7 @@
 """The inspection node's audit store: opened at configure, closed at cleanup (``cmdr_ros.audit.store.AuditStore``).
 
 A store that cannot be opened or written is a fault the node reports (log, ``/diagnostics``), never a reason to stop
-deciding. How each decision's row is recorded before it is published: ``decisions.DecisionOutbox``. A row the store
+deciding. How each decision's row is recorded before it is published: ``queues.DecisionOutbox``. A row the store
 cannot commit within ``audit.timeout`` is committed to the durable spool (``audit.spool``, ``cmdr_ros.audit.spool``)
 first, and written to the store when it is back, also by the next start of a node that was killed meanwhile.
 """

@@ -15,7 +15,7 @@ from rclpy.duration import Duration
 if TYPE_CHECKING:
     from rclpy.node import Node
 
-    from cmdr_ros.ros.frames import TransformLookup
+    from cmdr_ros.ros.conversions.frames import TransformLookup
 
 NO_FALLBACK = "nothing: a cloud in another frame than the image is not judged (no_transform)"
 

@@ -16,9 +16,9 @@ from std_msgs.msg import Bool, Float32
 from cmdr_ros.judge import Verdict
 from cmdr_ros.geometry import scores_to_points
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
-from cmdr_ros.ros.frames import Frame
+from cmdr_ros.ros.conversions.frames import Frame
 from cmdr_ros.ros.topics import MAPS
-from cmdr_ros.ros.typed_decision import class_of, classification
+from cmdr_ros.ros.node.typed_decision import class_of, classification
 from cmdr_ros.visualization import depth_rendering, overlay, scan_maps
 
 if TYPE_CHECKING:
