@@ -55,6 +55,31 @@ def values_of(arr: DiagnosticArray) -> dict[str, str]:
     return {kv.key: kv.value for kv in arr.status[0].values}
 
 
+def call_service(client: Any, request: Any, timeout: float = 180) -> Any:
+    """The response, or None when none came within ``timeout`` (Fast DDS can answer a fresh client before it has
+    matched the client's response reader: the node logs 'failed to send response (timeout)' and the answer is lost;
+    callers ask again or look at the state). Another thread spins the client's node (``RosSide``)."""
+    assert client.wait_for_service(timeout_sec=60), f"no {client.srv_name} service"
+    future = client.call_async(request)
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    if not done.wait(timeout):
+        client.remove_pending_request(future)
+        return None
+    return future.result()
+
+
+def lifecycle_state(get_state_client: Any) -> int:
+    """A lifecycle node's state id from its ``get_state`` service (idempotent: a lost answer is asked for again)."""
+    from lifecycle_msgs.srv import GetState  # noqa: PLC0415
+
+    for _ in range(6):
+        response = call_service(get_state_client, GetState.Request(), timeout=20)
+        if response is not None:
+            return response.current_state.id
+    pytest.fail(f"{get_state_client.srv_name}: no answer in 6 tries")
+
+
 class RosSide:
     """An rclpy node in its own context, spun in a thread, publishing inputs and recording what the node sends."""
 

@@ -10,7 +10,6 @@ bringup). reset: DEACTIVATE then CLEANUP in reverse order; shutdown: ... then UN
 from __future__ import annotations
 
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 
 from bringup_model import tiny_2d_checkpoint  # noqa: E402
-from node_harness import NodeProcess, RosSide, cell_frame  # noqa: E402
+from node_harness import NodeProcess, RosSide, call_service, cell_frame, lifecycle_state  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "launch.md"
@@ -60,24 +59,11 @@ class LifecycleManagerClient:
             self.clients[name] = (change, get)
         self.bonds: list[str] = []
 
-    def _call(self, client: Any, request: Any, timeout: float) -> Any:
-        future = client.call_async(request)
-        done = threading.Event()
-        future.add_done_callback(lambda _: done.set())
-        if not done.wait(timeout):
-            client.remove_pending_request(future)
-            return None
-        return future.result()
-
     def get_state(self, name: str) -> int:
-        for _ in range(6):  # a reply Fast DDS lost (a fresh client not matched yet) is asked for again
-            r = self._call(self.clients[name][1], GetState.Request(), 20)
-            if r is not None:
-                return r.current_state.id
-        pytest.fail(f"{name}/get_state: no answer")
+        return lifecycle_state(self.clients[name][1])
 
     def change_state_for_node(self, name: str, transition: int) -> bool:
-        r = self._call(self.clients[name][0], ChangeState.Request(transition=Transition(id=transition)), 180)
+        r = call_service(self.clients[name][0], ChangeState.Request(transition=Transition(id=transition)), 180)
         # the manager: change_state(...) succeeded and get_state() == the goal; a lost reply: the state decides
         if (r is not None and not r.success) or self.get_state(name) != GOAL[transition]:
             return False

@@ -49,14 +49,15 @@ def _wait_matched(pubs, n: int, timeout: float = 30.0) -> None:
     pytest.fail(f"input publishers not matched by {n} subscription(s) within {timeout} s")
 
 
-class TestController:
-    @pytest.fixture(scope="class")
-    def node(self, ros, model, tmp_path_factory):
-        # part_id.wait 10 s: a decision visibly waits for an id the test publishes only once it was decided
-        yield from start_node(ros, tmp_path_factory.mktemp("node_controller"),
-                              {"checkpoint": model["checkpoint"], "part_id.wait": 10.0, **NODE},
-                              (ros.image_pub, ros.points_pub, ros.part_pub))
+@pytest.fixture(scope="class")
+def node(ros, model, tmp_path_factory):
+    # part_id.wait 10 s: a decision visibly waits for an id the test publishes only once it was decided
+    yield from start_node(ros, tmp_path_factory.mktemp("node_controller"),
+                          {"checkpoint": model["checkpoint"], "part_id.wait": 10.0, **NODE},
+                          (ros.image_pub, ros.points_pub, ros.part_pub))
 
+
+class TestController:
     def test_ready_is_latched_and_follows_the_lifecycle(self, ros, node):
         got, arrived = [], threading.Event()
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -117,15 +118,16 @@ class TestController:
         assert f"part id 'STRAY-1' (stamp {stamp_str(stray.stamp)}) matched no part" in node.stderr()
 
 
-class TestTriggerMode:
-    @pytest.fixture(scope="class")
-    def trigger_node(self, ros, model, tmp_path_factory):
-        # a trigger waits time_budget + sync.timeout + part_id.wait = 10.5 s for its frame: on a loaded machine the
-        # frame published right after its trigger arrived 2.6 s later once
-        yield from start_node(ros, tmp_path_factory.mktemp("node_trigger"),
-                              {"checkpoint": model["checkpoint"], "part_id.trigger": True, "part_id.wait": 0.0,
-                               "time_budget": 10.0, **NODE}, (ros.image_pub, ros.points_pub, ros.part_pub))
+@pytest.fixture(scope="class")
+def trigger_node(ros, model, tmp_path_factory):
+    # a trigger waits time_budget + sync.timeout + part_id.wait = 10.5 s for its frame: on a loaded machine the
+    # frame published right after its trigger arrived 2.6 s later once
+    yield from start_node(ros, tmp_path_factory.mktemp("node_trigger"),
+                          {"checkpoint": model["checkpoint"], "part_id.trigger": True, "part_id.wait": 0.0,
+                           "time_budget": 10.0, **NODE}, (ros.image_pub, ros.points_pub, ros.part_pub))
 
+
+class TestTriggerMode:
     def test_every_trigger_gets_exactly_one_decision(self, ros, trigger_node):
         with_frame = _publish_part(ros, 7, part_id="TRIG-A")  # the trigger, then its frame
         v = ros.result(with_frame)
@@ -139,14 +141,15 @@ class TestTriggerMode:
         assert len(ros.results_for(with_frame)) == 1 and len(ros.results_for(alone.stamp)) == 1
 
 
-class TestSimTimeWithoutClock:
-    @pytest.fixture(scope="class")
-    def sim_node(self, ros, model, tmp_path_factory):
-        # start_node waits for /diagnostics: on the node's (sim) clock that timer would never fire
-        yield from start_node(ros, tmp_path_factory.mktemp("node_sim_time"),
-                              {"checkpoint": model["checkpoint"], "use_sim_time": True, **NODE},
-                              (ros.image_pub, ros.points_pub))
+@pytest.fixture(scope="class")
+def sim_node(ros, model, tmp_path_factory):
+    # start_node waits for /diagnostics: on the node's (sim) clock that timer would never fire
+    yield from start_node(ros, tmp_path_factory.mktemp("node_sim_time"),
+                          {"checkpoint": model["checkpoint"], "use_sim_time": True, **NODE},
+                          (ros.image_pub, ros.points_pub))
 
+
+class TestSimTimeWithoutClock:
     def test_deadlines_run_on_a_steady_clock_and_sim_time_only_stamps(self, ros, sim_node):
         n0 = len(ros.received["diagnostics"])
         lone = _publish_part(ros, 5, cloud=False)  # an image without its cloud

@@ -39,8 +39,9 @@ from cmdr_ros.judge import Judge, JudgeSettings, NotJudgeable, is_reject
 from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
 from cmdr_ros.ros.node.parameters import check, defaults, read_params_file
 from cmdr_ros.ros.node.typed_decision import AVAILABLE as TYPED_AVAILABLE, UNAVAILABLE as TYPED_UNAVAILABLE
-from node_harness import (RESULT_S, CommitBeforePublish, NodeProcess, RosSide, cell_camera_info,
-                          cell_frame, check_audit_has, stamp_ns, start_node, train_cell_model, values_of)
+from node_harness import (RESULT_S, CommitBeforePublish, NodeProcess, RosSide, call_service, cell_camera_info,
+                          cell_frame, check_audit_has, lifecycle_state, stamp_ns, start_node, train_cell_model,
+                          values_of)
 
 pytestmark = pytest.mark.slow
 
@@ -696,35 +697,12 @@ def test_bad_start_parameters_exit_non_zero_and_say_why(ros, models, tmp_path_fa
 
 
 # ------------------------------------------------------------------------ 7. checkpoint faults at configure
-def _call(ros: RosSide, client: Any, request: Any, timeout: float = 180) -> Any:
-    """The response, or None when none came within ``timeout`` (Fast DDS can answer a fresh client before it has
-    matched the client's response reader: the node logs 'failed to send response (timeout)' and the answer is lost;
-    callers ask again or look at the state)."""
-    assert client.wait_for_service(timeout_sec=60), f"no {client.srv_name} service"
-    future = client.call_async(request)
-    done = threading.Event()
-    future.add_done_callback(lambda _: done.set())
-    if not done.wait(timeout):
-        client.remove_pending_request(future)
-        return None
-    return future.result()
-
-
-def _get_state(ros: RosSide, client: Any) -> int:
-    """The node's lifecycle state id (get_state is idempotent: a lost answer is asked for again)."""
-    for _ in range(6):
-        response = _call(ros, client, GetState.Request(), timeout=20)
-        if response is not None:
-            return response.current_state.id
-    pytest.fail(f"{client.srv_name}: no answer in 6 tries")
-
-
 def _transition(ros: RosSide, change: Any, get: Any, transition: int, goal: int) -> bool:
     """Trigger a transition; whether the node reached ``goal`` (its answer, or its state when the answer was lost)."""
-    response = _call(ros, change, ChangeState.Request(transition=Transition(id=transition)))
+    response = call_service(change, ChangeState.Request(transition=Transition(id=transition)))
     if response is not None:
         return response.success
-    return _get_state(ros, get) == goal
+    return lifecycle_state(get) == goal
 
 
 def test_checkpoint_faults_at_configure(ros, models, frames, tmp_path_factory):
@@ -742,7 +720,7 @@ def test_checkpoint_faults_at_configure(ros, models, frames, tmp_path_factory):
     ros.clear()
     try:
         def state() -> int:
-            return _get_state(ros, get)
+            return lifecycle_state(get)
 
         def configure() -> bool:
             return _transition(ros, change, get, Transition.TRANSITION_CONFIGURE, State.PRIMARY_STATE_INACTIVE)
@@ -935,7 +913,7 @@ def test_services_answer_during_a_long_configure(ros, models, monkeypatch):
     try:
         with _inprocess_node(ros, models["rgbd"]["checkpoint"], wait_active=False) as (node, _):
             assert entered.wait(60), "configure never started"
-            assert _get_state(ros, get) == State.TRANSITION_STATE_CONFIGURING  # answered while configure blocks
+            assert lifecycle_state(get) == State.TRANSITION_STATE_CONFIGURING  # answered while configure blocks
             assert ros.set_parameter("threshold", 2.5) == (True, "")
             assert node._state_text == "unconfigured"
             gate.set()

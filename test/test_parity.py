@@ -105,6 +105,20 @@ def _typed(msgs) -> dict[int, list[tuple[str, str]]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
+def _write_sensor_part(w: BagWriter, stamp: int, seed: int, defect: str | None) -> None:
+    """One part of a cell whose 3D sensor sits apart from the camera (the cloud in frame 'sensor'): its CameraInfo,
+    image and cloud; ``defect`` 'malformed' truncates the cloud's data, 'lone' records no cloud, others are drawn."""
+    part = cell_frame(seed, None if defect in ("malformed", "lone") else defect)
+    pts = transform_points(part.xyz[part.xyz[..., 2] > 0], T_SENSOR_FROM_CAMERA).astype(np.float32)
+    cloud = xyz_to_pointcloud2(pts, make_header(stamp, "sensor"))
+    if defect == "malformed":
+        cloud.data = cloud.data[: len(cloud.data) // 2]
+    w.write("/camera_info", _info(stamp), stamp)
+    w.write("/image", array_to_image(part.rgb, "rgb8", make_header(stamp, "camera")), stamp)
+    if defect != "lone":
+        w.write("/points", cloud, stamp)
+
+
 def test_rgbd_projected_cloud_in_another_frame(ros, tmp_path_factory):
     d = tmp_path_factory.mktemp("parity_rgbd")
     model = train_cell_model(d / "data", "rgbd", d / "rgbd.ckpt")
@@ -116,15 +130,7 @@ def test_rgbd_projected_cloud_in_another_frame(ros, tmp_path_factory):
         w.write("/camera_info", _info(t0 - NS), t0 - NS)  # the node holds a CameraInfo before the first part
         for i, defect in enumerate((None, "tear", None, "bump", "malformed", "lone")):
             stamp = t0 + i * NS // 2
-            part = cell_frame(300 + i, None if defect in ("malformed", "lone") else defect)
-            pts = transform_points(part.xyz[part.xyz[..., 2] > 0], T_SENSOR_FROM_CAMERA).astype(np.float32)
-            cloud = xyz_to_pointcloud2(pts, make_header(stamp, "sensor"))
-            if defect == "malformed":
-                cloud.data = cloud.data[: len(cloud.data) // 2]
-            w.write("/camera_info", _info(stamp), stamp)
-            w.write("/image", array_to_image(part.rgb, "rgb8", make_header(stamp, "camera")), stamp)
-            if defect != "lone":
-                w.write("/points", cloud, stamp)
+            _write_sensor_part(w, stamp, 300 + i, defect)
             w.write("/cmdr/sample", String(data=f"{defect or 'good'}/{i:03d}"), stamp)
             if i != 2:  # part 2 has no id; odd parts' ids come 20 ms after the frame (within part_id.wait)
                 w.write("/part_id", make_header(stamp + 10_000_000 * (i % 2), f"P-{i}"), stamp + 20_000_000 * (i % 2))
@@ -154,15 +160,7 @@ def _sensor_bag(bag, t0: int, tf_static: bool) -> None:
                 "base", "sensor", t0 - NS, T_base_camera @ np.linalg.inv(T_SENSOR_FROM_CAMERA))]), t0 - NS)
         w.write("/camera_info", _info(t0 - NS), t0 - NS)
         for i, defect in enumerate((None, "tear", None, "malformed")):
-            stamp = t0 + i * NS // 2
-            part = cell_frame(500 + i, None if defect == "malformed" else defect)
-            pts = transform_points(part.xyz[part.xyz[..., 2] > 0], T_SENSOR_FROM_CAMERA).astype(np.float32)
-            cloud = xyz_to_pointcloud2(pts, make_header(stamp, "sensor"))
-            if defect == "malformed":
-                cloud.data = cloud.data[: len(cloud.data) // 2]
-            w.write("/camera_info", _info(stamp), stamp)
-            w.write("/image", array_to_image(part.rgb, "rgb8", make_header(stamp, "camera")), stamp)
-            w.write("/points", cloud, stamp)
+            _write_sensor_part(w, t0 + i * NS // 2, 500 + i, defect)
 
 
 def test_rgbd_separate_sensor_mounted_on_tf_static(ros, tmp_path_factory):
