@@ -298,6 +298,33 @@ def test_square_frame_pad_unpad(h, w):
     assert np.array_equal(f.unpad(f.pad(a[..., 0])), a[..., 0])
 
 
+@pytest.mark.parametrize("h,w", [(30, 50), (50, 30), (31, 50), (7, 7)])
+def test_square_frame_pad_edge_copies_the_nearest_edge(h, w):
+    f = SquareFrame.of(h, w)
+    a = np.arange(h * w * 3, dtype=np.uint8).reshape(h, w, 3) + 1
+    p = f.pad_edge(a)
+    assert p.shape == (f.side, f.side, 3) and p.dtype == a.dtype
+    assert np.array_equal(f.unpad(p), a)
+    rows = np.clip(np.arange(f.side) - f.top, 0, h - 1)
+    cols = np.clip(np.arange(f.side) - f.left, 0, w - 1)
+    assert np.array_equal(p, a[rows[:, None], cols[None, :]])
+    m = np.zeros((h, w), bool)
+    m[0, :] = True  # a defect on the top edge reaches into the margin above it, as in the reference
+    assert f.pad_edge(m)[:f.top + 1].all() and f.pad_edge(m).sum() == (f.top + 1) * f.side
+
+
+def test_prepare_input_pads_rgb_with_its_edges():
+    from cmdr_ros.config import preset
+    from cmdr_ros.data.model_input import prepare_input
+
+    cfg = preset("lite", "2d")
+    rgb = np.zeros((40, 64, 3), np.uint8)
+    rgb[:4] = 200  # a bright band along the top edge, dark elsewhere: the top margin must be bright too
+    inp = prepare_input(rgb, None, cfg)
+    top = inp.rgb[:, 0].numpy()
+    assert np.allclose(top, 200 / 255, atol=0.02), top.min()
+
+
 def test_square_frame_exact_offsets():
     f = SquareFrame.of(30, 50)
     assert (f.side, f.top, f.left) == (50, 10, 0)

@@ -59,7 +59,7 @@ def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache:
             pix_maps.append(pred.anomaly_map)
             pro_maps.append(ls.inp.frame.to_input(pred.pro_map()).astype(np.float32))
         else:
-            gts.append(resize_mask(ls.inp.frame.pad(ls.mask), size))
+            gts.append(resize_mask(ls.inp.frame.pad_edge(ls.mask), size))
             pix_maps.append(pred.pixel_map())
             pro_maps.append(pred.pro_map())
         rows.append({"class": data.name, "defect": s.defect, "id": s.sample_id, "label": s.label,

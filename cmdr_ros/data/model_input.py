@@ -50,8 +50,9 @@ def prepare_input(rgb: np.ndarray | None, xyz: np.ndarray | None, config: ModelC
 
     A frame larger than ``working_side`` is first brought to it (``fit_frame``: nearest for xyz, bicubic for RGB).
     The xyz map goes through the configured background removal unless ``background_removed`` says the
-    caller already did it (the dataset cache, which may hold it fitted already), then both are square-padded and
-    resized. ``frame`` and ``valid_input`` stay those of the frame as it came.
+    caller already did it (the dataset cache, which may hold it fitted already), then both are square-padded (xyz
+    with zeros, RGB with its edge values, as the reference) and resized. ``frame`` and ``valid_input`` stay those of
+    the frame as it came.
     """
     if config.uses_3d and xyz is None:
         raise CmdrError(f"mode '{config.mode}' needs a point cloud (xyz), none was given")
@@ -98,7 +99,7 @@ def prepare_input(rgb: np.ndarray | None, xyz: np.ndarray | None, config: ModelC
         valid = torch.ones(g, g, dtype=torch.bool)
     rgb_t = None
     if config.uses_2d:
-        square = SquareFrame.of(*rgb.shape[:2]).pad(rgb)
+        square = SquareFrame.of(*rgb.shape[:2]).pad_edge(rgb)
         rgb_t = torch.from_numpy(resize_rgb(square, config.rgb_size)).permute(2, 0, 1).contiguous()
     return ModelInput(rgb_t, xyz_t, valid, frame, valid_input, xyz_valid)
 

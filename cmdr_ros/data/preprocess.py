@@ -1,7 +1,8 @@
 """The paper's input preprocessing (MVTec 3D-AD protocol), after background removal (``background.py``).
 
-* ``SquareFrame``: centred zero-padding to a square and the way back, so anomaly maps computed on the
-  square grid can be returned at the input resolution.
+* ``SquareFrame``: centred padding to a square and the way back, so anomaly maps computed on the square grid
+  can be returned at the input resolution: zeros for xyz (the reference's zero-padded cloud), the edge values
+  for RGB and ground-truth masks (the reference pads them with ``edge``).
 * Resizing: bicubic (antialiased, PIL-like) for RGB, nearest for xyz and masks, ImageNet normalisation (frames
   larger than the training data are first brought to its size the same way: ``frame_size.fit_frame``).
 * ``prepare_xyz``: background removal, then the square padding.
@@ -42,7 +43,7 @@ _NOT_IN_RESULT = _REFUSAL_LIMITS + ("cluster",)
 
 @dataclass(frozen=True)
 class SquareFrame:
-    """Centred zero-padding of an ``height`` x ``width`` image to ``side`` x ``side`` (side = max(h, w))."""
+    """Centred padding of an ``height`` x ``width`` image to ``side`` x ``side`` (side = max(h, w))."""
 
     height: int
     width: int
@@ -72,6 +73,15 @@ class SquareFrame:
         out = np.full((self.side, self.side) + arr.shape[2:], fill, dtype=arr.dtype)
         out[self.top:self.top + self.height, self.left:self.left + self.width] = arr
         return out
+
+    def pad_edge(self, arr: np.ndarray) -> np.ndarray:
+        """HxW or HxWxC -> side x side (x C), the image centred, each margin pixel a copy of the nearest edge pixel
+        (the reference's padding of RGB images and ground-truth masks)."""
+        if arr.shape[:2] != (self.height, self.width):
+            raise ValueError(f"expected a {self.height}x{self.width} array, got shape {arr.shape}")
+        rows = (self.top, self.side - self.height - self.top)
+        cols = (self.left, self.side - self.width - self.left)
+        return np.pad(arr, (rows, cols) + ((0, 0),) * (arr.ndim - 2), mode="edge")
 
     def unpad(self, arr_side: np.ndarray) -> np.ndarray:
         """side x side (x C) -> the original HxW (x C) window (a view of the input)."""

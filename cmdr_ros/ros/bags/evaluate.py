@@ -188,7 +188,7 @@ class _Evaluation:
                             f"{pred.anomaly_map.shape[1]}x{pred.anomaly_map.shape[0]}")
         label = int(mask.any()) if label is None else label
         m, pix = self.metric_inputs, pred.pixel_map()
-        m["gts"].append(resize_mask(SquareFrame.of(*mask.shape).pad(mask), pix.shape[-1]))  # the model's map size
+        m["gts"].append(resize_mask(SquareFrame.of(*mask.shape).pad_edge(mask), pix.shape[-1]))  # the model's map size
         m["pix"].append(pix)
         m["pro"].append(pred.pro_map())
         m["labels"].append(label)
