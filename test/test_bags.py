@@ -27,7 +27,7 @@ from cmdr_ros.ros.bags import (METADATA_VERSION, BagWriter, bag_from_dataset, ev
                                playback_qos, read_messages, topic_qos)
 from cmdr_ros.ros.conversions import (array_to_image, camera_info_to_dict, image_to_array, image_to_rgb,
                                       make_header, pointcloud2_fields, pointcloud2_to_xyz, xyz_to_pointcloud2)
-from cmdr_ros.ros.topics import RECORDED
+from cmdr_ros.ros.topics import MAPS, RECORDED
 from cmdr_ros.ros.node.typed_decision import AVAILABLE as TYPED_AVAILABLE
 
 NS = 1_000_000_000
@@ -387,6 +387,55 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+TIMED = ("latency_ms", "inference_ms")  # measured times: they differ from one run to the next
+
+
+def _assert_node_outputs(bag: Path, det, out: Path, params=None, topics=None) -> None:
+    """At every part's stamp, ``out``/results_bag holds exactly the messages the node makes for that part: its
+    FrameJudge's verdict turned into messages by the node's own ``outputs`` functions, every map its output switches
+    enable (``params``) and no other, field for field (``~/result``: every value but the timings). ``topics``: input
+    name -> topic (default: the recorded camera's; every stamp holds one complete set)."""
+    from cmdr_ros.config import cross_modal
+    from cmdr_ros.ros.conversions import stamp_ns
+    from cmdr_ros.ros.conversions.frames import input_names
+    from cmdr_ros.ros.node.frame_judge import FrameJudge
+    from cmdr_ros.ros.node.outputs import decision_messages, map_messages, result_values
+    from cmdr_ros.ros.node.parameters import node_params
+    from cmdr_ros.ros.topics import MAPS, output_topic
+
+    params = node_params(params)
+    judge = FrameJudge.from_params(det, params)
+    names = {(topics or RECORDED)[k]: k for k in input_names(det.config.mode)}
+    parts: dict[int, dict] = {}
+    infos = {}
+    for topic, _, msg in read_messages(bag):
+        if topic in names:
+            parts.setdefault(stamp_ns(msg.header), {})[names[topic]] = msg
+        elif topic == RECORDED["camera_info"]:
+            infos[stamp_ns(msg.header)] = msg
+    written: dict[int, dict] = {}
+    for topic, t, msg in read_messages(out / "results_bag"):
+        written.setdefault(t, {})[topic] = msg
+    assert sorted(written) == sorted(parts)
+    enabled = [k for k in MAPS if params[f"output.{k}"]]
+    for seq, (stamp, msgs) in enumerate(sorted(parts.items()), 1):
+        header = next(msgs[k] for k in ("image", "points") if k in msgs).header
+        frame, verdict = judge.judge(msgs, infos.get(stamp) if cross_modal(det.config.mode) else None)
+        got = written[stamp]
+        kv = {v.key: v.value for v in got[output_topic("result")].status[0].values}
+        values = result_values(header, verdict, frame, seq=seq, mode=judge.mode, model_id=judge.model_id,
+                               inputs="+".join(msgs), extra={k: kv[k] for k in ("part_id", "sample") if k in kv})
+        expected = decision_messages(header, verdict, values, map_messages(
+            verdict, frame, enabled, params["output.heatmap_alpha"], params["output.heatmap_max"]))
+        assert sorted(got) == sorted(output_topic(k) for k in expected), stamp
+        for key, msg in expected.items():
+            if key == "result":
+                assert {k: v for k, v in kv.items() if k not in TIMED} == \
+                    {k: v for k, v in values.items() if k not in TIMED}, stamp
+            else:
+                assert got[output_topic(key)] == msg, (stamp, key)  # every field (CDR padding is not defined)
+
+
 def _assert_same_as_cmdr_eval(data_dir: Path, bag_out: Path, eval_out: Path) -> None:
     """Per-sample scores within 1e-5 relative and the same metrics as the `cmdr eval` report."""
     ref = {f"{r['defect']}/{r['id']}": r for r in _read_csv(eval_out / "scores.csv")}
@@ -408,6 +457,8 @@ def _assert_same_as_cmdr_eval(data_dir: Path, bag_out: Path, eval_out: Path) -> 
 
 
 def test_eval_bag_matches_cmdr_eval_on_synthetic(synthetic_dir, untrained_rgbd, tmp_path):
+    import cv2
+
     from cmdr_ros.cli.evaluate import run_eval
 
     det = untrained_rgbd
@@ -428,11 +479,11 @@ def test_eval_bag_matches_cmdr_eval_on_synthetic(synthetic_dir, untrained_rgbd, 
     for topic, t, msg in read_messages(tmp_path / "bag_eval" / "results_bag"):
         results.setdefault(topic, []).append((t, msg))
     stamps = [START + i * NS // 4 for i in range(3)]
-    typed = ("/cmdr_inspection/decision",) if TYPED_AVAILABLE else ()  # where vision_msgs is installed
-    assert {k: [t for t, _ in v] for k, v in results.items()} == {k: stamps for k in
-                                                                 ("/cmdr_inspection/score", "/cmdr_inspection/reject",
-                                                                  "/cmdr_inspection/result", "/cmdr_inspection/heatmap",
-                                                                  *typed)}
+    typed = ("decision",) if TYPED_AVAILABLE else ()  # where vision_msgs is installed
+    assert {k: [t for t, _ in v] for k, v in results.items()} == {
+        f"/cmdr_inspection/{k}": stamps for k in ("score", "reject", "result", "heatmap", "anomaly_map",
+                                                  "anomaly_cloud", *typed)}  # every output of the node, by default
+    _assert_node_outputs(bag, det, tmp_path / "bag_eval")
     for (_, d), r in zip(results.get("/cmdr_inspection/decision", []), rows):  # parity with the node's ~/decision
         assert f"{d.header.stamp.sec}.{d.header.stamp.nanosec:09d}" == r["stamp"] and d.header.frame_id == "camera"
         assert (d.results[0].class_id, d.results[0].score) == (r["decision"], pytest.approx(float(r["score"])))
@@ -444,6 +495,11 @@ def test_eval_bag_matches_cmdr_eval_on_synthetic(synthetic_dir, untrained_rgbd, 
     assert float(kv["score"]) == pytest.approx(float(rows[1]["score"]), abs=1e-6)
     heat = results["/cmdr_inspection/heatmap"][0][1]
     assert (heat.encoding, heat.height, heat.width) == ("bgr8", 64, 64)
+    amap, cloud = results["/cmdr_inspection/anomaly_map"][0][1], results["/cmdr_inspection/anomaly_cloud"][0][1]
+    assert (amap.encoding, amap.height, amap.width) == ("32FC1", 64, 64)
+    assert "intensity" in [f.name for f in cloud.fields]
+    png = tmp_path / "bag_eval" / "heatmaps" / f"{rows[0]['sample'].replace('/', '_')}.png"
+    assert np.array_equal(cv2.imread(str(png)), image_to_array(heat))  # the PNG is the ~/heatmap's pixels
 
 
 def test_eval_bag_reports_unjudged_frames_and_unmatched_inputs(synthetic_dir, untrained_rgbd, tmp_path):
@@ -489,6 +545,48 @@ def test_eval_bag_reports_unjudged_frames_and_unmatched_inputs(synthetic_dir, un
     assert eval_bag(apart, untrained_rgbd, tmp_path / "out3", image_topic="/image", points_topic="/points",
                     slop=0.2, write_images=False)["frames"] == 1
 
+
+def test_bag_eval_cli_part_ids_and_output_switches(synthetic_dir, untrained_rgbd, tmp_path, monkeypatch, capsys):
+    """`cmdr bag eval --part-id-topic T`: each result carries the id nearest its stamp within sync.slop, recorded
+    before or after the frame (a repeated stamp: the newest id, as on the node), none beyond the slop; the output
+    switches (params file, overridden by --maps) decide which maps the results bag holds, exactly as the node's; the
+    heatmap PNGs are written also with ~/heatmap off."""
+    rgb = load_rgb(synthetic_dir / "test" / "good" / "rgb" / "000.png")
+    xyz = load_xyz(synthetic_dir / "test" / "good" / "xyz" / "000.tiff")
+    bag = tmp_path / "bag"
+    with BagWriter(bag, "mcap") as w:
+        for i in range(3):
+            stamp = START + i * NS
+            h = make_header(stamp, "cam")
+            w.write("/image", array_to_image(rgb, "rgb8", h), stamp)
+            w.write("/points", xyz_to_pointcloud2(xyz, h), stamp)
+        w.write("/ids", make_header(START - NS // 100, "A"), START - NS // 100)  # 10 ms before part 0
+        w.write("/ids", make_header(START + NS + NS // 50, "B-old"), START + NS)  # 20 ms after part 1
+        w.write("/ids", make_header(START + NS + NS // 50, "B"), START + NS + NS // 10)  # the same stamp, later
+        w.write("/ids", make_header(START + 2 * NS + NS // 10, "C"), START + 2 * NS)  # 100 ms: beyond the slop
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"output": {"anomaly_cloud": False,
+                                                                             "heatmap_alpha": 0.3}}}}))
+    monkeypatch.setattr("cmdr_ros.model.checkpoint.load_checkpoint", lambda *a, **k: untrained_rgbd)
+    args = ["bag", "eval", str(bag), "--checkpoint", "untrained", "--device", "cpu", "--image-topic", "/image",
+            "--points-topic", "/points", "--part-id-topic", "/ids", "--params-file", str(params), "--quiet"]
+    topics = {"image": "/image", "points": "/points"}
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    results = [m for _, _, m in read_messages(tmp_path / "a" / "results_bag", ["/cmdr_inspection/result"])]
+    assert [{v.key: v.value for v in m.status[0].values}.get("part_id") for m in results] == ["A", "B", None]
+    with open_bag(tmp_path / "a" / "results_bag") as reader:
+        assert "/cmdr_inspection/anomaly_cloud" not in reader.topics and "/cmdr_inspection/heatmap" in reader.topics
+    _assert_node_outputs(bag, untrained_rgbd, tmp_path / "a", {"output.anomaly_cloud": False,
+                                                               "output.heatmap_alpha": 0.3}, topics)
+    assert main([*args, "--out", str(tmp_path / "b"), "--maps", "anomaly_cloud"]) == 0  # --maps: these, no other
+    _assert_node_outputs(bag, untrained_rgbd, tmp_path / "b", {"output.heatmap": False, "output.anomaly_map": False},
+                         topics)
+    assert len(list((tmp_path / "b" / "heatmaps").glob("*.png"))) == 3  # the PNGs need no ~/heatmap
+    assert main([*args, "--out", str(tmp_path / "c"), "--maps", "--no-images"]) == 0  # no maps at all
+    _assert_node_outputs(bag, untrained_rgbd, tmp_path / "c", {f"output.{k}": False for k in MAPS}, topics)
+    capsys.readouterr()
+    with pytest.raises(CmdrError, match="unknown maps \\['depth'\\]"):
+        eval_bag(bag, untrained_rgbd, tmp_path / "d", image_topic="/image", points_topic="/points", maps=["depth"])
 
 @pytest.mark.slow
 def test_round_trip_bag_eval_equals_cmdr_eval_on_real_data(cable_gland_dir, preprocess_cache, tmp_path, capsys):
@@ -602,6 +700,8 @@ def test_scan_bag_round_trip_eval_and_to_dataset(scan_dir, untrained_chunks, tmp
     kv = {v.key: v.value for v in results["/cmdr_inspection/result"][1].status[0].values}
     assert kv["alignment"] == "scan" and kv["sample"] == "bump/000" and kv["chunks"] == rows[1]["chunks"]
     assert [c.width for c in results["/cmdr_inspection/anomaly_cloud"]] == [c.width for c in clouds]
+    assert len(results["/cmdr_inspection/anomaly_map"]) == len(results["/cmdr_inspection/heatmap"]) == 2
+    _assert_node_outputs(bag, det, tmp_path / "ev", topics=PROFILER)  # the scan's top view and its scored points
     assert len(list((tmp_path / "ev" / "heatmaps").glob("*.png"))) == 2
 
     out = tmp_path / "from_bag"

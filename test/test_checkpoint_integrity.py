@@ -12,6 +12,7 @@ from cmdr_ros.data.synthetic import CellConfig, generate_dataset, render_part
 from cmdr_ros.model.checkpoint import (FORMAT_VERSION, content_checksum, load_checkpoint, read_checkpoint,
                                        save_checkpoint)
 from cmdr_ros.model.detector import CMDRDetector
+from cmdr_ros.model.fitting import fit_detector
 
 CELL = CellConfig(image_size=64, field_of_view=0.30)
 
@@ -29,7 +30,7 @@ def model(tmp_path_factory):
     parts = [render_part(np.random.default_rng(i), CELL, None) for i in range(3)]
     det = CMDRDetector(tiny_config(), device="cpu")
     inputs = [det.prepare(p.rgb, p.xyz) for p in parts]
-    det.fit(inputs, progress=False)
+    fit_detector(det, inputs, progress=False)
     folder = tmp_path_factory.mktemp("ckpt")
     raw = save_checkpoint(det, folder / "uncalibrated.ckpt")
     det.calibrate(inputs, progress=False)

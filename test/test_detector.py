@@ -9,7 +9,8 @@ from cmdr_ros.data.synthetic import CellConfig, render_part
 from cmdr_ros.judge import is_reject
 from cmdr_ros.model.checkpoint import (FORMAT_VERSION, content_checksum, load_checkpoint, read_checkpoint,
                                        save_checkpoint)
-from cmdr_ros.model.detector import CMDRDetector, masked_cosine_loss
+from cmdr_ros.model.detector import CMDRDetector
+from cmdr_ros.model.fitting import fit_detector, masked_cosine_loss
 
 
 def tiny_config(mode="rgbd", epochs=4):
@@ -29,7 +30,7 @@ def parts():
 def _fit(mode, parts, epochs=4):
     good, _ = parts
     det = CMDRDetector(tiny_config(mode, epochs), device="cpu")
-    hist = det.fit([det.prepare(p.rgb, p.xyz) for p in good], progress=False)
+    hist = fit_detector(det, [det.prepare(p.rgb, p.xyz) for p in good], progress=False)
     return det, hist
 
 
@@ -149,7 +150,7 @@ def test_training_is_reproducible(parts):
 def test_2d_mode_needs_no_cloud(parts):
     good, bad = parts
     det = CMDRDetector(tiny_config("2d", 2), device="cpu")
-    det.fit([det.prepare(p.rgb, None) for p in good[:3]], progress=False)
+    fit_detector(det, [det.prepare(p.rgb, None) for p in good[:3]], progress=False)
     pred = det.predict(bad.rgb, None)
     assert pred.valid_mask.all() and pred.anomaly_map.shape == (96, 96)
     assert det.backbone_3d is None and det.heads.head_names() == ["rec2d"]
@@ -161,7 +162,7 @@ def test_non_finite_loss_skips_the_step(parts):
     inp = det.prepare(good[0].rgb, good[0].xyz)
     inp.xyz[inp.valid] = float("nan")  # poisoned features -> NaN loss
     before = {k: v.clone() for k, v in det.heads.state_dict().items()}
-    hist = det.fit([inp], progress=False)
+    hist = fit_detector(det, [inp], progress=False)
     assert hist[0]["skipped"] == 1
     for k, v in det.heads.state_dict().items():  # weights and BatchNorm statistics untouched
         assert torch.equal(v, before[k]), k
@@ -226,8 +227,8 @@ def test_max_steps_caps_the_epochs_of_large_classes(parts):
     cfg.train.max_steps = 6  # 5 parts a step each: the second epoch reaches it
     det = CMDRDetector(cfg, device="cpu")
     inputs = [det.prepare(p.rgb, p.xyz) for p in good]
-    assert len(det.fit(inputs, progress=False)) == 2
-    assert len(det.fit(inputs, epochs=3, progress=False)) == 3  # an explicit count is the count
+    assert len(fit_detector(det, inputs, progress=False)) == 2
+    assert len(fit_detector(det, inputs, epochs=3, progress=False)) == 3  # an explicit count is the count
     for bad in (0, -5, 2.5, True):
         with pytest.raises(CmdrError, match="max_steps"):
             ModelConfig(train=TrainConfig(max_steps=bad))
@@ -250,7 +251,7 @@ def test_fusion_at_a_larger_map_size(parts):
     cfg = tiny_config("3d", 1)
     cfg.fusion_size = 32
     det = CMDRDetector(cfg, device="cpu")
-    det.fit([det.prepare(p.rgb, p.xyz) for p in good[:2]], progress=False)
+    fit_detector(det, [det.prepare(p.rgb, p.xyz) for p in good[:2]], progress=False)
     pred = det.predict(bad.rgb, bad.xyz)
     assert pred.grid_map.shape == (32, 32) and pred.grid_valid.shape == (32, 32)
     assert (pred.grid_map[~pred.grid_valid] >= 0).all() and np.isfinite(pred.score)

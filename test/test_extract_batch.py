@@ -7,6 +7,7 @@ import torch
 
 from cmdr_ros.config import BackboneConfig, ModelConfig, TrainConfig
 from cmdr_ros.model.detector import CMDRDetector
+from cmdr_ros.model.fitting import fit_detector
 from test_detector import parts, tiny_config  # noqa: F401  (the module fixture of rendered parts)
 
 
@@ -48,6 +49,6 @@ def test_training_extracts_in_batches_and_trains_the_same(parts):  # noqa: F811
         original = det.extract_many
         det.extract_many = (lambda inputs, batch_size=None, bs=batch_size, **kw:  # prediction passes its own
                             original(inputs, batch_size=batch_size or bs, **kw))
-        det.fit([det.prepare(p.rgb, p.xyz) for p in good], progress=False)
+        fit_detector(det, [det.prepare(p.rgb, p.xyz) for p in good], progress=False)
         scores.append(det.predict(bad.rgb, bad.xyz).score)
     assert scores[0] == pytest.approx(scores[1], rel=1e-4)

@@ -11,6 +11,7 @@ from cmdr_ros.config import ModelConfig, preset
 from cmdr_ros.model import checkpoint, fusion, memory_bank
 from cmdr_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from cmdr_ros.model.detector import CMDRDetector
+from cmdr_ros.model.fitting import fit_detector
 from cmdr_ros.model.export import TOLERANCE, export_onnx, onnx_path_for
 from test_checkpoint_integrity import forge
 from test_detector import parts, tiny_config  # noqa: F401  (parts: the module fixture of rendered parts)
@@ -74,7 +75,7 @@ def banked(parts):  # noqa: F811
     cfg = tiny_config("3d", epochs=2)
     cfg.memory_bank = 64
     det = CMDRDetector(cfg, device="cpu")
-    det.fit([det.prepare(p.rgb, p.xyz) for p in good], progress=False)
+    fit_detector(det, [det.prepare(p.rgb, p.xyz) for p in good], progress=False)
     det.threshold = 1.0
     return det
 

@@ -17,6 +17,7 @@ from cmdr_ros.data.scans import chunk_scan
 from cmdr_ros.data.synthetic import generate_scan_dataset
 from cmdr_ros.judge import Judge
 from cmdr_ros.model.detector import CMDRDetector
+from cmdr_ros.model.fitting import fit_detector
 from cmdr_ros.model.heads import CMDRHeads
 from cmdr_ros.model.pointmae import PointMAEEncoder
 from cmdr_ros.model.scan import scan_inputs
@@ -76,7 +77,7 @@ def surface(seed: int, n: int = 700, bump: bool = False) -> tuple[np.ndarray, np
 @pytest.fixture(scope="module")
 def fitted():
     det = CMDRDetector(small(), device="cpu")
-    det.fit(scan_inputs([surface(s)[0] for s in range(3)], det), progress=False)
+    fit_detector(det, scan_inputs([surface(s)[0] for s in range(3)], det), progress=False)
     det.calibrate_scans([surface(10)[0], surface(11)[0]], progress=False)
     return det
 
@@ -133,13 +134,13 @@ def test_nonfinite_loss_ends_training_when_asked():
     inputs = scan_inputs([surface(s)[0] for s in range(2)], det)
     with torch.no_grad():
         det.heads.rec3d.seq_proj[0].weight.fill_(float("nan"))
-    history = det.fit(inputs, progress=False)
+    history = fit_detector(det, inputs, progress=False)
     assert len(history) == 1 and history[0]["skipped"] == 1  # stopped at the first batch's loss
     cfg.train.stop_on_nonfinite = False
     det = CMDRDetector(cfg, device="cpu")
     with torch.no_grad():
         det.heads.rec3d.seq_proj[0].weight.fill_(float("nan"))
-    assert len(det.fit(inputs, progress=False)) == 3  # skipped, not stopped
+    assert len(fit_detector(det, inputs, progress=False)) == 3  # skipped, not stopped
 
 
 def test_lite3d_train_eval_predict_calibrate_cli(tmp_path, capsys):

@@ -13,6 +13,7 @@ from cmdr_ros.data.synthetic import CellConfig, render_part
 from cmdr_ros.model import fusion
 from cmdr_ros.model.checkpoint import content_checksum, load_checkpoint, read_checkpoint, save_checkpoint
 from cmdr_ros.model.detector import CMDRDetector
+from cmdr_ros.model.fitting import fit_detector
 
 LEGACY_MAPS = Path(__file__).parent / "data" / "legacy_maps.npz"
 
@@ -33,7 +34,7 @@ def parts():
 def _fit(cfg, parts):
     good, _ = parts
     det = CMDRDetector(cfg, device="cpu")
-    det.fit([det.prepare(p.rgb, p.xyz if cfg.uses_3d else None) for p in good], progress=False)
+    fit_detector(det, [det.prepare(p.rgb, p.xyz if cfg.uses_3d else None) for p in good], progress=False)
     return det
 
 

@@ -6,8 +6,8 @@
 * ``play BAG``: publish a bag on DDS with its recorded timing and QoS, optionally /clock (for machines without
   ``ros2 bag``);
 * ``eval BAG --checkpoint M``: run a model over a bag offline, as the node would (a cloud in another frame than the
-  image through the bag's own /tf and /tf_static, as the node's tf2 listener heard them), and score it like
-  ``cmdr eval``;
+  image through the bag's own /tf and /tf_static, as the node's tf2 listener heard them; a results bag of the
+  messages the node publishes, part ids included), and score it like ``cmdr eval``;
 * ``to-dataset BAG --out DIR``: a recording of parts as samples of a class folder, to train on recorded good parts
   (``--scans``: a recorded profilometer topic as a class of unorganized scans, for a "chunks" model).
 
@@ -21,7 +21,7 @@ import signal
 from pathlib import Path
 
 from cmdr_ros.data.mvtec3d import SPLITS
-from cmdr_ros.ros.topics import CAMERA, PROFILER, RECORDED
+from cmdr_ros.ros.topics import CAMERA, MAPS, PART_ID, PROFILER, RECORDED
 
 STORAGES = ("mcap", "sqlite3")  # cmdr_ros.ros.bags.record.STORAGES, repeated to keep rosbags out of parser building
 
@@ -67,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"ground truth, metrics when present: masks (mono8; default {RECORDED['gt']}), or for a "
                         f"scan model the points with their labels as intensity (default {RECORDED['gt_points']})")
     q.add_argument("--sample-topic", default=RECORDED["sample"], help="std_msgs/String sample names '<defect>/<id>'")
+    q.add_argument("--part-id-topic", default=PART_ID,
+                   help=f"std_msgs/Header part ids (default {PART_ID}): each result carries the id whose stamp is "
+                        "nearest its own within sync.slop, as on the node")
     q.add_argument("--params-file", default=None, metavar="YAML",
                    help="the node's parameters file (e.g. config/inspection.yaml): judge the bag exactly as the node "
                         "would (use_tf: the bag's /tf and /tf_static, extrinsics, raster_resolution, on_error, "
@@ -78,6 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     q.add_argument("--weights-2d", default=None)
     q.add_argument("--weights-3d", default=None)
+    q.add_argument("--maps", nargs="*", choices=MAPS, default=None, metavar="MAP",
+                   help=f"the maps the results bag holds ({', '.join(MAPS)}; none: --maps alone), as the node's "
+                        "output.<map> switches (default: the params file's, else all three, as the node)")
     q.add_argument("--no-images", action="store_true", help="skip the heatmap PNGs")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=run_eval)
@@ -138,7 +144,8 @@ def run_eval(args: argparse.Namespace) -> int:
                                require_threshold=threshold < 0)
     rep = eval_bag(bag, detector, out, params=params, image_topic=args.image_topic, points_topic=args.points_topic,
                    info_topic=args.info_topic, gt_topic=args.gt_topic, sample_topic=args.sample_topic,
-                   slop=args.slop, threshold=args.threshold, checkpoint=args.checkpoint,
+                   part_id_topic=args.part_id_topic, slop=args.slop, threshold=args.threshold, maps=args.maps,
+                   checkpoint=args.checkpoint,
                    write_images=not args.no_images, progress=not args.quiet)
     if "table" in rep:
         print(rep["table"])

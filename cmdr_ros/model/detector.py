@@ -1,4 +1,5 @@
-"""The CMDR-IAD detector: frozen backbones + learned heads + fusion, with ``fit`` and ``predict``.
+"""The CMDR-IAD detector: frozen backbones + learned heads + fusion, the model that predicts (fitted to good parts
+by ``cmdr_ros.model.fitting.fit_detector``).
 
 One frame: ``prepare_input`` (in ``cmdr_ros.data.model_input``: background removal, square padding,
 resizing) -> ``extract`` (frozen backbones, native resolution) -> ``grid_features`` (per-pixel maps) ->
@@ -6,7 +7,6 @@ resizing) -> ``extract`` (frozen backbones, native resolution) -> ``grid_feature
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from cmdr_ros.config import ModelConfig, cross_modal
 from cmdr_ros.data.model_input import ModelInput, prepare_input
 from cmdr_ros.model import fusion, memory_bank
 from cmdr_ros.model.backbones import Backbone2D, Backbone3D, build_backbone
-from cmdr_ros.model.heads import HEAD_TARGET, CMDRHeads
+from cmdr_ros.model.heads import CMDRHeads
 from cmdr_ros.model.scan import ScanPrediction, predict_scan
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 
 Native = dict[str, dict[str, torch.Tensor]]
-log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -72,17 +71,6 @@ class Prediction:
         return fusion.normalized_scores(torch.from_numpy(self.grid_map), self.pixel_norm, "p_auroc").numpy()
 
 
-def masked_cosine_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """1 - cosine similarity per pixel, averaged over valid pixels (``[B, C, G, G]``, ``[B, G, G]``)."""
-    cos = F.cosine_similarity(pred, target, dim=1)
-    v = valid.to(cos.dtype)
-    return ((1 - cos) * v).sum() / v.sum().clamp_min(1)
-
-
-def _finite(feats: dict[str, torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(f).all()) for f in feats.values())
-
-
 def _to(native: Native, device: torch.device) -> Native:
     """Native features on ``device``; scalars (a 3D backbone's ``side``) stay on the host, read without a sync."""
     return {m: {k: t.to(device, non_blocking=True) if t.dim() else t for k, t in d.items()}
@@ -90,7 +78,8 @@ def _to(native: Native, device: torch.device) -> Native:
 
 
 class CMDRDetector:
-    """Unsupervised 2D+3D anomaly detector (CMDR-IAD). Train on good parts with ``fit``; ``predict`` a frame."""
+    """Unsupervised 2D+3D anomaly detector (CMDR-IAD). Fitted to good parts by ``fitting.fit_detector``;
+    ``predict`` a frame."""
 
     def __init__(self, config: ModelConfig, device: str | torch.device = "auto",
                  backbone_2d: Backbone2D | None = None, backbone_3d: Backbone3D | None = None):
@@ -206,126 +195,6 @@ class CMDRDetector:
         if self.config.valid_mask == "feature" and f3d_raw is not None:
             return (f3d_raw != 0).any(dim=1)
         return strict_valid.bool()
-
-    def _fit_feature_stats(self, natives: Sequence[Native], valids: Sequence[torch.Tensor]) -> None:
-        for m in self.backbones:
-            s = s2 = None
-            n = 0
-            for nat, v in zip(natives, valids):
-                f = self.grid_features([nat])[m][0]
-                fv = f[:, v.to(self.device)].double()
-                s = fv.sum(1) if s is None else s + fv.sum(1)
-                s2 = (fv**2).sum(1) if s2 is None else s2 + (fv**2).sum(1)
-                n += fv.shape[1]
-            mean = s / max(n, 1)
-            std = (s2 / max(n, 1) - mean**2).clamp_min(0).sqrt().clamp_min(1e-6)
-            self.feature_stats[m] = torch.stack([mean, std]).float().cpu()
-
-    def _fit_memory_bank(self, natives: Sequence[Native], valids: Sequence[torch.Tensor],
-                         grid_cache: Sequence[dict[str, torch.Tensor]] | None) -> dict[str, torch.Tensor]:
-        """The memory bank of every modality: a greedy coreset (``memory_bank.greedy_coreset``) of
-        ``config.memory_bank`` standardised grid features drawn from the valid pixels of the training samples (at
-        most ``memory_bank.POOL`` in all, the same share from each sample)."""
-        gen = torch.Generator().manual_seed(self.config.train.seed)
-        per_sample = -(-memory_bank.POOL // len(natives))
-        pools: dict[str, list[torch.Tensor]] = {}
-        for i, (nat, v) in enumerate(zip(natives, valids)):
-            feats = grid_cache[i] if grid_cache is not None else self.grid_features([nat])
-            idx = torch.nonzero(v.reshape(-1).to(self.device)).squeeze(1)
-            idx = idx[torch.randperm(len(idx), generator=gen)[:per_sample].to(idx.device)]
-            for m, f in feats.items():
-                pools.setdefault(m, []).append(f[0].flatten(1)[:, idx].T.float().cpu())
-        return {m: memory_bank.greedy_coreset(torch.cat(p), self.config.memory_bank, self.config.train.seed)
-                for m, p in pools.items()}
-
-    # ------------------------------------------------------------------ training
-    def fit(self, inputs: Sequence[ModelInput], epochs: int | None = None, progress: bool = True,
-            grid_cache_bytes: int = 2 << 30) -> list[dict[str, float]]:
-        """Train the heads on good samples; returns the mean loss of every head per epoch.
-
-        Backbone features are extracted once and cached (CPU, native resolution); every epoch then costs
-        only the heads. When the per-pixel grid features of all samples fit in ``grid_cache_bytes`` (small
-        grids) they are kept on the device too, so epochs skip the upsampling as well. Each head has its
-        own optimiser; a non-finite loss skips that head's step.
-        """
-        cfg = self.config.train
-        if not inputs:
-            raise CmdrError("no training samples")
-        if epochs is None:
-            epochs = cfg.epochs_for(len(inputs))
-            if epochs < cfg.epochs:
-                log.info("%d epochs instead of %d: %d samples reach max_steps %d", epochs, cfg.epochs, len(inputs),
-                         cfg.max_steps)
-        natives = self.extract_many(inputs, progress=progress, keep_on=torch.device("cpu"))
-        valids = [self.grid_features([n], inp.valid[None])["valid"][0].cpu() if self.config.valid_mask == "feature"
-                  else inp.valid for n, inp in zip(natives, inputs)]
-        self.feature_stats = {}
-        if self.config.standardize_features:
-            self._fit_feature_stats(natives, valids)
-
-        dims = sum(bb.out_dim for bb in self.backbones.values())
-        grid_cache = finite = None
-        if 4 * dims * self.config.grid ** 2 * len(natives) <= grid_cache_bytes:
-            grid_cache = [self.grid_features([n]) for n in natives]
-            finite = [_finite(g) for g in grid_cache]  # checked once, not every epoch
-        self.memory_bank = ({m: b.to(self.device) for m, b in self._fit_memory_bank(natives, valids, grid_cache).items()}
-                            if self.config.memory_bank else {})
-
-        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        names = self.heads.head_names()
-        # fused: one kernel for all of a head's parameters (the same update, float rounding aside; 7 -> 2 ms a step)
-        opts = {n: opt_cls(getattr(self.heads, n).parameters(), lr=cfg.lr, fused=True) for n in names}
-        gen = torch.Generator().manual_seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
-        history: list[dict[str, float]] = []
-        self.heads.train()
-        bar = tqdm(range(epochs), desc="train", disable=not progress, unit="epoch")
-        stop = ""
-        for epoch in bar:
-            sums = dict.fromkeys(names, 0.0)
-            counts = dict.fromkeys(names, 0)
-            skipped = 0
-            order = torch.randperm(len(natives), generator=gen).tolist()
-            for i in range(0, len(order), cfg.batch_size):
-                idx = order[i:i + cfg.batch_size]
-                if grid_cache is not None:
-                    feats = {m: torch.cat([grid_cache[j][m] for j in idx]) for m in grid_cache[0]}
-                    usable = all(finite[j] for j in idx)
-                else:
-                    feats = self.grid_features([natives[j] for j in idx])
-                    usable = _finite(feats)
-                valid = torch.stack([valids[j] for j in idx]).to(self.device)
-                if not usable:
-                    skipped += len(names)  # poisoned input: keep it out of BatchNorm statistics too
-                    continue
-                preds = self.heads(feats.get("2d"), feats.get("3d"))
-                total = None
-                for n in names:
-                    loss = masked_cosine_loss(preds[n], feats[HEAD_TARGET[n]], valid)
-                    if not torch.isfinite(loss):
-                        skipped += 1
-                        stop = stop or (f"non-finite {n} loss in epoch {epoch + 1}" if cfg.stop_on_nonfinite else "")
-                        continue
-                    sums[n] += float(loss.detach())
-                    counts[n] += 1
-                    total = loss if total is None else total + loss  # heads share no parameters
-                if stop:  # the reference's 3D-only training ends at a non-finite loss, before its step
-                    break
-                for o in opts.values():
-                    o.zero_grad(set_to_none=True)
-                if total is not None:
-                    total.backward()
-                    for o in opts.values():  # a head whose loss was skipped has no grads: its step is a no-op
-                        o.step()
-            rec = {n: sums[n] / max(counts[n], 1) for n in names}
-            rec["skipped"] = skipped
-            history.append(rec)
-            bar.set_postfix({n: f"{v:.4f}" for n, v in rec.items() if n != "skipped"})
-            if stop:
-                log.warning("training stopped: %s (train.stop_on_nonfinite)", stop)
-                break
-        self.heads.eval()
-        return history
 
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()

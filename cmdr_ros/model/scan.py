@@ -87,6 +87,6 @@ def predict_scan(detector: CMDRDetector, points: np.ndarray) -> ScanPrediction:
 
 
 def scan_inputs(scans: list[np.ndarray], detector: CMDRDetector) -> list[ModelInput]:
-    """The chunk inputs of several scans, for ``CMDRDetector.fit`` (thresholds are calibrated on whole scans:
+    """The chunk inputs of several scans, for ``fitting.fit_detector`` (thresholds are calibrated on whole scans:
     ``CMDRDetector.calibrate_scans``)."""
     return [inp for pts in scans for inp in chunk_inputs(pts, detector)[1]]

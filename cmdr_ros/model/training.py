@@ -18,6 +18,7 @@ from cmdr_ros.data.scans import ScanDataset
 from cmdr_ros.data.samples import iter_split, make_cache
 from cmdr_ros.model.checkpoint import save_checkpoint
 from cmdr_ros.model.detector import CMDRDetector
+from cmdr_ros.model.fitting import fit_detector
 from cmdr_ros.model.scan import scan_inputs
 
 log = logging.getLogger("cmdr")
@@ -43,7 +44,7 @@ def train_model(data_dir: str | Path, config: ModelConfig, out: str | Path, devi
         val_inputs = [ls.inp for ls in iter_split(data, "validation", config, cache, progress)] if has_val else []
         n_train, n_val = len(train_inputs), len(val_inputs)
     t_load = time.perf_counter()
-    history = detector.fit(train_inputs, progress=progress)
+    history = fit_detector(detector, train_inputs, progress=progress)
     t_fit = time.perf_counter()
     if val_inputs:
         calibrate(val_inputs, progress=progress, source="validation")

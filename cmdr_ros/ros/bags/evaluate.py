@@ -6,12 +6,13 @@ from __future__ import annotations
 import bisect
 import csv
 import json
+import logging
 import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 
@@ -22,8 +23,11 @@ from cmdr_ros.ros.bags.record import _NS, BagWriter
 from cmdr_ros.ros.bags.tf import bag_tf_lookup, read_tf, tf_summary
 from cmdr_ros.ros.conversions import stamp_ns
 from cmdr_ros.ros.conversions.frames import input_names
-from cmdr_ros.ros.topics import PART_ID, PROFILER, RECORDED, output_topic
+from cmdr_ros.ros.node.outputs import decision_messages, map_messages, result_values
+from cmdr_ros.ros.node.wiring import output_keys
+from cmdr_ros.ros.topics import MAPS, PART_ID, PROFILER, RECORDED, output_topic
 
+log = logging.getLogger(__name__)
 
 class _ByStamp:
     """Values keyed by a nanosecond stamp; lookup of the nearest one (optionally only within a tolerance)."""
@@ -84,8 +88,9 @@ def read_aux(reader: Any, topics: dict[str, str]) -> _Aux:
                                     .reshape(-1) != 0))
             else:
                 found[kind].append((t, str(msg.data)))
+    part_ids = list(dict(found["part_id"]).items())  # a repeated stamp: the newest id counts (as PartIds.add)
     return _Aux(_ByStamp(found["info"]), _ByStamp(found["gt"]), _ByStamp(found["sample"]),
-                "gt" in topics or "gt_points" in topics, _ByStamp(found["part_id"]))
+                "gt" in topics or "gt_points" in topics, _ByStamp(part_ids))
 
 
 class _Evaluation:
@@ -99,6 +104,7 @@ class _Evaluation:
         self.judge, self.params, self.inputs, self.aux, self.slop_ns = judge, params, inputs, aux, slop_ns
         self.det = judge.judge_.detector
         self.results, self.heatmaps = results, heatmaps
+        self.outputs = set(output_keys(params))  # what the node publishes with these parameters
         self.seq = 0
         self.rows: list[dict[str, Any]] = []
         self.metric_inputs: dict[str, list[Any]] = {k: [] for k in ("gts", "pix", "pro", "labels", "scores", "defects",
@@ -132,35 +138,20 @@ class _Evaluation:
 
     def _write(self, header: Any, stamp: int, sample: str | None, inputs: str, frame: Any, verdict: Any,
                latency_ms: float | None, frame_ids: dict[str, str], label: int | None) -> None:
-        import cv2
-        from std_msgs.msg import Bool, Float32
-
-        from cmdr_ros.ros.conversions import array_to_image
-        from cmdr_ros.ros.node.outputs import heatmap_image, result_array, scan_cloud
-        from cmdr_ros.ros.node.typed_decision import classification
-
+        """The node's messages of one decision into the results bag (``outputs.decision_messages``: result,
+        decision, reject, score and the maps its output switches enable), the heatmap PNG and the CSV row."""
         self.seq += 1
         part_id = self.aux.part_ids.nearest(stamp, self.slop_ns)  # the node's rule: nearest stamp within sync.slop
         extra = {k: v for k, v in (("part_id", part_id), ("sample", sample)) if v is not None and v != ""}
-        self.results.write(output_topic("result"), result_array(
-            header, verdict, frame, seq=self.seq, mode=self.judge.mode, model_id=self.judge.model_id, inputs=inputs,
-            latency_ms=latency_ms, frame_ids=frame_ids, extra=extra or None), stamp)
-        if (typed := classification(header, verdict)) is not None:  # ~/decision, where vision_msgs is installed
-            self.results.write(output_topic("decision"), typed, stamp)
-        if verdict.decision != "skip":
-            self.results.write(output_topic("reject"), Bool(data=verdict.reject), stamp)
-        if verdict.judged:
-            self.results.write(output_topic("score"), Float32(data=float(verdict.score)), stamp)
-            img = heatmap_image(frame, verdict.prediction, verdict.threshold,
-                                float(self.params["output.heatmap_alpha"]), float(self.params["output.heatmap_max"]))
-            self.results.write(output_topic("heatmap"), array_to_image(img, "bgr8", frame.header), stamp)
-            if self.scan:
-                self.results.write(output_topic("anomaly_cloud"), scan_cloud(frame, verdict.prediction), stamp)
-            if self.heatmaps is not None:
-                name = sample.replace("/", "_") if sample else f"{stamp // _NS}.{stamp % _NS:09d}"
-                path = self.heatmaps / f"{name}.png"
-                if not cv2.imwrite(str(path), img):
-                    raise CmdrError(f"{path}: OpenCV could not write the heatmap")
+        values = result_values(header, verdict, frame, seq=self.seq, mode=self.judge.mode,
+                               model_id=self.judge.model_id, inputs=inputs, latency_ms=latency_ms,
+                               frame_ids=frame_ids, extra=extra or None)
+        maps = self._maps(verdict, frame, inputs)
+        if self.heatmaps is not None and "heatmap" in maps:
+            self._write_png(maps["heatmap"], stamp, sample)
+        for key, msg in decision_messages(header, verdict, values,
+                                          {k: m for k, m in maps.items() if k in self.outputs}).items():
+            self.results.write(output_topic(key), msg, stamp)
         self.rows.append({"stamp": f"{header.stamp.sec}.{header.stamp.nanosec:09d}", "sample": sample or "",
                           "inputs": inputs, "score": verdict.score if verdict.judged else "",
                           "threshold": verdict.threshold, "decision": verdict.decision,
@@ -170,6 +161,28 @@ class _Evaluation:
         if self.scan:
             self.rows[-1].update(points=len(frame.points) if frame is not None else "",
                                  chunks=len(verdict.prediction.chunks) if verdict.judged else "")
+
+    def _maps(self, verdict: Any, frame: Any, inputs: str) -> dict[str, Any]:
+        """``outputs.map_messages`` of the maps the output switches enable (and the heatmap when PNGs are written);
+        a map that cannot be drawn costs the part no decision, as on the node (logged)."""
+        wanted = self.outputs | ({"heatmap"} if self.heatmaps is not None else set())
+        try:
+            return map_messages(verdict, frame, wanted, float(self.params["output.heatmap_alpha"]),
+                                float(self.params["output.heatmap_max"]))
+        except Exception as e:  # noqa: BLE001 - the node's rule (engine.decide)
+            log.warning("output maps of part %s not built: %s: %s", inputs, type(e).__name__, e)
+            return {}
+
+    def _write_png(self, heatmap: Any, stamp: int, sample: str | None) -> None:
+        """The heatmap (the ``~/heatmap`` message's bgr8 pixels) as ``heatmaps/<sample>.png`` (else by stamp)."""
+        import cv2
+
+        from cmdr_ros.ros.conversions import image_to_array
+
+        name = sample.replace("/", "_") if sample else f"{stamp // _NS}.{stamp % _NS:09d}"
+        path = self.heatmaps / f"{name}.png"
+        if not cv2.imwrite(str(path), image_to_array(heatmap)):
+            raise CmdrError(f"{path}: OpenCV could not write the heatmap")
 
     def _truth(self, stamp: int, sample: str | None, pred: Any) -> int | None:
         """The frame's label (sample's defect folder, else its mask); collects the metric inputs with gt."""
@@ -246,8 +259,8 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
              image_topic: str = RECORDED["image"], points_topic: str | None = None,
              info_topic: str = RECORDED["camera_info"], gt_topic: str | None = None,
              sample_topic: str = RECORDED["sample"], part_id_topic: str = PART_ID,
-             slop: float | None = None, threshold: float | None = None, checkpoint: str = "",
-             write_images: bool = True, progress: bool = False) -> dict[str, Any]:
+             slop: float | None = None, threshold: float | None = None, maps: Collection[str] | None = None,
+             checkpoint: str = "", write_images: bool = True, progress: bool = False) -> dict[str, Any]:
     """Run ``detector`` over a bag offline, judging every part exactly as the node would, without DDS.
 
     ``params``: the node's parameter values (``cmdr_ros.ros.node.parameters.read_params_file``; default: the node's
@@ -256,16 +269,22 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     minimum coverage / valid ratio, ``max_range``, threshold) and the synchronizer's ``sync.queue_size`` /
     ``sync.slop``; ``slop`` and ``threshold`` override theirs. Inputs are matched with the node's
     ``ApproximateTimePolicy``; each set gets the nearest camera_info. Writes ``out/results_bag`` (mcap, replaced
-    if present: score, reject, result, heatmap stamped with the input stamps), ``out/results.csv`` and
-    ``out/heatmaps/*.png``; with a ground-truth topic also ``out/metrics.json`` (the metrics of ``cmdr eval``).
-    Returns the report (``table`` holds the printable metrics table when there are metrics).
+    if present): every message the node publishes for each decision, made by the node's own
+    ``outputs.decision_messages`` / ``map_messages`` and stamped with the input stamps (``~/result``, ``~/decision``
+    where vision_msgs is installed, ``~/reject``, ``~/score`` and the maps the ``output.heatmap`` /
+    ``output.anomaly_map`` / ``output.anomaly_cloud`` switches enable, drawn with ``output.heatmap_alpha`` /
+    ``output.heatmap_max``; ``maps``, names of ``topics.MAPS``, overrides the switches); ``out/results.csv`` and
+    ``out/heatmaps/*.png`` (the ``~/heatmap`` pixels, also when that output is off); with a ground-truth topic also
+    ``out/metrics.json`` (the metrics of ``cmdr eval``). Returns the report (``table`` holds the printable metrics
+    table when there are metrics).
 
     A "chunks" model (``FrameJudge.scan``): every cloud on ``points_topic`` (default: the profiler's, else the
-    camera's) is one scanned part, judged point by point as on the node; the results bag also carries each
-    part's ``anomaly_cloud``, ``results.csv`` its points and chunks; with sample names ``metrics.json`` holds the
-    part-level I-AUROC, and with per-point ground truth (``gt_topic``, default ``/cmdr/gt_points``: the scan's
-    points with their labels as intensity, as ``bag_from_scans`` writes it) also the chunk-level I-AUROC and the
-    P-AUROC over the points. ``gt_topic`` default for frames: ``/camera/gt_mask``.
+    camera's) is one scanned part, judged point by point as on the node (its maps: the scan's top view, and its
+    own points with their scores as the anomaly cloud); ``results.csv`` also holds its points and chunks; with
+    sample names ``metrics.json`` holds the part-level I-AUROC, and with per-point ground truth (``gt_topic``,
+    default ``/cmdr/gt_points``: the scan's points with their labels as intensity, as ``bag_from_scans`` writes it)
+    also the chunk-level I-AUROC and the P-AUROC over the points. ``gt_topic`` default for frames:
+    ``/camera/gt_mask``.
 
     Part ids (``part_id_topic``, std_msgs/Header, when the bag has it): each result carries the id whose stamp is
     nearest its own within ``sync.slop``, as on the node, whether the id was recorded before or after the frame.
@@ -279,7 +298,10 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     from cmdr_ros.ros.node.sync import ApproximateTimePolicy
 
     bag, out = Path(bag), Path(out)
-    params = node_params(params, {"sync.slop": slop, "threshold": threshold})
+    if maps is not None and set(maps) - set(MAPS):
+        raise CmdrError(f"unknown maps {sorted(set(maps) - set(MAPS))}: choose from {', '.join(MAPS)}")
+    switches = {f"output.{k}": k in maps for k in MAPS} if maps is not None else {}
+    params = node_params(params, {"sync.slop": slop, "threshold": threshold, **switches})
     mode, scan = detector.config.mode, judges_scans(detector)
     if points_topic is None:
         points_topic = PROFILER["points"] if scan else RECORDED["points"]
