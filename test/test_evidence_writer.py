@@ -160,6 +160,14 @@ def test_retention_deletes_the_oldest_and_counts(tmp_path):
     assert [p.name for p in tmp_path.glob("*/*/*")] == ["run1-00000003"]
 
 
+def test_a_row_that_cannot_name_a_folder_costs_nothing_but_a_count(tmp_path):
+    wr = Writer(tmp_path)
+    bad = {**row(1), "seq": None}
+    assert wr.w.submit(bad, judged("reject"), frame()) is None and bad["evidence"] is None
+    h = wr.done()
+    assert (h["failed"], h["written"], h["failing"]) == (1, 0, False) and "decision None" in h["last_error"]
+
+
 def test_arrays_of_a_scan_and_of_a_2d_frame():
     pts = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
     scan = Frame(header=None, points=pts, alignment="scan", cloud_shape=(1, 50))

@@ -93,10 +93,15 @@ class EvidenceWriter:
     # ------------------------------------------------------------------ the outbox thread
     def submit(self, row: dict[str, Any], verdict: Verdict, frame: Any) -> str | None:
         """Queue the part of ``row`` (an audit row, ``schema.row_from_result``) when it is kept, and name its folder
-        in ``row``; the folder, or None (not kept, or dropped: the row's ``evidence`` stays empty). Never waits."""
+        in ``row``; the folder, or None (not kept, or dropped: the row's ``evidence`` stays empty). Never waits, never
+        raises: a part that cannot be named is counted (``failed``), its decision goes on."""
         if verdict.judged and not verdict.reject and not self._sampler.keep(float(self.param("evidence.passes"))):
             return None
-        rel = part_folder(self.node, row["decided_at"], row["run_id"], row["seq"])
+        try:
+            rel = part_folder(self.node, row["decided_at"], row["run_id"], row["seq"])
+        except (EvidenceError, KeyError, TypeError, ValueError) as e:
+            self._failed(f"evidence of decision {row.get('seq')} not kept: {type(e).__name__}: {e}", failing=False)
+            return None
         with self._lock:
             if self._failing_since is not None:
                 now = time.monotonic()
@@ -151,11 +156,12 @@ class EvidenceWriter:
                 if retention.failures and retention.last_error != self.last_error:
                     self._failed(retention.last_error, count=False)
 
-    def _failed(self, msg: str, count: bool = True) -> None:
+    def _failed(self, msg: str, count: bool = True, failing: bool = True) -> None:
+        """Count (unless not ``count``) and log a failure; ``failing``: the root failed (probed from now on)."""
         with self._lock:
             self.counts["failed"] += int(count)
             self.last_error = msg
-            if count and self._failing_since is None:
+            if count and failing and self._failing_since is None:
                 self._failing_since = self._last_try = time.monotonic()
         self.warn("evidence", msg, "error")
 
