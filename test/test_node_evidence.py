@@ -4,6 +4,8 @@ evidence root that cannot be written, which delays and loses no decision and sho
 generates (no ../shared needed)."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -15,6 +17,7 @@ from node_harness import audit_rows, cell_frame, check_audit_has, start_node, tr
 
 pytestmark = pytest.mark.slow
 STATUS = "cmdr_inspection: evidence"
+node_running = contextlib.contextmanager(start_node)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,7 @@ def test_rejects_not_judged_parts_and_a_sample_of_passes_are_kept(ros, rgbd_mode
     root = tmp_path / "evidence"
     params = {"checkpoint": rgbd_model["checkpoint"], "threshold": 1e6, "evidence.dir": str(root),
               "evidence.location": "nfs://plant/evidence", "evidence.passes": 0.5, "sync.timeout": 0.5}
-    with start_node_cm(ros, tmp_path, params) as node:
+    with node_running(ros, tmp_path, params, (ros.image_pub, ros.points_pub)) as node:
         passes = [send(ros, 10 + i) for i in range(4)]
         assert [v["decision"] for v in passes] == ["pass"] * 4
         assert ros.set_parameter("threshold", 0.0) == (True, "")  # every judged part is a reject from now on
@@ -87,7 +90,7 @@ def test_an_evidence_root_that_cannot_be_written_costs_no_decision(ros, rgbd_mod
     root = tmp_path / "evidence"
     root.write_text("a file where the evidence directory should be")
     params = {"checkpoint": rgbd_model["checkpoint"], "threshold": 0.0, "evidence.dir": str(root)}
-    with start_node_cm(ros, tmp_path, params) as node:
+    with node_running(ros, tmp_path, params, (ros.image_pub, ros.points_pub)) as node:
         results = [send(ros, 30 + i) for i in range(4)]  # every one answered, in spite of the evidence
         assert [v["decision"] for v in results] == ["reject"] * 4
         status = evidence_status(ros, lambda v: v["failing"] == "true", "the evidence failure")
@@ -98,9 +101,3 @@ def test_an_evidence_root_that_cannot_be_written_costs_no_decision(ros, rgbd_mod
         # a row names a folder only when the writer was asked for it (then it failed: counted); the others say none
         assert sum(r["evidence"] is not None for r in rows) == int(status["failed"]) >= 1
     assert root.read_text().startswith("a file")
-
-
-def start_node_cm(ros, tmp, params):
-    import contextlib
-
-    return contextlib.contextmanager(start_node)(ros, tmp, params, (ros.image_pub, ros.points_pub))
