@@ -101,9 +101,8 @@ class _Evaluation:
         self.results, self.heatmaps = results, heatmaps
         self.seq = 0
         self.rows: list[dict[str, Any]] = []
-        self.metric_inputs: dict[str, list[Any]] = {k: [] for k in ("gts", "pix", "pro", "labels", "scores", "defects",
-                                                                   "chunk_y", "chunk_s", "point_y", "point_s")}
-        self.scan = bool(getattr(judge, "scan", False))  # a "chunks" model: parts are scans, scored per part
+        self.kind = judge.judge_.pipeline  # the detector's pipeline kind: its truth, rows and metric sink
+        self.sink = self.kind.metrics(truth=aux.has_gt)
         self.latencies: list[float] = []
 
     def __call__(self, msgs: dict[str, Any]) -> None:
@@ -154,7 +153,7 @@ class _Evaluation:
             img = heatmap_image(frame, verdict.prediction, verdict.threshold,
                                 float(self.params["output.heatmap_alpha"]), float(self.params["output.heatmap_max"]))
             self.results.write(output_topic("heatmap"), array_to_image(img, "bgr8", frame.header), stamp)
-            if self.scan:
+            if frame.is_scan:
                 self.results.write(output_topic("anomaly_cloud"), scan_cloud(frame, verdict.prediction), stamp)
             if self.heatmaps is not None:
                 name = sample.replace("/", "_") if sample else f"{stamp // _NS}.{stamp % _NS:09d}"
@@ -167,78 +166,25 @@ class _Evaluation:
                           "reject": int(verdict.reject), "label": "" if label is None else label,
                           "latency_ms": round(latency_ms, 3) if latency_ms is not None else "",
                           "error": "" if verdict.judged else f"{verdict.kind}: {verdict.reason}"})
-        if self.scan:
-            self.rows[-1].update(points=len(frame.points) if frame is not None else "",
-                                 chunks=len(verdict.prediction.chunks) if verdict.judged else "")
+        self.rows[-1].update(self.kind.row(verdict.prediction, frame.points if frame is not None else None))
 
     def _truth(self, stamp: int, sample: str | None, pred: Any) -> int | None:
-        """The frame's label (sample's defect folder, else its mask); collects the metric inputs with gt."""
-        from cmdr_ros.data.preprocess import SquareFrame, resize_mask
-
+        """The part's label (the sample's defect folder, else its recorded ground truth: a frame's mask, a scan's
+        per-point labels); a labelled part goes to the metric sink with its truth, as ``cmdr eval`` gathers it."""
         label = None if sample is None else int(sample.split("/")[0] != "good")
-        if self.scan:
-            return self._scan_truth(stamp, label, sample, pred)
-        if not self.aux.has_gt:
-            return label
-        mask = self.aux.gts.nearest(stamp, self.slop_ns)
-        if mask is None:
-            mask = np.zeros(pred.anomaly_map.shape, bool)  # like `cmdr eval` for a sample without a mask file
-        if mask.shape != pred.anomaly_map.shape:
-            raise CmdrError(f"ground-truth mask at stamp {stamp} is {mask.shape[1]}x{mask.shape[0]}, the input is "
-                            f"{pred.anomaly_map.shape[1]}x{pred.anomaly_map.shape[0]}")
-        label = int(mask.any()) if label is None else label
-        m, pix = self.metric_inputs, pred.pixel_map()
-        m["gts"].append(resize_mask(SquareFrame.of(*mask.shape).pad(mask), pix.shape[-1]))  # the model's map size
-        m["pix"].append(pix)
-        m["pro"].append(pred.pro_map())
-        m["labels"].append(label)
-        m["scores"].append(pred.score)
-        m["defects"].append(sample.split("/")[0] if sample else ("good" if label == 0 else "defect"))
-        return label
-
-    def _scan_truth(self, stamp: int, label: int | None, sample: str | None, pred: Any) -> int | None:
-        """A scan's label (sample's defect folder, else any labelled point); with per-point ground truth its chunks'
-        and points' labels and scores too, as ``cmdr eval`` gathers them."""
-        m = self.metric_inputs
-        points = self.aux.gts.nearest(stamp, self.slop_ns) if self.aux.has_gt else None
-        if points is not None:
-            if points.shape != pred.point_scores.shape:
-                raise CmdrError(f"point ground truth at stamp {stamp} has {points.size} labels for a scan of "
-                                f"{pred.point_scores.size} points")
-            label = int(points.any()) if label is None else label
-            chunk_y, chunk_s, point_y, point_s = pred.scored_truth(points)
-            m["chunk_y"] += chunk_y.tolist()
-            m["chunk_s"] += chunk_s.tolist()
-            m["point_y"].append(point_y)
-            m["point_s"].append(point_s)
+        recorded = self.aux.gts.nearest(stamp, self.slop_ns) if self.aux.has_gt else None
+        truth = self.kind.truth(pred, recorded, self.aux.has_gt, f"stamp {stamp}")
+        if label is None and truth is not None:
+            label = int(truth.any())
         if label is not None:
-            m["labels"].append(label)
-            m["scores"].append(pred.score)
-            m["defects"].append(sample.split("/")[0] if sample else ("good" if label == 0 else "defect"))
+            self.sink.add(pred, label, sample.split("/")[0] if sample else ("good" if label == 0 else "defect"), truth)
         return label
 
     def metrics(self) -> dict[str, Any] | None:
-        """``compute_metrics`` of the judged frames, with per-defect I-AUROC etc. as ``cmdr eval`` reports them."""
-        from cmdr_ros.metrics import metrics_by_defect
-
-        m = self.metric_inputs
-        if self.scan:
-            return self._scan_metrics() if m["scores"] else None
-        if not self.aux.has_gt or not m["scores"]:
-            return None
-        out = metrics_by_defect(m["gts"], m["pix"], m["pro"], m["labels"], m["scores"], m["defects"])
-        out["latency_ms_mean"] = float(np.mean(self.latencies))
-        return out
-
-    def _scan_metrics(self) -> dict[str, Any]:
-        """``cmdr eval``'s scan metrics of the judged scans: part-level I-AUROC overall and per defect; chunk-level
-        I-AUROC and P-AUROC over the points when the bag has per-point ground truth (else NaN)."""
-        from cmdr_ros.metrics import scan_metrics_by_defect
-
-        m = self.metric_inputs
-        out = scan_metrics_by_defect(m["labels"], m["scores"], m["defects"], m["chunk_y"], m["chunk_s"], m["point_y"],
-                                     m["point_s"])
-        out["latency_ms_mean"] = float(np.mean(self.latencies))
+        """The metric sink's summary of the labelled parts (as ``cmdr eval`` reports them), None without any."""
+        out = self.sink.summary()
+        if out is not None:
+            out["latency_ms_mean"] = float(np.mean(self.latencies))
         return out
 
 
@@ -273,7 +219,7 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     from rclpy.serialization import deserialize_message
     from tqdm import tqdm
 
-    from cmdr_ros.metrics import METRIC_KEYS, format_table
+    from cmdr_ros.metrics import format_table
     from cmdr_ros.ros.node.frame_judge import FrameJudge, judges_scans
     from cmdr_ros.ros.node.parameters import node_params
     from cmdr_ros.ros.node.sync import ApproximateTimePolicy
@@ -358,8 +304,7 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     if metrics is not None:
         classes_m = {class_name: metrics}
         report["classes"] = classes_m
-        keys = (("i_auroc", "chunk_i_auroc", "p_auroc") if evaluation.aux.has_gt else ("i_auroc",)) if scan \
-            else METRIC_KEYS
+        keys = evaluation.sink.keys
         report["mean"] = {k: float(metrics[k]) for k in keys}
         (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=True))
         report["table"] = format_table(classes_m, report["mean"], keys)

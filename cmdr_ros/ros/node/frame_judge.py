@@ -155,5 +155,5 @@ class FrameJudge:
         except CmdrError as e:
             return None, self.judge_.not_judged(error_kind(e), str(e))
         if frame.is_scan:
-            return frame, self.judge_.judge_scan(frame.points)
+            return frame, self.judge_.judge(frame.points)
         return frame, self.judge_.judge(frame.rgb, frame.xyz, frame.coverage)
