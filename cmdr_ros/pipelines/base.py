@@ -190,5 +190,9 @@ class Pipeline(ABC):
     def describe(self, pred: Any, overlay: Path, scores: Path) -> str:
         """The end of ``cmdr predict``'s line for a judged part: the timing and the file to look at."""
 
+    @abstractmethod
+    def warm_up(self, detector: CMDRDetector) -> None:
+        """Run the model once on a synthetic part of this kind (the node, before its first part)."""
+
     def plot(self, out: Path, name: str, metrics: dict[str, Any], sink: MetricSink) -> None:
         """The kind's curves beyond the ROC (``cmdr eval``); none by default."""

@@ -190,6 +190,14 @@ class FramePipeline(Pipeline):
     def describe(self, pred: Prediction, overlay: Path, scores: Path) -> str:
         return f"({pred.latency_ms:.0f} ms); heatmap: {overlay}"
 
+    def warm_up(self, detector: CMDRDetector) -> None:
+        """A frame of the simulated cell."""
+        from cmdr_ros.data.synthetic import CellConfig, render_part
+
+        part = render_part(np.random.default_rng(0), CellConfig())
+        cfg = detector.config
+        detector.predict(part.rgb if cfg.uses_2d else None, part.xyz if cfg.uses_3d else None)
+
     def plot(self, out: Path, name: str, metrics: dict[str, Any], sink: FrameMetrics) -> None:
         """The PRO curve."""
         from cmdr_ros.metrics import pro_curve

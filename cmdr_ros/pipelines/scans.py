@@ -179,3 +179,9 @@ class ScanPipeline(Pipeline):
 
     def describe(self, pred: ScanPrediction, overlay: Path, scores: Path) -> str:
         return f"({len(pred.chunks)} chunks, {pred.latency_ms:.0f} ms); point scores: {scores}"
+
+    def warm_up(self, detector: CMDRDetector) -> None:
+        """A scan of one chunk plus a tail."""
+        n = detector.config.chunk_points
+        t = np.arange(n + n // 2, dtype=np.float32)
+        detector.predict_scan(np.stack([t % 64 * 1e-3, t // 64 * 1e-3, 1e-4 * np.sin(t)], 1))

@@ -22,7 +22,7 @@ from cmdr_ros.ros.bags.record import _NS, BagWriter
 from cmdr_ros.ros.bags.tf import bag_tf_lookup, read_tf, tf_summary
 from cmdr_ros.ros.conversions import stamp_ns
 from cmdr_ros.ros.conversions.frames import input_names
-from cmdr_ros.ros.topics import PART_ID, PROFILER, RECORDED, output_topic
+from cmdr_ros.ros.topics import PART_ID, RECORDED, output_topic
 
 
 class _ByStamp:
@@ -135,7 +135,7 @@ class _Evaluation:
         from std_msgs.msg import Bool, Float32
 
         from cmdr_ros.ros.conversions import array_to_image
-        from cmdr_ros.ros.node.outputs import heatmap_image, result_array, scan_cloud
+        from cmdr_ros.ros.node.outputs import heatmap_image, map_messages, result_array
         from cmdr_ros.ros.node.typed_decision import classification
 
         self.seq += 1
@@ -153,8 +153,8 @@ class _Evaluation:
             img = heatmap_image(frame, verdict.prediction, verdict.threshold,
                                 float(self.params["output.heatmap_alpha"]), float(self.params["output.heatmap_max"]))
             self.results.write(output_topic("heatmap"), array_to_image(img, "bgr8", frame.header), stamp)
-            if frame.is_scan:
-                self.results.write(output_topic("anomaly_cloud"), scan_cloud(frame, verdict.prediction), stamp)
+            for key, msg in map_messages(verdict, frame, self.judge.kind.eval_maps).items():  # a scan: its cloud
+                self.results.write(output_topic(key), msg, stamp)
             if self.heatmaps is not None:
                 name = sample.replace("/", "_") if sample else f"{stamp // _NS}.{stamp % _NS:09d}"
                 path = self.heatmaps / f"{name}.png"
@@ -206,12 +206,13 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     ``out/heatmaps/*.png``; with a ground-truth topic also ``out/metrics.json`` (the metrics of ``cmdr eval``).
     Returns the report (``table`` holds the printable metrics table when there are metrics).
 
-    A "chunks" model (``FrameJudge.scan``): every cloud on ``points_topic`` (default: the profiler's, else the
-    camera's) is one scanned part, judged point by point as on the node; the results bag also carries each
-    part's ``anomaly_cloud``, ``results.csv`` its points and chunks; with sample names ``metrics.json`` holds the
+    The model's kind (``cmdr_ros.ros.kinds``) sets the default topics, the truth and the metrics. A "chunks" model
+    (``FrameJudge.kind``): every cloud on ``points_topic`` (default: the profiler's, else the camera's) is one
+    scanned part, judged point by point as on the node; the results bag also carries each part's
+    ``anomaly_cloud``, ``results.csv`` its points and chunks; with sample names ``metrics.json`` holds the
     part-level I-AUROC, and with per-point ground truth (``gt_topic``, default ``/cmdr/gt_points``: the scan's
-    points with their labels as intensity, as ``bag_from_scans`` writes it) also the chunk-level I-AUROC and the
-    P-AUROC over the points. ``gt_topic`` default for frames: ``/camera/gt_mask``.
+    points with their labels as intensity, as ``bag_from_dataset`` writes a scan class) also the chunk-level
+    I-AUROC and the P-AUROC over the points. ``gt_topic`` default for frames: ``/camera/gt_mask``.
 
     Part ids (``part_id_topic``, std_msgs/Header, when the bag has it): each result carries the id whose stamp is
     nearest its own within ``sync.slop``, as on the node, whether the id was recorded before or after the frame.
@@ -220,18 +221,16 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     from tqdm import tqdm
 
     from cmdr_ros.metrics import format_table
-    from cmdr_ros.ros.node.frame_judge import FrameJudge, judges_scans
+    from cmdr_ros.ros.kinds import ros_kind
+    from cmdr_ros.ros.node.frame_judge import FrameJudge
     from cmdr_ros.ros.node.parameters import node_params
     from cmdr_ros.ros.node.sync import ApproximateTimePolicy
 
     bag, out = Path(bag), Path(out)
     params = node_params(params, {"sync.slop": slop, "threshold": threshold})
-    mode, scan = detector.config.mode, judges_scans(detector)
-    if points_topic is None:
-        points_topic = PROFILER["points"] if scan else RECORDED["points"]
-    if gt_topic is None:
-        gt_topic = RECORDED["gt_points"] if scan else RECORDED["gt"]
-    gt_kind = "gt_points" if scan else "gt"
+    mode, kind = detector.config.mode, ros_kind(detector)
+    points_topic = kind.points_topic if points_topic is None else points_topic
+    gt_kind, gt_topic = kind.truth[0], kind.truth[1] if gt_topic is None else gt_topic
     inputs = [(name, {"image": image_topic, "points": points_topic}[name]) for name in input_names(mode)]
     types = {"image": "sensor_msgs/msg/Image", "points": "sensor_msgs/msg/PointCloud2",
              "info": "sensor_msgs/msg/CameraInfo", "gt": "sensor_msgs/msg/Image",
