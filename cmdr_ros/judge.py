@@ -1,7 +1,8 @@
-"""The frame judge: one frame (RGB and/or organized xyz) in, one :class:`Verdict` out, failing closed.
+"""The judge: one part (a frame: RGB and/or organized xyz; a scan of a "chunks" model: its points) in, one
+:class:`Verdict` out, failing closed.
 
 This module owns the decision rule (``reject when score >= threshold``, :func:`is_reject`), the checks that make
-a frame judgeable, and the fail-safe: whatever cannot be judged gets ``settings.on_error`` as its decision, never a
+a part judgeable (applied by each pipeline kind to its parts, ``cmdr_ros.pipelines``), and the fail-safe: whatever cannot be judged gets ``settings.on_error`` as its decision, never a
 pass out of doubt. The node, ``cmdr bag eval``, ``cmdr bag to-dataset`` and ``cmdr predict`` all judge through it
 (the ROS side adds message decoding and alignment in ``cmdr_ros.ros.node.frame_judge``).
 
@@ -19,7 +20,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from cmdr_ros import CmdrError
-from cmdr_ros.geometry import finite_rows, valid_mask
+from cmdr_ros.geometry import valid_mask
 
 DECISIONS = ("reject", "pass", "skip")
 
@@ -86,7 +87,7 @@ class Verdict:
     score: float | None = None
     kind: str = ""
     reason: str = ""
-    prediction: Any = None  # cmdr_ros.model.detector.Prediction of a judged frame (model.scan.ScanPrediction: scan)
+    prediction: Any = None  # a judged part's cmdr_ros.pipelines.Prediction
     coverage: float | None = None
 
     @property
@@ -112,13 +113,16 @@ def check_plausible(xyz: np.ndarray, max_range: float) -> None:
 
 
 class Judge:
-    """Judges frames with one detector and threshold under ``settings``.
+    """Judges parts with one detector and threshold under ``settings``, as the detector's pipeline kind takes them.
 
     ``threshold``: None or < 0 uses the checkpoint's calibrated one; a model without a finite threshold is refused.
     """
 
     def __init__(self, detector: Any, settings: JudgeSettings | None = None, threshold: float | None = None) -> None:
+        from cmdr_ros.pipelines import pipeline_for  # the kinds check parts with this module's rules
+
         self.detector = detector
+        self.pipeline = pipeline_for(detector)
         self.settings = settings or JudgeSettings()
         self.threshold = self.resolve_threshold(threshold)
 
@@ -137,56 +141,20 @@ class Judge:
         """The fail-safe verdict: ``settings.on_error`` as decision, the cause kept."""
         return Verdict(False, self.settings.on_error, self.threshold, kind=kind, reason=reason, coverage=coverage)
 
-    def judge(self, rgb: np.ndarray | None, xyz: np.ndarray | None, coverage: float | None = None) -> Verdict:
-        """Judge one frame (only the modalities the model uses are read). ``coverage``: the fraction of the map
-        that holds a point as the caller measured it (e.g. after projection); default: measured on ``xyz``."""
-        det, s = self.detector, self.settings
-        cfg = det.config
-        rgb, xyz = (rgb if cfg.uses_2d else None), (xyz if cfg.uses_3d else None)
+    def judge(self, *sample: Any, **kw: Any) -> Verdict:
+        """Judge one part as the detector's pipeline kind takes it (``cmdr_ros.pipelines``): a frame
+        ``judge(rgb, xyz, coverage=None)`` (only the modalities the model uses are read; ``coverage``: the fraction
+        of the map that holds a point as the caller measured it, e.g. after projection; default: measured on
+        ``xyz``), a scan of a "chunks" model ``judge(points)`` (Nx3 in the sensor's order; its coverage is the
+        fraction of measured points). The kind's checks, then the model, then the decision rule."""
+        return self._verdict(lambda seen: self.pipeline.checked_predict(self.detector, self.settings, seen, *sample,
+                                                                        **kw))
 
-        def predict(seen: dict[str, Any]) -> Any:
-            if xyz is None:
-                return det.predict(rgb, None)
-            cloud = np.asarray(xyz)
-            cov = seen["coverage"] = coverage if coverage is not None else (
-                coverage_of(cloud) if cloud.ndim == 3 else 0.0)
-            if cov < s.min_coverage:
-                raise NotJudgeable("degraded", f"the cloud covers {cov:.2%} of the map, below min_coverage "
-                                               f"{s.min_coverage:.2%}")
-            if cloud.ndim == 3 and cloud.shape[-1] == 3:
-                check_plausible(cloud, s.max_range)
-            pred = det.predict(rgb, cloud)
-            if pred.valid_ratio < s.min_valid_ratio:
-                raise NotJudgeable("degraded", f"{pred.valid_ratio:.2%} of the pixels are valid after preprocessing, "
-                                               f"below min_valid_ratio {s.min_valid_ratio:.2%}")
-            return pred
-
-        return self._verdict(predict, coverage)
-
-    def judge_scan(self, points: np.ndarray) -> Verdict:
-        """Judge an unorganized scan, Nx3 in the sensor's order, with a "chunks" model (``cmdr_ros.model.scan``):
-        the same decision rule and fail-safe as ``judge``. ``coverage`` is the fraction of measured (finite)
-        points; ``max_range`` applies to every measured point."""
-        s = self.settings
-
-        def predict(seen: dict[str, Any]) -> Any:
-            pts = np.asarray(points)
-            if pts.ndim != 2 or pts.shape[-1] != 3:
-                raise CmdrError(f"a scan must be Nx3 points, got shape {pts.shape}")
-            cov = seen["coverage"] = float(finite_rows(pts).mean()) if len(pts) else 0.0
-            if cov < s.min_coverage:
-                raise NotJudgeable("degraded", f"{cov:.2%} of the scan's points are measured, below min_coverage "
-                                               f"{s.min_coverage:.2%}")
-            check_plausible(pts, s.max_range)
-            return self.detector.predict_scan(pts)
-
-        return self._verdict(predict)
-
-    def _verdict(self, predict: Callable[[dict[str, Any]], Any], coverage: float | None = None) -> Verdict:
-        """Run ``predict`` (checks, then the model; it may note the coverage it measured) and decide, failing
-        closed on every refusal (NotJudgeable, CmdrError) and on non-finite scores."""
+    def _verdict(self, predict: Callable[[dict[str, Any]], Any]) -> Verdict:
+        """Run ``predict`` (checks, then the model; it notes the coverage it measured) and decide, failing closed on
+        every refusal (NotJudgeable, CmdrError) and on non-finite scores."""
         s, threshold = self.settings, self.threshold
-        seen: dict[str, Any] = {"coverage": coverage}
+        seen: dict[str, Any] = {"coverage": None}
         try:
             pred = predict(seen)
             if not np.isfinite(pred.anomaly_map).all():

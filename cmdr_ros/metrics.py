@@ -20,7 +20,7 @@ never an exception and never a warning.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -262,20 +262,18 @@ def compute_metrics(
     return result
 
 
-def metrics_by_defect(gts: Sequence, pix_maps: Sequence, pro_maps: Sequence, labels: Sequence[int],
-                      scores: Sequence[float], defects: Sequence[str]) -> dict[str, Any]:
-    """``compute_metrics`` over all samples, plus each defect type against the good samples (``defects``)."""
-    out: dict[str, Any] = compute_metrics(gts, pix_maps, labels, scores, pro_maps)
+def metrics_by_defect(labels: Sequence[int], defects: Sequence[str], overall: dict[str, Any],
+                      of_samples: Callable[[list[int]], dict[str, Any]]) -> dict[str, Any]:
+    """``overall`` (the metrics of every sample), each defect kind's ``of_samples`` (the metrics of the samples at
+    the given indices: that kind's and the good ones) under ``defects`` with its number of samples ``n``, and the
+    numbers of good and defective samples (``n_good``, ``n_defect``). The metric sinks of both pipeline kinds
+    (``cmdr_ros.pipelines``) report through it."""
+    labels, defects = list(labels), list(defects)
     per_defect = {}
     for d in sorted(set(defects) - {"good"}):
         sel = [i for i, x in enumerate(defects) if x in ("good", d)]
-        m = compute_metrics([gts[i] for i in sel], [pix_maps[i] for i in sel], [labels[i] for i in sel],
-                            [scores[i] for i in sel], [pro_maps[i] for i in sel])
-        per_defect[d] = {"n": sum(defects[i] == d for i in sel), **m}
-    out["defects"] = per_defect
-    lab = np.array(labels)
-    out["n_good"], out["n_defect"] = int((lab == 0).sum()), int((lab == 1).sum())
-    return out
+        per_defect[d] = {"n": defects.count(d), **of_samples(sel)}
+    return {**overall, "defects": per_defect, "n_good": labels.count(0), "n_defect": labels.count(1)}
 
 
 METRIC_KEYS = ("i_auroc", "p_auroc", "aupro@0.3", "aupro@0.1", "aupro@0.05", "aupro@0.01", "aupro_paper@0.3")
@@ -294,22 +292,6 @@ def scan_metrics(labels: Sequence[int], scores: Sequence[float], chunk_labels: S
     return {"i_auroc": _auroc(np.asarray(labels) != 0, np.asarray(scores, np.float64)),
             "chunk_i_auroc": _auroc(np.asarray(chunk_labels, bool), np.asarray(chunk_scores, np.float64)),
             "p_auroc": _auroc(y, s)}
-
-
-def scan_metrics_by_defect(labels: Sequence[int], scores: Sequence[float], defects: Sequence[str],
-                           chunk_labels: Sequence[bool], chunk_scores: Sequence[float],
-                           point_labels: Sequence[np.ndarray], point_scores: Sequence[np.ndarray]) -> dict[str, Any]:
-    """``scan_metrics`` of every scan, and each defect kind's part-level I-AUROC against the good parts (``cmdr eval``
-    and ``cmdr bag eval`` of a "chunks" model), with the numbers of good and defective parts."""
-    labels, scores, defects = list(labels), list(scores), list(defects)
-    out: dict[str, Any] = {**scan_metrics(labels, scores, chunk_labels, chunk_scores, point_labels, point_scores),
-                           "defects": {}}
-    for d in sorted(set(defects) - {"good"}):
-        sel = [i for i, x in enumerate(defects) if x in ("good", d)]
-        out["defects"][d] = {"n": defects.count(d), "i_auroc": scan_metrics(
-            [labels[i] for i in sel], [scores[i] for i in sel], [], [], [], [])["i_auroc"]}
-    out["n_good"], out["n_defect"] = labels.count(0), labels.count(1)
-    return out
 
 
 def _width(key: str) -> int:

@@ -658,7 +658,7 @@ def test_scan_bag_round_trip_eval_and_to_dataset(scan_dir, untrained_chunks, tmp
     """from-dataset of a scan class -> the profiler topic in file order, the per-point labels beside it; eval_bag
     judges each scan as the node (one row each, the detector's own scores, part, chunk and point metrics == cmdr
     eval's); to-dataset gives the points back."""
-    from cmdr_ros.cli.evaluate_scans import evaluate_scans
+    from cmdr_ros.cli.evaluate import evaluate
     from cmdr_ros.data.scans import ScanDataset
     from cmdr_ros.ros.topics import PROFILER
 
@@ -689,7 +689,7 @@ def test_scan_bag_round_trip_eval_and_to_dataset(scan_dir, untrained_chunks, tmp
         assert float(r["score"]) == pytest.approx(pred.score, rel=1e-5)
         assert (int(r["points"]), int(r["chunks"])) == (len(pred.point_scores), len(pred.chunks))
     mine = json.loads((tmp_path / "ev" / "metrics.json").read_text())["classes"]["scans"]
-    theirs = evaluate_scans(scan_dir, det, tmp_path / "eval", progress=False, write_files=False)["metrics"]
+    theirs = evaluate(scan_dir, det, tmp_path / "eval", progress=False, write_images=False)["metrics"]
     assert mine["defects"]["bump"]["n"] == 1
     for key in ("i_auroc", "chunk_i_auroc", "p_auroc"):
         assert mine[key] == pytest.approx(theirs[key], nan_ok=True), key

@@ -13,6 +13,7 @@ from cmdr_ros.model.checkpoint import (FORMAT_VERSION, content_checksum, load_ch
                                        save_checkpoint)
 from cmdr_ros.model.detector import CMDRDetector
 from cmdr_ros.model.fitting import fit_detector
+from cmdr_ros.model.calibration import calibrate
 
 CELL = CellConfig(image_size=64, field_of_view=0.30)
 
@@ -33,7 +34,7 @@ def model(tmp_path_factory):
     fit_detector(det, inputs, progress=False)
     folder = tmp_path_factory.mktemp("ckpt")
     raw = save_checkpoint(det, folder / "uncalibrated.ckpt")
-    det.calibrate(inputs, progress=False)
+    calibrate(det, inputs, progress=False)
     path = save_checkpoint(det, folder / "model.ckpt")
     return det, path, raw
 

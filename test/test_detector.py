@@ -11,6 +11,7 @@ from cmdr_ros.model.checkpoint import (FORMAT_VERSION, content_checksum, load_ch
                                        save_checkpoint)
 from cmdr_ros.model.detector import CMDRDetector
 from cmdr_ros.model.fitting import fit_detector, masked_cosine_loss
+from cmdr_ros.model.calibration import calibrate
 
 
 def tiny_config(mode="rgbd", epochs=4):
@@ -80,7 +81,7 @@ def test_a_batch_gives_each_input_its_own_prediction(rgbd, parts):
 def test_checkpoint_round_trip(rgbd, parts, tmp_path):
     det, _ = rgbd
     good, bad = parts
-    det.calibrate([det.prepare(p.rgb, p.xyz) for p in good[:3]], progress=False)
+    calibrate(det, [det.prepare(p.rgb, p.xyz) for p in good[:3]], progress=False)
     path = save_checkpoint(det, tmp_path / "m.ckpt")
     again = load_checkpoint(path, device="cpu")
     assert again.threshold == det.threshold and again.score_stats == det.score_stats
@@ -93,7 +94,7 @@ def test_checkpoint_round_trip(rgbd, parts, tmp_path):
 def test_calibration_rule(rgbd, parts):
     det, _ = rgbd
     inputs = [det.prepare(p.rgb, p.xyz) for p in parts[0]]
-    thr = det.calibrate(inputs, progress=False)
+    thr = calibrate(det, inputs, progress=False)
     scores = np.array([det.predict_input(i).score for i in inputs])
     expected = max(scores.max(), scores.mean() + 3.0 * scores.std(ddof=1))
     assert thr == pytest.approx(expected, rel=1e-5)
@@ -103,7 +104,7 @@ def test_calibration_rule(rgbd, parts):
 def test_checkpoint_errors(rgbd, parts, tmp_path):
     det, _ = rgbd
     if det.threshold is None:  # loading needs a calibrated threshold (run alone, the round trip did not calibrate)
-        det.calibrate([det.prepare(p.rgb, p.xyz) for p in parts[0][:3]], progress=False)
+        calibrate(det, [det.prepare(p.rgb, p.xyz) for p in parts[0][:3]], progress=False)
     path = save_checkpoint(det, tmp_path / "m.ckpt")
     with pytest.raises(CmdrError, match="trained for mode 'rgbd', cannot serve mode '3d'"):
         load_checkpoint(path, device="cpu", expected_mode="3d")

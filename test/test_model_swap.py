@@ -302,8 +302,8 @@ def test_a_second_swap_while_one_loads_is_refused(ckpts, running):
 
 
 def test_other_inputs_and_room_are_worded():
-    frame = SimpleNamespace(config=SimpleNamespace(mode="3d", judges_scans=False))
-    scan = SimpleNamespace(config=SimpleNamespace(mode="3d", judges_scans=True))
+    frame = SimpleNamespace(config=SimpleNamespace(mode="3d", pipeline="frame"))
+    scan = SimpleNamespace(config=SimpleNamespace(mode="3d", pipeline="chunks"))
     assert same_inputs_problem(frame, frame, "x.ckpt") is None
     assert same_inputs_problem(frame, scan, "x.ckpt") == ("x.ckpt judges unorganized scans (a 'chunks' model), the "
                                                           "running model judges organized frames")

@@ -57,9 +57,9 @@ def test_a_scan_is_judged_in_message_order_and_scores_line_up(judge, detector):
     points, _ = scan_points(3, "bump")
     sent = points.copy()
     sent[::97] = np.nan  # the profilometer's 'no return', kept in the message
-    assert judge.scan and judge.mode == "3d"
+    assert judge.kind.name == "chunks" and judge.mode == "3d"
     frame, verdict = judge.judge({"points": cloud(sent)})
-    assert frame.is_scan and frame.alignment == "scan" and frame.xyz is None and frame.cloud_shape == (1, len(sent))
+    assert frame.kind == "chunks" and frame.alignment == "scan" and frame.xyz is None and frame.cloud_shape == (1, len(sent))
     np.testing.assert_array_equal(frame.points, sent)  # every point, message order, NaN kept
     assert verdict.judged and verdict.decision in ("pass", "reject")
     assert verdict.coverage == pytest.approx(1 - len(sent[::97]) / len(sent))
@@ -147,7 +147,7 @@ def test_other_models_keep_the_frame_pipeline_and_warm_up_fits_the_model(detecto
 
     from cmdr_ros.judge import Judge
 
-    assert not FrameJudge(Judge(SimpleNamespace(threshold=1.0)), "3d").scan
+    assert FrameJudge(Judge(SimpleNamespace(threshold=1.0)), "3d").kind.name == "frame"
     warm_up(detector)  # a scan of one chunk and a tail: no CmdrError
 
 

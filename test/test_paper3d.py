@@ -20,6 +20,7 @@ from cmdr_ros.model.detector import CMDRDetector
 from cmdr_ros.model.fitting import fit_detector
 from cmdr_ros.model.heads import CMDRHeads
 from cmdr_ros.model.pointmae import PointMAEEncoder
+from cmdr_ros.model.calibration import calibrate
 from cmdr_ros.model.scan import scan_inputs
 
 
@@ -78,7 +79,7 @@ def surface(seed: int, n: int = 700, bump: bool = False) -> tuple[np.ndarray, np
 def fitted():
     det = CMDRDetector(small(), device="cpu")
     fit_detector(det, scan_inputs([surface(s)[0] for s in range(3)], det), progress=False)
-    det.calibrate_scans([surface(10)[0], surface(11)[0]], progress=False)
+    calibrate(det, [surface(10)[0], surface(11)[0]], progress=False)
     return det
 
 
@@ -87,8 +88,8 @@ def test_a_scan_model_is_calibrated_on_part_scores(fitted):
     st = fitted.score_stats
     assert st["n"] == 2 and st["max"] == pytest.approx(max(parts)) and st["mean"] == pytest.approx(np.mean(parts))
     assert fitted.threshold == pytest.approx(max(max(parts), np.mean(parts) + st["sigma"] * np.std(parts, ddof=1)))
-    with pytest.raises(CmdrError, match="calibrate it on good scans"):
-        fitted.calibrate(scan_inputs([surface(10)[0]], fitted), progress=False)
+    with pytest.raises(CmdrError, match="a scan must be Nx3 points"):  # chunks are no parts
+        calibrate(fitted, scan_inputs([surface(10)[0]], fitted), progress=False)
 
 
 def test_point_scores_come_back_in_input_order(fitted):
@@ -108,7 +109,7 @@ def test_point_scores_come_back_in_input_order(fitted):
 def test_unmeasured_points_get_no_score_and_the_part_is_still_judged(fitted):
     points, _ = surface(21)
     points[::50] = np.nan  # a profilometer's 'no return'
-    verdict = Judge(fitted).judge_scan(points)
+    verdict = Judge(fitted).judge(points)
     assert verdict.judged and verdict.coverage == pytest.approx(1 - 14 / 700)
     scores = verdict.prediction.point_scores
     assert np.isnan(scores[::50]).all() and np.isfinite(np.delete(scores, np.s_[::50])).all()
@@ -118,7 +119,7 @@ def test_unmeasured_points_get_no_score_and_the_part_is_still_judged(fitted):
                                           (np.full((700, 3), np.nan, np.float32), "degraded"),
                                           (np.full((700, 3), 50.0, np.float32), "implausible")])
 def test_bad_scans_get_the_fail_safe_decision(fitted, points, kind):
-    verdict = Judge(fitted).judge_scan(points)
+    verdict = Judge(fitted).judge(points)
     assert not verdict.judged and verdict.kind == kind and verdict.decision == "reject"
 
 

@@ -14,6 +14,7 @@ from cmdr_ros.model import fusion
 from cmdr_ros.model.checkpoint import content_checksum, load_checkpoint, read_checkpoint, save_checkpoint
 from cmdr_ros.model.detector import CMDRDetector
 from cmdr_ros.model.fitting import fit_detector
+from cmdr_ros.model.calibration import calibrate
 
 LEGACY_MAPS = Path(__file__).parent / "data" / "legacy_maps.npz"
 
@@ -187,7 +188,7 @@ def _as_written_before_the_options(ckpt: dict) -> dict:
 def test_checkpoint_from_before_the_options_loads_and_scores_as_written(parts, tmp_path):
     good, bad = parts
     det = _fit(tiny("rgbd"), parts)
-    det.calibrate([det.prepare(p.rgb, p.xyz) for p in good], progress=False)
+    calibrate(det, [det.prepare(p.rgb, p.xyz) for p in good], progress=False)
     before = det.predict(bad.rgb, bad.xyz)
     ckpt = _as_written_before_the_options(read_checkpoint(save_checkpoint(det, tmp_path / "new.ckpt")))
     assert "rec2d.recon.4.weight" not in ckpt["heads"] and "valid_mask" not in ckpt["config"]
@@ -204,7 +205,7 @@ def test_checkpoint_from_before_the_options_loads_and_scores_as_written(parts, t
 def test_reference_options_survive_a_checkpoint(parts, tmp_path):
     good, bad = parts
     det = _fit(tiny("3d", epochs=1, bn="frame", valid_mask="feature", pixel_norm="sqrt_nonzero"), parts)
-    det.calibrate([det.prepare(p.rgb, p.xyz) for p in good], progress=False)
+    calibrate(det, [det.prepare(p.rgb, p.xyz) for p in good], progress=False)
     again = load_checkpoint(save_checkpoint(det, tmp_path / "m.ckpt"), device="cpu")
     assert again.config.to_dict() == det.config.to_dict() and again.backbone_3d.encoder.encoder.frame_stats
     a, b = det.predict(bad.rgb, bad.xyz), again.predict(bad.rgb, bad.xyz)

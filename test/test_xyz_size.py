@@ -14,6 +14,7 @@ from cmdr_ros.model.backbones import points_to_grid, scatter_points_to_grid
 from cmdr_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from cmdr_ros.model.detector import CMDRDetector
 from cmdr_ros.model.fitting import fit_detector
+from cmdr_ros.model.calibration import calibrate
 from test_detector import parts  # noqa: F401  (the module fixture of rendered parts)
 
 
@@ -78,7 +79,7 @@ def test_a_model_with_a_finer_xyz_map_trains_predicts_and_reloads(parts, mode, t
     good, bad = parts
     det = CMDRDetector(fpfh_config(48, mode), device="cpu")
     fit_detector(det, [det.prepare(p.rgb, p.xyz) for p in good], progress=False)
-    det.calibrate([det.prepare(p.rgb, p.xyz) for p in good[:2]], progress=False)
+    calibrate(det, [det.prepare(p.rgb, p.xyz) for p in good[:2]], progress=False)
     inp = det.prepare(bad.rgb, bad.xyz)
     native = det.extract(inp)["3d"]
     assert int(native["side"]) == 48 and int(native["pix"].max()) < 48 * 48

@@ -7,10 +7,9 @@ resizing) -> ``extract`` (frozen backbones, native resolution) -> ``grid_feature
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -304,40 +303,3 @@ class CMDRDetector:
     def predict_scan(self, points: np.ndarray) -> ScanPrediction:
         """Score an unorganized scan, Nx3 in the sensor's order (pipeline "chunks"; ``cmdr_ros.model.scan``)."""
         return predict_scan(self, points)
-
-    # ------------------------------------------------------------------ calibration
-    def calibrate(self, inputs: Iterable[ModelInput], progress: bool = True, source: str = "validation") -> float:
-        """Reject threshold from good samples: ``max(max score, mean + sigma * std)`` (sigma from the config).
-
-        Every good calibration sample passes, and the margin grows with the spread of good scores. The
-        statistics are kept with the threshold in the checkpoint. A "chunks" model calibrates on whole scans
-        (:meth:`calibrate_scans`).
-        """
-        if self.config.judges_scans:
-            raise CmdrError("a 'chunks' model decides whole parts: calibrate it on good scans (calibrate_scans), "
-                            "not on chunks")
-        scores = [self.predict_input(i).score for i in tqdm(list(inputs), desc="calibrate", disable=not progress,
-                                                            unit="sample")]
-        return self._threshold_from(np.array(scores), source)
-
-    def calibrate_scans(self, scans: Sequence[np.ndarray], progress: bool = True, source: str = "validation"
-                        ) -> float:
-        """The threshold of a "chunks" model from good scans (Nx3 each), by the rule of :meth:`calibrate` applied to
-        the part scores (a part is decided on its maximum chunk score, so the parts are the sample: the chunks of
-        one part at different places along it score differently even when good, and their spread would set the
-        margin far above any part)."""
-        scores = [self.predict_scan(p).score for p in tqdm(scans, desc="calibrate", disable=not progress,
-                                                           unit="scan")]
-        return self._threshold_from(np.array(scores), source)
-
-    def _threshold_from(self, scores: np.ndarray, source: str) -> float:
-        if scores.size == 0:
-            raise CmdrError("no good samples to calibrate the threshold on")
-        mean, std = float(scores.mean()), float(scores.std(ddof=1)) if scores.size > 1 else 0.0
-        sigma = self.config.calibration_sigma
-        self.threshold = float(max(scores.max(), mean + sigma * std))
-        self.score_stats = {"n": int(scores.size), "mean": mean, "std": std, "min": float(scores.min()),
-                            "max": float(scores.max()), "sigma": float(sigma), "source": source}
-        if not math.isfinite(self.threshold):
-            raise CmdrError(f"calibration gave a non-finite threshold from scores {scores.tolist()}")
-        return self.threshold

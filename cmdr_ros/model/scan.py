@@ -56,6 +56,13 @@ class ScanPrediction:
     def valid_ratio(self) -> float:
         return 1.0  # every point of a chunk is a measurement
 
+    @property
+    def valid_mask(self) -> np.ndarray:
+        """The scan's measured points (N bool), the ones with a score."""
+        mask = np.zeros(len(self.point_scores), bool)
+        mask[self.measured] = True
+        return mask
+
 
 def chunk_inputs(points: np.ndarray, detector: CMDRDetector) -> tuple[Chunks, list[ModelInput]]:
     """The chunks of a scan and their model inputs."""
@@ -88,5 +95,5 @@ def predict_scan(detector: CMDRDetector, points: np.ndarray) -> ScanPrediction:
 
 def scan_inputs(scans: list[np.ndarray], detector: CMDRDetector) -> list[ModelInput]:
     """The chunk inputs of several scans, for ``fitting.fit_detector`` (thresholds are calibrated on whole scans:
-    ``CMDRDetector.calibrate_scans``)."""
+    ``model.calibration.calibrate``)."""
     return [inp for pts in scans for inp in chunk_inputs(pts, detector)[1]]

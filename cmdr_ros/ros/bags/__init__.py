@@ -12,11 +12,10 @@ laser profilometer for a "chunks" model), both resolving clouds in another frame
 from cmdr_ros.ros.bags.evaluate import eval_bag
 from cmdr_ros.ros.bags.play import parse_remaps, play_bag, playback_qos, topic_qos
 from cmdr_ros.ros.bags.read import message_class, open_bag, read_messages
-from cmdr_ros.ros.bags.record import (METADATA_VERSION, STORAGES, BagWriter, bag_from_dataset, bag_from_scans,
-                                      offered_qos)
+from cmdr_ros.ros.bags.record import METADATA_VERSION, STORAGES, BagWriter, bag_from_dataset, offered_qos
 from cmdr_ros.ros.bags.tf import TfTree, bag_tf_lookup, read_tf, tf_message
 from cmdr_ros.ros.bags.to_dataset import bag_to_dataset, bag_to_scans
 
-__all__ = ["METADATA_VERSION", "STORAGES", "BagWriter", "TfTree", "bag_from_dataset", "bag_from_scans", "bag_tf_lookup",
+__all__ = ["METADATA_VERSION", "STORAGES", "BagWriter", "TfTree", "bag_from_dataset", "bag_tf_lookup",
            "bag_to_dataset", "bag_to_scans", "eval_bag", "message_class", "offered_qos", "open_bag", "parse_remaps",
            "play_bag", "playback_qos", "read_messages", "read_tf", "tf_message", "topic_qos"]

@@ -25,7 +25,7 @@ from cmdr_ros.ros.conversions import stamp_ns
 from cmdr_ros.ros.conversions.frames import input_names
 from cmdr_ros.ros.node.outputs import decision_messages, map_messages, result_values
 from cmdr_ros.ros.node.wiring import output_keys
-from cmdr_ros.ros.topics import MAPS, PART_ID, PROFILER, RECORDED, output_topic
+from cmdr_ros.ros.topics import MAPS, PART_ID, RECORDED, output_topic
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,8 @@ class _Evaluation:
         self.outputs = set(output_keys(params))  # what the node publishes with these parameters
         self.seq = 0
         self.rows: list[dict[str, Any]] = []
-        self.metric_inputs: dict[str, list[Any]] = {k: [] for k in ("gts", "pix", "pro", "labels", "scores", "defects",
-                                                                   "chunk_y", "chunk_s", "point_y", "point_s")}
-        self.scan = bool(getattr(judge, "scan", False))  # a "chunks" model: parts are scans, scored per part
+        self.kind = judge.judge_.pipeline  # the detector's pipeline kind: its truth, rows and metric sink
+        self.sink = self.kind.metrics(truth=aux.has_gt)
         self.latencies: list[float] = []
 
     def __call__(self, msgs: dict[str, Any]) -> None:
@@ -158,9 +157,7 @@ class _Evaluation:
                           "reject": int(verdict.reject), "label": "" if label is None else label,
                           "latency_ms": round(latency_ms, 3) if latency_ms is not None else "",
                           "error": "" if verdict.judged else f"{verdict.kind}: {verdict.reason}"})
-        if self.scan:
-            self.rows[-1].update(points=len(frame.points) if frame is not None else "",
-                                 chunks=len(verdict.prediction.chunks) if verdict.judged else "")
+        self.rows[-1].update(self.kind.row(verdict.prediction, frame.points if frame is not None else None))
 
     def _maps(self, verdict: Any, frame: Any, inputs: str) -> dict[str, Any]:
         """``outputs.map_messages`` of the maps the output switches enable (and the heatmap when PNGs are written);
@@ -185,73 +182,22 @@ class _Evaluation:
             raise CmdrError(f"{path}: OpenCV could not write the heatmap")
 
     def _truth(self, stamp: int, sample: str | None, pred: Any) -> int | None:
-        """The frame's label (sample's defect folder, else its mask); collects the metric inputs with gt."""
-        from cmdr_ros.data.preprocess import SquareFrame, resize_mask
-
+        """The part's label (the sample's defect folder, else its recorded ground truth: a frame's mask, a scan's
+        per-point labels); a labelled part goes to the metric sink with its truth, as ``cmdr eval`` gathers it."""
         label = None if sample is None else int(sample.split("/")[0] != "good")
-        if self.scan:
-            return self._scan_truth(stamp, label, sample, pred)
-        if not self.aux.has_gt:
-            return label
-        mask = self.aux.gts.nearest(stamp, self.slop_ns)
-        if mask is None:
-            mask = np.zeros(pred.anomaly_map.shape, bool)  # like `cmdr eval` for a sample without a mask file
-        if mask.shape != pred.anomaly_map.shape:
-            raise CmdrError(f"ground-truth mask at stamp {stamp} is {mask.shape[1]}x{mask.shape[0]}, the input is "
-                            f"{pred.anomaly_map.shape[1]}x{pred.anomaly_map.shape[0]}")
-        label = int(mask.any()) if label is None else label
-        m, pix = self.metric_inputs, pred.pixel_map()
-        m["gts"].append(resize_mask(SquareFrame.of(*mask.shape).pad_edge(mask), pix.shape[-1]))  # the model's map size
-        m["pix"].append(pix)
-        m["pro"].append(pred.pro_map())
-        m["labels"].append(label)
-        m["scores"].append(pred.score)
-        m["defects"].append(sample.split("/")[0] if sample else ("good" if label == 0 else "defect"))
-        return label
-
-    def _scan_truth(self, stamp: int, label: int | None, sample: str | None, pred: Any) -> int | None:
-        """A scan's label (sample's defect folder, else any labelled point); with per-point ground truth its chunks'
-        and points' labels and scores too, as ``cmdr eval`` gathers them."""
-        m = self.metric_inputs
-        points = self.aux.gts.nearest(stamp, self.slop_ns) if self.aux.has_gt else None
-        if points is not None:
-            if points.shape != pred.point_scores.shape:
-                raise CmdrError(f"point ground truth at stamp {stamp} has {points.size} labels for a scan of "
-                                f"{pred.point_scores.size} points")
-            label = int(points.any()) if label is None else label
-            chunk_y, chunk_s, point_y, point_s = pred.scored_truth(points)
-            m["chunk_y"] += chunk_y.tolist()
-            m["chunk_s"] += chunk_s.tolist()
-            m["point_y"].append(point_y)
-            m["point_s"].append(point_s)
+        recorded = self.aux.gts.nearest(stamp, self.slop_ns) if self.aux.has_gt else None
+        truth = self.kind.truth(pred, recorded, self.aux.has_gt, f"stamp {stamp}")
+        if label is None and truth is not None:
+            label = int(truth.any())
         if label is not None:
-            m["labels"].append(label)
-            m["scores"].append(pred.score)
-            m["defects"].append(sample.split("/")[0] if sample else ("good" if label == 0 else "defect"))
+            self.sink.add(pred, label, sample.split("/")[0] if sample else ("good" if label == 0 else "defect"), truth)
         return label
 
     def metrics(self) -> dict[str, Any] | None:
-        """``compute_metrics`` of the judged frames, with per-defect I-AUROC etc. as ``cmdr eval`` reports them."""
-        from cmdr_ros.metrics import metrics_by_defect
-
-        m = self.metric_inputs
-        if self.scan:
-            return self._scan_metrics() if m["scores"] else None
-        if not self.aux.has_gt or not m["scores"]:
-            return None
-        out = metrics_by_defect(m["gts"], m["pix"], m["pro"], m["labels"], m["scores"], m["defects"])
-        out["latency_ms_mean"] = float(np.mean(self.latencies))
-        return out
-
-    def _scan_metrics(self) -> dict[str, Any]:
-        """``cmdr eval``'s scan metrics of the judged scans: part-level I-AUROC overall and per defect; chunk-level
-        I-AUROC and P-AUROC over the points when the bag has per-point ground truth (else NaN)."""
-        from cmdr_ros.metrics import scan_metrics_by_defect
-
-        m = self.metric_inputs
-        out = scan_metrics_by_defect(m["labels"], m["scores"], m["defects"], m["chunk_y"], m["chunk_s"], m["point_y"],
-                                     m["point_s"])
-        out["latency_ms_mean"] = float(np.mean(self.latencies))
+        """The metric sink's summary of the labelled parts (as ``cmdr eval`` reports them), None without any."""
+        out = self.sink.summary()
+        if out is not None:
+            out["latency_ms_mean"] = float(np.mean(self.latencies))
         return out
 
 
@@ -278,13 +224,13 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     ``out/metrics.json`` (the metrics of ``cmdr eval``). Returns the report (``table`` holds the printable metrics
     table when there are metrics).
 
-    A "chunks" model (``FrameJudge.scan``): every cloud on ``points_topic`` (default: the profiler's, else the
-    camera's) is one scanned part, judged point by point as on the node (its maps: the scan's top view, and its
-    own points with their scores as the anomaly cloud); ``results.csv`` also holds its points and chunks; with
-    sample names ``metrics.json`` holds the part-level I-AUROC, and with per-point ground truth (``gt_topic``,
-    default ``/cmdr/gt_points``: the scan's points with their labels as intensity, as ``bag_from_scans`` writes it)
-    also the chunk-level I-AUROC and the P-AUROC over the points. ``gt_topic`` default for frames:
-    ``/camera/gt_mask``.
+    The model's kind (``cmdr_ros.ros.kinds``) sets the default topics, the truth and the metrics. A "chunks" model
+    (``FrameJudge.kind``): every cloud on ``points_topic`` (default: the profiler's, else the camera's) is one
+    scanned part, judged point by point as on the node (its maps: the scan's top view, and its own points with
+    their scores as the anomaly cloud); ``results.csv`` also holds its points and chunks; with sample names ``metrics.json`` holds the
+    part-level I-AUROC, and with per-point ground truth (``gt_topic``, default ``/cmdr/gt_points``: the scan's
+    points with their labels as intensity, as ``bag_from_dataset`` writes a scan class) also the chunk-level
+    I-AUROC and the P-AUROC over the points. ``gt_topic`` default for frames: ``/camera/gt_mask``.
 
     Part ids (``part_id_topic``, std_msgs/Header, when the bag has it): each result carries the id whose stamp is
     nearest its own within ``sync.slop``, as on the node, whether the id was recorded before or after the frame.
@@ -292,8 +238,9 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     from rclpy.serialization import deserialize_message
     from tqdm import tqdm
 
-    from cmdr_ros.metrics import METRIC_KEYS, format_table
-    from cmdr_ros.ros.node.frame_judge import FrameJudge, judges_scans
+    from cmdr_ros.metrics import format_table
+    from cmdr_ros.ros.kinds import ros_kind
+    from cmdr_ros.ros.node.frame_judge import FrameJudge
     from cmdr_ros.ros.node.parameters import node_params
     from cmdr_ros.ros.node.sync import ApproximateTimePolicy
 
@@ -302,12 +249,9 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
         raise CmdrError(f"unknown maps {sorted(set(maps) - set(MAPS))}: choose from {', '.join(MAPS)}")
     switches = {f"output.{k}": k in maps for k in MAPS} if maps is not None else {}
     params = node_params(params, {"sync.slop": slop, "threshold": threshold, **switches})
-    mode, scan = detector.config.mode, judges_scans(detector)
-    if points_topic is None:
-        points_topic = PROFILER["points"] if scan else RECORDED["points"]
-    if gt_topic is None:
-        gt_topic = RECORDED["gt_points"] if scan else RECORDED["gt"]
-    gt_kind = "gt_points" if scan else "gt"
+    mode, kind = detector.config.mode, ros_kind(detector)
+    points_topic = kind.points_topic if points_topic is None else points_topic
+    gt_kind, gt_topic = kind.truth[0], kind.truth[1] if gt_topic is None else gt_topic
     inputs = [(name, {"image": image_topic, "points": points_topic}[name]) for name in input_names(mode)]
     types = {"image": "sensor_msgs/msg/Image", "points": "sensor_msgs/msg/PointCloud2",
              "info": "sensor_msgs/msg/CameraInfo", "gt": "sensor_msgs/msg/Image",
@@ -380,8 +324,7 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     if metrics is not None:
         classes_m = {class_name: metrics}
         report["classes"] = classes_m
-        keys = (("i_auroc", "chunk_i_auroc", "p_auroc") if evaluation.aux.has_gt else ("i_auroc",)) if scan \
-            else METRIC_KEYS
+        keys = evaluation.sink.keys
         report["mean"] = {k: float(metrics[k]) for k in keys}
         (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=True))
         report["table"] = format_table(classes_m, report["mean"], keys)

@@ -1,5 +1,6 @@
 """Writing rosbag2 files: ``BagWriter`` (rclpy messages -> a new bag) and ``bag_from_dataset`` (a dataset split
--> the bag a camera driver could have recorded; a class of unorganized scans -> a laser profilometer's bag).
+-> the bag its sensor could have recorded: a camera driver's for frames (``frame_records``), a laser profilometer's
+for a class of unorganized scans (``scan_records``)).
 
 Metadata version: bags are written as rosbag2 metadata **version 8** (Iron's format), the oldest rosbags writes
 (it writes 8 or 9 and has no default). Version 8 keeps ``offered_qos_profiles`` a YAML *string*: version 9 (Jazzy)
@@ -16,7 +17,7 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -129,27 +130,47 @@ def _check_rate(rate: float) -> None:
 
 def bag_from_dataset(data_dir: str | Path, out: str | Path, storage: str = "mcap", split: str = "test",
                      rate: float = 2.0, frame_id: str = "camera", start_ns: int | None = None) -> dict[str, Any]:
-    """Write a split of an MVTec 3D-AD style class folder as a bag a camera driver could have recorded.
+    """Write a split of a class folder as the bag its sensor could have recorded: an MVTec 3D-AD style folder as a
+    camera driver's (``frame_records``), a class of unorganized scans (``cmdr_ros.data.scans`` layout) as a laser
+    profilometer's (``scan_records``). Per part, all at the same stamp (``start_ns`` + i/rate s; default: now, whole
+    seconds), its messages and ``/cmdr/sample`` (std_msgs/String "<defect>/<id>", naming the part); every header
+    keeps ``frame_id``. Returns a summary: path, storage, frames, topics {name: count}, start_ns, period_s."""
+    from cmdr_ros.data.scans import ScanDataset
 
-    Per sample, all at the same stamp (``start_ns`` + i/rate s; default: now, whole seconds): ``/camera/image``
-    rgb8, ``/camera/points`` organized float32 x,y,z pixel-aligned with the image (invalid points NaN, as ROS
-    drivers publish them), ``/camera/camera_info`` from calibration/camera_parameters.json when present, and
-    when the split has masks ``/camera/gt_mask`` mono8 0/255 (all 0 for a sample without a mask file, as
-    ``cmdr eval`` reads it). ``/cmdr/sample`` (std_msgs/String "<defect>/<id>") names the sample; every header
-    keeps ``frame_id``. Returns a summary: path, storage, frames, topics {name: count}, start_ns, period_s.
+    _check_rate(rate)
+    records = scan_records if ScanDataset.is_scan_folder(data_dir) else frame_records
+    name, custom, parts = records(data_dir, split)
+    start = int(start_ns) if start_ns is not None else time.time_ns() // _NS * _NS
+    custom = {"cmdr_ros.class": name, "cmdr_ros.split": split, "cmdr_ros.rate_hz": repr(float(rate)), **custom}
+    with BagWriter(out, storage, custom) as bag:
+        for i, part in enumerate(parts):
+            stamp = start + round(i * _NS / rate)
+            for topic, msg in part(make_header(stamp, frame_id)):
+                bag.write(topic, msg, stamp)
+    return {"path": str(out), "storage": storage, "frames": len(parts), "topics": dict(bag.counts),
+            "start_ns": start, "period_s": 1.0 / rate}
 
-    A class folder of unorganized scans (``cmdr_ros.data.scans`` layout) is written by ``bag_from_scans``.
-    """
+
+#: a part of a recording: its messages for a header, in the order they are written
+Part = Callable[[Any], list[tuple[str, Any]]]
+
+
+def _sample(defect: str, sample_id: str) -> tuple[str, Any]:
     from std_msgs.msg import String
 
+    return RECORDED["sample"], String(data=f"{defect}/{sample_id}")
+
+
+def frame_records(data_dir: str | Path, split: str) -> tuple[str, dict[str, str], list[Part]]:
+    """The parts of an MVTec 3D-AD style split as a camera driver publishes them: ``/camera/image`` rgb8,
+    ``/camera/points`` organized float32 x,y,z pixel-aligned with the image (invalid points NaN, as ROS drivers
+    publish them), ``/camera/camera_info`` from calibration/camera_parameters.json when present, and when the split
+    has masks ``/camera/gt_mask`` mono8 0/255 (all 0 for a sample without a mask file, as ``cmdr eval`` reads it);
+    with the class name and no further custom data."""
     from cmdr_ros.data.mvtec3d import MVTec3DClass, load_sample
-    from cmdr_ros.data.scans import ScanDataset
     from cmdr_ros.geometry import CameraIntrinsics
     from cmdr_ros.ros.conversions import array_to_image, dict_to_camera_info, xyz_to_pointcloud2
 
-    _check_rate(rate)
-    if ScanDataset.is_scan_folder(data_dir):
-        return bag_from_scans(data_dir, out, storage, split, rate, frame_id, start_ns)
     data = MVTec3DClass(data_dir)
     samples = data.samples(split)
     if not samples:
@@ -157,67 +178,57 @@ def bag_from_dataset(data_dir: str | Path, out: str | Path, storage: str = "mcap
     params = data.camera_parameters()
     info = CameraIntrinsics.from_mvtec_json(params).to_dict() if params is not None else None
     with_gt = any(s.gt_path is not None for s in samples)
-    start = int(start_ns) if start_ns is not None else time.time_ns() // _NS * _NS
-    custom = {"cmdr_ros.class": data.name, "cmdr_ros.split": split, "cmdr_ros.rate_hz": repr(float(rate))}
-    with BagWriter(out, storage, custom) as bag:
-        for i, s in enumerate(samples):
-            stamp = start + round(i * _NS / rate)
-            header = make_header(stamp, frame_id)
+
+    def part(s: Any) -> Part:
+        def messages(header: Any) -> list[tuple[str, Any]]:
             rgb, xyz, mask = load_sample(s, need_rgb=s.rgb_path is not None, need_xyz=s.xyz_path is not None)
             h, w = (rgb if rgb is not None else xyz).shape[:2]
+            out = []
             if rgb is not None:
-                bag.write(RECORDED["image"], array_to_image(rgb, "rgb8", header), stamp)
+                out.append((RECORDED["image"], array_to_image(rgb, "rgb8", header)))
             if xyz is not None:
                 points = xyz.copy()
                 points[~np.any(xyz != 0, axis=-1)] = np.nan  # the project's invalid (0,0,0) -> ROS's NaN
-                bag.write(RECORDED["points"], xyz_to_pointcloud2(points, header), stamp)
+                out.append((RECORDED["points"], xyz_to_pointcloud2(points, header)))
             if info is not None:
                 if (info["width"], info["height"]) != (w, h):
                     raise CmdrError(f"{data.root / 'calibration' / 'camera_parameters.json'}: the camera is "
                                     f"{info['width']}x{info['height']} but {s.rgb_path or s.xyz_path} is {w}x{h}")
-                bag.write(RECORDED["camera_info"], dict_to_camera_info(info, header), stamp)
+                out.append((RECORDED["camera_info"], dict_to_camera_info(info, header)))
             if with_gt:
                 gt = np.zeros((h, w), bool) if mask is None else mask
-                bag.write(RECORDED["gt"], array_to_image(np.where(gt, 255, 0).astype(np.uint8), "mono8", header), stamp)
-            bag.write(RECORDED["sample"], String(data=f"{s.defect}/{s.sample_id}"), stamp)
-    return {"path": str(out), "storage": storage, "frames": len(samples), "topics": dict(bag.counts),
-            "start_ns": start, "period_s": 1.0 / rate}
+                out.append((RECORDED["gt"], array_to_image(np.where(gt, 255, 0).astype(np.uint8), "mono8", header)))
+            return out + [_sample(s.defect, s.sample_id)]
+        return messages
+
+    return data.name, {}, [part(s) for s in samples]
 
 
-
-def bag_from_scans(data_dir: str | Path, out: str | Path, storage: str = "mcap", split: str = "test",
-                   rate: float = 2.0, frame_id: str = "camera", start_ns: int | None = None) -> dict[str, Any]:
-    """Write a split of a class of unorganized scans (``cmdr_ros.data.scans`` layout) as the bag a laser
-    profilometer could have recorded: per scan, at ``start_ns`` + i/rate s, the profiler's ``points`` topic
-    (``topics.PROFILER``: an unorganized PointCloud2, float32 x,y,z, one row of N points in the file's order, so a
-    "chunks" model cuts the same chunks), ``/cmdr/sample`` "<defect>/<id>" and, when the split has per-point
-    ground truth (``gt/NNN.npy``), ``/cmdr/gt_points``: the same points with the labels as their intensity (0 / 1;
-    all 0 for a scan without a labels file), from which ``cmdr bag eval`` computes the chunk and point metrics.
-    Returns the summary of ``bag_from_dataset``."""
-    from std_msgs.msg import String
-
+def scan_records(data_dir: str | Path, split: str) -> tuple[str, dict[str, str], list[Part]]:
+    """The parts of a split of unorganized scans as a laser profilometer publishes them: the profiler's ``points``
+    topic (``topics.PROFILER``: an unorganized PointCloud2, float32 x,y,z, one row of N points in the file's order,
+    so a "chunks" model cuts the same chunks) and, when the split has per-point ground truth (``gt/NNN.npy``),
+    ``/cmdr/gt_points``: the same points with the labels as their intensity (0 / 1; all 0 for a scan without a
+    labels file), from which ``cmdr bag eval`` computes the chunk and point metrics; with the class name and the
+    custom data ``cmdr_ros.layout: scans``."""
     from cmdr_ros.data.scans import ScanDataset
     from cmdr_ros.ros.conversions import xyz_to_pointcloud2
 
-    _check_rate(rate)
     data = ScanDataset(data_dir)
     scans = data.scans(split)
     if not scans:
         raise CmdrError(f"{data.root / split}: no scans to write (expected <defect>/points/NNN.npy|ply|pcd)")
-    start = int(start_ns) if start_ns is not None else time.time_ns() // _NS * _NS
-    custom = {"cmdr_ros.class": data.root.name, "cmdr_ros.split": split, "cmdr_ros.rate_hz": repr(float(rate)),
-              "cmdr_ros.layout": "scans"}
     with_gt = any(s.gt_path is not None for s in scans)
-    with BagWriter(out, storage, custom) as bag:
-        for i, scan in enumerate(scans):
-            stamp = start + round(i * _NS / rate)
+
+    def part(scan: Any) -> Part:
+        def messages(header: Any) -> list[tuple[str, Any]]:
             points, labels = scan.load()
             points = np.asarray(points, dtype=np.float32)
-            header = make_header(stamp, frame_id)
-            bag.write(PROFILER["points"], xyz_to_pointcloud2(points, header), stamp)
-            bag.write(RECORDED["sample"], String(data=f"{scan.defect}/{scan.sample_id}"), stamp)
+            out = [(PROFILER["points"], xyz_to_pointcloud2(points, header)), _sample(scan.defect, scan.sample_id)]
             if with_gt:
                 truth = np.zeros(len(points), np.float32) if labels is None else labels.astype(np.float32)
-                bag.write(RECORDED["gt_points"], xyz_to_pointcloud2(points, header, intensity=truth), stamp)
-    return {"path": str(out), "storage": storage, "frames": len(scans), "topics": dict(bag.counts),
-            "start_ns": start, "period_s": 1.0 / rate}
+                out.append((RECORDED["gt_points"], xyz_to_pointcloud2(points, header, intensity=truth)))
+            return out
+        return messages
+
+    return data.root.name, {"cmdr_ros.layout": "scans"}, [part(s) for s in scans]

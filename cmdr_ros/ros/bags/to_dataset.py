@@ -89,9 +89,9 @@ def bag_to_scans(bag: str | Path, out: str | Path, split: str = "train", defect:
     them (``frames.assemble_scan``); its invalid points (non-finite, or the all-zero marker of an organized cloud)
     are left out, as the node leaves them out of the chunks. A cloud that cannot be decoded, or has no valid
     point, is left out with a warning. When the bag has per-point ground truth (``gt_topic``, default
-    ``/cmdr/gt_points``, as ``bag_from_scans`` writes it) for a cloud's stamp, its labels of the kept points go to
-    ``gt/NNN.npy`` beside it, so a recorded test split evaluates with ``cmdr eval``. Returns the number of scans
-    written."""
+    ``/cmdr/gt_points``, as ``bag_from_dataset`` writes a scan class: ``record.scan_records``) for a cloud's stamp,
+    its labels of the kept points go to ``gt/NNN.npy`` beside it, so a recorded test split evaluates with
+    ``cmdr eval``. Returns the number of scans written."""
     import logging
 
     import numpy as np
@@ -101,7 +101,7 @@ def bag_to_scans(bag: str | Path, out: str | Path, split: str = "train", defect:
     from cmdr_ros.ros.node.frame_judge import FrameJudge
     from cmdr_ros.ros.node.parameters import node_params
 
-    aligner = FrameJudge.aligner("3d", node_params(params, {}), scan=True)
+    aligner = FrameJudge.aligner("3d", node_params(params, {}), kind="chunks")
     folder = Path(out) / split / defect / "points"
     gt_folder = folder.parent / "gt"
     log = logging.getLogger(__name__)

@@ -87,6 +87,31 @@ def folder_scans(folder: str | Path, n: int) -> list[tuple[None, np.ndarray]]:
     return [(None, s.load()[0]) for s in scans]
 
 
+def frame_parts(data: str | None, n: int, size: int) -> tuple[list[tuple[Any, np.ndarray]], str]:
+    """The frames a frame preset is timed on (``data``'s first ``n``, else ``n`` simulated ones of ``size`` pixels)
+    and where they come from, in words."""
+    if data:
+        frames = folder_frames(data, n)
+        return frames, f"{data} ({len(frames)} frames)"
+    return synthetic_frames(size, n), f"synthetic {size}x{size} (render_part, {n} parts)"
+
+
+def scan_parts(data: str | None, n: int, size: int) -> tuple[list[tuple[Any, np.ndarray]], str]:
+    """The scans a "chunks" preset is timed on (``data``'s first ``n``, else ``n`` simulated profilometer scans) and
+    where they come from, in words."""
+    if data:
+        scans = folder_scans(data, n)
+        return scans, f"{data} ({len(scans)} scans)"
+    return synthetic_scans(n), f"synthetic profilometer scans (render_profilometer_cloud, {n} parts, sensor order)"
+
+
+#: per pipeline kind (``cmdr_ros.pipelines``): the parts to time, and a part's size in words
+BENCH_PARTS: dict[str, tuple[Callable[..., Any], Callable[[np.ndarray], str]]] = {
+    "frame": (frame_parts, lambda xyz: "x".join(map(str, xyz.shape[:2]))),
+    "chunks": (scan_parts, lambda points: f"{len(points)} points"),
+}
+
+
 def frame_messages(rgb: np.ndarray | None, xyz: np.ndarray, mode: str, stamp_ns: int = 0) -> dict[str, Any]:
     """The node's inputs for ``mode``: an rgb8 Image and/or a PointCloud2 (organized from HxWx3, a scan from Nx3),
     same frame and stamp."""
@@ -244,6 +269,7 @@ def bench_run(preset_name: str, mode: str, device: str, frames: list[tuple[np.nd
     """Judge ``warmup`` frames, then ``repeat`` times a frame per stage and the same frame end to end. ``plain``:
     without the fast paths (``bench_compare.plain_paths``); ``outcomes_by_frame`` keeps what each frame gave."""
     from cmdr_ros.judge import Judge
+    from cmdr_ros.pipelines import pipeline_for
     from cmdr_ros.ros.bench.compare import outcome, plain_paths
     from cmdr_ros.ros.node.frame_judge import FrameJudge
 
@@ -291,7 +317,7 @@ def bench_run(preset_name: str, mode: str, device: str, frames: list[tuple[np.nd
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "peak_rss_scope": "run" if peak_per_run else "process",
               "cuda_max_allocated_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None}
-    shape = f"{len(frames[0][1])} points" if det.config.judges_scans else "x".join(map(str, frames[0][1].shape[:2]))
+    shape = BENCH_PARTS[pipeline_for(det).name][1](frames[0][1])
     del det, fj
     gc.collect()
     return {"preset": preset_name, "mode": mode, "device": "onnx" if device == "onnx" else str(dev), "timed": repeat,
@@ -312,20 +338,15 @@ def run_bench(presets: list[str], modes: list[str], device_choice: str, size: in
               warmup: int, repeat: int, threads: int, compare: bool = False) -> dict[str, Any]:
     """Every (preset, mode, device) run with ``threads`` torch threads (restored afterwards); ``compare``: each
     followed by its plain run (``bench_compare``) and the differences between the two."""
-    from cmdr_ros.ros.bench.compare import PLAIN, differences
     from cmdr_ros.config import preset
+    from cmdr_ros.pipelines import pipeline_for
+    from cmdr_ros.ros.bench.compare import PLAIN, differences
 
     n = max(1, min(warmup + repeat, 5))
-    scans = {p: preset(p, "3d").judges_scans if p.endswith("3d") else False for p in presets}
-    if any(scans.values()) and not all(scans.values()):
+    kinds = {pipeline_for(preset(p, "3d")).name if p.endswith("3d") else "frame" for p in presets}
+    if len(kinds) > 1:
         raise CmdrError("time frame presets and scan presets (paper3d, lite3d) in separate runs")
-    if all(scans.values()):
-        frames = folder_scans(data, n) if data else synthetic_scans(n)
-        source = (f"{data} ({len(frames)} scans)" if data else
-                  f"synthetic profilometer scans (render_profilometer_cloud, {n} parts, sensor order)")
-    else:
-        frames = folder_frames(data, n) if data else synthetic_frames(size, n)
-        source = f"{data} ({len(frames)} frames)" if data else f"synthetic {size}x{size} (render_part, {n} parts)"
+    frames, source = BENCH_PARTS[kinds.pop()][0](data, n, size)
     before, load = torch.get_num_threads(), os.getloadavg()[0]
     torch.set_num_threads(threads)
     try:

@@ -10,8 +10,8 @@
   the frame is not judged (``no_transform``). ``Frame.transform`` records which.
 * 3D-only: an organized cloud is used as it is; an unorganized one (laser profilometer) is rasterized on a
   regular grid over its dominant plane (``geometry.rasterize_on_plane``).
-* a "chunks" model (the paper's cutting-cell pipeline, ``assemble_scan``): the cloud is one scanned part and is
-  not rasterized: ``Frame.points`` holds every point of the message in message order (an organized cloud
+* a "chunks" model (the paper's cutting-cell pipeline, ``assemble_scan``; ``Frame.kind`` "chunks"): the cloud is
+  one scanned part and is not rasterized: ``Frame.points`` holds every point of the message in message order (an organized cloud
   row-major), invalid ones (non-finite; in an organized cloud also the all-zero marker) as NaN, so the
   per-point scores line up with the message's points; alignment ``scan``.
 
@@ -63,11 +63,7 @@ class Frame:
     transform: str = "none"  # rgbd: identical_frames | registered | tf | parameter (how the cloud met the camera)
     frame_ids: dict[str, str] = field(default_factory=dict)
     cloud_shape: tuple[int, ...] = ()  # a scan: the message's (height, width) (unorganized: (1, N))
-
-    @property
-    def is_scan(self) -> bool:
-        """A scanned part for a "chunks" model: ``points`` in message order, judged point by point."""
-        return self.alignment == "scan"
+    kind: str = "frame"  # the pipeline kind of the part (cmdr_ros.pipelines; its messages: cmdr_ros.ros.kinds)
 
 
 def _organized_points(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,10 +188,10 @@ def scan_points(msg: Any, info: Any = None, projection: str = "auto") -> tuple[n
 def assemble_scan(cloud: Any, info: Any = None, projection: str = "auto") -> Frame:
     """The frame of one scanned part for a "chunks" model (module docstring): no raster, no image. Raises
     ``CmdrError`` (``ConversionError``) for a message that cannot be decoded; whether the points can be judged
-    (too few, none measured, beyond ``max_range``) is the judge's to say (``Judge.judge_scan``)."""
+    (too few, none measured, beyond ``max_range``) is the judge's to say (``Judge.judge``)."""
     if cloud is None:
         raise CmdrError("a scan needs a point cloud")
-    f = Frame(header=cloud.header, cloud_header=cloud.header, alignment="scan")
+    f = Frame(header=cloud.header, cloud_header=cloud.header, alignment="scan", kind="chunks")
     f.frame_ids = {k: m.header.frame_id for k, m in (("points", cloud), ("camera_info", info)) if m is not None}
     f.points, f.cloud_shape = scan_points(cloud, info, projection)
     f.coverage = float(finite_rows(f.points).mean()) if len(f.points) else 0.0

@@ -27,7 +27,7 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 from cmdr_ros.evidence import EvidenceError, Retention, meta_of, part_folder, write_evidence
 from cmdr_ros.judge import Verdict
-from cmdr_ros.ros.node.outputs import heatmap_image, scan_view
+from cmdr_ros.ros.kinds import kind_of
 
 QUEUE = 8  # parts waiting to be written (each holds its frame's arrays)
 RETRY_S = 1.0  # while writes fail: one part queued per this many seconds, the others dropped
@@ -36,8 +36,8 @@ CLOSE_S = 10.0  # what is still queued at cleanup is written within this, then d
 
 def evidence_arrays(verdict: Verdict, frame: Any, alpha: float, vmax: float) -> dict[str, np.ndarray]:
     """The arrays ``write_evidence`` takes from a decided part: ``image`` (the image as judged), ``heatmap`` and
-    ``anomaly_map`` (judged parts; the heatmap as ~/heatmap publishes it, made by ``outputs.heatmap_image``, in
-    RGB), ``xyz`` (an organized pixel-aligned cloud as received, HxWx3; any other cloud: its points Nx3, a scan's in
+    ``anomaly_map`` (judged parts, as the part's kind makes them: ``kinds.RosKind.map_arrays``; the heatmap as
+    ~/heatmap publishes it, in RGB), ``xyz`` (an organized pixel-aligned cloud as received, HxWx3; any other cloud: its points Nx3, a scan's in
     message order with invalid points NaN)."""
     out: dict[str, np.ndarray] = {}
     if frame is None:
@@ -50,9 +50,8 @@ def evidence_arrays(verdict: Verdict, frame: Any, alpha: float, vmax: float) -> 
         out["xyz"] = np.asarray(frame.points, dtype=np.float32)
     pred = verdict.prediction
     if verdict.judged and pred is not None:
-        view = scan_view(frame, pred) if frame.is_scan else None
-        out["anomaly_map"] = view[1] if view is not None else pred.anomaly_map
-        out["heatmap"] = heatmap_image(frame, pred, verdict.threshold, alpha, vmax, view)[..., ::-1]
+        out["anomaly_map"], bgr = kind_of(frame).map_arrays(frame, pred, verdict.threshold, alpha, vmax)
+        out["heatmap"] = bgr[..., ::-1]
     return out
 
 

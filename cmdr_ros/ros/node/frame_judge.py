@@ -1,7 +1,8 @@
-"""Messages in -> (Frame, Verdict) out: decoding and alignment (``frames.assemble_frame``: pixel-aligned, projected
-with tf2 / the ``extrinsics`` parameter when set, never a guessed transform, rasterized) followed by the pure judge
-(``cmdr_ros.judge``). With a "chunks" model (the paper's cutting-cell pipeline) each cloud is one scanned part:
-``frames.assemble_scan`` keeps its points in message order and ``Judge.judge_scan`` judges them.
+"""Messages in -> (Frame, Verdict) out: decoding and alignment as the model's pipeline kind takes its parts
+(``cmdr_ros.ros.kinds``: ``frames.assemble_frame``, pixel-aligned, projected with tf2 / the ``extrinsics`` parameter
+when set, never a guessed transform, or rasterized; with a "chunks" model, the paper's cutting-cell pipeline, each
+cloud is one scanned part: ``frames.assemble_scan`` keeps its points in message order) followed by the pure judge
+(``cmdr_ros.judge``).
 
 The node and ``cmdr bag eval`` / ``to-dataset`` build a :class:`FrameJudge` from the same parameter values, so a
 part is judged the same way on the cell and offline.
@@ -13,10 +14,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from cmdr_ros import CmdrError
-from cmdr_ros.config import cross_modal
 from cmdr_ros.geometry import make_transform
 from cmdr_ros.judge import Judge, JudgeSettings, Verdict
-from cmdr_ros.ros.conversions.frames import Frame, TransformLookup, assemble_frame, assemble_scan
+from cmdr_ros.pipelines import pipeline_for
+from cmdr_ros.ros.conversions.frames import Frame, TransformLookup
+from cmdr_ros.ros.kinds import ROS_KINDS, ros_kind
 
 if TYPE_CHECKING:
     from sensor_msgs.msg import CameraInfo
@@ -36,25 +38,10 @@ def extrinsics_transform(values: Sequence[float] | None) -> np.ndarray | None:
     return make_transform(vals[:3], vals[3:])
 
 
-def judges_scans(detector: Any) -> bool:
-    """Whether ``detector`` judges unorganized scans point by point (``ModelConfig.judges_scans``); False for
-    anything without a model config (e.g. a test double)."""
-    return bool(getattr(getattr(detector, "config", None), "judges_scans", False))
-
-
 def warm_up(detector: CMDRDetector) -> None:
-    """Run the model once on a synthetic input of its kind (a frame of the simulated cell, or a scan of one chunk
-    plus a tail), so the first part does not pay for the first inference; CmdrError when it does not fit."""
-    if judges_scans(detector):
-        n = detector.config.chunk_points
-        t = np.arange(n + n // 2, dtype=np.float32)
-        detector.predict_scan(np.stack([t % 64 * 1e-3, t // 64 * 1e-3, 1e-4 * np.sin(t)], 1))
-        return
-    from cmdr_ros.data.synthetic import CellConfig, render_part
-
-    part = render_part(np.random.default_rng(0), CellConfig())
-    cfg = detector.config
-    detector.predict(part.rgb if cfg.uses_2d else None, part.xyz if cfg.uses_3d else None)
+    """Run the model once on a synthetic part of its kind (``Pipeline.warm_up``), so the first part does not pay for
+    the first inference; CmdrError when it does not fit."""
+    pipeline_for(detector).warm_up(detector)
 
 
 def error_kind(e: CmdrError) -> str:
@@ -76,16 +63,16 @@ def unmatched_reason(name: str, inputs: list[str], why: str, sync_timeout: float
 class FrameJudge:
     """Judge synchronized message sets: ``judge({'image': Image, 'points': PointCloud2}, camera_info)``.
 
-    ``scan``: each cloud is a scanned part, judged point by point (``assemble_scan``, ``Judge.judge_scan``);
-    default: when the judge's detector is a "chunks" model."""
+    ``kind``: the pipeline kind whose parts the sets are (``cmdr_ros.ros.kinds``; "chunks": each cloud is a scanned
+    part, judged point by point); default: the judge's detector's."""
 
     def __init__(self, judge: Judge | None, mode: str, *, raster_resolution: float = 0.0,
                  extrinsics: Sequence[float] | None = None,
                  tf_lookup: TransformLookup | None = None, registered: bool = False,
-                 projection: str = "auto", scan: bool | None = None) -> None:
+                 projection: str = "auto", kind: str | None = None) -> None:
         self.judge_ = judge
         self.mode = mode
-        self.scan = judges_scans(getattr(judge, "detector", None)) if scan is None else bool(scan)
+        self.kind = ros_kind(getattr(judge, "detector", None)) if kind is None else ROS_KINDS[kind]
         self.raster_resolution = float(raster_resolution)
         self.extrinsics = extrinsics_transform(extrinsics)
         self.tf_lookup = tf_lookup
@@ -102,11 +89,12 @@ class FrameJudge:
                    registered=params.get("cloud_registered", False), projection=params.get("projection", "auto"))
 
     @classmethod
-    def aligner(cls, mode: str, params: Mapping[str, Any], scan: bool = False) -> FrameJudge:
-        """Decoding and alignment only (``assemble``), e.g. to turn a recording into training samples."""
+    def aligner(cls, mode: str, params: Mapping[str, Any], kind: str = "frame") -> FrameJudge:
+        """Decoding and alignment only (``assemble``) of parts of ``kind``, e.g. to turn a recording into training
+        samples."""
         return cls(None, mode, raster_resolution=params.get("raster_resolution", 0.0),
                    extrinsics=params.get("extrinsics"), registered=params.get("cloud_registered", False),
-                   projection=params.get("projection", "auto"), scan=scan)
+                   projection=params.get("projection", "auto"), kind=kind)
 
     @property
     def threshold(self) -> float:
@@ -137,13 +125,8 @@ class FrameJudge:
         judge.settings = JudgeSettings(**settings)
 
     def assemble(self, msgs: Mapping[str, InputMessage], info: CameraInfo | None = None) -> Frame:
-        """Decode and align one set (CmdrError when it cannot be)."""
-        cloud = msgs.get("points", msgs.get("depth"))  # a PointCloud2, or a depth image
-        if self.scan:
-            return assemble_scan(cloud, info if "depth" in msgs else None, self.projection)
-        return assemble_frame(self.mode, msgs.get("image"), cloud,
-                              info if cross_modal(self.mode) or "depth" in msgs else None,
-                              self.tf_lookup, self.extrinsics, self.raster_resolution, self.registered, self.projection)
+        """Decode and align one set as its kind does (CmdrError when it cannot be)."""
+        return self.kind.assemble(self, msgs, info)
 
     def judge(self, msgs: Mapping[str, InputMessage],
               info: CameraInfo | None = None) -> tuple[Frame | None, Verdict]:
@@ -154,6 +137,4 @@ class FrameJudge:
             frame = self.assemble(msgs, info)
         except CmdrError as e:
             return None, self.judge_.not_judged(error_kind(e), str(e))
-        if frame.is_scan:
-            return frame, self.judge_.judge_scan(frame.points)
-        return frame, self.judge_.judge(frame.rgb, frame.xyz, frame.coverage)
+        return frame, self.judge_.judge(*self.kind.sample(frame))

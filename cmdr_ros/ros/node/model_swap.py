@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from cmdr_ros import CmdrError
-from cmdr_ros.ros.node.frame_judge import judges_scans, warm_up
+from cmdr_ros.pipelines import pipeline_for
+from cmdr_ros.ros.node.frame_judge import warm_up
 
 if TYPE_CHECKING:
     from cmdr_ros.model.detector import CMDRDetector
@@ -103,9 +104,9 @@ def same_inputs_problem(running: Any, new: Any, path: str) -> str | None:
     old_mode, new_mode = running.config.mode, new.config.mode
     if old_mode != new_mode:
         return f"{path} was trained for mode '{new_mode}', the running model serves mode '{old_mode}'"
-    if judges_scans(running) != judges_scans(new):
-        kind = {True: "unorganized scans (a 'chunks' model)", False: "organized frames"}
-        return f"{path} judges {kind[judges_scans(new)]}, the running model judges {kind[judges_scans(running)]}"
+    old_kind, new_kind = pipeline_for(running), pipeline_for(new)
+    if old_kind is not new_kind:
+        return f"{path} judges {new_kind.parts}, the running model judges {old_kind.parts}"
     return None
 
 

@@ -2,28 +2,22 @@
 messages of a decision (``decision_messages``, ``map_messages``), shared by the node, ``cmdr bench`` and
 ``cmdr bag eval`` so all write exactly the same messages.
 
-A scanned part of a "chunks" model (``Frame.is_scan``) has no image grid: its anomaly cloud is the message's own
-points (same height and width) with their per-point scores, and its heatmap and anomaly map show the scan from
-above (``visualization.scan_maps``: the highest point score per cell)."""
+The maps of a part are its kind's (``cmdr_ros.ros.kinds``: a frame's on the image grid; a scanned part of a "chunks"
+model has no image grid: its anomaly cloud is the message's own points with their per-point scores, and its heatmap and
+anomaly map show the scan from above)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Collection, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Bool, Float32
 
 from cmdr_ros.judge import Verdict
-from cmdr_ros.geometry import scores_to_points
-from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
 from cmdr_ros.ros.conversions.frames import Frame
+from cmdr_ros.ros.kinds import kind_of
 from cmdr_ros.ros.topics import MAPS
 from cmdr_ros.ros.node.typed_decision import class_of, classification
-from cmdr_ros.visualization import depth_rendering, overlay, scan_maps
-
-if TYPE_CHECKING:
-    from cmdr_ros.model.detector import Prediction
-    from cmdr_ros.model.scan import ScanPrediction
 
 PART_STATUS_NAME = "cmdr_inspection: part"
 RESULT_SCHEMA_VERSION = "5"  # 5: class_id (the ~/decision class)
@@ -109,8 +103,8 @@ def result_values(header: Any, verdict: Verdict, frame: Frame | None, *, seq: in
         kv["valid_ratio"] = f"{pred.valid_ratio:.4f}"
     if verdict.coverage is not None:
         kv["coverage"] = f"{verdict.coverage:.4f}"
-    if pred is not None and frame is not None and frame.is_scan:
-        kv["chunks"] = str(len(pred.chunks))
+    if pred is not None and frame is not None:
+        kv.update(kind_of(frame).result_values(pred))  # a scan: its chunks
     kv["alignment"] = frame.alignment if frame is not None else "none"
     kv["transform"] = frame.transform if frame is not None else "none"
     kv["mode"], kv["model_id"] = mode, str(model_id)
@@ -136,35 +130,10 @@ def result_array(header: Any, verdict: Verdict, frame: Frame | None, **kwargs: A
     return result_message(header, verdict, result_values(header, verdict, frame, **kwargs))
 
 
-def auto_heatmap_max(pred: Prediction, threshold: float) -> float:
-    """One colour scale across frames: 1.5x the pixel score a part at the threshold would peak at."""
-    peak = float(pred.anomaly_map.max())
-    scale = peak / pred.score if pred.score > 0 else 1.0  # pixel-score units per image-score unit
-    return max(threshold * scale * 1.5, 1e-6)
-
-
-ScanView = tuple[np.ndarray, np.ndarray, np.ndarray]  # xyz map, per-cell maximum score, filled cells
-
-
-def scan_view(frame: Frame, pred: ScanPrediction) -> ScanView:
-    """A judged scan seen from above (``visualization.scan_maps`` of its measured points)."""
-    m = pred.measured
-    xyz, amap, filled, _ = scan_maps(frame.points[m], pred.point_scores[m])
-    return xyz, amap, filled
-
-
-def heatmap_image(frame: Frame, pred: Prediction | ScanPrediction, threshold: float, alpha: float = 0.5,
-                  vmax: float = 0.0, view: ScanView | None = None) -> np.ndarray:
-    """BGR overlay of the anomaly map on the image (on a depth rendering when there is no image of that size; a
-    scan: on the depth rendering of its top view, ``view`` when already made)."""
-    top = vmax or auto_heatmap_max(pred, threshold)
-    if frame.is_scan:
-        xyz, amap, filled = view if view is not None else scan_view(frame, pred)
-        return overlay(depth_rendering(xyz), amap, filled, alpha=alpha, vmin=0.0, vmax=top)
-    amap = pred.anomaly_map
-    base = (frame.rgb[..., ::-1].copy() if frame.rgb is not None and frame.rgb.shape[:2] == amap.shape
-            else depth_rendering(frame.xyz))
-    return overlay(base, amap, pred.valid_mask, alpha=alpha, vmin=0.0, vmax=top)
+def heatmap_image(frame: Frame, pred: Any, threshold: float, alpha: float = 0.5, vmax: float = 0.0) -> np.ndarray:
+    """BGR overlay of a judged part's scores (colour-scale top ``vmax``, 0: automatic), as its kind draws it
+    (``kinds.RosKind.heatmap``: a frame over its image or a depth rendering, a scan over its top view)."""
+    return kind_of(frame).heatmap(frame, pred, threshold, alpha, vmax)
 
 
 def wanted_outputs(pubs: Mapping[str, Any]) -> set[str]:
@@ -176,47 +145,11 @@ def map_messages(verdict: Verdict, frame: Frame | None, wanted: Collection[str],
                  vmax: float = 0.0) -> dict[str, Any]:
     """The maps of a judged part that are ``wanted`` (``wanted_outputs``), by output name in publishing order:
     ``anomaly_map`` (32FC1), ``heatmap`` (bgr8 overlay, ``alpha``, colour-scale top ``vmax``, 0: automatic) and
-    ``anomaly_cloud`` (the input cloud's points with their scores, when it had points). Nothing for a part not
-    judged. A scan: ``scan_messages``."""
+    ``anomaly_cloud`` (the input cloud's points with their scores), as the part's kind makes them
+    (``kinds.RosKind.maps``). Nothing for a part not judged."""
     if not verdict.judged or frame is None:
         return {}
-    if frame.is_scan:
-        return scan_messages(verdict, frame, wanted, alpha, vmax)
-    pred, out = verdict.prediction, {}
-    if "anomaly_map" in wanted:
-        out["anomaly_map"] = array_to_image(pred.anomaly_map.astype(np.float32), "32FC1", frame.header)
-    if "heatmap" in wanted:
-        out["heatmap"] = array_to_image(heatmap_image(frame, pred, verdict.threshold, alpha, vmax), "bgr8",
-                                        frame.header)
-    if "anomaly_cloud" in wanted and frame.points is not None and len(frame.points):
-        out["anomaly_cloud"] = xyz_to_pointcloud2(frame.points.astype(np.float32), frame.cloud_header,
-                                                  intensity=scores_to_points(pred.anomaly_map, frame.point_pixel, 0.0))
-    return out
-
-
-def scan_cloud(frame: Frame, pred: ScanPrediction) -> Any:
-    """The anomaly cloud of a scan: the message's points in its order and layout (height x width), intensity the
-    point's score (0 for an unmeasured point, as for points without a pixel)."""
-    scores = np.nan_to_num(pred.point_scores, nan=0.0).astype(np.float32)
-    shape = frame.cloud_shape if len(frame.cloud_shape) == 2 and frame.cloud_shape[0] > 1 else (len(scores),)
-    return xyz_to_pointcloud2(frame.points.reshape(*shape, 3), frame.cloud_header, intensity=scores.reshape(shape))
-
-
-def scan_messages(verdict: Verdict, frame: Frame, wanted: Collection[str], alpha: float = 0.5,
-                  vmax: float = 0.0) -> dict[str, Any]:
-    """``map_messages`` of a judged scan: ``anomaly_map`` (32FC1, the top view's highest point score per cell, 0
-    where no point fell), ``heatmap`` (its overlay on the top view's depth rendering) and ``anomaly_cloud``
-    (``scan_cloud``)."""
-    pred, out = verdict.prediction, {}
-    view = scan_view(frame, pred) if {"anomaly_map", "heatmap"} & set(wanted) else None
-    if "anomaly_map" in wanted:
-        out["anomaly_map"] = array_to_image(view[1].astype(np.float32), "32FC1", frame.header)
-    if "heatmap" in wanted:
-        out["heatmap"] = array_to_image(heatmap_image(frame, pred, verdict.threshold, alpha, vmax, view), "bgr8",
-                                        frame.header)
-    if "anomaly_cloud" in wanted:
-        out["anomaly_cloud"] = scan_cloud(frame, pred)
-    return out
+    return kind_of(frame).maps(verdict, frame, wanted, alpha, vmax)
 
 
 def decision_messages(header: Any, verdict: Verdict, values: dict[str, str],
