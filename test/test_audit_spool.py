@@ -317,3 +317,17 @@ def test_decision_wait_during_a_postgres_outage_is_reported(tmp_path):
               f" p99 {np.percentile(o, 99):.2f} ms")
     finally:
         server.stop()
+
+
+def test_a_row_spooled_by_an_older_version_is_drained_with_the_new_columns_empty(tmp_path):
+    """A node of schema version 2 was killed with rows in the spool; this version's columns (evidence,
+    evidence_root) are missing from them: they are written with those columns empty, not refused forever."""
+    db, spool_path = str(tmp_path / "a.db"), str(tmp_path / "spool.db")
+    old = {k: v for k, v in row(1).items() if k not in ("evidence", "evidence_root")}
+    spool = Spool(spool_path)
+    spool.put(db, [old])
+    spool.close()
+    store = AuditStore(db, timeout_s=WAIT, retry_s=0.1, spool=Spool(spool_path))
+    wait_until(lambda: store.health()["spool_backlog"] == 0, "the old row to be drained")
+    assert store.close() == 0
+    assert stored(db) == [row(1)]

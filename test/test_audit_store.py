@@ -8,7 +8,7 @@ import time
 import pytest
 
 from cmdr_ros.audit.backends import SQLiteBackend, open_backend
-from cmdr_ros.audit.schema import COLUMNS, row_from_result
+from cmdr_ros.audit.schema import ADDED, COLUMNS, row_from_result
 from cmdr_ros.audit.store import AuditStore
 
 # How long a decision may wait for its commit here: generous, so that "committed on return" never depends on how
@@ -213,10 +213,12 @@ def test_schema_version_mismatch_is_refused(tmp_path):
 
 
 def test_a_version_1_store_is_read_as_it_is_and_upgraded_when_written(tmp_path):
-    """Version 2 added ``chunks``: an export reads an old file unchanged (the column empty); a node opening it for
-    writing adds the column and keeps every old row."""
+    """Version 2 added ``chunks``, version 3 ``evidence`` and ``evidence_root``: an export reads an old file
+    unchanged (those columns empty); a node opening it for writing adds them and keeps every old row."""
     db = tmp_path / "v1.db"
-    old = [c for c in COLUMNS if c != "chunks"]
+    added = {c for cols in ADDED.values() for c in cols}
+    assert added == {"chunks", "evidence", "evidence_root"}
+    old = [c for c in COLUMNS if c not in added]
     con = sqlite3.connect(db)
     types = SQLiteBackend.types
     con.execute("CREATE TABLE audit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -228,15 +230,16 @@ def test_a_version_1_store_is_read_as_it_is_and_upgraded_when_written(tmp_path):
                 [r1[c] for c in old])
     con.commit()
     con.close()
-    assert stored(str(db)) == [{**r1, "chunks": None}]  # read-only: nothing changed in the file
+    assert stored(str(db)) == [r1]  # read-only: nothing changed in the file, the new columns read empty
     assert sqlite3.connect(db).execute("SELECT value FROM audit_meta").fetchone() == ("1",)
     store = AuditStore(str(db), timeout_s=WAIT)
+    r2 = {**row(2, chunks="3"), "evidence": "n/2026-12-07/run-00000002", "evidence_root": "/srv/evidence"}
     try:
-        assert store.record(row(2, chunks="3")) is True
+        assert store.record(r2) is True
     finally:
         store.close()
-    assert stored(str(db)) == [{**r1, "chunks": None}, row(2, chunks="3")]
-    assert sqlite3.connect(db).execute("SELECT value FROM audit_meta").fetchone() == ("2",)
+    assert stored(str(db)) == [r1, r2]
+    assert sqlite3.connect(db).execute("SELECT value FROM audit_meta").fetchone() == ("3",)
 
 
 def test_postgres_store_and_two_writers(postgres_url):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TABLE = "decisions"
 
 # column: (type: text | int | real | bool, meaning). The order is the export's column order.
@@ -35,9 +35,13 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "transform": ("text", "where the cloud -> camera transform came from"),
     "chunks": ("int", "scans (a \"chunks\" model): the number of chunks the part was cut into"),
     "result_schema": ("text", "version of the ~/result key set the row was made from"),
+    "evidence": ("text", "the part's evidence folder relative to the evidence root (docs/evidence.md), empty when "
+                         "none was kept"),
+    "evidence_root": ("text", "where the deciding machine keeps its evidence root (the node's evidence.location): "
+                              "what another machine mounts to read the folder"),
 }
 # schema version -> the columns it added (a store of an older version gets them, empty for its old rows, on open)
-ADDED: dict[int, tuple[str, ...]] = {2: ("chunks",)}
+ADDED: dict[int, tuple[str, ...]] = {2: ("chunks",), 3: ("evidence", "evidence_root")}
 # ~/result key -> column, where the names differ
 _RESULT_KEY = {"frame_id_image": "frame_id.image", "frame_id_points": "frame_id.points",
                "frame_id_camera_info": "frame_id.camera_info", "result_schema": "schema"}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cmdr_ros.audit.backends import AuditError, is_postgres, printable
+from cmdr_ros.audit.schema import COLUMNS
 
 SPOOL_FILE = "cmdr_audit_spool.db"
 
@@ -84,10 +85,11 @@ class Spool:
         return self._do("spooling a row", lambda conn: _transaction(conn, step))
 
     def peek(self, target: str, limit: int) -> list[tuple[int, dict[str, Any]]]:
-        """The oldest ``limit`` rows spooled for ``target``: (spool id, row), oldest first."""
+        """The oldest ``limit`` rows spooled for ``target``: (spool id, row), oldest first; a row spooled by an
+        older version lacks the columns added since: they are empty."""
         got = self._do("reading", lambda conn: conn.execute(
             "SELECT id, row FROM spool WHERE target = ? ORDER BY id LIMIT ?", (target_key(target), limit)).fetchall())
-        return [(i, json.loads(r)) for i, r in got]
+        return [(i, {**dict.fromkeys(COLUMNS), **json.loads(r)}) for i, r in got]
 
     def delete(self, ids: Sequence[int]) -> None:
         """Forget rows the database has committed."""
