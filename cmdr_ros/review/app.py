@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
@@ -116,6 +117,12 @@ def create_app(db: ReviewDB | str, evidence_root: str | None = None, *, https_on
     @app.exception_handler(HTTPException)
     async def error_page(request: Request, e: HTTPException) -> Response:
         return page(request, "error.html", e.status_code, message=e.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, e: RequestValidationError) -> Response:
+        where = "; ".join(f"{'/'.join(str(x) for x in err.get('loc', ())[1:])}: {err.get('msg', '')}"
+                          for err in e.errors())
+        return page(request, "error.html", 400, message=f"bad request ({where})")
 
     @app.exception_handler(CmdrError)
     async def cmdr_error(request: Request, e: CmdrError) -> Response:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-PICTURES = ("image.png", "heatmap.png")
+from cmdr_ros.evidence import HEATMAP, IMAGE
+
+PICTURES = (IMAGE, HEATMAP)
 
 
 def evidence_root(configured: str | None, part: dict[str, Any]) -> Path | None:
