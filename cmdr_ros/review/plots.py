@@ -52,16 +52,17 @@ def drift_png(series: dict[str, np.ndarray], node: str, bins: int = BINS) -> byt
     over = np.isfinite(score) & np.isfinite(thr) & (score > thr)
     if over.any():
         ax_s.plot(_dates(t[over]), score[over], ".", color="#cb181d", ms=3, alpha=0.5, label="above threshold")
+    ax_s.margins(y=0.1)
     ax_s.set_ylabel("score")
     ax_s.set_title(f"{node}: score against threshold over time (UTC)", fontsize=10)
     if ax_s.has_data():
-        ax_s.legend(loc="upper left", fontsize=7, ncols=4)
+        ax_s.legend(loc="best", fontsize=7, ncols=2, framealpha=0.6)
     lc, lq = _binned(t, lat, bins, (50, 95))
     if lc.size:
         x = _dates(lc)
         ax_l.plot(x, lq[:, 0], color="#238b45", lw=1.2, label="latency median")
         ax_l.plot(x, lq[:, 1], color="#74c476", lw=1, ls="--", label="latency p95")
-        ax_l.legend(loc="upper left", fontsize=7, ncols=2)
+        ax_l.legend(loc="best", fontsize=7, ncols=2, framealpha=0.6)
     ax_l.set_ylabel("latency ms")
     locator = AutoDateLocator()
     ax_l.xaxis.set_major_locator(locator)

@@ -133,7 +133,7 @@ def decisions(db: ReviewDB, f: Filters, page_size: int = PAGE_SIZE) -> tuple[lis
     rows = db.rows(f"SELECT {_select(db, LIST_COLUMNS)}, {latest_label_sql('d')} FROM {TABLE} d{where} "
                    f"ORDER BY d.decided_at DESC, d.id DESC LIMIT {int(page_size)} OFFSET {(f.page - 1) * page_size}",
                    args)
-    return [dict(zip(LIST_COLUMNS + ("label",), r)) for r in rows], total
+    return [_typed(dict(zip(LIST_COLUMNS + ("label",), r))) for r in rows], total
 
 
 def part(db: ReviewDB, run_id: str, seq: int) -> dict[str, Any] | None:
@@ -141,7 +141,14 @@ def part(db: ReviewDB, run_id: str, seq: int) -> dict[str, Any] | None:
     columns = tuple(COLUMNS) + tuple(c for c in EVIDENCE_COLUMNS if c not in COLUMNS)
     got = db.rows(f"SELECT {_select(db, columns)} FROM {TABLE} d WHERE d.run_id = {db.p('r')} AND d.seq = {db.p('s')}",
                   {"r": run_id, "s": seq})
-    return dict(zip(columns, got[0])) if got else None
+    return _typed(dict(zip(columns, got[0]))) if got else None
+
+
+def _typed(row: dict[str, Any]) -> dict[str, Any]:
+    """``judged`` as a bool (SQLite stores 0/1)."""
+    if row.get("judged") is not None:
+        row["judged"] = bool(row["judged"])
+    return row
 
 
 def choices(db: ReviewDB, column: str) -> list[str]:
