@@ -172,12 +172,12 @@ def dashboard(db: ReviewDB, f: Filters) -> list[dict[str, Any]]:
         cells[node] = {"node": node, "parts": int(parts), "judged": int(judged or 0), "rejects": int(rejects or 0),
                        "reject_rate": int(rejects or 0) / int(parts), "first": first, "last": last,
                        "verdicts": {(d, lab): 0 for d in DECISIONS for lab in LABELS}}
-    labelled = " AND ".join(([where[len(" WHERE "):]] if where else [])
-                            + ["EXISTS (SELECT 1 FROM labels l0 WHERE l0.run_id = d.run_id AND l0.seq = d.seq)"])
+    # from the labels (a few thousand) to their decisions, each part's latest label only
+    latest_only = "l.id IN (SELECT MAX(id) FROM labels GROUP BY run_id, seq)"
     for node, decision, label, n in db.rows(
-            f"SELECT node, decision, label, COUNT(*) FROM (SELECT d.node AS node, d.decision AS decision, "
-            f"{latest_label_sql('d')} AS label FROM {TABLE} d WHERE {labelled}) v GROUP BY node, decision, label",
-            args):
+            f"SELECT d.node, d.decision, l.label, COUNT(*) FROM labels l JOIN {TABLE} d ON d.run_id = l.run_id AND "
+            f"d.seq = l.seq WHERE {latest_only}{where.replace(' WHERE ', ' AND ', 1)} "
+            "GROUP BY d.node, d.decision, l.label", args):
         if node in cells and (decision, label) in cells[node]["verdicts"]:
             cells[node]["verdicts"][(decision, label)] = int(n)
     latencies: dict[str, list[float]] = {}
