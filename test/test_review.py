@@ -97,7 +97,8 @@ def test_a_label_is_stored_with_who_and_when(station):
     client = client_as(app, "rita")
     before = time.time()
     page = client.get(f"/part/{RUN}/1")
-    r = client.post(f"/part/{RUN}/1/label", data={"label": "good", "note": "scratch is dust", "csrf": csrf_of(page.text)})
+    r = client.post(f"/part/{RUN}/1/label",
+                    data={"label": "good", "note": "scratch is dust", "csrf": csrf_of(page.text)})
     after = time.time()
     assert r.status_code == 200 and 'id="saved"' in r.text and "scratch is dust" in r.text
     (node, run_id, seq, label, user, at, note), = stored_labels(db)

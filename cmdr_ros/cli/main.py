@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "dashboard), its accounts, its database grants")
     review.add_arguments(p)
 
+    from cmdr_ros.cli import dataset  # noqa: PLC0415 - its handler imports torch only when run
+    p = sub.add_parser("dataset", help="data sets from what the cells recorded: `from-review`, a class folder from "
+                                       "the parts reviewers labelled")
+    dataset.add_arguments(p)
+
     from cmdr_ros.cli import weights  # noqa: PLC0415 - its handlers import torch only when run
     p = sub.add_parser("weights", help="the paper's pretrained backbones: fetch them from the official URLs, "
                                        "check files")
