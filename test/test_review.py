@@ -258,3 +258,26 @@ def test_the_dashboard_figures_on_known_decisions(station):
     assert page.count('class="plot"') == 2
     png = client.get("/plot/drift.png", params={"node": "/cell_a"})
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+
+
+@pytest.mark.full_only  # a PostgreSQL server of its own, stopped and started
+def test_the_station_reconnects_after_the_database_restarts(tmp_path):
+    from pg_server import PostgresServer, why_unavailable
+
+    if why_unavailable():
+        pytest.skip(why_unavailable())
+    server = PostgresServer(tmp_path / "pg").start()
+    try:
+        db = make_store(server.url(), known_rows())
+        client = client_as(create_app(db), "rita")
+        server.stop_now()
+        r = client.get("/decisions")
+        assert r.status_code == 503 and "127.0.0.1" in r.text  # says the database cannot be reached
+        server.start_again()
+        assert count_of(client.get("/decisions").text) == 15  # the next request reconnects (sessions outlive it)
+        page = client.get(f"/part/{RUN}/1")
+        assert client.post(f"/part/{RUN}/1/label", data={"label": "good", "csrf": csrf_of(page.text)}).status_code \
+            == 200
+        db.close()
+    finally:
+        server.stop()
