@@ -11,6 +11,7 @@ from review_harness import (KNOWN_LABELS, PASSWORD, RUN, T0, count_of, csrf_of, 
 from cmdr_ros.evidence import read_evidence
 from cmdr_ros.review import labels, queries
 from cmdr_ros.review.app import create_app
+from cmdr_ros.review.auth import LoginThrottle
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.full_only)])
@@ -54,6 +55,24 @@ def test_nobody_gets_in_without_an_account(station):
     assert login(client, "nobody", PASSWORD).status_code == 401
     assert client.get("/decisions", follow_redirects=False).status_code == 303
     assert stored_labels(db) == []
+
+
+def test_failed_logins_lock_the_account_name_out_for_a_while(station):
+    _, app, _ = station
+    now = [1000.0]
+    app = create_app(app.state.db, throttle=LoginThrottle(max_failures=3, window_s=60, lock_s=120,
+                                                          clock=lambda: now[0]))
+    client = TestClient(app)
+    assert [login(client, "rita", "guess %d" % i).status_code for i in range(3)] == [401] * 3
+    r = login(client, "rita")  # the right password, but locked
+    assert r.status_code == 429 and "try again in 120 s" in r.text
+    assert login(client, "vera").status_code == 200  # another account is not locked
+    now[0] += 121
+    assert login(TestClient(app), "rita").status_code == 200
+    for i in range(3):  # failures spread over more than the window never lock
+        assert login(TestClient(app), "adam", "guess").status_code == 401
+        now[0] += 61
+    assert login(TestClient(app), "adam").status_code == 200
 
 
 def test_login_then_logout(station):
@@ -134,6 +153,9 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(station):
     r = client.post(f"/part/{RUN}/77/label", data={"label": "good", "csrf": token})
     assert r.status_code == 404
     assert client.get(f"/part/{RUN}/abc").status_code == 400
+    for seq in ("-1", "99999999999999999999999"):  # beyond what the store's integer holds: no driver error
+        assert client.get(f"/part/{RUN}/{seq}").status_code == 400
+        assert client.post(f"/part/{RUN}/{seq}/label", data={"label": "good", "csrf": token}).status_code == 400
     r = client.post(f"/part/{RUN}/1/label", data={"label": "broken", "csrf": token})
     assert r.status_code == 400 and "one of defective, good, unsure" in r.text
     r = client.post(f"/part/{RUN}/1/label", data={"label": "good", "note": "x" * 600, "csrf": token})
