@@ -124,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="read the node's audit store: export the decisions (CSV/JSON), summarise them")
     audit.add_arguments(p)
 
+    from cmdr_ros.cli import review  # noqa: PLC0415 - the web stack is imported only when a sub-verb runs
+    p = sub.add_parser("review", help="the review station: a web page on the audit store (decisions, parts, labels, "
+                                      "dashboard), its accounts, its database grants")
+    review.add_arguments(p)
+
+    from cmdr_ros.cli import dataset  # noqa: PLC0415 - its handler imports torch only when run
+    p = sub.add_parser("dataset", help="data sets from what the cells recorded: `from-review`, a class folder from "
+                                       "the parts reviewers labelled")
+    dataset.add_arguments(p)
+
     from cmdr_ros.cli import weights  # noqa: PLC0415 - its handlers import torch only when run
     p = sub.add_parser("weights", help="the paper's pretrained backbones: fetch them from the official URLs, "
                                        "check files")
