@@ -264,14 +264,24 @@ def compute_metrics(
 
 def metrics_by_defect(gts: Sequence, pix_maps: Sequence, pro_maps: Sequence, labels: Sequence[int],
                       scores: Sequence[float], defects: Sequence[str]) -> dict[str, Any]:
-    """``compute_metrics`` over all samples, plus each defect type against the good samples (``defects``)."""
-    out: dict[str, Any] = compute_metrics(gts, pix_maps, labels, scores, pro_maps)
+    """``compute_metrics`` over all samples, plus each defect type against the good samples (``defects``). A sample
+    whose mask is None (a defect without ground truth) counts in ``i_auroc`` only: the pixel metrics are over the
+    samples that have a mask (NaN when none has)."""
+    def metrics(sel: Sequence[int]) -> dict[str, Any]:
+        known = [i for i in sel if gts[i] is not None]
+        m = (compute_metrics([gts[i] for i in known], [pix_maps[i] for i in known], [labels[i] for i in known],
+                             [scores[i] for i in known], [pro_maps[i] for i in known]) if known
+             else {k: float("nan") for k in METRIC_KEYS})
+        if len(known) < len(sel):
+            m["i_auroc"] = _auroc(np.asarray([labels[i] for i in sel]) != 0,
+                                  np.asarray([scores[i] for i in sel], np.float64))
+        return m
+
+    out: dict[str, Any] = metrics(range(len(labels)))
     per_defect = {}
     for d in sorted(set(defects) - {"good"}):
         sel = [i for i, x in enumerate(defects) if x in ("good", d)]
-        m = compute_metrics([gts[i] for i in sel], [pix_maps[i] for i in sel], [labels[i] for i in sel],
-                            [scores[i] for i in sel], [pro_maps[i] for i in sel])
-        per_defect[d] = {"n": sum(defects[i] == d for i in sel), **m}
+        per_defect[d] = {"n": sum(defects[i] == d for i in sel), **metrics(sel)}
     out["defects"] = per_defect
     lab = np.array(labels)
     out["n_good"], out["n_defect"] = int((lab == 0).sum()), int((lab == 1).sum())

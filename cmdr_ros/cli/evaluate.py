@@ -54,7 +54,11 @@ def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache:
         samples.append(s)
         labels.append(s.label)
         scores.append(pred.score)
-        if resolution == "full":
+        if ls.mask is None:  # a defect without ground truth: in the image-level metrics only
+            gts.append(None)
+            pix_maps.append(None)
+            pro_maps.append(None)
+        elif resolution == "full":
             gts.append(ls.mask)
             pix_maps.append(pred.anomaly_map)
             pro_maps.append(ls.inp.frame.to_input(pred.pro_map()).astype(np.float32))
@@ -75,7 +79,7 @@ def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache:
 
     out.mkdir(parents=True, exist_ok=True)
     if write_images:
-        vmax = float(np.percentile(np.concatenate([p.ravel() for p in pix_maps]), 99.9)) or None
+        vmax = float(np.percentile(np.concatenate([p.ravel() for p in pix_maps if p is not None]), 99.9)) or None
         for r, s in zip(rows, samples):  # second pass: one colour scale for every overlay
             ls = load_one(s, cfg, cache)
             amap = tifffile.imread(out / "anomaly_maps" / data.name / "test" / r["defect"] / f"{r['id']}.tiff")
@@ -85,9 +89,11 @@ def evaluate_class(data: MVTec3DClass, detector: CMDRDetector, out: Path, cache:
     fpr, tpr = roc_curve_points(labels, scores)
     plot_curves(out / "roc.png", {f"{data.name} (I-AUROC {metrics['i_auroc']:.3f})": (fpr, tpr)},
                 "false positive rate", "true positive rate", "Image-level ROC")
-    fprs, pros = pro_curve(gts, pro_maps)
-    plot_curves(out / "pro_curve.png", {f"{data.name} (AUPRO@0.3 {metrics['aupro@0.3']:.3f})": (fprs, pros)},
-                "false positive rate", "per-region overlap", "PRO curve", xlim=0.3)
+    known = [i for i, g in enumerate(gts) if g is not None]
+    if known:
+        fprs, pros = pro_curve([gts[i] for i in known], [pro_maps[i] for i in known])
+        plot_curves(out / "pro_curve.png", {f"{data.name} (AUPRO@0.3 {metrics['aupro@0.3']:.3f})": (fprs, pros)},
+                    "false positive rate", "per-region overlap", "PRO curve", xlim=0.3)
     return {"metrics": metrics, "rows": rows}
 
 

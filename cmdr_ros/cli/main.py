@@ -129,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
                                       "dashboard), its accounts, its database grants")
     review.add_arguments(p)
 
+    from cmdr_ros.cli import learning  # noqa: PLC0415 - its handlers import torch, the store, rclpy only when run
+    p = sub.add_parser("dataset", help="build training data: `dataset from-review` makes a class folder of the parts "
+                                       "labelled on the review station")
+    learning.add_dataset_arguments(p)
+    p = sub.add_parser("promote", help="judge a new model against the current one on the same labelled parts; refuse "
+                                       "a worse one (exit 1), else put it in service (--node) and record it (--db)")
+    learning.add_promote_arguments(p)
+    _add_common_model_args(p)
+    p.set_defaults(func=learning.run_promote)
+
     from cmdr_ros.cli import weights  # noqa: PLC0415 - its handlers import torch only when run
     p = sub.add_parser("weights", help="the paper's pretrained backbones: fetch them from the official URLs, "
                                        "check files")
