@@ -124,6 +124,57 @@ def test_from_review_errors_are_one_line(tmp_path, capsys):
                                                            "--out", str(tmp_path / "o")])
 
 
+@pytest.mark.full_only  # trains a model
+def test_scans_make_a_scan_class_folder_that_trains_and_is_judged(tmp_path, capsys):
+    """A "chunks" model's parts keep Nx3 evidence clouds: they become points/<id>.npy, a defect without gt/."""
+    from node_harness import scan_model_config, scan_points
+
+    from cmdr_ros.data.scans import ScanDataset
+    from cmdr_ros.model.training import train_model
+
+    root, rows = tmp_path / "evidence", []
+    for seq in range(7):
+        points, _ = scan_points(seq, "bump" if seq >= 5 else None)
+        row = decision(seq)
+        row.update(mode="3d", evidence=part_folder(row["node"], row["decided_at"], row["run_id"], seq), evidence_root=str(root))
+        write_evidence(root, row["evidence"], xyz=points, meta=meta_of(row))
+        rows.append(row)
+    db = make_store(str(tmp_path / "audit.db"), rows)
+    for row in rows:
+        labels.add_label(db, row, "defective" if row["seq"] >= 5 else "good", "rita")
+    db.close()
+    out = tmp_path / "scans"
+    assert cmdr(capsys, "dataset", "from-review", "--db", tmp_path / "audit.db", "--out", out)[0] == 0
+    data = ScanDataset(out)
+    assert ScanDataset.is_scan_folder(out) and len(data.scans("train")) == 3 and len(data.good_scans("test")) == 1
+    defects = [s for s in data.scans("test") if s.label]
+    assert [s.defect for s in defects] == ["confirmed"] * 2 and defects[0].load()[1] is None
+    np.testing.assert_array_equal(defects[0].load()[0], scan_points(5, "bump")[0])
+    ckpt = tmp_path / "scan.ckpt"
+    train_model(out, scan_model_config(epochs=1), ckpt, device="cpu", no_cache=True, progress=False)
+    from cmdr_ros.model.checkpoint import load_checkpoint
+
+    det = load_checkpoint(ckpt, "cpu")
+    current, new = promotion.compare([ckpt, ckpt], [det, det], str(out), tmp_path / "judged")
+    assert (new.n_good, new.n_defect) == (1, 2) and current == new
+    assert promotion.verdict(current, new) == (False, "the new model is no better on any figure")
+
+
+def test_a_defect_without_mask_counts_in_the_image_metrics_only():
+    from cmdr_ros.metrics import compute_metrics, metrics_by_defect
+
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((8, 8), bool), np.zeros((8, 8), bool), np.eye(8, dtype=bool)]
+    maps = [rng.random((8, 8)) for _ in range(3)] + [rng.random((8, 8))]
+    labels_, scores = [0, 0, 1, 1], [0.1, 0.4, 0.9, 0.3]
+    m = metrics_by_defect(masks + [None], maps, maps, labels_, scores, ["good", "good", "cut", "confirmed"])
+    known = compute_metrics(masks, maps[:3], labels_[:3], scores[:3], maps[:3])
+    assert m["p_auroc"] == known["p_auroc"] and m["aupro@0.3"] == known["aupro@0.3"]
+    assert m["i_auroc"] == 0.75  # the maskless defect (0.3) ranks below one good part (0.4)
+    assert m["defects"]["confirmed"]["i_auroc"] == 0.5 and np.isnan(m["defects"]["confirmed"]["p_auroc"])
+    assert m["n_defect"] == 2
+
+
 def test_split_of_the_good_parts_is_seeded_and_keeps_a_training_part():
     parts = list(range(5))
     a, b = split_goods(parts, 0.2, 0.2, seed=3), split_goods(parts, 0.2, 0.2, seed=3)
@@ -144,6 +195,27 @@ def test_the_rule_needs_no_worse_on_all_and_better_on_one():
     assert not ok and "false_rejects 2 vs 1" in why
     ok, why = promotion.verdict(f(0.9, 1, 1), f(float("nan"), 0, 0))
     assert not ok and "no I-AUROC" in why
+
+
+def test_the_dashboard_shows_the_promotions(tmp_path):
+    from fastapi.testclient import TestClient
+    from review_harness import login
+
+    from cmdr_ros.review.app import create_app
+
+    db = make_store(str(tmp_path / "audit.db"), [decision(1)])
+    try:
+        client = TestClient(create_app(db, None))
+        assert login(client, "vera").status_code == 200
+        assert "Model promotions" not in client.get("/dashboard").text
+        old, new = (promotion.Figures(m, f"/m/{m}.ckpt", 1.0, 0.9, 1, miss, 5, 4)
+                    for m, miss in (("aaa", 2), ("bbb", 1)))
+        promotion.record(db, user="pat", outcome="promoted", reason="better on misses", node="/cell_a",
+                         node_answer="", current=old, new=new, data="/d")
+        page = client.get("/dashboard").text
+        assert "Model promotions" in page and "aaa → bbb" in page and "2 → 1 of 4" in page and "pat" in page
+    finally:
+        db.close()
 
 
 # ------------------------------------------------------------------------------ train on it, then promote
@@ -185,6 +257,7 @@ def promotions(target: str) -> list[dict]:
         db.close()
 
 
+@pytest.mark.full_only  # trains a model
 def test_a_better_model_is_promoted_and_a_worse_one_refused_both_recorded(trained, capsys):
     common = ["--data", trained["data"], "--db", trained["db"], "--device", "cpu", "--no-cache", "--quiet"]
     rc, out, err = cmdr(capsys, "promote", trained["tight"], "--current", trained["loose"], "--user", "pat", *common)
@@ -196,7 +269,7 @@ def test_a_better_model_is_promoted_and_a_worse_one_refused_both_recorded(traine
     refused, promoted = promotions(trained["db"])[:2]
     assert (promoted["outcome"], promoted["user"], refused["outcome"]) == ("promoted", "pat", "refused")
     assert refused["user"] == promotion.default_user()
-    figures = json.loads(promoted["figures"])
+    figures = promoted["figures"]
     assert figures["new"]["misses"] == trained["misses_tight"] < figures["current"]["misses"] == N_BAD
     assert figures["new"]["false_rejects"] == figures["current"]["false_rejects"] == 0
     assert figures["new"]["i_auroc"] == figures["current"]["i_auroc"]
@@ -204,6 +277,7 @@ def test_a_better_model_is_promoted_and_a_worse_one_refused_both_recorded(traine
     assert promoted["new_model_id"] != promoted["current_model_id"] and promoted["node"] == ""
 
 
+@pytest.mark.full_only  # trains a model
 def test_a_model_of_another_mode_is_refused(trained, capsys):
     other = trained["tmp"] / "other.ckpt"
     assert main(["train", "--data", str(trained["data"]), "--preset", "lite", "--mode", "2d", "--epochs", "1",
@@ -214,15 +288,21 @@ def test_a_model_of_another_mode_is_refused(trained, capsys):
     assert rc == 2 and "not comparable" in err and "mode '2d'" in err
 
 
-def test_evaluation_counts_a_defect_without_mask_at_the_image_level_only(trained):
+@pytest.mark.full_only  # trains a model
+def test_cmdr_eval_judges_the_maskless_defects_at_the_image_level(trained):
+    from sklearn.metrics import roc_auc_score
+
     report = json.loads((trained["tmp"] / "eval" / "metrics.json").read_text())
     m = report["classes"]["cls"]
-    assert m["n_defect"] == N_BAD and np.isfinite(m["i_auroc"])
-    assert np.isnan(m["p_auroc"])  # the goods' masks have no defect pixel, and the defects have none: undefined
+    with open(trained["tmp"] / "eval" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert m["n_defect"] == N_BAD and m["n_good"] == 2
+    assert m["i_auroc"] == pytest.approx(roc_auc_score([int(r["label"]) for r in rows],
+                                                       [float(r["score"]) for r in rows]))
+    assert np.isnan(m["p_auroc"])  # only the good parts have masks: no defect pixel to rank
 
 
 # ------------------------------------------------------------------------------ over DDS: the node's model swap
-@pytest.mark.full_only
 @pytest.mark.slow
 def test_promote_puts_the_model_in_service_through_the_node(trained, ros, capsys, monkeypatch):
     from node_harness import start_node

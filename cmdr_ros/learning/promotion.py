@@ -60,7 +60,8 @@ def same_inputs_problem(current: Any, new: Any) -> str | None:
         return f"the new model serves mode '{new.config.mode}', the current one mode '{current.config.mode}'"
     if current.config.judges_scans != new.config.judges_scans:
         kind = {True: "unorganized scans (a 'chunks' model)", False: "organized frames"}
-        return f"the new model judges {kind[new.config.judges_scans]}, the current one {kind[current.config.judges_scans]}"
+        return (f"the new model judges {kind[new.config.judges_scans]}, the current one "
+                f"{kind[current.config.judges_scans]}")
     return None
 
 
@@ -119,12 +120,15 @@ def record(db: ReviewDB, *, user: str, outcome: str, reason: str, node: str, nod
 
 
 def history(db: ReviewDB, limit: int = 20) -> list[dict[str, Any]]:
-    """The latest promotion attempts, newest first ([] when none was recorded)."""
+    """The latest promotion attempts, newest first, ``figures`` parsed ([] when none was recorded)."""
     if not db.has_table("promotions"):
         return []
     cols = ", ".join(f'"{c}"' for c in COLUMNS)
-    rows = db.rows(f"SELECT {cols} FROM promotions ORDER BY id DESC LIMIT {int(limit)}")
-    return [dict(zip(COLUMNS, r)) for r in rows]
+    got = db.rows(f"SELECT {cols} FROM promotions ORDER BY id DESC LIMIT {int(limit)}")
+    rows = [dict(zip(COLUMNS, r)) for r in got]
+    for r in rows:
+        r["figures"] = json.loads(r["figures"])
+    return rows
 
 
 def compare(paths: Sequence[str], detectors: Sequence[Any], data: str, out: Path, *, cache_dir: str | None = None,

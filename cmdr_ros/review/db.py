@@ -148,8 +148,8 @@ def promotions_table_sql(kind: str) -> str:
     """The ``promotions`` table (``cmdr promote``, ``cmdr_ros.learning.promotion``): one row per attempt, promoted or
     refused; ``figures`` is JSON."""
     t = _TYPES[kind]
-    return (f"CREATE TABLE IF NOT EXISTS promotions ({t['id']}, promoted_at {t['real']} NOT NULL, "
-            "\"user\" TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL, node TEXT NOT NULL, node_answer TEXT NOT NULL, "
+    return (f"CREATE TABLE IF NOT EXISTS promotions ({t['id']}, promoted_at {t['real']} NOT NULL, \"user\" TEXT "
+            "NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL, node TEXT NOT NULL, node_answer TEXT NOT NULL, "
             "current_model_id TEXT NOT NULL, current_checkpoint TEXT NOT NULL, new_model_id TEXT NOT NULL, "
             "new_checkpoint TEXT NOT NULL, data TEXT NOT NULL, figures TEXT NOT NULL)")
 
