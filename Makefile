@@ -15,8 +15,10 @@ $(STAMP): requirements.txt requirements-ros.txt requirements-test.txt requiremen
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
 	command -v g++ >/dev/null || missing="$$missing g++"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ "$$(id -u)" = 0 ] && [ -n "$$missing" ]; then \
-		echo "installing$$missing (libusb: Open3D; postgresql: the audit store's PostgreSQL tests; cmake, g++: vision_msgs)"; \
+		echo "installing$$missing (libusb: Open3D; postgresql: the audit store's PostgreSQL tests; cmake, g++: vision_msgs; chromium: the review station's browser test)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

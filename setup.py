@@ -9,7 +9,8 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
-    package_data={"cmdr_ros.ros": ["*.xml"]},  # the Fast DDS profile (cmdr_ros/ros/dds_profile.py)
+    # the Fast DDS profile (cmdr_ros/ros/dds_profile.py); the review station's page templates and style sheet
+    package_data={"cmdr_ros.ros": ["*.xml"], "cmdr_ros.review": ["templates/*.html", "static/*.css"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),

@@ -215,10 +215,12 @@ def test_pictures_come_only_from_inside_the_evidence_root(target, tmp_path):
     root, outside = tmp_path / "evidence", tmp_path / "secret"
     outside.mkdir()
     (outside / "image.png").write_bytes(b"\x89PNG not yours")
-    rows = [decision(0, evidence="../secret"), decision(1, evidence=str(outside)), decision(2)]
+    rows = [decision(0, evidence="../secret"), decision(1, evidence=str(outside)), decision(2),
+            decision(3, evidence="link")]
     db = make_store(target, rows, root)
+    (root / "link").symlink_to(outside)  # a folder inside the root that leads out of it
     client = client_as(create_app(db, str(root)), "vera")
-    for seq in (0, 1):
+    for seq in (0, 1, 3):
         assert 'id="no-pictures"' in client.get(f"/part/{RUN}/{seq}").text
         assert client.get(f"/part/{RUN}/{seq}/image.png").status_code == 404
     for name in ("meta.json", "anomaly_map.npy", "..%2F..%2F..%2Fsecret%2Fimage.png", "%2e%2e"):

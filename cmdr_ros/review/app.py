@@ -6,6 +6,7 @@ changes nothing.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import quote
@@ -30,6 +31,7 @@ from cmdr_ros.review.db import LABELS, ReviewDB, ReviewDBError
 HERE = Path(__file__).resolve().parent
 MAX_BODY = 64 * 1024  # a login or a label with its note: a few hundred bytes
 SESSION_HOURS = 8
+OPTIONS_S = 60.0  # the filter form's cells and models are read again after this long (a DISTINCT reads every row)
 HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
                                       "form-action 'self'; frame-ancestors 'none'"}
@@ -149,6 +151,14 @@ def create_app(db: ReviewDB | str, evidence_root: str | None = None, *, https_on
                                      "the page and try again; nothing was changed")
         return {k: v for k, v in form.items() if isinstance(v, str)}
 
+    options: dict[str, tuple[float, list[str]]] = {}
+
+    def choices(column: str) -> list[str]:
+        got = options.get(column)
+        if got is None or time.monotonic() - got[0] > OPTIONS_S:
+            got = options[column] = (time.monotonic(), queries.choices(db, column))
+        return got[1]
+
     def found(run_id: str, seq: int) -> dict[str, Any]:
         row = queries.part(db, run_id, seq)
         if row is None:
@@ -187,7 +197,7 @@ def create_app(db: ReviewDB | str, evidence_root: str | None = None, *, https_on
         f = queries.Filters.parse(request.query_params)
         rows, total = queries.decisions(db, f)
         return page(request, "decisions.html", f=f, rows=rows, total=total, page_size=queries.PAGE_SIZE,
-                    nodes=queries.choices(db, "node"), models=queries.choices(db, "model_id"),
+                    nodes=choices("node"), models=choices("model_id"),
                     decisions=("reject", "pass", "skip"), label_filters=queries.LABEL_FILTERS)
 
     @app.get("/part/{run_id}/{seq}")

@@ -3,7 +3,7 @@ label is kept and a part's latest one counts."""
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any
 
 from cmdr_ros import CmdrError
 from cmdr_ros.review.db import LABELS, ReviewDB
@@ -29,19 +29,6 @@ def history(db: ReviewDB, run_id: str, seq: int) -> list[dict[str, Any]]:
     rows = db.rows(f"SELECT label, \"user\", labelled_at, note FROM labels WHERE run_id = {db.p('r')} AND "
                    f"seq = {db.p('s')} ORDER BY id DESC", {"r": run_id, "s": seq})
     return [dict(zip(("label", "user", "labelled_at", "note"), r)) for r in rows]
-
-
-def latest(db: ReviewDB, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], str]:
-    """(run_id, seq) -> the latest label, for the parts of ``keys`` that have one."""
-    if not keys:
-        return {}
-    args: dict[str, Any] = {}
-    pairs = []
-    for i, (run_id, seq) in enumerate(keys):
-        args[f"r{i}"], args[f"s{i}"] = run_id, seq
-        pairs.append(f"(run_id = {db.p(f'r{i}')} AND seq = {db.p(f's{i}')})")
-    rows = db.rows(f"SELECT run_id, seq, label FROM labels WHERE {' OR '.join(pairs)} ORDER BY id", args)
-    return {(r, int(s)): label for r, s, label in rows}  # in id order: the latest one stays
 
 
 def latest_label_sql(alias: str) -> str:

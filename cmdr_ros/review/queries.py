@@ -130,10 +130,12 @@ def decisions(db: ReviewDB, f: Filters, page_size: int = PAGE_SIZE) -> tuple[lis
     selects in all."""
     where, args = f.where(db)
     total = int(db.rows(f"SELECT COUNT(*) FROM {TABLE} d{where}", args)[0][0])
-    rows = db.rows(f"SELECT {_select(db, LIST_COLUMNS)}, {latest_label_sql('d')} FROM {TABLE} d{where} "
-                   f"ORDER BY d.decided_at DESC, d.id DESC LIMIT {int(page_size)} OFFSET {(f.page - 1) * page_size}",
-                   args)
-    return [dict(zip(LIST_COLUMNS + ("label",), r)) for r in rows], total
+    # the page first, then the labels of its rows only (PostgreSQL would look them up for the skipped rows too)
+    rows = db.rows(f"SELECT {', '.join(f'p.{c}' for c in LIST_COLUMNS)}, {latest_label_sql('p')} FROM "
+                   f"(SELECT d.id, {_select(db, LIST_COLUMNS)} FROM {TABLE} d{where} ORDER BY d.decided_at DESC, "
+                   f"d.id DESC LIMIT {int(page_size)} OFFSET {(f.page - 1) * page_size}) p "
+                   "ORDER BY p.decided_at DESC, p.id DESC", args)
+    return [_typed(dict(zip(LIST_COLUMNS + ("label",), r))) for r in rows], total
 
 
 def part(db: ReviewDB, run_id: str, seq: int) -> dict[str, Any] | None:
@@ -141,7 +143,14 @@ def part(db: ReviewDB, run_id: str, seq: int) -> dict[str, Any] | None:
     columns = tuple(COLUMNS) + tuple(c for c in EVIDENCE_COLUMNS if c not in COLUMNS)
     got = db.rows(f"SELECT {_select(db, columns)} FROM {TABLE} d WHERE d.run_id = {db.p('r')} AND d.seq = {db.p('s')}",
                   {"r": run_id, "s": seq})
-    return dict(zip(columns, got[0])) if got else None
+    return _typed(dict(zip(columns, got[0]))) if got else None
+
+
+def _typed(row: dict[str, Any]) -> dict[str, Any]:
+    """``judged`` as a bool (SQLite stores 0/1)."""
+    if row.get("judged") is not None:
+        row["judged"] = bool(row["judged"])
+    return row
 
 
 def choices(db: ReviewDB, column: str) -> list[str]:
@@ -165,12 +174,12 @@ def dashboard(db: ReviewDB, f: Filters) -> list[dict[str, Any]]:
         cells[node] = {"node": node, "parts": int(parts), "judged": int(judged or 0), "rejects": int(rejects or 0),
                        "reject_rate": int(rejects or 0) / int(parts), "first": first, "last": last,
                        "verdicts": {(d, lab): 0 for d in DECISIONS for lab in LABELS}}
-    labelled = " AND ".join(([where[len(" WHERE "):]] if where else [])
-                            + ["EXISTS (SELECT 1 FROM labels l0 WHERE l0.run_id = d.run_id AND l0.seq = d.seq)"])
+    # from the labels (a few thousand) to their decisions, each part's latest label only
+    latest_only = "l.id IN (SELECT MAX(id) FROM labels GROUP BY run_id, seq)"
     for node, decision, label, n in db.rows(
-            f"SELECT node, decision, label, COUNT(*) FROM (SELECT d.node AS node, d.decision AS decision, "
-            f"{latest_label_sql('d')} AS label FROM {TABLE} d WHERE {labelled}) v GROUP BY node, decision, label",
-            args):
+            f"SELECT d.node, d.decision, l.label, COUNT(*) FROM labels l JOIN {TABLE} d ON d.run_id = l.run_id AND "
+            f"d.seq = l.seq WHERE {latest_only}{where.replace(' WHERE ', ' AND ', 1)} "
+            "GROUP BY d.node, d.decision, l.label", args):
         if node in cells and (decision, label) in cells[node]["verdicts"]:
             cells[node]["verdicts"][(decision, label)] = int(n)
     latencies: dict[str, list[float]] = {}
