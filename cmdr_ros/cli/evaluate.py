@@ -5,7 +5,8 @@ Report folder:
   ``aupro_paper@0.3`` (the paper's 99-threshold curve, the one comparable with its table) per class (with per-defect
   I-AUROC) and the mean over classes; computed on the square anomaly maps (the model grid: 224x224 for the paper
   preset, as the paper evaluates) with ground truth resized by nearest neighbour and thresholded at 0.5; pixel
-  scores normalised by the model's ``pixel_norm``;
+  scores normalised by the model's ``pixel_norm``; a defective sample without a ``gt/`` mask (``cmdr dataset
+  from-review``) counts in the image-level metrics only;
 * ``scores.csv``: one row per test sample (score, decision at the calibrated threshold, truth);
 * ``anomaly_maps/<class>/test/<defect>/<id>.tiff``: float32 maps at the original resolution, in the layout of
   the official MVTec 3D-AD evaluator;

@@ -11,7 +11,7 @@ has no ``gt/`` file and counts at the image level only (``cmdr eval`` leaves it 
 
 ``from_review.json`` in the class folder says which part went where, and which parts were skipped and why. The
 folder is written under a temporary name and put in place when complete; a second run replaces a folder that it
-wrote (same inputs, same result), never one that it did not.
+wrote (same inputs, the same samples), never one that it did not.
 """
 from __future__ import annotations
 
@@ -158,19 +158,19 @@ def build_dataset(db: ReviewDB, out: str | Path, *, evidence_dir: str | None = N
         raise CmdrError(f"{printable(db.target)}: no labelled parts{f' of node {node}' if node else ''}: label parts "
                         "on the review station (`cmdr review serve`) first")
     skipped: dict[str, list[dict[str, Any]]] = {"unsure": [], "no_evidence": [], "in_merged": []}
-    usable: dict[str, list[tuple[LabelledPart, np.ndarray | None, np.ndarray | None]]] = {"good": [], "defective": []}
+    usable: dict[str, list[LabelledPart]] = {"good": [], "defective": []}
+    kinds: Counter = Counter()
     for p in parts:
         key = {"node": p.node, "run_id": p.run_id, "seq": p.seq}
         if p.label == "unsure":
             skipped["unsure"].append(key)
             continue
-        try:
-            rgb, xyz = _arrays(p, evidence_dir)
+        try:  # read once to check it (the arrays are read again to be written: one part in memory at a time)
+            kinds[_kind(*_arrays(p, evidence_dir))] += 1
         except EvidenceError as e:
             skipped["no_evidence"].append({**key, "label": p.label, "reason": str(e)})
             continue
-        usable[p.label].append((p, rgb, xyz))
-    kinds = Counter(_kind(rgb, xyz) for group in usable.values() for _, rgb, xyz in group)
+        usable[p.label].append(p)
     merged_kind = _merged_kind(Path(merge)) if merge is not None else None
     if len(kinds) > 1:
         raise CmdrError("the labelled parts hold different kinds of sample ("
@@ -188,23 +188,23 @@ def build_dataset(db: ReviewDB, out: str | Path, *, evidence_dir: str | None = N
         tmp.mkdir(parents=True, exist_ok=True)
         present = {f.stem for f in tmp.glob("*/*/*/*") if f.is_file()}
         placed: list[dict[str, Any]] = []
-        goods = split_goods([p for p, _, _ in usable["good"]], holdout, validation, seed)
-        where = {id(p): (split, GOOD) for split, ps in goods.items() for p in ps}
-        for p, rgb, xyz in usable["good"] + usable["defective"]:
-            split, defect = where.get(id(p), ("test", CONFIRMED))
+        goods = split_goods(usable["good"], holdout, validation, seed)
+        where = {p.sample_id: (split, GOOD) for split, ps in goods.items() for p in ps}
+        for p in usable["good"] + usable["defective"]:
+            split, defect = where.get(p.sample_id, ("test", CONFIRMED))
             entry = {"node": p.node, "run_id": p.run_id, "seq": p.seq, "label": p.label, "labelled_by": p.user,
                      "evidence": p.evidence}
             if p.sample_id in present:
                 skipped["in_merged"].append(entry)
                 continue
-            _write(tmp, split, defect, p.sample_id, rgb, xyz)
+            _write(tmp, split, defect, p.sample_id, *_arrays(p, evidence_dir))
             placed.append({**entry, "split": split, "defect": defect, "sample_id": p.sample_id})
         counts = _counts(tmp)
         if not counts.get(f"train/{GOOD}"):
             raise CmdrError("no good part to train on: " + _summary(placed, skipped)
                             + " (label good parts, or --merge a class folder that has train/good)")
-        manifest = {"source": printable(db.target), "evidence": evidence_dir, "node": node, "merged": merge and
-                    str(merge), "holdout": holdout, "validation": validation, "seed": seed,
+        manifest = {"source": printable(db.target), "evidence": evidence_dir, "node": node, "merged": None if merge is None
+                    else str(merge), "holdout": holdout, "validation": validation, "seed": seed,
                     "kind": next(iter(kinds), merged_kind), "written_at": time.time(), "counts": dict(sorted(
                         counts.items())), "parts": placed, "skipped": skipped}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
