@@ -211,9 +211,13 @@ def test_the_dashboard_shows_the_promotions(tmp_path):
         old, new = (promotion.Figures(m, f"/m/{m}.ckpt", 1.0, 0.9, 1, miss, 5, 4)
                     for m, miss in (("aaa", 2), ("bbb", 1)))
         promotion.record(db, user="pat", outcome="promoted", reason="better on misses", node="/cell_a",
-                         node_answer="", current=old, new=new, data="/d")
+                         node_answer="", models={"current": ("aaa", "/m/a"), "new": ("bbb", "/m/b")},
+                         figures=(old, new), data="/d")
+        promotion.record(db, user="al", outcome="refused", reason="not comparable: ...", node="", node_answer="",
+                         models={"current": ("aaa", "/m/a"), "new": ("ccc", "/m/c")}, figures=None, data="/d")
         page = client.get("/dashboard").text
         assert "Model promotions" in page and "aaa → bbb" in page and "2 → 1 of 4" in page and "pat" in page
+        assert "aaa → ccc" in page and "not judged" in page
     finally:
         db.close()
 
@@ -283,9 +287,12 @@ def test_a_model_of_another_mode_is_refused(trained, capsys):
     assert main(["train", "--data", str(trained["data"]), "--preset", "lite", "--mode", "2d", "--epochs", "1",
                  "--out", str(other), "--device", "cpu", "--no-cache", "--quiet"]) == 0
     capsys.readouterr()
-    rc, _, err = cmdr(capsys, "promote", other, "--current", trained["loose"], "--data", trained["data"],
-                      "--device", "cpu", "--no-cache", "--quiet")
-    assert rc == 2 and "not comparable" in err and "mode '2d'" in err
+    rc, out, err = cmdr(capsys, "promote", other, "--current", trained["loose"], "--data", trained["data"],
+                        "--db", trained["db"], "--device", "cpu", "--no-cache", "--quiet")
+    assert rc == 1, err + out
+    assert "REFUSED: not comparable: the new model serves mode '2d', the current one mode 'rgbd'" in out
+    latest = promotions(trained["db"])[0]
+    assert (latest["outcome"], latest["figures"], latest["new_checkpoint"]) == ("refused", {}, str(other))
 
 
 @pytest.mark.full_only  # trains a model
@@ -318,10 +325,18 @@ def test_promote_puts_the_model_in_service_through_the_node(trained, ros, capsys
                             trained["data"], "--db", trained["db"], "--node", "/cmdr_inspection", "--device", "cpu",
                             "--no-cache", "--quiet")
         assert rc == 0, err + out
-        assert "node /cmdr_inspection: in service" in out
         latest = promotions(trained["db"])[0]
-        assert (latest["outcome"], latest["node"]) == ("promoted", "/cmdr_inspection")
+        assert (latest["outcome"], latest["node"], latest["node_answer"]) == ("promoted", "/cmdr_inspection",
+                                                                              "in service")
         new_id = latest["new_model_id"]
+        assert f"node /cmdr_inspection: model {new_id} in service" in out
         ros.diagnostics(lambda v: v.get("model_id") == new_id, f"model_id {new_id} on /diagnostics")
     finally:
         gen.close()
+    # promoted by the figures, but no node answers: exit 4, recorded as such
+    rc, out, err = cmdr(capsys, "promote", trained["tight"], "--current", trained["loose"], "--data", trained["data"],
+                        "--db", trained["db"], "--node", "/no_such_node", "--swap-timeout", "3", "--device", "cpu",
+                        "--no-cache", "--quiet")
+    assert rc == 4, err + out
+    latest = promotions(trained["db"])[0]
+    assert latest["outcome"] == "swap_failed" and "no service /no_such_node/set_parameters" in latest["node_answer"]

@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,9 @@ def run_eval(data_dir: str | Path, detector: CMDRDetector, out: str | Path, chec
         res = evaluate_class(data, detector, out, make_cache(detector.config, cache_dir, no_cache), progress,
                              write_images, resolution)
         classes = {data.name: res["metrics"]}
-    mean = {k: float(np.nanmean([m[k] for m in classes.values()])) for k in keys}
+    with warnings.catch_warnings():  # a metric NaN in every class (e.g. no masks at all) stays NaN, without a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = {k: float(np.nanmean([m[k] for m in classes.values()])) for k in keys}
     report = {"checkpoint": str(checkpoint), "model_id": detector.model_id, "mode": detector.config.mode,
               "grid": detector.config.grid, "map_size": detector.config.map_size, "threshold": detector.threshold,
               "device": detector.runtime, "resolution": "points" if detector.config.judges_scans else resolution,

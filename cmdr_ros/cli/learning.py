@@ -78,28 +78,36 @@ def run_promote(args: argparse.Namespace) -> int:
 
         db = ReviewDB(args.db)  # opened first: a store that cannot be written is found before the judging
     try:
-        with tempfile.TemporaryDirectory(prefix="cmdr_promote_") as tmp:
-            current, new = promotion.compare(paths, detectors, args.data, Path(args.report or tmp),
-                                             cache_dir=args.cache_dir, no_cache=args.no_cache,
-                                             progress=not args.quiet)
-        promoted, reason = promotion.verdict(current, new)
-        print(promotion.table(current, new))
+        models = {name: (det.model_id, str(Path(path).resolve()))
+                  for name, path, det in zip(("current", "new"), paths, detectors)}
+        problem = promotion.same_inputs_problem(*detectors)
+        figures = None
+        if problem:
+            promoted, reason = False, f"not comparable: {problem}"
+        else:
+            with tempfile.TemporaryDirectory(prefix="cmdr_promote_") as tmp:
+                figures = promotion.compare(paths, detectors, args.data, Path(args.report or tmp),
+                                            cache_dir=args.cache_dir, no_cache=args.no_cache, progress=not args.quiet)
+            promoted, reason = promotion.verdict(*figures)
+            print(promotion.table(*figures))
         print(f"{'PROMOTED' if promoted else 'REFUSED'}: {reason}")
         outcome, answer, rc = ("promoted", "", 0) if promoted else ("refused", "", 1)
         if promoted and args.node:
             from cmdr_ros.ros.set_parameter import set_string_parameter  # noqa: PLC0415 - rclpy only here
 
             try:
-                ok, answer = set_string_parameter(args.node, "checkpoint", new.checkpoint, args.swap_timeout)
+                ok, answer = set_string_parameter(args.node, "checkpoint", models["new"][1], args.swap_timeout)
             except CmdrError as e:  # no such node, or no answer: recorded as such
                 ok, answer = False, str(e)
-            answer = answer or ("model in service" if ok else "refused without a reason")
-            print(f"node {args.node}: {'in service' if ok else 'NOT in service'}: {answer}")
+            answer = answer or ("in service" if ok else "refused without a reason")
+            print(f"node {args.node}: model {models['new'][0]} in service" if ok
+                  else f"node {args.node}: NOT in service: {answer}")
             if not ok:
                 outcome, rc = "swap_failed", SWAP_FAILED
         if db is not None:
             promotion.record(db, user=args.user or promotion.default_user(), outcome=outcome, reason=reason,
-                             node=args.node or "", node_answer=answer, current=current, new=new, data=str(args.data))
+                             node=args.node or "", node_answer=answer, models=models, figures=figures,
+                             data=str(args.data))
         return rc
     finally:
         if db is not None:

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from cmdr_ros import CmdrError
 from cmdr_ros.review.db import ReviewDB, promotions_table_sql
 
 FIGURES = ("i_auroc", "false_rejects", "misses")
@@ -107,13 +106,16 @@ COLUMNS = ("promoted_at", "user", "outcome", "reason", "node", "node_answer", "c
            "current_checkpoint", "new_model_id", "new_checkpoint", "data", "figures")
 
 
-def record(db: ReviewDB, *, user: str, outcome: str, reason: str, node: str, node_answer: str, current: Figures,
-           new: Figures, data: str) -> None:
-    """Keep one promotion attempt in ``promotions`` (made when missing)."""
+def record(db: ReviewDB, *, user: str, outcome: str, reason: str, node: str, node_answer: str,
+           models: dict[str, tuple[str, str]], figures: tuple[Figures, Figures] | None, data: str) -> None:
+    """Keep one promotion attempt in ``promotions`` (made when missing). ``models``: "current" and "new" -> (model
+    id, checkpoint path); ``figures``: (current, new), None when the models were not judged (not comparable)."""
     values = {"promoted_at": time.time(), "user": user, "outcome": outcome, "reason": reason, "node": node,
-              "node_answer": node_answer, "current_model_id": current.model_id,
-              "current_checkpoint": current.checkpoint, "new_model_id": new.model_id, "new_checkpoint": new.checkpoint,
-              "data": data, "figures": json.dumps({"current": asdict(current), "new": asdict(new)})}
+              "node_answer": node_answer, "data": data,
+              "figures": json.dumps({} if figures is None else {"current": asdict(figures[0]),
+                                                                 "new": asdict(figures[1])})}
+    for name in ("current", "new"):
+        values[f"{name}_model_id"], values[f"{name}_checkpoint"] = models[name]
     cols = ", ".join(f'"{c}"' for c in COLUMNS)
     db.write([(promotions_table_sql(db.kind), {}),
               (f"INSERT INTO promotions ({cols}) VALUES ({', '.join(db.p(c) for c in COLUMNS)})", values)])
@@ -133,12 +135,10 @@ def history(db: ReviewDB, limit: int = 20) -> list[dict[str, Any]]:
 
 def compare(paths: Sequence[str], detectors: Sequence[Any], data: str, out: Path, *, cache_dir: str | None = None,
             no_cache: bool = False, progress: bool = False) -> tuple[Figures, Figures]:
-    """Evaluate (current, new) on ``data``'s test split, reports under ``out``/current and ``out``/new."""
+    """Evaluate (current, new) on ``data``'s test split, reports under ``out``/current and ``out``/new (the caller
+    checked ``same_inputs_problem``)."""
     from cmdr_ros.cli.evaluate import run_eval  # noqa: PLC0415 - torch is imported when models are judged
 
-    problem = same_inputs_problem(*detectors)
-    if problem:
-        raise CmdrError(f"not comparable: {problem}")
     figures = []
     for name, path, det in zip(("current", "new"), paths, detectors):
         report = run_eval(data, det, out / name, str(Path(path).resolve()), cache_dir, no_cache, progress,
