@@ -1,7 +1,7 @@
 """config/diagnostic_aggregator.yaml against what the node publishes: every analyzer is a valid GenericAnalyzer (a
 path and at least one way of matching, as diagnostic_aggregator's GenericAnalyzer::init demands), and each status
-of the node ('<node>: node', '<node>: audit', ``node_status.status_name``) is matched by exactly one of them, so
-none lands in the aggregator's "Other"."""
+of the node ('<node>: node', '<node>: audit', '<node>: evidence', ``node_status.status_name``) is matched by exactly
+one of them, so none lands in the aggregator's "Other"."""
 from __future__ import annotations
 
 import re
@@ -45,11 +45,11 @@ def test_every_status_of_the_node_has_one_analyzer():
     doc = yaml.safe_load(CONFIG.read_text())
     params = doc["analyzers"]["ros__parameters"]
     analyzers = _generic_analyzers({k: v for k, v in params.items() if isinstance(v, dict)})
-    assert len(analyzers) == 2, analyzers
+    assert len(analyzers) == 3, analyzers
     for key, spec in analyzers:
         assert any(spec.get(k) for k in MATCHERS), f"{key}: no way of matching (GenericAnalyzer refuses it)"
         assert float(spec.get("timeout", 5.0)) > 0
-    for task in ("node", "audit"):
+    for task in ("node", "audit", "evidence"):
         name = status_name(f"/{NODE_NAME}", task)
         owners = [key for key, spec in analyzers if _matches(spec, name)]
         assert owners == [f"inspection.{task}"], (name, owners)

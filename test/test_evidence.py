@@ -28,7 +28,8 @@ def meta(seq: int = 1, **kw):
 
 
 def test_part_folder_layout():
-    assert part_folder("/cell/cmdr_inspection", DAY + 3600, "r1a2", 7) == "cell__cmdr_inspection/2026-12-07/r1a2-00000007"
+    assert part_folder("/cell/cmdr_inspection", DAY + 3600, "r1a2", 7) == \
+        "cell__cmdr_inspection/2026-12-07/r1a2-00000007"
     assert part_folder("cmdr_inspection", DAY - 1, "x", 123456789) == "cmdr_inspection/2026-12-06/x-123456789"
     for bad in ("", "a/b", "..", ".hidden"):
         with pytest.raises(EvidenceError):

@@ -1,7 +1,7 @@
-"""The learning loop (docs/review.md, "The learning loop"): ``cmdr dataset from-review`` turns labelled evidence into
-a class folder, ``cmdr train`` trains on it, ``cmdr promote`` judges two models on its test split, refuses the worse
-one (exit 1) or one of another mode, records every attempt, and puts a promoted model in service through a real
-node's model swap over DDS.
+"""The learning loop (docs/review.md, "The learning loop"): ``cmdr dataset from-review --holdout`` turns labelled
+evidence into a class folder with good parts to judge (its other behaviour: test_review_dataset.py), ``cmdr train``
+trains on it, ``cmdr promote`` judges two models on its test split, refuses the worse one (exit 1) or one of another
+mode, records every attempt, and puts a promoted model in service through a real node's model swap over DDS.
 
 The models compared are one trained model with two thresholds (saved as two checkpoints, two model ids): the same
 I-AUROC, and miss and false-reject counts fixed by where each threshold sits among the test scores, so which one is
@@ -12,18 +12,18 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from review_harness import decision, make_store
+from review_harness import RUN, decision, make_store
 
 from cmdr_ros.cli.main import main
 from cmdr_ros.data.mvtec3d import MVTec3DClass
 from cmdr_ros.data.synthetic import CellConfig, render_part
 from cmdr_ros.evidence import meta_of, part_folder, write_evidence
 from cmdr_ros.learning import promotion
-from cmdr_ros.learning.from_review import MANIFEST, split_goods
 from cmdr_ros.review import labels
 from cmdr_ros.review.db import ReviewDB
 
@@ -69,93 +69,31 @@ def store(tmp_path_factory):
     return labelled_store(tmp_path_factory.mktemp("store"))
 
 
-def test_from_review_writes_the_class_folder_and_says_what_went_where(store, tmp_path, capsys):
-    target, root = store
+def test_from_review_holds_good_parts_out_for_promotion(store, tmp_path, capsys):
+    target, _ = store
     out = tmp_path / "cls"
-    rc, text, err = cmdr(capsys, "dataset", "from-review", "--db", target, "--out", out, "--holdout", "0.2")
-    assert rc == 0, err
-    m = json.loads((out / MANIFEST).read_text())
+    assert cmdr(capsys, "dataset", "from-review", "--db", target, "--out", out, "--holdout", "0.2")[0] == 0
     data = MVTec3DClass(out)
-    by_split = {s: [(x.defect, x.sample_id) for x in data.samples(s)] for s in ("train", "validation", "test")}
-    goods = [p for p in m["parts"] if p["label"] == "good"]
-    assert len(goods) == N_GOOD and sum(p["label"] == "defective" for p in m["parts"]) == N_BAD
-    assert len([d for d, _ in by_split["test"] if d == "good"]) == 2  # 20 % of 10
-    assert len(by_split["validation"]) == 2 and len(by_split["train"]) == 6  # 20 % of the other 8
-    assert sorted(d for d, _ in by_split["test"] if d != "good") == ["confirmed"] * N_BAD
-    seq0 = f"{m['parts'][0]['run_id']}-00000000"  # relabelled good
-    assert any(sid == seq0 for s in ("train", "validation", "test") for d, sid in by_split[s] if d == "good")
-    assert [s["seq"] for s in m["skipped"]["unsure"]] == [N_GOOD + N_BAD]
-    [gone] = m["skipped"]["no_evidence"]
-    assert gone["seq"] == N_GOOD + N_BAD + 1 and "meta.json" in gone["reason"]
-    assert "1 no evidence" in text and "1 unsure" in text
-    sample = data.samples("train")[0]
-    assert sample.rgb_path.suffix == ".png" and sample.xyz_path.suffix == ".tiff" and sample.gt_path is None
-    # the same inputs again: the same folder (it replaces its own output), a foreign folder is never replaced
-    before = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
-    assert cmdr(capsys, "dataset", "from-review", "--db", target, "--out", out)[0] == 0
-    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == before
-    foreign = tmp_path / "mine"
-    foreign.mkdir()
-    rc, _, err = cmdr(capsys, "dataset", "from-review", "--db", target, "--out", foreign)
-    assert rc == 2 and "not written by" in err and foreign.is_dir()
-
-
-def test_from_review_merges_an_existing_class_folder(store, tmp_path, capsys):
-    from cmdr_ros.data.synthetic import generate_dataset
-
-    target, root = store
-    existing = generate_dataset(tmp_path / "old", "block", n_train=2, n_val=1, n_test_good=1, n_test_per_defect=0,
-                                cfg=CellConfig(image_size=64))
-    out = tmp_path / "merged"
-    assert cmdr(capsys, "dataset", "from-review", "--db", target, "--out", out, "--merge", existing)[0] == 0
-    data = MVTec3DClass(out)
-    ids = {s.sample_id for s in data.samples("train")}
-    assert {s.sample_id for s in MVTec3DClass(existing).samples("train")} <= ids and len(ids) == 2 + 6
-
-
-def test_from_review_errors_are_one_line(tmp_path, capsys):
-    from cli_harness import one_line_error
-
-    target = str(tmp_path / "audit.db")
-    make_store(target, [decision(1)]).close()
-    assert "no labelled parts" in one_line_error(capsys, ["dataset", "from-review", "--db", target, "--out",
-                                                           str(tmp_path / "o")])
-    assert "no audit database" in one_line_error(capsys, ["dataset", "from-review", "--db", str(tmp_path / "x.db"),
-                                                           "--out", str(tmp_path / "o")])
+    count = {s: Counter(x.defect for x in data.samples(s)) for s in ("train", "validation", "test")}
+    # 10 good parts in time order: 0.2 (the 5th, 10th) to test, of the other 8 0.2 (the 5th) to validation
+    assert count == {"train": {"good": 7}, "validation": {"good": 1}, "test": {"good": 2, "review": N_BAD}}
+    assert [s.sample_id for s in data.samples("test") if s.defect == "good"] == [
+        f"review_{RUN}_{seq:08d}" for seq in (4, 9)]
+    assert all(s.gt_path is None for s in data.samples("test"))  # reviewers draw no masks
 
 
 @pytest.mark.full_only  # trains a model
-def test_scans_make_a_scan_class_folder_that_trains_and_is_judged(tmp_path, capsys):
-    """A "chunks" model's parts keep Nx3 evidence clouds: they become points/<id>.npy, a defect without gt/."""
-    from node_harness import scan_model_config, scan_points
+def test_two_chunks_models_are_judged_on_a_class_of_scans(tmp_path):
+    from node_harness import scan_dataset, scan_model_config
 
-    from cmdr_ros.data.scans import ScanDataset
+    from cmdr_ros.model.checkpoint import load_checkpoint
     from cmdr_ros.model.training import train_model
 
-    root, rows = tmp_path / "evidence", []
-    for seq in range(7):
-        points, _ = scan_points(seq, "bump" if seq >= 5 else None)
-        row = decision(seq)
-        row.update(mode="3d", evidence=part_folder(row["node"], row["decided_at"], row["run_id"], seq), evidence_root=str(root))
-        write_evidence(root, row["evidence"], xyz=points, meta=meta_of(row))
-        rows.append(row)
-    db = make_store(str(tmp_path / "audit.db"), rows)
-    for row in rows:
-        labels.add_label(db, row, "defective" if row["seq"] >= 5 else "good", "rita")
-    db.close()
-    out = tmp_path / "scans"
-    assert cmdr(capsys, "dataset", "from-review", "--db", tmp_path / "audit.db", "--out", out)[0] == 0
-    data = ScanDataset(out)
-    assert ScanDataset.is_scan_folder(out) and len(data.scans("train")) == 3 and len(data.good_scans("test")) == 1
-    defects = [s for s in data.scans("test") if s.label]
-    assert [s.defect for s in defects] == ["confirmed"] * 2 and defects[0].load()[1] is None
-    np.testing.assert_array_equal(defects[0].load()[0], scan_points(5, "bump")[0])
+    data = scan_dataset(tmp_path, n_test_good=1, n_test_per_defect=2)
     ckpt = tmp_path / "scan.ckpt"
-    train_model(out, scan_model_config(epochs=1), ckpt, device="cpu", no_cache=True, progress=False)
-    from cmdr_ros.model.checkpoint import load_checkpoint
-
+    train_model(data, scan_model_config(epochs=1), ckpt, device="cpu", no_cache=True, progress=False)
     det = load_checkpoint(ckpt, "cpu")
-    current, new = promotion.compare([ckpt, ckpt], [det, det], str(out), tmp_path / "judged")
+    current, new = promotion.compare([ckpt, ckpt], [det, det], str(data), tmp_path / "judged")
     assert (new.n_good, new.n_defect) == (1, 2) and current == new
     assert promotion.verdict(current, new) == (False, "the new model is no better on any figure")
 
@@ -173,14 +111,6 @@ def test_a_defect_without_mask_counts_in_the_image_metrics_only():
     assert m["i_auroc"] == 0.75  # the maskless defect (0.3) ranks below one good part (0.4)
     assert m["defects"]["confirmed"]["i_auroc"] == 0.5 and np.isnan(m["defects"]["confirmed"]["p_auroc"])
     assert m["n_defect"] == 2
-
-
-def test_split_of_the_good_parts_is_seeded_and_keeps_a_training_part():
-    parts = list(range(5))
-    a, b = split_goods(parts, 0.2, 0.2, seed=3), split_goods(parts, 0.2, 0.2, seed=3)
-    assert a == b and sorted(sum(a.values(), [])) == parts
-    assert [len(a[s]) for s in ("test", "validation", "train")] == [1, 1, 3]
-    assert split_goods([7], 0.5, 0.5, 0) == {"test": [], "validation": [], "train": [7]}
 
 
 def test_the_rule_needs_no_worse_on_all_and_better_on_one():
@@ -233,7 +163,7 @@ def trained(store, tmp_path_factory):
     target, _ = store
     tmp = tmp_path_factory.mktemp("trained")
     data = tmp / "cls"
-    assert main(["dataset", "from-review", "--db", target, "--out", str(data)]) == 0
+    assert main(["dataset", "from-review", "--db", target, "--out", str(data), "--holdout", "0.2"]) == 0
     ckpt = tmp / "model.ckpt"
     assert main(["train", "--data", str(data), "--preset", "lite", "--mode", "rgbd", "--epochs", "2", "--out",
                  str(ckpt), "--device", "cpu", "--no-cache", "--quiet"]) == 0
@@ -303,7 +233,7 @@ def test_cmdr_eval_judges_the_maskless_defects_at_the_image_level(trained):
     m = report["classes"]["cls"]
     with open(trained["tmp"] / "eval" / "scores.csv") as f:
         rows = list(csv.DictReader(f))
-    assert m["n_defect"] == N_BAD and m["n_good"] == 2
+    assert m["n_defect"] == N_BAD and m["n_good"] == 2 and set(m["defects"]) == {"review"}
     assert m["i_auroc"] == pytest.approx(roc_auc_score([int(r["label"]) for r in rows],
                                                        [float(r["score"]) for r in rows]))
     assert np.isnan(m["p_auroc"])  # only the good parts have masks: no defect pixel to rank

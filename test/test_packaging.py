@@ -86,6 +86,11 @@ PIP_MODULES = {
     "onnx": "onnx",
     "threadpoolctl": "threadpoolctl",  # no rosdep key; Debian's python3-sklearn depends on its package
     "onnxruntime": "onnxruntime",
+    "fastapi": "fastapi",  # the review station (cmdr_ros/review/)
+    "starlette": "fastapi",  # FastAPI is built on it
+    "uvicorn": "uvicorn",
+    "argon2": "argon2-cffi",
+    "selenium": "selenium",  # the review station's browser test
 }
 # keys that must never be a run dependency (the brief of issue "A real ROS 2 cell")
 NOT_EXEC = {"rclpy_lifecycle", "python3-torch", "python3-torchvision", "rviz2"}

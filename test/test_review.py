@@ -11,6 +11,7 @@ from review_harness import (KNOWN_LABELS, PASSWORD, RUN, T0, count_of, csrf_of, 
 from cmdr_ros.evidence import read_evidence
 from cmdr_ros.review import labels, queries
 from cmdr_ros.review.app import create_app
+from cmdr_ros.review.auth import LoginThrottle
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.full_only)])
@@ -56,6 +57,24 @@ def test_nobody_gets_in_without_an_account(station):
     assert stored_labels(db) == []
 
 
+def test_failed_logins_lock_the_account_name_out_for_a_while(station):
+    _, app, _ = station
+    now = [1000.0]
+    app = create_app(app.state.db, throttle=LoginThrottle(max_failures=3, window_s=60, lock_s=120,
+                                                          clock=lambda: now[0]))
+    client = TestClient(app)
+    assert [login(client, "rita", "guess %d" % i).status_code for i in range(3)] == [401] * 3
+    r = login(client, "rita")  # the right password, but locked
+    assert r.status_code == 429 and "try again in 120 s" in r.text
+    assert login(client, "vera").status_code == 200  # another account is not locked
+    now[0] += 121
+    assert login(TestClient(app), "rita").status_code == 200
+    for i in range(3):  # failures spread over more than the window never lock
+        assert login(TestClient(app), "adam", "guess").status_code == 401
+        now[0] += 61
+    assert login(TestClient(app), "adam").status_code == 200
+
+
 def test_login_then_logout(station):
     _, app, _ = station
     client = client_as(app, "vera")
@@ -97,7 +116,8 @@ def test_a_label_is_stored_with_who_and_when(station):
     client = client_as(app, "rita")
     before = time.time()
     page = client.get(f"/part/{RUN}/1")
-    r = client.post(f"/part/{RUN}/1/label", data={"label": "good", "note": "scratch is dust", "csrf": csrf_of(page.text)})
+    r = client.post(f"/part/{RUN}/1/label",
+                    data={"label": "good", "note": "scratch is dust", "csrf": csrf_of(page.text)})
     after = time.time()
     assert r.status_code == 200 and 'id="saved"' in r.text and "scratch is dust" in r.text
     (node, run_id, seq, label, user, at, note), = stored_labels(db)
@@ -133,6 +153,9 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(station):
     r = client.post(f"/part/{RUN}/77/label", data={"label": "good", "csrf": token})
     assert r.status_code == 404
     assert client.get(f"/part/{RUN}/abc").status_code == 400
+    for seq in ("-1", "99999999999999999999999"):  # beyond what the store's integer holds: no driver error
+        assert client.get(f"/part/{RUN}/{seq}").status_code == 400
+        assert client.post(f"/part/{RUN}/{seq}/label", data={"label": "good", "csrf": token}).status_code == 400
     r = client.post(f"/part/{RUN}/1/label", data={"label": "broken", "csrf": token})
     assert r.status_code == 400 and "one of defective, good, unsure" in r.text
     r = client.post(f"/part/{RUN}/1/label", data={"label": "good", "note": "x" * 600, "csrf": token})
@@ -257,3 +280,26 @@ def test_the_dashboard_figures_on_known_decisions(station):
     assert page.count('class="plot"') == 2
     png = client.get("/plot/drift.png", params={"node": "/cell_a"})
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+
+
+@pytest.mark.full_only  # a PostgreSQL server of its own, stopped and started
+def test_the_station_reconnects_after_the_database_restarts(tmp_path):
+    from pg_server import PostgresServer, why_unavailable
+
+    if why_unavailable():
+        pytest.skip(why_unavailable())
+    server = PostgresServer(tmp_path / "pg").start()
+    try:
+        db = make_store(server.url(), known_rows())
+        client = client_as(create_app(db), "rita")
+        server.stop_now()
+        r = client.get("/decisions")
+        assert r.status_code == 503 and "127.0.0.1" in r.text  # says the database cannot be reached
+        server.start_again()
+        assert count_of(client.get("/decisions").text) == 15  # the next request reconnects (sessions outlive it)
+        page = client.get(f"/part/{RUN}/1")
+        assert client.post(f"/part/{RUN}/1/label", data={"label": "good", "csrf": csrf_of(page.text)}).status_code \
+            == 200
+        db.close()
+    finally:
+        server.stop()

@@ -34,11 +34,11 @@ def server(tmp_path):
     """``cmdr review serve`` on the known decisions (port 0: the one the server reports); its base URL."""
     root = tmp_path / "evidence"
     make_store(str(tmp_path / "audit.db"), known_rows(), root).close()
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     proc = subprocess.Popen([sys.executable, "-m", "cmdr_ros.cli.main", "review", "serve", "--db",
                              str(tmp_path / "audit.db"), "--evidence", str(root), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
-                                                                                         os.environ.get("PYTHONPATH")]))})
+                            env={**os.environ, "PYTHONPATH": path})
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     log = []

@@ -78,7 +78,8 @@ def test_grants_give_the_station_labels_and_nothing_else(capsys, postgres_url, t
                      "/plot/drift.png?node=/cell_a"):
             assert client.get(path).status_code == 200, path
         page = client.get(f"/part/{RUN}/1")
-        assert client.post(f"/part/{RUN}/1/label", data={"label": "good", "csrf": csrf_of(page.text)}).status_code == 200
+        labelled = client.post(f"/part/{RUN}/1/label", data={"label": "good", "csrf": csrf_of(page.text)})
+        assert labelled.status_code == 200
         assert db.rows('SELECT "user", label FROM labels') == [("rita", "good")]
     finally:
         db.close()

@@ -129,15 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
                                       "dashboard), its accounts, its database grants")
     review.add_arguments(p)
 
-    from cmdr_ros.cli import learning  # noqa: PLC0415 - its handlers import torch, the store, rclpy only when run
-    p = sub.add_parser("dataset", help="build training data: `dataset from-review` makes a class folder of the parts "
-                                       "labelled on the review station")
-    learning.add_dataset_arguments(p)
+    from cmdr_ros.cli import dataset  # noqa: PLC0415 - its handler imports torch only when run
+    p = sub.add_parser("dataset", help="data sets from what the cells recorded: `from-review`, a class folder from "
+                                       "the parts reviewers labelled")
+    dataset.add_arguments(p)
+
+    from cmdr_ros.cli import promote  # noqa: PLC0415 - its handler imports torch, the store, rclpy only when run
     p = sub.add_parser("promote", help="judge a new model against the current one on the same labelled parts; refuse "
                                        "a worse one (exit 1), else put it in service (--node) and record it (--db)")
-    learning.add_promote_arguments(p)
+    promote.add_arguments(p)
     _add_common_model_args(p)
-    p.set_defaults(func=learning.run_promote)
+    p.set_defaults(func=promote.run)
 
     from cmdr_ros.cli import weights  # noqa: PLC0415 - its handlers import torch only when run
     p = sub.add_parser("weights", help="the paper's pretrained backbones: fetch them from the official URLs, "

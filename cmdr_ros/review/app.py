@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Annotated, Any, Awaitable, Callable
 from urllib.parse import quote
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path as PathParam, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -35,6 +35,9 @@ OPTIONS_S = 60.0  # the filter form's cells and models are read again after this
 HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
                                       "form-action 'self'; frame-ancestors 'none'"}
+
+
+Seq = Annotated[int, PathParam(ge=0, lt=2**63)]  # a decision's seq: what the store's integer column holds
 
 
 class LoginRequired(Exception):
@@ -86,10 +89,12 @@ class _TooLarge(Exception):
 
 
 def create_app(db: ReviewDB | str, evidence_root: str | None = None, *, https_only: bool = False,
-               max_body: int = MAX_BODY) -> FastAPI:
+               max_body: int = MAX_BODY, throttle: auth.LoginThrottle | None = None) -> FastAPI:
     """The station on ``db`` (a ``ReviewDB`` or its target), serving evidence pictures from ``evidence_root``
-    (None: each row's recorded root, where it exists here); ``https_only``: the session cookie only over TLS."""
+    (None: each row's recorded root, where it exists here); ``https_only``: the session cookie only over TLS;
+    ``throttle``: how failed logins lock an account name out (default ``auth.LoginThrottle()``)."""
     db = db if isinstance(db, ReviewDB) else ReviewDB(db)
+    throttle = throttle or auth.LoginThrottle()
     app = FastAPI(title="cmdr review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.db, app.state.evidence = db, evidence_root
     templates = Jinja2Templates(directory=HERE / "templates")
@@ -172,10 +177,17 @@ def create_app(db: ReviewDB | str, evidence_root: str | None = None, *, https_on
     @app.post("/login")
     async def login(request: Request) -> Response:
         form = await posted(request)
-        user = await run_in_threadpool(auth.check_login, db, form.get("name", ""), form.get("password", ""))
+        name = form.get("name", "")
+        wait_s = throttle.wait_s(name)
+        if wait_s:
+            return page(request, "login.html", 429, next=_local(form.get("next", "/")),
+                        error=f"too many failed logins for {name!r}: try again in {wait_s:.0f} s")
+        user = await run_in_threadpool(auth.check_login, db, name, form.get("password", ""))
         if user is None:
+            throttle.failed(name)
             return page(request, "login.html", 401, next=_local(form.get("next", "/")),
                         error="unknown account or wrong password")
+        throttle.succeeded(name)
         request.session.clear()  # a new session (and CSRF token) for the account
         request.session["user"] = user.name
         return RedirectResponse(_local(form.get("next", "/")), status_code=303)
@@ -201,7 +213,7 @@ def create_app(db: ReviewDB | str, evidence_root: str | None = None, *, https_on
                     decisions=("reject", "pass", "skip"), label_filters=queries.LABEL_FILTERS)
 
     @app.get("/part/{run_id}/{seq}")
-    def part_page(request: Request, run_id: str, seq: int) -> Response:
+    def part_page(request: Request, run_id: str, seq: Seq) -> Response:
         user = account(request)
         row = found(run_id, seq)
         return page(request, "part.html", row=row, pictures=files.pictures(evidence_root, row),
@@ -209,7 +221,7 @@ def create_app(db: ReviewDB | str, evidence_root: str | None = None, *, https_on
                     meanings={c: m for c, (_, m) in COLUMNS.items()}, saved=request.query_params.get("saved"))
 
     @app.get("/part/{run_id}/{seq}/{name}")
-    def part_picture(request: Request, run_id: str, seq: int, name: str) -> Response:
+    def part_picture(request: Request, run_id: str, seq: Seq, name: str) -> Response:
         account(request)
         path = files.picture(evidence_root, found(run_id, seq), name)
         if path is None:
@@ -217,7 +229,7 @@ def create_app(db: ReviewDB | str, evidence_root: str | None = None, *, https_on
         return FileResponse(path, media_type="image/png")
 
     @app.post("/part/{run_id}/{seq}/label")
-    async def label_part(request: Request, run_id: str, seq: int) -> Response:
+    async def label_part(request: Request, run_id: str, seq: Seq) -> Response:
         user = account(request, "reviewer")
         form = await posted(request)
         row = await run_in_threadpool(found, run_id, seq)

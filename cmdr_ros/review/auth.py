@@ -12,7 +12,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import MutableMapping
+from typing import Callable, MutableMapping
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -84,6 +84,38 @@ def check_login(db: ReviewDB, name: str, password: str) -> User | None:
     except (VerificationError, InvalidHashError):
         return None
     return User(got[0][0], got[0][1]) if got else None
+
+
+class LoginThrottle:
+    """Refuses an account name's logins for ``lock_s`` seconds once ``max_failures`` of them failed within
+    ``window_s`` (a password guesser gets a few tries per account every few minutes); in memory, per station."""
+
+    def __init__(self, max_failures: int = 5, window_s: float = 300.0, lock_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.max_failures, self.window_s, self.lock_s, self.clock = max_failures, window_s, lock_s, clock
+        self._failures: dict[str, list[float]] = {}
+        self._locked: dict[str, float] = {}  # name -> until
+
+    def wait_s(self, name: str) -> float:
+        """Seconds until ``name`` may try again (0: now)."""
+        now = self.clock()
+        for key in [k for k, until in self._locked.items() if until <= now]:
+            del self._locked[key]
+        return max(self._locked.get(name, now) - now, 0.0)
+
+    def failed(self, name: str) -> None:
+        now = self.clock()
+        for key in [k for k, ts in self._failures.items() if ts[-1] < now - self.window_s]:
+            del self._failures[key]  # forgotten: a name guessed once long ago takes no memory
+        recent = [t for t in self._failures.get(name, []) if t >= now - self.window_s] + [now]
+        if len(recent) >= self.max_failures:
+            self._locked[name] = now + self.lock_s
+            self._failures.pop(name, None)
+        else:
+            self._failures[name] = recent
+
+    def succeeded(self, name: str) -> None:
+        self._failures.pop(name, None)
 
 
 def csrf_token(session: MutableMapping) -> str:

@@ -31,49 +31,75 @@ class ReviewDB:
     """One connection to the store, used by one request at a time (a station serves a few reviewers)."""
 
     def __init__(self, target: str, *, timeout_s: float = 30.0):
-        self.target = target
+        self.target, self.timeout_s = target, timeout_s
         self.kind = "postgresql" if is_postgres(target) else "sqlite"
         self._lock = threading.Lock()
-        if self.kind == "postgresql":
-            backend = PostgresBackend(target, readonly=True)  # checks that the decisions table is there
-            backend.open(timeout_s)
-            self.conn = backend.conn
-            self._errors: tuple[type[BaseException], ...] = (_pg_driver().Error,)
-        else:
-            path = Path(target).expanduser()
-            if not path.is_file():
-                raise ReviewDBError(f"no audit database at {path}")
-            # mode=rw: never creates a file; autocommit (isolation_level None), a label is one statement
-            self.conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout_s, isolation_level=None,
-                                        check_same_thread=False)
-            self._errors = (sqlite3.Error,)
+        self.conn: Any = None
+        self._errors: tuple[type[BaseException], ...] = \
+            (_pg_driver().Error,) if self.kind == "postgresql" else (sqlite3.Error,)
+        with self._lock:
+            self._connect()
         self.decision_columns = self._columns(TABLE)
         if not self.decision_columns:
             self.close()
             raise ReviewDBError(f"{printable(target)}: not an audit database (no table {TABLE})")
+
+    def _connect(self) -> None:
+        if self.kind == "postgresql":
+            backend = PostgresBackend(self.target, readonly=True)  # checks that the decisions table is there
+            try:
+                backend.open(self.timeout_s)
+            except AuditError as e:
+                raise ReviewDBError(str(e)) from None
+            self.conn = backend.conn
+            return
+        path = Path(self.target).expanduser()
+        if not path.is_file():
+            raise ReviewDBError(f"no audit database at {path}")
+        # mode=rw: never creates a file; autocommit (isolation_level None), a label is one statement
+        self.conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=self.timeout_s, isolation_level=None,
+                                    check_same_thread=False)
+
+    def _lost(self) -> bool:
+        """True when the PostgreSQL connection is gone (a server restart, a network cut): the next call reopens it."""
+        return self.kind == "postgresql" and (self.conn is None or bool(self.conn.closed))
 
     def p(self, name: str) -> str:
         """The driver's placeholder of the bound parameter ``name``."""
         return f":{name}" if self.kind == "sqlite" else f"%({name})s"
 
     def rows(self, sql: str, args: dict[str, Any] | None = None) -> list[tuple]:
-        """The rows of one query (its values bound, never formatted into ``sql``)."""
+        """The rows of one query (its values bound, never formatted into ``sql``); a lost connection is reopened
+        and the query asked again, once."""
         with self._lock:
             try:
-                cur = self.conn.cursor()
-                try:
-                    cur.execute(sql, args or {})
-                    return cur.fetchall()
-                finally:
-                    cur.close()
-                    if self.kind == "postgresql":
-                        self.conn.rollback()  # ends the read-only transaction: no connection left idle in one
+                if self._lost():
+                    self._connect()
+                return self._read(sql, args or {})
+            except self._errors as e:
+                if not self._lost():
+                    raise ReviewDBError(f"{printable(self.target)}: {_first_line(e)}") from None
+            try:  # the connection was lost under the query: once more, on a new one
+                self._connect()
+                return self._read(sql, args or {})
             except self._errors as e:
                 raise ReviewDBError(f"{printable(self.target)}: {_first_line(e)}") from None
+
+    def _read(self, sql: str, args: dict[str, Any]) -> list[tuple]:
+        cur = self.conn.cursor()
+        try:
+            cur.execute(sql, args)
+            return cur.fetchall()
+        finally:
+            cur.close()
+            if not self._lost() and self.kind == "postgresql":
+                self.conn.rollback()  # ends the read-only transaction: no connection left idle in one
 
     def write(self, statements: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Run ``statements`` in one read-write transaction (all or nothing)."""
         with self._lock:
+            if self._lost():  # not retried after a failure: whether a lost transaction committed is unknown
+                self._connect()
             cur = self.conn.cursor()
             try:
                 if self.kind == "postgresql":

@@ -9,6 +9,8 @@ from cmdr_ros import CmdrError
 from cmdr_ros.review.db import LABELS, ReviewDB
 
 MAX_NOTE = 500
+# SQL condition on labels as ``l``: each part's latest label only
+LATEST_ONLY = "l.id IN (SELECT MAX(id) FROM labels GROUP BY run_id, seq)"
 
 
 def add_label(db: ReviewDB, part: dict[str, Any], label: str, user: str, note: str = "") -> None:

@@ -16,7 +16,7 @@ from cmdr_ros import CmdrError
 from cmdr_ros.audit.report import DECISIONS, iso, parse_time
 from cmdr_ros.audit.schema import COLUMNS, TABLE
 from cmdr_ros.review.db import LABELS, ReviewDB
-from cmdr_ros.review.labels import latest_label_sql
+from cmdr_ros.review.labels import LATEST_ONLY, latest_label_sql
 
 PAGE_SIZE = 50
 EVIDENCE_COLUMNS = ("evidence", "evidence_root")  # audit schema 3
@@ -106,7 +106,8 @@ class Filters:
         clauses, args = [], {}
         for key, sql in (("node", f"{a}.node = {p('node')}"), ("since", f"{a}.decided_at >= {p('since')}"),
                          ("until", f"{a}.decided_at < {p('until')}"), ("decision", f"{a}.decision = {p('decision')}"),
-                         ("min_score", f"{a}.score >= {p('min_score')}"), ("max_score", f"{a}.score <= {p('max_score')}"),
+                         ("min_score", f"{a}.score >= {p('min_score')}"),
+                         ("max_score", f"{a}.score <= {p('max_score')}"),
                          ("model", f"{a}.model_id = {p('model')}")):
             value = getattr(self, key)
             if value not in (None, ""):
@@ -175,10 +176,9 @@ def dashboard(db: ReviewDB, f: Filters) -> list[dict[str, Any]]:
                        "reject_rate": int(rejects or 0) / int(parts), "first": first, "last": last,
                        "verdicts": {(d, lab): 0 for d in DECISIONS for lab in LABELS}}
     # from the labels (a few thousand) to their decisions, each part's latest label only
-    latest_only = "l.id IN (SELECT MAX(id) FROM labels GROUP BY run_id, seq)"
     for node, decision, label, n in db.rows(
             f"SELECT d.node, d.decision, l.label, COUNT(*) FROM labels l JOIN {TABLE} d ON d.run_id = l.run_id AND "
-            f"d.seq = l.seq WHERE {latest_only}{where.replace(' WHERE ', ' AND ', 1)} "
+            f"d.seq = l.seq WHERE {LATEST_ONLY}{where.replace(' WHERE ', ' AND ', 1)} "
             "GROUP BY d.node, d.decision, l.label", args):
         if node in cells and (decision, label) in cells[node]["verdicts"]:
             cells[node]["verdicts"][(decision, label)] = int(n)

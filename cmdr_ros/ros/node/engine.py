@@ -25,6 +25,7 @@ from cmdr_ros.ros.node.outputs import decision_messages, map_messages, result_va
 
 if TYPE_CHECKING:
     from cmdr_ros.audit.store import AuditStore
+    from cmdr_ros.ros.node.evidence_writer import EvidenceWriter
     from cmdr_ros.ros.node.frame_judge import FrameJudge
     from cmdr_ros.ros.conversions.frames import Frame
 
@@ -39,6 +40,7 @@ class Outlet:
     model_id: str = ""  # the model configured: named by a decision made without a judge (a judge names its own)
     node: str = ""  # the node's fully qualified name (audit rows)
     run_id: str = ""  # this process's run (audit rows: with seq, names each decision)
+    evidence: EvidenceWriter | None = None  # keeps the evidence of chosen parts (evidence_writer.py)
 
 
 def model_id_of(judge: Any) -> str:
@@ -241,9 +243,11 @@ class DecisionEngine:
         values = result_values(part.header, verdict, frame, seq=seq, mode=outlet.mode, model_id=model_id,
                                inputs=part.inputs, latency_ms=latency_ms, frame_ids=part.frame_ids,
                                extra={"part_id": part_id} if part_id is not None else None)
+        row = row_from_result(values, node=outlet.node, run_id=outlet.run_id, decided_at=time.time())
+        if outlet.evidence is not None:  # queued for its writer thread, the row names its folder
+            outlet.evidence.submit(row, verdict, frame)
         if outlet.audit is not None:  # committed before it is published (or spooled when the store is failing or slow)
-            outlet.audit.record(row_from_result(values, node=outlet.node, run_id=outlet.run_id,
-                                                decided_at=time.time()))
+            outlet.audit.record(row)
         for key, msg in decision_messages(part.header, verdict, values, maps).items():
             if (pub := outlet.pubs.get(key)) is not None:
                 pub.publish(msg)

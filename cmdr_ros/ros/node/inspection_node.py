@@ -43,6 +43,7 @@ from cmdr_ros.audit.store import AuditStore
 from cmdr_ros.ros.compat import (SubscriptionEventCallbacks, add_post_set_parameters_callback,
                                  add_pre_set_parameters_callback)
 from cmdr_ros.ros.node.audit import close_audit, open_audit
+from cmdr_ros.ros.node.evidence_writer import close_evidence, evidence_status, open_evidence
 from cmdr_ros.ros.node.queues import Part
 from cmdr_ros.ros.node.engine import DecisionEngine, Outlet
 from cmdr_ros.ros.node.model_swap import ModelSwap
@@ -104,6 +105,7 @@ class InspectionNode(LifecycleNode):
         self._closing = False  # stopping: a set that still matches gets the fail-safe at once
         self._run_id = uuid.uuid4().hex[:16]  # with seq, names each decision of this process in the audit store
         self._audit: AuditStore | None = None
+        self._evidence = None  # evidence_writer.EvidenceWriter while configured with evidence.dir
         self._tf = TfSource(self, self._warn, lambda: tf_fallback(self._p("extrinsics")))  # fallback read when said
         self._idle = InputIdle()
         self._worker: threading.Thread | None = None
@@ -253,10 +255,11 @@ class InspectionNode(LifecycleNode):
         self._pubs = create_outputs(self, values)
         announce_model(self._pubs, self.get_clock().now().to_msg(), self.detector, values["checkpoint"])
         self._audit = open_audit(values, self.get_logger(), self._warn)
+        self._evidence = open_evidence(values, self.get_fully_qualified_name(), self._p, self.get_logger(), self._warn)
         self._stop.clear()
         self._swap = ModelSwap(values["device"], values["weights_2d"], values["weights_3d"])
         self._engine.outlet = Outlet(self._pubs, self._audit, self.mode, self.detector.model_id,
-                                     self.get_fully_qualified_name(), self._run_id)
+                                     self.get_fully_qualified_name(), self._run_id, self._evidence)
         self._worker = threading.Thread(target=self._engine.work, args=(self._stop, self.context.ok),
                                         name="cmdr_inference", daemon=True)
         self._worker.start()
@@ -412,6 +415,8 @@ class InspectionNode(LifecycleNode):
         self._engine.outlet = None
         audit, self._audit = self._audit, None
         close_audit(audit, self.get_logger())
+        evidence, self._evidence = self._evidence, None
+        close_evidence(evidence, self.get_logger())
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
@@ -537,7 +542,10 @@ class InspectionNode(LifecycleNode):
                         found=self._faults(s, det), mode=self.mode, name=status_name(fqn, "node"), hw_id=hw_id,
                         **model),
             audit_status(audit.health() if audit is not None else None, enabled=bool(self._p("audit.enabled")),
-                         name=status_name(fqn, "audit"), hw_id=hw_id)])
+                         name=status_name(fqn, "audit"), hw_id=hw_id),
+            evidence_status(self._evidence.health() if self._evidence is not None else None,
+                            name=status_name(fqn, "evidence"), hw_id=hw_id,
+                            window=float(self._p("diagnostics.window")))])
         arr.header.stamp = self.get_clock().now().to_msg()
         try:
             self._diag_pub.publish(arr)

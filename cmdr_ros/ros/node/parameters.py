@@ -112,12 +112,21 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
     "audit.spool": ("", "SQLite file holding the rows the store could not commit within audit.timeout, committed "
                         "before their decisions are published and written to the store when it is back (also after "
                         "a restart); empty: cmdr_audit_spool.db in the ROS log directory", None),
+    "evidence.dir": ("", "directory where the evidence of each kept part is written (image, cloud, heatmap: "
+                         "docs/evidence.md), off the decision path; empty: no evidence", None),
+    "evidence.location": ("", "where another machine finds evidence.dir (e.g. nfs://host/export or a mount "
+                              "point), recorded in each audit row's evidence_root; empty: evidence.dir as an "
+                              "absolute path", None),
+    "evidence.passes": (0.0, "fraction of the passes whose evidence is kept, evenly (0.1: every 10th pass); every "
+                             "reject and every part not judged is kept", (0.0, 1.0)),
+    "evidence.max_bytes": (10 * 2**30, "retention: the node's evidence is kept under this many bytes, the oldest "
+                                       "parts deleted first (0: no limit)", (0, 2**62)),
 }
 # take effect at the next configure
 READ_ONLY = {"mode", "device", "weights_2d", "weights_3d", "input.reliability", "input.depth",
              "sync.queue_size", "sync.slop", "input.image_transport", "input.cloud", "output.heatmap", "output.anomaly_map", "output.anomaly_cloud", "use_tf",
              "warmup", "diagnostics_period", "autostart", "audit.enabled", "audit.database", "audit.timeout",
-             "audit.max_backlog", "audit.spool"}
+             "audit.max_backlog", "audit.spool", "evidence.dir", "evidence.location"}
 
 
 # rcl_interfaces/ParameterType numbers (rclpy's "Wrong parameter type, expected '3' got '4'") and what they hold
@@ -306,6 +315,8 @@ def check(name: str, value: Any) -> str | None:
         return f"audit.database must be a file path or a postgresql:// URL, got {value!r}"
     if name == "audit.spool" and "://" in value:
         return f"audit.spool must be a file path (a local SQLite file), got {value!r}"
+    if name == "evidence.dir" and "://" in value:
+        return f"evidence.dir must be a directory path (mount a remote one), got {value!r}"
     return None
 
 

@@ -1,10 +1,7 @@
-"""The learning loop's verbs (issue #25; docs/review.md, "The learning loop"):
-
-* ``cmdr dataset from-review``: a class folder from the parts labelled on the review station
-  (``cmdr_ros.learning.from_review``);
-* ``cmdr promote NEW --current OLD --data DIR``: judge both models on DIR's test split; exit 1 with the table and the
-  reason when the new one is refused; else, with ``--node``, put it in service through the node's model swap.
-  ``--db`` records every attempt in the store's ``promotions`` table (``cmdr_ros.learning.promotion``).
+"""``cmdr promote NEW --current OLD --data DIR``: judge both models on DIR's test split (docs/review.md, "The learning
+loop"); exit 1 with the table and the reason when the new one is refused; else, with ``--node``, put it in service
+through the node's model swap. ``--db`` records every attempt in the store's ``promotions`` table
+(``cmdr_ros.learning.promotion``).
 """
 from __future__ import annotations
 
@@ -18,25 +15,7 @@ DB_HELP = "the audit store: SQLite file or postgresql://user@host/db URL"
 SWAP_FAILED = 4  # promoted by the figures, but the node did not put it in service (or did not answer)
 
 
-def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
-    verbs = p.add_subparsers(dest="dataset_verb", required=True, metavar="DATASET_VERB")
-    q = verbs.add_parser("from-review", help="an MVTec 3D-AD style class folder from labelled evidence: good parts "
-                                             "to train/validation (a share to test/good), defective to test")
-    q.add_argument("--db", required=True, help=DB_HELP)
-    q.add_argument("--evidence", default=None, metavar="DIR",
-                   help="the evidence root as mounted here (default: each decision's recorded root)")
-    q.add_argument("--out", required=True, metavar="CLASSDIR", help="the class folder to write (replaced when this "
-                                                                    "command wrote it before)")
-    q.add_argument("--merge", default=None, metavar="EXISTING", help="copy this class folder in first")
-    q.add_argument("--node", default=None, help="only the parts of this node (e.g. /cmdr_inspection)")
-    q.add_argument("--holdout", type=float, default=0.2, help="share of the good parts held out to test/good")
-    q.add_argument("--validation", type=float, default=0.2,
-                   help="share of the other good parts to validation/good (the threshold is calibrated on it)")
-    q.add_argument("--seed", type=int, default=0, help="seed of the split of the good parts")
-    q.set_defaults(func=run_from_review)
-
-
-def add_promote_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("new", metavar="NEW.ckpt", help="the candidate model")
     p.add_argument("--current", required=True, metavar="OLD.ckpt", help="the model in service")
     p.add_argument("--data", required=True, metavar="DIR", help="class folder whose test split both are judged on")
@@ -51,22 +30,7 @@ def add_promote_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--swap-timeout", type=float, default=120.0, help="seconds to wait for the node's answer")
 
 
-def run_from_review(args: argparse.Namespace) -> int:
-    from cmdr_ros.learning.from_review import build_dataset, describe  # noqa: PLC0415
-    from cmdr_ros.review.db import ReviewDB  # noqa: PLC0415
-
-    db = ReviewDB(args.db)
-    try:
-        manifest = build_dataset(db, args.out, evidence_dir=args.evidence, merge=args.merge, holdout=args.holdout,
-                                 validation=args.validation, seed=args.seed, node=args.node)
-    finally:
-        db.close()
-    print(describe(manifest))
-    print(f"class folder: {args.out} (which part went where: {Path(args.out) / 'from_review.json'})")
-    return 0
-
-
-def run_promote(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from cmdr_ros.learning import promotion  # noqa: PLC0415
     from cmdr_ros.model.checkpoint import load_checkpoint  # noqa: PLC0415 - torch only for this verb
 

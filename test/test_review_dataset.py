@@ -1,0 +1,95 @@
+"""``cmdr dataset from-review``: a class folder from the parts reviewers labelled, from their evidence: confirmed
+good parts to train/validation (a share spread in time), confirmed defects to test, unsure and unusable parts left
+out with the reason, every sample traceable to its decision; merged with an existing class folder on request."""
+import json
+
+import numpy as np
+import pytest
+from cli_harness import one_line_error
+from review_harness import RUN, decision, make_store
+
+from cmdr_ros.cli.main import main
+from cmdr_ros.data.mvtec3d import MVTec3DClass, load_rgb, load_xyz, write_sample
+from cmdr_ros.evidence import meta_of, part_folder, write_evidence
+from cmdr_ros.review import labels, queries
+
+# seq -> the latest label; 9 has no evidence, 10 kept a scan (Nx3), 11 a cloud of another size than its image
+VERDICTS = {0: "good", 1: "good", 2: "good", 3: "good", 4: "good", 5: "good", 6: "defective", 7: "defective",
+            8: "unsure", 9: "good", 10: "good", 11: "good"}
+
+
+def frame(seq: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seq)
+    return rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), rng.normal(0, 1, (24, 32, 3)).astype(np.float32)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.full_only)])
+def store(request, tmp_path):
+    """(the store's target, the evidence root) with the parts of ``VERDICTS`` labelled."""
+    target = str(tmp_path / "audit.db") if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    root = tmp_path / "evidence"
+    rows = [decision(s, decision="reject" if s in (6, 7) else "pass") for s in range(13)]  # 12: not labelled
+    for row in rows:
+        if row["seq"] == 9:
+            continue
+        rgb, xyz = frame(row["seq"])
+        if row["seq"] == 10:
+            xyz = xyz.reshape(-1, 3)
+        if row["seq"] == 11:
+            xyz = xyz[:20]
+        row["evidence"] = part_folder(row["node"], row["decided_at"], row["run_id"], row["seq"])
+        write_evidence(root, row["evidence"], image=rgb, xyz=xyz, meta=meta_of(row))
+    db = make_store(target, rows)
+    for seq, label in VERDICTS.items():
+        if seq == 2:  # first said defective, then good: the latest counts
+            labels.add_label(db, queries.part(db, RUN, seq), "defective", "vera")
+        labels.add_label(db, queries.part(db, RUN, seq), label, "rita")
+    yield target, root
+    db.close()
+
+
+def test_a_class_folder_from_labelled_evidence(store, tmp_path, capsys):
+    db, root = store
+    out = tmp_path / "reviewed"
+    assert main(["dataset", "from-review", "--db", db, "--evidence", str(root), "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    # the 9 confirmed good parts in time order: 0-5, 9, 10, 11; a share of 0.2 picks the 5th (seq 4) for validation
+    assert summary["samples"] == {"test/review": 2, "train/good": 5, "validation/good": 1}
+    assert summary["labelled"] == 12 and summary["left_out"] == 4
+    data = MVTec3DClass(out)
+    assert [s.sample_id for s in data.samples("train")] == [f"review_{RUN}_{s:08d}" for s in (0, 1, 2, 3, 5)]
+    assert [s.sample_id for s in data.samples("validation")] == [f"review_{RUN}_00000004"]
+    test = data.samples("test")
+    assert [(s.defect, s.label, s.sample_id) for s in test] == [("review", 1, f"review_{RUN}_{s:08d}") for s in (6, 7)]
+    rgb, xyz = frame(6)
+    assert np.array_equal(load_rgb(test[0].rgb_path), rgb) and np.array_equal(load_xyz(test[0].xyz_path), xyz)
+    manifest = json.loads((out / "review_manifest.json").read_text())
+    why = {p["seq"]: p["why"] for p in manifest["left_out"]}
+    assert set(why) == {8, 9, 10, 11} and why[8] == "labelled unsure" and why[9] == "no evidence kept"
+    assert "unorganized scan" in why[10] and "differ" in why[11]
+    first = manifest["parts"][0]
+    assert (first["sample"], first["user"], first["label"]) == (f"train/good/review_{RUN}_00000000", "rita", "good")
+    assert not (tmp_path / "reviewed.partial").exists()
+
+
+def test_merged_with_an_existing_class_folder_and_refusals(store, tmp_path, capsys):
+    db, root = store
+    old = tmp_path / "old"
+    rgb, xyz = frame(99)
+    for split, defect in (("train", "good"), ("validation", "good"), ("test", "good"), ("test", "crack")):
+        write_sample(old, split, defect, "000", rgb, xyz)
+    out = tmp_path / "merged"
+    args = ["dataset", "from-review", "--db", db, "--evidence", str(root), "--out", str(out), "--node", "/cell_a",
+            "--since", "1800000000", "--until", "1800000300", "--validation", "0", "--merge", str(old)]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == {"train/good": 5}  # seq 0-4 in the window
+    data = MVTec3DClass(out)
+    assert len(data.samples("train")) == 6 and len(data.samples("validation")) == 1
+    assert {s.defect for s in data.samples("test")} == {"good", "crack"}
+    assert len(MVTec3DClass(old).samples("train")) == 1  # the merged folder is copied, not changed
+    assert "exists already" in one_line_error(capsys, args)
+    assert "no labelled part" in one_line_error(capsys, ["dataset", "from-review", "--db", db, "--out",
+                                                         str(tmp_path / "none"), "--node", "/cell_b"])
+    elsewhere = [a if a != str(out) else str(tmp_path / "other") for a in args]
+    assert "not a class folder" in one_line_error(capsys, elsewhere[:-1] + [str(tmp_path)])
+    assert not (tmp_path / "other").exists() and not (tmp_path / "other.partial").exists()
