@@ -1,9 +1,9 @@
 """``cmdr promote``: a new model judged against the one in service on the same labelled parts, and the record of it.
 
 Both models are evaluated by ``cmdr eval`` (``run_eval``) on the test split of one class folder (``cmdr dataset
-from-review`` holds out good parts for it), each rejecting at its own calibrated threshold (``judge.is_reject``).
-Figures per model (``Figures``): I-AUROC, false rejects (good parts rejected), misses (defective parts passed), and
-the numbers of good and defective parts.
+from-review --holdout`` holds good parts out for it), each rejecting at its own calibrated threshold
+(``judge.is_reject``). Figures per model (``Figures``): I-AUROC, false rejects (good parts rejected), misses
+(defective parts passed), and the numbers of good and defective parts.
 
 The rule (``verdict``): the new model is promoted only when it is no worse than the current one on all three figures
 (I-AUROC not lower, not more false rejects, not more misses) and better on at least one. A test split without both
