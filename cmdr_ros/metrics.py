@@ -77,6 +77,11 @@ def _auroc(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y_true, scores))
 
 
+def image_auroc(labels: ArrayLike, scores: ArrayLike) -> float:
+    """I-AUROC of image labels (0 good, else defective) and image scores; NaN when only one class is present."""
+    return _auroc(np.asarray(labels) != 0, np.asarray(scores, np.float64))
+
+
 def roc_curve_points(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """ROC curve (fpr, tpr) for plotting; both ``[nan]`` when only one class is present.
 
@@ -289,7 +294,7 @@ def scan_metrics(labels: Sequence[int], scores: Sequence[float], chunk_labels: S
     all their points (labels and scores of the scans that have per-point ground truth). Undefined values are NaN."""
     y = np.concatenate([np.asarray(p, bool) for p in point_labels]) if point_labels else np.zeros(0, bool)
     s = np.concatenate([np.asarray(p, np.float32) for p in point_scores]) if point_scores else np.zeros(0)
-    return {"i_auroc": _auroc(np.asarray(labels) != 0, np.asarray(scores, np.float64)),
+    return {"i_auroc": image_auroc(labels, scores),
             "chunk_i_auroc": _auroc(np.asarray(chunk_labels, bool), np.asarray(chunk_scores, np.float64)),
             "p_auroc": _auroc(y, s)}
 

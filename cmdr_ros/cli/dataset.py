@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--until", default=None, metavar="T", help=f"parts decided before T: {TIME_HELP}")
     q.add_argument("--validation", type=float, default=0.2,
                    help="share of the confirmed good parts for validation/good (calibration), spread in time")
+    q.add_argument("--holdout", type=float, default=0.0,
+                   help="share of the confirmed good parts for test/good (good parts `cmdr promote` judges), spread "
+                        "in time, taken before the validation share")
     q.add_argument("--defect", default="review", help="the test folder of confirmed defects (test/<defect>)")
     q.add_argument("--merge", default=None, metavar="DIR", help="start from a copy of this class folder")
     q.set_defaults(func=run_from_review)
@@ -43,7 +46,7 @@ def run_from_review(args: argparse.Namespace) -> int:
     db = ReviewDB(args.db)
     try:
         summary = from_review(db, args.out, evidence=args.evidence, f=f, validation=args.validation,
-                              defect=args.defect, merge=args.merge)
+                              defect=args.defect, merge=args.merge, holdout=args.holdout)
     finally:
         db.close()
     for folder, n in summary["samples"].items():

@@ -6,7 +6,8 @@ Report folder:
   classes. Frames: I-AUROC, P-AUROC, AUPRO@{0.3,0.1,0.05,0.01} (the exact PRO curve of MVTec's evaluator) and
   ``aupro_paper@0.3`` (the paper's 99-threshold curve, the one comparable with its table), computed on the square
   anomaly maps (the model grid: 224x224 for the paper preset, as the paper evaluates) with ground truth resized by
-  nearest neighbour and thresholded at 0.5, pixel scores normalised by the model's ``pixel_norm``. Scans:
+  nearest neighbour and thresholded at 0.5, pixel scores normalised by the model's ``pixel_norm``; a defective
+  sample without a ``gt/`` mask (``cmdr dataset from-review``) counts in the image-level metrics only. Scans:
   part-level I-AUROC, chunk-level I-AUROC with the reference's 0.25 % chunk label, P-AUROC over every point with
   ground truth;
 * ``scores.csv``: one row per test part (score, decision at the calibrated threshold, truth; scans: points, chunks);
@@ -23,6 +24,7 @@ import argparse
 import csv
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +94,9 @@ def run_eval(data_dir: str | Path, detector: CMDRDetector, out: str | Path, chec
     t0 = time.perf_counter()
     res = evaluate(data_dir, detector, out, cache_dir, no_cache, progress, write_images, resolution)
     classes, keys = {res["name"]: res["metrics"]}, res["keys"]
-    mean = {k: float(np.nanmean([m[k] for m in classes.values()])) for k in keys}
+    with warnings.catch_warnings():  # a metric NaN in every class (e.g. no masks at all) stays NaN, without a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = {k: float(np.nanmean([m[k] for m in classes.values()])) for k in keys}
     report = {"checkpoint": str(checkpoint), "model_id": detector.model_id, "mode": detector.config.mode,
               "grid": detector.config.grid, "map_size": detector.config.map_size, "threshold": detector.threshold,
               "device": detector.runtime, "resolution": pipeline_for(detector).resolution or resolution,

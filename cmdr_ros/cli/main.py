@@ -134,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the parts reviewers labelled")
     dataset.add_arguments(p)
 
+    from cmdr_ros.cli import promote  # noqa: PLC0415 - its handler imports torch, the store, rclpy only when run
+    p = sub.add_parser("promote", help="judge a new model against the current one on the same labelled parts; refuse "
+                                       "a worse one (exit 1), else put it in service (--node) and record it (--db)")
+    promote.add_arguments(p)
+    _add_common_model_args(p)
+    p.set_defaults(func=promote.run)
+
     from cmdr_ros.cli import weights  # noqa: PLC0415 - its handlers import torch only when run
     p = sub.add_parser("weights", help="the paper's pretrained backbones: fetch them from the official URLs, "
                                        "check files")

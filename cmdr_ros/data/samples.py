@@ -23,7 +23,7 @@ class LoadedSample:
     sample: Sample
     rgb: np.ndarray | None  # uint8 HxWx3
     xyz: np.ndarray | None  # float32 HxWx3 after background removal (input geometry)
-    mask: np.ndarray  # bool HxW ground truth (all False for good samples)
+    mask: np.ndarray | None  # bool HxW ground truth (all False for good samples; None: a defect without gt/)
     inp: ModelInput
 
 
@@ -56,8 +56,11 @@ def load_one(s: Sample, config: ModelConfig, cache: PreprocessCache | None) -> L
     except CmdrError as e:
         raise CmdrError(f"{s.xyz_path or s.rgb_path}: {e}") from None
     h, w = inp.frame.height, inp.frame.width
-    mask = load_mask(s.gt_path) if s.gt_path is not None else np.zeros((h, w), bool)
-    if mask.shape != (h, w):
+    if s.gt_path is not None:
+        mask = load_mask(s.gt_path)
+    else:  # a defective sample without a mask (e.g. a confirmed defect of `cmdr dataset from-review`): image level only
+        mask = np.zeros((h, w), bool) if s.label == 0 else None
+    if mask is not None and mask.shape != (h, w):
         raise CmdrError(f"{s.gt_path}: mask {mask.shape} does not match the image {h}x{w}")
     return LoadedSample(s, rgb, xyz, mask, inp)
 

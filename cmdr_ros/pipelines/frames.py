@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
 from cmdr_ros import CmdrError
 from cmdr_ros.judge import NotJudgeable, check_plausible, coverage_of
-from cmdr_ros.metrics import METRIC_KEYS, compute_metrics
+from cmdr_ros.metrics import METRIC_KEYS, compute_metrics, image_auroc
 from cmdr_ros.pipelines.base import MetricSink, Pipeline, TestPart, TrainingData, View
 
 if TYPE_CHECKING:
@@ -21,7 +21,8 @@ class FrameMetrics(MetricSink):
     """The metrics of ``cmdr eval`` / ``cmdr bag eval`` of frames: I-AUROC, P-AUROC and AUPRO (``METRIC_KEYS``) per
     class and per defect. ``resolution`` "model": on the model's square map grid, the masks padded and resized to
     it; "full": at each frame's own resolution, the normalised maps brought back to the input. A part without a
-    mask (truth None) is not scored."""
+    mask (truth None: a confirmed defect of ``cmdr dataset from-review``, a bag without a mask topic) counts in
+    ``i_auroc`` only; the pixel metrics are over the parts that have a mask (NaN when none has)."""
 
     keys = METRIC_KEYS
 
@@ -30,17 +31,19 @@ class FrameMetrics(MetricSink):
             raise CmdrError(f"unknown resolution {resolution!r}: model or full")
         super().__init__()
         self.resolution = resolution
-        self.gts: list[np.ndarray] = []
-        self.pix: list[np.ndarray] = []
-        self.pro: list[np.ndarray] = []
+        self.gts: list[np.ndarray | None] = []
+        self.pix: list[np.ndarray | None] = []
+        self.pro: list[np.ndarray | None] = []
 
     def add(self, pred: Prediction, label: int, defect: str, truth: np.ndarray | None) -> None:
         from cmdr_ros.data.preprocess import SquareFrame, resize_mask
 
-        if truth is None:
-            return
-        frame = SquareFrame.of(*truth.shape)  # the frame's geometry (ModelInput.frame)
-        if self.resolution == "full":
+        frame = None if truth is None else SquareFrame.of(*truth.shape)  # the frame's geometry (ModelInput.frame)
+        if frame is None:
+            self.gts.append(None)
+            self.pix.append(None)
+            self.pro.append(None)
+        elif self.resolution == "full":
             self.gts.append(truth)
             self.pix.append(pred.anomaly_map)
             self.pro.append(frame.to_input(pred.pro_map()).astype(np.float32))
@@ -51,10 +54,19 @@ class FrameMetrics(MetricSink):
             self.pro.append(pred.pro_map())
         super().add(pred, label, defect, truth)
 
+    def masked(self, sel: Sequence[int]) -> list[int]:
+        """The parts of ``sel`` that have a mask."""
+        return [i for i in sel if self.gts[i] is not None]
+
     def of(self, sel: list[int], whole: bool = False) -> dict[str, Any]:
-        """``metrics.compute_metrics`` of the parts ``sel``."""
-        return compute_metrics([self.gts[i] for i in sel], [self.pix[i] for i in sel], [self.labels[i] for i in sel],
-                               [self.scores[i] for i in sel], [self.pro[i] for i in sel])
+        """``metrics.compute_metrics`` of the parts ``sel`` that have a mask; ``i_auroc`` over all of them."""
+        known = self.masked(sel)
+        out = (compute_metrics([self.gts[i] for i in known], [self.pix[i] for i in known],
+                               [self.labels[i] for i in known], [self.scores[i] for i in known],
+                               [self.pro[i] for i in known]) if known else {k: float("nan") for k in self.keys})
+        if len(known) < len(sel):
+            out["i_auroc"] = image_auroc([self.labels[i] for i in sel], [self.scores[i] for i in sel])
+        return out
 
 
 class FramePipeline(Pipeline):
@@ -203,6 +215,9 @@ class FramePipeline(Pipeline):
         from cmdr_ros.metrics import pro_curve
         from cmdr_ros.visualization import plot_curves
 
-        fprs, pros = pro_curve(sink.gts, sink.pro)
+        known = sink.masked(range(len(sink.gts)))
+        if not known:  # no part has a mask: no PRO curve
+            return
+        fprs, pros = pro_curve([sink.gts[i] for i in known], [sink.pro[i] for i in known])
         plot_curves(out / "pro_curve.png", {f"{name} (AUPRO@0.3 {metrics['aupro@0.3']:.3f})": (fprs, pros)},
                     "false positive rate", "per-region overlap", "PRO curve", xlim=0.3)

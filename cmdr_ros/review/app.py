@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cmdr_ros import CmdrError
 from cmdr_ros.audit.report import iso
 from cmdr_ros.audit.schema import COLUMNS
+from cmdr_ros.learning import promotion
 from cmdr_ros.review import auth, files, labels, plots, queries
 from cmdr_ros.review.db import LABELS, ReviewDB, ReviewDBError
 
@@ -239,7 +240,7 @@ def create_app(db: ReviewDB | str, evidence_root: str | None = None, *, https_on
     def dashboard(request: Request) -> Response:
         account(request)
         f = queries.Filters.parse(request.query_params)
-        return page(request, "dashboard.html", f=f, cells=queries.dashboard(db, f))
+        return page(request, "dashboard.html", f=f, cells=queries.dashboard(db, f), promotions=promotion.history(db))
 
     @app.get("/plot/drift.png")
     def drift(request: Request, node: str) -> Response:

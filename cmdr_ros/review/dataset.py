@@ -63,24 +63,36 @@ def _frame(ev) -> tuple[Any, Any, str | None]:
     return rgb, xyz, None
 
 
+def _good_splits(n: int, holdout: float, validation: float) -> list[str]:
+    """The split of each of ``n`` good parts in time order: a ``holdout`` share to test (spread evenly in time), then
+    of the others a ``validation`` share to validation, the rest to train."""
+    held = _validation_picks(n, holdout)
+    rest = [i for i in range(n) if i not in held]
+    val = {rest[j] for j in _validation_picks(len(rest), validation)}
+    return ["test" if i in held else "validation" if i in val else "train" for i in range(n)]
+
+
 def from_review(db: ReviewDB, out: str | Path, *, evidence: str | None = None, f: Filters = Filters(),
-                validation: float = 0.2, defect: str = "review", merge: str | Path | None = None) -> dict[str, Any]:
+                validation: float = 0.2, defect: str = "review", merge: str | Path | None = None,
+                holdout: float = 0.0) -> dict[str, Any]:
     """Write the class folder ``out`` from the labelled parts of ``db`` (``evidence``: the evidence root as mounted
-    here; default each row's recorded root); the summary: samples per split, parts left out and why."""
+    here; default each row's recorded root); the summary: samples per split, parts left out and why. ``holdout``: a
+    share of the good parts to ``test/good`` (``cmdr promote`` judges good parts there)."""
     from cmdr_ros.data.mvtec3d import GOOD, write_sample  # noqa: PLC0415 - tifffile, cv2
 
     out = Path(out)
     if out.exists():
         raise CmdrError(f"--out {out}: exists already (give a new folder)")
-    if not 0.0 <= validation < 1.0:
-        raise CmdrError(f"--validation {validation}: a share from 0 up to (not including) 1")
+    for name, share in (("validation", validation), ("holdout", holdout)):
+        if not 0.0 <= share < 1.0:
+            raise CmdrError(f"--{name} {share}: a share from 0 up to (not including) 1")
     if not defect or defect == GOOD or "/" in defect or defect.startswith("."):
         raise CmdrError(f"--defect {defect!r}: a folder name other than {GOOD!r}")
     if merge is not None and not (Path(merge) / "train" / GOOD).is_dir():
         raise CmdrError(f"--merge {merge}: not a class folder (no train/{GOOD})")
     parts = labelled_parts(db, f)
     goods = [p for p in parts if p["label"] == "good"]
-    picks = _validation_picks(len(goods), validation)
+    good_splits = _good_splits(len(goods), holdout, validation)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     if merge is not None:
@@ -97,7 +109,7 @@ def from_review(db: ReviewDB, out: str | Path, *, evidence: str | None = None, f
                 left_out.append({**key, "why": "labelled unsure"})
                 continue
             if part["label"] == "good":
-                split, folder = ("validation" if good_index in picks else "train"), GOOD
+                split, folder = good_splits[good_index], GOOD
                 good_index += 1
             else:
                 split, folder = "test", defect

@@ -135,6 +135,9 @@ class ReviewDB:
     def has_review_tables(self) -> bool:
         return all(self._columns(t) for t in REVIEW_TABLES)
 
+    def has_table(self, table: str) -> bool:
+        return bool(self._columns(table))
+
     def ensure_schema(self) -> None:
         """Create the station's tables and its session secret where they are missing."""
         t = _TYPES[self.kind]
@@ -147,6 +150,7 @@ class ReviewDB:
              f"labelled_at {t['real']} NOT NULL, note TEXT NOT NULL DEFAULT '')", {}),
             ("CREATE INDEX IF NOT EXISTS labels_part ON labels (run_id, seq)", {}),
             ("CREATE TABLE IF NOT EXISTS review_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)", {}),
+            (promotions_table_sql(self.kind), {}),
         ])
         if not self.rows(f"SELECT value FROM review_meta WHERE key = {self.p('k')}", {"k": "session_secret"}):
             self.write([(f"INSERT INTO review_meta (key, value) VALUES ({self.p('k')}, {self.p('v')})",
@@ -166,6 +170,16 @@ class ReviewDB:
             conn.close()
 
 
+def promotions_table_sql(kind: str) -> str:
+    """The ``promotions`` table (``cmdr promote``, ``cmdr_ros.learning.promotion``): one row per attempt, promoted or
+    refused; ``figures`` is JSON."""
+    t = _TYPES[kind]
+    return (f"CREATE TABLE IF NOT EXISTS promotions ({t['id']}, promoted_at {t['real']} NOT NULL, \"user\" TEXT "
+            "NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL, node TEXT NOT NULL, node_answer TEXT NOT NULL, "
+            "current_model_id TEXT NOT NULL, current_checkpoint TEXT NOT NULL, new_model_id TEXT NOT NULL, "
+            "new_checkpoint TEXT NOT NULL, data TEXT NOT NULL, figures TEXT NOT NULL)")
+
+
 def grants_sql(url: str, role: str) -> str:
     """The SQL that lets database role ``role`` run the station on the database of ``url``: read the decisions
     and the station's tables, add labels; nothing else (no UPDATE, DELETE, or INSERT elsewhere)."""
@@ -177,6 +191,7 @@ def grants_sql(url: str, role: str) -> str:
         f"GRANT CONNECT ON DATABASE {q_db} TO {q_role};",
         f"GRANT USAGE ON SCHEMA public TO {q_role};",
         f"GRANT SELECT ON audit_meta, {TABLE}, {', '.join(REVIEW_TABLES)} TO {q_role};",
+        f"GRANT SELECT ON promotions TO {q_role};",
         f"GRANT INSERT ON labels TO {q_role};",
         f"GRANT USAGE ON SEQUENCE labels_id_seq TO {q_role};",
     ]) + "\n"
