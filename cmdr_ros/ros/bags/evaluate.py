@@ -18,11 +18,11 @@ import numpy as np
 from cmdr_ros import CmdrError
 from cmdr_ros.config import cross_modal
 from cmdr_ros.ros.bags.read import _check_type, _connections, message_class, open_bag
-from cmdr_ros.ros.bags.record import _NS, BagWriter
+from cmdr_ros.ros.bags.record import BagWriter
 from cmdr_ros.ros.bags.tf import bag_tf_lookup, read_tf, tf_summary
-from cmdr_ros.ros.conversions import stamp_ns
+from cmdr_ros.ros.stamps import stamp_ns, stamp_text
 from cmdr_ros.ros.conversions.frames import input_names
-from cmdr_ros.ros.topics import PART_ID, PROFILER, RECORDED, output_topic
+from cmdr_ros.ros.topics import INPUT_TYPES, PART_ID, PROFILER, RECORDED, RECORDED_TYPES, output_topic, type_name
 
 
 class _ByStamp:
@@ -157,11 +157,11 @@ class _Evaluation:
             if self.scan:
                 self.results.write(output_topic("anomaly_cloud"), scan_cloud(frame, verdict.prediction), stamp)
             if self.heatmaps is not None:
-                name = sample.replace("/", "_") if sample else f"{stamp // _NS}.{stamp % _NS:09d}"
+                name = sample.replace("/", "_") if sample else stamp_text(stamp)
                 path = self.heatmaps / f"{name}.png"
                 if not cv2.imwrite(str(path), img):
                     raise CmdrError(f"{path}: OpenCV could not write the heatmap")
-        self.rows.append({"stamp": f"{header.stamp.sec}.{header.stamp.nanosec:09d}", "sample": sample or "",
+        self.rows.append({"stamp": stamp_text(header), "sample": sample or "",
                           "inputs": inputs, "score": verdict.score if verdict.judged else "",
                           "threshold": verdict.threshold, "decision": verdict.decision,
                           "reject": int(verdict.reject), "label": "" if label is None else label,
@@ -287,10 +287,8 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
         gt_topic = RECORDED["gt_points"] if scan else RECORDED["gt"]
     gt_kind = "gt_points" if scan else "gt"
     inputs = [(name, {"image": image_topic, "points": points_topic}[name]) for name in input_names(mode)]
-    types = {"image": "sensor_msgs/msg/Image", "points": "sensor_msgs/msg/PointCloud2",
-             "info": "sensor_msgs/msg/CameraInfo", "gt": "sensor_msgs/msg/Image",
-             "gt_points": "sensor_msgs/msg/PointCloud2", "sample": "std_msgs/msg/String",
-             "part_id": "std_msgs/msg/Header"}
+    types = {kind: type_name(t) for kind, t in
+             {**RECORDED_TYPES, "info": RECORDED_TYPES["camera_info"], "part_id": INPUT_TYPES["part_id"]}.items()}
     t_start = time.perf_counter()
     with open_bag(bag) as reader:
         in_conns = _connections(reader, bag, [t for _, t in inputs])

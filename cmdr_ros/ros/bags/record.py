@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,11 @@ import numpy as np
 
 from cmdr_ros import CmdrError
 from cmdr_ros.ros.conversions import make_header
+from cmdr_ros.ros.stamps import NS_PER_S, paced_stamps
 from cmdr_ros.ros.topics import PROFILER, RECORDED, TF_STATIC
 
 METADATA_VERSION = 8
 STORAGES = ("mcap", "sqlite3")
-_NS = 1_000_000_000
 _INFINITE_NS = 2**63 - 1  # RMW_DURATION_INFINITE, recorded by rosbag2 as sec 9223372036, nsec 854775807
 
 
@@ -35,7 +34,7 @@ def _reliable_qos() -> Any:
     as rosbag2 records it."""
     from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
-    inf = QosTime(_INFINITE_NS // _NS, _INFINITE_NS % _NS)
+    inf = QosTime(*divmod(_INFINITE_NS, NS_PER_S))
     return Qos(QosHistory.KEEP_LAST, 10, QosReliability.RELIABLE, QosDurability.VOLATILE, inf, inf,
                QosLiveliness.AUTOMATIC, inf, False)
 
@@ -47,7 +46,7 @@ def _latched_qos() -> Any:
     message still gets the sensor mount."""
     from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
-    inf = QosTime(_INFINITE_NS // _NS, _INFINITE_NS % _NS)
+    inf = QosTime(*divmod(_INFINITE_NS, NS_PER_S))
     return Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, inf, inf,
                QosLiveliness.AUTOMATIC, inf, False)
 
@@ -157,11 +156,10 @@ def bag_from_dataset(data_dir: str | Path, out: str | Path, storage: str = "mcap
     params = data.camera_parameters()
     info = CameraIntrinsics.from_mvtec_json(params).to_dict() if params is not None else None
     with_gt = any(s.gt_path is not None for s in samples)
-    start = int(start_ns) if start_ns is not None else time.time_ns() // _NS * _NS
+    stamps = paced_stamps(len(samples), rate, start_ns)
     custom = {"cmdr_ros.class": data.name, "cmdr_ros.split": split, "cmdr_ros.rate_hz": repr(float(rate))}
     with BagWriter(out, storage, custom) as bag:
-        for i, s in enumerate(samples):
-            stamp = start + round(i * _NS / rate)
+        for s, stamp in zip(samples, stamps):
             header = make_header(stamp, frame_id)
             rgb, xyz, mask = load_sample(s, need_rgb=s.rgb_path is not None, need_xyz=s.xyz_path is not None)
             h, w = (rgb if rgb is not None else xyz).shape[:2]
@@ -181,7 +179,7 @@ def bag_from_dataset(data_dir: str | Path, out: str | Path, storage: str = "mcap
                 bag.write(RECORDED["gt"], array_to_image(np.where(gt, 255, 0).astype(np.uint8), "mono8", header), stamp)
             bag.write(RECORDED["sample"], String(data=f"{s.defect}/{s.sample_id}"), stamp)
     return {"path": str(out), "storage": storage, "frames": len(samples), "topics": dict(bag.counts),
-            "start_ns": start, "period_s": 1.0 / rate}
+            "start_ns": stamps[0], "period_s": 1.0 / rate}
 
 
 
@@ -204,13 +202,12 @@ def bag_from_scans(data_dir: str | Path, out: str | Path, storage: str = "mcap",
     scans = data.scans(split)
     if not scans:
         raise CmdrError(f"{data.root / split}: no scans to write (expected <defect>/points/NNN.npy|ply|pcd)")
-    start = int(start_ns) if start_ns is not None else time.time_ns() // _NS * _NS
+    stamps = paced_stamps(len(scans), rate, start_ns)
     custom = {"cmdr_ros.class": data.root.name, "cmdr_ros.split": split, "cmdr_ros.rate_hz": repr(float(rate)),
               "cmdr_ros.layout": "scans"}
     with_gt = any(s.gt_path is not None for s in scans)
     with BagWriter(out, storage, custom) as bag:
-        for i, scan in enumerate(scans):
-            stamp = start + round(i * _NS / rate)
+        for scan, stamp in zip(scans, stamps):
             points, labels = scan.load()
             points = np.asarray(points, dtype=np.float32)
             header = make_header(stamp, frame_id)
@@ -220,4 +217,4 @@ def bag_from_scans(data_dir: str | Path, out: str | Path, storage: str = "mcap",
                 truth = np.zeros(len(points), np.float32) if labels is None else labels.astype(np.float32)
                 bag.write(RECORDED["gt_points"], xyz_to_pointcloud2(points, header, intensity=truth), stamp)
     return {"path": str(out), "storage": storage, "frames": len(scans), "topics": dict(bag.counts),
-            "start_ns": start, "period_s": 1.0 / rate}
+            "start_ns": stamps[0], "period_s": 1.0 / rate}

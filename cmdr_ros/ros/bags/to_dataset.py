@@ -9,7 +9,7 @@ from typing import Any
 from cmdr_ros import CmdrError
 from cmdr_ros.ros.bags.read import _check_type, _connections, message_class, open_bag
 from cmdr_ros.ros.bags.tf import recorded_tf
-from cmdr_ros.ros.conversions import stamp_ns
+from cmdr_ros.ros.stamps import stamp_ns
 from cmdr_ros.ros.conversions.frames import mode_of
 from cmdr_ros.ros.topics import CAMERA, PROFILER, RECORDED
 

@@ -1,4 +1,4 @@
-"""What every conversion shares: the error type, stamps and headers, message payload buffers."""
+"""What every conversion shares: the error type, headers, message payload buffers (stamps: ``ros/stamps.py``)."""
 from __future__ import annotations
 
 import array
@@ -8,25 +8,17 @@ import numpy as np
 from std_msgs.msg import Header
 
 from cmdr_ros import CmdrError
+from cmdr_ros.ros.stamps import set_stamp
 
 
 class ConversionError(CmdrError):
     """A ROS message (or array to be published) whose layout or content cannot be converted."""
 
 
-NS_PER_S = 1_000_000_000
-
-
-def stamp_ns(stamp: Any) -> int:
-    """A builtin_interfaces/Time, or a message header holding one, in integer nanoseconds."""
-    stamp = getattr(stamp, "stamp", stamp)
-    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
-
-
 def make_header(stamp: int, frame_id: str) -> Header:
     """A std_msgs/Header at ``stamp`` nanoseconds."""
     h = Header(frame_id=frame_id)
-    h.stamp.sec, h.stamp.nanosec = stamp // NS_PER_S, stamp % NS_PER_S
+    set_stamp(h.stamp, stamp)
     return h
 
 

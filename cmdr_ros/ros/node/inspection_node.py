@@ -35,7 +35,6 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo
-from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from cmdr_ros import CmdrError
@@ -351,11 +350,12 @@ class InspectionNode(LifecycleNode):
             self.get_logger().error(self._state_text)
             return TransitionCallbackReturn.FAILURE
         if cross_modal(self.mode) or "depth" in self._inputs:
-            self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_info, copy.copy(qos),
-                                                      event_callbacks=events, callback_group=self._input_group,
+            self._info_sub = self.create_subscription(topics.INPUT_TYPES["camera_info"], "camera_info", self._on_info,
+                                                      copy.copy(qos), event_callbacks=events,
+                                                      callback_group=self._input_group,
                                                       qos_overriding_options=OVERRIDABLE)
-        self._part_sub = self.create_subscription(Header, "part_id", self._engine.part_ids.add, qos,
-                                                  callback_group=self._input_group)
+        self._part_sub = self.create_subscription(topics.INPUT_TYPES["part_id"], "part_id", self._engine.part_ids.add,
+                                                  qos, callback_group=self._input_group)
         self._watch_timer = self.create_timer(WATCH_PERIOD_S, self._watch, callback_group=self._watch_group,
                                               clock=steady_clock())
         self._closing = False

@@ -19,6 +19,7 @@ from cmdr_ros.ros.conversions import array_to_image, xyz_to_pointcloud2
 from cmdr_ros.ros.conversions.frames import Frame
 from cmdr_ros.ros.topics import MAPS
 from cmdr_ros.ros.node.typed_decision import class_of, classification
+from cmdr_ros.ros.stamps import stamp_text
 from cmdr_ros.visualization import depth_rendering, overlay, scan_maps
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def result_values(header: Any, verdict: Verdict, frame: Frame | None, *, seq: in
     if seq is not None:
         kv["seq"] = str(seq)
     if header is not None:
-        kv["stamp"] = f"{header.stamp.sec}.{header.stamp.nanosec:09d}"
+        kv["stamp"] = stamp_text(header)
     kv.update(verdict_values(verdict))
     kv["inputs"] = inputs
     kv.update(extra or {})

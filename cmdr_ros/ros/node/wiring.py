@@ -7,7 +7,6 @@ from typing import Any, Mapping
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
 from cmdr_ros.ros import topics
 from cmdr_ros.ros.node import typed_decision
@@ -25,9 +24,9 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durabi
                          history=HistoryPolicy.KEEP_LAST)  # ~/vision_info, ~/ready: a late subscriber gets the value in force
 
 
-# input.cloud -> the cloud input's (message type, topic): a PointCloud2, a raw depth image, or a depth image through
+# input.cloud -> the cloud input's topic: a PointCloud2, a raw depth image, or a depth image through
 # image_transport's compressedDepth (a CompressedImage, "16UC1|32FC1; compressedDepth png|rvl")
-CLOUD_INPUT = {"points": (PointCloud2, "points"), "depth": (Image, "depth"), "compressedDepth": (CompressedImage, "depth")}
+CLOUD_TOPIC = {"points": "points", "depth": "depth", "compressedDepth": "depth"}
 
 
 def steady_clock() -> Any:
@@ -68,10 +67,11 @@ class ReadyState:
 
 
 def input_topics(mode: str, image_transport: str = "raw", cloud: str = "points") -> list[tuple[type, str]]:
-    """(message type, topic) of each synchronized input of ``mode``."""
-    image = CompressedImage if image_transport == "compressed" else Image
-    inputs = {"image": (image, "image"), "points": CLOUD_INPUT[cloud]}
-    return [inputs[name] for name in input_names(mode)]
+    """(message type, topic) of each synchronized input of ``mode`` (types: ``topics.INPUT_TYPES``)."""
+    topic = {"image": "image", "points": CLOUD_TOPIC[cloud]}
+    compressed = {"image": image_transport == "compressed", "points": cloud == "compressedDepth"}
+    return [(topics.COMPRESSED_TYPE if compressed[name] else topics.INPUT_TYPES[topic[name]], topic[name])
+            for name in input_names(mode)]
 
 
 def input_qos(depth: int, reliability: str) -> QoSProfile:
@@ -82,7 +82,7 @@ def input_qos(depth: int, reliability: str) -> QoSProfile:
 def output_keys(values: Mapping[str, Any]) -> list[str]:
     """The outputs the node publishes with parameter ``values``: the decisions always, each map when enabled (the
     typed outputs: ``typed_outputs``)."""
-    return list(topics.DECISIONS) + [key for key in topics.MAPS if values[f"output.{key}"]]
+    return list(topics.DECISION_OUTPUTS) + [key for key in topics.MAPS if values[f"output.{key}"]]
 
 
 def create_outputs(node: Any, values: Mapping[str, Any]) -> dict[str, Any]:
