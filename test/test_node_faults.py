@@ -814,7 +814,7 @@ def _inprocess_node(ros: RosSide, checkpoint: str, wait_active: bool = True):
         if spinner is not None:
             spinner.join(timeout=10)
         if node is not None:
-            node._teardown()
+            node.teardown()
             node.destroy_node()
         rclpy.shutdown(context=ctx)
         _poll(lambda: not any(p.get_subscription_count() for p in (ros.image_pub, ros.points_pub)),
@@ -857,7 +857,7 @@ def test_inference_raising_mid_stream_is_an_internal_fail_safe(ros, models, fram
 
 
 def test_teardown_decides_every_part_still_held(ros, models, frames, monkeypatch):
-    """Deterministic: the sequence main() runs at a signal (settle_all, executor.shutdown, _teardown) with a part and a
+    """Deterministic: the sequence main() runs at a signal (settle_all, executor.shutdown, teardown) with a part and a
     lone image that arrived after settle_all, while the inference of an earlier part is still running."""
     with _inprocess_node(ros, models["rgbd"]["checkpoint"]) as (node, executor):
         real_predict = node.detector.predict
@@ -877,12 +877,12 @@ def test_teardown_decides_every_part_still_held(ros, models, frames, monkeypatch
         _poll(lambda: node.snapshot()["waiting"] >= 1 and node.snapshot()["pending_sync"] >= 1,
               "the later part queued and the lone image held by the synchronizer")
         executor.shutdown(timeout_sec=5)
-        node._teardown()
+        node.teardown()
         with ros.cond:
             ros.cond.wait_for(lambda: ros.results_for(later) and ros.results_for(lone), timeout=5)
         answered = {"later part": ros.results_for(later), "lone image": ros.results_for(lone)}
         print(f"\nteardown after settle_all: {({k: [v.get('error', 'judged') for v in r] for k, r in answered.items()})}")
-        assert all(answered.values()), f"parts held by the node at _teardown got no result: {answered}"
+        assert all(answered.values()), f"parts held by the node at teardown got no result: {answered}"
         for r in answered.values():
             _check_fail_safe(r[0], {"shutdown"})
 
@@ -904,7 +904,7 @@ def test_a_transition_that_raises_fails_cleanly_and_says_why(ros, models, frames
 
         monkeypatch.setattr(node_module, "make_synchronizer", broken)
         assert node.trigger_activate() == TransitionCallbackReturn.FAILURE
-        assert node._state_text.startswith("cannot activate: RuntimeError: simulated middleware failure")
+        assert node.state_text.startswith("cannot activate: RuntimeError: simulated middleware failure")
         assert node._sync is None and node._watch_timer is None
         d = ros.diagnostics(lambda v: v.get("state", "").startswith("cannot activate"), "the failed activate")
         assert d["_level"] == DiagnosticStatus.ERROR and "simulated" in d["_message"], d
@@ -937,7 +937,7 @@ def test_services_answer_during_a_long_configure(ros, models, monkeypatch):
             assert entered.wait(60), "configure never started"
             assert _get_state(ros, get) == State.TRANSITION_STATE_CONFIGURING  # answered while configure blocks
             assert ros.set_parameter("threshold", 2.5) == (True, "")
-            assert node._state_text == "unconfigured"
+            assert node.state_text == "unconfigured"
             gate.set()
             _poll(lambda: node.lifecycle_state == "active", "the node active after the slow configure")
             assert node.judge.threshold == 2.5

@@ -28,7 +28,7 @@ from cmdr_ros import CmdrError
 from cmdr_ros.model.training import train_model
 from cmdr_ros.config import preset
 from cmdr_ros.data.synthetic import generate_dataset, generate_profilometer_dataset, generate_scan_dataset
-from cmdr_ros.report import PartRow, format_rows, format_summary, summarize, write_html
+from cmdr_ros.run_report import PartRow, format_rows, format_summary, summarize, write_html
 from cmdr_ros.ros.dds_profile import use_large_message_profile
 from cmdr_ros.ros.topics import CAMERA, PROFILER, RECORDED
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from cmdr_ros import CmdrError
 from cmdr_ros.config import cross_modal
-from cmdr_ros.ros.bags.read import _check_type, _connections, message_class, open_bag
+from cmdr_ros.ros.bags.read import check_type, connections, message_class, open_bag
 from cmdr_ros.ros.bags.record import BagWriter
 from cmdr_ros.ros.bags.tf import bag_tf_lookup, read_tf, tf_summary
 from cmdr_ros.ros.stamps import stamp_ns, stamp_text
@@ -97,7 +97,7 @@ class _Evaluation:
     def __init__(self, judge: Any, params: dict[str, Any], inputs: list[str], aux: _Aux, slop_ns: int,
                  results: BagWriter, heatmaps: Path | None) -> None:
         self.judge, self.params, self.inputs, self.aux, self.slop_ns = judge, params, inputs, aux, slop_ns
-        self.det = judge.judge_.detector
+        self.det = judge.detector
         self.results, self.heatmaps = results, heatmaps
         self.seq = 0
         self.rows: list[dict[str, Any]] = []
@@ -124,7 +124,7 @@ class _Evaluation:
         from cmdr_ros.ros.node.frame_judge import unmatched_reason
 
         name = self.inputs[index]
-        verdict = self.judge.judge_.not_judged(*unmatched_reason(name, self.inputs, why,
+        verdict = self.judge.not_judged(*unmatched_reason(name, self.inputs, why,
                                                                  float(self.params["sync.timeout"])))
         stamp = stamp_ns(msg.header)
         self._write(msg.header, stamp, self.aux.samples.nearest(stamp, self.slop_ns), name, None, verdict, None,
@@ -291,12 +291,12 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
              {**RECORDED_TYPES, "info": RECORDED_TYPES["camera_info"], "part_id": INPUT_TYPES["part_id"]}.items()}
     t_start = time.perf_counter()
     with open_bag(bag) as reader:
-        in_conns = _connections(reader, bag, [t for _, t in inputs])
+        in_conns = connections(reader, bag, [t for _, t in inputs])
         aux_topics = {k: t for k, t in (("info", info_topic), (gt_kind, gt_topic), ("sample", sample_topic),
                                         ("part_id", part_id_topic))
                       if t in reader.topics and (k != "info" or cross_modal(mode))}
         for kind, topic in [*inputs, *aux_topics.items()]:
-            _check_type(reader, bag, topic, types[kind])
+            check_type(reader, bag, topic, types[kind])
         transforms = read_tf(reader, bag) if params["use_tf"] else []
         judge = FrameJudge.from_params(detector, params, bag_tf_lookup(transforms))
         aux = read_aux(reader, aux_topics)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cmdr_ros import CmdrError
-from cmdr_ros.ros.bags.read import _connections, message_class, open_bag
+from cmdr_ros.ros.bags.read import connections, message_class, open_bag
 from cmdr_ros.ros.dds_profile import use_large_message_profile
 from cmdr_ros.ros.stamps import NS_PER_S, set_stamp
 from cmdr_ros.ros.topics import CLOCK, TF_STATIC
@@ -151,7 +151,7 @@ def play_bag(path: str | Path, rate: float = 1.0, loop: bool = False, topics: Se
     interrupted = False
     with open_bag(path) as reader:
         chosen = list(topics) if topics else sorted(reader.topics)
-        conns = _connections(reader, Path(path), chosen)
+        conns = connections(reader, Path(path), chosen)
         if clock and CLOCK in (renames.get(t, t) for t in chosen):
             raise CmdrError(f"{path}: the bag has its own {CLOCK}; leave it out (--topics) or play without --clock")
         types = {t: reader.topics[t].msgtype for t in chosen}

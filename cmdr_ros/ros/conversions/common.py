@@ -22,27 +22,28 @@ def make_header(stamp: int, frame_id: str) -> Header:
     return h
 
 
-def _buffer(data: Any) -> np.ndarray:
+def byte_buffer(data: Any) -> np.ndarray:
     """The message's ``data`` (array.array, bytes, memoryview, ndarray or list) as a flat uint8 array."""
     if isinstance(data, (bytes, bytearray, memoryview, array.array, np.ndarray)):
         return np.frombuffer(data, dtype=np.uint8)
     return np.asarray(data, dtype=np.uint8)
 
 
-def _sized_buffer(data: Any, expected: int, what: str, formula: str) -> np.ndarray:
+def sized_buffer(data: Any, expected: int, what: str, formula: str) -> np.ndarray:
     """The message payload as uint8, or a ConversionError when its length is not ``expected`` bytes."""
-    buf = _buffer(data)
+    buf = byte_buffer(data)
     if buf.size != expected:
         raise ConversionError(f"{what} has {buf.size} bytes, expected {formula} = {expected}")
     return buf
 
 
-def _payload(arr: np.ndarray) -> array.array:
+def payload_bytes(arr: np.ndarray) -> array.array:
     """Bytes of a C-contiguous array as the ``array('B')`` that rclpy stores (a memcpy, no per-byte check)."""
     out = array.array("B")
     out.frombytes(np.ascontiguousarray(arr).tobytes())
     return out
 
 
-def _with_order(base: str, bigendian: bool) -> np.dtype:
+def with_byte_order(base: str, bigendian: bool) -> np.dtype:
+    """The numpy dtype ``base`` in the message's byte order (``is_bigendian``)."""
     return np.dtype(base).newbyteorder(">" if bigendian else "<")

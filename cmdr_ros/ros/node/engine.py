@@ -137,7 +137,7 @@ class DecisionEngine:
         """The fail-safe verdict (the judge's on_error; without a judge, the parameter's)."""
         judge = self.judge_of()
         if judge is not None:
-            return judge.judge_.not_judged(kind, reason)
+            return judge.not_judged(kind, reason)
         return Verdict(False, self.param("on_error"), None, kind=kind, reason=reason)
 
     def fail(self, part: Part, kind: str, reason: str) -> None:

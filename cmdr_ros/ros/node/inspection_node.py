@@ -107,7 +107,7 @@ class InspectionNode(LifecycleNode):
         self._idle = InputIdle()
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
-        self._state_text = "unconfigured"
+        self.state_text = "unconfigured"  # what the node says of its state (log, /diagnostics)
         self._watch_group = MutuallyExclusiveCallbackGroup()
         self._input_group = ReentrantCallbackGroup()
         self._watch_timer = None
@@ -156,7 +156,7 @@ class InspectionNode(LifecycleNode):
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         judge = self.judge
         answer = check_set(params, configured=self.detector is not None,
-                           resolve_threshold=judge.judge_.resolve_threshold if judge is not None else None)
+                           resolve_threshold=judge.resolve_threshold if judge is not None else None)
         if not answer.ok:  # logged by set_parameters_atomically
             return SetParametersResult(successful=False, reason=answer.problem)
         if (ckpt := next((p for p in params if p.name == "checkpoint"), None)) is not None:
@@ -181,15 +181,15 @@ class InspectionNode(LifecycleNode):
         ok = self.trigger_configure() == TransitionCallbackReturn.SUCCESS
         ok = ok and self.trigger_activate() == TransitionCallbackReturn.SUCCESS
         if not ok:
-            self.get_logger().error(f"autostart failed ({self._state_text}): exiting with status 1")
+            self.get_logger().error(f"autostart failed ({self.state_text}): exiting with status 1")
             self._publish_diagnostics()
             self.exit_code = 1
         else:
-            self.get_logger().info(f"autostart: {self._state_text}")
+            self.get_logger().info(f"autostart: {self.state_text}")
 
     def _refuse(self, why: str) -> TransitionCallbackReturn:
-        self._state_text = f"cannot configure: {why}"
-        self.get_logger().error(self._state_text)
+        self.state_text = f"cannot configure: {why}"
+        self.get_logger().error(self.state_text)
         self.detector, self.judge = None, None
         self._publish_diagnostics()
         return TransitionCallbackReturn.FAILURE
@@ -202,13 +202,13 @@ class InspectionNode(LifecycleNode):
             return transition(state)
         except Exception as e:  # noqa: BLE001 - any failure of a transition must be reported, not lost
             self._ready.set(False)
-            self._state_text = f"cannot {name}: {type(e).__name__}: {e}"
-            self.get_logger().error(f"{self._state_text}\n{traceback.format_exc(limit=5)}")
+            self.state_text = f"cannot {name}: {type(e).__name__}: {e}"
+            self.get_logger().error(f"{self.state_text}\n{traceback.format_exc(limit=5)}")
             try:
                 if name == "activate":
                     self._unsubscribe()
                 elif name == "configure":
-                    self._teardown()
+                    self.teardown()
             except Exception as cleanup_error:  # noqa: BLE001 - report the first cause, not the clean-up's
                 self.get_logger().error(f"releasing after the failed {name}: {cleanup_error}")
             self._publish_diagnostics()
@@ -260,7 +260,7 @@ class InspectionNode(LifecycleNode):
                                         name="cmdr_inference", daemon=True)
         self._worker.start()
         self._engine.reset_stats()
-        self._state_text = "configured"
+        self.state_text = "configured"
         self.get_logger().info(
             f"configured: mode {self.mode}, model {self.detector.model_id}, device {self.detector.runtime}, "
             f"threshold {self.judge.threshold:.4f}, time budget {values['time_budget']:g} s, "
@@ -346,8 +346,8 @@ class InspectionNode(LifecycleNode):
                                            on_drop=self._on_orphan, callback_group=self._input_group,
                                            subscription_options={"qos_overriding_options": OVERRIDABLE})
         except CmdrError as e:
-            self._state_text = f"cannot activate: {e}"
-            self.get_logger().error(self._state_text)
+            self.state_text = f"cannot activate: {e}"
+            self.get_logger().error(self.state_text)
             return TransitionCallbackReturn.FAILURE
         if cross_modal(self.mode) or "depth" in self._inputs:
             self._info_sub = self.create_subscription(topics.INPUT_TYPES["camera_info"], "camera_info", self._on_info,
@@ -360,7 +360,7 @@ class InspectionNode(LifecycleNode):
                                               clock=steady_clock())
         self._closing = False
         self._idle.reset()  # inputs received, and when that count last changed
-        self._state_text = "active"
+        self.state_text = "active"
         self.get_logger().info(f"active: subscribed to {', '.join(self.resolve_topic_name(t) for t in self._inputs)}"
                                f" ({self._p('input.reliability')}, sync backend {self._sync.backend})")
         result = super().on_activate(state)  # the lifecycle publishers first: then ready
@@ -375,7 +375,7 @@ class InspectionNode(LifecycleNode):
     def _deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.stop_and_settle("shutdown", "the node was deactivated before this part was judged")
         self._free_gpu()
-        self._state_text = "inactive"
+        self.state_text = "inactive"
         return super().on_deactivate(state)
 
     def _unsubscribe(self) -> None:
@@ -398,7 +398,10 @@ class InspectionNode(LifecycleNode):
 
             torch.cuda.empty_cache()
 
-    def _teardown(self) -> None:
+    def teardown(self) -> None:
+        """Release what configure created (cleanup, a failed configure, and ``main`` at exit): every part still held
+        gets its fail-safe decision, the inference thread stops, the last decisions go out, then the audit store, the
+        publishers and the model are released."""
         self.stop_and_settle("shutdown", "the node shut down before this part was judged")
         self._stop.set()
         self._engine.queue.wake()
@@ -419,9 +422,9 @@ class InspectionNode(LifecycleNode):
         self.detector, self.judge = None, None
 
     def _cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
+        self.teardown()
         self._tf.release()
-        self._state_text = "unconfigured"
+        self.state_text = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -429,7 +432,7 @@ class InspectionNode(LifecycleNode):
 
     def _shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.stop_and_settle("shutdown", "the node shut down before this part was judged")
-        self._teardown()
+        self.teardown()
         return TransitionCallbackReturn.SUCCESS
 
     # ---------------------------------------------------------------- inputs
@@ -533,7 +536,7 @@ class InspectionNode(LifecycleNode):
             model = {"threshold": judge.threshold, "model_id": det.model_id, "device": det.runtime}
         hw_id = hardware_id(self._p("hardware_id"), fqn)
         arr = DiagnosticArray(status=[
-            node_status(s, state=self._state_text, judging=judge is not None, time_budget=float(self._p("time_budget")),
+            node_status(s, state=self.state_text, judging=judge is not None, time_budget=float(self._p("time_budget")),
                         found=self._faults(s, det), mode=self.mode, name=status_name(fqn, "node"), hw_id=hw_id,
                         **model),
             audit_status(audit.health() if audit is not None else None, enabled=bool(self._p("audit.enabled")),
