@@ -893,22 +893,22 @@ def test_a_transition_that_raises_fails_cleanly_and_says_why(ros, models, frames
     transition created, reports it on /diagnostics (ERROR) and the transition fails: a later one can succeed."""
     from rclpy.lifecycle import TransitionCallbackReturn
 
-    from cmdr_ros.ros.node import inspection_node as node_module
+    from cmdr_ros.ros.node import inputs as inputs_module  # where the node makes its synchronizer
 
     with _inprocess_node(ros, models["rgbd"]["checkpoint"]) as (node, _):
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-        real = node_module.make_synchronizer
+        real = inputs_module.make_synchronizer
 
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("simulated middleware failure")
 
-        monkeypatch.setattr(node_module, "make_synchronizer", broken)
+        monkeypatch.setattr(inputs_module, "make_synchronizer", broken)
         assert node.trigger_activate() == TransitionCallbackReturn.FAILURE
         assert node.state_text.startswith("cannot activate: RuntimeError: simulated middleware failure")
-        assert node._sync is None and node._watch_timer is None
+        assert node.inputs.sync is None and node._watch_timer is None
         d = ros.diagnostics(lambda v: v.get("state", "").startswith("cannot activate"), "the failed activate")
         assert d["_level"] == DiagnosticStatus.ERROR and "simulated" in d["_message"], d
-        monkeypatch.setattr(node_module, "make_synchronizer", real)
+        monkeypatch.setattr(inputs_module, "make_synchronizer", real)
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         _poll(lambda: ros.image_pub.get_subscription_count() >= 1 and ros.points_pub.get_subscription_count() >= 1,
               "the node subscribed again")
@@ -956,7 +956,7 @@ def test_diagnostics_faults_are_levels_not_decisions():
     from cmdr_ros.ros.node.inspection_node import InspectionNode
 
     params = {"diagnostics.stale_after": 2.0, "time_budget": 5.0, "diagnostics.window": 60.0, "sync.timeout": 1.0}
-    node = SimpleNamespace(_p=params.get, _sync=object())
+    node = SimpleNamespace(_p=params.get, inputs=SimpleNamespace(sync=object()))
     s = {"qos_incompatible": 0, "input_idle_s": 0.0, "not_judged": {}, "unsent": 0, "unsent_s": 0.0,
          "recent_faults": {}, "late_inputs": {}, "qos_incompatible_now": {}}
 

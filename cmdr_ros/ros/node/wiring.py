@@ -1,16 +1,21 @@
-"""The inspection node on the wire: which inputs it subscribes to for a mode, which outputs it publishes, and with
-which QoS (topic names: ``topics.py``)."""
+"""The inspection node on the wire: its parameters' declarations, which inputs it subscribes to for a mode, which
+outputs it publishes, and with which QoS (topic names: ``topics.py``)."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 
 from cmdr_ros.ros import topics
 from cmdr_ros.ros.node import typed_decision
+from cmdr_ros.ros.node.parameters import PARAMETERS, coerce_overrides, descriptor, refusal
 from cmdr_ros.ros.conversions.frames import input_names
+
+if TYPE_CHECKING:
+    from rclpy.node import Node
 
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 DIAGNOSTICS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
@@ -27,6 +32,27 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durabi
 # input.cloud -> the cloud input's topic: a PointCloud2, a raw depth image, or a depth image through
 # image_transport's compressedDepth (a CompressedImage, "16UC1|32FC1; compressedDepth png|rvl")
 CLOUD_TOPIC = {"points": "points", "depth": "depth", "compressedDepth": "depth"}
+OPTIONAL_TYPE = {"extrinsics": Parameter.Type.DOUBLE_ARRAY}  # parameters without a default: unset unless given
+
+
+def declare_parameters(node: Node) -> list[str]:
+    """Declare every parameter of ``parameters.PARAMETERS`` on ``node`` with the values given at start (coerced:
+    ``threshold:=3`` is a double). A value ROS itself refuses (range, type) is logged, its default declared instead,
+    and returned as "name: why" (configure then refuses to run with it)."""
+    problems = []
+    overrides = getattr(node, "_parameter_overrides", None)  # rclpy keeps the start values here
+    coerce_overrides(overrides)
+    for name, (default, _, _) in PARAMETERS.items():
+        value = OPTIONAL_TYPE[name] if default is None else default
+        try:
+            node.declare_parameter(name, value, descriptor(name))
+        except Exception as e:  # noqa: BLE001 - rclpy raises several kinds; configure reports them
+            given = getattr((overrides or {}).get(name), "value", None)
+            problem = refusal(name, given, str(e).splitlines()[0][:200])
+            problems.append(f"{name}: {problem}")
+            node.get_logger().error(f"parameter refused at start: {problem}")
+            node.declare_parameter(name, value, descriptor(name), ignore_override=True)
+    return problems
 
 
 def steady_clock() -> Any:
