@@ -23,24 +23,12 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 
-from cmdr_ros.ros.topics import INPUTS, NODE_NAME
+from cmdr_ros.ros.launch_arguments import override_arguments
+from cmdr_ros.ros.node.parameters import NODE_NAME
+from cmdr_ros.ros.topics import INPUTS
 
-# launch argument: (node parameter, type, description). Empty = not given: the params file decides.
-OVERRIDES = {
-    "checkpoint": ("checkpoint", str, "trained model file (.ckpt from `cmdr train`)"),
-    "mode": ("mode", str, "auto (the checkpoint's) | rgbd | 3d | 2d"),
-    "device": ("device", str, "auto (CUDA when present) | cpu | cuda | cuda:N"),
-    "threshold": ("threshold", float, "reject threshold; < 0 uses the checkpoint's calibrated one"),
-    "autostart": ("autostart", bool, "configure and activate the lifecycle node by itself"),
-    "input_reliability": ("input.reliability", str, "input QoS: reliable | best_effort (match the sensor drivers)"),
-    "image_transport": ("input.image_transport", str, "raw (sensor_msgs/Image) | compressed (sensor_msgs/"
-                        "CompressedImage on `image`)"),
-    "cloud": ("input.cloud", str, "points (PointCloud2 on `points`) | depth (depth image on `depth` + camera_info)"),
-    "audit_database": ("audit.database", str, "audit store: SQLite file or postgresql://...; several nodes may "
-                       "share one"),
-    "hardware_id": ("hardware_id", str, "/diagnostics hardware_id: the cell or sensor"),
-    "use_sim_time": ("use_sim_time", bool, "follow /clock (replaying a bag with --clock)"),
-}
+# the launch arguments that override a node parameter: cmdr_ros.ros.launch_arguments (empty = not given: the params
+# file decides); the launch's own arguments:
 ARGS = {
     "node_name": (NODE_NAME, "node name (its outputs are ~/result ...: /NAMESPACE/NODE_NAME/result)"),
     "namespace": ("", "namespace of the node and its relative topics"),
@@ -62,7 +50,7 @@ ARGS = {
 def parameter_overrides(values: dict) -> dict:
     """The node parameters given as launch arguments, typed; the ones left empty are not overridden."""
     out: dict[str, Any] = {}
-    for arg, (param, kind, _) in OVERRIDES.items():
+    for arg, (param, kind, _) in override_arguments().items():
         raw = str(values.get(arg, "")).strip()
         if raw == "":
             continue
@@ -217,7 +205,8 @@ def declare_arguments(share: str, own: dict | None = None, without: tuple = ()) 
     value), ARGS and params_file, except the names in ``without`` (two_cameras.launch.py declares those per
     camera)."""
     own = own or {}
-    table = {name: ("", f"{text} (empty: the params file's value)") for name, (_, _, text) in OVERRIDES.items()}
+    table = {name: ("", f"{text} (empty: the params file's value)")
+             for name, (_, _, text) in override_arguments().items()}
     table.update(ARGS)
     table["params_file"] = (os.path.join(share, "config", "inspection.yaml"),
                             "node parameters YAML (defaults: config/inspection.yaml)")

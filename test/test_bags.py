@@ -396,7 +396,7 @@ def _assert_node_outputs(bag: Path, det, out: Path, params=None, topics=None) ->
     enable (``params``) and no other, field for field (``~/result``: every value but the timings). ``topics``: input
     name -> topic (default: the recorded camera's; every stamp holds one complete set)."""
     from cmdr_ros.config import cross_modal
-    from cmdr_ros.ros.conversions import stamp_ns
+    from cmdr_ros.ros.stamps import stamp_ns
     from cmdr_ros.ros.conversions.frames import input_names
     from cmdr_ros.ros.node.frame_judge import FrameJudge
     from cmdr_ros.ros.node.outputs import decision_messages, map_messages, result_values

@@ -49,8 +49,9 @@ class NamedJudge:
         self.model_id, self.gate = model_id, gate
         self.entered = threading.Event()
         self.judged: list[int] = []
-        self.judge_ = SimpleNamespace(not_judged=lambda kind, reason: Verdict(False, "reject", 1.0, kind=kind,
-                                                                               reason=reason))
+
+    def not_judged(self, kind: str, reason: str) -> Verdict:
+        return Verdict(False, "reject", 1.0, kind=kind, reason=reason)
 
     def judge(self, msgs: dict[str, Any], info: Any) -> tuple[None, Verdict]:
         self.entered.set()

@@ -71,14 +71,14 @@ def test_a_failing_shutdown_is_reported_not_swallowed(monkeypatch):
         def broken_teardown():
             raise RuntimeError("simulated release failure")
 
-        monkeypatch.setattr(node, "_teardown", broken_teardown)
+        monkeypatch.setattr(node, "teardown", broken_teardown)
         assert node.trigger_shutdown() == TransitionCallbackReturn.FAILURE
-        assert node._state_text == "cannot shutdown: RuntimeError: simulated release failure"
+        assert node.state_text == "cannot shutdown: RuntimeError: simulated release failure"
         assert any("cannot shutdown: RuntimeError: simulated release failure" in m for m in logged)
         monkeypatch.undo()
     finally:
         if node is not None:
-            node._teardown()
+            node.teardown()
             node.destroy_node()
         rclpy.shutdown(context=ctx)
 

@@ -114,7 +114,7 @@ def test_run_time_changes_are_applied_to_the_frame_judge():
               Parameter("extrinsics", value=[0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]),
               Parameter("raster_resolution", value=0.01), Parameter("cloud_registered", value=True),
               Parameter("device", value="cuda")])
-    assert fj.threshold == 2.0 and fj.judge_.settings.on_error == "pass" and fj.judge_.settings.max_range == 10.0
+    assert fj.threshold == 2.0 and fj.settings.on_error == "pass" and fj.settings.max_range == 10.0
     assert fj.extrinsics[0, 3] == pytest.approx(0.1) and fj.raster_resolution == 0.01 and fj.registered
     fj.apply([Parameter("extrinsics", Parameter.Type.NOT_SET)])
     assert fj.extrinsics is None

@@ -792,7 +792,7 @@ def _inprocess_node(ros: RosSide, checkpoint: str, wait_active: bool = True):
         if spinner is not None:
             spinner.join(timeout=10)
         if node is not None:
-            node._teardown()
+            node.teardown()
             node.destroy_node()
         rclpy.shutdown(context=ctx)
         _poll(lambda: not any(p.get_subscription_count() for p in (ros.image_pub, ros.points_pub)),
@@ -835,7 +835,7 @@ def test_inference_raising_mid_stream_is_an_internal_fail_safe(ros, models, fram
 
 
 def test_teardown_decides_every_part_still_held(ros, models, frames, monkeypatch):
-    """Deterministic: the sequence main() runs at a signal (settle_all, executor.shutdown, _teardown) with a part and a
+    """Deterministic: the sequence main() runs at a signal (settle_all, executor.shutdown, teardown) with a part and a
     lone image that arrived after settle_all, while the inference of an earlier part is still running."""
     with _inprocess_node(ros, models["rgbd"]["checkpoint"]) as (node, executor):
         real_predict = node.detector.predict
@@ -855,12 +855,12 @@ def test_teardown_decides_every_part_still_held(ros, models, frames, monkeypatch
         _poll(lambda: node.snapshot()["waiting"] >= 1 and node.snapshot()["pending_sync"] >= 1,
               "the later part queued and the lone image held by the synchronizer")
         executor.shutdown(timeout_sec=5)
-        node._teardown()
+        node.teardown()
         with ros.cond:
             ros.cond.wait_for(lambda: ros.results_for(later) and ros.results_for(lone), timeout=5)
         answered = {"later part": ros.results_for(later), "lone image": ros.results_for(lone)}
         print(f"\nteardown after settle_all: {({k: [v.get('error', 'judged') for v in r] for k, r in answered.items()})}")
-        assert all(answered.values()), f"parts held by the node at _teardown got no result: {answered}"
+        assert all(answered.values()), f"parts held by the node at teardown got no result: {answered}"
         for r in answered.values():
             _check_fail_safe(r[0], {"shutdown"})
 
@@ -871,22 +871,22 @@ def test_a_transition_that_raises_fails_cleanly_and_says_why(ros, models, frames
     transition created, reports it on /diagnostics (ERROR) and the transition fails: a later one can succeed."""
     from rclpy.lifecycle import TransitionCallbackReturn
 
-    from cmdr_ros.ros.node import inspection_node as node_module
+    from cmdr_ros.ros.node import inputs as inputs_module  # where the node makes its synchronizer
 
     with _inprocess_node(ros, models["rgbd"]["checkpoint"]) as (node, _):
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-        real = node_module.make_synchronizer
+        real = inputs_module.make_synchronizer
 
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("simulated middleware failure")
 
-        monkeypatch.setattr(node_module, "make_synchronizer", broken)
+        monkeypatch.setattr(inputs_module, "make_synchronizer", broken)
         assert node.trigger_activate() == TransitionCallbackReturn.FAILURE
-        assert node._state_text.startswith("cannot activate: RuntimeError: simulated middleware failure")
-        assert node._sync is None and node._watch_timer is None
+        assert node.state_text.startswith("cannot activate: RuntimeError: simulated middleware failure")
+        assert node.inputs.sync is None and node._watch_timer is None
         d = ros.diagnostics(lambda v: v.get("state", "").startswith("cannot activate"), "the failed activate")
         assert d["_level"] == DiagnosticStatus.ERROR and "simulated" in d["_message"], d
-        monkeypatch.setattr(node_module, "make_synchronizer", real)
+        monkeypatch.setattr(inputs_module, "make_synchronizer", real)
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         _poll(lambda: ros.image_pub.get_subscription_count() >= 1 and ros.points_pub.get_subscription_count() >= 1,
               "the node subscribed again")
@@ -915,7 +915,7 @@ def test_services_answer_during_a_long_configure(ros, models, monkeypatch):
             assert entered.wait(60), "configure never started"
             assert lifecycle_state(get) == State.TRANSITION_STATE_CONFIGURING  # answered while configure blocks
             assert ros.set_parameter("threshold", 2.5) == (True, "")
-            assert node._state_text == "unconfigured"
+            assert node.state_text == "unconfigured"
             gate.set()
             _poll(lambda: node.lifecycle_state == "active", "the node active after the slow configure")
             assert node.judge.threshold == 2.5
@@ -934,7 +934,7 @@ def test_diagnostics_faults_are_levels_not_decisions():
     from cmdr_ros.ros.node.inspection_node import InspectionNode
 
     params = {"diagnostics.stale_after": 2.0, "time_budget": 5.0, "diagnostics.window": 60.0, "sync.timeout": 1.0}
-    node = SimpleNamespace(_p=params.get, _sync=object())
+    node = SimpleNamespace(_p=params.get, inputs=SimpleNamespace(sync=object()))
     s = {"qos_incompatible": 0, "input_idle_s": 0.0, "not_judged": {}, "unsent": 0, "unsent_s": 0.0,
          "recent_faults": {}, "late_inputs": {}, "qos_incompatible_now": {}}
 

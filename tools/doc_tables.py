@@ -1,5 +1,6 @@
 """Rewrite the generated tables of the docs from the code: the node's parameters and ``~/result`` keys
-(docs/node.md) and the audit store's columns (docs/audit.md). test/test_launch.py fails while a page is stale.
+(docs/node.md), the launch arguments that override a parameter (docs/launch.md) and the audit store's columns
+(docs/audit.md). test/test_launch.py fails while a page is stale.
 
     python tools/doc_tables.py          # rewrite in place
     python tools/doc_tables.py --check  # exit 1 when a page differs (what the test checks)
@@ -16,11 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 def tables() -> list[tuple[Path, Callable[[], str]]]:
     """(page, generator) of every generated table; each table starts with its generator's header line."""
     from cmdr_ros.audit.schema import markdown_table as audit_table
+    from cmdr_ros.ros.launch_arguments import markdown_table as launch_table
     from cmdr_ros.ros.node.outputs import result_schema_markdown
     from cmdr_ros.ros.node.parameters import markdown_table as parameter_table
 
     node = REPO / "docs" / "node.md"
-    return [(node, parameter_table), (node, result_schema_markdown), (REPO / "docs" / "audit.md", audit_table)]
+    return [(node, parameter_table), (node, result_schema_markdown), (REPO / "docs" / "launch.md", launch_table),
+            (REPO / "docs" / "audit.md", audit_table)]
 
 
 def replace_table(text: str, table: str) -> str:

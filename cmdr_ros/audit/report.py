@@ -18,9 +18,9 @@ import numpy as np
 from cmdr_ros import CmdrError
 from cmdr_ros.audit.backends import AuditError, Backend, _pg_driver, open_backend, printable
 from cmdr_ros.audit.schema import COLUMNS
+from cmdr_ros.judge import DECISIONS
 
 FORMATS = ("csv", "json")
-DECISIONS = ("reject", "pass", "skip")
 HISTOGRAM_BINS = 10
 _JUDGED = list(COLUMNS).index("judged")
 _DECIDED_AT = list(COLUMNS).index("decided_at")

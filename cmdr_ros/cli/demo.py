@@ -28,7 +28,7 @@ from cmdr_ros import CmdrError
 from cmdr_ros.model.training import train_model
 from cmdr_ros.config import preset
 from cmdr_ros.data.synthetic import generate_dataset, generate_profilometer_dataset, generate_scan_dataset
-from cmdr_ros.report import PartRow, format_rows, format_summary, summarize, write_html
+from cmdr_ros.run_report import PartRow, format_rows, format_summary, summarize, write_html
 from cmdr_ros.ros.dds_profile import use_large_message_profile
 from cmdr_ros.ros.topics import CAMERA, PROFILER, RECORDED
 
@@ -103,12 +103,11 @@ def bag_from_profiles(data: Path, out: Path, rate: float = PROFILER_RATE_HZ) -> 
 
     from cmdr_ros.ros.bags import BagWriter
     from cmdr_ros.ros.conversions import make_header, xyz_to_pointcloud2
+    from cmdr_ros.ros.stamps import paced_stamps
 
     files = sorted((data / "test").glob("*/points/*.npy"))
-    start = time.time_ns() // 1_000_000_000 * 1_000_000_000
     with BagWriter(out, "mcap", {"cmdr_ros.class": data.name, "cmdr_ros.split": "test"}) as bag:
-        for i, f in enumerate(files):
-            stamp = start + round(i * 1e9 / rate)
+        for f, stamp in zip(files, paced_stamps(len(files), rate)):
             bag.write(PROFILER["points"], xyz_to_pointcloud2(np.load(f), make_header(stamp, "profiler")), stamp)
             bag.write(RECORDED["sample"], String(data=f"{f.parent.parent.name}/{f.stem}"), stamp)
     return len(files)

@@ -13,7 +13,8 @@ from urllib.parse import urlencode
 import numpy as np
 
 from cmdr_ros import CmdrError
-from cmdr_ros.audit.report import DECISIONS, iso, parse_time
+from cmdr_ros.audit.report import iso, parse_time
+from cmdr_ros.judge import DECISIONS
 from cmdr_ros.audit.schema import COLUMNS, TABLE
 from cmdr_ros.review.db import LABELS, ReviewDB
 from cmdr_ros.review.labels import LATEST_ONLY, latest_label_sql

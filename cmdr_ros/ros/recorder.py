@@ -11,8 +11,9 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from cmdr_ros.ros.conversions import image_to_array, stamp_ns
-from cmdr_ros.ros.topics import NODE_NAME
+from cmdr_ros.ros.conversions import image_to_array
+from cmdr_ros.ros.node.parameters import NODE_NAME
+from cmdr_ros.ros.stamps import stamp_ns
 
 
 @dataclass

@@ -6,17 +6,22 @@ name (``~/result`` ...). Bags written by ``cmdr bag from-dataset`` and the demo 
 from __future__ import annotations
 
 from diagnostic_msgs.msg import DiagnosticArray
-from sensor_msgs.msg import Image, PointCloud2
-from std_msgs.msg import Bool, Float32
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Bool, Float32, Header, String
 
+from cmdr_ros.ros.node.parameters import NODE_NAME
 from cmdr_ros.ros.node.typed_decision import TYPES as TYPED_TYPES
 
-NODE_NAME = "cmdr_inspection"
 
-# the node's inputs, relative: "depth" replaces "points" with input.cloud: depth; "part_id" is optional
-INPUTS = ("image", "points", "depth", "camera_info", "part_id")
+# the node's inputs, relative, and their message types: "depth" replaces "points" with input.cloud depth or
+# compressedDepth; "part_id" is optional (the part's id as frame_id, stamped as its inputs)
+INPUT_TYPES = {"image": Image, "points": PointCloud2, "depth": Image, "camera_info": CameraInfo, "part_id": Header}
+INPUTS = tuple(INPUT_TYPES)
+# an image input through image_transport ("image" with input.image_transport compressed, "depth" with input.cloud
+# compressedDepth)
+COMPRESSED_TYPE = CompressedImage
 # the node's outputs, private (~/name): decisions always, maps only when enabled
-DECISIONS = ("score", "reject", "result")
+DECISION_OUTPUTS = ("score", "reject", "result")
 MAPS = ("heatmap", "anomaly_map", "anomaly_cloud")
 OUTPUT_TYPES = {"score": Float32, "reject": Bool, "result": DiagnosticArray, "heatmap": Image, "anomaly_map": Image,
                 "anomaly_cloud": PointCloud2}
@@ -37,15 +42,22 @@ CAMERA = {"image": "/camera/image", "points": "/camera/points", "camera_info": "
 # "intensity" (0 / 1) of a PointCloud2 of the same points in the same order, stamped as the scan
 RECORDED = CAMERA | {"gt": "/camera/gt_mask", "gt_points": "/cmdr/gt_points", "sample": "/cmdr/sample"}
 PROFILER = {"points": "/profiler/points"}  # the demo's laser profilometer (3D-only)
+RECORDED_TYPES = {"image": Image, "points": PointCloud2, "camera_info": CameraInfo, "gt": Image,
+                  "gt_points": PointCloud2, "sample": String}  # also the profiler's points
 
 DIAGNOSTICS = "/diagnostics"
 TF_STATIC = "/tf_static"  # tf2 static transforms: latched (transient-local) for late joiners
 CLOCK = "/clock"
 
 
+def type_name(msg_type: type) -> str:
+    """The ROS 2 name of a message class, as bags record it (sensor_msgs.msg.Image -> sensor_msgs/msg/Image)."""
+    return f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
+
+
 def output_topic(name: str, node: str = NODE_NAME, namespace: str = "") -> str:
     """The absolute name of the node's output ``name`` (e.g. result -> /cmdr_inspection/result)."""
-    known = DECISIONS + MAPS + TYPED + STATE
+    known = DECISION_OUTPUTS + MAPS + TYPED + STATE
     if name not in known:
         raise ValueError(f"unknown output {name!r}: one of {', '.join(known)}")
     return f"{namespace.rstrip('/')}/{node}/{name}" if namespace else f"/{node}/{name}"

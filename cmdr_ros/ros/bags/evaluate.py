@@ -18,14 +18,14 @@ import numpy as np
 
 from cmdr_ros import CmdrError
 from cmdr_ros.config import cross_modal
-from cmdr_ros.ros.bags.read import _check_type, _connections, message_class, open_bag
-from cmdr_ros.ros.bags.record import _NS, BagWriter
+from cmdr_ros.ros.bags.read import check_type, connections, message_class, open_bag
+from cmdr_ros.ros.bags.record import BagWriter
 from cmdr_ros.ros.bags.tf import bag_tf_lookup, read_tf, tf_summary
-from cmdr_ros.ros.conversions import stamp_ns
+from cmdr_ros.ros.stamps import stamp_ns, stamp_text
 from cmdr_ros.ros.conversions.frames import input_names
 from cmdr_ros.ros.node.outputs import decision_messages, map_messages, result_values
 from cmdr_ros.ros.node.wiring import output_keys
-from cmdr_ros.ros.topics import MAPS, PART_ID, RECORDED, output_topic
+from cmdr_ros.ros.topics import INPUT_TYPES, MAPS, PART_ID, RECORDED, RECORDED_TYPES, output_topic, type_name
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +102,12 @@ class _Evaluation:
     def __init__(self, judge: Any, params: dict[str, Any], inputs: list[str], aux: _Aux, slop_ns: int,
                  results: BagWriter, heatmaps: Path | None) -> None:
         self.judge, self.params, self.inputs, self.aux, self.slop_ns = judge, params, inputs, aux, slop_ns
-        self.det = judge.judge_.detector
+        self.det = judge.detector
         self.results, self.heatmaps = results, heatmaps
         self.outputs = set(output_keys(params))  # what the node publishes with these parameters
         self.seq = 0
         self.rows: list[dict[str, Any]] = []
-        self.kind = judge.judge_.pipeline  # the detector's pipeline kind: its truth, rows and metric sink
+        self.kind = judge.pipeline  # the detector's pipeline kind: its truth, rows and metric sink
         self.sink = self.kind.metrics(truth=aux.has_gt)
         self.latencies: list[float] = []
 
@@ -129,7 +129,7 @@ class _Evaluation:
         from cmdr_ros.ros.node.frame_judge import unmatched_reason
 
         name = self.inputs[index]
-        verdict = self.judge.judge_.not_judged(*unmatched_reason(name, self.inputs, why,
+        verdict = self.judge.not_judged(*unmatched_reason(name, self.inputs, why,
                                                                  float(self.params["sync.timeout"])))
         stamp = stamp_ns(msg.header)
         self._write(msg.header, stamp, self.aux.samples.nearest(stamp, self.slop_ns), name, None, verdict, None,
@@ -151,7 +151,7 @@ class _Evaluation:
         for key, msg in decision_messages(header, verdict, values,
                                           {k: m for k, m in maps.items() if k in self.outputs}).items():
             self.results.write(output_topic(key), msg, stamp)
-        self.rows.append({"stamp": f"{header.stamp.sec}.{header.stamp.nanosec:09d}", "sample": sample or "",
+        self.rows.append({"stamp": stamp_text(header), "sample": sample or "",
                           "inputs": inputs, "score": verdict.score if verdict.judged else "",
                           "threshold": verdict.threshold, "decision": verdict.decision,
                           "reject": int(verdict.reject), "label": "" if label is None else label,
@@ -176,7 +176,7 @@ class _Evaluation:
 
         from cmdr_ros.ros.conversions import image_to_array
 
-        name = sample.replace("/", "_") if sample else f"{stamp // _NS}.{stamp % _NS:09d}"
+        name = sample.replace("/", "_") if sample else stamp_text(stamp)
         path = self.heatmaps / f"{name}.png"
         if not cv2.imwrite(str(path), image_to_array(heatmap)):
             raise CmdrError(f"{path}: OpenCV could not write the heatmap")
@@ -253,18 +253,16 @@ def eval_bag(bag: str | Path, detector: Any, out: str | Path, *, params: dict[st
     points_topic = kind.points_topic if points_topic is None else points_topic
     gt_kind, gt_topic = kind.truth[0], kind.truth[1] if gt_topic is None else gt_topic
     inputs = [(name, {"image": image_topic, "points": points_topic}[name]) for name in input_names(mode)]
-    types = {"image": "sensor_msgs/msg/Image", "points": "sensor_msgs/msg/PointCloud2",
-             "info": "sensor_msgs/msg/CameraInfo", "gt": "sensor_msgs/msg/Image",
-             "gt_points": "sensor_msgs/msg/PointCloud2", "sample": "std_msgs/msg/String",
-             "part_id": "std_msgs/msg/Header"}
+    types = {kind: type_name(t) for kind, t in
+             {**RECORDED_TYPES, "info": RECORDED_TYPES["camera_info"], "part_id": INPUT_TYPES["part_id"]}.items()}
     t_start = time.perf_counter()
     with open_bag(bag) as reader:
-        in_conns = _connections(reader, bag, [t for _, t in inputs])
+        in_conns = connections(reader, bag, [t for _, t in inputs])
         aux_topics = {k: t for k, t in (("info", info_topic), (gt_kind, gt_topic), ("sample", sample_topic),
                                         ("part_id", part_id_topic))
                       if t in reader.topics and (k != "info" or cross_modal(mode))}
         for kind, topic in [*inputs, *aux_topics.items()]:
-            _check_type(reader, bag, topic, types[kind])
+            check_type(reader, bag, topic, types[kind])
         transforms = read_tf(reader, bag) if params["use_tf"] else []
         judge = FrameJudge.from_params(detector, params, bag_tf_lookup(transforms))
         aux = read_aux(reader, aux_topics)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cmdr_ros import CmdrError
-from cmdr_ros.ros.bags.read import _connections, message_class, open_bag
-from cmdr_ros.ros.bags.record import _NS
+from cmdr_ros.ros.bags.read import connections, message_class, open_bag
 from cmdr_ros.ros.dds_profile import use_large_message_profile
+from cmdr_ros.ros.stamps import NS_PER_S, set_stamp
 from cmdr_ros.ros.topics import CLOCK, TF_STATIC
 
 
@@ -104,11 +104,11 @@ class _Pace:
 
     def wait(self, t: int) -> None:
         self.first = t if self.first is None else self.first
-        due = self.t0 + (t - self.first) / _NS / self.rate
+        due = self.t0 + (t - self.first) / NS_PER_S / self.rate
         while True:
             now = time.monotonic()
             if now >= self.next_tick:
-                self._tick(min(self.first + round((now - self.t0) * self.rate * _NS), t))
+                self._tick(min(self.first + round((now - self.t0) * self.rate * NS_PER_S), t))
                 self.next_tick = now + self.period
             if now >= due:
                 return
@@ -118,7 +118,7 @@ class _Pace:
         from rosgraph_msgs.msg import Clock
 
         msg = Clock()
-        msg.clock.sec, msg.clock.nanosec = stamp // _NS, stamp % _NS
+        set_stamp(msg.clock, stamp)
         self.clock_pub.publish(msg)
         self.ticks += 1
 
@@ -151,7 +151,7 @@ def play_bag(path: str | Path, rate: float = 1.0, loop: bool = False, topics: Se
     interrupted = False
     with open_bag(path) as reader:
         chosen = list(topics) if topics else sorted(reader.topics)
-        conns = _connections(reader, Path(path), chosen)
+        conns = connections(reader, Path(path), chosen)
         if clock and CLOCK in (renames.get(t, t) for t in chosen):
             raise CmdrError(f"{path}: the bag has its own {CLOCK}; leave it out (--topics) or play without --clock")
         types = {t: reader.topics[t].msgtype for t in chosen}

@@ -39,7 +39,7 @@ def open_bag(path: str | Path) -> Iterator[Any]:
         reader.close()
 
 
-def _connections(reader: Any, path: Path, topics: Sequence[str]) -> list[Any]:
+def connections(reader: Any, path: Path, topics: Sequence[str]) -> list[Any]:
     known = reader.topics
     missing = [t for t in topics if t not in known]
     if missing:
@@ -47,7 +47,7 @@ def _connections(reader: Any, path: Path, topics: Sequence[str]) -> list[Any]:
     return [c for t in topics for c in known[t].connections]
 
 
-def _check_type(reader: Any, path: Path, topic: str, expected: str) -> None:
+def check_type(reader: Any, path: Path, topic: str, expected: str) -> None:
     found = reader.topics[topic].msgtype
     if found != expected:
         raise CmdrError(f"{path}: topic {topic} carries {found}, expected {expected}")
@@ -58,7 +58,7 @@ def read_messages(path: str | Path, topics: Sequence[str] | None = None) -> Iter
     from rclpy.serialization import deserialize_message
 
     with open_bag(path) as reader:
-        conns = _connections(reader, Path(path), topics if topics is not None else sorted(reader.topics))
+        conns = connections(reader, Path(path), topics if topics is not None else sorted(reader.topics))
         classes = {c.topic: message_class(c.msgtype) for c in conns}
         for conn, t, raw in reader.messages(connections=conns):
             yield conn.topic, t, deserialize_message(bytes(raw), classes[conn.topic])

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -23,11 +22,11 @@ import numpy as np
 
 from cmdr_ros import CmdrError
 from cmdr_ros.ros.conversions import make_header
+from cmdr_ros.ros.stamps import NS_PER_S, paced_stamps
 from cmdr_ros.ros.topics import PROFILER, RECORDED, TF_STATIC
 
 METADATA_VERSION = 8
 STORAGES = ("mcap", "sqlite3")
-_NS = 1_000_000_000
 _INFINITE_NS = 2**63 - 1  # RMW_DURATION_INFINITE, recorded by rosbag2 as sec 9223372036, nsec 854775807
 
 
@@ -36,7 +35,7 @@ def _reliable_qos() -> Any:
     as rosbag2 records it."""
     from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
-    inf = QosTime(_INFINITE_NS // _NS, _INFINITE_NS % _NS)
+    inf = QosTime(*divmod(_INFINITE_NS, NS_PER_S))
     return Qos(QosHistory.KEEP_LAST, 10, QosReliability.RELIABLE, QosDurability.VOLATILE, inf, inf,
                QosLiveliness.AUTOMATIC, inf, False)
 
@@ -48,7 +47,7 @@ def _latched_qos() -> Any:
     message still gets the sensor mount."""
     from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
-    inf = QosTime(_INFINITE_NS // _NS, _INFINITE_NS % _NS)
+    inf = QosTime(*divmod(_INFINITE_NS, NS_PER_S))
     return Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, inf, inf,
                QosLiveliness.AUTOMATIC, inf, False)
 
@@ -140,15 +139,14 @@ def bag_from_dataset(data_dir: str | Path, out: str | Path, storage: str = "mcap
     _check_rate(rate)
     records = scan_records if ScanDataset.is_scan_folder(data_dir) else frame_records
     name, custom, parts = records(data_dir, split)
-    start = int(start_ns) if start_ns is not None else time.time_ns() // _NS * _NS
+    stamps = paced_stamps(len(parts), rate, start_ns)
     custom = {"cmdr_ros.class": name, "cmdr_ros.split": split, "cmdr_ros.rate_hz": repr(float(rate)), **custom}
     with BagWriter(out, storage, custom) as bag:
-        for i, part in enumerate(parts):
-            stamp = start + round(i * _NS / rate)
+        for part, stamp in zip(parts, stamps):
             for topic, msg in part(make_header(stamp, frame_id)):
                 bag.write(topic, msg, stamp)
     return {"path": str(out), "storage": storage, "frames": len(parts), "topics": dict(bag.counts),
-            "start_ns": start, "period_s": 1.0 / rate}
+            "start_ns": stamps[0], "period_s": 1.0 / rate}
 
 
 #: a part of a recording: its messages for a header, in the order they are written

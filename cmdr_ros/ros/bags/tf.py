@@ -31,6 +31,7 @@ import numpy as np
 
 from cmdr_ros import CmdrError
 from cmdr_ros.geometry.transforms import interpolate_transform, make_transform
+from cmdr_ros.ros.stamps import NS_PER_S, set_stamp, stamp_ns
 from cmdr_ros.ros.topics import TF_STATIC
 
 TF = "/tf"
@@ -84,7 +85,7 @@ def read_tf(reader: Any, path: str | Path) -> list[Transform]:
                                                     ts.child_frame_id, ts.header.frame_id, e)
                 continue
             out.append(Transform(_strip(ts.header.frame_id), _strip(ts.child_frame_id),
-                                 ts.header.stamp.sec * 1_000_000_000 + ts.header.stamp.nanosec, matrix,
+                                 stamp_ns(ts.header), matrix,
                                  conn.topic == TF_STATIC))
     return out
 
@@ -100,8 +101,8 @@ def tf_message(transforms: Iterable[tuple[str, str, int, np.ndarray]]) -> Any:
     for parent, child, stamp, T in transforms:
         T = np.asarray(T, dtype=np.float64)
         q = Rotation.from_matrix(T[:3, :3]).as_quat()
-        header = M["std_msgs/msg/Header"](stamp=M["builtin_interfaces/msg/Time"](sec=int(stamp) // 1_000_000_000,
-                                                                                nanosec=int(stamp) % 1_000_000_000),
+        sec, nanosec = divmod(int(stamp), NS_PER_S)
+        header = M["std_msgs/msg/Header"](stamp=M["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec),
                                           frame_id=parent)
         transform = M["geometry_msgs/msg/Transform"](
             translation=M["geometry_msgs/msg/Vector3"](x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
@@ -144,8 +145,8 @@ class TfTree:
             return samples[-1][1], samples[-1][2]
         first, last = samples[0][0], samples[-1][0]
         if not first <= stamp <= last:
-            raise TfError(f"extrapolation: frame '{child}' has transforms from {first / 1e9:.9f} to {last / 1e9:.9f} "
-                          f"s, asked at {stamp / 1e9:.9f} s")
+            raise TfError(f"extrapolation: frame '{child}' has transforms from {first / NS_PER_S:.9f} to {last / NS_PER_S:.9f} "
+                          f"s, asked at {stamp / NS_PER_S:.9f} s")
         i = bisect.bisect_left(samples, stamp, key=lambda s: s[0])
         t1, p1, T1 = samples[i]
         if t1 == stamp:
@@ -204,10 +205,6 @@ class TfTree:
         return np.linalg.inv(up_target[common]) @ up_source[common]
 
 
-def _stamp_ns(stamp: Any) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def _tf2_buffer(transforms: Sequence[Transform]) -> Any:
     """tf2's own buffer filled with the recording (None when tf2_ros is not installed), caching the whole bag."""
     try:
@@ -219,12 +216,12 @@ def _tf2_buffer(transforms: Sequence[Transform]) -> Any:
     from scipy.spatial.transform import Rotation
 
     stamps = [t.stamp_ns for t in transforms if not t.static]
-    span = (max(stamps) - min(stamps)) / 1e9 if stamps else 0.0
+    span = (max(stamps) - min(stamps)) / NS_PER_S if stamps else 0.0
     buffer = tf2_ros.Buffer(cache_time=Duration(seconds=span + 10.0))
     for t in transforms:
         msg = TransformStamped(child_frame_id=t.child)
         msg.header.frame_id = t.parent
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(t.stamp_ns, 1_000_000_000)
+        set_stamp(msg.header.stamp, t.stamp_ns)
         tr, q = msg.transform.translation, msg.transform.rotation
         tr.x, tr.y, tr.z = (float(v) for v in t.matrix[:3, 3])
         q.x, q.y, q.z, q.w = (float(v) for v in Rotation.from_matrix(t.matrix[:3, :3]).as_quat())
@@ -253,7 +250,7 @@ def bag_tf_lookup(transforms: Sequence[Transform], warn: Any = None) -> Any:
 
         def lookup(target: str, source: str, stamp: Any) -> np.ndarray | None:
             try:
-                t = buffer.lookup_transform_core(target, source, Time(nanoseconds=_stamp_ns(stamp))).transform
+                t = buffer.lookup_transform_core(target, source, Time(nanoseconds=stamp_ns(stamp))).transform
             except Exception as e:  # noqa: BLE001 - tf2 raises several exception types
                 say(f"no recorded tf {source} -> {target} at the cloud's stamp ({type(e).__name__}: {e})")
                 return None
@@ -265,7 +262,7 @@ def bag_tf_lookup(transforms: Sequence[Transform], warn: Any = None) -> Any:
 
     def lookup(target: str, source: str, stamp: Any) -> np.ndarray | None:  # noqa: F811 - the pure-Python twin
         try:
-            return tree.lookup(target, source, _stamp_ns(stamp))
+            return tree.lookup(target, source, stamp_ns(stamp))
         except TfError as e:
             say(f"no recorded tf {source} -> {target} at the cloud's stamp ({e})")
             return None

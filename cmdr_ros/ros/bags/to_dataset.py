@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from cmdr_ros import CmdrError
-from cmdr_ros.ros.bags.read import _check_type, _connections, message_class, open_bag
+from cmdr_ros.ros.bags.read import check_type, connections, message_class, open_bag
 from cmdr_ros.ros.bags.tf import recorded_tf
-from cmdr_ros.ros.conversions import stamp_ns
+from cmdr_ros.ros.stamps import stamp_ns
 from cmdr_ros.ros.conversions.frames import mode_of
-from cmdr_ros.ros.topics import CAMERA, PROFILER, RECORDED
+from cmdr_ros.ros.topics import CAMERA, INPUT_TYPES, PROFILER, RECORDED, type_name
 
 
 def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defect: str = "good",
@@ -50,9 +50,9 @@ def bag_to_dataset(bag: str | Path, out: str | Path, split: str = "train", defec
     written = skipped = 0
     with open_bag(bag) as reader:
         aligner.tf_lookup = recorded_tf(reader, bag, params)
-        conns = _connections(reader, bag, [t for _, t in inputs])
+        conns = connections(reader, bag, [t for _, t in inputs])
         if info_topic and info_topic in reader.topics:
-            conns += _connections(reader, bag, [info_topic])
+            conns += connections(reader, bag, [info_topic])
         classes = {c.topic: message_class(c.msgtype) for c in conns}
         index = {t: i for i, (_, t) in enumerate(inputs)}
         policy = ApproximateTimePolicy(len(inputs), int(params["sync.queue_size"]), float(params["sync.slop"]),
@@ -108,8 +108,8 @@ def bag_to_scans(bag: str | Path, out: str | Path, split: str = "train", defect:
     written = skipped = 0
     bag = Path(bag)
     with open_bag(bag) as reader:
-        conns = _connections(reader, bag, [points_topic])
-        _check_type(reader, bag, points_topic, "sensor_msgs/msg/PointCloud2")
+        conns = connections(reader, bag, [points_topic])
+        check_type(reader, bag, points_topic, type_name(INPUT_TYPES["points"]))
         cls = message_class(reader.topics[points_topic].msgtype)
         gts = read_aux(reader, {"gt_points": gt_topic} if gt_topic in reader.topics else {}).gts
         for _, _, raw in reader.messages(connections=conns):

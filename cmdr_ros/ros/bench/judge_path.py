@@ -209,11 +209,12 @@ class StageClock:
 def instrumented(clock: StageClock, frame_judge: Any, det: Any) -> Iterator[None]:
     """Wrap the functions of the judge path with ``clock`` for the duration (restored afterwards)."""
     from cmdr_ros.data import model_input
+    from cmdr_ros.judge import Judge
     from cmdr_ros.model import scan
     from cmdr_ros.ros.conversions import frames
 
     targets = [(frames, "decode_image", "decode"), (frames, "decode_cloud", "decode"),
-               (frame_judge, "assemble", "align"), (frame_judge.judge_, "judge", "checks"),
+               (frame_judge, "assemble", "align"), (Judge, "judge", "checks"),
                (model_input, "remove_background", "background"), (det, "prepare", "prepare"),
                (det, "extract_many", "prepare"), (det, "grid_features", "heads"), (det.heads, "forward", "heads"),
                (det, "predict_inputs", "fusion"), (frames, "scan_points", "decode"),

@@ -31,16 +31,15 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CompressedImage, Image
 
 from cmdr_ros import CmdrError
 from cmdr_ros.ros.bench.judge_path import folder_frames, frame_messages, proc_status_mb, synthetic_frames
 from cmdr_ros.ros.compat import publisher_count
-from cmdr_ros.ros.conversions import stamp_ns
+from cmdr_ros.ros.stamps import set_stamp, stamp_ns
 from cmdr_ros.ros.dds_profile import use_large_message_profile
 from cmdr_ros.ros.topics import DIAGNOSTICS, MAPS, OUTPUT_TYPES, output_topic
 
-INPUTS = {"image": (Image, "/image"), "points": (PointCloud2, "/points")}  # the node's relative inputs, no namespace
 OUTPUTS = {name: OUTPUT_TYPES[name] for name in MAPS}  # counted when the bench subscribes to the maps
 QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 START_S = 120.0  # the node loads torch and the model: minutes on a busy machine at worst
@@ -132,7 +131,7 @@ class Recorder:
         self.diagnostics = threading.Event()
         self.late_inputs: dict[str, str] = {}  # the node's last late.* diagnostics values (which input came late)
         self.subs.append(self.node.create_subscription(DiagnosticArray, DIAGNOSTICS, self._on_diagnostics, QOS))
-        self.pubs = {name: self.node.create_publisher(msg_type, INPUTS[name][1], QOS)
+        self.pubs = {name: self.node.create_publisher(msg_type, f"/{name}", QOS)  # the node's relative input, no namespace
                      for name, msg_type in inputs.items()}
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -231,7 +230,7 @@ def publish_parts(recorder: Recorder, sets: list[dict[str, Any]], rate: float, s
         stamp = time.time_ns()
         msgs = sets[i % len(sets)]
         for msg in msgs.values():
-            msg.header.stamp.sec, msg.header.stamp.nanosec = stamp // 10**9, stamp % 10**9
+            set_stamp(msg.header.stamp, stamp)
         published[stamp] = time.monotonic()
         for name, msg in msgs.items():
             recorder.pubs[name].publish(msg)

@@ -1,5 +1,5 @@
 """ROS message <-> NumPy conversions for the inspection node (Image, CompressedImage, PointCloud2, CameraInfo):
-``images.py``, ``clouds.py`` (point clouds, CameraInfo, depth to cloud), ``common.py`` (errors, stamps, buffers).
+``images.py``, ``clouds.py`` (point clouds, CameraInfo, depth to cloud), ``common.py`` (errors, headers, buffers; stamps: ``cmdr_ros.ros.stamps``).
 
 Every decoder validates the message layout first (sizes, steps, offsets, field types) and raises
 ``ConversionError`` with a one-line reason, so a misconfigured driver is reported instead of being
@@ -20,14 +20,12 @@ from __future__ import annotations
 
 from cmdr_ros.ros.conversions.clouds import (camera_info_to_dict, depth_image_to_xyz, dict_to_camera_info,
                                              pointcloud2_fields, pointcloud2_to_xyz, xyz_to_pointcloud2)
-from cmdr_ros.ros.conversions.common import NS_PER_S, ConversionError, make_header, stamp_ns
+from cmdr_ros.ros.conversions.common import ConversionError, make_header
 from cmdr_ros.ros.conversions.images import (array_to_image, compressed_image_to_rgb, depth_image_to_metres,
                                              image_to_array, image_to_rgb)
 
 __all__ = [
-    "NS_PER_S",
     "ConversionError",
-    "stamp_ns",
     "make_header",
     "image_to_rgb",
     "image_to_array",

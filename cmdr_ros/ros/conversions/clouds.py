@@ -8,7 +8,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 from std_msgs.msg import Header
 
 from cmdr_ros.geometry.transforms import finite_rows
-from cmdr_ros.ros.conversions.common import ConversionError, _payload, _sized_buffer, _with_order
+from cmdr_ros.ros.conversions.common import ConversionError, payload_bytes, sized_buffer, with_byte_order
 from cmdr_ros.ros.conversions.images import depth_image_to_metres
 
 # PointField datatype -> little-endian NumPy type (sensor_msgs/PointField constants INT8..FLOAT64).
@@ -36,7 +36,7 @@ def _check_cloud_layout(msg: PointCloud2) -> np.ndarray:
         raise ConversionError(
             f"PointCloud2 row_step {row_step} is smaller than width*point_step = {width * point_step}"
         )
-    return _sized_buffer(msg.data, row_step * height, "PointCloud2 data", "row_step*height")
+    return sized_buffer(msg.data, row_step * height, "PointCloud2 data", "row_step*height")
 
 
 def _read_field(msg: PointCloud2, buf: np.ndarray, name: str) -> np.ndarray:
@@ -53,7 +53,7 @@ def _read_field(msg: PointCloud2, buf: np.ndarray, name: str) -> np.ndarray:
         raise ConversionError(
             f"PointCloud2 field '{name}' ends at byte {end}, beyond point_step {msg.point_step}"
         )
-    dtype = _with_order(base.str, bool(msg.is_bigendian))
+    dtype = with_byte_order(base.str, bool(msg.is_bigendian))
     fmt = (dtype, (count,)) if count > 1 else dtype
     point = np.dtype({"names": [name], "formats": [fmt], "offsets": [int(field.offset)],
                       "itemsize": int(msg.point_step)})
@@ -131,7 +131,7 @@ def xyz_to_pointcloud2(
     msg.is_bigendian = False
     msg.point_step = point.itemsize
     msg.row_step = point.itemsize * int(width)
-    msg.data = _payload(packed)
+    msg.data = payload_bytes(packed)
     msg.is_dense = False
     return msg
 

@@ -7,7 +7,8 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from cmdr_ros.ros.conversions.common import ConversionError, _payload, _sized_buffer, _buffer, _with_order
+from cmdr_ros.ros.conversions.common import (ConversionError, byte_buffer, payload_bytes, sized_buffer,
+                                             with_byte_order)
 
 # ROS Bayer pattern -> OpenCV code, as cv_bridge's getConversionCodes maps BAYER_RGGB etc. to RGB. OpenCV names
 # a pattern by the two pixels at row 1, columns 1-2, so ROS rggb is OpenCV "BG" (alias COLOR_BayerRGGB2RGB).
@@ -64,7 +65,7 @@ def image_to_array(msg: Image) -> np.ndarray:
             f"unsupported image encoding '{msg.encoding}' (supported: {', '.join(_DECODABLE)})"
         )
     base, channels = _DECODABLE[msg.encoding]
-    dtype = _with_order(base, bool(msg.is_bigendian))
+    dtype = with_byte_order(base, bool(msg.is_bigendian))
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height == 0 or width == 0:
         raise ConversionError(f"Image is empty (width={width}, height={height})")
@@ -73,7 +74,7 @@ def image_to_array(msg: Image) -> np.ndarray:
         raise ConversionError(
             f"Image step {step} is smaller than width*bytes_per_pixel = {row_bytes} ({msg.encoding})"
         )
-    buf = _sized_buffer(msg.data, step * height, "Image data", "step*height")
+    buf = sized_buffer(msg.data, step * height, "Image data", "step*height")
     view = np.ndarray(
         shape=(height, width, channels),
         dtype=dtype,
@@ -146,7 +147,7 @@ def array_to_image(arr: np.ndarray, encoding: str, header: Header | None = None)
     msg.height, msg.width, msg.encoding = int(height), int(width), encoding
     msg.is_bigendian = 0
     msg.step = int(width * channels * target.itemsize)
-    msg.data = _payload(arr.astype(target, copy=False))
+    msg.data = payload_bytes(arr.astype(target, copy=False))
     return msg
 
 
@@ -185,7 +186,7 @@ def _decode_compressed(msg: CompressedImage) -> tuple[np.ndarray, str]:
     if codec.lower() not in _CODECS:
         raise ConversionError(f"unsupported CompressedImage format '{fmt}' (expected '<encoding>; "
                               f"<{'|'.join(_CODECS)}> compressed ...', '<encoding>; compressedDepth' or a bare codec)")
-    pixels = _imdecode(_buffer(msg.data), fmt)
+    pixels = _imdecode(byte_buffer(msg.data), fmt)
     if not sep or encoding in _COLOUR:
         # colour was converted to bgr (or, with ROS 1's color_space rgb, to rgb) before encoding
         return pixels, _layout_encoding(pixels, "rgb" if "compressed rgb" in rest else "bgr", fmt)
@@ -230,7 +231,7 @@ def _decode_compressed_depth(msg: CompressedImage, encoding: str, codec: list[st
     fmt = str(msg.format)
     if encoding not in ("16UC1", "32FC1") or codec not in ([], ["png"], ["rvl"]):
         raise ConversionError(f"unsupported compressedDepth format '{fmt}' (16UC1 or 32FC1, png or rvl)")
-    buf = _buffer(msg.data)
+    buf = byte_buffer(msg.data)
     if buf.size <= _DEPTH_HEADER.itemsize:
         raise ConversionError(f"compressedDepth payload has {buf.size} bytes, not even its "
                               f"{_DEPTH_HEADER.itemsize}-byte header and an image")

@@ -21,6 +21,7 @@ from cmdr_ros.audit.schema import row_from_result
 from cmdr_ros.judge import Verdict
 from cmdr_ros.ros.node.queues import DecisionOutbox, Part, PartIds, WorkQueue
 from cmdr_ros.ros.node.status import DecisionStats, rate_and_latency
+from cmdr_ros.ros.stamps import stamp_text
 from cmdr_ros.ros.node.outputs import decision_messages, map_messages, result_values, wanted_outputs
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ class DecisionEngine:
         """The fail-safe verdict (the judge's on_error; without a judge, the parameter's)."""
         judge = self.judge_of()
         if judge is not None:
-            return judge.judge_.not_judged(kind, reason)
+            return judge.not_judged(kind, reason)
         return Verdict(False, self.param("on_error"), None, kind=kind, reason=reason)
 
     def fail(self, part: Part, kind: str, reason: str) -> None:
@@ -222,7 +223,7 @@ class DecisionEngine:
                 self.stats.counts["part_id_unmatched"] += len(lost)
                 self.unmatched_ids = (self.unmatched_ids + [pid for pid, _ in lost])[-5:]
             for pid, t in lost:
-                self.warn("part_id", f"part id {pid!r} (stamp {t // 1_000_000_000}.{t % 1_000_000_000:09d}) matched "
+                self.warn("part_id", f"part id {pid!r} (stamp {stamp_text(t)}) matched "
                                      f"no part within {window_s:g} s of its arrival")
         return lost
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from sensor_msgs.msg import CameraInfo
 
     from cmdr_ros.model.detector import CMDRDetector
+    from cmdr_ros.pipelines import Pipeline
     from cmdr_ros.ros.node.queues import InputMessage
     from cmdr_ros.ros.node.parameters import NamedValue
 
@@ -70,7 +71,7 @@ class FrameJudge:
                  extrinsics: Sequence[float] | None = None,
                  tf_lookup: TransformLookup | None = None, registered: bool = False,
                  projection: str = "auto", kind: str | None = None) -> None:
-        self.judge_ = judge
+        self._judge = judge
         self.mode = mode
         self.kind = ros_kind(getattr(judge, "detector", None)) if kind is None else ROS_KINDS[kind]
         self.raster_resolution = float(raster_resolution)
@@ -98,18 +99,41 @@ class FrameJudge:
 
     @property
     def threshold(self) -> float:
-        return self.judge_.threshold
+        return self._judge.threshold
+
+    @property
+    def detector(self) -> CMDRDetector | None:
+        """The model this judge judges with (None for an ``aligner``)."""
+        return getattr(self._judge, "detector", None)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The model's pipeline kind (``cmdr_ros.pipelines``): how its parts are scored, their truth and metrics."""
+        return self._judge.pipeline
+
+    @property
+    def settings(self) -> JudgeSettings:
+        """What makes a frame judgeable and what an unjudgeable one gets (``on_error`` ...)."""
+        return self._judge.settings
+
+    def resolve_threshold(self, value: float | None) -> float:
+        """The threshold a set of parameter ``threshold`` to ``value`` would give (``Judge.resolve_threshold``)."""
+        return self._judge.resolve_threshold(value)
+
+    def not_judged(self, kind: str, reason: str) -> Verdict:
+        """The fail-safe verdict (``on_error``) of a part not judged, for ``kind`` (see ``cmdr_ros.judge``)."""
+        return self._judge.not_judged(kind, reason)
 
     @property
     def model_id(self) -> str:
         """The id of the model this judge judges with (its checkpoint's content checksum prefix; "" without one):
         every decision carries the id of the model that judged it, also across a model swap."""
-        return str(getattr(getattr(self.judge_, "detector", None), "model_id", None) or "")
+        return str(getattr(self.detector, "model_id", None) or "")
 
     def apply(self, params: Iterable[NamedValue]) -> None:
         """Apply run-time parameter changes (already validated, ``parameters.check_set``): threshold, the judge's
         settings, extrinsics, raster_resolution and cloud_registered; others are read elsewhere or at configure."""
-        judge = self.judge_
+        judge = self._judge
         settings = {k: getattr(judge.settings, k) for k in JUDGE_PARAMS}
         for p in params:
             if p.name == "threshold":
@@ -131,10 +155,10 @@ class FrameJudge:
     def judge(self, msgs: Mapping[str, InputMessage],
               info: CameraInfo | None = None) -> tuple[Frame | None, Verdict]:
         """The frame (None when it could not be decoded) and its verdict."""
-        if self.judge_ is None:
+        if self._judge is None:
             raise CmdrError("this FrameJudge only aligns frames (built without a model)")
         try:
             frame = self.assemble(msgs, info)
         except CmdrError as e:
-            return None, self.judge_.not_judged(error_kind(e), str(e))
-        return frame, self.judge_.judge(*self.kind.sample(frame))
+            return None, self._judge.not_judged(error_kind(e), str(e))
+        return frame, self._judge.judge(*self.kind.sample(frame))

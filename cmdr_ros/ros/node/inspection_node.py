@@ -16,11 +16,10 @@ model up and creates the publishers; activate subscribes; deactivate unsubscribe
 and frees cached GPU memory; cleanup drops the model. ``autostart`` walks to active and exits non-zero when it cannot.
 ``~/ready`` (latched) is true only while active with a model; the watchdog, /diagnostics and autostart timers run on
 a steady clock (sim time only stamps). A controller's view of all this: docs/controller.md.
-While configured, a set of ``checkpoint`` or ``~/reload_model`` changes the model between two parts (``model_swap.py``).
+While configured, a set of ``checkpoint`` or ``~/reload_model`` changes the model between two parts (``model_change.py``).
 """
 from __future__ import annotations
 
-import copy
 import sys
 import threading
 import time
@@ -30,43 +29,34 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CameraInfo
-from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from cmdr_ros import CmdrError
 from cmdr_ros.audit.store import AuditStore
-from cmdr_ros.ros.compat import (SubscriptionEventCallbacks, add_post_set_parameters_callback,
-                                 add_pre_set_parameters_callback)
-from cmdr_ros.ros.node.audit import close_audit, open_audit
-from cmdr_ros.ros.node.evidence_writer import close_evidence, evidence_status, open_evidence
-from cmdr_ros.ros.node.queues import Part
-from cmdr_ros.ros.node.engine import DecisionEngine, Outlet
-from cmdr_ros.ros.node.model_swap import ModelSwap
-from cmdr_ros.ros.node.frame_judge import FrameJudge, unmatched_reason, warm_up
-from cmdr_ros.config import cross_modal
-from cmdr_ros.ros.node.wiring import (DIAGNOSTICS_QOS, OVERRIDABLE, ReadyState, announce_model, create_outputs,
-                                  incompatible_qos_text, input_qos, input_topics, steady_clock)
-from cmdr_ros.ros.node.status import (InputIdle, ThrottledLog, audit_status, faults, hardware_id,
-                                      incompatible_publishers, node_status, pretrained_on_cpu, recent_faults,
-                                      status_name)
-from cmdr_ros.ros.node.settle import take_all, wait_acked, wait_inputs_quiet
-from cmdr_ros.ros.node.parameters import (PARAMETERS, check_all, check_set, coerce_overrides, coerce_parameters,
-                                     descriptor, refusal)
-from cmdr_ros.ros.node.sync import make_synchronizer
-from cmdr_ros.ros.node.tf_source import TfSource, tf_fallback
 from cmdr_ros.ros import topics
+from cmdr_ros.ros.compat import add_post_set_parameters_callback, add_pre_set_parameters_callback
+from cmdr_ros.ros.node.audit import close_audit, open_audit
+from cmdr_ros.ros.node.engine import DecisionEngine, Outlet
+from cmdr_ros.ros.node.evidence_writer import close_evidence, evidence_status, open_evidence
+from cmdr_ros.ros.node.frame_judge import FrameJudge, warm_up
+from cmdr_ros.ros.node.inputs import NodeInputs
+from cmdr_ros.ros.node.model_change import ModelChange
+from cmdr_ros.ros.node.model_swap import ModelSwap
+from cmdr_ros.ros.node.parameters import PARAMETERS, check_all, check_set, coerce_parameters, refusal
+from cmdr_ros.ros.node.settle import wait_acked
+from cmdr_ros.ros.node.status import (InputIdle, ThrottledLog, audit_status, faults, hardware_id, node_status,
+                                      pretrained_on_cpu, recent_faults, status_name)
+from cmdr_ros.ros.node.tf_source import TfSource, tf_fallback
+from cmdr_ros.ros.node.wiring import (DIAGNOSTICS_QOS, ReadyState, announce_model, create_outputs, declare_parameters,
+                                      steady_clock)
 
 if TYPE_CHECKING:
     from cmdr_ros.model.detector import CMDRDetector
-    from cmdr_ros.ros.compat import QoSRequestedIncompatibleQoSInfo
-    from cmdr_ros.ros.node.queues import InputMessage
 
-OPTIONAL_TYPE = {"extrinsics": Parameter.Type.DOUBLE_ARRAY}  # parameters without a default: unset unless given
 WATCH_PERIOD_S = 0.05
 
 
@@ -74,21 +64,8 @@ class InspectionNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("cmdr_inspection", **kwargs)
         self._judge_lock = threading.Lock()  # the judge and run-time parameter changes applied to it
-        self._start_problems: list[str] = []  # values given at start that ROS itself refused (range, type)
-        self._refused = 0  # parameter sets refused since start (at start and at run time)
-        overrides = getattr(self, "_parameter_overrides", None)  # rclpy keeps the start values here
-        coerce_overrides(overrides)
-        for name, (default, _, _) in PARAMETERS.items():
-            value = OPTIONAL_TYPE[name] if default is None else default
-            try:
-                self.declare_parameter(name, value, descriptor(name))
-            except Exception as e:  # noqa: BLE001 - rclpy raises several kinds; configure reports them
-                given = getattr((overrides or {}).get(name), "value", None)
-                problem = refusal(name, given, str(e).splitlines()[0][:200])
-                self._start_problems.append(f"{name}: {problem}")
-                self._refused += 1
-                self.get_logger().error(f"parameter refused at start: {problem}")
-                self.declare_parameter(name, value, descriptor(name), ignore_override=True)
+        self._start_problems = declare_parameters(self)  # values given at start that ROS itself refused
+        self._refused = len(self._start_problems)  # parameter sets refused since start (at start and at run time)
         add_pre_set_parameters_callback(self, coerce_parameters)  # compat: emulated on Humble
         self.add_on_set_parameters_callback(self._on_set_parameters)
         add_post_set_parameters_callback(self, self._applied)
@@ -97,12 +74,9 @@ class InspectionNode(LifecycleNode):
         self.mode = ""
         self.judge: FrameJudge | None = None
         self._pubs: dict[str, Any] = {}
-        self._sync = None
-        self._info_sub = self._part_sub = None
-        self._latest_info: CameraInfo | None = None
         self._warn = ThrottledLog(self.get_logger())
         self._engine = DecisionEngine(lambda: self.judge, self._p, self._warn)  # queue, decisions, counters
-        self._closing = False  # stopping: a set that still matches gets the fail-safe at once
+        self.inputs = NodeInputs(self, self._engine, self._p, self._warn)  # subscriptions while active
         self._run_id = uuid.uuid4().hex[:16]  # with seq, names each decision of this process in the audit store
         self._audit: AuditStore | None = None
         self._evidence = None  # evidence_writer.EvidenceWriter while configured with evidence.dir
@@ -110,11 +84,10 @@ class InspectionNode(LifecycleNode):
         self._idle = InputIdle()
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
-        self._state_text = "unconfigured"
+        self.state_text = "unconfigured"  # what the node says of its state (log, /diagnostics)
         self._watch_group = MutuallyExclusiveCallbackGroup()
-        self._input_group = ReentrantCallbackGroup()
         self._watch_timer = None
-        self._swap: ModelSwap | None = None  # model changes at run time (set at configure)
+        self._model_change: ModelChange | None = None  # model changes at run time (set at configure)
         self._reload_srv = self.create_service(Trigger, "~/reload_model", self._on_reload_model,
                                                callback_group=MutuallyExclusiveCallbackGroup())
         # /diagnostics is a plain publisher: a node that cannot configure still says why
@@ -159,7 +132,7 @@ class InspectionNode(LifecycleNode):
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         judge = self.judge
         answer = check_set(params, configured=self.detector is not None,
-                           resolve_threshold=judge.judge_.resolve_threshold if judge is not None else None)
+                           resolve_threshold=judge.resolve_threshold if judge is not None else None)
         if not answer.ok:  # logged by set_parameters_atomically
             return SetParametersResult(successful=False, reason=answer.problem)
         if (ckpt := next((p for p in params if p.name == "checkpoint"), None)) is not None:
@@ -184,15 +157,15 @@ class InspectionNode(LifecycleNode):
         ok = self.trigger_configure() == TransitionCallbackReturn.SUCCESS
         ok = ok and self.trigger_activate() == TransitionCallbackReturn.SUCCESS
         if not ok:
-            self.get_logger().error(f"autostart failed ({self._state_text}): exiting with status 1")
+            self.get_logger().error(f"autostart failed ({self.state_text}): exiting with status 1")
             self._publish_diagnostics()
             self.exit_code = 1
         else:
-            self.get_logger().info(f"autostart: {self._state_text}")
+            self.get_logger().info(f"autostart: {self.state_text}")
 
     def _refuse(self, why: str) -> TransitionCallbackReturn:
-        self._state_text = f"cannot configure: {why}"
-        self.get_logger().error(self._state_text)
+        self.state_text = f"cannot configure: {why}"
+        self.get_logger().error(self.state_text)
         self.detector, self.judge = None, None
         self._publish_diagnostics()
         return TransitionCallbackReturn.FAILURE
@@ -205,13 +178,13 @@ class InspectionNode(LifecycleNode):
             return transition(state)
         except Exception as e:  # noqa: BLE001 - any failure of a transition must be reported, not lost
             self._ready.set(False)
-            self._state_text = f"cannot {name}: {type(e).__name__}: {e}"
-            self.get_logger().error(f"{self._state_text}\n{traceback.format_exc(limit=5)}")
+            self.state_text = f"cannot {name}: {type(e).__name__}: {e}"
+            self.get_logger().error(f"{self.state_text}\n{traceback.format_exc(limit=5)}")
             try:
                 if name == "activate":
                     self._unsubscribe()
                 elif name == "configure":
-                    self._teardown()
+                    self.teardown()
             except Exception as cleanup_error:  # noqa: BLE001 - report the first cause, not the clean-up's
                 self.get_logger().error(f"releasing after the failed {name}: {cleanup_error}")
             self._publish_diagnostics()
@@ -257,21 +230,23 @@ class InspectionNode(LifecycleNode):
         self._audit = open_audit(values, self.get_logger(), self._warn)
         self._evidence = open_evidence(values, self.get_fully_qualified_name(), self._p, self.get_logger(), self._warn)
         self._stop.clear()
-        self._swap = ModelSwap(values["device"], values["weights_2d"], values["weights_3d"])
+        self._model_change = ModelChange(self, ModelSwap(values["device"], values["weights_2d"], values["weights_3d"]),
+                                         self._engine, self._pubs, self._values, self._judge_lock, self._warn,
+                                         self._model_changed)
         self._engine.outlet = Outlet(self._pubs, self._audit, self.mode, self.detector.model_id,
                                      self.get_fully_qualified_name(), self._run_id, self._evidence)
         self._worker = threading.Thread(target=self._engine.work, args=(self._stop, self.context.ok),
                                         name="cmdr_inference", daemon=True)
         self._worker.start()
         self._engine.reset_stats()
-        self._state_text = "configured"
+        self.state_text = "configured"
         self.get_logger().info(
             f"configured: mode {self.mode}, model {self.detector.model_id}, device {self.detector.runtime}, "
             f"threshold {self.judge.threshold:.4f}, time budget {values['time_budget']:g} s, "
             f"overload {values['overload']}")
         return TransitionCallbackReturn.SUCCESS
 
-    # ---------------------------------------------------------------- model change (model_swap.py)
+    # ---------------------------------------------------------------- model change (model_change.py)
     def _checkpoint_set(self, path: str) -> str | None:
         """A run-time set of ``checkpoint``: unconfigured, the value is read at configure; inactive or active, the
         model is changed now (``_change_model``). Why it is refused, or None."""
@@ -294,39 +269,14 @@ class InspectionNode(LifecycleNode):
         return response
 
     def _change_model(self, path: str) -> str | None:
-        """Load ``path`` beside the running model (parts are judged by it meanwhile), verify and warm it up, then put
-        it in service between two parts; None when done, else why it was refused (the running model stays)."""
-        running, old_judge, swap = self.detector, self.judge, self._swap
-        if running is None or old_judge is None or swap is None:
+        """A model change (``model_change.py``): None when done, else why it was refused."""
+        if self._model_change is None:
             return "no model to change: the node is not configured"
+        return self._model_change.change(path)
 
-        def put() -> None:  # under the engine's judging lock: between two parts
-            with self._judge_lock:  # with every parameter set so far
-                if self.detector is not running:
-                    raise CmdrError("the node was reconfigured while the new model loaded")
-                self.judge = FrameJudge.from_params(loaded.detector, self._values(), old_judge.tf_lookup)
-                self.detector = loaded.detector
-            if self._engine.outlet is not None:
-                self._engine.outlet.model_id = loaded.detector.model_id
-
-        try:
-            loaded = swap.load(path, running, require_threshold=float(self._p("threshold")) < 0,
-                               warmup=bool(self._p("warmup")), log=self.get_logger().warning)
-            t0 = time.perf_counter()
-            ModelSwap.install(self._engine, put)
-        except CmdrError as e:
-            self._warn("model", f"model change to {path} refused, model {running.model_id} stays: {e}", "error")
-            return str(e)
-        swap_ms = 1e3 * (time.perf_counter() - t0)
-        announce_model(self._pubs, self.get_clock().now().to_msg(), loaded.detector, path)
-        self.get_logger().info(
-            f"model changed: {running.model_id} -> {loaded.detector.model_id} ({path}): loaded in {loaded.load_s:.2f} "
-            f"s, warm-up {loaded.warmup_s:.2f} s, swapped in {swap_ms:.1f} ms between two parts "
-            f"(room checked: {loaded.need_bytes / 2 ** 20:.0f} MiB)")
-        del running, old_judge, loaded
+    def _model_changed(self) -> None:
         self._free_gpu()
         self._publish_diagnostics()
-        return None
 
     def _warm_up(self) -> None:
         t0 = time.perf_counter()
@@ -337,63 +287,34 @@ class InspectionNode(LifecycleNode):
             self.get_logger().warning(f"warm-up skipped: {e}")
 
     def _activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        inputs = input_topics(self.mode, self._p("input.image_transport"), self._p("input.cloud"))
-        self._inputs = [name for _, name in inputs]
-        self._latest_info = None
-        qos = input_qos(self._p("input.depth"), self._p("input.reliability"))
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         try:
-            # reentrant: one input's callback never waits behind another's (the policy has its own lock)
-            # qos_overrides./TOPIC.subscription.reliability (etc.) in the params file sets one input's QoS
-            self._sync = make_synchronizer(self, inputs, qos, int(self._p("sync.queue_size")),
-                                           float(self._p("sync.slop")), self._on_set, event_callbacks=events,
-                                           on_drop=self._on_orphan, callback_group=self._input_group,
-                                           subscription_options={"qos_overriding_options": OVERRIDABLE})
+            self.inputs.subscribe(self.mode)
         except CmdrError as e:
-            self._state_text = f"cannot activate: {e}"
-            self.get_logger().error(self._state_text)
+            self.state_text = f"cannot activate: {e}"
+            self.get_logger().error(self.state_text)
             return TransitionCallbackReturn.FAILURE
-        if cross_modal(self.mode) or "depth" in self._inputs:
-            self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_info, copy.copy(qos),
-                                                      event_callbacks=events, callback_group=self._input_group,
-                                                      qos_overriding_options=OVERRIDABLE)
-        self._part_sub = self.create_subscription(Header, "part_id", self._engine.part_ids.add, qos,
-                                                  callback_group=self._input_group)
         self._watch_timer = self.create_timer(WATCH_PERIOD_S, self._watch, callback_group=self._watch_group,
                                               clock=steady_clock())
-        self._closing = False
         self._idle.reset()  # inputs received, and when that count last changed
-        self._state_text = "active"
-        self.get_logger().info(f"active: subscribed to {', '.join(self.resolve_topic_name(t) for t in self._inputs)}"
-                               f" ({self._p('input.reliability')}, sync backend {self._sync.backend})")
+        self.state_text = "active"
+        subscribed = ", ".join(self.resolve_topic_name(t) for t in self.inputs.names)
+        self.get_logger().info(f"active: subscribed to {subscribed} ({self._p('input.reliability')}, sync backend "
+                               f"{self.inputs.sync.backend})")
         result = super().on_activate(state)  # the lifecycle publishers first: then ready
         self._ready.set(result == TransitionCallbackReturn.SUCCESS and self.judge is not None)
         return result
 
-    def _on_incompatible_qos(self, event: QoSRequestedIncompatibleQoSInfo) -> None:
-        self._warn("qos", incompatible_qos_text(event.last_policy_kind, event.total_count,
-                                                self._p("input.reliability")), "error")
-        self._engine.count("qos_incompatible")
-
     def _deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.stop_and_settle("shutdown", "the node was deactivated before this part was judged")
         self._free_gpu()
-        self._state_text = "inactive"
+        self.state_text = "inactive"
         return super().on_deactivate(state)
 
     def _unsubscribe(self) -> None:
         if self._watch_timer is not None:
             self.destroy_timer(self._watch_timer)
             self._watch_timer = None
-        for name in ("_info_sub", "_part_sub"):
-            if getattr(self, name) is not None:
-                self.destroy_subscription(getattr(self, name))
-                setattr(self, name, None)
-        if self._sync is not None:
-            sync, self._sync = self._sync, None
-            sync.destroy()  # first: no reader accepts an input from here on ...
-            if sync.policy is not None:  # ... then waiting inputs, and any a late callback still offers, are answered
-                sync.policy.close("shutdown")
+        self.inputs.unsubscribe()
 
     def _free_gpu(self) -> None:
         if self.detector is not None and self.detector.device.type == "cuda":
@@ -401,7 +322,10 @@ class InspectionNode(LifecycleNode):
 
             torch.cuda.empty_cache()
 
-    def _teardown(self) -> None:
+    def teardown(self) -> None:
+        """Release what configure created (cleanup, a failed configure, and ``main`` at exit): every part still held
+        gets its fail-safe decision, the inference thread stops, the last decisions go out, then the audit store, the
+        publishers and the model are released."""
         self.stop_and_settle("shutdown", "the node shut down before this part was judged")
         self._stop.set()
         self._engine.queue.wake()
@@ -424,9 +348,9 @@ class InspectionNode(LifecycleNode):
         self.detector, self.judge = None, None
 
     def _cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
+        self.teardown()
         self._tf.release()
-        self._state_text = "unconfigured"
+        self.state_text = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -434,34 +358,13 @@ class InspectionNode(LifecycleNode):
 
     def _shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.stop_and_settle("shutdown", "the node shut down before this part was judged")
-        self._teardown()
+        self.teardown()
         return TransitionCallbackReturn.SUCCESS
-
-    # ---------------------------------------------------------------- inputs
-    def _on_info(self, msg: CameraInfo) -> None:
-        self._latest_info = msg
-
-    def _on_set(self, *msgs: InputMessage) -> None:
-        """Synchronizer callback: queue the part; when the queue is full the oldest waiting part is decided now."""
-        part = Part(dict(zip(self._inputs, msgs)), self._latest_info if self._info_sub is not None else None,
-                    time.monotonic())
-        if self._closing:
-            self._engine.fail(part, "shutdown", "the node is stopping: this part arrived after the last one judged")
-            return
-        self._engine.submit(part, self._p("overload"), int(self._p("worker.queue_size")))
-
-    def _on_orphan(self, index: int, msg: InputMessage, why: str) -> None:
-        """An input that left the synchronizer without partner: its own not-judged result."""
-        name = self._inputs[index]
-        kind, reason = unmatched_reason(name, self._inputs, why, float(self._p("sync.timeout")))
-        self._engine.fail(Part({name: msg}, None, time.monotonic()), kind, reason)
 
     # ---------------------------------------------------------------- watchdog and stopping
     def _watch(self) -> None:
         """Unmatched inputs past sync.timeout, parts past time_budget, a stuck inference."""
-        sync = self._sync
-        if sync is not None and sync.policy is not None:
-            sync.policy.expire(float(self._p("sync.timeout")))
+        self.inputs.expire()
         budget = float(self._p("time_budget"))
         if self._engine.watch(budget):
             self.get_logger().error(f"inference has been running for more than time_budget {budget:g} s: every part "
@@ -473,8 +376,8 @@ class InspectionNode(LifecycleNode):
         and this returns when no input arrived for ``quiet_s`` (at most ``max_wait_s``), so that the readers are
         (nearly) empty before the executor is shut down. ~/ready goes false first."""
         self._ready.set(False, wait_acked_s=0.5)
-        self._closing = True
-        wait_inputs_quiet(self._sync, quiet_s, max_wait_s)
+        self.inputs.closing = True
+        self.inputs.wait_quiet(quiet_s, max_wait_s)
 
     def stop_and_settle(self, kind: str, reason: str) -> int:
         """Stop judging and give every part not decided yet the fail-safe decision: take what the input readers
@@ -482,11 +385,8 @@ class InspectionNode(LifecycleNode):
         then answer the inputs waiting for a partner and every queued or running part. ~/ready goes false first."""
         self._ready.set(False, wait_acked_s=0.5)
         n0 = self._engine.order.last
-        self._closing = True
-        if self._part_sub is not None:
-            take_all(self._part_sub, self._engine.part_ids.add)
-        if self._sync is not None:
-            self._sync.drain()
+        self.inputs.closing = True
+        self.inputs.take_waiting()
         self._unsubscribe()  # right after the drain: what arrives from here on is refused, not accepted unanswered
         self.settle_all(kind, reason)
         return self._engine.order.last - n0
@@ -503,33 +403,15 @@ class InspectionNode(LifecycleNode):
     # ---------------------------------------------------------------- diagnostics
     def snapshot(self) -> dict[str, Any]:
         """Counters for diagnostics and tests."""
-        out = self._engine.counters()
-        sync = self._sync
-        out["pending_sync"] = sum(sync.policy.pending()) if sync is not None and sync.policy is not None else 0
-        out["input_idle_s"] = self._idle.idle_s(sum(sync.stats.snapshot().received) if sync is not None else 0,
-                                                time.monotonic())
+        out, inputs = self._engine.counters(), self.inputs.counters()
+        out["pending_sync"] = inputs["pending_sync"]
+        out["input_idle_s"] = self._idle.idle_s(inputs["received"], time.monotonic())
         out["recent_faults"] = recent_faults(out.pop("recent"), time.monotonic(),
                                              float(self._p("diagnostics.window")))
-        lateness = sync.lateness if sync is not None else None
-        out["late_inputs"] = dict(zip(self._inputs, lateness.percentiles())) if lateness is not None else {}
-        out["qos_incompatible_now"] = self._qos_mismatches() if sync is not None else {}
+        out["late_inputs"] = inputs["late_inputs"]
+        out["qos_incompatible_now"] = self.inputs.qos_mismatches() if self.inputs.sync is not None else {}
         out["parameters_refused"] = self._refused
         return out
-
-    def _qos_mismatches(self) -> dict[str, int]:
-        """Per input topic, how many of its publishers cannot reach the node's subscription (QoS), from the ROS
-        graph, which forgets a publisher once it is gone: an incompatible-QoS error lasts while one is there."""
-        found: dict[str, int] = {}
-        topics = list(self._inputs) + (["camera_info"] if self._info_sub is not None else [])
-        try:
-            for topic in map(self.resolve_topic_name, topics):
-                ours = [i.qos_profile for i in self.get_subscriptions_info_by_topic(topic)
-                        if i.node_name == self.get_name() and i.node_namespace == self.get_namespace()]
-                if n := incompatible_publishers(self.get_publishers_info_by_topic(topic), ours):
-                    found[topic] = n
-        except Exception as e:  # noqa: BLE001 - the graph may be going away at shutdown: say so, do not stop
-            self._warn("qos", f"cannot read the ROS graph for the QoS check: {type(e).__name__}: {e}")
-        return found
 
     def _publish_diagnostics(self) -> None:
         s, judge, det, audit = self.snapshot(), self.judge, self.detector, self._audit
@@ -538,7 +420,7 @@ class InspectionNode(LifecycleNode):
             model = {"threshold": judge.threshold, "model_id": det.model_id, "device": det.runtime}
         hw_id = hardware_id(self._p("hardware_id"), fqn)
         arr = DiagnosticArray(status=[
-            node_status(s, state=self._state_text, judging=judge is not None, time_budget=float(self._p("time_budget")),
+            node_status(s, state=self.state_text, judging=judge is not None, time_budget=float(self._p("time_budget")),
                         found=self._faults(s, det), mode=self.mode, name=status_name(fqn, "node"), hw_id=hw_id,
                         **model),
             audit_status(audit.health() if audit is not None else None, enabled=bool(self._p("audit.enabled")),
@@ -554,7 +436,7 @@ class InspectionNode(LifecycleNode):
 
     def _faults(self, s: dict[str, Any], det: CMDRDetector | None) -> list[tuple[bytes, str]]:
         """What is wrong now besides a stuck inference, each with its level (``node_status.faults``)."""
-        return faults(s, stale_after=float(self._p("diagnostics.stale_after")), inputs_watched=self._sync is not None,
+        return faults(s, stale_after=float(self._p("diagnostics.stale_after")), inputs_watched=self.inputs.sync is not None,
                       pretrained_cpu=pretrained_on_cpu(det), unsent_after=float(self._p("time_budget")),
                       window=float(self._p("diagnostics.window")), sync_timeout=float(self._p("sync.timeout")))
 

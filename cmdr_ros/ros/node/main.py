@@ -45,7 +45,7 @@ def run(make_node: Callable[[], Any], args: list[str] | None = None) -> int:
             node.get_logger().info(f"stopping: {n} part(s) not judged yet got the fail-safe decision")
     finally:
         executor.shutdown(timeout_sec=5.0)
-        node._teardown()
+        node.teardown()
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

@@ -1,5 +1,5 @@
 """A model change between two parts: load, verify and warm up a new checkpoint beside the running model, then put it
-in service between two parts (docs/model_swap.md). No rclpy here: the node (``inspection_node.py``) wires it to
+in service between two parts (docs/model_swap.md). No rclpy here: the node (``model_change.py``) wires it to
 ``ros2 param set ... checkpoint`` and the ``~/reload_model`` service.
 
 ``ModelSwap.load`` runs on the caller's thread (a service callback), never on the inference thread: parts keep being

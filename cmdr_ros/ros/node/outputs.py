@@ -18,6 +18,7 @@ from cmdr_ros.ros.conversions.frames import Frame
 from cmdr_ros.ros.kinds import kind_of
 from cmdr_ros.ros.topics import MAPS
 from cmdr_ros.ros.node.typed_decision import class_of, classification
+from cmdr_ros.ros.stamps import stamp_text
 
 PART_STATUS_NAME = "cmdr_inspection: part"
 RESULT_SCHEMA_VERSION = "5"  # 5: class_id (the ~/decision class)
@@ -91,7 +92,7 @@ def result_values(header: Any, verdict: Verdict, frame: Frame | None, *, seq: in
     if seq is not None:
         kv["seq"] = str(seq)
     if header is not None:
-        kv["stamp"] = f"{header.stamp.sec}.{header.stamp.nanosec:09d}"
+        kv["stamp"] = stamp_text(header)
     kv.update(verdict_values(verdict))
     kv["inputs"] = inputs
     kv.update(extra or {})

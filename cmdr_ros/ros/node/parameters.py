@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, MutableMapping, Protocol
 
 from cmdr_ros import CmdrError
+from cmdr_ros.judge import DECISIONS
 
 if TYPE_CHECKING:
     from rcl_interfaces.msg import ParameterDescriptor
 
 NODE_NAME = "cmdr_inspection"
 MODES = ("auto", "rgbd", "3d", "2d")
-ON_ERROR = ("reject", "pass", "skip")
 IMAGE_TRANSPORTS = ("raw", "compressed")
 CLOUD_INPUTS = ("points", "depth", "compressedDepth")
 PROJECTIONS = ("auto", "raw", "rectified")
@@ -42,7 +42,7 @@ PARAMETERS: dict[str, tuple[Any, str, Any]] = {
     "threshold": (-1.0, "reject when score >= threshold; < 0 uses the checkpoint's calibrated one; changeable "
                         "at run time", (-1.0, 1e12)),
     "on_error": ("reject", "decision for a part that cannot be judged (malformed, unmatched, degraded, too slow, "
-                           "overload): reject | pass | skip (result only, no ~/reject)", ON_ERROR),
+                           "overload): reject | pass | skip (result only, no ~/reject)", DECISIONS),
     "min_valid_ratio": (0.01, "a frame with fewer valid pixels after background removal is not judged", (0.0, 1.0)),
     "min_coverage": (0.05, "a frame whose cloud covers less of the map (before preprocessing) is not judged",
                      (0.0, 1.0)),

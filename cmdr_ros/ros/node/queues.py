@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from cmdr_ros.ros.conversions import stamp_ns
+from cmdr_ros.ros.stamps import seconds_ns, stamp_ns
 
 if TYPE_CHECKING:
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -90,7 +90,7 @@ class PartIds:
 
     def wait_near(self, header: Header, slop_s: float, timeout: float, untaken: bool = False) -> str | None:
         """``near``, waiting up to ``timeout`` seconds for such an id to arrive."""
-        t, slop = stamp_ns(header), int(slop_s * 1e9)
+        t, slop = stamp_ns(header), seconds_ns(slop_s)
         with self._cv:
             found = self._cv.wait_for(lambda: self._nearest(t, slop, untaken), max(timeout, 0.0))
             if found is None:

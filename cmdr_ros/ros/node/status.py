@@ -7,7 +7,7 @@ ERROR while an input publisher whose QoS cannot reach the node's subscription is
 (``incompatible_publishers``); the cumulative counters stay as values.
 
 Everything here takes plain values (counters, parameter values, the audit store's ``health()``), so the levels and
-texts are tested without a node; ``InspectionNode._publish_diagnostics`` gathers the values and publishes.
+texts are tested without a node; the node (``InspectionNode``) gathers the values and publishes.
 Conventions of diagnostic_updater: statuses named ``'<node>: <task>'``, the cell or sensor as ``hardware_id``.
 """
 from __future__ import annotations

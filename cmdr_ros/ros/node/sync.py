@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from cmdr_ros import CmdrError
+from cmdr_ros.ros.stamps import seconds_ns, stamp_ns
 
 if TYPE_CHECKING:
     from rclpy.callback_groups import CallbackGroup
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from rclpy.qos import QoSProfile
 
 _LOG = logging.getLogger(__name__)
-_NS_PER_S = 1_000_000_000
 
 
 @dataclass
@@ -135,11 +135,7 @@ class InputLateness:
 def _header_stamp_ns(msg: Any) -> int | None:
     """``msg.header.stamp`` in nanoseconds (builtin_interfaces/Time or rclpy Time), or None when absent."""
     stamp = getattr(getattr(msg, "header", None), "stamp", None)
-    if stamp is None:
-        return None
-    if hasattr(stamp, "nanoseconds"):
-        return int(stamp.nanoseconds)
-    return int(stamp.sec) * _NS_PER_S + int(stamp.nanosec)
+    return None if stamp is None else stamp_ns(stamp)
 
 
 def _checked_slop_ns(n_inputs: int, queue_size: int, slop: float) -> int:
@@ -148,10 +144,10 @@ def _checked_slop_ns(n_inputs: int, queue_size: int, slop: float) -> int:
         raise CmdrError(f"synchronizer: n_inputs={n_inputs} must be at least 1.")
     if queue_size < 1:
         raise CmdrError(f"synchronizer: queue_size={queue_size} must be at least 1 or no set can ever match.")
-    if not math.isfinite(slop) or int(slop * _NS_PER_S) < 1:
+    if not math.isfinite(slop) or seconds_ns(slop) < 1:
         raise CmdrError(f"synchronizer: slop={slop} s must be finite and at least 1 ns (the spread test is "
                         f"strict, so a zero slop never matches).")
-    return int(slop * _NS_PER_S)
+    return seconds_ns(slop)
 
 
 class ApproximateTimePolicy:

@@ -1,17 +1,21 @@
-"""The inspection node on the wire: which inputs it subscribes to for a mode, which outputs it publishes, and with
-which QoS (topic names: ``topics.py``)."""
+"""The inspection node on the wire: its parameters' declarations, which inputs it subscribes to for a mode, which
+outputs it publishes, and with which QoS (topic names: ``topics.py``)."""
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
 from cmdr_ros.ros import topics
 from cmdr_ros.ros.node import typed_decision
+from cmdr_ros.ros.node.parameters import PARAMETERS, coerce_overrides, descriptor, refusal
 from cmdr_ros.ros.conversions.frames import input_names
+
+if TYPE_CHECKING:
+    from rclpy.node import Node
 
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 DIAGNOSTICS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
@@ -25,9 +29,30 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durabi
                          history=HistoryPolicy.KEEP_LAST)  # ~/vision_info, ~/ready: a late subscriber gets the value in force
 
 
-# input.cloud -> the cloud input's (message type, topic): a PointCloud2, a raw depth image, or a depth image through
+# input.cloud -> the cloud input's topic: a PointCloud2, a raw depth image, or a depth image through
 # image_transport's compressedDepth (a CompressedImage, "16UC1|32FC1; compressedDepth png|rvl")
-CLOUD_INPUT = {"points": (PointCloud2, "points"), "depth": (Image, "depth"), "compressedDepth": (CompressedImage, "depth")}
+CLOUD_TOPIC = {"points": "points", "depth": "depth", "compressedDepth": "depth"}
+OPTIONAL_TYPE = {"extrinsics": Parameter.Type.DOUBLE_ARRAY}  # parameters without a default: unset unless given
+
+
+def declare_parameters(node: Node) -> list[str]:
+    """Declare every parameter of ``parameters.PARAMETERS`` on ``node`` with the values given at start (coerced:
+    ``threshold:=3`` is a double). A value ROS itself refuses (range, type) is logged, its default declared instead,
+    and returned as "name: why" (configure then refuses to run with it)."""
+    problems = []
+    overrides = getattr(node, "_parameter_overrides", None)  # rclpy keeps the start values here
+    coerce_overrides(overrides)
+    for name, (default, _, _) in PARAMETERS.items():
+        value = OPTIONAL_TYPE[name] if default is None else default
+        try:
+            node.declare_parameter(name, value, descriptor(name))
+        except Exception as e:  # noqa: BLE001 - rclpy raises several kinds; configure reports them
+            given = getattr((overrides or {}).get(name), "value", None)
+            problem = refusal(name, given, str(e).splitlines()[0][:200])
+            problems.append(f"{name}: {problem}")
+            node.get_logger().error(f"parameter refused at start: {problem}")
+            node.declare_parameter(name, value, descriptor(name), ignore_override=True)
+    return problems
 
 
 def steady_clock() -> Any:
@@ -68,10 +93,11 @@ class ReadyState:
 
 
 def input_topics(mode: str, image_transport: str = "raw", cloud: str = "points") -> list[tuple[type, str]]:
-    """(message type, topic) of each synchronized input of ``mode``."""
-    image = CompressedImage if image_transport == "compressed" else Image
-    inputs = {"image": (image, "image"), "points": CLOUD_INPUT[cloud]}
-    return [inputs[name] for name in input_names(mode)]
+    """(message type, topic) of each synchronized input of ``mode`` (types: ``topics.INPUT_TYPES``)."""
+    topic = {"image": "image", "points": CLOUD_TOPIC[cloud]}
+    compressed = {"image": image_transport == "compressed", "points": cloud == "compressedDepth"}
+    return [(topics.COMPRESSED_TYPE if compressed[name] else topics.INPUT_TYPES[topic[name]], topic[name])
+            for name in input_names(mode)]
 
 
 def input_qos(depth: int, reliability: str) -> QoSProfile:
@@ -82,7 +108,7 @@ def input_qos(depth: int, reliability: str) -> QoSProfile:
 def output_keys(values: Mapping[str, Any]) -> list[str]:
     """The outputs the node publishes with parameter ``values``: the decisions always, each map when enabled (the
     typed outputs: ``typed_outputs``)."""
-    return list(topics.DECISIONS) + [key for key in topics.MAPS if values[f"output.{key}"]]
+    return list(topics.DECISION_OUTPUTS) + [key for key in topics.MAPS if values[f"output.{key}"]]
 
 
 def create_outputs(node: Any, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Inspection-run summaries: the per-part table, decision quality at the threshold, and a one-page HTML report."""
+"""Inspection-run reports (the demo's): the per-part table, decision quality at the threshold, and a one-page HTML
+report. (The audit store's statistics: ``cmdr_ros.audit.report``.)"""
 from __future__ import annotations
 
 import html
