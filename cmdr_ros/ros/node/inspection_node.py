@@ -1,22 +1,22 @@
 """``cmdr_inspection``: the managed (lifecycle) inspection node, thin over the package's shared modules.
 
-Every synchronized set and every orphan input gets exactly one decision, stamped with its header:
-
-subscription callbacks -> approximate-time synchronizer (``sync.py``; an input without partner within
+Every synchronized set and every orphan input gets exactly one decision, stamped with its header: subscription
+callbacks (``inputs.py``) -> approximate-time synchronizer (``sync.py``; an input without partner within
 ``sync.timeout``, evicted or duplicated gets an ``unmatched`` result) -> ``DecisionEngine.submit`` queues the part
-(``overload``: judge_all keeps ``worker.queue_size`` waiting and gives the oldest the fail-safe when full; newest
-keeps one) -> inference thread -> ``FrameJudge`` (alignment, model, decision rule, fail-safe; ``frame_judge.py``) ->
-``DecisionEngine.decide`` (``engine.py``: a sequence number under the decision lock, then the outbox thread sends,
-in number order, the audit row and the messages of ``outputs.py``; no callback waits for that). A watchdog gives every part not decided within ``time_budget`` of
-its arrival the fail-safe decision and reports a stuck inference on ``/diagnostics`` (``status.py``). Inference
-never runs in a callback. At SIGINT/SIGTERM every part still waiting gets its fail-safe decision before exit.
+(``overload``: judge_all keeps ``worker.queue_size`` waiting, the oldest gets the fail-safe when full; newest keeps
+one) -> inference thread -> ``FrameJudge`` (alignment, model, decision rule, fail-safe; ``frame_judge.py``) ->
+``DecisionEngine.decide`` (``engine.py``: a sequence number under the decision lock, then the outbox thread sends, in
+number order, the audit row and the messages of ``outputs.py``; no callback waits for that). A watchdog gives every
+part not decided within ``time_budget`` of its arrival the fail-safe and reports a stuck inference on
+``/diagnostics`` (``status.py``). Inference never runs in a callback. At SIGINT/SIGTERM every waiting part gets its
+fail-safe decision before exit.
 
-Lifecycle: configure validates every parameter (as at run time; ``parameters.py``), loads the checkpoint, warms the
-model up and creates the publishers; activate subscribes; deactivate unsubscribes (waiting parts get the fail-safe)
-and frees cached GPU memory; cleanup drops the model. ``autostart`` walks to active and exits non-zero when it cannot.
-``~/ready`` (latched) is true only while active with a model; the watchdog, /diagnostics and autostart timers run on
-a steady clock (sim time only stamps). A controller's view of all this: docs/controller.md.
-While configured, a set of ``checkpoint`` or ``~/reload_model`` changes the model between two parts (``model_change.py``).
+Lifecycle: configure validates every parameter (``parameters.py``), loads the checkpoint, warms the model up and
+creates the publishers; activate subscribes; deactivate unsubscribes (waiting parts get the fail-safe) and frees
+cached GPU memory; cleanup drops the model. ``autostart`` walks to active and exits non-zero when it cannot.
+``~/ready`` (latched) is true only while active with a model; the watchdog, /diagnostics and autostart timers run
+on a steady clock (sim time only stamps). A controller's view: docs/controller.md. While configured, a set of
+``checkpoint`` or ``~/reload_model`` changes the model between two parts (``model_change.py``).
 """
 from __future__ import annotations
 
