@@ -45,6 +45,14 @@ def warm_up(detector: CMDRDetector) -> None:
     pipeline_for(detector).warm_up(detector)
 
 
+def free_gpu(detector: CMDRDetector | None) -> None:
+    """Give the CUDA memory the caching allocator holds back (deactivate, a model change, cleanup)."""
+    if detector is not None and detector.device.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def error_kind(e: CmdrError) -> str:
     """The not-judged cause of a CmdrError: its class name (ConversionError, ...) or 'bad_input'."""
     return getattr(e, "kind", None) or (type(e).__name__ if type(e) is not CmdrError else "bad_input")

@@ -42,7 +42,7 @@ from cmdr_ros.ros.compat import add_post_set_parameters_callback, add_pre_set_pa
 from cmdr_ros.ros.node.audit import close_audit, open_audit
 from cmdr_ros.ros.node.engine import DecisionEngine, Outlet
 from cmdr_ros.ros.node.evidence_writer import close_evidence, evidence_status, open_evidence
-from cmdr_ros.ros.node.frame_judge import FrameJudge, warm_up
+from cmdr_ros.ros.node.frame_judge import FrameJudge, free_gpu, warm_up
 from cmdr_ros.ros.node.inputs import NodeInputs
 from cmdr_ros.ros.node.model_change import ModelChange
 from cmdr_ros.ros.node.model_swap import ModelSwap
@@ -275,7 +275,7 @@ class InspectionNode(LifecycleNode):
         return self._model_change.change(path)
 
     def _model_changed(self) -> None:
-        self._free_gpu()
+        free_gpu(self.detector)
         self._publish_diagnostics()
 
     def _warm_up(self) -> None:
@@ -306,7 +306,7 @@ class InspectionNode(LifecycleNode):
 
     def _deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.stop_and_settle("shutdown", "the node was deactivated before this part was judged")
-        self._free_gpu()
+        free_gpu(self.detector)
         self.state_text = "inactive"
         return super().on_deactivate(state)
 
@@ -315,12 +315,6 @@ class InspectionNode(LifecycleNode):
             self.destroy_timer(self._watch_timer)
             self._watch_timer = None
         self.inputs.unsubscribe()
-
-    def _free_gpu(self) -> None:
-        if self.detector is not None and self.detector.device.type == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
 
     def teardown(self) -> None:
         """Release what configure created (cleanup, a failed configure, and ``main`` at exit): every part still held
@@ -344,7 +338,7 @@ class InspectionNode(LifecycleNode):
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
-        self._free_gpu()
+        free_gpu(self.detector)
         self.detector, self.judge = None, None
 
     def _cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
