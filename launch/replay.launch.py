@@ -8,7 +8,6 @@ The player starts when the node reaches the active state (not after a guessed de
 (``--clock``) and the node runs on it (use_sim_time), so stamps, tf lookups and diagnostics follow the recording.
 Every argument of inspection.launch.py (params_file, namespace, input_reliability, threshold, ...) is forwarded.
 """
-import importlib.util
 import os
 
 from ament_index_python.packages import get_package_share_directory
@@ -16,6 +15,7 @@ from launch import LaunchDescription
 from launch.actions import ExecuteProcess, OpaqueFunction, RegisterEventHandler
 
 from cmdr_ros.ros.dds_profile import use_large_message_profile
+from cmdr_ros.ros.launch_arguments import inspection_launch
 from cmdr_ros.ros.topics import CAMERA
 
 REPLAY_ARGS = {
@@ -27,14 +27,6 @@ REPLAY_ARGS = {
     "camera_info": (CAMERA["camera_info"], "camera info topic in the bag"),
     "use_rviz": ("true", "start RViz"),
 }
-
-
-def _inspection_launch(share: str):
-    spec = importlib.util.spec_from_file_location("cmdr_inspection_launch",
-                                                  os.path.join(share, "launch", "inspection.launch.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def player_cmd(values: dict) -> list:
@@ -52,7 +44,7 @@ def replay_actions(values: dict, share: str) -> list:
     if not values.get("bag"):
         raise ValueError("launch argument bag:=FOLDER is required")
     values = {**values, "use_sim_time": values.get("use_sim_time") or "true"}
-    actions = _inspection_launch(share).node_actions(values, share)
+    actions = inspection_launch(share).node_actions(values, share)
     env = dict(os.environ)  # the player publishes image and cloud from one process: the large-message profile
     use_large_message_profile(env)
     play = ExecuteProcess(cmd=player_cmd(values), output="screen",
@@ -63,5 +55,5 @@ def replay_actions(values: dict, share: str) -> list:
 
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("cmdr_ros")
-    return LaunchDescription(_inspection_launch(share).declare_arguments(share, REPLAY_ARGS) + [OpaqueFunction(
+    return LaunchDescription(inspection_launch(share).declare_arguments(share, REPLAY_ARGS) + [OpaqueFunction(
         function=lambda context: replay_actions(dict(context.launch_configurations), share))])

@@ -11,12 +11,11 @@ the input topics image, points, depth, camera_info, part_id (relative names reso
 use_rviz, ...) applies to both nodes. Both nodes write to one audit store: ``audit_database`` (empty: both use
 $ROS_LOG_DIR/cmdr_audit.db); each row names its node. Outputs: /cam_a/cmdr_inspection/result, /cam_b/... .
 """
-import importlib.util
-import os
-
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import OpaqueFunction
+
+from cmdr_ros.ros.launch_arguments import inspection_launch
 
 CAMERAS = ("a", "b")
 PER_CAMERA = {
@@ -30,14 +29,6 @@ PER_CAMERA = {
     "hardware_id": ("", "camera {}'s /diagnostics hardware_id (empty: the node's name)"),
 }
 SHARED = {"checkpoint": ("", "model of both cameras (checkpoint_a / checkpoint_b override it)")}
-
-
-def _inspection_launch(share: str):
-    spec = importlib.util.spec_from_file_location("cmdr_inspection_launch",
-                                                  os.path.join(share, "launch", "inspection.launch.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def own_arguments() -> dict:
@@ -59,7 +50,7 @@ def camera_values(values: dict, cam: str) -> dict:
 
 
 def two_camera_actions(values: dict, share: str) -> list:
-    inspection = _inspection_launch(share)
+    inspection = inspection_launch(share)
     cams = [camera_values(values, cam) for cam in CAMERAS]
     if cams[0]["namespace"].strip("/") == cams[1]["namespace"].strip("/"):
         raise ValueError("launch arguments namespace_a and namespace_b: the two nodes need different namespaces")
@@ -68,6 +59,6 @@ def two_camera_actions(values: dict, share: str) -> list:
 
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("cmdr_ros")
-    declared = _inspection_launch(share).declare_arguments(share, own_arguments(), without=tuple(PER_CAMERA))
+    declared = inspection_launch(share).declare_arguments(share, own_arguments(), without=tuple(PER_CAMERA))
     return LaunchDescription(declared + [OpaqueFunction(
         function=lambda context: two_camera_actions(dict(context.launch_configurations), share))])

@@ -6,6 +6,8 @@ table is generated from here (``tools/doc_tables.py``). ROS-free: the launch fil
 """
 from __future__ import annotations
 
+from types import ModuleType
+
 from cmdr_ros.ros.node.parameters import PARAMETERS
 
 # launch argument -> (node parameter, what the launch adds to the parameter's description; empty: nothing)
@@ -41,3 +43,16 @@ def markdown_table() -> str:
     for arg, (param, _, text) in override_arguments().items():
         rows.append(f"| `{arg}` | `{param}` | {text.replace('|', '/')} |")
     return "\n".join(rows)
+
+
+def inspection_launch(share: str) -> ModuleType:
+    """The installed ``launch/inspection.launch.py`` under ``share`` (the package's share directory) as a module: the
+    other launch files build their nodes and arguments with its ``node_actions`` and ``declare_arguments``."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("cmdr_inspection_launch",
+                                                  os.path.join(share, "launch", "inspection.launch.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
