@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from review_harness import RUN, decision, make_store
 
+from cmdr_ros.cli.evaluate import run_eval
 from cmdr_ros.cli.main import main
 from cmdr_ros.data.mvtec3d import MVTec3DClass
 from cmdr_ros.data.synthetic import CellConfig, render_part
@@ -93,7 +94,7 @@ def test_two_chunks_models_are_judged_on_a_class_of_scans(tmp_path):
     ckpt = tmp_path / "scan.ckpt"
     train_model(data, scan_model_config(epochs=1), ckpt, device="cpu", no_cache=True, progress=False)
     det = load_checkpoint(ckpt, "cpu")
-    current, new = promotion.compare([ckpt, ckpt], [det, det], str(data), tmp_path / "judged")
+    current, new = promotion.compare([ckpt, ckpt], [det, det], str(data), tmp_path / "judged", run_eval)
     assert (new.n_good, new.n_defect) == (1, 2) and current == new
     assert promotion.verdict(current, new) == (False, "the new model is no better on any figure")
 

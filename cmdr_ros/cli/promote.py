@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cmdr_ros.cli.evaluate import run_eval  # noqa: PLC0415 - torch only for this verb
     from cmdr_ros.learning import promotion  # noqa: PLC0415
     from cmdr_ros.model.checkpoint import load_checkpoint  # noqa: PLC0415 - torch only for this verb
 
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             promoted, reason = False, f"not comparable: {problem}"
         else:
             with tempfile.TemporaryDirectory(prefix="cmdr_promote_") as tmp:
-                figures = promotion.compare(paths, detectors, args.data, Path(args.report or tmp),
+                figures = promotion.compare(paths, detectors, args.data, Path(args.report or tmp), run_eval,
                                             cache_dir=args.cache_dir, no_cache=args.no_cache, progress=not args.quiet)
             promoted, reason = promotion.verdict(*figures)
             print(promotion.table(*figures))

@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from cmdr_ros.review.db import ReviewDB, promotions_table_sql
 
@@ -133,12 +133,11 @@ def history(db: ReviewDB, limit: int = 20) -> list[dict[str, Any]]:
     return rows
 
 
-def compare(paths: Sequence[str], detectors: Sequence[Any], data: str, out: Path, *, cache_dir: str | None = None,
-            no_cache: bool = False, progress: bool = False) -> tuple[Figures, Figures]:
-    """Evaluate (current, new) on ``data``'s test split, reports under ``out``/current and ``out``/new (the caller
-    checked ``same_inputs_problem``)."""
-    from cmdr_ros.cli.evaluate import run_eval  # noqa: PLC0415 - torch is imported when models are judged
-
+def compare(paths: Sequence[str], detectors: Sequence[Any], data: str, out: Path, run_eval: Callable[..., dict],
+            *, cache_dir: str | None = None, no_cache: bool = False, progress: bool = False) -> tuple[Figures, Figures]:
+    """Evaluate (current, new) on ``data``'s test split with ``run_eval`` (``cmdr eval``'s, given by the caller: the
+    CLI is the top layer), reports under ``out``/current and ``out``/new (the caller checked
+    ``same_inputs_problem``)."""
     figures = []
     for name, path, det in zip(("current", "new"), paths, detectors):
         report = run_eval(data, det, out / name, str(Path(path).resolve()), cache_dir, no_cache, progress,
