@@ -223,9 +223,9 @@ class CMDRDetector:
 
     def _fit_memory_bank(self, natives: Sequence[Native], valids: Sequence[torch.Tensor],
                          grid_cache: Sequence[dict[str, torch.Tensor]] | None) -> dict[str, torch.Tensor]:
-        """The memory bank of every modality: a greedy coreset (``memory_bank.greedy_coreset``) of
-        ``config.memory_bank`` standardised grid features drawn from the valid pixels of the training samples (at
-        most ``memory_bank.POOL`` in all, the same share from each sample)."""
+        """The memory bank of every banked modality (``config.banked_modalities``): a greedy coreset
+        (``memory_bank.greedy_coreset``) of ``config.memory_bank`` standardised grid features drawn from the valid
+        pixels of the training samples (at most ``memory_bank.POOL`` in all, the same share from each sample)."""
         gen = torch.Generator().manual_seed(self.config.train.seed)
         per_sample = -(-memory_bank.POOL // len(natives))
         pools: dict[str, list[torch.Tensor]] = {}
@@ -233,8 +233,8 @@ class CMDRDetector:
             feats = grid_cache[i] if grid_cache is not None else self.grid_features([nat])
             idx = torch.nonzero(v.reshape(-1).to(self.device)).squeeze(1)
             idx = idx[torch.randperm(len(idx), generator=gen)[:per_sample].to(idx.device)]
-            for m, f in feats.items():
-                pools.setdefault(m, []).append(f[0].flatten(1)[:, idx].T.float().cpu())
+            for m in self.config.banked_modalities:
+                pools.setdefault(m, []).append(feats[m][0].flatten(1)[:, idx].T.float().cpu())
         return {m: memory_bank.greedy_coreset(torch.cat(p), self.config.memory_bank, self.config.train.seed)
                 for m, p in pools.items()}
 
