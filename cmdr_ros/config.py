@@ -211,6 +211,9 @@ class ModelConfig:
     # distance to the nearest good feature, smoothed, gates the fused map (fusion.memory_bank_gate); 0: no bank
     # (the paper's CMDR-IAD)
     memory_bank: int = 0
+    # the modalities whose features the memory bank holds and whose distance gates F (of those the mode uses; mode
+    # rgbd with ("3d",): the cloud's features only, the colour statistics' bank gated good parts too on real parts)
+    memory_bank_modalities: tuple[str, ...] = ("2d", "3d")
 
     @property
     def chunk_points(self) -> int:
@@ -271,8 +274,21 @@ class ModelConfig:
             raise CmdrError("image_score is for frames: the chunks pipeline scores a chunk by chunk_score")
         if isinstance(self.memory_bank, bool) or not isinstance(self.memory_bank, int) or self.memory_bank < 0:
             raise CmdrError(f"memory_bank {self.memory_bank!r} must be a whole number >= 0 (0: no memory bank)")
+        self.memory_bank_modalities = tuple(self.memory_bank_modalities)
+        if not set(self.memory_bank_modalities) & set(MODALITIES[self.mode]) or \
+                not set(self.memory_bank_modalities) <= {"2d", "3d"}:
+            raise CmdrError(f"memory_bank_modalities {list(self.memory_bank_modalities)} must name 2d and/or 3d, at "
+                            f"least one of those mode '{self.mode}' uses ({', '.join(MODALITIES[self.mode])})")
         if self.judges_scans and self.mode != "3d":
             raise CmdrError(f"the chunks pipeline judges unorganized scans (3D only), not mode '{self.mode}'")
+
+    @property
+    def banked_modalities(self) -> tuple[str, ...]:
+        """The modalities the memory bank holds: those of ``memory_bank_modalities`` the mode uses (none without a
+        bank)."""
+        if not self.memory_bank:
+            return ()
+        return tuple(m for m in MODALITIES[self.mode] if m in self.memory_bank_modalities)
 
     @property
     def judges_scans(self) -> bool:

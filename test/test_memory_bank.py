@@ -134,3 +134,37 @@ def test_a_banked_model_exports_to_onnx_with_its_bank(banked, parts, tmp_path): 
     a, b = load_checkpoint(path, "cpu").predict(bad.rgb, bad.xyz), load_checkpoint(path, "onnx").predict(bad.rgb, bad.xyz)
     assert b.score == pytest.approx(a.score, rel=TOLERANCE)
     assert np.abs(a.grid_map - b.grid_map).max() <= TOLERANCE * float(np.abs(a.grid_map).max())
+
+
+def test_memory_bank_modalities_is_checked_and_defaults_to_every_modality():
+    assert ModelConfig(mode="rgbd", memory_bank=8).banked_modalities == ("2d", "3d")
+    assert ModelConfig(mode="3d", memory_bank=8).banked_modalities == ("3d",)
+    assert ModelConfig(mode="rgbd").banked_modalities == ()  # no bank, nothing banked
+    d = preset("lite3d", "3d").to_dict()
+    del d["memory_bank_modalities"]
+    assert ModelConfig.from_dict(d).banked_modalities == ("3d",)  # a checkpoint from before the setting: as it was
+    d = dict(preset("lite", "rgbd").to_dict(), memory_bank=8, memory_bank_modalities=["3d"])  # as YAML gives it
+    assert ModelConfig.from_dict(d).banked_modalities == ("3d",)
+    for mode, bad in (("3d", ("2d",)), ("rgbd", ()), ("rgbd", ("rgb",))):
+        with pytest.raises(CmdrError, match="memory_bank_modalities"):
+            ModelConfig(mode=mode, memory_bank=8, memory_bank_modalities=bad)
+
+
+def test_an_rgbd_model_can_bank_its_3d_features_alone(parts, tmp_path):  # noqa: F811
+    good, bad = parts
+    cfg = tiny_config("rgbd", epochs=1)
+    cfg.memory_bank, cfg.memory_bank_modalities = 32, ("3d",)
+    det = CMDRDetector(cfg, device="cpu")
+    fit_detector(det, [det.prepare(p.rgb, p.xyz) for p in good[:3]], progress=False)
+    det.threshold = 1.0
+    assert set(det.memory_bank) == {"3d"}
+    inp = det.prepare(bad.rgb, bad.xyz)
+    feats = det.grid_features([det.extract(inp)], inp.valid[None])
+    valid = feats.pop("valid")
+    maps = det.anomaly_maps(feats, valid)
+    assert "bank3d" in maps and "bank2d" not in maps
+    plain = fusion.fuse_rgbd(maps["map2d"], maps["map3d"], maps["rec2d"], maps["rec3d"], valid, cfg.beta)
+    torch.testing.assert_close(maps["fused"], fusion.memory_bank_gate(plain, [maps["bank3d"]], valid))
+    loaded = load_checkpoint(save_checkpoint(det, tmp_path / "bank3d.ckpt"), "cpu")
+    assert set(loaded.memory_bank) == {"3d"} and loaded.config.banked_modalities == ("3d",)
+    assert loaded.predict(bad.rgb, bad.xyz).score == pytest.approx(det.predict(bad.rgb, bad.xyz).score, rel=1e-6)

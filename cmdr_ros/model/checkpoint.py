@@ -287,9 +287,9 @@ def load_checkpoint(path: str | os.PathLike, device: str = "auto", weights_2d: s
         if fs is not None and fs.shape[1] != bb.out_dim:
             raise CmdrError(f"{path}: {m} feature statistics have {fs.shape[1]} channels, {bb.name} gives {bb.out_dim}")
         bank = banks.get(m)
-        if bool(config.memory_bank) != (bank is not None):
-            raise CmdrError(f"{path}: config memory_bank {config.memory_bank} but the file "
-                            f"{'holds' if bank is not None else 'holds no'} {m} memory bank")
+        if (m in config.banked_modalities) != (bank is not None):
+            raise CmdrError(f"{path}: config memory_bank {config.memory_bank} for {list(config.banked_modalities)} but "
+                            f"the file {'holds' if bank is not None else 'holds no'} {m} memory bank")
         if bank is not None and (bank.ndim != 2 or bank.shape[1] != bb.out_dim or not len(bank)):
             raise CmdrError(f"{path}: the {m} memory bank has shape {tuple(bank.shape)}, expected (N, {bb.out_dim})")
     unused = (set(ckpt["feature_stats"]) | set(banks)) - set(detector.backbones)

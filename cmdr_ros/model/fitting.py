@@ -53,9 +53,9 @@ def fit_feature_stats(detector: CMDRDetector, natives: Sequence[Native], valids:
 
 def fit_memory_bank(detector: CMDRDetector, natives: Sequence[Native], valids: Sequence[torch.Tensor],
                     grid_cache: Sequence[dict[str, torch.Tensor]] | None) -> dict[str, torch.Tensor]:
-    """The memory bank of every modality: a greedy coreset (``memory_bank.greedy_coreset``) of
-    ``config.memory_bank`` standardised grid features drawn from the valid pixels of the training samples (at
-    most ``memory_bank.POOL`` in all, the same share from each sample)."""
+    """The memory bank of every banked modality (``config.banked_modalities``): a greedy coreset
+    (``memory_bank.greedy_coreset``) of ``config.memory_bank`` standardised grid features drawn from the valid
+    pixels of the training samples (at most ``memory_bank.POOL`` in all, the same share from each sample)."""
     config = detector.config
     gen = torch.Generator().manual_seed(config.train.seed)
     per_sample = -(-memory_bank.POOL // len(natives))
@@ -64,8 +64,8 @@ def fit_memory_bank(detector: CMDRDetector, natives: Sequence[Native], valids: S
         feats = grid_cache[i] if grid_cache is not None else detector.grid_features([nat])
         idx = torch.nonzero(v.reshape(-1).to(detector.device)).squeeze(1)
         idx = idx[torch.randperm(len(idx), generator=gen)[:per_sample].to(idx.device)]
-        for m, f in feats.items():
-            pools.setdefault(m, []).append(f[0].flatten(1)[:, idx].T.float().cpu())
+        for m in config.banked_modalities:
+            pools.setdefault(m, []).append(feats[m][0].flatten(1)[:, idx].T.float().cpu())
     return {m: memory_bank.greedy_coreset(torch.cat(p), config.memory_bank, config.train.seed)
             for m, p in pools.items()}
 
