@@ -7,7 +7,9 @@
 5. replays the bag through DDS into it and records what it publishes;
 6. prints a per-part table, I-AUROC, reject precision/recall, latency p50/p95, and writes heatmap PNGs and a
    one-page HTML report;
-7. repeats 2-6 for a 3D-only laser profilometer: unorganized clouds, rasterized for training exactly as a
+7. runs the learning loop on that cell (``demo_loop``): a new material it rejects, the rejects reviewed, a model
+   retrained on what was confirmed and promoted into the running node, the false reject rate before and after;
+8. repeats 2-6 for a 3D-only laser profilometer: unorganized clouds, rasterized for training exactly as a
    second node in mode 3d rasterizes them (``raster_resolution``), replayed from their own bag.
 """
 from __future__ import annotations
@@ -16,82 +18,22 @@ import argparse
 import os
 import random
 import shutil
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
-import cv2
-
-from cmdr_ros import CmdrError
+from cmdr_ros.cli.demo_cell import replay_through_node, report
+from cmdr_ros.cli.demo_loop import run_loop
 from cmdr_ros.model.training import train_model
 from cmdr_ros.config import preset
 from cmdr_ros.data.synthetic import generate_dataset, generate_profilometer_dataset, generate_scan_dataset
-from cmdr_ros.run_report import PartRow, format_rows, format_summary, summarize, write_html
+from cmdr_ros.run_report import write_html
 from cmdr_ros.ros.dds_profile import use_large_message_profile
-from cmdr_ros.ros.topics import CAMERA, PROFILER, RECORDED
+from cmdr_ros.ros.topics import PROFILER, RECORDED
 
 RATE_HZ = 2.0  # parts per second on the simulated belt
 PROFILER_RATE_HZ = 1.0  # profilometer scans per second (the 3D-only pass)
 SCAN_RATE_HZ = 0.25  # the chunk pipeline (lite3d) takes ~2.4 s per 51k-point scan on 2 CPU cores
 PROFILER_RESOLUTION = 0.001  # m: raster cell of the profilometer clouds, in training and in the node alike
-
-
-def _start_node(checkpoint: Path, device: str, log_path: Path, remaps: dict[str, str],
-                params: dict[str, object] | None = None) -> subprocess.Popen:
-    """The inspection node in its own process: ``params`` as -p NAME:=VALUE, ``remaps`` as -r FROM:=TO."""
-    # the cell defaults judge every part; sync.timeout is raised because Fast DDS on loopback was measured to deliver
-    # a large image 1-3 s late at times: with the default 1 s such a part would get the fail-safe 'unmatched' reject
-    params = {"checkpoint": checkpoint, "device": device, "sync.timeout": 5.0, **(params or {})}
-    cmd = [sys.executable, "-m", "cmdr_ros.ros.node.inspection_node", "--ros-args"]
-    cmd += [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
-    cmd += [a for k, v in remaps.items() for a in ("-r", f"{k}:={v}")]
-    log = open(log_path, "w")  # noqa: SIM115 - lives as long as the node process
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-
-
-def replay_through_node(bag: Path, checkpoint: Path, out: Path, device: str = "auto", timeout: float = 90.0,
-                        remaps: dict[str, str] = CAMERA, params: dict[str, object] | None = None,
-                        log_name: str = "node.log") -> tuple[dict, dict[int, str]]:
-    """Start the node (inputs remapped to the bag topics ``remaps``, extra ``params``), play those topics of the
-    bag into it, return (results by stamp, sample names by stamp)."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
-    from cmdr_ros.ros.bags import play_bag, read_messages
-    from cmdr_ros.ros.recorder import ResultRecorder
-
-    samples = {stamp: msg.data for _, stamp, msg in read_messages(bag, [RECORDED["sample"]])}
-    proc = _start_node(checkpoint, device, out / log_name, remaps, params)
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
-    node = rclpy.create_node("cmdr_demo", context=ctx)
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(node)
-    spin = threading.Thread(target=executor.spin, daemon=True)
-    try:
-        recorder = ResultRecorder(node)
-        spin.start()
-        deadline = time.monotonic() + 180
-        while node.count_subscribers(remaps["points"]) == 0:  # the node subscribes once configured and active
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise CmdrError(f"the inspection node did not come up; see {out / log_name}")
-            time.sleep(0.2)
-        played = play_bag(bag, node=node, topics=list(remaps.values()), wait=30)
-        print(f"      replayed {played} messages")
-        if not recorder.wait_for(set(samples), timeout):
-            print(f"      warning: {len(set(samples) - set(recorder.results))} parts got no result in {timeout:.0f} s")
-        return dict(recorder.results), samples
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=ctx)
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def bag_from_profiles(data: Path, out: Path, rate: float = PROFILER_RATE_HZ) -> int:
@@ -113,27 +55,6 @@ def bag_from_profiles(data: Path, out: Path, rate: float = PROFILER_RATE_HZ) -> 
     return len(files)
 
 
-def _report(results: dict, samples: dict[int, str], report_dir: Path, prefix: str,
-            threshold: float) -> tuple[list[PartRow], dict[str, float]]:
-    """Print and return one row per replayed part (sorted by name) and their summary; heatmaps are written as
-    report_dir/heatmaps/<prefix><name>.png."""
-    rows = []
-    for stamp, name in sorted(samples.items(), key=lambda kv: kv[1]):
-        r = results.get(stamp)
-        png = ""
-        if r is not None and r.heatmap is not None:
-            png = f"heatmaps/{prefix}{name.replace('/', '_')}.png"
-            cv2.imwrite(str(report_dir / png), r.heatmap)
-        judged = r is not None and r.judged
-        rows.append(PartRow(name, int(not name.startswith("good/")), r.score if judged else float("nan"),
-                            bool(r.reject) if r is not None else False,
-                            float(r.values.get("latency_ms", "nan")) if judged else float("nan"), png))
-    summary = summarize(rows, threshold)
-    print(format_rows(rows))
-    print(format_summary(summary))
-    return rows, summary
-
-
 def run(args: argparse.Namespace) -> int:
     from cmdr_ros.ros.bags import bag_from_dataset
 
@@ -147,21 +68,25 @@ def run(args: argparse.Namespace) -> int:
     report_dir = out / "report"
     (report_dir / "heatmaps").mkdir(parents=True, exist_ok=True)
     progress = not args.quiet
-    print(f"[1/7] rendering the simulated cutting cell in {out / 'data'}")
+    print(f"[1/8] rendering the simulated cutting cell in {out / 'data'}")
     data = generate_dataset(out / "data", n_train=30, n_val=6, n_test_good=12, n_test_per_defect=4, seed=args.seed,
                             overwrite=True)
-    print(f"[2/7] training a lite {args.mode} model on the good parts")
+    print(f"[2/8] training a lite {args.mode} model on the good parts")
     s = _train(data, args.mode, out / "model.ckpt", args, progress)
     bag = out / "cell_bag"
-    print(f"[3/7] recording the {len(list((data / 'test').glob('*/rgb/*.png')))} test parts as a rosbag2 (mcap): {bag}")
+    print(f"[3/8] recording the {len(list((data / 'test').glob('*/rgb/*.png')))} test parts as a rosbag2 (mcap): {bag}")
     shutil.rmtree(bag, ignore_errors=True)
     bag_from_dataset(data, bag, storage="mcap", split="test", rate=RATE_HZ)
-    print(f"[4/7] starting the inspection node; [5/7] replaying the bag into it over DDS at {RATE_HZ:g} parts/s")
+    print(f"[4/8] starting the inspection node; [5/8] replaying the bag into it over DDS at {RATE_HZ:g} parts/s")
     results, samples = replay_through_node(bag, Path(s["checkpoint"]), out, args.device)
-    print("[6/7] report")
-    rows, summary = _report(results, samples, report_dir, "", s["threshold"])
+    print("[6/8] report")
+    rows, summary = report(results, samples, report_dir, "", s["threshold"])
 
-    print("[7/7] 3D-only: a laser profilometer scans the parts (unorganized clouds, no camera)")
+    print("[7/8] the learning loop: a new material, its rejects reviewed, a model retrained and promoted")
+    loop_sections = run_loop(out, data, s, args,
+                             lambda d, ckpt: _train(d, args.mode, ckpt, args, progress))
+
+    print("[8/8] 3D-only: a laser profilometer scans the parts (unorganized clouds, no camera)")
     p_data = generate_profilometer_dataset(out / "data", n_train=20, n_val=4, n_test_good=6, n_test_per_defect=2,
                                            resolution=PROFILER_RESOLUTION, seed=args.seed, overwrite=True)
     p_s = _train(p_data, "3d", out / "model_3d.ckpt", args, progress)
@@ -173,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     p_results, p_samples = replay_through_node(p_bag, Path(p_s["checkpoint"]), out, args.device,
                                                remaps=PROFILER, log_name="node_3d.log",
                                                params={"mode": "3d", "raster_resolution": PROFILER_RESOLUTION})
-    p_rows, p_summary = _report(p_results, p_samples, report_dir, "3d_", p_s["threshold"])
+    p_rows, p_summary = report(p_results, p_samples, report_dir, "3d_", p_s["threshold"])
 
     print("      the same scans through the paper's cutting-cell pipeline (lite3d: 9216-point chunks, no raster)")
     c_data = generate_scan_dataset(out / "data", n_train=20, n_val=6, n_test_good=6, n_test_per_defect=2,
@@ -187,11 +112,12 @@ def run(args: argparse.Namespace) -> int:
     c_results, c_samples = replay_through_node(c_bag, Path(c_s["checkpoint"]), out, args.device, timeout=180.0,
                                                remaps=PROFILER, log_name="node_lite3d.log",
                                                params={"mode": "3d", "time_budget": 10.0})
-    c_rows, c_summary = _report(c_results, c_samples, report_dir, "lite3d_", c_s["threshold"])
+    c_rows, c_summary = report(c_results, c_samples, report_dir, "lite3d_", c_s["threshold"])
     html = write_html(report_dir / "index.html", "cmdr_ros demo: simulated cutting cell", [
         (f"Camera + structured light ({args.mode})", summary, rows,
          f"lite {args.mode} model {s['model_id']} trained on {s['train_samples']} good parts; parts replayed "
          f"from {bag.name} through DDS into the inspection node."),
+        *loop_sections,
         ("3D-only laser profilometer, rasterized", p_summary, p_rows,
          f"lite 3d model {p_s['model_id']} trained on {p_s['train_samples']} rasterized good scans; unorganized "
          f"clouds replayed from {p_bag.name} into a node in mode 3d (stains are invisible to it and not tested)."),

@@ -11,6 +11,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from cmdr_ros.ros.compat import publisher_count
 from cmdr_ros.ros.conversions import image_to_array
 from cmdr_ros.ros.node.parameters import NODE_NAME
 from cmdr_ros.ros.stamps import stamp_ns
@@ -54,6 +55,11 @@ class ResultRecorder:
         self._subs = [self.node.create_subscription(DiagnosticArray, f"{self.prefix}/result", self._on_result, qos)]
         if self.keep_heatmaps:
             self._subs.append(self.node.create_subscription(Image, f"{self.prefix}/heatmap", self._on_heatmap, qos))
+
+    def matched(self) -> bool:
+        """Whether every subscription is matched with the node's publisher: what it publishes from then on arrives
+        (reliable), which seeing its publishers in the graph alone does not promise."""
+        return all(publisher_count(self.node, sub) > 0 for sub in self._subs)
 
     def _on_result(self, msg: DiagnosticArray) -> None:
         st = msg.status[0]

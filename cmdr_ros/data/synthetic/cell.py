@@ -32,6 +32,9 @@ class CellConfig:
     steep_dropout: float = 0.6  # ... and is invalid with this probability
     lighting_jitter: float = 0.05  # relative jitter of intensity, ambient and colour
     rgb_noise: float = 1.5  # sigma of RGB sensor noise, 8-bit levels
+    material_hue: tuple[float, float] = (0.115, 0.145)  # foam colour (HSV, each drawn per part): pale yellow / cream
+    material_saturation: tuple[float, float] = (0.25, 0.4)
+    material_value: tuple[float, float] = (0.88, 0.95)
     profile_width: float = 0.22  # square area a profilometer scan covers
     profile_point_spacing: float = 0.0005  # along the laser line
     profile_line_spacing: float = 0.0018  # between lines (conveyor travel per profile)
@@ -45,6 +48,10 @@ class CellConfig:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise CmdrError(f"CellConfig.{name}={getattr(self, name)} must be a range 0 < low <= high")
+        for name in ("material_hue", "material_saturation", "material_value"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi <= 1:
+                raise CmdrError(f"CellConfig.{name}={getattr(self, name)} must be a range 0 <= low <= high <= 1")
         if self.image_size < 64:
             raise CmdrError(f"CellConfig.image_size={self.image_size} is too small; use at least 64 pixels")
         if self.edge_radius[1] >= self.block_height[0] / 2:

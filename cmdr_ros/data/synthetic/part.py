@@ -67,8 +67,8 @@ class Part:
 
 def draw_part(rng: np.random.Generator, cfg: CellConfig) -> Part:
     half = (rng.uniform(*cfg.block_length) / 2, rng.uniform(*cfg.block_width) / 2)
-    hue = rng.uniform(0.115, 0.145)  # pale yellow / cream
-    colour = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.25, 0.4), rng.uniform(0.88, 0.95)))
+    hue = rng.uniform(*cfg.material_hue)
+    colour = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(*cfg.material_saturation), rng.uniform(*cfg.material_value)))
     return Part(
         centre=tuple(rng.uniform(-cfg.max_translation, cfg.max_translation, 2)),
         angle=np.deg2rad(rng.uniform(-cfg.max_rotation_deg, cfg.max_rotation_deg)),
