@@ -15,7 +15,9 @@ for ``cmdr_inspection`` then apply to the new name. RViz (``use_rviz:=true``; rv
 the node's topics under its namespace and name, the image topic given with the input QoS, in ``fixed_frame``.
 Every argument: docs/launch.md.
 """
+import atexit
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -110,6 +112,7 @@ def params_for(path: str, name: str) -> str:
     renamed = {f"/**/{NODE_NAME}": f"/**/{name}", NODE_NAME: name, f"/{NODE_NAME}": f"/{name}"}
     out = {renamed.get(key, key): value for key, value in doc.items()}
     folder = tempfile.mkdtemp(prefix="cmdr_params_")
+    atexit.register(shutil.rmtree, folder, True)  # read at every (re)start of the node: kept while launch runs
     target = os.path.join(folder, os.path.basename(path))
     with open(target, "w") as f:
         yaml.safe_dump(out, f, sort_keys=False)
