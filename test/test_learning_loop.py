@@ -21,7 +21,7 @@ from review_harness import RUN, decision, make_store
 
 from cmdr_ros.cli.evaluate import run_eval
 from cmdr_ros.cli.main import main
-from cmdr_ros.data.mvtec3d import MVTec3DClass
+from cmdr_ros.data.mvtec3d import MVTec3DClass, load_mask
 from cmdr_ros.data.synthetic import CellConfig, render_part
 from cmdr_ros.evidence import meta_of, part_folder, write_evidence
 from cmdr_ros.learning import promotion
@@ -80,7 +80,9 @@ def test_from_review_holds_good_parts_out_for_promotion(store, tmp_path, capsys)
     assert count == {"train": {"good": 7}, "validation": {"good": 1}, "test": {"good": 2, "review": N_BAD}}
     assert [s.sample_id for s in data.samples("test") if s.defect == "good"] == [
         f"review_{RUN}_{seq:08d}" for seq in (4, 9)]
-    assert all(s.gt_path is None for s in data.samples("test"))  # reviewers draw no masks
+    assert all(s.gt_path is None for s in data.samples("test") if s.defect == "review")  # reviewers draw no masks
+    for s in data.samples("test"):  # a confirmed good part has no defect pixel
+        assert s.defect == "review" or not load_mask(s.gt_path).any()
 
 
 @pytest.mark.full_only  # trains a model

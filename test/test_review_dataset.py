@@ -9,7 +9,7 @@ from cli_harness import one_line_error
 from review_harness import RUN, decision, make_store
 
 from cmdr_ros.cli.main import main
-from cmdr_ros.data.mvtec3d import MVTec3DClass, load_rgb, load_xyz, write_sample
+from cmdr_ros.data.mvtec3d import MVTec3DClass, load_mask, load_rgb, load_xyz, write_sample
 from cmdr_ros.evidence import meta_of, part_folder, write_evidence
 from cmdr_ros.review import labels, queries
 
@@ -77,7 +77,7 @@ def test_merged_with_an_existing_class_folder_and_refusals(store, tmp_path, caps
     old = tmp_path / "old"
     rgb, xyz = frame(99)
     for split, defect in (("train", "good"), ("validation", "good"), ("test", "good"), ("test", "crack")):
-        write_sample(old, split, defect, "000", rgb, xyz)
+        write_sample(old, split, defect, "000", rgb, xyz, np.zeros(rgb.shape[:2]) if split == "test" else None)
     out = tmp_path / "merged"
     args = ["dataset", "from-review", "--db", db, "--evidence", str(root), "--out", str(out), "--node", "/cell_a",
             "--since", "1800000000", "--until", "1800000300", "--validation", "0", "--merge", str(old)]
@@ -88,6 +88,13 @@ def test_merged_with_an_existing_class_folder_and_refusals(store, tmp_path, caps
     assert {s.defect for s in data.samples("test")} == {"good", "crack"}
     assert len(MVTec3DClass(old).samples("train")) == 1  # the merged folder is copied, not changed
     assert "exists already" in one_line_error(capsys, args)
+    held_out = [a if a != str(out) else str(tmp_path / "held_out") for a in args] + ["--holdout", "0.5"]
+    assert main(held_out) == 0  # into a test/good whose parts have masks: the held-out good parts get all-zero ones
+    capsys.readouterr()
+    good = [s for s in MVTec3DClass(tmp_path / "held_out").samples("test") if s.defect == "good"]
+    assert len(good) == 3 and all(s.gt_path is not None and not load_mask(s.gt_path).any() for s in good)
+    masked_defect = [a if a != str(out) else str(tmp_path / "crack") for a in args] + ["--defect", "crack"]
+    assert "holds masks" in one_line_error(capsys, masked_defect)
     assert "no labelled part" in one_line_error(capsys, ["dataset", "from-review", "--db", db, "--out",
                                                          str(tmp_path / "none"), "--node", "/cell_b"])
     elsewhere = [a if a != str(out) else str(tmp_path / "other") for a in args]

@@ -3,7 +3,8 @@
 
 Each part's latest label counts: confirmed good parts go to ``train/good`` and, a ``validation`` share of them spread
 evenly in time, to ``validation/good`` (what the threshold is calibrated on); confirmed defects go to
-``test/<defect>``; parts labelled unsure are left out. A sample is the part's evidence (``cmdr_ros/evidence.py``):
+``test/<defect>`` (no mask: reviewers draw none), good parts held out to ``test/good`` with an all-zero mask (no
+defect pixel); parts labelled unsure are left out. A sample is the part's evidence (``cmdr_ros/evidence.py``):
 its image as judged and its organized cloud, each brought to the size the node judges at (``fit_frame``). Its id is
 ``review_<run_id>_<seq>``, so every sample names its decision; ``review_manifest.json`` lists them with who labelled
 them and when. ``merge`` starts from a copy of an existing class folder. The folder is written under a temporary name
@@ -17,6 +18,8 @@ import math
 import shutil
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cmdr_ros import CmdrError
 from cmdr_ros.audit.schema import TABLE
@@ -90,6 +93,9 @@ def from_review(db: ReviewDB, out: str | Path, *, evidence: str | None = None, f
         raise CmdrError(f"--defect {defect!r}: a folder name other than {GOOD!r}")
     if merge is not None and not (Path(merge) / "train" / GOOD).is_dir():
         raise CmdrError(f"--merge {merge}: not a class folder (no train/{GOOD})")
+    if merge is not None and (Path(merge) / "test" / defect / "gt").is_dir():
+        raise CmdrError(f"--defect {defect!r}: {merge}/test/{defect} holds masks and reviewed defects have none (a "
+                        "folder's parts all have masks or none do); name another folder")
     parts = labelled_parts(db, f)
     goods = [p for p in parts if p["label"] == "good"]
     good_splits = _good_splits(len(goods), holdout, validation)
@@ -126,7 +132,10 @@ def from_review(db: ReviewDB, out: str | Path, *, evidence: str | None = None, f
                 left_out.append({**key, "why": why})
                 continue
             sample_id = f"review_{part['run_id']}_{int(part['seq']):08d}"
-            write_sample(partial, split, folder, sample_id, rgb, xyz)
+            # a confirmed good part has no defect pixel: its test mask is all zero, as MVTec 3D-AD's good parts' are
+            mask = np.zeros(rgb.shape[:2] if rgb is not None else xyz.shape[:2], np.uint8) if (
+                split == "test" and folder == GOOD) else None
+            write_sample(partial, split, folder, sample_id, rgb, xyz, mask)
             written[f"{split}/{folder}"] += 1
             manifest.append({"sample": f"{split}/{folder}/{sample_id}", **{k: part[k] for k in _PART}})
         if not manifest:
