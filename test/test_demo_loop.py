@@ -23,11 +23,18 @@ pytestmark = pytest.mark.slow
 
 def test_the_loop_reviews_retrains_promotes_and_judges_the_next_batch(tmp_path, monkeypatch, capsys):
     from cmdr_ros.config import preset
+    from cmdr_ros.model.checkpoint import load_checkpoint, save_checkpoint
     from cmdr_ros.model.training import train_model
 
     monkeypatch.setenv("ROS_DOMAIN_ID", str(new_domain()))
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    current = train_cell_model(tmp_path / "data", "rgbd", tmp_path / "rgbd.ckpt")
+    trained_once = train_cell_model(tmp_path / "data", "rgbd", tmp_path / "rgbd.ckpt")
+    # a 2-epoch model on 64-pixel parts does not tell the new material apart: in service at threshold 0 it rejects
+    # every part, so the first batch's good parts are false rejects to review, as the demo's are
+    det = load_checkpoint(trained_once["checkpoint"], "cpu")
+    det.threshold = 0.0
+    ckpt = save_checkpoint(det, tmp_path / "strict.ckpt")
+    current = {"checkpoint": str(ckpt), "threshold": 0.0, "model_id": load_checkpoint(ckpt, "cpu").model_id}
     trained = []
 
     def train(data, checkpoint):
@@ -44,6 +51,7 @@ def test_the_loop_reviews_retrains_promotes_and_judges_the_next_batch(tmp_path, 
 
     rows1, rows2 = before[2], after[2]
     assert len(rows1) == len(rows2) == 4 + 6 and all(r.score == r.score for r in rows1 + rows2)  # every part judged
+    assert all(r.reject for r in rows1)
     db = ReviewDB(str(tmp_path / "loop" / "audit.db"))
     try:
         first = db.rows("SELECT run_id, seq, decision FROM decisions ORDER BY id LIMIT 10")
@@ -68,5 +76,7 @@ def test_the_loop_reviews_retrains_promotes_and_judges_the_next_batch(tmp_path, 
     assert attempt["current_model_id"] == current["model_id"] and attempt["user"] == REVIEWER
     in_service = attempt["new_model_id"] if attempt["outcome"] == "promoted" else current["model_id"]
     assert attempt["outcome"] in ("promoted", "refused"), attempt
+    judged = attempt["figures"]["new"]  # on the held-out good part and the confirmed defects
+    assert (judged["n_good"], judged["n_defect"]) == (1, 6) and attempt["figures"]["current"]["false_rejects"] == 1
     assert f"judged by model {in_service}" in out
     assert "false reject rate on the new material: before the loop" in out and "warning" not in out

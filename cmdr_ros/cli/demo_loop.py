@@ -68,9 +68,35 @@ def review_rejects(database: Path, samples: dict[int, str], evidence: Path, time
         db.close()
 
 
-def _false_reject_rate(rows: list[PartRow]) -> tuple[int, int]:
+def _retrain_and_promote(loop: Path, data: Path, database: Path, current: dict, args: argparse.Namespace,
+                         train: Callable[[Path, Path], dict]) -> tuple[int, dict]:
+    """From review to a class folder merged with ``data``, a model trained on it, ``cmdr promote --node`` of it
+    against ``current``: (promote's exit code, the new model's summary)."""
+    from cmdr_ros.cli.main import main as cmdr
+    from cmdr_ros.review.dataset import from_review
+    from cmdr_ros.review.db import ReviewDB
+
+    db = ReviewDB(str(database))
+    try:
+        merged = from_review(db, loop / "data" / f"{data.name}_reviewed", merge=data, holdout=HOLDOUT)
+    finally:
+        db.close()
+    print(f"      dataset from review, merged with the original: {merged['samples']} added "
+          f"({len(merged['left_out'])} left out) -> {merged['out']}")
+    new = train(Path(merged["out"]), loop / "model_retrained.ckpt")
+    print(f"      cmdr promote {Path(new['checkpoint']).name} --current {Path(current['checkpoint']).name} "
+          f"--node /cmdr_inspection --db {database.name}")
+    rc = cmdr(["promote", new["checkpoint"], "--current", current["checkpoint"], "--data", merged["out"],
+               "--node", "/cmdr_inspection", "--db", str(database), "--user", REVIEWER, "--device", args.device,
+               "--report", str(loop / "promotion"), "--quiet"])
+    return rc, new
+
+
+def _rate(rows: list[PartRow]) -> str:
+    """The false reject rate of ``rows``: good parts rejected of the good parts."""
     good = [r for r in rows if not r.truth]
-    return sum(r.reject for r in good), len(good)
+    rejected = sum(r.reject for r in good)
+    return f"{rejected}/{len(good)} ({rejected / max(len(good), 1):.0%})"
 
 
 def run_loop(out: Path, data: Path, current: dict, args: argparse.Namespace,
@@ -79,9 +105,6 @@ def run_loop(out: Path, data: Path, current: dict, args: argparse.Namespace,
     """The loop on the cell of ``data`` (the original class) whose model ``current`` (``train_model``'s summary) is
     in service (``args``: seed, device); ``train(data, checkpoint)`` trains and calibrates a model (its summary);
     batches of ``material`` of ``batch`` parts. Returns the report's sections."""
-    from cmdr_ros.cli.main import main as cmdr
-    from cmdr_ros.review.dataset import from_review
-    from cmdr_ros.review.db import ReviewDB
     from cmdr_ros.ros.bags import bag_from_dataset
 
     loop = out / "loop"
@@ -102,19 +125,11 @@ def run_loop(out: Path, data: Path, current: dict, args: argparse.Namespace,
         counts = review_rejects(database, samples, evidence)
         print(f"      reviewed the {sum(counts.values())} rejects as {REVIEWER}: {counts['good']} truly good "
               f"(false rejects), {counts['defective']} truly defective")
-        db = ReviewDB(str(database))
-        try:
-            merged = from_review(db, loop / "data" / f"{data.name}_reviewed", merge=data, holdout=HOLDOUT)
-        finally:
-            db.close()
-        print(f"      dataset from review, merged with the original: {merged['samples']} added "
-              f"({len(merged['left_out'])} left out) -> {merged['out']}")
-        new = train(Path(merged["out"]), loop / "model_retrained.ckpt")
-        print(f"      cmdr promote {Path(new['checkpoint']).name} --current {Path(current['checkpoint']).name} "
-              f"--node /cmdr_inspection --db {database.name}")
-        rc = cmdr(["promote", new["checkpoint"], "--current", current["checkpoint"], "--data", merged["out"],
-                   "--node", "/cmdr_inspection", "--db", str(database), "--user", REVIEWER, "--device", args.device,
-                   "--report", str(loop / "promotion"), "--quiet"])
+        if counts["good"]:
+            rc, new = _retrain_and_promote(loop, data, database, current, args, train)
+        else:
+            rc, new = None, current
+            print("      no good part was rejected: nothing to learn")
         in_service = new if rc == 0 else current
         bag2 = loop / "batch2_bag"
         bag_from_dataset(batches[1], bag2, storage="mcap", split="test")
@@ -126,15 +141,16 @@ def run_loop(out: Path, data: Path, current: dict, args: argparse.Namespace,
     if judged_by != {in_service["model_id"]}:
         print(f"      warning: the second batch was judged by {sorted(map(str, judged_by))}, not only by "
               f"{in_service['model_id']}")
-    (fr1, n1), (fr2, n2) = _false_reject_rate(rows1), _false_reject_rate(rows2)
-    print(f"      false reject rate on the new material: before the loop {fr1}/{n1} ({fr1 / n1:.0%}), after "
-          f"{fr2}/{n2} ({fr2 / n2:.0%}) (model {current['model_id']} -> {in_service['model_id']}{'' if rc == 0 else ', the new model was not promoted'}); "
-          f"defects caught: {before['recall']:.0%} before, {after['recall']:.0%} after")
-    note = (f"A batch of blue-grey foam (the model knew cream only) judged by model {current['model_id']}; its "
-            f"{sum(counts.values())} rejects reviewed ({counts['good']} truly good); a model trained on the original "
-            f"parts plus the confirmed good ones")
+    swap = (f"model {current['model_id']} -> {in_service['model_id']}" if rc == 0
+            else f"model {current['model_id']} kept: no retrained model was promoted")
+    print(f"      false reject rate on the new material: before the loop {_rate(rows1)}, after the loop "
+          f"{_rate(rows2)} ({swap}); defects caught {before['recall']:.0%} before, {after['recall']:.0%} after")
     return [
-        ("Learning loop: the new material before", before, rows1, note + " follows."),
-        ("Learning loop: the new material after", after, rows2,
-         f"A second batch of the new material judged by model {in_service['model_id']} "
-         f"({'promoted into the running node by cmdr promote' if rc == 0 else 'the new model was refused: unchanged'}).")]
+        ("Learning loop: a new material, before", before, rows1,
+         f"A batch of blue-grey foam (the model in service, {current['model_id']}, was trained on cream foam only); "
+         f"its {sum(counts.values())} rejects were reviewed: {counts['good']} truly good, {counts['defective']} "
+         "truly defective."),
+        ("Learning loop: the new material, after", after, rows2,
+         f"A second batch of the new material, judged after the loop by model {in_service['model_id']} ({swap}; "
+         "retrained on the original parts plus the confirmed good ones, promoted by cmdr promote into the running "
+         "node when no worse and better on the held-out parts).")]
