@@ -119,9 +119,9 @@ def write_evidence(root: str | os.PathLike, rel: str, *, image: np.ndarray | Non
                    heatmap: np.ndarray | None = None, anomaly_map: np.ndarray | None = None,
                    xyz: np.ndarray | None = None, meta: Mapping[str, Any]) -> int:
     """Write one part's folder ``root``/``rel`` (``part_folder``) with what is given (``image`` and ``heatmap``:
-    uint8 HxWx3 RGB; ``anomaly_map``: stored as float32, compressed; ``xyz``: float32 HxWx3 or Nx3, stored bit for bit) and
-    meta.json (``meta`` plus ``written_at``, Unix seconds, unless given); the bytes written. Written under a
-    temporary name and renamed when complete; on any failure nothing is left and ``EvidenceError`` says why."""
+    uint8 HxWx3 RGB; ``anomaly_map``: stored as float32, compressed, exact; ``xyz``: float32 HxWx3 or Nx3, stored bit
+    for bit) and meta.json (``meta`` plus ``written_at``, Unix seconds, unless given); the bytes written. Written
+    under a temporary name and renamed when complete; on any failure nothing is left and ``EvidenceError`` says why."""
     final = _safe_folder(root, rel)
     arrays = {IMAGE: None if image is None else _rgb8("image", image),
               HEATMAP: None if heatmap is None else _rgb8("heatmap", heatmap),

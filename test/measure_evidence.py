@@ -1,7 +1,7 @@
-"""What evidence costs per part (docs/evidence.md): a simulated cell part of SIZE x SIZE (default 800) (RGB image, organized cloud with a
-sensor's noise) judged with a smooth anomaly map, written as the node's writer thread writes it
-(``evidence_writer.evidence_arrays`` -> ``evidence.write_evidence``): the bytes of each file and the time to make
-the arrays (the heatmap overlay) and to write the folder. Not a test: run it by hand.
+"""What evidence costs per part (docs/evidence.md): a simulated cell part of SIZE x SIZE pixels (default 800: RGB
+image, organized cloud with a sensor's noise) judged with a smooth anomaly map, written as the node's writer thread
+writes it (``evidence_writer.evidence_arrays`` -> ``evidence.write_evidence``): the bytes of each file and the time
+to make the arrays (the heatmap overlay) and to write the folder. Not a test: run it by hand.
 
     cd REPO && PYTHONPATH=$PWD:test python test/measure_evidence.py [PARTS] [SIZE] [DIR]
 """
