@@ -6,10 +6,13 @@ Layout, relative to an evidence root (the node's ``evidence.dir``), one folder p
     <node name without the leading '/', '/' -> '__'>/<UTC date YYYY-MM-DD>/<run_id>-<seq, 8 digits>/
         image.png          the input image as judged, 8-bit RGB (absent in 3d mode)
         heatmap.png        the heatmap overlay as ~/heatmap publishes it (absent without a map, e.g. not judged)
-        anomaly_map.npy    the float32 anomaly map (judged parts)
-        cloud.npz          np.savez_compressed's format (np.load reads it), key "xyz": float32, organized HxWx3 at
-                           full resolution as received, or Nx3 for a scan (absent in 2d mode); deflate level 1:
-                           on sensor clouds as small as numpy's level 6, in half the time
+        anomaly_map.npz    np.savez_compressed's format, key "anomaly_map": the float32 anomaly map, exact (judged
+                           parts); folders written before it hold anomaly_map.npy (np.save), read alike
+        cloud.npz          the same format, key "xyz": float32, organized HxWx3 at full resolution as received, or
+                           Nx3 for a scan (absent in 2d mode)
+
+Both .npz are written at deflate level 1: on sensor clouds and anomaly maps as small as numpy's level 6 (within 2 %),
+in a third to half the time.
         meta.json          node, run_id, seq, stamp, part_id, decision, judged, score, threshold, model_id, mode,
                            error, reason, written_at
 
@@ -36,7 +39,8 @@ import numpy as np
 
 from cmdr_ros import CmdrError
 
-IMAGE, HEATMAP, ANOMALY_MAP, CLOUD, META = "image.png", "heatmap.png", "anomaly_map.npy", "cloud.npz", "meta.json"
+IMAGE, HEATMAP, ANOMALY_MAP, CLOUD, META = "image.png", "heatmap.png", "anomaly_map.npz", "cloud.npz", "meta.json"
+ANOMALY_MAP_NPY = "anomaly_map.npy"  # the uncompressed map of folders written before anomaly_map.npz: read only
 FILES = (IMAGE, HEATMAP, ANOMALY_MAP, CLOUD, META)
 # the audit row's columns a meta.json carries (besides written_at)
 META_KEYS = ("node", "run_id", "seq", "stamp", "part_id", "decision", "judged", "score", "threshold", "model_id",
@@ -98,20 +102,26 @@ def _png(path: Path, rgb: np.ndarray) -> None:
     path.write_bytes(buf.tobytes())
 
 
-def _npz(path: Path, xyz: np.ndarray) -> None:
-    """``np.savez_compressed(path, xyz=xyz)`` at deflate level 1 (numpy's own writes level 6: twice the time)."""
+def _npz(path: Path, key: str, a: np.ndarray) -> None:
+    """``np.savez_compressed(path, key=a)`` at deflate level 1 (numpy's own writes level 6: two to three times the
+    time for a file within 2 % of the size)."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
-        with z.open("xyz.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array(f, xyz, allow_pickle=False)
+        with z.open(f"{key}.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, a, allow_pickle=False)
+
+
+def _load_npz(path: Path, key: str) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as z:
+        return z[key]
 
 
 def write_evidence(root: str | os.PathLike, rel: str, *, image: np.ndarray | None = None,
                    heatmap: np.ndarray | None = None, anomaly_map: np.ndarray | None = None,
                    xyz: np.ndarray | None = None, meta: Mapping[str, Any]) -> int:
     """Write one part's folder ``root``/``rel`` (``part_folder``) with what is given (``image`` and ``heatmap``:
-    uint8 HxWx3 RGB; ``anomaly_map``: stored as float32; ``xyz``: float32 HxWx3 or Nx3, stored bit for bit) and
-    meta.json (``meta`` plus ``written_at``, Unix seconds, unless given); the bytes written. Written under a
-    temporary name and renamed when complete; on any failure nothing is left and ``EvidenceError`` says why."""
+    uint8 HxWx3 RGB; ``anomaly_map``: stored as float32, compressed, exact; ``xyz``: float32 HxWx3 or Nx3, stored bit
+    for bit) and meta.json (``meta`` plus ``written_at``, Unix seconds, unless given); the bytes written. Written
+    under a temporary name and renamed when complete; on any failure nothing is left and ``EvidenceError`` says why."""
     final = _safe_folder(root, rel)
     arrays = {IMAGE: None if image is None else _rgb8("image", image),
               HEATMAP: None if heatmap is None else _rgb8("heatmap", heatmap),
@@ -127,9 +137,9 @@ def write_evidence(root: str | os.PathLike, rel: str, *, image: np.ndarray | Non
             if arrays[name] is not None:
                 _png(tmp / name, arrays[name])
         if anomaly_map is not None:
-            np.save(tmp / ANOMALY_MAP, np.asarray(anomaly_map, dtype=np.float32))
+            _npz(tmp / ANOMALY_MAP, "anomaly_map", np.asarray(anomaly_map, dtype=np.float32))
         if arrays[CLOUD] is not None:
-            _npz(tmp / CLOUD, arrays[CLOUD])
+            _npz(tmp / CLOUD, "xyz", arrays[CLOUD])
         doc = {**meta, "written_at": meta.get("written_at", time.time())}
         (tmp / META).write_text(json.dumps(doc, indent=1, default=str))
         nbytes = sum(f.stat().st_size for f in tmp.iterdir())
@@ -145,7 +155,8 @@ def write_evidence(root: str | os.PathLike, rel: str, *, image: np.ndarray | Non
 
 @dataclass
 class Evidence:
-    """One part's evidence as found on disk: the path of each file present (None: absent) and its meta."""
+    """One part's evidence as found on disk: the path of each file present (None: absent) and its meta
+    (``anomaly_map_path``: anomaly_map.npz, or an older folder's anomaly_map.npy)."""
 
     folder: Path
     meta: dict[str, Any]
@@ -161,13 +172,14 @@ class Evidence:
         return None if self.heatmap is None else read_png(self.heatmap)
 
     def anomaly_map(self) -> np.ndarray | None:
-        return None if self.anomaly_map_path is None else np.load(self.anomaly_map_path, allow_pickle=False)
+        if self.anomaly_map_path is None:
+            return None
+        if self.anomaly_map_path.name == ANOMALY_MAP_NPY:
+            return np.load(self.anomaly_map_path, allow_pickle=False)
+        return _load_npz(self.anomaly_map_path, "anomaly_map")
 
     def xyz(self) -> np.ndarray | None:
-        if self.cloud is None:
-            return None
-        with np.load(self.cloud, allow_pickle=False) as z:
-            return z["xyz"]
+        return None if self.cloud is None else _load_npz(self.cloud, "xyz")
 
     @property
     def nbytes(self) -> int:
@@ -194,7 +206,8 @@ def read_evidence(root: str | os.PathLike, rel: str) -> Evidence:
     def present(name: str) -> Path | None:
         return folder / name if (folder / name).is_file() else None
 
-    return Evidence(folder, meta, present(IMAGE), present(HEATMAP), present(ANOMALY_MAP), present(CLOUD))
+    return Evidence(folder, meta, present(IMAGE), present(HEATMAP), present(ANOMALY_MAP) or present(ANOMALY_MAP_NPY),
+                    present(CLOUD))
 
 
 class Retention:

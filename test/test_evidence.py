@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from cmdr_ros.evidence import (ANOMALY_MAP, CLOUD, HEATMAP, IMAGE, META, META_KEYS, EvidenceError, Retention,
-                               meta_of, part_folder, read_evidence, write_evidence)
+from cmdr_ros.evidence import (ANOMALY_MAP, ANOMALY_MAP_NPY, CLOUD, HEATMAP, IMAGE, META, META_KEYS, EvidenceError,
+                               Retention, meta_of, part_folder, read_evidence, write_evidence)
 
 DAY = 1_796_601_600.0  # 2026-12-07 00:00:00 UTC
 
@@ -53,6 +53,20 @@ def test_round_trip_is_bit_exact(tmp_path):
     got_map, got_xyz = ev.anomaly_map(), ev.xyz()
     assert got_map.dtype == np.float32 and np.array_equal(got_map, amap)
     assert got_xyz.dtype == np.float32 and got_xyz.tobytes() == xyz.tobytes()  # NaNs included, bit for bit
+    with np.load(folder / ANOMALY_MAP) as z:  # compressed: np.savez_compressed's format
+        assert z.files == ["anomaly_map"] and z.zip.getinfo("anomaly_map.npy").compress_type == 8  # deflate
+
+
+def test_an_older_folder_with_an_uncompressed_map_is_read(tmp_path):
+    """Folders written before anomaly_map.npz hold anomaly_map.npy (np.save): read alike."""
+    image, heat, amap, xyz = arrays(seed=3)
+    rel = part_folder("/n", DAY, "r", 4)
+    write_evidence(tmp_path, rel, image=image, meta=meta(4))
+    np.save(tmp_path / rel / ANOMALY_MAP_NPY, amap)
+    ev = read_evidence(tmp_path, rel)
+    assert ev.anomaly_map_path.name == ANOMALY_MAP_NPY
+    got = ev.anomaly_map()
+    assert got.dtype == np.float32 and np.array_equal(got, amap)
 
 
 def test_a_scan_cloud_and_absent_files(tmp_path):

@@ -7,10 +7,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
+from std_msgs.msg import Header
 
 from cmdr_ros.evidence import read_evidence
 from cmdr_ros.judge import Verdict
 from cmdr_ros.ros.conversions.frames import Frame
+from cmdr_ros.ros.conversions.images import array_to_image
 from cmdr_ros.ros.node.evidence_writer import (QUEUE, EvidenceWriter, PassSampler, evidence_arrays,
                                                evidence_status)
 
@@ -86,6 +88,20 @@ def test_rejects_and_not_judged_parts_are_kept_and_the_row_names_the_folder(tmp_
     ev3 = read_evidence(tmp_path, r3["evidence"])
     assert (ev3.image, ev3.heatmap, ev3.cloud) == (None, None, None) and ev3.meta["seq"] == 3
     assert h["bytes"] == ev.nbytes + ev3.nbytes
+
+
+def test_the_heatmap_already_drawn_for_the_topic_is_kept_not_drawn_again(tmp_path):
+    wr = Writer(tmp_path)
+    bgr = np.zeros((32, 32, 3), np.uint8)
+    bgr[..., 0] = 200  # blue: no overlay of the anomaly map draws this
+    r = row(1)
+    wr.w.submit(r, judged("reject"), frame(), array_to_image(bgr, "bgr8", Header()))
+    r2 = row(2)
+    wr.w.submit(r2, judged("reject"), frame())  # no ~/heatmap drawn (not subscribed): drawn on the writer thread
+    wr.done()
+    assert np.array_equal(read_evidence(tmp_path, r["evidence"]).heatmap_rgb(), bgr[..., ::-1])
+    drawn = read_evidence(tmp_path, r2["evidence"]).heatmap_rgb()
+    assert drawn.shape == (32, 32, 3) and not np.array_equal(drawn, bgr[..., ::-1])
 
 
 def test_the_pass_sample_is_even_and_deterministic():

@@ -101,6 +101,52 @@ def test_two_chunks_models_are_judged_on_a_class_of_scans(tmp_path):
     assert promotion.verdict(current, new) == (False, "the new model is no better on any figure")
 
 
+@pytest.mark.full_only  # trains a model
+def test_a_class_of_scans_from_review_is_trained_and_judged(tmp_path, capsys):
+    """The evidence of scans (Nx3 in the sensor's order, unmeasured points NaN, as the node's writer keeps them),
+    labelled, written by from-review as a class of scans, trained on (lite3d, 1 epoch) and judged by `cmdr eval`: the
+    confirmed defects, without point labels, count in the part-level I-AUROC only."""
+    from sklearn.metrics import roc_auc_score
+
+    from cmdr_ros.data.synthetic import render_profilometer_cloud
+
+    root, rows, kinds, measured = tmp_path / "evidence", [], [None] * 5 + ["bump", "tear"], []
+    for seq, defect in enumerate(kinds):
+        points, _ = render_profilometer_cloud(np.random.default_rng(seq), CellConfig(), defect, shuffle=False)
+        points[::40] = np.nan  # the sensor measured no return there
+        measured.append(len(points) - len(points[::40]))
+        row = decision(seq, decision="reject" if defect else "pass")
+        row.update(evidence=part_folder(row["node"], row["decided_at"], row["run_id"], seq), evidence_root=str(root),
+                   mode="3d")
+        write_evidence(root, row["evidence"], xyz=points, meta=meta_of(row))
+        rows.append(row)
+    db = make_store(str(tmp_path / "audit.db"), rows)
+    try:
+        for row, defect in zip(rows, kinds):
+            labels.add_label(db, row, "defective" if defect else "good", "rita")
+    finally:
+        db.close()
+    data, ckpt, report = tmp_path / "scans", tmp_path / "scans.ckpt", tmp_path / "eval"
+    rc, out, err = cmdr(capsys, "dataset", "from-review", "--db", tmp_path / "audit.db", "--out", data,
+                        "--validation", "0.25", "--holdout", "0.2")
+    # 5 good parts: 0.2 (the 5th) to test, of the other 4 0.25 (the 4th) to validation, 3 to train
+    assert rc == 0 and json.loads(out)["samples"] == {"test/good": 1, "test/review": 2, "train/good": 3,
+                                                      "validation/good": 1}, err
+    assert cmdr(capsys, "train", "--preset", "lite3d", "--data", data, "--epochs", "1", "--out", ckpt, "--device",
+                "cpu", "--quiet")[0] == 0
+    assert cmdr(capsys, "eval", "--data", data, "--checkpoint", ckpt, "--out", report, "--no-images", "--device",
+                "cpu", "--quiet")[0] == 0
+    m = json.loads((report / "metrics.json").read_text())["classes"]["scans"]
+    with open(report / "scores.csv") as f:
+        scored = list(csv.DictReader(f))
+    assert (m["n_good"], m["n_defect"], set(m["defects"])) == (1, 2, {"review"})
+    assert m["i_auroc"] == pytest.approx(roc_auc_score([int(r["label"]) for r in scored],
+                                                       [float(r["score"]) for r in scored]))
+    assert np.isnan(m["p_auroc"]) and np.isnan(m["chunk_i_auroc"])  # no defective point known: nothing to rank
+    # each judged on its measured points: the points the node chunked and scored
+    assert {r["id"]: int(r["points"]) for r in scored} == {f"review_{RUN}_{s:08d}": measured[s] for s in (4, 5, 6)}
+
+
 def test_a_defect_without_mask_counts_in_the_image_metrics_only():
     from types import SimpleNamespace
 

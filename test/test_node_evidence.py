@@ -12,7 +12,8 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from std_msgs.msg import Header
 
 from cmdr_ros.evidence import ANOMALY_MAP, CLOUD, HEATMAP, IMAGE, META, read_evidence
-from cmdr_ros.ros.conversions import xyz_to_pointcloud2
+from cmdr_ros.ros.conversions import image_to_array, xyz_to_pointcloud2
+from cmdr_ros.ros.stamps import stamp_text
 from node_harness import audit_rows, cell_frame, check_audit_has, start_node, train_cell_model
 
 pytestmark = pytest.mark.slow
@@ -75,7 +76,9 @@ def test_rejects_not_judged_parts_and_a_sample_of_passes_are_kept(ros, rgbd_mode
         assert ev.xyz().tobytes() == cell_frame(20).xyz.astype(np.float32).tobytes()  # full resolution, bit for bit
         assert (ev.meta["seq"], ev.meta["decision"], ev.meta["stamp"]) == (int(reject["seq"]), "reject",
                                                                            reject["stamp"])
-        assert ev.heatmap_rgb().shape == ev.image_rgb().shape
+        heat = ros.wait_for("the reject's ~/heatmap", lambda: next(
+            (m for _, m in ros.received["heatmap"] if stamp_text(m.header) == reject["stamp"]), None))
+        assert np.array_equal(ev.heatmap_rgb(), image_to_array(heat)[..., ::-1])  # the pixels ~/heatmap published
 
         # retention: a limit below one part keeps the newest alone; the 5 older parts go, oldest first, counted
         assert ros.set_parameter("evidence.max_bytes", 1) == (True, "")

@@ -1,6 +1,7 @@
 """``cmdr dataset from-review``: a class folder from the parts reviewers labelled, from their evidence: confirmed
 good parts to train/validation (a share spread in time), confirmed defects to test, unsure and unusable parts left
-out with the reason, every sample traceable to its decision; merged with an existing class folder on request."""
+out with the reason, every sample traceable to its decision; merged with an existing class folder on request; a
+class of scans from the evidence of unorganized scans (trained and judged: test_learning_loop.py)."""
 import json
 
 import numpy as np
@@ -10,10 +11,12 @@ from review_harness import RUN, decision, make_store
 
 from cmdr_ros.cli.main import main
 from cmdr_ros.data.mvtec3d import MVTec3DClass, load_mask, load_rgb, load_xyz, write_sample
+from cmdr_ros.data.scans import ScanDataset, write_scan
 from cmdr_ros.evidence import meta_of, part_folder, write_evidence
 from cmdr_ros.review import labels, queries
 
-# seq -> the latest label; 9 has no evidence, 10 kept a scan (Nx3), 11 a cloud of another size than its image
+# seq -> the latest label; 9 has no evidence, 10 kept an image and an unorganized cloud (Nx3), 11 a cloud of another
+# size than its image
 VERDICTS = {0: "good", 1: "good", 2: "good", 3: "good", 4: "good", 5: "good", 6: "defective", 7: "defective",
             8: "unsure", 9: "good", 10: "good", 11: "good"}
 
@@ -66,7 +69,7 @@ def test_a_class_folder_from_labelled_evidence(store, tmp_path, capsys):
     manifest = json.loads((out / "review_manifest.json").read_text())
     why = {p["seq"]: p["why"] for p in manifest["left_out"]}
     assert set(why) == {8, 9, 10, 11} and why[8] == "labelled unsure" and why[9] == "no evidence kept"
-    assert "unorganized scan" in why[10] and "differ" in why[11]
+    assert "unorganized cloud" in why[10] and "differ" in why[11]
     first = manifest["parts"][0]
     assert (first["sample"], first["user"], first["label"]) == (f"train/good/review_{RUN}_00000000", "rita", "good")
     assert not (tmp_path / "reviewed.partial").exists()
@@ -100,3 +103,78 @@ def test_merged_with_an_existing_class_folder_and_refusals(store, tmp_path, caps
     elsewhere = [a if a != str(out) else str(tmp_path / "other") for a in args]
     assert "not a class folder" in one_line_error(capsys, elsewhere[:-1] + [str(tmp_path)])
     assert not (tmp_path / "other").exists() and not (tmp_path / "other.partial").exists()
+
+
+def scan(seq: int, n: int = 500) -> np.ndarray:
+    """A scan's points as its evidence keeps them: Nx3 in the sensor's order, every 7th unmeasured (NaN)."""
+    pts = np.random.default_rng(seq).normal(size=(n, 3)).astype(np.float32)
+    pts[::7] = np.nan
+    return pts
+
+
+def scan_store(tmp_path, labelled: dict[int, str], other: dict[int, dict] | None = None) -> tuple[str, object]:
+    """(store, evidence root) of parts whose evidence is a scan (those in ``other``: the arrays given there),
+    labelled as ``labelled`` says."""
+    root = tmp_path / "evidence"
+    rows = [decision(s, decision="pass" if label == "good" else "reject") for s, label in labelled.items()]
+    for row in rows:
+        row["evidence"] = part_folder(row["node"], row["decided_at"], row["run_id"], row["seq"])
+        arrays = (other or {}).get(row["seq"], {"xyz": scan(row["seq"])})
+        write_evidence(root, row["evidence"], meta=meta_of(row), **arrays)
+    target = str(tmp_path / "audit.db")
+    db = make_store(target, rows)
+    for seq, label in labelled.items():
+        labels.add_label(db, queries.part(db, RUN, seq), label, "rita")
+    db.close()
+    return target, root
+
+
+def test_a_class_of_scans_from_the_evidence_of_scans(tmp_path, capsys):
+    # 0-5 good, 6-7 defective, 8 unsure, 9 a frame among scans (left out: the folder is of scans, its first part's)
+    labelled = {s: "good" for s in range(6)} | {6: "defective", 7: "defective", 8: "unsure", 9: "good"}
+    db, root = scan_store(tmp_path, labelled, {9: dict(zip(("image", "xyz"), frame(9)))})
+    out = tmp_path / "scans"
+    assert main(["dataset", "from-review", "--db", db, "--evidence", str(root), "--out", str(out),
+                 "--validation", "0.25", "--holdout", "0.2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    # 7 good parts in time order (0-5, 9): 0.2 (the 5th, seq 4) to test; of the other 6, 0.25 (the 4th, seq 3) to
+    # validation; seq 9 is a frame: left out
+    assert summary["kind"] == "scans" and summary["left_out"] == 2
+    assert summary["samples"] == {"test/good": 1, "test/review": 2, "train/good": 4, "validation/good": 1}
+    data = ScanDataset(out)
+    assert ScanDataset.is_scan_folder(out)
+    ids = {split: [(s.defect, s.sample_id) for s in data.scans(split)] for split in ("train", "validation", "test")}
+    assert ids == {"train": [("good", f"review_{RUN}_{s:08d}") for s in (0, 1, 2, 5)],
+                   "validation": [("good", f"review_{RUN}_00000003")],
+                   "test": [("good", f"review_{RUN}_00000004")] + [("review", f"review_{RUN}_{s:08d}") for s in (6, 7)]}
+    defect = data.scans("test")[1]
+    points, truth = defect.load()
+    finite = scan(6)[np.isfinite(scan(6)).all(1)]
+    assert points.dtype == np.float32 and np.array_equal(points, finite)  # the measured points, in the sensor's order
+    assert truth is None and defect.gt_path is None and defect.label == 1  # no point labels: the part's label alone
+    good_points, good_truth = data.scans("test")[0].load()
+    assert not good_truth.any() and len(good_truth) == len(good_points)
+    why = {p["seq"]: p["why"] for p in json.loads((out / "review_manifest.json").read_text())["left_out"]}
+    assert why == {8: "labelled unsure", 9: "a part of frames in a class folder of scans"}
+
+
+def test_a_class_of_scans_merged_and_a_scan_without_measured_points(tmp_path, capsys):
+    labelled = {0: "good", 1: "good", 2: "defective"}
+    db, root = scan_store(tmp_path, labelled, {1: {"xyz": np.full((10, 3), np.nan, np.float32)}})
+    old = tmp_path / "old"
+    for split in ("train", "validation", "test"):
+        write_scan(old, split, "good", "000", scan(99))
+    out = tmp_path / "merged"
+    assert main(["dataset", "from-review", "--db", db, "--evidence", str(root), "--out", str(out),
+                 "--validation", "0", "--merge", str(old)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kind"] == "scans" and summary["samples"] == {"test/review": 1, "train/good": 1}
+    assert [s.sample_id for s in ScanDataset(out).scans("train")] == ["000", f"review_{RUN}_00000000"]
+    why = json.loads((out / "review_manifest.json").read_text())["left_out"]
+    assert [(p["seq"], p["why"]) for p in why] == [(1, "a scan without a measured point")]
+    frames = tmp_path / "frames"  # a class of frames merged: the scans are left out
+    rgb, xyz = frame(99)
+    write_sample(frames, "train", "good", "000", rgb, xyz)
+    assert "no labelled part with usable evidence" in one_line_error(capsys, [
+        "dataset", "from-review", "--db", db, "--evidence", str(root), "--out", str(tmp_path / "f"), "--merge",
+        str(frames)])

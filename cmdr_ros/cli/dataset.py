@@ -1,7 +1,8 @@
 """``cmdr dataset``: data sets made from what the cells recorded.
 
-* ``from-review --db DB --out DIR``: an MVTec 3D-AD style class folder from the parts reviewers labelled in the
-  review station (confirmed good parts to train/validation, confirmed defects to test), from their evidence.
+* ``from-review --db DB --out DIR``: a class folder from the parts reviewers labelled in the review station
+  (confirmed good parts to train/validation, confirmed defects to test), from their evidence: MVTec 3D-AD style
+  frames, or a class of scans (``points/<id>.npy``) from the evidence of unorganized scans.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The sub-verbs of ``cmdr dataset``."""
     verbs = p.add_subparsers(dest="dataset_verb", required=True, metavar="DATASET_VERB")
-    q = verbs.add_parser("from-review", help="a class folder from labelled evidence: confirmed good parts to "
-                                             "train/validation, confirmed defects to test")
+    q = verbs.add_parser("from-review", help="a class folder (frames, or scans) from labelled evidence: confirmed "
+                                             "good parts to train/validation, confirmed defects to test")
     q.add_argument("--db", required=True, help="audit store with the review station's labels: SQLite file or "
                                                "postgresql://user@host/db URL")
     q.add_argument("--out", required=True, help="the class folder to write (must not exist)")
@@ -33,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of the confirmed good parts for test/good (good parts `cmdr promote` judges), spread "
                         "in time, taken before the validation share")
     q.add_argument("--defect", default="review", help="the test folder of confirmed defects (test/<defect>)")
-    q.add_argument("--merge", default=None, metavar="DIR", help="start from a copy of this class folder")
+    q.add_argument("--merge", default=None, metavar="DIR", help="start from a copy of this class folder (its kind, "
+                                                                "frames or scans, is the new folder's)")
     q.set_defaults(func=run_from_review)
 
 

@@ -124,6 +124,28 @@ def read_scan(path: str | Path) -> np.ndarray:
     return pts.astype(np.float32, copy=False)
 
 
+def write_scan(root: str | Path, split: str, defect: str, sample_id: str, points: np.ndarray,
+               point_labels: np.ndarray | None = None) -> Path:
+    """Write one scan under the class folder ``root`` (the layout in the module docstring):
+    ``<split>/<defect>/points/<sample_id>.npy`` (``points`` Nx3 as given, their order kept) and, with
+    ``point_labels`` (N, non-zero = defective), ``gt/<sample_id>.npy``; the points' file."""
+    if split not in SPLITS:
+        raise CmdrError(f"unknown split '{split}': expected one of {', '.join(SPLITS)}")
+    pts = np.asarray(points)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise CmdrError(f"scan {split}/{defect}/{sample_id}: points must be Nx3, got shape {pts.shape}")
+    if point_labels is not None and np.shape(point_labels) != (len(pts),):
+        raise CmdrError(f"scan {split}/{defect}/{sample_id}: {np.shape(point_labels)} labels for {len(pts)} points")
+    folder = Path(root) / split / defect
+    path = folder / "points" / f"{sample_id}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, pts)
+    if point_labels is not None:
+        (folder / "gt").mkdir(exist_ok=True)
+        np.save(folder / "gt" / f"{sample_id}.npy", point_labels)
+    return path
+
+
 def read_point_labels(path: str | Path, n_points: int) -> np.ndarray:
     """The per-point ground truth of a scan (``gt/NNN.npy``): bool N, non-zero = defective."""
     try:

@@ -1,14 +1,22 @@
-"""The learning loop's first step: an MVTec 3D-AD style class folder from the parts reviewers labelled
-(``cmdr dataset from-review``).
+"""The learning loop's first step: a class folder from the parts reviewers labelled (``cmdr dataset from-review``).
 
 Each part's latest label counts: confirmed good parts go to ``train/good`` and, a ``validation`` share of them spread
 evenly in time, to ``validation/good`` (what the threshold is calibrated on); confirmed defects go to
-``test/<defect>`` (no mask: reviewers draw none), good parts held out to ``test/good`` with an all-zero mask (no
-defect pixel); parts labelled unsure are left out. A sample is the part's evidence (``cmdr_ros/evidence.py``):
-its image as judged and its organized cloud, each brought to the size the node judges at (``fit_frame``). Its id is
-``review_<run_id>_<seq>``, so every sample names its decision; ``review_manifest.json`` lists them with who labelled
-them and when. ``merge`` starts from a copy of an existing class folder. The folder is written under a temporary name
-and renamed when complete.
+``test/<defect>``, good parts held out (``holdout``) to ``test/good``; parts labelled unsure are left out. A sample
+is the part's evidence (``cmdr_ros/evidence.py``):
+
+* a frame (an image and/or an organized cloud): an MVTec 3D-AD style sample (``mvtec3d.write_sample``), its image
+  as judged and its organized cloud each brought to the size the node judges at (``fit_frame``);
+* a scan (an unorganized Nx3 cloud without an image, as a "chunks" model judges it): a scan sample
+  (``scans.write_scan``, ``<split>/<defect>/points/<id>.npy``) of its measured points in the sensor's order, the
+  unmeasured (NaN) ones left out, which are the points the node chunked and scored (``model.scan.predict_scan``).
+
+One folder holds one kind, ``merge``'s, else the first usable part's; parts of the other kind are left out. A
+confirmed defect has no ground truth beyond its label (reviewers draw no masks and mark no points): ``cmdr eval``
+counts it in the image- (part-) level metrics only. A held-out good part has no defect pixel or point: it gets an
+all-zero mask or point labels, as MVTec 3D-AD's good test parts do (a merged ``test/good`` with masks stays readable). A sample's id is ``review_<run_id>_<seq>``, so every
+sample names its decision; ``review_manifest.json`` lists them with who labelled them and when. ``merge`` starts
+from a copy of an existing class folder. The folder is written under a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
@@ -50,20 +58,35 @@ def _validation_picks(n: int, share: float) -> set[int]:
     return {i for i in range(n) if math.floor((i + 1) * share) > math.floor(i * share)}
 
 
-def _frame(ev) -> tuple[Any, Any, str | None]:
-    """(rgb, xyz, None) of a part's evidence, or (None, None, why it cannot be a sample)."""
+FRAMES, SCANS = "frames", "scans"  # the kinds of class folder
+
+
+def _sample(ev) -> tuple[str, tuple[Any, ...], str | None]:
+    """(kind, arrays, None) of a part's evidence: (FRAMES, (rgb, xyz)) or (SCANS, (points,)) (module docstring);
+    or (kind, (), why it cannot be a sample)."""
     from cmdr_ros.data.frame_size import fit_frame  # noqa: PLC0415 - torch, only when a dataset is written
+    from cmdr_ros.geometry import finite_rows  # noqa: PLC0415
 
     rgb, xyz = ev.image_rgb(), ev.xyz()
     if rgb is None and xyz is None:
-        return None, None, "no image and no cloud kept"
-    if xyz is not None and xyz.ndim != 3:
-        return None, None, "an unorganized scan (Nx3): a class of scans is not written from review yet"
+        return FRAMES, (), "no image and no cloud kept"
+    if xyz is not None and xyz.ndim == 2:
+        if rgb is not None:
+            return FRAMES, (), "an image with an unorganized cloud (Nx3): a cloud projected onto the image is not " \
+                               "stored aligned"
+        points = xyz[finite_rows(xyz)]
+        return (SCANS, (points,), None) if len(points) else (SCANS, (), "a scan without a measured point")
     if rgb is not None and xyz is not None and rgb.shape[:2] != xyz.shape[:2]:
-        return None, None, f"image {rgb.shape[1]}x{rgb.shape[0]} and cloud {xyz.shape[1]}x{xyz.shape[0]} differ " \
+        return FRAMES, (), f"image {rgb.shape[1]}x{rgb.shape[0]} and cloud {xyz.shape[1]}x{xyz.shape[0]} differ " \
                            "(a cloud projected onto the image is not stored aligned)"
-    rgb, xyz = fit_frame(rgb, xyz)
-    return rgb, xyz, None
+    return FRAMES, fit_frame(rgb, xyz), None
+
+
+def _truth_shape(kind: str, arrays: tuple[Any, ...]) -> tuple[int, ...]:
+    """The shape of a sample's ground truth: a mask over the frame's pixels, a label per point of a scan."""
+    if kind == SCANS:
+        return (len(arrays[0]),)
+    return next(a for a in arrays if a is not None).shape[:2]
 
 
 def _good_splits(n: int, holdout: float, validation: float) -> list[str]:
@@ -79,9 +102,11 @@ def from_review(db: ReviewDB, out: str | Path, *, evidence: str | None = None, f
                 validation: float = 0.2, defect: str = "review", merge: str | Path | None = None,
                 holdout: float = 0.0) -> dict[str, Any]:
     """Write the class folder ``out`` from the labelled parts of ``db`` (``evidence``: the evidence root as mounted
-    here; default each row's recorded root); the summary: samples per split, parts left out and why. ``holdout``: a
-    share of the good parts to ``test/good`` (``cmdr promote`` judges good parts there)."""
+    here; default each row's recorded root); the summary: samples per split, parts left out and why, the folder's
+    ``kind`` (``FRAMES`` or ``SCANS``). ``holdout``: a share of the good parts to ``test/good`` (``cmdr promote``
+    judges good parts there)."""
     from cmdr_ros.data.mvtec3d import GOOD, write_sample  # noqa: PLC0415 - tifffile, cv2
+    from cmdr_ros.data.scans import ScanDataset, write_scan  # noqa: PLC0415
 
     out = Path(out)
     if out.exists():
@@ -96,6 +121,7 @@ def from_review(db: ReviewDB, out: str | Path, *, evidence: str | None = None, f
     if merge is not None and (Path(merge) / "test" / defect / "gt").is_dir():
         raise CmdrError(f"--defect {defect!r}: {merge}/test/{defect} holds masks and reviewed defects have none (a "
                         "folder's parts all have masks or none do); name another folder")
+    kind = None if merge is None else SCANS if ScanDataset.is_scan_folder(merge) else FRAMES
     parts = labelled_parts(db, f)
     goods = [p for p in parts if p["label"] == "good"]
     good_splits = _good_splits(len(goods), holdout, validation)
@@ -124,24 +150,25 @@ def from_review(db: ReviewDB, out: str | Path, *, evidence: str | None = None, f
                 left_out.append({**key, "why": "no evidence kept" if not part["evidence"] else "no evidence root"})
                 continue
             try:
-                rgb, xyz, why = _frame(read_evidence(root, part["evidence"]))
+                this, arrays, why = _sample(read_evidence(root, part["evidence"]))
             except EvidenceError as e:
-                rgb = xyz = None
-                why = str(e)
+                this, arrays, why = None, (), str(e)
+            if why is None and kind not in (None, this):
+                why = f"a part of {this} in a class folder of {kind}"
             if why is not None:
                 left_out.append({**key, "why": why})
                 continue
+            kind = this
             sample_id = f"review_{part['run_id']}_{int(part['seq']):08d}"
-            # a confirmed good part has no defect pixel: its test mask is all zero, as MVTec 3D-AD's good parts' are
-            mask = np.zeros(rgb.shape[:2] if rgb is not None else xyz.shape[:2], np.uint8) if (
-                split == "test" and folder == GOOD) else None
-            write_sample(partial, split, folder, sample_id, rgb, xyz, mask)
+            if split == "test" and folder == GOOD:  # a confirmed good part has no defect pixel or point
+                arrays = (*arrays, np.zeros(_truth_shape(kind, arrays), np.uint8))
+            (write_scan if kind == SCANS else write_sample)(partial, split, folder, sample_id, *arrays)
             written[f"{split}/{folder}"] += 1
             manifest.append({"sample": f"{split}/{folder}/{sample_id}", **{k: part[k] for k in _PART}})
         if not manifest:
             raise CmdrError(f"no labelled part with usable evidence ({len(parts)} labelled, {len(left_out)} left out"
                             + (f": {left_out[0]['why']}" if left_out else "") + ")")
-        summary = {"out": str(out), "labelled": len(parts), "samples": dict(sorted(written.items())),
+        summary = {"out": str(out), "kind": kind, "labelled": len(parts), "samples": dict(sorted(written.items())),
                    "left_out": left_out, "merged": None if merge is None else str(merge)}
         (partial / MANIFEST).write_text(json.dumps({**summary, "parts": manifest}, indent=1, default=str))
         partial.rename(out)

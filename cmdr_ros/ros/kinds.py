@@ -66,10 +66,11 @@ class RosKind(ABC):
     def heatmap(self, frame: Frame, pred: Any, threshold: float, alpha: float = 0.5, vmax: float = 0.0) -> np.ndarray:
         """The BGR heatmap of a judged part (colour-scale top ``vmax``, 0: ``auto_heatmap_max``)."""
 
-    def map_arrays(self, frame: Frame, pred: Any, threshold: float, alpha: float = 0.5,
-                   vmax: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-        """The anomaly map and the BGR heatmap of a judged part as arrays (the evidence kept of it)."""
-        return pred.anomaly_map, self.heatmap(frame, pred, threshold, alpha, vmax)
+    def map_arrays(self, frame: Frame, pred: Any, threshold: float, alpha: float = 0.5, vmax: float = 0.0,
+                   heatmap: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The anomaly map and the BGR heatmap of a judged part as arrays (the evidence kept of it); ``heatmap``:
+        the one already drawn for ``~/heatmap``, else it is drawn now."""
+        return pred.anomaly_map, self.heatmap(frame, pred, threshold, alpha, vmax) if heatmap is None else heatmap
 
     def result_values(self, pred: Any) -> dict[str, str]:
         """The kind's own ``~/result`` values of a judged part (``outputs.RESULT_KEYS``); none by default."""
@@ -158,10 +159,10 @@ class ScanKind(RosKind):
                        vmax=vmax or auto_heatmap_max(pred, threshold))
 
     def map_arrays(self, frame: Frame, pred: ScanPrediction, threshold: float, alpha: float = 0.5,
-                   vmax: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-        """The top view's per-cell maximum score and its heatmap."""
+                   vmax: float = 0.0, heatmap: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The top view's per-cell maximum score and its heatmap (``heatmap``: the one already drawn)."""
         view = self.view(frame, pred)
-        return view[1], self.heatmap(frame, pred, threshold, alpha, vmax, view)
+        return view[1], self.heatmap(frame, pred, threshold, alpha, vmax, view) if heatmap is None else heatmap
 
     def result_values(self, pred: ScanPrediction) -> dict[str, str]:
         return {"chunks": str(len(pred.chunks))}

@@ -11,6 +11,7 @@ import numpy as np
 import tifffile
 
 from cmdr_ros import CmdrError
+from cmdr_ros.data.scans import write_scan
 from cmdr_ros.data.synthetic.cell import CellConfig, calibration_dict
 from cmdr_ros.data.synthetic.defects import DEFECT_TYPES, GEOMETRIC_DEFECTS, check_defect
 from cmdr_ros.data.synthetic.profilometer import render_profilometer_cloud
@@ -122,9 +123,7 @@ def generate_scan_dataset(
     same seed and counts. Seeds, counts and ``overwrite`` as in ``generate_dataset``.
     """
     def write(out: Path, split: str, kind: str, name: str, points: np.ndarray, labels: np.ndarray) -> None:
-        np.save(out / "points" / f"{name}.npy", points)
-        if split == "test":
-            np.save(out / "gt" / f"{name}.npy", labels)
+        write_scan(out.parent.parent, split, kind, name, points, labels if split == "test" else None)
 
     return _profile_dataset(Path(root) / class_name, (n_train, n_val, n_test_good, n_test_per_defect), cfg, seed,
                             defects, overwrite, ("points",), ("points", "gt"), False, write)

@@ -245,8 +245,8 @@ class DecisionEngine:
                                inputs=part.inputs, latency_ms=latency_ms, frame_ids=part.frame_ids,
                                extra={"part_id": part_id} if part_id is not None else None)
         row = row_from_result(values, node=outlet.node, run_id=outlet.run_id, decided_at=time.time())
-        if outlet.evidence is not None:  # queued for its writer thread, the row names its folder
-            outlet.evidence.submit(row, verdict, frame)
+        if outlet.evidence is not None:  # queued for its writer thread (with ~/heatmap when drawn), the row names it
+            outlet.evidence.submit(row, verdict, frame, maps.get("heatmap"))
         if outlet.audit is not None:  # committed before it is published (or spooled when the store is failing or slow)
             outlet.audit.record(row)
         for key, msg in decision_messages(part.header, verdict, values, maps).items():

@@ -3,7 +3,8 @@ a thread of its own, off the decision path.
 
 ``submit`` is called on the outbox thread where the decision's audit row is made (``engine.DecisionEngine``): it
 decides whether the part is kept (every reject and every part not judged; of the passes the fraction
-``evidence.passes``, deterministically: every 1/f-th pass), queues it (at most ``QUEUE`` parts; never waits) and
+``evidence.passes``, deterministically: every 1/f-th pass), queues it (at most ``QUEUE`` parts; never waits) with
+the ``~/heatmap`` message when one was drawn for the part (its pixels are kept, not drawn again) and
 writes the folder's name into the row (``evidence``, ``evidence_root``). The row is committed before the folder is
 written, so the row names the folder the writer was asked for: a folder is complete or absent (written under a
 temporary name, then renamed), and a write that fails is counted (``failed``), logged with the folder's name and
@@ -27,6 +28,7 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 from cmdr_ros.evidence import EvidenceError, Retention, meta_of, part_folder, write_evidence
 from cmdr_ros.judge import Verdict
+from cmdr_ros.ros.conversions.images import image_to_array
 from cmdr_ros.ros.kinds import kind_of
 
 QUEUE = 8  # parts waiting to be written (each holds its frame's arrays)
@@ -34,11 +36,13 @@ RETRY_S = 1.0  # while writes fail: one part queued per this many seconds, the o
 CLOSE_S = 10.0  # what is still queued at cleanup is written within this, then dropped
 
 
-def evidence_arrays(verdict: Verdict, frame: Any, alpha: float, vmax: float) -> dict[str, np.ndarray]:
+def evidence_arrays(verdict: Verdict, frame: Any, alpha: float, vmax: float,
+                    heatmap: Any = None) -> dict[str, np.ndarray]:
     """The arrays ``write_evidence`` takes from a decided part: ``image`` (the image as judged), ``heatmap`` and
     ``anomaly_map`` (judged parts, as the part's kind makes them: ``kinds.RosKind.map_arrays``; the heatmap as
-    ~/heatmap publishes it, in RGB), ``xyz`` (an organized pixel-aligned cloud as received, HxWx3; any other cloud: its points Nx3, a scan's in
-    message order with invalid points NaN)."""
+    ~/heatmap publishes it, in RGB: the pixels of ``heatmap``, the bgr8 ``~/heatmap`` message already drawn for the
+    part, else drawn now), ``xyz`` (an organized pixel-aligned cloud as received, HxWx3; any other cloud: its points
+    Nx3, a scan's in message order with invalid points NaN)."""
     out: dict[str, np.ndarray] = {}
     if frame is None:
         return out
@@ -50,7 +54,8 @@ def evidence_arrays(verdict: Verdict, frame: Any, alpha: float, vmax: float) -> 
         out["xyz"] = np.asarray(frame.points, dtype=np.float32)
     pred = verdict.prediction
     if verdict.judged and pred is not None:
-        out["anomaly_map"], bgr = kind_of(frame).map_arrays(frame, pred, verdict.threshold, alpha, vmax)
+        drawn = None if heatmap is None else image_to_array(heatmap)
+        out["anomaly_map"], bgr = kind_of(frame).map_arrays(frame, pred, verdict.threshold, alpha, vmax, drawn)
         out["heatmap"] = bgr[..., ::-1]
     return out
 
@@ -90,8 +95,9 @@ class EvidenceWriter:
         self._thread.start()
 
     # ------------------------------------------------------------------ the outbox thread
-    def submit(self, row: dict[str, Any], verdict: Verdict, frame: Any) -> str | None:
-        """Queue the part of ``row`` (an audit row, ``schema.row_from_result``) when it is kept, and name its folder
+    def submit(self, row: dict[str, Any], verdict: Verdict, frame: Any, heatmap: Any = None) -> str | None:
+        """Queue the part of ``row`` (an audit row, ``schema.row_from_result``) when it is kept (``heatmap``: its
+        ``~/heatmap`` message when one was drawn, kept instead of drawing it again), and name its folder
         in ``row``; the folder, or None (not kept, or dropped: the row's ``evidence`` stays empty). Never waits, never
         raises: a part that cannot be named is counted (``failed``), its decision goes on."""
         if verdict.judged and not verdict.reject and not self._sampler.keep(float(self.param("evidence.passes"))):
@@ -109,7 +115,7 @@ class EvidenceWriter:
                     return None
                 self._last_try = now
             try:
-                self._jobs.put_nowait((rel, meta_of(row), verdict, frame))
+                self._jobs.put_nowait((rel, meta_of(row), verdict, frame, heatmap))
             except queue.Full:
                 self._drop(f"evidence of {rel} not kept: {QUEUE} parts already wait to be written "
                            "(the evidence root is slower than the parts)")
@@ -130,11 +136,11 @@ class EvidenceWriter:
         except (EvidenceError, OSError) as e:
             self._failed(f"evidence retention of {self.root}: {e}")
         while (job := self._jobs.get()) is not None:
-            rel, meta, verdict, frame = job
+            rel, meta, verdict, frame, heatmap = job
             t0 = time.perf_counter()
             try:
                 arrays = evidence_arrays(verdict, frame, float(self.param("output.heatmap_alpha")),
-                                         float(self.param("output.heatmap_max")))
+                                         float(self.param("output.heatmap_max")), heatmap)
                 nbytes = write_evidence(self.root, rel, meta=meta, **arrays)
             except Exception as e:  # noqa: BLE001 - evidence must never stop the writer: counted and shown
                 self._failed(str(e) if isinstance(e, EvidenceError) else f"evidence {rel}: {type(e).__name__}: {e}")
