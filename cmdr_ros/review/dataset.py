@@ -14,9 +14,10 @@ is the part's evidence (``cmdr_ros/evidence.py``):
 One folder holds one kind, ``merge``'s, else the first usable part's; parts of the other kind are left out. A
 confirmed defect has no ground truth beyond its label (reviewers draw no masks and mark no points): ``cmdr eval``
 counts it in the image- (part-) level metrics only. A held-out good part has no defect pixel or point: it gets an
-all-zero mask or point labels, as MVTec 3D-AD's good test parts do (a merged ``test/good`` with masks stays readable). A sample's id is ``review_<run_id>_<seq>``, so every
-sample names its decision; ``review_manifest.json`` lists them with who labelled them and when. ``merge`` starts
-from a copy of an existing class folder. The folder is written under a temporary name and renamed when complete.
+all-zero mask or point labels, as MVTec 3D-AD's good test parts do (a merged ``test/good`` with masks stays
+readable). A sample's id is ``review_<run_id>_<seq>``, so every sample names its decision; ``review_manifest.json``
+lists them with who labelled them and when. ``merge`` starts from a copy of an existing class folder. The folder is
+written under a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
