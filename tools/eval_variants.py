@@ -11,8 +11,9 @@ n // 2 of each folder, B = the rest. The backbone runs once per test part; every
 VARIANT = ``name:key=value,key=value`` with keys ``fusion_size`` (an int), ``banks`` (``none``, ``2d``, ``3d``,
 ``2d+3d``: which memory banks gate the fused map), ``scales`` (fusion sizes joined by ``+``, e.g. ``128+256``: the
 fused maps at each, combined by ``combine``, ``mean`` (default), ``max`` or ``nmean``) and ``tta`` (transforms joined by
-``+``, of ``hflip``, ``vflip``, ``rot180``: the maps of the identity and of each transformed input averaged); both
-are described in ``tools/variant_maps.py``. ``--fit-bank N`` first fits a memory bank of N features per modality on
+``+``, of ``hflip``, ``vflip``, ``rot180``: the maps of the identity and of each transformed input averaged; with
+``tta_pixels=identity`` the image score is the averaged map's and the pixel scores the identity's); both are
+described in ``tools/variant_maps.py``. ``--fit-bank N`` first fits a memory bank of N features per modality on
 the training split, as ``cmdr train`` with ``memory_bank: N`` would (the heads are the checkpoint's).
 ``heads_fusion_ms``: heads and fusion per frame, every scale and transform included (the heads run once per scale);
 ``backbone_ms``: the backbones per frame for the transformed inputs (0 without ``tta``; the identity's features are
@@ -66,9 +67,11 @@ def transformed(det, items, name: str) -> tuple[list, list, float]:
     return inputs, natives, (time.perf_counter() - t0) * 1e3 / len(items)
 
 
-def score_variant(det, items, views, scales, combine) -> tuple[list, list, list, float]:
+def score_variant(det, items, views, scales, combine, pixels) -> tuple[list, list, list, float]:
     """Image scores, full-resolution P-AUROC and AUPRO maps of every item; ms per item for heads and fusion.
-    ``views``: per view (the identity, then each transform), its name, inputs and features."""
+    ``views``: per view (the identity, then each transform), its name, inputs and features; the image score is
+    that of the views' mean map, the pixel scores too (``pixels`` "mean") or the identity's (``pixels``
+    "identity")."""
     scores, pix, pro = [], [], []
     t0 = time.perf_counter()
     for k, ls in enumerate(items):
@@ -80,6 +83,8 @@ def score_variant(det, items, views, scales, combine) -> tuple[list, list, list,
             maps.append(fused if name == "identity" else map_back(fused, name))
         fused = maps[0] if len(maps) == 1 else torch.stack(maps).mean(0)
         scores.append(float(fusion.image_score(fused)[0]))
+        if pixels == "identity":
+            fused = maps[0]
         for out, metric in ((pix, "p_auroc"), (pro, "aupro")):
             grid = fusion.normalized_scores(fused, det.config.pixel_norm, metric)[0].numpy()
             out.append(ls.inp.frame.to_input(grid).astype(np.float32))
@@ -126,7 +131,7 @@ def main() -> None:
                 views[t] = transformed(det, items, t)
         scales = [int(x) for x in opts["scales"].split("+")] if "scales" in opts else [None]
         scores, pix, pro, ms = score_variant(det, items, [(t, *views[t][:2]) for t in tta], scales,
-                                             opts.get("combine", "mean"))
+                                             opts.get("combine", "mean"), opts.get("tta_pixels", "mean"))
         r: dict = {"heads_fusion_ms": round(ms, 1), "backbone_ms": round(sum(views[t][2] for t in tta), 1)}
         for part, sel in halves.items():
             thread = [i for i in sel if samples[i].defect in ("good", "thread")]
