@@ -35,7 +35,8 @@ from cmdr_ros.metrics import compute_metrics
 from cmdr_ros.model import fusion
 from cmdr_ros.model.checkpoint import load_checkpoint
 from cmdr_ros.model.fitting import fit_memory_bank
-from variant_maps import fused_at_scales, map_back, transform_input
+from cmdr_ros.model.tta import map_back, transform_input
+from variant_maps import fused_at_scales
 
 KEYS = ("i_auroc", "p_auroc", "aupro@0.3")
 
