@@ -35,6 +35,9 @@ PRESETS = ("paper", "lite", "paper3d", "lite3d")
 PIPELINES = ("frame", "chunks")
 CHUNK_SCORES = ("max_normalized", "mean")
 IMAGE_SCORES = ("max_normalized", "mean")
+# ModelConfig.score_tta: test-time transforms of a frame (cmdr_ros.model.tta): columns mirrored with x negated, rows
+# with y, both (the part turned by 180 degrees about the camera's axis)
+TTA_TRANSFORMS = ("hflip", "vflip", "rot180")
 
 
 _FIELD_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
@@ -214,6 +217,10 @@ class ModelConfig:
     # the modalities whose features the memory bank holds and whose distance gates F (of those the mode uses; mode
     # rgbd with ("3d",): the cloud's features only, the colour statistics' bank gated good parts too on real parts)
     memory_bank_modalities: tuple[str, ...] = ("2d", "3d")
+    # "frame" pipeline: test-time transforms (TTA_TRANSFORMS) of each frame whose fused maps, brought back onto the
+    # frame's pixels, are averaged with the frame's own F for the image score; the pixel scores stay the frame's own
+    # F. Each transform runs the backbones and heads once more. (): the frame alone
+    score_tta: tuple[str, ...] = ()
 
     @property
     def chunk_points(self) -> int:
@@ -279,6 +286,12 @@ class ModelConfig:
                 not set(self.memory_bank_modalities) <= {"2d", "3d"}:
             raise CmdrError(f"memory_bank_modalities {list(self.memory_bank_modalities)} must name 2d and/or 3d, at "
                             f"least one of those mode '{self.mode}' uses ({', '.join(MODALITIES[self.mode])})")
+        self.score_tta = tuple(self.score_tta)
+        if not set(self.score_tta) <= set(TTA_TRANSFORMS) or len(set(self.score_tta)) != len(self.score_tta):
+            raise CmdrError(f"score_tta {list(self.score_tta)} must name distinct transforms of "
+                            f"{', '.join(TTA_TRANSFORMS)}")
+        if self.score_tta and self.pipeline == "chunks":
+            raise CmdrError("score_tta is for frames: a chunk of the chunks pipeline is a sequence, not an image")
         if self.judges_scans and self.mode != "3d":
             raise CmdrError(f"the chunks pipeline judges unorganized scans (3D only), not mode '{self.mode}'")
 

@@ -8,9 +8,16 @@ n // 2 of each folder, B = the rest. The backbone runs once per test part; every
     PYTHONPATH=$PWD python tools/eval_variants.py --data DIR --checkpoint CKPT --out OUT.json \\
         [--fit-bank N] [--seed 27] [--cache-dir DIR] VARIANT...
 
-VARIANT = ``name:key=value,key=value`` with keys ``fusion_size`` (an int) and ``banks`` (``none``, ``2d``, ``3d``,
-``2d+3d``: which memory banks gate the fused map). ``--fit-bank N`` first fits a memory bank of N features per
-modality on the training split, as ``cmdr train`` with ``memory_bank: N`` would (the heads are the checkpoint's).
+VARIANT = ``name:key=value,key=value`` with keys ``fusion_size`` (an int), ``banks`` (``none``, ``2d``, ``3d``,
+``2d+3d``: which memory banks gate the fused map), ``scales`` (fusion sizes joined by ``+``, e.g. ``128+256``: the
+fused maps at each, combined by ``combine``, ``mean`` (default), ``max`` or ``nmean``) and ``tta`` (transforms joined by
+``+``, of ``hflip``, ``vflip``, ``rot180``: the maps of the identity and of each transformed input averaged; with
+``tta_pixels=identity`` the image score is the averaged map's and the pixel scores the identity's); both are
+described in ``tools/variant_maps.py``. ``--fit-bank N`` first fits a memory bank of N features per modality on
+the training split, as ``cmdr train`` with ``memory_bank: N`` would (the heads are the checkpoint's).
+``heads_fusion_ms``: heads and fusion per frame, every scale and transform included (the heads run once per scale);
+``backbone_ms``: the backbones per frame for the transformed inputs (0 without ``tta``; the identity's features are
+extracted once for all variants).
 """
 from __future__ import annotations
 
@@ -28,6 +35,8 @@ from cmdr_ros.metrics import compute_metrics
 from cmdr_ros.model import fusion
 from cmdr_ros.model.checkpoint import load_checkpoint
 from cmdr_ros.model.fitting import fit_memory_bank
+from cmdr_ros.model.tta import map_back, transform_input
+from variant_maps import fused_at_scales
 
 KEYS = ("i_auroc", "p_auroc", "aupro@0.3")
 
@@ -51,15 +60,32 @@ def metrics(sel, gts, pix, pro, labels, scores) -> dict[str, float]:
     return {k: round(float(m[k]), 4) for k in KEYS}
 
 
-def score_variant(det, items, natives) -> tuple[list, list, list, float]:
-    """Image scores, full-resolution P-AUROC and AUPRO maps of every item; ms per item for heads and fusion."""
+def transformed(det, items, name: str) -> tuple[list, list, float]:
+    """The inputs of ``items`` under the transform ``name``, their backbone features and the backbones' ms per item."""
+    inputs = [transform_input(ls.inp, name) for ls in items]
+    t0 = time.perf_counter()
+    natives = det.extract_many(inputs, keep_on=torch.device("cpu"))
+    return inputs, natives, (time.perf_counter() - t0) * 1e3 / len(items)
+
+
+def score_variant(det, items, views, scales, combine, pixels) -> tuple[list, list, list, float]:
+    """Image scores, full-resolution P-AUROC and AUPRO maps of every item; ms per item for heads and fusion.
+    ``views``: per view (the identity, then each transform), its name, inputs and features; the image score is
+    that of the views' mean map, the pixel scores too (``pixels`` "mean") or the identity's (``pixels``
+    "identity")."""
     scores, pix, pro = [], [], []
     t0 = time.perf_counter()
-    for ls, nat in zip(items, natives):
-        feats = det.grid_features([nat], ls.inp.valid[None])
-        valid = feats.pop("valid")
-        fused = det.anomaly_maps(feats, valid)["fused"]
+    for k, ls in enumerate(items):
+        maps = []
+        for name, inputs, natives in views:
+            feats = det.grid_features([natives[k]], inputs[k].valid[None])
+            valid = feats.pop("valid")
+            fused = fused_at_scales(det, feats, valid, scales, combine)
+            maps.append(fused if name == "identity" else map_back(fused, name))
+        fused = maps[0] if len(maps) == 1 else torch.stack(maps).mean(0)
         scores.append(float(fusion.image_score(fused)[0]))
+        if pixels == "identity":
+            fused = maps[0]
         for out, metric in ((pix, "p_auroc"), (pro, "aupro")):
             grid = fusion.normalized_scores(fused, det.config.pixel_norm, metric)[0].numpy()
             out.append(ls.inp.frame.to_input(grid).astype(np.float32))
@@ -90,6 +116,7 @@ def main() -> None:
     a = half_a(samples, args.seed)
     halves = {"A": sorted(a), "B": sorted(set(range(len(items))) - a), "all": list(range(len(items)))}
     gts, labels = [ls.mask for ls in items], [s.label for s in samples]
+    views = {"identity": ([ls.inp for ls in items], natives, 0.0)}
     res = {"checkpoint": args.checkpoint, "seed": args.seed,
            "half_A": [f"{samples[i].defect}/{samples[i].sample_id}" for i in halves["A"]], "variants": {}}
     for v in args.variants:
@@ -99,8 +126,14 @@ def main() -> None:
                       else base_cfg)
         banks = opts.get("banks", "+".join(sorted(base_bank)) or "none")
         det.memory_bank = {m: base_bank[m] for m in banks.split("+") if m in base_bank}
-        scores, pix, pro, ms = score_variant(det, items, natives)
-        r: dict = {"heads_fusion_ms": round(ms, 1)}
+        tta = ["identity"] + [t for t in opts.get("tta", "").split("+") if t]
+        for t in tta:
+            if t not in views:
+                views[t] = transformed(det, items, t)
+        scales = [int(x) for x in opts["scales"].split("+")] if "scales" in opts else [None]
+        scores, pix, pro, ms = score_variant(det, items, [(t, *views[t][:2]) for t in tta], scales,
+                                             opts.get("combine", "mean"), opts.get("tta_pixels", "mean"))
+        r: dict = {"heads_fusion_ms": round(ms, 1), "backbone_ms": round(sum(views[t][2] for t in tta), 1)}
         for part, sel in halves.items():
             thread = [i for i in sel if samples[i].defect in ("good", "thread")]
             r[part] = dict(metrics(sel, gts, pix, pro, labels, scores),

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from cmdr_ros import CmdrError
 from cmdr_ros.config import ModelConfig, cross_modal
 from cmdr_ros.data.model_input import ModelInput, prepare_input
-from cmdr_ros.model import fusion, memory_bank
+from cmdr_ros.model import fusion, memory_bank, tta
 from cmdr_ros.model.backbones import Backbone2D, Backbone3D, build_backbone
 from cmdr_ros.model.heads import CMDRHeads
 from cmdr_ros.model.scan import ScanPrediction, predict_scan
@@ -257,29 +257,42 @@ class CMDRDetector:
             out += self._predict_batch(inputs[i:i + batch_size])
         return out
 
-    def _predict_batch(self, batch: Sequence[ModelInput]) -> list[Prediction]:
-        t0 = time.perf_counter()
+    def _fused(self, batch: Sequence[ModelInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused maps ``F`` of a batch and the model's valid masks on the map grid (``[B, S, S]`` each)."""
         feats = self.grid_features(self.extract_many(batch, batch_size=len(batch)),
                                    torch.stack([inp.valid for inp in batch]))
         valid = feats.pop("valid")
         if self.scoring is not None:  # the exported graph of the same heads and scoring (cmdr_ros.model.export)
-            fused, valid_map = self.scoring.run(feats, valid)
-            maps = {"fused": fused, "valid": valid_map}
-        else:
-            maps = self.anomaly_maps(feats, valid)
-        fused = maps["fused"]
-        scores = fusion.image_score(fused).float().cpu().numpy()
+            return self.scoring.run(feats, valid)
+        maps = self.anomaly_maps(feats, valid)
+        return maps["fused"], maps["valid"]
+
+    def _score_maps(self, batch: Sequence[ModelInput], fused: torch.Tensor) -> torch.Tensor:
+        """The maps the image scores are taken from: ``fused``, averaged with the fused maps of the batch under each
+        transform of ``config.score_tta``, brought back onto the frames' pixels (``cmdr_ros.model.tta``)."""
+        maps = [fused]
+        for name in self.config.score_tta:
+            maps.append(tta.map_back(self._fused([tta.transform_input(inp, name) for inp in batch])[0], name))
+        return maps[0] if len(maps) == 1 else torch.stack(maps).mean(0)
+
+    def _predict_batch(self, batch: Sequence[ModelInput]) -> list[Prediction]:
+        t0 = time.perf_counter()
+        fused, valid_map = self._fused(batch)
+        score_maps = self._score_maps(batch, fused)
+        scores = fusion.image_score(score_maps).float().cpu().numpy()
         grid_maps = fused.float().cpu().numpy()
         norm = self.config.pixel_norm
         pixs = fusion.normalized_scores(fused, norm, "p_auroc").float().cpu().numpy()
-        valids = maps["valid"].cpu().numpy()
+        valids = valid_map.cpu().numpy()
+        score_grids = score_maps.float().cpu().numpy()
         preds = []
-        for inp, score, grid_map, pix, grid_valid in zip(batch, scores, grid_maps, pixs, valids):
+        for inp, score, grid_map, score_grid, pix, grid_valid in zip(batch, scores, grid_maps, score_grids, pixs,
+                                                                      valids):
             score = float(score)
             if self.config.judges_scans:  # ModelConfig.chunk_score
                 score = float(pix.max()) if self.config.chunk_score == "max_normalized" else float(grid_map.mean())
             elif self.config.image_score == "mean":  # ModelConfig.image_score
-                score = float(grid_map[grid_valid].mean()) if grid_valid.any() else float("nan")
+                score = float(score_grid[grid_valid].mean()) if grid_valid.any() else float("nan")
             # the model's map brought back to the input resolution as it is: pixels the sensor did not measure keep
             # the score the map's smoothing gives them (the holes and cuts where material is missing are defect
             # pixels; zeroing them lowered full-resolution P-AUROC 0.963 -> 0.934 on the cable_gland dev subset)
