@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cmdr_ros import CmdrError
 from cmdr_ros.cli.demo_cell import CellNode, report
 from cmdr_ros.data.synthetic import CellConfig, generate_dataset
 from cmdr_ros.run_report import PartRow
@@ -42,7 +41,8 @@ def _batch(root: Path, name: str, seed: int, material: CellConfig, size: tuple[i
 
 def review_rejects(database: Path, samples: dict[int, str], evidence: Path, timeout: float = 120.0) -> dict[str, int]:
     """Label every reject of the store as the part truly was (its sample name: ``good/...`` or a defect), as
-    ``REVIEWER``; waits for each reject's evidence folder (written off the decision path) first. Counts per label."""
+    ``REVIEWER``; waits up to ``timeout`` for each reject's evidence folder (written off the decision path) first.
+    Counts per label."""
     from cmdr_ros.review import labels
     from cmdr_ros.review.db import ReviewDB
 
@@ -55,8 +55,9 @@ def review_rejects(database: Path, samples: dict[int, str], evidence: Path, time
             f"SELECT {', '.join(cols)} FROM decisions WHERE decision = 'reject' ORDER BY id")]
         deadline = time.monotonic() + timeout
         while not all((evidence / r["evidence"]).is_dir() for r in rejects if r["evidence"]):
-            if time.monotonic() > deadline:
-                raise CmdrError(f"the node's evidence of its rejects did not appear in {evidence} within {timeout:g} s")
+            if time.monotonic() > deadline:  # dropped by the writer (counted on /diagnostics): from_review says which
+                print(f"      warning: not every reject's evidence appeared in {evidence} within {timeout:g} s")
+                break
             time.sleep(0.2)
         counts = {"good": 0, "defective": 0}
         for r in rejects:
