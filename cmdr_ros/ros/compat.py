@@ -20,16 +20,17 @@ from typing import TYPE_CHECKING, Any, Callable
 from rcl_interfaces.msg import SetParametersResult
 
 try:  # Iron and later
-    from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
+    from rclpy.event_handler import (PublisherEventCallbacks, QoSRequestedIncompatibleQoSInfo,
+                                     SubscriptionEventCallbacks)
 except ImportError:  # Humble
-    from rclpy.qos_event import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
+    from rclpy.qos_event import PublisherEventCallbacks, QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 
 if TYPE_CHECKING:  # the annotations let test/test_ros_api.py check the members used here on every distribution
     from rclpy.node import Node
     from rclpy.subscription import Subscription
 
-__all__ = ["QoSRequestedIncompatibleQoSInfo", "SubscriptionEventCallbacks", "add_post_set_parameters_callback",
-           "add_pre_set_parameters_callback", "publisher_count"]
+__all__ = ["PublisherEventCallbacks", "QoSRequestedIncompatibleQoSInfo", "SubscriptionEventCallbacks",
+           "add_post_set_parameters_callback", "add_pre_set_parameters_callback", "publisher_count"]
 
 PreSet = Callable[[list], list]
 PostSet = Callable[[list], None]

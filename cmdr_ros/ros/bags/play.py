@@ -142,6 +142,8 @@ def play_bag(path: str | Path, rate: float = 1.0, loop: bool = False, topics: Se
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
 
+    from cmdr_ros.ros.compat import PublisherEventCallbacks
+
     if not (math.isfinite(rate) and rate > 0):
         raise CmdrError(f"--rate {rate}: the playback rate must be a positive factor")
     if not (math.isfinite(clock) and clock >= 0):
@@ -167,9 +169,12 @@ def play_bag(path: str | Path, rate: float = 1.0, loop: bool = False, topics: Se
             # the publishers (seen to hang under load); Ctrl-C is Python's KeyboardInterrupt, handled below
             rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
             node = rclpy.create_node("cmdr_bag_play", context=context)
-        pubs = {t: node.create_publisher(classes[t], renames.get(t, t), qos[t]) for t in chosen}
+        # no QoS event handlers: destroying a publisher whose handlers the caller's executor is adding to its wait set
+        # in another thread kills that executor (rclpy InvalidHandle, seen in a test); this module never spins them
+        quiet = PublisherEventCallbacks(use_default_callbacks=False)
+        pubs = {t: node.create_publisher(classes[t], renames.get(t, t), qos[t], event_callbacks=quiet) for t in chosen}
         clock_pub = node.create_publisher(Clock, CLOCK, QoSProfile(
-            depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)) if clock else None  # rclcpp's ClockQoS
+            depth=1, reliability=ReliabilityPolicy.BEST_EFFORT), event_callbacks=quiet) if clock else None  # ClockQoS
         pace = _Pace(rate, clock_pub, clock)
         try:
             deadline = time.monotonic() + max(wait, 0.0)
