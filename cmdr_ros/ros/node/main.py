@@ -45,6 +45,9 @@ def run(make_node: Callable[[], Any], args: list[str] | None = None) -> int:
             node.get_logger().info(f"stopping: {n} part(s) not judged yet got the fail-safe decision")
     finally:
         executor.shutdown(timeout_sec=5.0)
+        # out of its DDS wait before the node and the context go: a thread still waiting there when the process exits
+        # aborts it ("terminate called without an active exception", exit -6, seen once on autostart's exit 1)
+        spinner.join(timeout=10.0)
         node.teardown()
         node.destroy_node()
         if rclpy.ok():
