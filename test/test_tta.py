@@ -101,3 +101,45 @@ def test_score_tta_names_distinct_known_transforms(bad):
 def test_score_tta_is_for_frames():
     with pytest.raises(CmdrError, match="score_tta is for frames"):
         dataclasses.replace(preset("lite3d", "3d"), score_tta=("rot180",))
+
+
+def _lite_config(**kw) -> ModelConfig:
+    return dataclasses.replace(preset("lite", "rgbd"), grid=16, rgb_size=32, xyz_size=32, fusion_size=32,
+                               backbone_2d=BackboneConfig("color_texture"),
+                               backbone_3d=BackboneConfig("fpfh", options={"extras": ("normal", "curvature")}),
+                               window=32, **kw)
+
+
+def test_weights_free_features_of_the_turned_frame_are_the_frames_features_turned(parts):
+    det = CMDRDetector(_lite_config(valid_mask="feature"), device="cpu")
+    assert det.equivariant_to("rot180") and not det.equivariant_to("hflip") and not det.equivariant_to("vflip")
+    assert not CMDRDetector(tiny_config(), device="cpu").equivariant_to("rot180")  # networks: the frame goes through
+    _, bad = parts
+    inp = det.prepare(bad.rgb, bad.xyz)
+    turned = tta.transform_input(inp, "rot180")
+    shortcut = det.grid_features([det.extract(inp)], inp.valid[None], "rot180")
+    through = det.grid_features([det.extract(turned)], turned.valid[None])
+    assert shortcut.keys() == through.keys() == {"2d", "3d", "valid"}
+    assert torch.equal(shortcut["valid"], through["valid"])
+    for m in ("2d", "3d"):
+        torch.testing.assert_close(shortcut[m], through[m], atol=2e-4, rtol=1e-4)
+    with pytest.raises(CmdrError, match="cannot compute features under 'hflip'"):
+        det.backbone_3d.grid_under(through["3d"], "hflip")
+
+
+def test_score_tta_of_weights_free_backbones_runs_them_once_with_the_score_of_the_turned_frame(parts, monkeypatch):
+    det = CMDRDetector(_lite_config(score_tta=("rot180",)), device="cpu")
+    _, bad = parts
+    inp = det.prepare(bad.rgb, bad.xyz)
+    own = _fused(det, inp)
+    turned = tta.map_back(_fused(det, tta.transform_input(inp, "rot180")), "rot180")
+    calls = []
+    extract = det.backbone_3d.extract
+    monkeypatch.setattr(det.backbone_3d, "extract", lambda *a: calls.append(1) or extract(*a))
+    pred = det.predict_input(inp)
+    assert calls == [1]  # the turned frame's features come from the frame's own
+    assert pred.score == pytest.approx(float(fusion.image_score((own + turned) / 2)[0]), rel=1e-4)
+    np.testing.assert_array_equal(pred.grid_map, own[0].numpy())
+    plain = dataclasses.replace(det.config, score_tta=())
+    det.config = plain
+    assert det.predict_input(inp).score != pytest.approx(pred.score, rel=1e-4)

@@ -45,6 +45,8 @@ class Backbone(nn.Module, ABC):
     #: random-init networks must travel inside the checkpoint (their weights are not reproducible elsewhere)
     stores_weights: ClassVar[bool] = False
     out_dim: int = 0
+    #: the test-time transforms (``cmdr_ros.model.tta``) ``grid_under`` computes from a frame's own grid features
+    grid_transforms: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,6 +58,13 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
         """The per-pixel feature map ``[out_dim, grid, grid]`` of ``extract``'s native features."""
+
+    def grid_under(self, grid_feats: torch.Tensor, transform: str) -> torch.Tensor:
+        """The grid features ``[B, C, G, G]`` the frames would have under the test-time ``transform`` (one of
+        ``grid_transforms``: where this backbone is equivariant to it), computed from the frames' own. Under any
+        other transform (a network's features of a turned image are not its turned features) the transformed frame
+        must go through the backbone."""
+        raise CmdrError(f"backbone '{self.name}' cannot compute features under '{transform}' from the frame's own")
 
 
 class Backbone2D(Backbone):
@@ -197,6 +206,16 @@ class ColorTexture(Backbone2D):
             return F.adaptive_avg_pool2d(maps, grid)[0]
         return F.interpolate(maps, size=(grid, grid), mode="bilinear", align_corners=False)[0]
 
+    #: ``rot180``: every statistic is symmetric under a half turn of the image (its filters are symmetric, or odd
+    #: with only their magnitude kept: Sobel, the Gabor pairs' energy; reflect padding and the pooling windows turn
+    #: with it). Not the flips: a mirror swaps the diagonal Gabor orientations.
+    grid_transforms = ("rot180",)
+
+    def grid_under(self, grid_feats: torch.Tensor, transform: str) -> torch.Tensor:
+        if transform not in self.grid_transforms:
+            return super().grid_under(grid_feats, transform)
+        return torch.flip(grid_feats, (-2, -1))
+
 
 def _side(xyz: torch.Tensor) -> torch.Tensor:
     """The side of the xyz map a 3D backbone's ``pix`` indices refer to, kept in its native features."""
@@ -301,6 +320,20 @@ class FPFH(Backbone3D):
 
     def to_grid(self, native: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
         return points_to_grid(native["point_feats"].float(), native, grid)
+
+    #: ``rot180`` (a rigid motion about the sensor's axis, which keeps the viewpoint the normals face): the
+    #: histograms unchanged, moved with their pixels, the ``normal`` extra's x and y negated. Not the flips: mirror
+    #: images, whose FPFH angles change sign.
+    grid_transforms = ("rot180",)
+
+    def grid_under(self, grid_feats: torch.Tensor, transform: str) -> torch.Tensor:
+        if transform not in self.grid_transforms:
+            return super().grid_under(grid_feats, transform)
+        out = torch.flip(grid_feats, (-2, -1))
+        if "normal" in self.extras:  # fpfh_features appends the normal first among the extras
+            first = 33 * len(self.radii)
+            out[:, first:first + 2] = -out[:, first:first + 2]
+        return out
 
 
 BACKBONES: dict[str, type[Backbone]] = {

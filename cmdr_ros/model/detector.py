@@ -161,16 +161,21 @@ class CMDRDetector:
                 bar.update(len(batch))
         return out
 
-    def grid_features(self, natives: Sequence[Native], strict_valid: torch.Tensor | None = None
-                      ) -> dict[str, torch.Tensor]:
+    def grid_features(self, natives: Sequence[Native], strict_valid: torch.Tensor | None = None,
+                      transform: str | None = None) -> dict[str, torch.Tensor]:
         """Batch of per-pixel feature maps ``{'2d': [B, C2, G, G], '3d': [B, C3, G, G]}`` (standardised if configured).
 
         With ``strict_valid`` (``[B, G, G]``, the inputs' xyz masks) the result also holds ``'valid'``, the model's
-        valid mask (``model_valid``)."""
+        valid mask (``model_valid``). With ``transform`` (every backbone ``equivariant_to`` it): the features and
+        mask of the frames under that test-time transform, from the frames' own native features."""
         g = self.config.grid
         out = {}
+        if transform is not None and strict_valid is not None:
+            strict_valid = tta.transform_maps(strict_valid, transform)
         for m, bb in self.backbones.items():
             f = torch.stack([bb.to_grid(_to(n, self.device)[m], g) for n in natives])
+            if transform is not None:
+                f = bb.grid_under(f, transform)
             if m == "3d" and strict_valid is not None:
                 out["valid"] = self.model_valid(strict_valid.to(self.device), f)
             if m in self.feature_stats:
@@ -257,34 +262,50 @@ class CMDRDetector:
             out += self._predict_batch(inputs[i:i + batch_size])
         return out
 
-    def _fused(self, batch: Sequence[ModelInput]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fused maps ``F`` of a batch and the model's valid masks on the map grid (``[B, S, S]`` each)."""
-        feats = self.grid_features(self.extract_many(batch, batch_size=len(batch)),
-                                   torch.stack([inp.valid for inp in batch]))
+    def equivariant_to(self, transform: str) -> bool:
+        """Whether every backbone gives the grid features of a frame under ``transform`` from the frame's own
+        (``Backbone.grid_under``): then ``score_tta`` runs only the heads and fusion once more, not the backbones."""
+        return all(transform in bb.grid_transforms for bb in self.backbones.values())
+
+    def _fused(self, batch: Sequence[ModelInput], natives: Sequence[Native] | None = None,
+               transform: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused maps ``F`` of a batch and the model's valid masks on the map grid (``[B, S, S]`` each); from
+        the batch's ``natives`` when given, under ``transform`` (``grid_features``) when given."""
+        if natives is None:
+            natives = self.extract_many(batch, batch_size=len(batch))
+        feats = self.grid_features(natives, torch.stack([inp.valid for inp in batch]), transform)
         valid = feats.pop("valid")
         if self.scoring is not None:  # the exported graph of the same heads and scoring (cmdr_ros.model.export)
             return self.scoring.run(feats, valid)
         maps = self.anomaly_maps(feats, valid)
         return maps["fused"], maps["valid"]
 
-    def _score_maps(self, batch: Sequence[ModelInput], fused: torch.Tensor) -> torch.Tensor:
+    def _score_maps(self, batch: Sequence[ModelInput], natives: Sequence[Native], fused: torch.Tensor
+                    ) -> torch.Tensor:
         """The maps the image scores are taken from: ``fused``, averaged with the fused maps of the batch under each
-        transform of ``config.score_tta``, brought back onto the frames' pixels (``cmdr_ros.model.tta``)."""
+        transform of ``config.score_tta``, brought back onto the frames' pixels (``cmdr_ros.model.tta``). A
+        transform every backbone is equivariant to reuses the batch's ``natives``; any other runs the backbones on
+        the transformed frames."""
         maps = [fused]
         for name in self.config.score_tta:
-            maps.append(tta.map_back(self._fused([tta.transform_input(inp, name) for inp in batch])[0], name))
+            if self.equivariant_to(name):
+                turned = self._fused(batch, natives, name)[0]
+            else:
+                turned = self._fused([tta.transform_input(inp, name) for inp in batch])[0]
+            maps.append(tta.map_back(turned, name))
         return maps[0] if len(maps) == 1 else torch.stack(maps).mean(0)
 
     def _predict_batch(self, batch: Sequence[ModelInput]) -> list[Prediction]:
         t0 = time.perf_counter()
-        fused, valid_map = self._fused(batch)
-        score_maps = self._score_maps(batch, fused)
+        natives = self.extract_many(batch, batch_size=len(batch))
+        fused, valid_map = self._fused(batch, natives)
+        score_maps = self._score_maps(batch, natives, fused)
         scores = fusion.image_score(score_maps).float().cpu().numpy()
         grid_maps = fused.float().cpu().numpy()
         norm = self.config.pixel_norm
         pixs = fusion.normalized_scores(fused, norm, "p_auroc").float().cpu().numpy()
         valids = valid_map.cpu().numpy()
-        score_grids = score_maps.float().cpu().numpy()
+        score_grids = grid_maps if score_maps is fused else score_maps.float().cpu().numpy()
         preds = []
         for inp, score, grid_map, score_grid, pix, grid_valid in zip(batch, scores, grid_maps, score_grids, pixs,
                                                                       valids):

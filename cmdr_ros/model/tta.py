@@ -42,6 +42,11 @@ def transform_input(inp: ModelInput, name: str) -> ModelInput:
                                xyz_valid=_flip(inp.xyz_valid, axes, 0))
 
 
-def map_back(maps: torch.Tensor, name: str) -> torch.Tensor:
-    """``[..., S, S]`` maps of transformed frames back on the frames' pixels."""
+def transform_maps(maps: torch.Tensor, name: str) -> torch.Tensor:
+    """``[..., S, S]`` maps of frames (masks, grid features) moved as the transform ``name`` moves the pixels."""
     return _flip(maps, TRANSFORMS[name][0], maps.dim() - 2)
+
+
+def map_back(maps: torch.Tensor, name: str) -> torch.Tensor:
+    """``[..., S, S]`` maps of transformed frames back on the frames' pixels (every transform is its own inverse)."""
+    return transform_maps(maps, name)
