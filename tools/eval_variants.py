@@ -17,7 +17,7 @@ described in ``tools/variant_maps.py``. ``--fit-bank N`` first fits a memory ban
 the training split, as ``cmdr train`` with ``memory_bank: N`` would (the heads are the checkpoint's).
 ``heads_fusion_ms``: heads and fusion per frame, every scale and transform included (the heads run once per scale);
 ``backbone_ms``: the backbones per frame for the transformed inputs (0 without ``tta``; the identity's features are
-extracted once for all variants).
+extracted once for all variants). The checkpoint's own ``score_tta`` is not applied: ``tta=`` states each variant's.
 """
 from __future__ import annotations
 
